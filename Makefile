@@ -1,0 +1,31 @@
+# Quick start:  make demo   (set up, fetch models, run the main job on a built-in photo)
+#               make test   (set up, fetch models, run the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup models demo test clean
+
+setup: $(STAMP) models
+
+# The venv is rebuilt whenever a requirements file changes.
+$(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/runtime.txt -r requirements/dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/insightface.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+models: $(STAMP)
+	$(BIN)/edge models fetch
+
+# Main job on an embedded default: the group photo that insightface ships.
+demo: setup
+	$(BIN)/edge --config config.yaml analyze "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) models/*.onnx .pytest_cache

@@ -1,0 +1,114 @@
+"""Still-image analysis: detect and classify every face in a photo (`edge analyze`).
+
+`FaceAnalyzer` is the detect + classify pair the other entry points share;
+`check_claim` is the profile-photo check (does the photo fit a claimed age and
+gender?).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge import classify, detect, modelstore
+from edge.errors import InputError
+from edge.records import AGE_CLASSES, Demographics, Detections
+
+log = logging.getLogger(__name__)
+
+
+class FaceAnalyzer:
+    """Verified models, a detector and a classifier, built from config."""
+
+    def __init__(self, config):
+        self.config = config
+        models_dir = config.resolve(config.models.dir)
+        specs = modelstore.load_manifest(models_dir)
+        needed = {"centerface"} if config.detector.backend == "centerface" else set()
+        if config.classifier.backend == "cydral":
+            needed |= {"age", "gender"}
+        paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
+        self.detector = detect.create(config, paths)
+        self.classifier = classify.create(config, paths)
+        log.info("models ready: detector %s on %s, classifier %s on %s",
+                 config.detector.backend, self.detector.provider,
+                 config.classifier.backend, self.classifier.provider)
+
+    def __call__(self, frame: np.ndarray) -> tuple[Detections, Demographics]:
+        faces = self.detector(frame)
+        return faces, self.classifier(frame, faces)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR image, or InputError naming the file and what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image")
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise InputError(f"{path}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
+    return image
+
+
+def face_records(faces: Detections, demo: Demographics) -> list[dict]:
+    rows = []
+    classes, genders = demo.age_classes, demo.genders
+    for i in range(len(faces)):
+        rows.append({
+            "box": [round(float(v), 1) for v in faces.boxes[i]],
+            "score": round(float(faces.scores[i]), 4),
+            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in faces.landmarks[i]],
+            "age": round(float(demo.ages[i]), 1),
+            "age_class": classes[i],
+            "age_class_probs": {c: round(float(p), 4)
+                                for c, p in zip(AGE_CLASSES, demo.class_probs[i])},
+            "gender": genders[i],
+            "gender_prob": round(float(demo.gender_probs[i]), 4),
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class Claim:
+    age: float | None
+    gender: str | None
+
+
+def check_claim(claim: Claim, faces: list[dict], child_below: float, old_from: float,
+                min_confidence: float = 0.8) -> dict:
+    """Is the photo consistent with a claimed age and gender?
+
+    A mismatch is flagged only when the model is confident (class or gender
+    probability at least `min_confidence`): an uncertain estimate is reported as
+    'uncertain', never as a mismatch, so honest users are not flagged on noise.
+    """
+    if len(faces) == 0:
+        return {"consistent": False, "mismatch": True, "reasons": ["no face found in the photo"]}
+    if len(faces) > 1:
+        return {"consistent": False, "mismatch": True,
+                "reasons": [f"{len(faces)} faces found; a profile photo should show one person"]}
+    face = faces[0]
+    reasons, uncertain = [], []
+    if claim.age is not None:
+        claimed_class = ("child" if claim.age < child_below
+                         else "old" if claim.age >= old_from else "adult")
+        p = face["age_class_probs"][claimed_class]
+        if face["age_class"] != claimed_class:
+            message = (f"claimed age {claim.age:g} ({claimed_class}) but the face looks "
+                       f"{face['age_class']} (estimated age {face['age']:g}, "
+                       f"P({claimed_class}) = {p:.2f})")
+            (reasons if face["age_class_probs"][face["age_class"]] >= min_confidence
+             else uncertain).append(message)
+    if claim.gender is not None and face["gender"] != claim.gender:
+        message = (f"claimed gender {claim.gender} but the face looks {face['gender']} "
+                   f"(P = {face['gender_prob']:.2f})")
+        (reasons if face["gender_prob"] >= min_confidence else uncertain).append(message)
+    return {"consistent": not reasons and not uncertain, "mismatch": bool(reasons),
+            "reasons": reasons, "uncertain": uncertain}

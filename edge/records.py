@@ -1,0 +1,72 @@
+"""Typed records that pass forward between pipeline stages.
+
+Arrays are batched (one row per face) so a stage can hand a whole frame's
+faces to the next in one call, the way supervision's `Detections` does.
+Landmarks always follow the RetinaFace convention whatever the detector:
+eye centres (image-left first), nose tip, mouth corners (image-left first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+AGE_CLASSES = ("child", "adult", "old")
+GENDERS = ("female", "male")
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Faces found in one frame, in frame pixel coordinates."""
+
+    boxes: np.ndarray      # (N, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray     # (N,) float32
+    landmarks: np.ndarray  # (N, 5, 2) float32
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
+                          np.zeros((0, 5, 2), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, index) -> "Detections":
+        """Select rows by index array, mask or slice; always returns Detections."""
+        if isinstance(index, (int, np.integer)):
+            index = [index]
+        return Detections(self.boxes[index], self.scores[index], self.landmarks[index])
+
+    @property
+    def widths(self) -> np.ndarray:
+        return self.boxes[:, 2] - self.boxes[:, 0]
+
+    @property
+    def areas(self) -> np.ndarray:
+        return self.widths * (self.boxes[:, 3] - self.boxes[:, 1])
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    """Age and gender estimates, one row per face, in the order of the faces given."""
+
+    ages: np.ndarray         # (N,) float32 expected age in years
+    class_probs: np.ndarray  # (N, 3) float32 P(child), P(adult), P(old)
+    male_probs: np.ndarray   # (N,) float32 P(male)
+
+    def __len__(self) -> int:
+        return len(self.ages)
+
+    @property
+    def age_classes(self) -> list[str]:
+        return [AGE_CLASSES[i] for i in self.class_probs.argmax(axis=1)]
+
+    @property
+    def genders(self) -> list[str]:
+        return [GENDERS[int(p >= 0.5)] for p in self.male_probs]
+
+    @property
+    def gender_probs(self) -> np.ndarray:
+        """Probability of the gender reported for each face."""
+        return np.maximum(self.male_probs, 1.0 - self.male_probs)
