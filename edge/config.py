@@ -173,8 +173,8 @@ def _cross_checks(config: Config, file: str) -> None:
             raise ConfigError(f"{file}: 'runtime.providers' has {provider!r}; "
                               f"choose from {', '.join(PROVIDERS)}")
     if config.classifier.child_below >= config.classifier.old_from:
-        raise ConfigError(f"{file}: 'classifier.child_below' ({config.classifier.child_below}) "
-                          f"must be below 'classifier.old_from' ({config.classifier.old_from})")
+        raise ConfigError(f"{file}: 'classifier.child_below' ({config.classifier.child_below:g}) "
+                          f"must be below 'classifier.old_from' ({config.classifier.old_from:g})")
     if config.detector.backend != "centerface" and not config.detector.model:
         raise ConfigError(f"{file}: 'detector.model' must name the model file for backend "
                           f"'{config.detector.backend}'")

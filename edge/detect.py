@@ -9,8 +9,12 @@ returning `Detections` in frame pixels with RetinaFace-order landmarks:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
+import os
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -148,10 +152,18 @@ class SCRFD:
     def __init__(self, model_path: Path, providers, input_width: int = 640,
                  score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20):
         _require_file(model_path, "detector.model")
-        from insightface.model_zoo import get_model  # heavy import; only for this backend
+        # insightface is a heavy import, only for this backend. Its albumentations
+        # would check for updates over the network at import, and get_model
+        # print()s to stdout, which would corrupt our JSON lines: keep both quiet.
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        chatter = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            from insightface.model_zoo import get_model
 
-        ort_providers = list(runtime.choose_providers(tuple(providers)))
-        model = get_model(str(model_path), providers=ort_providers)
+            ort_providers = list(runtime.choose_providers(tuple(providers)))
+            model = get_model(str(model_path), providers=ort_providers)
+        log.debug("insightface: %s", chatter.getvalue().strip())
         if model is None or not hasattr(model, "detect"):
             raise ModelError(f"{model_path}: insightface does not recognise it as a detector")
         model.prepare(ctx_id=0, det_thresh=score_threshold, nms_thresh=nms_iou)
@@ -177,6 +189,8 @@ class YuNet:
     def __init__(self, model_path: Path, input_width: int = 640, score_threshold: float = 0.5,
                  nms_iou: float = 0.3, min_face_px: int = 20):
         _require_file(model_path, "detector.model")
+        # OpenCV 5 warns on every create that its new engine ignores targets.
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320),
                                                   score_threshold, nms_iou, 5000)

