@@ -51,7 +51,8 @@ class DetectorConfig:
                        choices=("centerface", "scrfd", "yunet"))
     model: str | None = opt(None, "Model file for the scrfd or yunet backends.")
     input_width: int = opt(640, "Width in pixels the frame is scaled to for detection "
-                           "(rounded up to a multiple of 32); height follows the aspect ratio.",
+                           "(rounded up to a multiple of 32); height follows the aspect ratio. "
+                           "Narrower frames are not upscaled.",
                            min=64, max=4096)
     score_threshold: float = opt(0.5, "Minimum detector confidence for a face.", min=0.0, max=1.0)
     nms_iou: float = opt(0.3, "Overlap (IoU) above which the weaker of two boxes is dropped.",

@@ -66,3 +66,13 @@ def test_reference_lists_every_key():
     keys = [key for key, _, _ in config_mod.reference()]
     assert "detector.score_threshold" in keys and "classifier.old_from" in keys
     assert len(keys) == len(set(keys))
+
+
+def test_readme_configuration_reference_is_current():
+    """README's table is generated; a new or changed key must be regenerated there."""
+    result = run_edge("config", "--reference")
+    assert result.returncode == 0
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+    end = readme.index("<!-- config-reference:end -->")
+    assert readme[start:end] == result.stdout
