@@ -99,7 +99,9 @@ class CenterFace:
         self.nms_iou = nms_iou
         self.min_face_px = min_face_px
         self._sessions: dict[tuple[int, int], object] = {}
-        self.provider = runtime.active_provider(self._session((input_size(16, 9, input_width))))
+        # Build the session for a 720p camera now: fails fast on a bad model and
+        # is the size the service will use.
+        self.provider = runtime.active_provider(self._session(input_size(1280, 720, input_width)))
 
     def _session(self, size: tuple[int, int]):
         # The file's input dims are static (1x3x32x32); ORT plans best with

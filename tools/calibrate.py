@@ -32,6 +32,7 @@ GENDER_GRID = np.arange(0.30, 0.701, 0.01)
 
 def raw_outputs(labels_csv: Path):
     from edge import config as config_mod
+    from edge.align import face_chips
     from edge.analyze import FaceAnalyzer
     from edge.evaluate import load_padded, read_labels
     from tqdm import tqdm
@@ -47,7 +48,6 @@ def raw_outputs(labels_csv: Path):
         if len(faces) == 0:
             continue  # misses are not informative for calibration
         best = faces[int(np.argmax(faces.areas))]
-        from edge.align import face_chips
         ages.append(clf._run(clf._age, face_chips(frame, best.landmarks, clf.AGE_SIZE))[0])
         males.append(clf._run(clf._gender, face_chips(frame, best.landmarks, clf.GENDER_SIZE))[0, 1])
         labels.append(label)
