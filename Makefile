@@ -5,12 +5,18 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup models demo test clean
+.PHONY: setup system-deps models demo test clean
 
 setup: $(STAMP) models
 
+# System packages from Debian, installed only when missing (needs root):
+# a C++ compiler and Python headers, because insightface builds an extension.
+system-deps:
+	@command -v g++ >/dev/null && $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev python3-venv; }
+
 # The venv is rebuilt whenever a requirements file changes.
-$(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev.txt pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/runtime.txt -r requirements/dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/insightface.txt
