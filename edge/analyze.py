@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 class FaceAnalyzer:
     """Verified models, a detector and a classifier, built from config."""
 
-    def __init__(self, config):
+    def __init__(self, config, detect_threshold: float | None = None):
+        """`detect_threshold` overrides detector.score_threshold (the tracker wants weak
+        detections too, for its second association pass)."""
         self.config = config
         models_dir = config.resolve(config.models.dir)
         specs = modelstore.load_manifest(models_dir)
@@ -32,7 +34,7 @@ class FaceAnalyzer:
         if config.classifier.backend == "cydral":
             needed |= {"age", "gender"}
         paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
-        self.detector = detect.create(config, paths)
+        self.detector = detect.create(config, paths, detect_threshold)
         self.classifier = classify.create(config, paths)
         log.info("models ready: detector %s on %s, classifier %s on %s",
                  config.detector.backend, self.detector.provider,

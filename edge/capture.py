@@ -170,11 +170,15 @@ class CameraReader:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 3.0) -> None:
+    def request_stop(self) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.request_stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     def latest(self, timeout: float = 0.0) -> Frame | None:
         """Take the newest unread frame, waiting up to `timeout` seconds for one."""

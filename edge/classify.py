@@ -63,17 +63,26 @@ class CydralAgeGender:
         self.provider = runtime.active_provider(self._age)
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_landmarks(frame, faces.landmarks)
+        return self.classify_many([frame], [faces])[0]
 
     def classify_landmarks(self, frame: np.ndarray, landmarks: np.ndarray) -> Demographics:
-        """Batch of faces in a BGR frame, given their (N, 5, 2) landmarks."""
+        """Batch of faces in a BGR frame, given only their (N, 5, 2) landmarks."""
         n = len(landmarks)
-        if n == 0:
-            return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
-                                np.zeros(0, np.float32))
-        age_p = self._run(self._age, face_chips(frame, landmarks, self.AGE_SIZE))
-        gender_p = self._run(self._gender, face_chips(frame, landmarks, self.GENDER_SIZE))
-        return self.demographics(age_p, gender_p[:, 1])
+        faces = Detections(np.zeros((n, 4), np.float32), np.ones(n, np.float32),
+                           np.asarray(landmarks, np.float32))
+        return self(frame, faces)
+
+    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+        """Faces from several frames (cameras) in one model call per network."""
+        counts = [len(f) for f in faces]
+        if sum(counts) == 0:
+            return [empty_demographics() for _ in frames]
+        pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces) if len(f)]
+        age_p = self._run(self._age, np.concatenate(
+            [face_chips(frame, lm, self.AGE_SIZE) for frame, lm in pairs]))
+        gender_p = self._run(self._gender, np.concatenate(
+            [face_chips(frame, lm, self.GENDER_SIZE) for frame, lm in pairs]))
+        return split(self.demographics(age_p, gender_p[:, 1]), counts)
 
     def demographics(self, age_probs: np.ndarray, male_probs: np.ndarray) -> Demographics:
         ages = age_probs.astype(np.float64) @ self.bin_ages
@@ -118,11 +127,14 @@ class InsightFaceGenderAge:
         self.provider = runtime.active_provider(self._sess)
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        n = len(faces)
-        if n == 0:
-            return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
-                                np.zeros(0, np.float32))
-        chips = np.stack([self._crop(frame, box) for box in faces.boxes])
+        return self.classify_many([frame], [faces])[0]
+
+    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+        counts = [len(f) for f in faces]
+        if sum(counts) == 0:
+            return [empty_demographics() for _ in frames]
+        chips = np.stack([self._crop(frame, box) for frame, f in zip(frames, faces)
+                          for box in f.boxes])
         # insightface's Attribute model: BGR->RGB, (x - 0) / 1, as in model_zoo/attribute.py
         tensor = cv2.dnn.blobFromImages(list(chips), 1.0, (self.size, self.size),
                                         (0.0, 0.0, 0.0), swapRB=True)
@@ -133,8 +145,9 @@ class InsightFaceGenderAge:
         ages = out[:, 2].astype(np.float64) * 100
         spread = np.exp(-0.5 * ((self._years[None, :] - ages[:, None]) / self.AGE_SIGMA) ** 2)
         spread /= spread.sum(axis=1, keepdims=True)
-        return Demographics(ages.astype(np.float32), (spread @ self._masks.T).astype(np.float32),
-                            male.astype(np.float32))
+        return split(Demographics(ages.astype(np.float32),
+                                  (spread @ self._masks.T).astype(np.float32),
+                                  male.astype(np.float32)), counts)
 
     def _crop(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
         # Same framing as insightface's Attribute.get: box centre, side * 1.5.
@@ -144,6 +157,18 @@ class InsightFaceGenderAge:
         m = np.array([[scale, 0, self.size / 2 - cx * scale],
                       [0, scale, self.size / 2 - cy * scale]], np.float64)
         return cv2.warpAffine(frame, m, (self.size, self.size), borderValue=0)
+
+
+def empty_demographics() -> Demographics:
+    return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
+                        np.zeros(0, np.float32))
+
+
+def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
+    """Cut one batch's rows back into per-frame records."""
+    edges = np.cumsum([0] + counts)
+    return [Demographics(batch.ages[a:b], batch.class_probs[a:b], batch.male_probs[a:b])
+            for a, b in zip(edges[:-1], edges[1:])]
 
 
 def create(config, model_paths: dict[str, Path]):

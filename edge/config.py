@@ -9,6 +9,7 @@ ConfigError naming the file and the dotted key, so `edge run` can exit 78.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -89,11 +90,71 @@ class RuntimeConfig:
 
 
 @dataclass
+class CameraConfig:
+    id: str = opt("cam1", "Short id used in topics and logs (letters, digits, - and _).")
+    name: str = opt("", "Human-readable name, e.g. 'Entrance'.")
+    source: str = opt("", "A V4L2 device (/dev/video0) or index (0), an rtsp:// or http:// "
+                      "URL, a video file, a folder of images or one still photo.")
+    fps: float = opt(15.0, "Frames per second to process at most; also the rate a still photo "
+                     "or image folder is shown at.", min=0.1, max=120)
+    loop: bool = opt(False, "Start a video file or image folder again when it ends.")
+    stall_timeout_s: float = opt(10.0, "A stream that delivers no frame for this long is "
+                                 "reopened (with backoff).", min=1, max=600)
+
+
+@dataclass
+class TrackerConfig:
+    high_threshold: float = opt(0.5, "Detections at least this confident start tracks and "
+                                "are matched first.", min=0.0, max=1.0)
+    low_threshold: float = opt(0.2, "Weaker detections (down to this) only continue existing "
+                               "tracks (ByteTrack's second pass).", min=0.0, max=1.0)
+    match_iou: float = opt(0.3, "Minimum overlap between a predicted track box and a detection "
+                           "to match them.", min=0.0, max=1.0)
+    min_hits: int = opt(3, "Frames a new track must be matched in before it counts.",
+                        min=1, max=100)
+    max_age_s: float = opt(1.0, "Seconds a track survives without a detection (someone "
+                           "turning away briefly) before the visit ends.", min=0.0, max=60)
+
+
+@dataclass
+class AudienceConfig:
+    reclassify_interval_s: float = opt(2.0, "Classify a tracked face again after this long "
+                                       "(until max_samples).", min=0.1, max=3600)
+    max_samples: int = opt(8, "Classifications per person at most; their mean is the label.",
+                           min=1, max=1000)
+    better_face_ratio: float = opt(1.3, "Also classify again when the face is this much better "
+                                   "(width x frontalness) than the best so far.", min=1, max=10)
+    attention_max_yaw: float = opt(0.2, "Head turn (nose offset in eye distances) up to which "
+                                   "a face counts as looking at the display.", min=0, max=1)
+    attention_max_pitch: float = opt(0.25, "Head tilt up/down (relative) up to which a face "
+                                     "counts as looking.", min=0, max=1)
+    min_attention_s: float = opt(1.0, "Looking for at least this long makes a visitor a "
+                                 "watcher.", min=0, max=3600)
+    min_visit_s: float = opt(0.5, "Visits shorter than this are not counted as visitors.",
+                             min=0, max=3600)
+    min_confidence: float = opt(0.5, "Age-class confidence a visitor needs to be counted in "
+                                "a class; others are counted as unclassified.", min=0, max=1)
+    interval_s: float = opt(60.0, "Reporting interval for visitor counts, seconds.",
+                            min=1, max=86400)
+
+
+@dataclass
+class StatsConfig:
+    interval_s: float = opt(10.0, "How often pipeline statistics are logged and published.",
+                            min=1, max=3600)
+
+
+@dataclass
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
     classifier: ClassifierConfig = section(ClassifierConfig, "Age and gender classification.")
     runtime: RuntimeConfig = section(RuntimeConfig, "Inference runtime.")
+    cameras: list = field(default_factory=list, metadata={
+        "doc": "Cameras, each a mapping with the keys below.", "items": CameraConfig})
+    tracker: TrackerConfig = section(TrackerConfig, "Face tracking.")
+    audience: AudienceConfig = section(AudienceConfig, "Per-person demographics and counts.")
+    stats: StatsConfig = section(StatsConfig, "Pipeline statistics.")
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))
 
     # Where the config came from; relative paths resolve against its folder.
@@ -141,6 +202,11 @@ def build(cls: type, data: Any, file: str, prefix: str) -> Any:
         f, key = fields[name], _join(prefix, name)
         if f.metadata.get("section"):
             values[name] = build(hints[name], value, file, key)
+        elif f.metadata.get("items"):
+            if not isinstance(value, list):
+                raise ConfigError(f"{file}: '{key}' must be a list, got {type(value).__name__}")
+            values[name] = [build(f.metadata["items"], item, file, f"{key}[{i}]")
+                            for i, item in enumerate(value)]
         else:
             values[name] = _check_value(value, hints[name], f.metadata, file, key)
     return cls(**values)
@@ -179,6 +245,19 @@ def _cross_checks(config: Config, file: str) -> None:
     if config.detector.backend != "centerface" and not config.detector.model:
         raise ConfigError(f"{file}: 'detector.model' must name the model file for backend "
                           f"'{config.detector.backend}'")
+    seen = set()
+    for i, camera in enumerate(config.cameras):
+        where = f"{file}: 'cameras[{i}]"
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", camera.id):
+            raise ConfigError(f"{where}.id' is {camera.id!r}; use letters, digits, - and _")
+        if camera.id in seen:
+            raise ConfigError(f"{where}.id' repeats camera id {camera.id!r}")
+        seen.add(camera.id)
+        if not camera.source:
+            raise ConfigError(f"{where}.source' is missing: name a device, URL, file or folder")
+    if config.tracker.low_threshold > config.tracker.high_threshold:
+        raise ConfigError(f"{file}: 'tracker.low_threshold' must not exceed "
+                          f"'tracker.high_threshold'")
     if config.classifier.backend == "insightface" and not config.classifier.model:
         raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for backend "
                           f"'insightface'")
@@ -204,6 +283,9 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]
         key = _join(prefix, f.name)
         if f.metadata.get("section"):
             rows.extend(reference(hints[f.name], key))
+        elif f.metadata.get("items"):
+            rows.append((key, [], f.metadata["doc"]))
+            rows.extend(reference(f.metadata["items"], f"{key}[]"))
         else:
             rows.append((key, getattr(defaults, f.name), f.metadata["doc"]))
     return rows

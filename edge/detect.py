@@ -215,10 +215,12 @@ class YuNet:
                       self.min_face_px)
 
 
-def create(config, model_paths: dict[str, Path]) -> FaceDetector:
-    """The detector the config asks for."""
+def create(config, model_paths: dict[str, Path],
+           score_threshold: float | None = None) -> FaceDetector:
+    """The detector the config asks for (optionally with another score threshold)."""
     d = config.detector
-    common = dict(input_width=d.input_width, score_threshold=d.score_threshold,
+    threshold = d.score_threshold if score_threshold is None else score_threshold
+    common = dict(input_width=d.input_width, score_threshold=threshold,
                   nms_iou=d.nms_iou, min_face_px=d.min_face_px)
     if d.backend == "centerface":
         return CenterFace(model_paths["centerface"], config.runtime.providers,

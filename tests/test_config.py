@@ -1,5 +1,7 @@
 """Config loading: defaults, and errors that name the file and the key."""
 
+import re
+
 import pytest
 
 from edge import config as config_mod
@@ -76,3 +78,19 @@ def test_readme_configuration_reference_is_current():
     start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
     end = readme.index("<!-- config-reference:end -->")
     assert readme[start:end] == result.stdout
+
+
+def test_cameras_are_validated(tmp_path):
+    ok = config_mod.load(write(tmp_path, "cameras:\n  - {id: door, source: /dev/video0}\n"
+                                         "  - {id: aisle-2, source: rtsp://cam/stream, fps: 5}\n"))
+    assert [c.id for c in ok.cameras] == ["door", "aisle-2"] and ok.cameras[1].fps == 5.0
+    for text, needle in [
+        ("cameras:\n  - {id: door}\n", "'cameras[0].source' is missing"),
+        ("cameras:\n  - {id: a, source: x}\n  - {id: a, source: y}\n", "repeats camera id 'a'"),
+        ("cameras:\n  - {id: 'front door', source: x}\n", "'cameras[0].id' is 'front door'"),
+        ("cameras:\n  - {id: a, source: x, fsp: 3}\n", "unknown key 'cameras[0].fsp'"),
+        ("cameras: {id: a}\n", "'cameras' must be a list"),
+        ("tracker:\n  low_threshold: 0.9\n", "'tracker.low_threshold' must not exceed"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            config_mod.load(write(tmp_path, text))
