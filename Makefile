@@ -26,9 +26,12 @@ $(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev
 models: $(STAMP)
 	$(BIN)/edge models fetch
 
-# Main job on an embedded default: the group photo that insightface ships.
+# Main job on an embedded default: the group photo that insightface ships, shown
+# as a still camera; the audience is logged as it changes, counts at the end.
+DEMO_SECONDS ?= 15
 demo: setup
-	$(BIN)/edge --config config.yaml analyze "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')"
+	$(BIN)/edge --config config.yaml run --duration $(DEMO_SECONDS) \
+	  --source "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')" --realtime
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge import __version__
 from edge import config as config_mod
-from edge.errors import EX_DATAERR, EX_USAGE, EdgeError, InputError
+from edge.errors import EX_DATAERR, ConfigError, EdgeError, InputError
 
 log = logging.getLogger("edge")
 
@@ -91,6 +91,24 @@ def cmd_eval(args, cfg) -> int:
     return 0
 
 
+def cmd_run(args, cfg) -> int:
+    import re
+
+    from edge.service import JsonLines, LogSink, Service
+
+    if args.source:
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(args.source).stem)[:64].strip("-") or "cam1"
+        cfg.cameras = [config_mod.CameraConfig(id=stem, name=stem, source=args.source,
+                                               loop=args.loop)]
+    if not cfg.cameras:
+        raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
+                          f"'cameras' to the config or pass --source")
+    sinks = [JsonLines()] if args.jsonl else [LogSink()]
+    service = Service(cfg, sinks, offline=bool(args.source) and not args.realtime)
+    service.install_signal_handlers()
+    return service.run(duration_s=args.duration)
+
+
 def cmd_config(args, cfg) -> int:
     if args.reference:
         print("| key | default | meaning |\n| --- | --- | --- |")
@@ -124,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("fetch", "verify"))
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("run", help="the real-time service: cameras in, audience events out")
+    p.add_argument("--source", help="analyse this file, folder or URL instead of the configured "
+                   "cameras (offline: every frame, no drops, file time)")
+    p.add_argument("--loop", action="store_true", help="with --source: start again at the end")
+    p.add_argument("--realtime", action="store_true",
+                   help="with --source: read at the file's frame rate, dropping frames "
+                        "when behind, as with a live camera")
+    p.add_argument("--duration", type=float, metavar="S",
+                   help="stop cleanly after S seconds (demos, soak runs)")
+    p.add_argument("--jsonl", action="store_true",
+                   help="write events as JSON lines on stdout (no broker needed)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")

@@ -1,0 +1,230 @@
+"""Audience stage: who is in front of a camera, what they are, and for how long they looked.
+
+Per confirmed track it decides when a face is worth classifying (first when
+confirmed, then only for a clearly better view or after an interval, up to a
+cap: DeepStream's secondary classifiers re-infer on box growth or interval),
+combines the samples into a stable label (mean log-probabilities), and keeps
+dwell time (first to last seen) and attention time (face turned to the camera,
+estimated from the five landmarks; the display sits next to the camera).
+
+A visit is counted once, in the reporting interval in which it ends, when its
+label is final. Nothing here identifies a person: track ids are random per run
+and no appearance feature is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.config import AudienceConfig
+from edge.records import AGE_CLASSES, GENDERS, Demographics
+
+_EPS = 1e-6
+
+
+def head_pose(landmarks: np.ndarray) -> tuple[float, float]:
+    """(yaw, pitch) proxies from RetinaFace-order landmarks, 0 = facing the camera.
+
+    yaw: nose offset from the eye midpoint, in eye distances (about +-0.5 at a
+    45 degree turn). pitch: where the nose sits between eyes (0) and mouth (1),
+    centred so a level face gives about 0.
+    """
+    left_eye, right_eye, nose, left_mouth, right_mouth = landmarks
+    eye_mid = (left_eye + right_eye) / 2
+    mouth_mid = (left_mouth + right_mouth) / 2
+    eye_dist = max(float(np.linalg.norm(right_eye - left_eye)), _EPS)
+    yaw = float(nose[0] - eye_mid[0]) / eye_dist
+    face_height = max(float(mouth_mid[1] - eye_mid[1]), _EPS)
+    pitch = float(nose[1] - eye_mid[1]) / face_height - 0.55
+    return yaw, pitch
+
+
+@dataclass
+class Person:
+    """What the audience stage knows about one track during one visit."""
+
+    track_id: str
+    first_seen: float
+    last_seen: float
+    samples: int = 0
+    class_log_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    male_logit_sum: float = 0.0
+    best_quality: float = 0.0
+    last_classified: float = -math.inf
+    attention_s: float = 0.0
+    watching: bool = False
+
+    @property
+    def dwell_s(self) -> float:
+        return self.last_seen - self.first_seen
+
+    @property
+    def class_probs(self) -> np.ndarray:
+        mean = self.class_log_sum / max(self.samples, 1)
+        p = np.exp(mean - mean.max())
+        return p / p.sum()
+
+    @property
+    def male_prob(self) -> float:
+        return 1.0 / (1.0 + math.exp(-self.male_logit_sum / max(self.samples, 1)))
+
+    @property
+    def age_class(self) -> str:
+        return AGE_CLASSES[int(self.class_probs.argmax())]
+
+    @property
+    def gender(self) -> str:
+        return GENDERS[int(self.male_prob >= 0.5)]
+
+    def confident(self, min_confidence: float) -> bool:
+        return self.samples > 0 and float(self.class_probs.max()) >= min_confidence
+
+    def add_sample(self, class_probs: np.ndarray, male_prob: float, quality: float,
+                   now: float) -> None:
+        self.class_log_sum += np.log(np.clip(class_probs, _EPS, 1.0))
+        p = min(max(male_prob, _EPS), 1 - _EPS)
+        self.male_logit_sum += math.log(p / (1 - p))
+        self.samples += 1
+        self.best_quality = max(self.best_quality, quality)
+        self.last_classified = now
+
+    def summary(self) -> dict:
+        return {"track": self.track_id, "age_class": self.age_class, "gender": self.gender,
+                "age_class_confidence": round(float(self.class_probs.max()), 3),
+                "gender_confidence": round(max(self.male_prob, 1 - self.male_prob), 3),
+                "dwell_s": round(self.dwell_s, 2), "attention_s": round(self.attention_s, 2),
+                "watching": self.watching, "samples": self.samples}
+
+
+def empty_counts() -> dict:
+    return {c: {g: 0 for g in GENDERS} for c in AGE_CLASSES}
+
+
+class Audience:
+    """Audience state for one camera."""
+
+    def __init__(self, camera_id: str, settings: AudienceConfig | None = None):
+        self.camera_id = camera_id
+        self.settings = settings or AudienceConfig()
+        self.people: dict[str, Person] = {}
+        self._interval = self._new_interval()
+        self._totals = self._new_interval()
+        self._last_present: list[tuple] = []
+
+    # -- classification scheduling -------------------------------------------------
+
+    def wants_classification(self, tracks, now: float) -> list[int]:
+        """Indices of the tracks (matched this frame, confirmed) worth classifying now."""
+        s = self.settings
+        wanted = []
+        for i, track in enumerate(tracks):
+            if track.state != "confirmed" or track.det_index < 0:
+                continue
+            person = self.people.get(track.id)
+            if person is None or person.samples == 0:
+                wanted.append(i)
+                continue
+            if person.samples >= s.max_samples:
+                continue
+            better = face_quality(track) >= s.better_face_ratio * person.best_quality
+            due = now - person.last_classified >= s.reclassify_interval_s
+            if better or due:
+                wanted.append(i)
+        return wanted
+
+    def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
+        for i, track in enumerate(tracks):
+            person = self._person(track, now)
+            person.add_sample(demographics.class_probs[i], float(demographics.male_probs[i]),
+                              face_quality(track), now)
+
+    # -- per-frame update ----------------------------------------------------------
+
+    def update(self, tracks, removed, now: float, dt: float) -> bool:
+        """Advance dwell and attention; close visits of removed tracks.
+
+        Returns True when who is present (or their label) changed.
+        """
+        s = self.settings
+        for track in tracks:
+            if track.state != "confirmed":
+                continue
+            person = self._person(track, now)
+            person.last_seen = max(person.last_seen, track.last_seen)
+            if track.det_index >= 0:
+                yaw, pitch = head_pose(track.landmarks)
+                looking = abs(yaw) <= s.attention_max_yaw and abs(pitch) <= s.attention_max_pitch
+                if looking:
+                    person.attention_s += dt
+                person.watching = person.watching or person.attention_s >= s.min_attention_s
+        for track in removed:
+            person = self.people.pop(track.id, None)
+            if person is not None:
+                self._close_visit(person)
+        present = self.present_key()
+        changed = present != self._last_present
+        self._last_present = present
+        return changed
+
+    def present(self) -> list[dict]:
+        return [p.summary() for p in self.people.values() if p.samples > 0]
+
+    def present_key(self) -> list[tuple]:
+        return sorted((p.track_id, p.age_class, p.gender) for p in self.people.values()
+                      if p.samples > 0)
+
+    def present_counts(self) -> dict:
+        counts = empty_counts()
+        for p in self.people.values():
+            if p.confident(self.settings.min_confidence):
+                counts[p.age_class][p.gender] += 1
+        return counts
+
+    # -- reporting intervals -------------------------------------------------------
+
+    def close_interval(self, now: float, flush: bool = False) -> dict:
+        """Counts for the interval that ends now. `flush` ends every open visit first."""
+        if flush:
+            for person in list(self.people.values()):
+                self._close_visit(person)
+            self.people.clear()
+        report, self._interval = self._interval, self._new_interval()
+        report = dict(report, end=now)
+        self._interval["start"] = now
+        return report
+
+    def totals(self) -> dict:
+        return self._totals
+
+    def _close_visit(self, person: Person) -> None:
+        s = self.settings
+        if person.dwell_s < s.min_visit_s or not person.confident(s.min_confidence):
+            for bucket in (self._interval, self._totals):
+                bucket["unclassified"] += 1
+            return
+        for bucket in (self._interval, self._totals):
+            bucket["unique_visitors"][person.age_class][person.gender] += 1
+            bucket["watchers"] += int(person.watching)
+            bucket["dwell_s"] = round(bucket["dwell_s"] + person.dwell_s, 3)
+            bucket["attention_s"] = round(bucket["attention_s"] + person.attention_s, 3)
+
+    def _person(self, track, now: float) -> Person:
+        person = self.people.get(track.id)
+        if person is None:
+            person = self.people[track.id] = Person(track.id, track.first_seen, track.last_seen)
+        return person
+
+    @staticmethod
+    def _new_interval() -> dict:
+        return {"start": None, "unique_visitors": empty_counts(), "watchers": 0,
+                "unclassified": 0, "dwell_s": 0.0, "attention_s": 0.0}
+
+
+def face_quality(track) -> float:
+    """Bigger and more frontal is better: box width times a frontal factor."""
+    width = float(track.box[2] - track.box[0])
+    yaw, _ = head_pose(track.landmarks)
+    return width * max(0.1, 1.0 - abs(yaw) / 0.6)

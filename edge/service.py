@@ -1,0 +1,331 @@
+"""The real-time service (`edge run`): capture -> detect -> track -> classify -> audience.
+
+One loop, one tick at a time:
+  1. take the newest frame of every camera (capture.py),
+  2. detect faces in each (detect.py) and update that camera's tracker (track.py),
+  3. collect the tracked faces worth classifying, from all cameras, and classify
+     them in one batch (classify.py),
+  4. update each camera's audience (audience.py) and emit events to the sinks
+     (JSON lines today; MQTT is a sink too).
+Stats, reporting intervals and the systemd watchdog hang off the same loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from edge.analyze import FaceAnalyzer
+from edge.audience import Audience
+from edge.capture import CameraReader, Frame
+from edge.notify import Notifier, watchdog_interval_s
+from edge.records import Detections
+from edge.track import FaceTracker
+
+log = logging.getLogger(__name__)
+
+
+def iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).astimezone().isoformat(
+        timespec="milliseconds")
+
+
+class EventSink(Protocol):
+    def emit(self, event: dict) -> None: ...
+
+
+class JsonLines:
+    """Events as JSON lines on a stream (stdout for `edge run --jsonl`)."""
+
+    def __init__(self, stream=None):
+        self._stream = stream or sys.stdout
+
+    def emit(self, event: dict) -> None:
+        self._stream.write(json.dumps(event) + "\n")
+        self._stream.flush()
+
+
+class LogSink:
+    """Audience changes as one log line each (the default without --jsonl)."""
+
+    def emit(self, event: dict) -> None:
+        if event["type"] == "audience":
+            people = ", ".join(f"{p['age_class']} {p['gender']}" for p in event["present"])
+            log.info("camera %s: %d present%s", event["camera"], len(event["present"]),
+                     f" ({people})" if people else "")
+        elif event["type"] in ("interval", "summary"):
+            log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
+                     _visitor_line(event["unique_visitors"]), event["watchers"])
+
+
+def _visitor_line(counts: dict) -> str:
+    parts = [f"{n} {c} {g}" for c, by_g in counts.items() for g, n in by_g.items() if n]
+    return ", ".join(parts) or "none"
+
+
+@dataclass
+class CameraRuntime:
+    """Everything the loop keeps for one camera."""
+
+    reader: CameraReader
+    tracker: FaceTracker
+    audience: Audience
+    name: str = ""
+    frames: int = 0
+    interval_start: float | None = None
+    last_ts: float | None = None
+    was_online: bool | None = None
+    done: bool = False
+    # per stats window
+    processed: int = 0
+    captured_mark: int = 0
+    skipped_mark: int = 0
+    detect_ms: list = field(default_factory=list)
+
+
+class Service:
+    def __init__(self, config, sinks: list[EventSink], *, offline: bool = False,
+                 notifier: Notifier | None = None):
+        self.config = config
+        self.sinks = sinks
+        self.offline = offline
+        self.notifier = notifier or Notifier()
+        self._stop = threading.Event()
+        self.analyzer = FaceAnalyzer(config, detect_threshold=min(
+            config.detector.score_threshold, config.tracker.low_threshold))
+        self.cameras: dict[str, CameraRuntime] = {}
+        for cam in config.cameras:
+            mode = "every_frame" if offline else ("paced" if _is_file(cam.source) else "live")
+            reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
+                                  stall_timeout_s=cam.stall_timeout_s)
+            t = config.tracker
+            tracker = FaceTracker(high_threshold=t.high_threshold, low_threshold=t.low_threshold,
+                                  match_iou=t.match_iou, min_hits=t.min_hits,
+                                  max_age_s=t.max_age_s)
+            self.cameras[cam.id] = CameraRuntime(reader, tracker,
+                                                 Audience(cam.id, config.audience), cam.name)
+        self._classify_ms: list[float] = []
+        self._batch_sizes: list[int] = []
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self._stats_at = time.monotonic()
+        self._last_processed_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, duration_s: float | None = None) -> int:
+        """Run until stopped (signal), every camera's file has ended, or `duration_s`."""
+        if duration_s is not None:
+            timer = threading.Timer(duration_s, self.stop)
+            timer.daemon = True
+            timer.start()
+        return self._run()
+
+    def _run(self) -> int:
+        for cam in self.cameras.values():
+            cam.reader.start()
+        self.notifier.ready(f"running {len(self.cameras)} camera(s)")
+        log.info("running: %s", ", ".join(f"{cid} ({c.reader.source})"
+                                         for cid, c in self.cameras.items()))
+        watchdog_every = watchdog_interval_s()
+        last_watchdog = 0.0
+        try:
+            while not self._stop.is_set():
+                worked = self.tick()
+                now = time.monotonic()
+                if worked:
+                    self._last_processed_at = now
+                # Pet the watchdog only while frames are really being processed, so
+                # a pipeline stuck without frames gets restarted by systemd.
+                if watchdog_every and now - last_watchdog >= watchdog_every \
+                        and now - self._last_processed_at < 2 * watchdog_every:
+                    self.notifier.watchdog()
+                    last_watchdog = now
+                if now - self._stats_at >= self.config.stats.interval_s:
+                    self.emit_stats()
+                if all(c.done for c in self.cameras.values()):
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        for cam in self.cameras.values():  # all at once, then wait: shutdown stays quick
+            cam.reader.request_stop()
+        for cam in self.cameras.values():
+            cam.reader.stop(timeout=2.0)
+        now = time.time()
+        for cid, cam in self.cameras.items():
+            if not cam.done:  # ended files were flushed already
+                self._flush(cid, cam, cam.last_ts or now)
+        log.info("stopped")
+
+    # -- one tick ------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """Process the newest frame of each camera; False when none had one."""
+        batch: list[tuple[str, Frame, list, Detections]] = []
+        wait = 0.05 if len(self.cameras) == 1 else 0.0
+        for cid, cam in self.cameras.items():
+            self._camera_status(cid, cam)
+            if cam.done:
+                continue
+            frame = cam.reader.latest(timeout=wait)
+            if frame is None:
+                if cam.reader.status.ended:
+                    self._flush(cid, cam, cam.last_ts or time.time())
+                    cam.done = True
+                continue
+            started = time.perf_counter()
+            faces = self.analyzer.detector(frame.image)
+            cam.detect_ms.append((time.perf_counter() - started) * 1000)
+            tracks = cam.tracker.update(faces, frame.timestamp)
+            wanted = cam.audience.wants_classification(tracks, frame.timestamp)
+            batch.append((cid, frame, tracks, wanted))
+        if not batch:
+            if len(self.cameras) > 1:
+                time.sleep(0.005)
+            return False
+        self._classify(batch)
+        for cid, frame, tracks, _ in batch:
+            self._after_frame(cid, self.cameras[cid], frame, tracks)
+        return True
+
+    def _classify(self, batch) -> None:
+        frames, faces, targets = [], [], []
+        for cid, frame, tracks, wanted in batch:
+            if wanted:
+                chosen = [tracks[i] for i in wanted]
+                frames.append(frame.image)
+                faces.append(_tracks_as_detections(chosen))
+                targets.append((cid, chosen, frame.timestamp))
+        if not faces:
+            return
+        started = time.perf_counter()
+        results = self.analyzer.classifier.classify_many(frames, faces)
+        self._classify_ms.append((time.perf_counter() - started) * 1000)
+        self._batch_sizes.append(sum(len(f) for f in faces))
+        for (cid, chosen, ts), demo in zip(targets, results):
+            self.cameras[cid].audience.add_samples(chosen, demo, ts)
+
+    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, tracks) -> None:
+        dt_s = 0.0 if cam.last_ts is None else max(0.0, frame.timestamp - cam.last_ts)
+        cam.last_ts = frame.timestamp
+        cam.frames += 1
+        cam.processed += 1
+        if cam.interval_start is None:
+            cam.interval_start = frame.timestamp
+            cam.audience.close_interval(frame.timestamp)  # stamps the first interval's start
+        changed = cam.audience.update(tracks, cam.tracker.removed, frame.timestamp, dt_s)
+        if changed:
+            self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
+                       "present": cam.audience.present(),
+                       "counts": cam.audience.present_counts()})
+        if not self.offline:
+            self._latency_ms.append((time.time() - frame.timestamp) * 1000)
+        if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
+            self._emit_interval(cid, cam, frame.timestamp, flush=False)
+
+    # -- reporting -----------------------------------------------------------------
+
+    def _emit_interval(self, cid: str, cam: CameraRuntime, end: float, flush: bool) -> None:
+        report = cam.audience.close_interval(end, flush=flush)
+        cam.interval_start = end
+        self.emit({"type": "interval", "camera": cid, "start": iso(report["start"] or end),
+                   "end": iso(end), **{k: v for k, v in report.items()
+                                       if k not in ("start", "end")}})
+
+    def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
+        """Close open visits into a final interval and, for an ended file, a summary."""
+        self._emit_interval(cid, cam, end, flush=True)
+        if cam.reader.status.ended:
+            totals = cam.audience.totals()
+            self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
+                       "unique_visitors": totals["unique_visitors"],
+                       "watchers": totals["watchers"], "unclassified": totals["unclassified"]})
+        cam.done = True
+
+    def _camera_status(self, cid: str, cam: CameraRuntime) -> None:
+        status = cam.reader.status
+        if cam.was_online is None and not status.online and not status.last_error:
+            return  # still opening: nothing to report yet
+        if status.online != cam.was_online and not status.ended:
+            cam.was_online = status.online
+            self.emit({"type": "camera", "camera": cid, "name": cam.name,
+                       "online": status.online, "error": status.last_error,
+                       "reconnects_last_hour": cam.reader.reconnects_last_hour()})
+
+    def stats(self) -> dict:
+        window = max(time.monotonic() - self._stats_at, 1e-6)
+        cameras = {}
+        for cid, cam in self.cameras.items():
+            status = cam.reader.status
+            cameras[cid] = {
+                "online": status.online,
+                "capture_fps": round((status.captured - cam.captured_mark) / window, 2),
+                "processed_fps": round(cam.processed / window, 2),
+                "skipped_fps": round((status.skipped - cam.skipped_mark) / window, 2),
+                "detector_ms": _mean(cam.detect_ms),
+                "tracks": len(cam.audience.people),
+                "reconnects_last_hour": cam.reader.reconnects_last_hour(),
+            }
+        latencies = np.array(self._latency_ms) if self._latency_ms else None
+        return {
+            "cameras": cameras,
+            "classifier_ms": _mean(self._classify_ms),
+            "classifier_batch": _mean(self._batch_sizes),
+            "latency_p50_ms": None if latencies is None else round(float(np.percentile(latencies, 50)), 1),
+            "latency_p95_ms": None if latencies is None else round(float(np.percentile(latencies, 95)), 1),
+        }
+
+    def emit_stats(self) -> None:
+        stats = self.stats()
+        self.emit({"type": "stats", "time": iso(time.time()), **stats})
+        parts = [f"{cid}: {c['processed_fps']} fps ({c['skipped_fps']} skipped), "
+                 f"detect {c['detector_ms']} ms, {c['tracks']} people"
+                 for cid, c in stats["cameras"].items()]
+        line = "; ".join(parts) + (f"; classify {stats['classifier_ms']} ms "
+                                   f"x{stats['classifier_batch']}; p95 {stats['latency_p95_ms']} ms")
+        log.info("stats %s", line)
+        self.notifier.status(line)
+        for cam in self.cameras.values():
+            cam.processed, cam.detect_ms = 0, []
+            cam.captured_mark = cam.reader.status.captured
+            cam.skipped_mark = cam.reader.status.skipped
+        self._classify_ms, self._batch_sizes = [], []
+        self._stats_at = time.monotonic()
+
+    def emit(self, event: dict) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+
+
+def _tracks_as_detections(tracks) -> Detections:
+    return Detections(np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
+                      np.array([t.score for t in tracks], np.float32),
+                      np.array([t.landmarks for t in tracks], np.float32).reshape(-1, 5, 2))
+
+
+def _mean(values) -> float | None:
+    return round(float(np.mean(values)), 2) if len(values) else None
+
+
+def _is_file(source: str) -> bool:
+    return not (source.isdigit() or "://" in source or source.startswith("/dev/"))

@@ -1,0 +1,98 @@
+"""Audience stage: when to classify, how samples combine, dwell, attention and counting."""
+
+import numpy as np
+
+from edge.audience import Audience, head_pose
+from edge.config import AudienceConfig
+from edge.records import Demographics
+from edge.track import Track
+
+FRONTAL = np.array([[40, 50], [60, 50], [50, 61], [42, 70], [58, 70]], np.float32)
+TURNED = np.array([[40, 50], [60, 50], [62, 61], [44, 70], [60, 70]], np.float32)
+
+
+def track(tid, t0, now, *, width=40.0, landmarks=FRONTAL, state="confirmed", matched=True):
+    return Track(id=tid, box=np.array([30, 40, 30 + width, 90], np.float32), score=0.9,
+                 landmarks=landmarks, first_seen=t0, last_seen=now, hits=5, misses=0,
+                 state=state, det_index=0 if matched else -1)
+
+
+def demo(class_probs, male):
+    return Demographics(np.array([30.0], np.float32), np.array([class_probs], np.float32),
+                        np.array([male], np.float32))
+
+
+def test_head_pose_of_frontal_and_turned_faces():
+    yaw, pitch = head_pose(FRONTAL)
+    assert abs(yaw) < 0.01 and abs(pitch) < 0.1
+    assert head_pose(TURNED)[0] > 0.5
+
+
+def test_classified_when_confirmed_then_only_for_better_view_or_interval():
+    aud = Audience("cam", AudienceConfig(reclassify_interval_s=2.0, better_face_ratio=1.3))
+    assert aud.wants_classification([track(1, 0, 0, state="tentative")], 0.0) == []
+    t = track(1, 0, 0.1)
+    assert aud.wants_classification([t], 0.1) == [0]
+    aud.add_samples([t], demo([0.1, 0.8, 0.1], 0.2), 0.1)
+    assert aud.wants_classification([track(1, 0, 0.5)], 0.5) == []              # same view
+    assert aud.wants_classification([track(1, 0, 0.6, width=60)], 0.6) == [0]   # bigger face
+    assert aud.wants_classification([track(1, 0, 2.2)], 2.2) == [0]             # interval due
+    assert aud.wants_classification([track(1, 0, 0.7, matched=False)], 0.7) == []  # no face now
+
+
+def test_sample_cap():
+    aud = Audience("cam", AudienceConfig(max_samples=2, reclassify_interval_s=0.1))
+    for now in (0.0, 1.0):
+        aud.add_samples([track(1, 0, now)], demo([0.2, 0.6, 0.2], 0.5), now)
+    assert aud.wants_classification([track(1, 0, 5.0, width=200)], 5.0) == []
+
+
+def test_samples_combine_into_a_stable_label():
+    aud = Audience("cam")
+    t = track(7, 0, 0)
+    for probs, male in [([0.1, 0.6, 0.3], 0.7), ([0.1, 0.3, 0.6], 0.6), ([0.05, 0.25, 0.7], 0.8)]:
+        aud.add_samples([t], demo(probs, male), 0)
+    person = aud.people[7]
+    assert person.samples == 3 and person.age_class == "old" and person.gender == "male"
+    np.testing.assert_allclose(person.class_probs.sum(), 1)
+
+
+def test_dwell_attention_and_a_counted_visit():
+    aud = Audience("cam", AudienceConfig(min_attention_s=1.0, min_visit_s=0.5))
+    changed = []
+    for i in range(31):  # 3 s at 10 fps, looking at the display the whole time
+        now = i * 0.1
+        t = track(3, 0.0, now)
+        if i == 0:
+            aud.add_samples([t], demo([0.05, 0.9, 0.05], 0.1), now)
+        changed.append(aud.update([t], [], now, 0.1 if i else 0.0))
+    assert changed[0] and not any(changed[1:])  # one change: the person appeared
+    person = aud.present()[0]
+    assert person["dwell_s"] == 3.0 and person["attention_s"] >= 2.9 and person["watching"]
+    assert aud.present_counts()["adult"]["female"] == 1
+    assert aud.update([], [track(3, 0.0, 3.0)], 4.0, 0.1)  # track removed: visit ends
+    report = aud.close_interval(4.0)
+    assert report["unique_visitors"]["adult"]["female"] == 1 and report["watchers"] == 1
+    assert report["dwell_s"] == 3.0 and aud.present() == []
+
+
+def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count():
+    aud = Audience("cam", AudienceConfig(min_visit_s=0.5))
+    walker, glimpse = track(1, 0.0, 2.0, landmarks=TURNED), track(2, 1.8, 2.0)
+    aud.add_samples([walker, glimpse], Demographics(
+        np.array([30, 30], np.float32), np.array([[0, 1, 0], [0, 1, 0]], np.float32),
+        np.array([0.9, 0.9], np.float32)), 2.0)
+    aud.update([walker, glimpse], [], 2.0, 0.1)
+    report = aud.close_interval(3.0, flush=True)
+    assert report["unique_visitors"]["adult"]["male"] == 1  # the glimpse lasted 0.2 s
+    assert report["unclassified"] == 1 and report["watchers"] == 0
+
+
+def test_unsure_visitors_are_counted_as_unclassified():
+    aud = Audience("cam", AudienceConfig(min_confidence=0.6))
+    t = track(1, 0.0, 2.0)
+    aud.add_samples([t], demo([0.35, 0.4, 0.25], 0.5), 2.0)
+    aud.update([t], [], 2.0, 0.1)
+    report = aud.close_interval(3.0, flush=True)
+    assert report["unclassified"] == 1
+    assert sum(n for by_g in report["unique_visitors"].values() for n in by_g.values()) == 0

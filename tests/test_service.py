@@ -1,0 +1,132 @@
+"""`edge run` end to end: the shared clips, shutdown on SIGTERM, systemd notify, config errors."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edge.errors import EX_CONFIG
+
+from conftest import ROOT, need, run_edge
+
+
+def run_clip(name):
+    clip = need(f"media/{name}")
+    result = run_edge("--config", "config.yaml", "run", "--source", str(clip), "--jsonl")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = events[-1]
+    assert summary["type"] == "summary" and [e["type"] for e in events].count("summary") == 1
+    return events, summary
+
+
+def visitors(summary):
+    return {(c, g): n for c, by_g in summary["unique_visitors"].items()
+            for g, n in by_g.items() if n}
+
+
+def test_walking_clip_three_adults_two_women_one_man():
+    events, summary = run_clip("face-demographics-walking-and-pause.gif")
+    assert summary["frames"] == 41
+    assert visitors(summary) == {("adult", "female"): 2, ("adult", "male"): 1}
+    assert summary["unclassified"] == 0
+    audience = [e for e in events if e["type"] == "audience"]
+    assert audience and len(audience[-1]["present"]) == 3
+    assert all(p["dwell_s"] >= 0 and "track" in p for p in audience[-1]["present"])
+    intervals = [e for e in events if e["type"] == "interval"]
+    assert len(intervals) == 1 and intervals[0]["unique_visitors"] == summary["unique_visitors"]
+    assert intervals[0]["end"].endswith("+00:00")  # ISO 8601 with zone
+
+
+def test_head_pose_clip_one_woman_one_man():
+    _, summary = run_clip("head-pose-face-detection-female-and-male.gif")
+    assert summary["frames"] == 56
+    assert visitors(summary) == {("adult", "female"): 1, ("adult", "male"): 1}
+
+
+def test_store_aisle_clip_creates_no_confident_visitor():
+    _, summary = run_clip("store-aisle-detection.gif")
+    assert summary["frames"] == 67 and visitors(summary) == {}
+
+
+def start_service(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "edge", "--config", "config.yaml", "run",
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **(env or {})})
+
+
+def test_sigterm_stops_within_5s_and_flushes_the_last_interval(group_photo):
+    proc = start_service("--source", str(group_photo), "--realtime", "--jsonl")
+    try:
+        first = json.loads(proc.stdout.readline())
+        while first["type"] != "audience":
+            first = json.loads(proc.stdout.readline())
+        assert len(first["present"]) == 6
+        time.sleep(1.0)  # longer than audience.min_visit_s, so the six count as visitors
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert took < 5, f"shutdown took {took:.1f} s"
+    last = [json.loads(line) for line in out.splitlines()][-1]
+    assert last["type"] == "interval"
+    assert sum(n for by_g in last["unique_visitors"].values() for n in by_g.values()) == 6
+    assert "stopped" in err
+
+
+def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
+    path = str(tmp_path / "notify.sock")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)
+    manager.settimeout(20)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "run", "--source",
+         str(group_photo), "--realtime"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    messages = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            messages.append(manager.recv(4096).decode())
+            if any("WATCHDOG=1" in m for m in messages) and any(
+                    m.startswith("STATUS=") and "fps" in m for m in messages):
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        manager.settimeout(1)
+        while True:
+            try:
+                messages.append(manager.recv(4096).decode())
+            except socket.timeout:
+                break
+    finally:
+        proc.kill()
+        manager.close()
+    assert messages[0].startswith("READY=1\nSTATUS=running 1 camera(s)")
+    assert "WATCHDOG=1" in messages
+    assert any(m.startswith("STATUS=t1: ") and "fps" in m for m in messages)
+    assert messages[-1].startswith("STOPPING=1")
+    assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("cameras:\n  - {id: door}\n", "'cameras[0].source' is missing"),
+    ("", "no cameras configured"),
+])
+def test_run_config_errors_exit_78(tmp_path, text, needle):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    result = run_edge("--config", str(config), "run")
+    assert result.returncode == EX_CONFIG
+    assert needle in result.stderr and str(config) in result.stderr
