@@ -109,6 +109,12 @@ def cmd_run(args, cfg) -> int:
     return service.run(duration_s=args.duration)
 
 
+def cmd_bench(args, cfg) -> int:
+    from edge import bench
+
+    return bench.main(cfg, args.source, args.size, args.seconds, args.json)
+
+
 def cmd_config(args, cfg) -> int:
     if args.reference:
         print("| key | default | meaning |\n| --- | --- | --- |")
@@ -155,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", action="store_true",
                    help="write events as JSON lines on stdout (no broker needed)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
+    p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
+    p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")

@@ -65,6 +65,9 @@ def session(model: Path | bytes, providers: tuple[str, ...], threads: int = 0,
             label: str = "model") -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings are fixed at the source
+    # Several sessions (detector, age, gender) share few cores: threads that
+    # spin after a run steal the next session's CPU time, so let them sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

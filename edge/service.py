@@ -95,7 +95,8 @@ class CameraRuntime:
 
 class Service:
     def __init__(self, config, sinks: list[EventSink], *, offline: bool = False,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, opener=None):
+        """`opener` replaces capture.open_source (edge bench feeds frames from memory)."""
         self.config = config
         self.sinks = sinks
         self.offline = offline
@@ -107,7 +108,8 @@ class Service:
         for cam in config.cameras:
             mode = "every_frame" if offline else ("paced" if _is_file(cam.source) else "live")
             reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
-                                  stall_timeout_s=cam.stall_timeout_s)
+                                  stall_timeout_s=cam.stall_timeout_s,
+                                  **({"opener": opener} if opener else {}))
             t = config.tracker
             tracker = FaceTracker(high_threshold=t.high_threshold, low_threshold=t.low_threshold,
                                   match_iou=t.match_iou, min_hits=t.min_hits,

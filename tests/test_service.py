@@ -130,3 +130,32 @@ def test_run_config_errors_exit_78(tmp_path, text, needle):
     result = run_edge("--config", str(config), "run")
     assert result.returncode == EX_CONFIG
     assert needle in result.stderr and str(config) in result.stderr
+
+
+def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
+    walk = need("media/face-demographics-walking-and-pause.gif")
+    pose = need("media/head-pose-face-detection-female-and-male.gif")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
+                      f"  - {{id: door, source: {walk}}}\n  - {{id: till, source: {pose}}}\n")
+    from edge import config as config_mod
+    from edge.service import Service
+
+    class Collect:
+        def __init__(self):
+            self.events = []
+
+        def emit(self, event):
+            self.events.append(event)
+
+    sink = Collect()
+    service = Service(config_mod.load(config), [sink], offline=True)
+    batches = []
+    original = service.analyzer.classifier.classify_many
+    service.analyzer.classifier.classify_many = lambda frames, faces: (
+        batches.append(len(frames)) or original(frames, faces))
+    assert service.run() == 0
+    summaries = {e["camera"]: e for e in sink.events if e["type"] == "summary"}
+    assert visitors(summaries["door"]) == {("adult", "female"): 2, ("adult", "male"): 1}
+    assert visitors(summaries["till"]) == {("adult", "female"): 1, ("adult", "male"): 1}
+    assert max(batches) == 2  # faces from both cameras went to the model together
