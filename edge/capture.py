@@ -27,6 +27,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# OpenCV/FFmpeg would log every stream timeout itself; we log one line of our own.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+HEALTHY_AFTER_S = 60.0  # a source must deliver this long before its backoff starts over
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -44,7 +49,6 @@ class CameraStatus:
     ended: bool = False
     captured: int = 0
     skipped: int = 0
-    reconnects_last_hour: int = 0
     last_error: str = ""
 
 
@@ -161,6 +165,8 @@ class CameraReader:
         self._opener = opener
         self.status = CameraStatus()
         self._reconnects: collections.deque[float] = collections.deque()
+        self._online_since = 0.0
+        self._delivered = 0  # frames handed over since start, across reopens
         self._slot: Frame | None = None
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -207,7 +213,6 @@ class CameraReader:
         return len(self._reconnects)
 
     def _run(self) -> None:
-        index = 0
         opened_once = False
         while not self._stop.is_set():
             try:
@@ -221,44 +226,49 @@ class CameraReader:
             file_fps = getattr(reader, "fps", 0.0) or self.fps
             log.info("camera %s online (%s)", self.camera_id, self.source)
             self.status.online, self.status.last_error = True, ""
-            self._backoff.reset()
+            self._online_since = time.monotonic()
             try:
-                index = self._read_frames(reader, index, file_fps)
+                self._read_frames(reader, file_fps)
                 return  # stopped or ended
             except OSError as exc:
                 self._went_offline(str(exc))
             finally:
                 reader.release()
 
-    def _read_frames(self, reader, index: int, file_fps: float) -> int:
+    def _read_frames(self, reader, file_fps: float) -> None:
         interval = 1.0 / file_fps if file_fps > 0 else 0.0
-        started = time.time()
+        started, first = time.time(), self._delivered
         while not self._stop.is_set():
             try:
                 image = reader.read()
             except SourceEnded:
                 log.info("camera %s: end of %s after %d frames", self.camera_id, self.source,
-                         index)
+                         self._delivered)
                 with self._cond:
                     self.status.ended, self.status.online = True, False
                     self._cond.notify_all()
-                return index
+                return
+            n = self._delivered - first  # frames since this open, for file time
             if self.mode == "every_frame":
-                timestamp = started + index * interval
+                timestamp = started + n * interval
             else:
                 timestamp = time.time()
-            self._publish(Frame(self.camera_id, index, timestamp, image))
-            index += 1
+            self._publish(Frame(self.camera_id, self._delivered, timestamp, image))
+            self._delivered += 1
             if self.mode == "paced" and interval:
                 # Sleep to the file's own clock, not a fixed gap, so slow reads don't drift.
-                delay = started + index * interval - time.time()
+                delay = started + (n + 1) * interval - time.time()
                 if delay > 0:
                     self._stop.wait(delay)
-        return index
 
     def _went_offline(self, reason: str) -> None:
+        # A source that opens but fails again at once (a flapping stream) keeps
+        # backing off; only one that delivered for a while starts over at 1 s.
+        if self.status.online and time.monotonic() - self._online_since >= HEALTHY_AFTER_S:
+            self._backoff.reset()
         delay = self._backoff.next_delay()
         if self.status.online or self.status.last_error != reason:
-            log.warning("camera %s offline: %s; retrying in %.0f s", self.camera_id, reason, delay)
+            log.warning("camera %s offline: %s; retrying in %.1f s", self.camera_id, reason,
+                        delay)
         self.status.online, self.status.last_error = False, reason
         self._stop.wait(delay)

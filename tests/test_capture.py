@@ -103,3 +103,86 @@ def test_unopenable_source_says_why(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(OSError, match="folder has no images"):
         open_source(str(tmp_path / "empty"), False, 10)
+
+
+class MjpegCamera:
+    """A real HTTP MJPEG stream on loopback, as cheap IP cameras serve one."""
+
+    def __init__(self, period_s: float, frames_per_connection: int | None = None):
+        import http.server
+        import socketserver
+        import threading
+
+        ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 90, np.uint8))
+        payload = jpeg.tobytes()
+        connections = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                connections.append(time.monotonic())
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                sent = 0
+                try:
+                    while frames_per_connection is None or sent < frames_per_connection:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                         b"Content-Length: %d\r\n\r\n" % len(payload)
+                                         + payload + b"\r\n")
+                        self.wfile.flush()
+                        sent += 1
+                        time.sleep(period_s)
+                    time.sleep(60)  # then stall, connection open: a hung camera
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.connections = connections
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def collect(reader, seconds):
+    frames, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        frame = reader.latest(timeout=0.2)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+def test_sparse_stream_is_not_restarted():
+    camera = MjpegCamera(period_s=1.5)  # a frame every 1.5 s, well inside the 4 s timeout
+    reader = CameraReader("ip", camera.url, mode="live", stall_timeout_s=4).start()
+    try:
+        frames = collect(reader, 6.5)
+    finally:
+        reader.stop()
+        camera.close()
+    assert len(frames) >= 4
+    assert reader.reconnects_last_hour() == 0 and len(camera.connections) == 1
+
+
+def test_hung_stream_is_reopened_and_flapping_backs_off():
+    camera = MjpegCamera(period_s=0.1, frames_per_connection=3)  # 3 frames, then hangs
+    reader = CameraReader("ip", camera.url, mode="live", stall_timeout_s=1,
+                          backoff=Backoff(initial_s=0.5, max_s=8)).start()
+    try:
+        frames = collect(reader, 9)
+    finally:
+        reader.stop()
+        camera.close()
+    assert reader.reconnects_last_hour() >= 2
+    assert frames[-1].index >= 6  # frames came again after each reopen
+    gaps = np.diff(camera.connections)
+    assert gaps[-1] > gaps[0]  # backoff grows while the stream keeps failing

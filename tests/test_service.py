@@ -159,3 +159,49 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
     assert visitors(summaries["door"]) == {("adult", "female"): 2, ("adult", "male"): 1}
     assert visitors(summaries["till"]) == {("adult", "female"): 1, ("adult", "male"): 1}
     assert max(batches) == 2  # faces from both cameras went to the model together
+
+
+def test_watchdog_stops_while_no_frames_flow_and_resumes(tmp_path, group_photo):
+    import shutil
+
+    import cv2
+
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    image = cv2.resize(cv2.imread(str(group_photo)), (640, 443))
+    cv2.imwrite(str(folder / "0.jpg"), image)
+    path = str(tmp_path / "notify.sock")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)
+    manager.settimeout(0.2)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n"
+                      f"cameras:\n  - {{id: shelf, source: {folder}, loop: true, fps: 10}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "NOTIFY_SOCKET": path,
+                                 "WATCHDOG_USEC": "1000000"})
+
+    def watchdogs(seconds):
+        times, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                if manager.recv(4096) == b"WATCHDOG=1":
+                    times.append(time.monotonic())
+            except socket.timeout:
+                pass
+        return times
+
+    try:
+        assert len(watchdogs(4)) >= 2  # frames flow: pets every 0.5 s
+        shutil.rmtree(folder)  # the camera goes away
+        gone = time.monotonic()
+        late = [t for t in watchdogs(3) if t - gone > 1.5]
+        assert late == []  # no frames, no watchdog: systemd would restart a stuck service
+        folder.mkdir()
+        cv2.imwrite(str(folder / "0.jpg"), image)
+        assert len(watchdogs(8)) >= 2  # back
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        manager.close()
