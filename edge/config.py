@@ -95,8 +95,11 @@ class CameraConfig:
     name: str = opt("", "Human-readable name, e.g. 'Entrance'.")
     source: str = opt("", "A V4L2 device (/dev/video0) or index (0), an rtsp:// or http:// "
                       "URL, a video file, a folder of images or one still photo.")
-    fps: float = opt(15.0, "Frames per second to process at most; also the rate a still photo "
-                     "or image folder is shown at.", min=0.1, max=120)
+    fps: float = opt(15.0, "Frames per second to process at most (newer frames in between "
+                     "are passed over); also the rate a still photo or image folder is shown "
+                     "at.", min=0.1, max=120)
+    detect_width: int | None = opt(None, "Detection width for this camera (pixels, multiple "
+                                   "of 32); default detector.input_width.", min=64, max=4096)
     loop: bool = opt(False, "Start a video file or image folder again when it ends.")
     stall_timeout_s: float = opt(10.0, "A stream that delivers no frame for this long is "
                                  "reopened (with backoff).", min=1, max=600)

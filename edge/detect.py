@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class FaceDetector(Protocol):
     provider: str
 
-    def __call__(self, frame: np.ndarray) -> Detections: ...
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections: ...
 
 
 def input_size(frame_w: int, frame_h: int, width: int) -> tuple[int, int]:
@@ -122,8 +122,8 @@ class CenterFace:
             self._sessions[size] = sess
         return sess
 
-    def __call__(self, frame: np.ndarray) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
         canvas, scale = letterbox(frame, size)
         blob = cv2.dnn.blobFromImage(canvas, 1.0, swapRB=True)  # BGR -> RGB, NCHW float32
         heat, sizes, offsets, marks = self._session(size).run(self.OUTPUTS, {"input.1": blob})
@@ -175,8 +175,8 @@ class SCRFD:
         self.min_face_px = min_face_px
         self.provider = runtime.active_provider(model.session)
 
-    def __call__(self, frame: np.ndarray) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
         dets, kps = self._model.detect(frame, input_size=size)
         if kps is None:
             raise ModelError("the SCRFD model has no keypoint outputs; a 5-point model is needed")
@@ -202,8 +202,8 @@ class YuNet:
         self.nms_iou = nms_iou
         self.min_face_px = min_face_px
 
-    def __call__(self, frame: np.ndarray) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], self.input_width)
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
+        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
         canvas, scale = letterbox(frame, size)
         self._net.setInputSize(size)
         _, faces = self._net.detect(canvas)

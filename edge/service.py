@@ -81,6 +81,9 @@ class CameraRuntime:
     tracker: FaceTracker
     audience: Audience
     name: str = ""
+    detect_width: int | None = None
+    min_gap_s: float = 0.0  # 1 / target fps; 0 processes every frame (offline)
+    last_processed: float = -1e18
     frames: int = 0
     interval_start: float | None = None
     last_ts: float | None = None
@@ -88,6 +91,7 @@ class CameraRuntime:
     done: bool = False
     # per stats window
     processed: int = 0
+    passed_over: int = 0  # frames newer than the target fps allows, left on purpose
     captured_mark: int = 0
     skipped_mark: int = 0
     detect_ms: list = field(default_factory=list)
@@ -114,8 +118,9 @@ class Service:
             tracker = FaceTracker(high_threshold=t.high_threshold, low_threshold=t.low_threshold,
                                   match_iou=t.match_iou, min_hits=t.min_hits,
                                   max_age_s=t.max_age_s)
-            self.cameras[cam.id] = CameraRuntime(reader, tracker,
-                                                 Audience(cam.id, config.audience), cam.name)
+            self.cameras[cam.id] = CameraRuntime(
+                reader, tracker, Audience(cam.id, config.audience), cam.name,
+                detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps)
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
@@ -195,8 +200,12 @@ class Service:
                     self._flush(cid, cam, cam.last_ts or time.time())
                     cam.done = True
                 continue
+            if frame.timestamp - cam.last_processed < 0.9 * cam.min_gap_s:
+                cam.passed_over += 1  # above the camera's target fps: not a loss
+                continue
+            cam.last_processed = frame.timestamp
             started = time.perf_counter()
-            faces = self.analyzer.detector(frame.image)
+            faces = self.analyzer.detector(frame.image, cam.detect_width)
             cam.detect_ms.append((time.perf_counter() - started) * 1000)
             tracks = cam.tracker.update(faces, frame.timestamp)
             wanted = cam.audience.wants_classification(tracks, frame.timestamp)
@@ -284,6 +293,7 @@ class Service:
                 "capture_fps": round((status.captured - cam.captured_mark) / window, 2),
                 "processed_fps": round(cam.processed / window, 2),
                 "skipped_fps": round((status.skipped - cam.skipped_mark) / window, 2),
+                "passed_over_fps": round(cam.passed_over / window, 2),
                 "detector_ms": _mean(cam.detect_ms),
                 "tracks": len(cam.audience.people),
                 "reconnects_last_hour": cam.reader.reconnects_last_hour(),
@@ -308,7 +318,7 @@ class Service:
         log.info("stats %s", line)
         self.notifier.status(line)
         for cam in self.cameras.values():
-            cam.processed, cam.detect_ms = 0, []
+            cam.processed, cam.passed_over, cam.detect_ms = 0, 0, []
             cam.captured_mark = cam.reader.status.captured
             cam.skipped_mark = cam.reader.status.skipped
         self._classify_ms, self._batch_sizes = [], []

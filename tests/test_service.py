@@ -205,3 +205,19 @@ def test_watchdog_stops_while_no_frames_flow_and_resumes(tmp_path, group_photo):
         proc.terminate()
         proc.wait(timeout=10)
         manager.close()
+
+
+def test_camera_target_fps_and_detection_width(tmp_path):
+    from edge import config as config_mod
+    from edge.service import Service
+
+    clip = need("media/face-demographics-walking-and-pause.gif")  # 12.5 fps
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
+                      f"  - {{id: door, source: {clip}, loop: true, fps: 5, detect_width: 320}}\n")
+    service = Service(config_mod.load(config), sinks=[])
+    service.run(duration_s=3.0)
+    stats = service.stats()["cameras"]["door"]
+    assert 3.5 <= stats["processed_fps"] <= 5.5      # the camera's target, not the file's 12.5
+    assert stats["passed_over_fps"] >= 5 and stats["skipped_fps"] == 0
+    assert (320, 192) in service.analyzer.detector._sessions  # 480x270 frames at 320 wide
