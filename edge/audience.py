@@ -185,6 +185,10 @@ class Audience:
 
     # -- reporting intervals -------------------------------------------------------
 
+    def begin(self, now: float) -> None:
+        """Start the first reporting interval at the camera's first frame."""
+        self._interval["start"] = now
+
     def close_interval(self, now: float, flush: bool = False) -> dict:
         """Counts for the interval that ends now. `flush` ends every open visit first."""
         if flush:

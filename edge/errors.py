@@ -4,10 +4,7 @@ Exit statuses follow sysexits.h so that systemd's RestartPreventExitStatus=78
 stops a restart loop on configuration problems that a restart cannot fix.
 """
 
-EX_USAGE = 64
 EX_DATAERR = 65
-EX_NOINPUT = 66
-EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 

@@ -189,7 +189,9 @@ class Service:
     def tick(self) -> bool:
         """Process the newest frame of each camera; False when none had one."""
         batch: list[tuple[str, Frame, list, Detections]] = []
-        wait = 0.05 if len(self.cameras) == 1 else 0.0
+        # Offline, files are read in lockstep (the reader is never far behind), which
+        # keeps results independent of thread timing; live, one camera may block briefly.
+        wait = 1.0 if self.offline else (0.05 if len(self.cameras) == 1 else 0.0)
         for cid, cam in self.cameras.items():
             self._camera_status(cid, cam)
             if cam.done:
@@ -243,7 +245,7 @@ class Service:
         cam.processed += 1
         if cam.interval_start is None:
             cam.interval_start = frame.timestamp
-            cam.audience.close_interval(frame.timestamp)  # stamps the first interval's start
+            cam.audience.begin(frame.timestamp)
         changed = cam.audience.update(tracks, cam.tracker.removed, frame.timestamp, dt_s)
         if changed:
             self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
