@@ -1,0 +1,180 @@
+"""Select stage: the ad catalog, validated at start-up.
+
+The catalog (ads/catalog.yaml) is edited by marketing people, so every mistake
+is reported with the catalog file, the ad and the field, and all of them at
+once rather than one per restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from edge.errors import ConfigError
+from edge.records import AGE_CLASSES, GENDERS
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
+           "priority"}
+_HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    days: tuple[str, ...] = DAYS
+    start: dt.time = dt.time(0, 0)
+    end: dt.time | None = None  # None: until midnight
+
+    def allows(self, when: dt.datetime) -> bool:
+        if DAYS[when.weekday()] not in self.days:
+            return False
+        now = when.time()
+        return self.start <= now and (self.end is None or now < self.end)
+
+
+@dataclass(frozen=True)
+class Ad:
+    id: str
+    title: str
+    creative: str          # absolute file path, or an http(s) URL
+    duration_s: float
+    age_classes: tuple[str, ...] = ()  # empty: anyone
+    genders: tuple[str, ...] = ()
+    weight: float = 1.0
+    schedule: Schedule = Schedule()
+    priority: int = 0
+
+    def targets(self, age_class: str, gender: str) -> bool:
+        return ((not self.age_classes or age_class in self.age_classes)
+                and (not self.genders or gender in self.genders))
+
+
+@dataclass(frozen=True)
+class Catalog:
+    ads: dict[str, Ad]
+    default: str
+    family_safe: str
+    path: Path
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ad catalog: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: ad catalog is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("ads"), list) or not data["ads"]:
+        raise ConfigError(f"{path}: the catalog needs a non-empty list under 'ads'")
+    unknown = set(data) - {"schema_version", "default", "family_safe", "ads"}
+    problems = [f"unknown key '{k}'" for k in sorted(unknown)]
+    ads: dict[str, Ad] = {}
+    for i, entry in enumerate(data["ads"]):
+        ad, errors = _parse_ad(entry, i, path.parent)
+        label = f"ad '{entry.get('id')}'" if isinstance(entry, dict) and entry.get("id") \
+            else f"ads[{i}]"
+        problems += [f"{label}: {e}" for e in errors]
+        if ad is not None:
+            if ad.id in ads:
+                problems.append(f"{label}: id '{ad.id}' is used by another ad too")
+            ads[ad.id] = ad
+    for key in ("default", "family_safe"):
+        value = data.get(key)
+        if value is None:
+            problems.append(f"'{key}' must name the ad to show "
+                            + ("when nobody is in view" if key == "default"
+                               else "when children dominate the audience"))
+        elif value not in ads:
+            problems.append(f"'{key}' names ad '{value}', which is not in the catalog")
+        elif ads[value].age_classes or ads[value].genders:
+            problems.append(f"'{key}' ad '{value}' must not be targeted (it is shown to anyone)")
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    return Catalog(ads, data["default"], data["family_safe"], path)
+
+
+def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
+    if not isinstance(entry, dict):
+        return None, [f"must be a mapping, got {type(entry).__name__}"]
+    errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS)]
+    ad_id = entry.get("id")
+    if not isinstance(ad_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", ad_id):
+        errors.append(f"field 'id' is {ad_id!r}; use letters, digits, '.', '-' and '_'")
+    title = entry.get("title")
+    if not isinstance(title, str) or not title.strip():
+        errors.append("field 'title' is missing")
+    creative = entry.get("creative")
+    if not isinstance(creative, str) or not creative:
+        errors.append("field 'creative' is missing")
+    elif not creative.startswith(("http://", "https://")):
+        file = (base / creative).resolve()
+        if not file.is_file():
+            errors.append(f"field 'creative': file {file} does not exist")
+        creative = str(file)
+    duration = entry.get("duration_s")
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0:
+        errors.append(f"field 'duration_s' is {duration!r}; give seconds, more than 0")
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+        errors.append(f"field 'weight' is {weight!r}; give a number more than 0")
+    priority = entry.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        errors.append(f"field 'priority' is {priority!r}; give a whole number")
+    classes, genders = _parse_targeting(entry.get("targeting") or {}, errors)
+    schedule = _parse_schedule(entry.get("schedule") or {}, errors)
+    if errors:
+        return None, errors
+    return Ad(ad_id, title.strip(), creative, float(duration), classes, genders, float(weight),
+              schedule, priority), []
+
+
+def _parse_targeting(targeting, errors: list[str]) -> tuple[tuple, tuple]:
+    if not isinstance(targeting, dict):
+        errors.append("field 'targeting' must be a mapping with age_classes and genders")
+        return (), ()
+    for key in sorted(set(targeting) - {"age_classes", "genders"}):
+        errors.append(f"field 'targeting.{key}' is unknown; use age_classes and genders")
+    result = []
+    for key, allowed in (("age_classes", AGE_CLASSES), ("genders", GENDERS)):
+        values = targeting.get(key) or []
+        if isinstance(values, str):
+            values = [values]
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            errors.append(f"field 'targeting.{key}' has {', '.join(map(repr, bad))}; "
+                          f"choose from {', '.join(allowed)}")
+        result.append(tuple(v for v in values if v in allowed))
+    return result[0], result[1]
+
+
+def _parse_schedule(schedule, errors: list[str]) -> Schedule:
+    if not isinstance(schedule, dict):
+        errors.append("field 'schedule' must be a mapping with days and hours")
+        return Schedule()
+    for key in sorted(set(schedule) - {"days", "hours"}):
+        errors.append(f"field 'schedule.{key}' is unknown; use days and hours")
+    days = schedule.get("days") or list(DAYS)
+    bad = [d for d in days if d not in DAYS]
+    if bad:
+        errors.append(f"field 'schedule.days' has {', '.join(map(repr, bad))}; "
+                      f"use {', '.join(DAYS)}")
+    hours = schedule.get("hours", "00:00-24:00")
+    match = _HOURS.match(str(hours))
+    start = end = None
+    if match:
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        if h1 < 24 and m1 < 60 and m2 < 60 and (h2 < 24 or (h2 == 24 and m2 == 0)):
+            start = dt.time(h1, m1)
+            end = None if h2 == 24 else dt.time(h2, m2)
+            if end is not None and end <= start:
+                errors.append(f"field 'schedule.hours' {hours!r} ends before it starts")
+    if start is None:
+        errors.append(f"field 'schedule.hours' is {hours!r}; write HH:MM-HH:MM, "
+                      f"e.g. 08:00-20:00")
+        return Schedule()
+    return Schedule(tuple(d for d in days if d in DAYS), start, end)
