@@ -173,20 +173,23 @@ def load(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path, "config", ConfigError)
     if data is None:
         data = {}
     config = build(Config, data, str(path), "")
     config.base_dir = path.resolve().parent
     _cross_checks(config, str(path))
     return config
+
+
+def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
+    """Parsed YAML, or `error` naming the file and what it is (config, catalog, manifest)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: {what} is not valid YAML: {exc}") from exc
 
 
 def build(cls: type, data: Any, file: str, prefix: str) -> Any:

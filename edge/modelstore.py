@@ -18,8 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from edge.config import read_yaml
 from edge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -43,12 +42,7 @@ class ModelSpec:
 
 def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
     path = models_dir / MANIFEST_NAME
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model manifest: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ModelError(f"{path}: model manifest is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "model manifest", ModelError)
     specs = {}
     for name, entry in (data or {}).get("models", {}).items():
         try:

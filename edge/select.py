@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from edge.config import read_yaml
 from edge.errors import ConfigError
 from edge.records import AGE_CLASSES, GENDERS
 
@@ -63,12 +62,7 @@ class Catalog:
 
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ad catalog: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: ad catalog is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "ad catalog", ConfigError)
     if not isinstance(data, dict) or not isinstance(data.get("ads"), list) or not data["ads"]:
         raise ConfigError(f"{path}: the catalog needs a non-empty list under 'ads'")
     unknown = set(data) - {"schema_version", "default", "family_safe", "ads"}
