@@ -46,7 +46,7 @@ def head_pose(landmarks: np.ndarray) -> tuple[float, float]:
 class Person:
     """What the audience stage knows about one track during one visit."""
 
-    track_id: str
+    track_id: int  # the tracker's random per-run id
     first_seen: float
     last_seen: float
     samples: int = 0
@@ -109,7 +109,7 @@ class Audience:
     def __init__(self, camera_id: str, settings: AudienceConfig | None = None):
         self.camera_id = camera_id
         self.settings = settings or AudienceConfig()
-        self.people: dict[str, Person] = {}
+        self.people: dict[int, Person] = {}
         self._interval = self._new_interval()
         self._totals = self._new_interval()
         self._last_present: list[tuple] = []
@@ -137,7 +137,7 @@ class Audience:
 
     def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
         for i, track in enumerate(tracks):
-            person = self._person(track, now)
+            person = self._person(track)
             person.add_sample(demographics.class_probs[i], float(demographics.male_probs[i]),
                               face_quality(track), now)
 
@@ -152,7 +152,7 @@ class Audience:
         for track in tracks:
             if track.state != "confirmed":
                 continue
-            person = self._person(track, now)
+            person = self._person(track)
             person.last_seen = max(person.last_seen, track.last_seen)
             if track.det_index >= 0:
                 yaw, pitch = head_pose(track.landmarks)
@@ -215,7 +215,7 @@ class Audience:
             bucket["dwell_s"] = round(bucket["dwell_s"] + person.dwell_s, 3)
             bucket["attention_s"] = round(bucket["attention_s"] + person.attention_s, 3)
 
-    def _person(self, track, now: float) -> Person:
+    def _person(self, track) -> Person:
         person = self.people.get(track.id)
         if person is None:
             person = self.people[track.id] = Person(track.id, track.first_seen, track.last_seen)

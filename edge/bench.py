@@ -96,9 +96,8 @@ def bench_full(config, frames: list[np.ndarray], seconds: float, fps: float) -> 
         for cam in service.cameras.values():
             cam.reader.stop()
     result = summary(latencies, elapsed)
-    result["classifier_calls"] = len(service._batch_sizes)
-    result["mean_batch"] = round(float(np.mean(service._batch_sizes)), 2) \
-        if service._batch_sizes else 0
+    result["classifier_calls"] = service.classifier_calls
+    result["mean_batch"] = service.stats()["classifier_batch"] or 0
     return result, service.analyzer
 
 

@@ -122,7 +122,8 @@ class Service:
                 reader, tracker, Audience(cam.id, config.audience), cam.name,
                 detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps)
         self._classify_ms: list[float] = []
-        self._batch_sizes: list[int] = []
+        self._batch_sizes: list[int] = []  # per stats window
+        self.classifier_calls = 0  # since start
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self._stats_at = time.monotonic()
         self._last_processed_at = 0.0
@@ -235,6 +236,7 @@ class Service:
         results = self.analyzer.classifier.classify_many(frames, faces)
         self._classify_ms.append((time.perf_counter() - started) * 1000)
         self._batch_sizes.append(sum(len(f) for f in faces))
+        self.classifier_calls += 1
         for (cid, chosen, ts), demo in zip(targets, results):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
 
