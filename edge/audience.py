@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import AudienceConfig
-from edge.records import AGE_CLASSES, GENDERS, Demographics
+from edge.records import AGE_CLASSES, GENDERS, Demographics, Viewer
 
 _EPS = 1e-6
 
@@ -171,6 +171,12 @@ class Audience:
 
     def present(self) -> list[dict]:
         return [p.summary() for p in self.people.values() if p.samples > 0]
+
+    def viewers(self) -> list[Viewer]:
+        """The classified people present now, for the select stage."""
+        return [Viewer(p.age_class, p.gender, float(p.class_probs.max()),
+                       max(p.male_prob, 1 - p.male_prob), p.dwell_s, p.attention_s, p.watching)
+                for p in self.people.values() if p.samples > 0]
 
     def present_key(self) -> list[tuple]:
         return sorted((p.track_id, p.age_class, p.gender) for p in self.people.values()

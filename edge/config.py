@@ -9,6 +9,7 @@ ConfigError naming the file and the dotted key, so `edge run` can exit 78.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -148,6 +149,73 @@ class StatsConfig:
 
 
 @dataclass
+class TlsConfig:
+    enabled: bool = opt(False, "Connect with TLS (port 8883 on most brokers).")
+    ca_file: str | None = opt(None, "CA certificate file that signed the broker's certificate; "
+                              "default: the system's trusted CAs.")
+    cert_file: str | None = opt(None, "Client certificate file, where the broker asks for one.")
+    key_file: str | None = opt(None, "Private key of the client certificate.")
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = opt(False, "Publish availability, audience, counts, decisions and stats to "
+                        "an MQTT broker (topics: README \"MQTT topics\"). Offline runs "
+                        "(`edge run --source FILE` without --realtime) never publish.")
+    host: str = opt("localhost", "Broker host name or address.")
+    port: int = opt(1883, "Broker port (usually 1883, or 8883 with TLS).", min=1, max=65535)
+    protocol: str = opt("3.1.1", "MQTT protocol version.", choices=("3.1.1", "5"))
+    client_id: str = opt("", "MQTT client id; default edge-<store_id>. Must be unique on the "
+                         "broker.")
+    keepalive_s: int = opt(30, "Seconds between keepalive pings; the broker declares the service "
+                           "offline (last will) after 1.5 times this without traffic.",
+                           min=2, max=3600)
+    username: str | None = opt(None, "User name; the environment variable EDGE_MQTT_USERNAME "
+                               "overrides it.")
+    password: str | None = opt(None, "Password. Better left out of this file: set "
+                               "EDGE_MQTT_PASSWORD (e.g. in the unit's EnvironmentFile) instead.")
+    tls: TlsConfig = section(TlsConfig, "TLS to the broker.")
+    topic_prefix: str = opt("edge", "First level of every topic: <topic_prefix>/<store_id>/...")
+    store_id: str = opt("store1", "This store's id, second level of every topic (letters, "
+                        "digits, - and _).")
+    outbox_max: int = opt(10000, "Interval reports kept while the broker is unreachable (about "
+                          "7 days of one camera at 60 s intervals); past this the oldest are "
+                          "dropped, each drop logged. Kept on disk in state_dir across "
+                          "restarts.", min=10, max=1000000)
+
+
+@dataclass
+class DisplayConfig:
+    id: str = opt("display1", "Short id used in topics and the player's address (letters, "
+                  "digits, - and _).")
+    name: str = opt("", "Human-readable name, e.g. 'Window screen'.")
+    camera: str = opt("", "Id of the camera whose audience this display follows.")
+
+
+@dataclass
+class SelectorConfig:
+    catalog: str = opt("ads/catalog.yaml", "Ad catalog (README \"Ad catalog\"); relative to "
+                       "the config file's folder.")
+    children: str = opt("family_safe", "When children dominate the audience: family_safe shows "
+                        "the catalog's family_safe ad and never targets children by their "
+                        "profile (default; README explains why); target lets ads targeted at "
+                        "the child class be chosen.", choices=("family_safe", "target"))
+    child_share: float = opt(0.5, "Share of the audience weight above which children dominate.",
+                             min=0, max=1)
+    passerby_weight: float = opt(0.3, "Weight of a person who has not (yet) looked at the "
+                                 "display; someone who has looked for audience.min_attention_s "
+                                 "weighs 1.", min=0, max=1)
+
+
+@dataclass
+class PlayerConfig:
+    listen: str = opt("127.0.0.1", "Address the display player's web server listens on; "
+                      "0.0.0.0 lets displays elsewhere on the store network open it.")
+    port: int = opt(8080, "Port of the display player's web server; 0 turns it off.",
+                    min=0, max=65535)
+
+
+@dataclass
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
@@ -158,6 +226,14 @@ class Config:
     tracker: TrackerConfig = section(TrackerConfig, "Face tracking.")
     audience: AudienceConfig = section(AudienceConfig, "Per-person demographics and counts.")
     stats: StatsConfig = section(StatsConfig, "Pipeline statistics.")
+    mqtt: MqttConfig = section(MqttConfig, "MQTT broker connection and topics.")
+    displays: list = field(default_factory=list, metadata={
+        "doc": "Smart displays, each a mapping with the keys below.", "items": DisplayConfig})
+    selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
+    player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
+    state_dir: str | None = opt(None, "Folder for state kept across restarts (the MQTT outbox); "
+                                "default $STATE_DIRECTORY (systemd's StateDirectory=) or "
+                                "'state' beside the config file.")
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))
 
     # Where the config came from; relative paths resolve against its folder.
@@ -166,6 +242,12 @@ class Config:
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
+
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return self.resolve(self.state_dir)
+        systemd_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(systemd_dir) if systemd_dir else self.base_dir / "state"
 
 
 def load(path: str | Path | None) -> Config:
@@ -264,9 +346,35 @@ def _cross_checks(config: Config, file: str) -> None:
     if config.tracker.low_threshold > config.tracker.high_threshold:
         raise ConfigError(f"{file}: 'tracker.low_threshold' must not exceed "
                           f"'tracker.high_threshold'")
+    _check_ids(config, file)
     if config.classifier.backend == "insightface" and not config.classifier.model:
         raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for backend "
                           f"'insightface'")
+
+
+def _check_ids(config: Config, file: str) -> None:
+    """Ids that end up in MQTT topics and URLs: safe characters, no repeats."""
+    if not _ID.fullmatch(config.mqtt.store_id):
+        raise ConfigError(f"{file}: 'mqtt.store_id' is {config.mqtt.store_id!r}; use letters, "
+                          f"digits, - and _")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", config.mqtt.topic_prefix):
+        raise ConfigError(f"{file}: 'mqtt.topic_prefix' is {config.mqtt.topic_prefix!r}; use "
+                          f"letters, digits, - and _, levels separated by /")
+    cameras = {c.id for c in config.cameras}
+    seen = set()
+    for i, display in enumerate(config.displays):
+        where = f"{file}: 'displays[{i}]"
+        if not _ID.fullmatch(display.id):
+            raise ConfigError(f"{where}.id' is {display.id!r}; use letters, digits, - and _")
+        if display.id in seen:
+            raise ConfigError(f"{where}.id' repeats display id {display.id!r}")
+        seen.add(display.id)
+        if display.camera not in cameras:
+            raise ConfigError(f"{where}.camera' is {display.camera!r}; name one of the "
+                              f"configured cameras ({', '.join(sorted(cameras)) or 'none'})")
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _join(prefix: str, name: str) -> str:

@@ -70,3 +70,31 @@ class Demographics:
     def gender_probs(self) -> np.ndarray:
         """Probability of the gender reported for each face."""
         return np.maximum(self.male_probs, 1.0 - self.male_probs)
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """One person in front of a camera now, as the audience stage sees them (no identity)."""
+
+    age_class: str
+    gender: str
+    age_class_confidence: float  # probability of age_class
+    gender_confidence: float     # probability of gender
+    dwell_s: float               # first to last seen, this visit
+    attention_s: float           # time spent facing the camera (and display)
+    watching: bool               # looked for at least audience.min_attention_s
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one display should show, and why (select -> publish)."""
+
+    display: str
+    ad: str                 # ad id in the catalog
+    title: str
+    creative: str           # path relative to the catalog's folder, or an http(s) URL
+    duration_s: float       # shown at least this long
+    rule: str               # which rule chose it (README "Ad selection")
+    segment: dict | None    # {"age_class", "gender"} targeted, None when nobody / family-safe
+    audience: dict          # the audience summary the decision was based on
+    time: float             # epoch seconds of the decision

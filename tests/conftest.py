@@ -49,3 +49,29 @@ def run_edge(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProc
     """The real command line, as an operator runs it."""
     return subprocess.run([sys.executable, "-m", "edge", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """A private Mosquitto for the whole test session, on a free loopback port."""
+    from broker import Broker
+
+    with Broker(tmp_path_factory.mktemp("mosquitto")) as b:
+        yield b
+
+
+@pytest.fixture()
+def make_broker(tmp_path):
+    """Brokers of a test's own (outages, passwords), stopped at the end of the test."""
+    from broker import Broker
+
+    brokers = []
+
+    def make(name: str = "broker", **kwargs) -> "Broker":
+        b = Broker(tmp_path / name, **kwargs)
+        brokers.append(b)
+        return b.start()
+
+    yield make
+    for b in brokers:
+        b.stop()
