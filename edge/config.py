@@ -202,6 +202,9 @@ class SelectorConfig:
                         "the child class be chosen.", choices=("family_safe", "target"))
     child_share: float = opt(0.5, "Share of the audience weight above which children dominate.",
                              min=0, max=1)
+    min_dwell_s: float = opt(1.0, "A person counts for ad selection once in view this long: "
+                             "someone walking past does not switch the display, and the "
+                             "first frames' labels are still unsteady.", min=0, max=60)
     passerby_weight: float = opt(0.3, "Weight of a person who has not (yet) looked at the "
                                  "display; someone who has looked for audience.min_attention_s "
                                  "weighs 1.", min=0, max=1)
