@@ -5,15 +5,43 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps models demo test clean
+.PHONY: setup system-deps test-deps models broker broker-stop demo test clean
 
 setup: $(STAMP) models
 
 # System packages from Debian, installed only when missing (needs root):
-# a C++ compiler and Python headers, because insightface builds an extension.
+# a C++ compiler and Python headers, because insightface builds an extension;
+# Mosquitto, the local broker the service publishes to (and the tests' broker).
+# The tests also drive the display player in a real headless Chromium.
+RUN_DEBS  := mosquitto mosquitto-clients
+TEST_DEBS := chromium chromium-driver
+apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	  | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "installing from Debian:" $$missing; apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; fi
+
 system-deps:
 	@command -v g++ >/dev/null && $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev python3-venv; }
+	@$(call apt_need,$(RUN_DEBS))
+
+test-deps:
+	@$(call apt_need,$(TEST_DEBS))
+
+# A local broker for the demo on 127.0.0.1:1883, unless one listens there already
+# (state, log and pid file in .run/). `make broker-stop` stops it.
+RUN_DIR := $(CURDIR)/.run
+broker: system-deps
+	@if $(PYTHON) -c 'import socket, sys; sys.exit(socket.socket().connect_ex(("127.0.0.1", 1883)) != 0)'; then \
+	  echo "broker: one already listens on 127.0.0.1:1883"; else \
+	  mkdir -p $(RUN_DIR) && printf '%s\n' "user $$(id -un)" "listener 1883 127.0.0.1" \
+	    "allow_anonymous true" "persistence true" "persistence_location $(RUN_DIR)/" \
+	    "pid_file $(RUN_DIR)/mosquitto.pid" "log_dest file $(RUN_DIR)/mosquitto.log" \
+	    > $(RUN_DIR)/mosquitto.conf && /usr/sbin/mosquitto -d -c $(RUN_DIR)/mosquitto.conf \
+	  && echo "broker: started on 127.0.0.1:1883 (log $(RUN_DIR)/mosquitto.log)"; fi
+
+broker-stop:
+	@[ -f $(RUN_DIR)/mosquitto.pid ] && kill $$(cat $(RUN_DIR)/mosquitto.pid) && rm -f $(RUN_DIR)/mosquitto.pid || true
 
 # The venv is rebuilt whenever a requirements file changes.
 $(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev.txt pyproject.toml | system-deps
@@ -27,14 +55,15 @@ models: $(STAMP)
 	$(BIN)/edge models fetch
 
 # Main job on an embedded default: the group photo that insightface ships, shown
-# as a still camera; the audience is logged as it changes, counts at the end.
+# as the entrance camera of config.yaml; the service publishes to the local broker
+# and serves the display player (http://127.0.0.1:8080/display/window).
 DEMO_SECONDS ?= 15
-demo: setup
+demo: setup broker
 	$(BIN)/edge --config config.yaml run --duration $(DEMO_SECONDS) \
 	  --source "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')" --realtime
 
-test: setup
+test: setup test-deps
 	$(BIN)/python -m pytest -q
 
-clean:
-	rm -rf $(VENV) models/*.onnx .pytest_cache
+clean: broker-stop
+	rm -rf $(VENV) models/*.onnx .pytest_cache $(RUN_DIR)

@@ -96,17 +96,72 @@ def cmd_run(args, cfg) -> int:
 
     from edge.service import JsonLines, LogSink, Service
 
+    offline = bool(args.source) and not args.realtime
     if args.source:
+        # The file stands in for the first configured camera, so the displays that
+        # follow it still work (the demo); without cameras it is named after the file.
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(args.source).stem)[:64].strip("-") or "cam1"
-        cfg.cameras = [config_mod.CameraConfig(id=stem, name=stem, source=args.source,
-                                               loop=args.loop)]
+        first = cfg.cameras[0] if cfg.cameras else None
+        cfg.cameras = [config_mod.CameraConfig(
+            id=first.id if first else stem, name=first.name if first else stem,
+            source=args.source, loop=args.loop)]
+        cfg.displays = [d for d in cfg.displays if d.camera == cfg.cameras[0].id]
     if not cfg.cameras:
         raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
                           f"'cameras' to the config or pass --source")
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
-    service = Service(cfg, sinks, offline=bool(args.source) and not args.realtime)
-    service.install_signal_handlers()
-    return service.run(duration_s=args.duration)
+    publisher = player = None
+    service = Service(cfg, sinks, offline=offline)
+    try:
+        if cfg.mqtt.enabled and not offline:
+            from edge.publish import MqttPublisher
+
+            publisher = MqttPublisher(cfg)
+            sinks.append(publisher)
+            publisher.start()
+            if cfg.player.port and cfg.displays:
+                player = start_player(cfg)
+        service.install_signal_handlers()
+        return service.run(duration_s=args.duration)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if player is not None:
+            player.stop()
+
+
+def start_player(cfg):
+    from edge.display import DisplayServer
+    from edge.select import load_catalog
+
+    player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)))
+    player.start()
+    log.info("display player: %s", ", ".join(f"{player.url}/display/{d.id}"
+                                               for d in cfg.displays))
+    return player
+
+
+def cmd_display(args, cfg) -> int:
+    import signal
+    import threading
+
+    if not cfg.displays:
+        raise ConfigError(f"{args.config or '(defaults)'}: no displays configured; add "
+                          f"'displays' to the config")
+    if not cfg.mqtt.enabled:
+        raise ConfigError(f"{args.config or '(defaults)'}: 'mqtt.enabled' is false; the "
+                          f"player follows the displays' content topics on the broker")
+    if args.port is not None:
+        cfg.player.port = args.port
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    player = start_player(cfg)
+    try:
+        stop.wait()
+    finally:
+        player.stop()
+    return 0
 
 
 def cmd_bench(args, cfg) -> int:
@@ -116,7 +171,11 @@ def cmd_bench(args, cfg) -> int:
 
 
 def cmd_config(args, cfg) -> int:
-    if args.reference:
+    if args.topics:
+        from edge.topics import reference
+
+        print(reference())
+    elif args.reference:
         print("| key | default | meaning |\n| --- | --- | --- |")
         for key, default, doc in config_mod.reference():
             print(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
@@ -162,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write events as JSON lines on stdout (no broker needed)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("display", help="serve the display player alone (edge run serves it too)")
+    p.add_argument("--port", type=int, help="listen on this port instead of player.port")
+    p.set_defaults(func=cmd_display)
+
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
     p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
@@ -171,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")
+    p.add_argument("--topics", action="store_true", help="print the MQTT topics as a table")
     p.set_defaults(func=cmd_config)
     return parser
 

@@ -63,11 +63,10 @@ def explain(reason) -> str:
     """A connection failure in words an operator can act on."""
     text = str(reason)
     if isinstance(reason, ReasonCode):
-        if reason.value in (4, 134):  # v3 bad user name or password / v5 bad user name or password
-            return (f"{text}: check mqtt.username and the password "
-                    f"(EDGE_MQTT_PASSWORD or mqtt.password)")
-        if reason.value in (5, 135):  # not authorised
-            return f"{text}: the broker does not allow this user (check its ACL)"
+        # Mosquitto answers a wrong password with "not authorised" (5, v5: 135).
+        if reason.value in (4, 5, 134, 135):
+            return (f"{text}: check the user name (EDGE_MQTT_USERNAME or mqtt.username) and "
+                    f"the password (EDGE_MQTT_PASSWORD or mqtt.password)")
         if reason.value in (2, 133):
             return f"{text}: another client may use the same mqtt.client_id"
     return text

@@ -1,19 +1,20 @@
-"""The real-time service (`edge run`): capture -> detect -> track -> classify -> audience.
+"""The real-time service (`edge run`): capture -> detect -> track -> classify -> audience
+-> select -> publish.
 
 One loop, one tick at a time:
   1. take the newest frame of every camera (capture.py),
   2. detect faces in each (detect.py) and update that camera's tracker (track.py),
   3. collect the tracked faces worth classifying, from all cameras, and classify
      them in one batch (classify.py),
-  4. update each camera's audience (audience.py) and emit events to the sinks
-     (JSON lines today; MQTT is a sink too).
+  4. update each camera's audience (audience.py), let each display that follows the
+     camera choose its ad (select.py), and emit events to the sinks: log lines or
+     JSON lines, and the MQTT publisher (publish.py).
 Stats, reporting intervals and the systemd watchdog hang off the same loop.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 import logging
 import signal
@@ -29,15 +30,12 @@ from edge.analyze import FaceAnalyzer
 from edge.audience import Audience
 from edge.capture import CameraReader, Frame
 from edge.notify import Notifier, watchdog_interval_s
-from edge.records import Detections
+from edge.records import Decision, Detections
+from edge.select import Selector, load_catalog
+from edge.timefmt import iso
 from edge.track import FaceTracker
 
 log = logging.getLogger(__name__)
-
-
-def iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).astimezone().isoformat(
-        timespec="milliseconds")
 
 
 class EventSink(Protocol):
@@ -63,6 +61,14 @@ class LogSink:
             people = ", ".join(f"{p['age_class']} {p['gender']}" for p in event["present"])
             log.info("camera %s: %d present%s", event["camera"], len(event["present"]),
                      f" ({people})" if people else "")
+        elif event["type"] == "decision":
+            reason = event["reason"]
+            segment = reason["segment"]
+            why = reason["rule"] + (f" {segment['age_class']} {segment['gender']}"
+                                    if segment else "")
+            log.info("display %s: showing '%s' (%s; %d people, %d watching)", event["display"],
+                     event["ad"], why, reason["audience"].get("people", 0),
+                     reason["audience"].get("watchers", 0))
         elif event["type"] in ("interval", "summary"):
             log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
                      _visitor_line(event["unique_visitors"]), event["watchers"])
@@ -121,6 +127,13 @@ class Service:
             self.cameras[cam.id] = CameraRuntime(
                 reader, tracker, Audience(cam.id, config.audience), cam.name,
                 detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps)
+        # select stage: the displays that follow each camera
+        self.selectors: dict[str, list[Selector]] = collections.defaultdict(list)
+        if config.displays:
+            catalog = load_catalog(config.resolve(config.selector.catalog))
+            for display in config.displays:
+                self.selectors[display.camera].append(Selector(
+                    display.id, catalog, config.selector, config.audience.min_attention_s))
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
@@ -253,6 +266,10 @@ class Service:
             self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
                        "present": cam.audience.present(),
                        "counts": cam.audience.present_counts()})
+        for selector in self.selectors.get(cid, ()):
+            decision = selector.decide(cam.audience.viewers(), frame.timestamp)
+            if decision is not None:
+                self.emit(decision_event(decision))
         if not self.offline:
             self._latency_ms.append((time.time() - frame.timestamp) * 1000)
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
@@ -331,6 +348,12 @@ class Service:
     def emit(self, event: dict) -> None:
         for sink in self.sinks:
             sink.emit(event)
+
+
+def decision_event(d: Decision) -> dict:
+    return {"type": "decision", "time": iso(d.time), "display": d.display, "ad": d.ad,
+            "title": d.title, "creative": d.creative, "duration_s": d.duration_s,
+            "reason": {"rule": d.rule, "segment": d.segment, "audience": d.audience}}
 
 
 def _tracks_as_detections(tracks) -> Detections:

@@ -8,6 +8,7 @@ started again on the same port (outage tests) or given a password file.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import queue
@@ -60,7 +61,10 @@ class Broker:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.log = self.folder / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence true",
+        # Run as ourselves: as root, Mosquitto would switch to its own user, which cannot
+        # write the persistence file into our temporary folder.
+        lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1",
+                 "persistence true",
                  f"persistence_location {self.folder}/", f"log_dest file {self.log}",
                  "log_type error", "log_type warning", "log_type notice",
                  "log_type information"]

@@ -54,14 +54,12 @@ def test_store_aisle_clip_creates_no_confident_visitor():
     assert summary["frames"] == 67 and visitors(summary) == {}
 
 
-def start_service(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "edge", "--config", "config.yaml", "run",
-                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
-
-
-def test_sigterm_stops_within_5s_and_flushes_the_last_interval(group_photo):
-    proc = start_service("--source", str(group_photo), "--realtime", "--jsonl")
+def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
+    config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run",
+                             "--source", str(group_photo), "--realtime", "--jsonl"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = json.loads(proc.stdout.readline())
         while first["type"] != "audience":

@@ -1,0 +1,286 @@
+"""Publish stage: the service's events and the displays' decisions, over MQTT.
+
+Topics and payloads are defined once, in topics.py. Three kinds of message:
+  - state (availability, camera status, audience, display content): retained; the
+    latest value is kept here and sent again after every reconnect, so a broker
+    that restarted without persistence still ends up with the current state;
+  - interval counts: what a store is billed on, so none may be lost. They go
+    through an Outbox: kept in order until the broker acknowledges them (QoS 1),
+    handed to paho a window at a time, and saved in state_dir when the service
+    stops (or the broker is away) so a restart delivers them too;
+  - stats: best effort (QoS 0), dropped while disconnected.
+paho's network thread reconnects with backoff; the pipeline never waits for it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge import mqttclient
+from edge.config import Config
+from edge.timefmt import iso
+from edge.topics import SCHEMA_VERSION, Topics
+
+log = logging.getLogger(__name__)
+
+WINDOW = 20  # interval reports handed to paho at once (paho's own in-flight default)
+
+
+@dataclass
+class Report:
+    topic: str
+    payload: str
+    mid: int | None = None  # paho's message id once handed over; -1 while being handed
+
+
+class Outbox:
+    """Interval reports not yet acknowledged, oldest first, bounded, saved to disk."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path = path
+        self.limit = limit
+        self.reports: collections.deque[Report] = collections.deque()
+        self.dropped = 0
+
+    def load(self) -> int:
+        if not self.path.exists():
+            return 0
+        loaded = 0
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                item = json.loads(line)
+                self.reports.append(Report(item["topic"], item["payload"]))
+                loaded += 1
+            except (ValueError, KeyError, TypeError):
+                log.error("%s line %d: not an outbox entry, skipped", self.path, n)
+        return loaded
+
+    def add(self, report: Report) -> None:
+        if len(self.reports) >= self.limit:
+            waiting = next((r for r in self.reports if r.mid is None), None)
+            if waiting is not None:  # handed ones are paho's already; drop the oldest other
+                self.reports.remove(waiting)
+                self.dropped += 1
+                log.error("mqtt outbox full (%d reports, mqtt.outbox_max): dropped the oldest, "
+                          "%s", self.limit, waiting.payload[:120])
+        self.reports.append(report)
+
+    def save(self) -> None:
+        """Write the unacknowledged reports (atomically), or remove the file if none."""
+        if not self.reports:
+            self.path.unlink(missing_ok=True)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            for r in self.reports:
+                f.write(json.dumps({"topic": r.topic, "payload": r.payload}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class MqttPublisher:
+    """An event sink (see service.EventSink) that publishes to the configured broker."""
+
+    def __init__(self, config: Config):
+        cfg = config.mqtt
+        self.config = config
+        self.topics = Topics(cfg.topic_prefix, cfg.store_id)
+        self.client_id = cfg.client_id or f"edge-{cfg.store_id}"
+        self.where = f"{cfg.host}:{cfg.port}"
+        self.client = mqttclient.make_client(config, self.client_id)
+        self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.outbox = Outbox(config.state_path() / f"mqtt-outbox-{cfg.store_id}.jsonl",
+                             cfg.outbox_max)
+        self._lock = threading.Lock()
+        self._state: dict[str, str] = {}  # retained topic -> latest payload
+        self._early_acks: set[int] = set()
+        self._connected = False
+        self._closing = False
+        self._problems = mqttclient.ProblemLog(f"mqtt {self.where}")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        loaded = self.outbox.load()
+        if loaded:
+            log.info("mqtt: %d interval report(s) from the last run still to deliver (%s)",
+                     loaded, self.outbox.path)
+        self.client.connect_async(**mqttclient.connect_kwargs(self.config))
+        self.client.loop_start()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Say offline, give waiting reports a moment to go out, save what is left."""
+        if self._connected:
+            deadline = time.monotonic() + timeout
+            while self._unacked() and time.monotonic() < deadline and self._connected:
+                time.sleep(0.02)
+            info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+        self._closing = True
+        self.client.disconnect()
+        self.client.loop_stop()
+        with self._lock:
+            self.outbox.save()
+            left = len(self.outbox.reports)
+        if left:
+            log.warning("mqtt: %d interval report(s) not yet delivered, kept in %s for the "
+                        "next start", left, self.outbox.path)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def status(self) -> dict:
+        with self._lock:
+            return {"connected": self._connected, "outbox": len(self.outbox.reports),
+                    "dropped": self.outbox.dropped}
+
+    # -- events in -----------------------------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        kind = event["type"]
+        now = iso(time.time())
+        if kind == "camera":
+            self._set_state(self.topics.camera_status(event["camera"]), {
+                "time": now, **{k: v for k, v in event.items() if k != "type"}})
+        elif kind == "audience":
+            counts = event["counts"]
+            counted = sum(n for by_g in counts.values() for n in by_g.values())
+            self._set_state(self.topics.camera_audience(event["camera"]), {
+                "time": event["time"], "camera": event["camera"],
+                "present": len(event["present"]),
+                "watching": sum(bool(p["watching"]) for p in event["present"]),
+                "unclassified": len(event["present"]) - counted, "counts": counts})
+        elif kind == "decision":
+            self._set_state(self.topics.display_content(event["display"]), {
+                k: v for k, v in event.items() if k != "type"})
+        elif kind == "interval":
+            self._add_report(self.topics.camera_counts(event["camera"]), {
+                "time": now, "id": f"{event['camera']}/{event['start']}",
+                **{k: v for k, v in event.items() if k != "type"}})
+        elif kind == "stats":
+            payload = {"time": event["time"], **{k: v for k, v in event.items()
+                                                 if k not in ("type", "time")},
+                       "mqtt": self.status()}
+            if self._connected:
+                self.client.publish(self.topics.stats, _json(payload), qos=0)
+        # "summary" ends an offline file analysis, which never publishes
+
+    def _set_state(self, topic: str, payload: dict) -> None:
+        text = _json(payload)
+        with self._lock:
+            self._state[topic] = text
+            connected = self._connected
+        if connected:  # otherwise sent on (re)connect: only the latest value matters
+            self.client.publish(topic, text, qos=1, retain=True)
+
+    def _add_report(self, topic: str, payload: dict) -> None:
+        with self._lock:
+            self.outbox.add(Report(topic, _json(payload)))
+            if not self._connected:
+                self.outbox.save()  # survives a crash while the broker is away
+        self._hand_over()
+
+    # -- the outbox window ---------------------------------------------------------
+
+    def _unacked(self) -> int:
+        with self._lock:
+            return len(self.outbox.reports)
+
+    def _hand_over(self) -> None:
+        """Give paho the oldest reports, up to WINDOW in flight. paho keeps handed
+        reports across reconnects and resends them first, so order is kept."""
+        with self._lock:
+            if not self._connected:
+                return
+            in_flight = sum(r.mid is not None for r in self.outbox.reports)
+            batch = [r for r in self.outbox.reports if r.mid is None][:max(0, WINDOW - in_flight)]
+            for r in batch:
+                r.mid = -1
+        for r in batch:  # never publish holding our lock: paho calls on_publish holding its own
+            info = self.client.publish(r.topic, r.payload, qos=1)
+            with self._lock:
+                r.mid = info.mid
+                if info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    self._remove(r)
+        with self._lock:
+            if not any(r.mid == -1 for r in self.outbox.reports):
+                self._early_acks.clear()  # acks of state messages, not of reports
+
+    def _remove(self, report: Report) -> None:
+        try:
+            self.outbox.reports.remove(report)
+        except ValueError:
+            pass
+        if not self.outbox.reports:
+            self.outbox.save()  # nothing waits any more: drop the file
+
+    # -- paho callbacks (network thread) ---------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            self._problems.problem(f"broker refused the connection as '{self.client_id}': "
+                                   f"{mqttclient.explain(reason)}")
+            return
+        self._problems.ok(f"connected as '{self.client_id}'")
+        client.publish(self.topics.availability, "online", qos=1, retain=True)
+        with self._lock:
+            self._connected = True
+            state = list(self._state.items())
+            handed = any(r.mid is not None for r in self.outbox.reports)
+        for topic, text in state:
+            client.publish(topic, text, qos=1, retain=True)
+        if not handed:  # handed reports are resent by paho right after this callback
+            self._hand_over()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._problems.problem(f"cannot connect: {_probe(self.config.mqtt.host, self.config.mqtt.port)}")
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        with self._lock:
+            was, self._connected = self._connected, False
+            if self.outbox.reports:
+                self.outbox.save()
+        if was and not self._closing:
+            self._problems.problem(f"connection lost ({reason})")
+
+    def _on_publish(self, client, userdata, mid, reason, properties) -> None:
+        with self._lock:
+            report = next((r for r in self.outbox.reports if r.mid == mid), None)
+            if report is None:
+                if any(r.mid == -1 for r in self.outbox.reports):
+                    self._early_acks.add(mid)  # acked before publish() returned its mid
+                return
+            self._remove(report)
+        self._hand_over()
+
+
+def _json(payload: dict) -> str:
+    return json.dumps({"schema": SCHEMA_VERSION, **payload}, separators=(",", ":"))
+
+
+def _probe(host: str, port: int) -> str:
+    """Why a TCP connection fails, in the system's words (refused, unknown host...)."""
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            return f"{host}:{port} accepts TCP but the MQTT handshake failed (TLS or protocol?)"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or exc}"

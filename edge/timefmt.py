@@ -1,0 +1,10 @@
+"""Timestamps as every output writes them: ISO 8601, local time, with its zone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+
+def iso(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).astimezone().isoformat(
+        timespec="milliseconds")

@@ -1,0 +1,301 @@
+"""The MQTT contract against a real Mosquitto: availability and last will, retained
+audience, interval counts (none lost across broker outages or restarts), decisions
+and their reasons, stats, and clear connection errors."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from broker import Subscriber
+from conftest import ROOT, need
+
+
+
+def write_config(tmp_path, port, *, source, extra="", loop=False, interval_s=60,
+                 catalog=None, displays=True, keepalive=5):
+    """A config for one test, and the root of its topics (a store of its own, so
+    retained messages of other tests on the session broker don't interfere)."""
+    store = re.sub(r"[^A-Za-z0-9_-]", "-", tmp_path.name)[-60:]
+    catalog = catalog or ROOT / "ads" / "catalog.yaml"
+    text = f"""
+models: {{dir: {ROOT / 'models'}}}
+cameras:
+  - {{id: door, name: Door, source: "{source}", loop: {str(loop).lower()}}}
+audience: {{interval_s: {interval_s}}}
+stats: {{interval_s: 1}}
+mqtt:
+  enabled: true
+  host: 127.0.0.1
+  port: {port}
+  keepalive_s: {keepalive}
+  topic_prefix: edge
+  store_id: {store}
+selector: {{catalog: "{catalog}"}}
+player: {{port: 0}}
+state_dir: {tmp_path / 'state'}
+""" + ("displays:\n  - {id: window, camera: door}\n" if displays else "") + extra
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path, f"edge/{store}"
+
+
+def start(config, *args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run",
+                             "--jsonl", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def stop(proc, timeout=15):
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=timeout)
+    return [json.loads(line) for line in out.splitlines()], err
+
+
+def total(counts):
+    return sum(n for by_g in counts.values() for n in by_g.values())
+
+
+def test_availability_retained_audience_stats_and_last_will(broker, tmp_path, group_photo):
+    config, root = write_config(tmp_path, broker.port, source=group_photo)
+    sub = Subscriber(broker.port, f"{root}/#")
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"online")
+        _, payload, _ = sub.wait_for(lambda t, p, r: t == f"{root}/cameras/door/audience"
+                                     and json.loads(p)["present"] == 6)
+        audience = json.loads(payload)
+        assert audience["schema"] == 1 and "T" in audience["time"] and audience["time"][-6] in "+-"
+        assert total(audience["counts"]) + audience["unclassified"] == 6
+        assert "track" not in payload.decode()  # counts only, no per-person ids
+        _, payload, _ = sub.wait_for(lambda t, p, r: t == f"{root}/stats")
+        stats = json.loads(payload)
+        assert stats["cameras"]["door"]["processed_fps"] > 0 and stats["mqtt"]["connected"]
+        status = sub.json("/cameras/door/status")[-1]
+        assert status["online"] is True and status["camera"] == "door"
+        # A dashboard connecting later gets the current state at once (retained).
+        late = Subscriber(broker.port, f"{root}/cameras/door/audience")
+        _, payload, retained = late.wait_for(lambda t, p, r: True, timeout=5)
+        assert retained and json.loads(payload)["present"] == 6
+        late.close()
+        # Killed hard: the broker publishes the last will.
+        proc.kill()
+        proc.wait()
+        sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"offline",
+                     timeout=15)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_clean_stop_says_offline_and_delivers_the_last_interval(broker, tmp_path, group_photo):
+    config, root = write_config(tmp_path, broker.port, source=group_photo)
+    sub = Subscriber(broker.port, f"{root}/#")
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: t.endswith("/audience") and json.loads(p)["present"] == 6)
+        time.sleep(1.0)  # past audience.min_visit_s
+        events, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    produced = [e for e in events if e["type"] == "interval"]
+    _, payload, _ = sub.wait_for(lambda t, p, r: t.endswith("/cameras/door/counts"), timeout=5)
+    counts = json.loads(payload)
+    assert total(counts["unique_visitors"]) == 6 == total(produced[-1]["unique_visitors"])
+    assert counts["id"] == f"door/{counts['start']}"
+    sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"offline", timeout=5)
+    assert not (tmp_path / "state" / f"mqtt-outbox-{root[5:]}.jsonl").exists()
+    sub.close()
+
+
+def received_intervals(sub):
+    return [{k: v for k, v in m.items() if k not in ("schema", "time", "id")}
+            for m in sub.json("/cameras/door/counts")]
+
+
+def produced_intervals(events):
+    return [{k: v for k, v in e.items() if k != "type"} for e in events
+            if e["type"] == "interval"]
+
+
+def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_path):
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    broker = make_broker()
+    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=1,
+                          displays=False)
+    # A persistent session: the broker keeps our messages while this test client is
+    # away too (the broker restarts with its persistence file).
+    sub = Subscriber(broker.port, f"{root}/cameras/door/counts", client_id="outage-test",
+                     persistent=True)
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: True, timeout=30)
+        broker.stop()
+        time.sleep(4)  # about four intervals produced with no broker
+        broker.start()
+        time.sleep(3)
+        events, err = stop(proc)
+        assert proc.returncode == 0, err
+        assert "connection lost" in err
+        produced = produced_intervals(events)
+        assert len(produced) >= 7
+        deadline = time.monotonic() + 15
+        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert received_intervals(sub) == produced  # every one, once, in order
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_broker, tmp_path):
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    broker = make_broker()
+    port = broker.port
+    broker.stop()  # the broker is away for the whole first run
+    config, root = write_config(tmp_path, port, source=clip, loop=True, interval_s=1,
+                          displays=False)
+    proc = start(config)
+    try:
+        time.sleep(8)
+        first, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert f"127.0.0.1:{port}: Connection refused" in err  # said once, not per retry
+    assert err.count("Connection refused") <= 2
+    outbox = tmp_path / "state" / f"mqtt-outbox-{root[5:]}.jsonl"
+    assert "kept in" in err and outbox.exists()
+    saved = produced_intervals(first)
+    assert len(outbox.read_text().splitlines()) == len(saved) >= 2
+
+    broker.start()
+    sub = Subscriber(port, f"{root}/cameras/door/counts")
+    proc = start(config)
+    try:
+        time.sleep(3)
+        second, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    produced = saved + produced_intervals(second)
+    deadline = time.monotonic() + 10
+    while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert received_intervals(sub) == produced
+    assert not outbox.exists()
+    sub.close()
+
+
+def test_wrong_password_is_reported_clearly_and_the_pipeline_keeps_running(
+        make_broker, tmp_path, group_photo):
+    broker = make_broker(users={"edge": "right"})
+    config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
+    proc = start(config, env={"EDGE_MQTT_USERNAME": "edge", "EDGE_MQTT_PASSWORD": "wrong"})
+    try:
+        time.sleep(6)
+        events, err = stop(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "broker refused the connection" in err and "EDGE_MQTT_PASSWORD" in err
+    assert err.count("broker refused") == 1  # once, not once per retry
+    assert any(e["type"] == "audience" and len(e["present"]) == 6 for e in events)
+    log = broker.log.read_text()
+    assert log.count("not authorised") >= 2 or log.count(f"Client edge-{root[5:]} disconnected") >= 2
+
+
+def test_right_password_from_the_environment_connects(make_broker, tmp_path, group_photo):
+    broker = make_broker(users={"edge": "s3cret"})
+    config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
+    proc = start(config, env={"EDGE_MQTT_USERNAME": "edge", "EDGE_MQTT_PASSWORD": "s3cret"})
+    try:
+        time.sleep(4)
+        _, err = stop(proc)
+    finally:
+        proc.kill()
+    assert f"connected as 'edge-{root[5:]}'" in err and "broker refused" not in err
+    assert "s3cret" not in err  # never logged
+
+
+def test_walking_clip_end_to_end_counts_and_the_ad_for_adult_women(broker, tmp_path):
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    ads = tmp_path / "ads"
+    (ads / "creatives").mkdir(parents=True)
+    for name in ("welcome", "family", "women", "men"):
+        (ads / "creatives" / f"{name}.html").write_text(f"<h1>{name}</h1>")
+    (ads / "catalog.yaml").write_text("""
+default: welcome
+family_safe: family
+ads:
+  - {id: welcome, title: Welcome, creative: creatives/welcome.html, duration_s: 1}
+  - {id: family, title: Family, creative: creatives/family.html, duration_s: 5}
+  - {id: women-ad, title: For her, creative: creatives/women.html, duration_s: 5,
+     targeting: {age_classes: [adult], genders: [female]}}
+  - {id: men-ad, title: For him, creative: creatives/men.html, duration_s: 5,
+     targeting: {age_classes: [adult], genders: [male]}}
+""")
+    config, root = write_config(tmp_path, broker.port, source=clip, catalog=ads / "catalog.yaml")
+    sub = Subscriber(broker.port, f"{root}/#")
+    proc = start(config)
+    try:
+        out, err = proc.communicate(timeout=120)  # the file ends, the service stops
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    sub.wait_for(lambda t, p, r: t.endswith("/counts"), timeout=5)
+    counts = sub.json("/cameras/door/counts")
+    visitors = {(c, g): n for m in counts for c, by_g in m["unique_visitors"].items()
+                for g, n in by_g.items() if n}
+    assert visitors == {("adult", "female"): 2, ("adult", "male"): 1}
+    decisions = sub.json("/displays/window/content")
+    assert decisions[0]["ad"] == "welcome" and decisions[0]["reason"]["rule"] == "nobody"
+    women = [d for d in decisions if d["ad"] == "women-ad"]
+    assert women, [d["ad"] for d in decisions]
+    reason = women[0]["reason"]
+    assert reason["rule"] == "targeting"
+    assert reason["segment"] == {"age_class": "adult", "gender": "female"}
+    assert reason["audience"]["people"] >= 1
+    assert women[0]["creative"] == "creatives/women.html" and women[0]["schema"] == 1
+    retained = Subscriber(broker.port, f"{root}/displays/window/content")
+    _, payload, was_retained = retained.wait_for(lambda t, p, r: True, timeout=5)
+    assert was_retained and json.loads(payload)["ad"] == decisions[-1]["ad"]
+    retained.close()
+    sub.close()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("displays:\n  - {id: lobby, camera: till}\n", "'displays[0].camera' is 'till'"),
+    ("mqtt: {store_id: 'a/b'}\n", "'mqtt.store_id' is 'a/b'"),
+])
+def test_mqtt_and_display_config_errors(tmp_path, extra, needle):
+    from edge.errors import EX_CONFIG
+    from conftest import run_edge
+
+    config = tmp_path / "config.yaml"
+    config.write_text("cameras:\n  - {id: door, source: /dev/video0}\n" + extra)
+    result = run_edge("--config", str(config), "run")
+    assert result.returncode == EX_CONFIG and needle in result.stderr
+
+
+def test_catalog_error_stops_start_up_with_the_ad_and_field(tmp_path, group_photo):
+    import shutil
+
+    from edge.errors import EX_CONFIG
+    from conftest import run_edge
+
+    shutil.copytree(ROOT / "ads", tmp_path / "ads")
+    catalog = tmp_path / "ads" / "catalog.yaml"
+    catalog.write_text(catalog.read_text().replace("creatives/men-adult.html",
+                                                   "creatives/men.mp4"))
+    config, root = write_config(tmp_path, 1, source=group_photo, catalog=catalog)
+    result = run_edge("--config", str(config), "run", "--duration", "1")
+    assert result.returncode == EX_CONFIG
+    assert "ad 'grooming-week': field 'creative'" in result.stderr and str(catalog) in result.stderr
