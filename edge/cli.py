@@ -130,11 +130,11 @@ def cmd_run(args, cfg) -> int:
             player.stop()
 
 
-def start_player(cfg):
+def start_player(cfg, port: int | None = None):
     from edge.display import DisplayServer
     from edge.select import load_catalog
 
-    player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)))
+    player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
     log.info("display player: %s", ", ".join(f"{player.url}/display/{d.id}"
                                                for d in cfg.displays))
@@ -151,12 +151,13 @@ def cmd_display(args, cfg) -> int:
     if not cfg.mqtt.enabled:
         raise ConfigError(f"{args.config or '(defaults)'}: 'mqtt.enabled' is false; the "
                           f"player follows the displays' content topics on the broker")
-    if args.port is not None:
-        cfg.player.port = args.port
+    if not cfg.player.port and args.port is None:
+        raise ConfigError(f"{args.config or '(defaults)'}: 'player.port' is 0 (off); set it "
+                          f"or pass --port")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    player = start_player(cfg)
+    player = start_player(cfg, port=args.port)
     try:
         stop.wait()
     finally:
@@ -222,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("display", help="serve the display player alone (edge run serves it too)")
-    p.add_argument("--port", type=int, help="listen on this port instead of player.port")
+    p.add_argument("--port", type=int, help="listen on this port instead of player.port "
+                   "(0: any free port)")
     p.set_defaults(func=cmd_display)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")

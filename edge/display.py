@@ -1,0 +1,385 @@
+"""The display player: a small web server that shows each display its current ad.
+
+A kiosk browser opens http://<edge>:<player.port>/display/<id> full screen. The
+page (edge/player/index.html) gets its content over Server-Sent Events from
+this bridge, which subscribes to the displays' content topics on the broker.
+
+Why a bridge here rather than Mosquitto's websockets listener on the store
+network: displays need one plain-HTTP endpoint that also serves the player and
+the creatives; the broker can stay on localhost, so no device on the store LAN
+can publish fake decisions; and no MQTT client has to be written or vendored in
+JavaScript. Because the bridge follows the retained content topics (it does not
+take decisions from the pipeline directly), the broker stays the source of
+truth: an override published there, e.g. by HQ, reaches the screens too.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+
+from edge.config import Config
+from edge.errors import EdgeError
+from edge.mqttclient import ProblemLog, connect_kwargs, explain, make_client
+from edge.select import Catalog
+from edge.timefmt import iso
+from edge.topics import SCHEMA_VERSION, Topics
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0    # the page reopens its event stream after 45 s without a word
+RETRY_MS = 3000       # how soon a page's EventSource reconnects after the stream ends
+FILE_CHUNK = 1 << 16
+CONTENT_TYPES = {     # fixed here: the system's mime.types differs between images
+    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+    ".json": "application/json", ".txt": "text/plain; charset=utf-8",
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".svg": "image/svg+xml",
+    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "video/ogg", ".ogv": "video/ogg",
+    ".woff2": "font/woff2",
+}
+_PAGE = re.compile(r"/display/([^/]+)/?")
+_EVENTS = re.compile(r"/display/([^/]+)/events")
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class DisplayServer:
+    """Serves the player, its event streams and the creatives; follows the content topics.
+
+    `port` overrides player.port; 0 binds a free port (tests). player.port 0 in the
+    config means the player is off, so the caller should not build one then.
+    """
+
+    def __init__(self, config: Config, catalog: Catalog, *, port: int | None = None):
+        if port is None and config.player.port == 0:
+            raise ValueError("the display player is off (player.port: 0)")
+        self.config = config
+        self.catalog = catalog
+        self.displays = {d.id: d.name or d.id for d in config.displays}
+        self.ads_dir = catalog.path.resolve().parent
+        self._listen = (config.player.listen, config.player.port if port is None else port)
+        self.player_page = resources.files("edge").joinpath("player/index.html").read_bytes()
+        self._board = _Board(self.displays)
+        self._topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content("+")
+        self._problems = ProblemLog(f"display player: MQTT broker "
+                                    f"{config.mqtt.host}:{config.mqtt.port}")
+        self._http: _HttpServer | None = None
+        self._client: mqtt.Client | None = None
+        self._stopping = False
+        self.mqtt_connected = False
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        host = self._listen[0]
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "DisplayServer":
+        server_class = _HttpServer6 if ":" in self._listen[0] else _HttpServer
+        try:
+            self._http = server_class(self._listen, _Handler)
+        except OSError as exc:
+            host, port = self._listen
+            raise EdgeError(f"display player: cannot listen on {host}:{port}: "
+                            f"{exc.strerror or exc} (check player.listen and player.port)"
+                            ) from exc
+        self._http.app = self
+        self.port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
+                         name="display-http", daemon=True).start()
+        if self.config.mqtt.enabled:
+            self._start_mqtt()
+        else:
+            log.info("display player: mqtt.enabled is false; displays show the default ad")
+        return self
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._board.close()  # ends the event streams, so their threads finish
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+        self.mqtt_connected = False
+
+    def __enter__(self) -> "DisplayServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- state -----------------------------------------------------------------
+
+    def health(self) -> dict:
+        ads = {d: (c or {}).get("ad") for d, c in self._board.snapshot().items()}
+        return {"mqtt_connected": self.mqtt_connected, "displays": ads}
+
+    def events(self, display: str) -> Iterator[bytes]:
+        """The display's event stream: its content now, then every change, with heartbeats;
+        ends when the server stops."""
+        version, content = self._board.get(display)
+        yield _sse("content", self._for_page(display, content))
+        while (changed := self._board.wait(display, version, HEARTBEAT_S)) is not None:
+            if changed[0] == version:
+                yield _sse("ping", {})
+            else:
+                version, content = changed
+                yield _sse("content", self._for_page(display, content))
+
+    def _for_page(self, display: str, content: dict | None) -> dict:
+        """Content with the `url` the page loads; the catalog's default until a message came."""
+        if content is None:
+            ad = self.catalog.ads[self.catalog.default]
+            creative = ad.creative
+            if not creative.startswith(("http://", "https://")):
+                creative = Path(os.path.relpath(creative, self.ads_dir)).as_posix()
+            content = {"schema": SCHEMA_VERSION, "time": iso(time.time()), "display": display,
+                       "ad": ad.id, "title": ad.title, "creative": creative,
+                       "duration_s": ad.duration_s,
+                       "reason": {"rule": "default", "segment": None, "audience": None}}
+        creative = content["creative"]
+        url = creative if creative.startswith(("http://", "https://")) \
+            else "/ads/" + quote(creative)
+        return {**content, "url": url}
+
+    def ad_file(self, relative: str) -> Path | None:
+        """A file under the catalog's folder; None outside it, for the catalog and hidden files."""
+        try:
+            path = (self.ads_dir / relative).resolve()
+            if not path.is_relative_to(self.ads_dir) or not path.is_file():
+                return None
+        except (OSError, ValueError):  # a NUL byte, a name too long
+            return None
+        parts = path.relative_to(self.ads_dir).parts
+        if path.suffix.lower() in (".yaml", ".yml") or any(p.startswith(".") for p in parts):
+            return None
+        return path
+
+    # -- MQTT ------------------------------------------------------------------
+
+    def _start_mqtt(self) -> None:
+        base = self.config.mqtt.client_id or f"edge-{self.config.mqtt.store_id}"
+        client = make_client(self.config, client_id=f"{base}-player")
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.connect_async(**connect_kwargs(self.config))
+        client.loop_start()
+        self._client = client
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            self._problems.problem(explain(reason))
+            return
+        # A clean session forgets subscriptions: subscribe after every (re)connect;
+        # the broker then sends the retained content again.
+        client.subscribe(self._topic, qos=1)
+        self.mqtt_connected = True
+        self._problems.ok(f"connected, following {self._topic}")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._problems.problem("cannot connect (is the broker running? check mqtt.host and "
+                               "mqtt.port)")
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.mqtt_connected = False
+        if not self._stopping:
+            self._problems.problem(f"connection lost ({explain(reason)})")
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        display = msg.topic.split("/")[-2]
+        if display not in self.displays:
+            log.debug("display player: %s is not a configured display", msg.topic)
+            return
+        if not msg.payload:  # retained message cleared: back to the default
+            self._board.set(display, None)
+            return
+        try:
+            content = json.loads(msg.payload)
+            if not (isinstance(content, dict) and isinstance(content.get("ad"), str)
+                    and isinstance(content.get("creative"), str)):
+                raise ValueError("needs the string fields 'ad' and 'creative'")
+        except ValueError as exc:
+            log.warning("display player: ignored content on %s: %s", msg.topic, exc)
+            return
+        self._board.set(display, content)
+
+
+class _Board:
+    """The latest content per display (None: nothing received); event streams wait on it."""
+
+    def __init__(self, displays):
+        self._changed = threading.Condition()
+        self._content: dict[str, dict | None] = dict.fromkeys(displays)
+        self._version = dict.fromkeys(displays, 0)
+        self._closed = False
+
+    def set(self, display: str, content: dict | None) -> None:
+        with self._changed:
+            if self._content[display] != content:  # retained redelivery after a reconnect
+                self._content[display] = content
+                self._version[display] += 1
+                self._changed.notify_all()
+
+    def get(self, display: str) -> tuple[int, dict | None]:
+        with self._changed:
+            return self._version[display], self._content[display]
+
+    def snapshot(self) -> dict[str, dict | None]:
+        with self._changed:
+            return dict(self._content)
+
+    def wait(self, display: str, version: int, timeout: float) -> tuple[int, dict | None] | None:
+        """(version, content) after a change or the timeout; None once closed."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._closed or self._version[display] != version,
+                                   timeout)
+            return None if self._closed else (self._version[display], self._content[display])
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    app: DisplayServer
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # a display went away mid-response
+            log.debug("display player: %s disconnected", client_address[0])
+        else:
+            log.exception("display player: error serving %s", client_address[0])
+
+
+class _HttpServer6(_HttpServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HttpServer
+    server_version = "edge-player"
+
+    def do_GET(self) -> None:
+        app = self.server.app
+        path = unquote(urlsplit(self.path).path)
+        if path == "/":
+            self._send(200, _index(app.displays).encode(), "text/html; charset=utf-8")
+        elif path == "/healthz":
+            self._send(200, json.dumps(app.health()).encode(), "application/json")
+        elif path.startswith("/ads/"):
+            self._send_file(app.ad_file(path.removeprefix("/ads/")))
+        elif match := _EVENTS.fullmatch(path) or _PAGE.fullmatch(path):
+            display = match[1]
+            if display not in app.displays:
+                self._send(404, f"no display {display!r}; configured displays: "
+                                f"{', '.join(app.displays) or 'none'}\n".encode(),
+                           "text/plain; charset=utf-8")
+            elif match.re is _EVENTS:
+                self._send_events(display)
+            else:
+                self._send(200, app.player_page, "text/html; charset=utf-8", cache="no-cache")
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+    def _send(self, status: int, body: bytes, content_type: str, *,
+              cache: str = "no-store") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_events(self, display: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+        for event in self.server.app.events(display):
+            self.wfile.write(event)
+
+    def _send_file(self, path: Path | None) -> None:
+        if path is None:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            return
+        size = path.stat().st_size
+        start, end = 0, size - 1
+        wanted = _byte_range(self.headers.get("Range"), size)
+        if wanted is not None and wanted[0] > wanted[1]:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(206 if wanted else 200)
+        if wanted:
+            start, end = wanted
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(),
+                                                           "application/octet-stream"))
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Cache-Control", "max-age=60")  # catalog edits show within a minute
+        self.end_headers()
+        with path.open("rb") as f:
+            f.seek(start)
+            left = end - start + 1
+            while left > 0 and (chunk := f.read(min(FILE_CHUNK, left))):
+                self.wfile.write(chunk)
+                left -= len(chunk)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("display player: %s %s", self.address_string(), format % args)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The single byte range asked for, (first, last) inclusive; None for the whole file.
+    Browsers ask for ranges to play and loop video (Safari plays none without them)."""
+    match = _RANGE.fullmatch(header or "")
+    if not match or not (match[1] or match[2]):
+        return None
+    if match[1]:
+        first = int(match[1])
+        return first, min(int(match[2]), size - 1) if match[2] else size - 1
+    return max(0, size - int(match[2])), size - 1  # the last N bytes
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _index(displays: dict[str, str]) -> str:
+    items = "\n".join(f'<li><a href="/display/{quote(d)}">{html.escape(name)}</a> '
+                      f"({html.escape(d)})</li>" for d, name in displays.items())
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>Displays</title></head>\n<body><h1>Displays</h1>\n"
+            f"<ul>\n{items or '<li>none configured</li>'}\n</ul></body></html>\n")

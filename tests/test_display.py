@@ -1,0 +1,351 @@
+"""The display player end to end: a real Mosquitto, the bridge, and headless Chromium
+showing the page the way a kiosk does (Debian's chromium and chromium-driver)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge import config as config_mod
+from edge.display import DisplayServer
+from edge.errors import EdgeError
+from edge.select import load_catalog
+from edge.topics import Topics
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG = ROOT / "ads" / "catalog.yaml"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+DISPLAY = "window"
+SPRING = {"ad": "spring-collection", "title": "Spring collection",
+          "creative": "creatives/women-adult.html", "duration_s": 12}
+GROOMING = {"ad": "grooming-week", "title": "Grooming week",
+            "creative": "creatives/men-adult.html", "duration_s": 12}
+
+
+def need_browser() -> None:
+    """Like conftest.need: skip where the browser is missing, fail in CI."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (requirements/dev.txt)")
+    if missing:
+        message = f"{', '.join(missing)} missing (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: the browser must be present)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # with the driver's path: selenium-manager stays idle
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,720",
+                "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def make_config(tmp_path: Path, *, broker_port: int | None = None,
+                catalog: Path = CATALOG) -> config_mod.Config:
+    """A config as an operator writes it; a fresh store id keeps retained topics apart."""
+    mqtt = ({"enabled": True, "host": "127.0.0.1", "port": broker_port}
+            if broker_port else {"enabled": False})
+    mqtt["store_id"] = f"s{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps({  # JSON is YAML
+        "mqtt": mqtt,
+        "cameras": [{"id": "door", "source": "/dev/null"}],
+        "displays": [{"id": DISPLAY, "name": "Window screen", "camera": "door"}],
+        "selector": {"catalog": str(catalog)},
+    }))
+    return config_mod.load(path)
+
+
+def start_server(config: config_mod.Config, port: int = 0) -> DisplayServer:
+    return DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)),
+                         port=port).start()
+
+
+def publish_content(config: config_mod.Config, content: dict | None) -> None:
+    """Publishes as the service does (retained, QoS 1); None clears the retained message."""
+    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
+    payload = "" if content is None else json.dumps({
+        "schema": 1, "time": "2026-03-02T10:00:00+01:00", "display": DISPLAY, **content,
+        "reason": {"rule": "target", "segment": None, "audience": {}}})
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", config.mqtt.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def page(driver) -> dict:
+    return driver.execute_script("return {...document.body.dataset}")
+
+
+def wait_page(driver, timeout: float = 10.0, **expected: str) -> dict:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(
+        lambda d: all(page(d).get(k) == v for k, v in expected.items()),
+        f"page never showed {expected}")
+    return page(driver)
+
+
+def visible_layer(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#stage .layer.visible")[-1]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.05)
+
+
+def get(url: str, **headers: str):
+    """(status, headers, body) without raising on 4xx."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                    timeout=5) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def health(server: DisplayServer) -> dict:
+    return json.loads(get(f"{server.url}/healthz")[2])
+
+
+def test_page_shows_the_catalog_default_before_any_message(browser, broker, tmp_path):
+    server = start_server(make_config(tmp_path, broker_port=broker.port))
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        state = wait_page(browser, ad="welcome", connection="open")
+        assert state["url"] == "/ads/creatives/welcome.html"
+        assert health(server) == {"mqtt_connected": True, "displays": {DISPLAY: None}}
+    finally:
+        server.stop()
+
+
+def test_page_shows_published_content(browser, broker, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    config = make_config(tmp_path, broker_port=broker.port)
+    server = start_server(config)
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}/")  # trailing slash works too
+        wait_page(browser, ad="welcome")
+        publish_content(config, SPRING)
+        wait_page(browser, ad="spring-collection")
+        frame = visible_layer(browser)
+        assert frame.tag_name == "iframe"
+        assert frame.get_attribute("src").endswith("/ads/creatives/women-adult.html")
+        browser.switch_to.frame(frame)
+        try:  # the creative really rendered, not just an element pointing at it
+            WebDriverWait(browser, 5).until(
+                lambda d: "spring collection" in d.find_element(By.TAG_NAME, "body").text)
+        finally:
+            browser.switch_to.default_content()
+        time.sleep(0.6)  # let the cross-fade finish for the screenshot
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#stage .layer")) == 1
+        assert browser.execute_script(
+            "const e = document.documentElement;"
+            "return e.scrollWidth <= innerWidth && e.scrollHeight <= innerHeight")
+        browser.save_screenshot("/tmp/player.png")
+        assert health(server)["displays"] == {DISPLAY: "spring-collection"}
+    finally:
+        server.stop()
+
+
+def test_bridge_rides_out_a_broker_outage(browser, make_broker, tmp_path):
+    b = make_broker()
+    config = make_config(tmp_path, broker_port=b.port)
+    server = start_server(config)
+    try:
+        publish_content(config, SPRING)
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="spring-collection")
+
+        b.stop()
+        wait_until(lambda: not health(server)["mqtt_connected"], 5, "bridge noticing the outage")
+        time.sleep(0.5)
+        assert page(browser)["ad"] == "spring-collection"  # never blank meanwhile
+        assert visible_layer(browser).get_attribute("src").endswith("/women-adult.html")
+
+        b.start()  # same port; the bridge reconnects with backoff and subscribes again
+        publish_content(config, GROOMING)
+        wait_page(browser, timeout=15, ad="grooming-week",
+                  url="/ads/creatives/men-adult.html")
+        assert health(server) == {"mqtt_connected": True,
+                                  "displays": {DISPLAY: "grooming-week"}}
+    finally:
+        server.stop()
+
+
+def test_page_reconnects_to_a_restarted_server(browser, broker, tmp_path):
+    config = make_config(tmp_path, broker_port=broker.port)
+    server = start_server(config)
+    port = server.port
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="welcome", connection="open")
+        started = time.monotonic()
+        server.stop()  # ends the page's event stream
+        assert time.monotonic() - started < 1.0
+        wait_page(browser, timeout=5, connection="reconnecting")
+        assert page(browser)["ad"] == "welcome"
+
+        server = start_server(config, port=port)
+        publish_content(config, SPRING)
+        wait_page(browser, timeout=15, ad="spring-collection", connection="open")
+    finally:
+        server.stop()
+
+
+def test_image_creatives_show_as_images(browser, tmp_path):
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "ads"
+    (folder / "creatives").mkdir(parents=True)
+    ok, png = cv2.imencode(".png", np.full((90, 160, 3), (40, 40, 200), np.uint8))
+    (folder / "creatives" / "still.png").write_bytes(png.tobytes())
+    (folder / "catalog.yaml").write_text(
+        "default: still\nfamily_safe: still\n"
+        "ads: [{id: still, title: Still, creative: creatives/still.png, duration_s: 5}]\n")
+    server = start_server(make_config(tmp_path, catalog=folder / "catalog.yaml"))
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="still", url="/ads/creatives/still.png")
+        image = visible_layer(browser)
+        assert image.tag_name == "img"
+        assert browser.execute_script("return arguments[0].naturalWidth", image) == 160
+
+        status, headers, body = get(f"{server.url}/ads/creatives/still.png")
+        assert (status, headers["Content-Type"], body) == (200, "image/png", png.tobytes())
+        status, headers, body = get(f"{server.url}/ads/creatives/still.png", Range="bytes=0-9")
+        assert (status, body) == (206, png.tobytes()[:10])
+        assert headers["Content-Range"] == f"bytes 0-9/{len(png)}"
+        assert health(server) == {"mqtt_connected": False, "displays": {DISPLAY: None}}
+    finally:
+        server.stop()
+
+
+def test_http_routes(tmp_path):
+    # A secret beside the catalog's folder, which traversal must not reach.
+    ads = tmp_path / "ads"
+    shutil.copytree(CATALOG.parent, ads)
+    (tmp_path / "secret.yaml").write_text("password: x\n")
+    server = start_server(make_config(tmp_path, catalog=ads / "catalog.yaml"))
+    try:
+        for path in ("/ads/../secret.yaml", "/ads/%2e%2e/secret.yaml", "/ads/..%2fsecret.yaml",
+                     "/ads/catalog.yaml", "/ads/creatives/", "/ads/creatives/nothing.png", "/ads/%00",
+                     "/nothing"):
+            assert get(server.url + path)[0] == 404, path
+
+        status, headers, body = get(f"{server.url}/ads/creatives/welcome.html")
+        assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+        assert b"Welcome!" in body and "max-age" in headers["Cache-Control"]
+
+        status, _, body = get(f"{server.url}/display/lobby")
+        assert status == 404 and b"lobby" in body and DISPLAY.encode() in body
+        assert get(f"{server.url}/display/lobby/events")[0] == 404
+
+        status, headers, body = get(f"{server.url}/")
+        assert status == 200 and f'href="/display/{DISPLAY}"'.encode() in body
+        assert b"Window screen" in body
+        status, headers, _ = get(f"{server.url}/display/{DISPLAY}")
+        assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+
+        status, headers, body = get(f"{server.url}/healthz")
+        assert (status, headers["Content-Type"]) == (200, "application/json")
+        assert json.loads(body) == {"mqtt_connected": False, "displays": {DISPLAY: None}}
+    finally:
+        server.stop()
+
+
+def read_event(stream) -> tuple[str, dict]:
+    """The next Server-Sent Event as (event, data), skipping `retry:` lines."""
+    fields = {}
+    while (line := stream.readline().decode()) != "\n":
+        assert line, "the stream ended"
+        name, _, value = line.rstrip("\n").partition(": ")
+        fields[name] = value
+    return (fields["event"], json.loads(fields["data"])) if "event" in fields \
+        else read_event(stream)
+
+
+def next_content(stream) -> dict:
+    while (event := read_event(stream))[0] == "ping":
+        pass
+    assert event[0] == "content"
+    return event[1]
+
+
+def test_event_stream_follows_the_topic(broker, tmp_path, monkeypatch):
+    from edge import display
+
+    monkeypatch.setattr(display, "HEARTBEAT_S", 0.3)
+    config = make_config(tmp_path, broker_port=broker.port)
+    server = start_server(config)
+    try:
+        wait_until(lambda: server.mqtt_connected, 5, "connecting to the broker")
+        with urllib.request.urlopen(f"{server.url}/display/{DISPLAY}/events", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            assert r.headers["Cache-Control"] == "no-cache"
+            content = next_content(r)
+            assert (content["ad"], content["display"]) == ("welcome", DISPLAY)
+            assert content["reason"]["rule"] == "default"
+            assert content["url"] == "/ads/creatives/welcome.html"
+
+            publish_content(config, SPRING)
+            content = next_content(r)
+            assert content["ad"] == "spring-collection"
+            assert content["url"] == "/ads/creatives/women-adult.html"
+
+            publish_content(config, None)  # retained message cleared: the default again
+            assert next_content(r)["ad"] == "welcome"
+            assert read_event(r) == ("ping", {})  # the heartbeat the page watches for
+    finally:
+        server.stop()
+
+
+def test_player_off_in_config_needs_an_explicit_port(tmp_path):
+    config = make_config(tmp_path)
+    config.player.port = 0
+    with pytest.raises(ValueError, match="player.port"):
+        DisplayServer(config, load_catalog(CATALOG))
+
+
+def test_a_port_in_use_is_one_clear_error(tmp_path):
+    config = make_config(tmp_path)
+    server = start_server(config)
+    try:
+        with pytest.raises(EdgeError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+            start_server(config, port=server.port)
+    finally:
+        server.stop()
