@@ -17,11 +17,15 @@ from conftest import ROOT, need
 
 
 
+def store_id(tmp_path) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", tmp_path.name)[-60:]
+
+
 def write_config(tmp_path, port, *, source, extra="", loop=False, interval_s=60,
                  catalog=None, displays=True, keepalive=5):
     """A config for one test, and the root of its topics (a store of its own, so
     retained messages of other tests on the session broker don't interfere)."""
-    store = re.sub(r"[^A-Za-z0-9_-]", "-", tmp_path.name)[-60:]
+    store = store_id(tmp_path)
     catalog = catalog or ROOT / "ads" / "catalog.yaml"
     text = f"""
 models: {{dir: {ROOT / 'models'}}}
