@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from edge.analyze import FaceAnalyzer
-from edge.audience import Audience
+from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame
 from edge.notify import Notifier, watchdog_interval_s
 from edge.records import Decision, Detections
@@ -194,6 +194,13 @@ class Service:
             cam.reader.stop(timeout=2.0)
         now = time.time()
         for cid, cam in self.cameras.items():
+            if not self.offline:  # retained state must not show people to a stopped service
+                if cam.was_online:
+                    self.emit({"type": "camera", "camera": cid, "name": cam.name,
+                               "online": False, "error": "service stopped",
+                               "reconnects_last_hour": cam.reader.reconnects_last_hour()})
+                self.emit({"type": "audience", "camera": cid, "time": iso(now), "present": [],
+                           "counts": empty_counts()})
             if not cam.done:  # ended files were flushed already
                 self._flush(cid, cam, cam.last_ts or now)
         log.info("stopped")
