@@ -80,6 +80,17 @@ def test_readme_configuration_reference_is_current():
     assert readme[start:end] == result.stdout
 
 
+def test_readme_topic_table_is_current():
+    """README's MQTT topic table is generated from edge/topics.py."""
+    result = run_edge("config", "--topics")
+    assert result.returncode == 0
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- topics:start -->\n") + len("<!-- topics:start -->\n")
+    end = readme.index("<!-- topics:end -->")
+    assert readme[start:end] == result.stdout
+    assert result.stdout.count("\n| `") == 6  # one row per topic
+
+
 def test_cameras_are_validated(tmp_path):
     ok = config_mod.load(write(tmp_path, "cameras:\n  - {id: door, source: /dev/video0}\n"
                                          "  - {id: aisle-2, source: rtsp://cam/stream, fps: 5}\n"))
