@@ -55,7 +55,7 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 class Broker:
     def __init__(self, folder: Path, *, users: dict[str, str] | None = None,
-                 extra: str = "", port: int | None = None):
+                 extra: str = "", port: int | None = None, persistence: bool = True):
         ensure_mosquitto()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +64,7 @@ class Broker:
         # Run as ourselves: as root, Mosquitto would switch to its own user, which cannot
         # write the persistence file into our temporary folder.
         lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1",
-                 "persistence true",
+                 f"persistence {str(persistence).lower()}",
                  f"persistence_location {self.folder}/", f"log_dest file {self.log}",
                  "log_type error", "log_type warning", "log_type notice",
                  "log_type information"]

@@ -303,3 +303,119 @@ def test_catalog_error_stops_start_up_with_the_ad_and_field(tmp_path, group_phot
     result = run_edge("--config", str(config), "run", "--duration", "1")
     assert result.returncode == EX_CONFIG
     assert "ad 'grooming-week': field 'creative'" in result.stderr and str(catalog) in result.stderr
+
+
+def test_state_is_published_again_after_a_broker_restart_without_persistence(
+        make_broker, tmp_path, group_photo):
+    broker = make_broker(persistence=False)  # forgets every retained message when stopped
+    config, root = write_config(tmp_path, broker.port, source=group_photo)
+    proc = start(config)
+    try:
+        sub = Subscriber(broker.port, f"{root}/#")
+        sub.wait_for(lambda t, p, r: t.endswith("/audience") and json.loads(p)["present"] == 6)
+        sub.wait_for(lambda t, p, r: t.endswith("/displays/window/content"))
+        sub.close()
+        broker.stop()
+        broker.start()
+        time.sleep(3)  # the service reconnects (backoff starts at 1 s)
+        late = Subscriber(broker.port, f"{root}/#")
+        retained = {}
+        deadline = time.monotonic() + 10
+        while len(retained) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            retained = {t[len(root) + 1:]: p for t, p, r in late.seen if r}
+        late.close()
+        stop(proc)
+    finally:
+        proc.kill()
+    assert retained["availability"] == b"online"
+    assert json.loads(retained["cameras/door/audience"])["present"] == 6
+    assert json.loads(retained["cameras/door/status"])["online"] is True
+    assert json.loads(retained["displays/window/content"])["ad"] == "spring-collection"
+
+
+def test_mqtt_v5(broker, tmp_path, group_photo):
+    config, root = write_config(tmp_path, broker.port, source=group_photo)
+    config.write_text(config.read_text().replace("  enabled: true\n",
+                                                 "  enabled: true\n  protocol: '5'\n"))
+    sub = Subscriber(broker.port, f"{root}/#")
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"online")
+        sub.wait_for(lambda t, p, r: t.endswith("/audience") and json.loads(p)["present"] == 6)
+        _, err = stop(proc)
+    finally:
+        proc.kill()
+        sub.close()
+    assert "connected as" in err
+    sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"offline", timeout=5)
+
+
+def make_certificates(folder):
+    """A CA, a broker certificate for 127.0.0.1 and a client certificate, with openssl."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]),
+                        ("client", [])):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr", *extra)
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.crt")
+    return folder
+
+
+def test_tls_with_a_ca_file_and_a_client_certificate(make_broker, tmp_path, group_photo):
+    certs = make_certificates(tmp_path)
+    broker = make_broker(extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+                               f"keyfile {certs / 'server.key'}\nrequire_certificate true\n")
+    config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
+    tls = (f"  tls: {{enabled: true, ca_file: {certs / 'ca.crt'}, "
+           f"cert_file: {certs / 'client.crt'}, key_file: {certs / 'client.key'}}}\n")
+    config.write_text(config.read_text().replace("  enabled: true\n", "  enabled: true\n" + tls))
+    proc = start(config)
+    try:
+        time.sleep(4)
+        _, err = stop(proc)
+    finally:
+        proc.kill()
+    assert f"connected as 'edge-{root[5:]}'" in err, err
+    assert f"as edge-{root[5:]}" in broker.log.read_text()  # the broker saw it over TLS
+
+
+def test_tls_with_the_wrong_ca_is_reported(make_broker, tmp_path, group_photo):
+    certs = make_certificates(tmp_path)
+    (tmp_path / "other").mkdir()
+    other = make_certificates(tmp_path / "other")  # a CA that did not sign the broker
+    broker = make_broker(extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+                               f"keyfile {certs / 'server.key'}\n")
+    config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
+    config.write_text(config.read_text().replace(
+        "  enabled: true\n", f"  enabled: true\n  tls: {{enabled: true, ca_file: {other / 'ca.crt'}}}\n"))
+    proc = start(config)
+    try:
+        time.sleep(4)
+        events, err = stop(proc)
+    finally:
+        proc.kill()
+    assert "cannot connect" in err and "TLS" in err, err
+    assert any(e["type"] == "audience" and len(e["present"]) == 6 for e in events)
+
+
+def test_outbox_bound_drops_the_oldest_waiting_report(tmp_path):
+    from edge.publish import Outbox, Report
+
+    outbox = Outbox(tmp_path / "outbox.jsonl", limit=3)
+    for i in range(5):
+        outbox.add(Report("t", json.dumps({"n": i})))
+    assert [json.loads(r.payload)["n"] for r in outbox.reports] == [2, 3, 4]
+    assert outbox.dropped == 2
+    outbox.save()
+    again = Outbox(tmp_path / "outbox.jsonl", limit=3)
+    assert again.load() == 3 and [r.payload for r in again.reports] == \
+        [r.payload for r in outbox.reports]
+    outbox.reports.clear()
+    outbox.save()
+    assert not (tmp_path / "outbox.jsonl").exists()
