@@ -70,24 +70,22 @@ def test_reference_lists_every_key():
     assert len(keys) == len(set(keys))
 
 
+def readme_block(name: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"<!-- {name}:start -->\n") + len(f"<!-- {name}:start -->\n")
+    return readme[start:readme.index(f"<!-- {name}:end -->")]
+
+
 def test_readme_configuration_reference_is_current():
     """README's table is generated; a new or changed key must be regenerated there."""
     result = run_edge("config", "--reference")
-    assert result.returncode == 0
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
-    end = readme.index("<!-- config-reference:end -->")
-    assert readme[start:end] == result.stdout
+    assert result.returncode == 0 and readme_block("config-reference") == result.stdout
 
 
 def test_readme_topic_table_is_current():
     """README's MQTT topic table is generated from edge/topics.py."""
     result = run_edge("config", "--topics")
-    assert result.returncode == 0
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- topics:start -->\n") + len("<!-- topics:start -->\n")
-    end = readme.index("<!-- topics:end -->")
-    assert readme[start:end] == result.stdout
+    assert result.returncode == 0 and readme_block("topics") == result.stdout
     assert result.stdout.count("\n| `") == 6  # one row per topic
 
 
