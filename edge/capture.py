@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,14 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 HEALTHY_AFTER_S = 60.0  # a source must deliver this long before its backoff starts over
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]+):[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """A stream URL's password never reaches a log line or an MQTT status message."""
+    return _CREDENTIALS.sub(r"\1:***@", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +103,7 @@ class VideoSource:
         else:
             self._cap = cv2.VideoCapture(source)
         if not self._cap.isOpened():
-            raise OSError(f"cannot open {source}")
+            raise OSError(f"cannot open {redact(str(source))}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 240 else 0.0
 
@@ -103,7 +112,7 @@ class VideoSource:
         if ok:
             return image
         if not self.is_file:
-            raise OSError(f"{self._source}: no frame")
+            raise OSError(f"{redact(str(self._source))}: no frame")
         if not self.loop:
             raise SourceEnded()
         self._cap.release()
@@ -218,20 +227,20 @@ class CameraReader:
             try:
                 reader = self._opener(self.source, self.loop, self.fps, self.stall_timeout_s)
             except OSError as exc:
-                self._went_offline(str(exc))
+                self._went_offline(redact(str(exc)))
                 continue
             if opened_once:
                 self._reconnects.append(time.time())
             opened_once = True
             file_fps = getattr(reader, "fps", 0.0) or self.fps
-            log.info("camera %s online (%s)", self.camera_id, self.source)
+            log.info("camera %s online (%s)", self.camera_id, redact(self.source))
             self.status.online, self.status.last_error = True, ""
             self._online_since = time.monotonic()
             try:
                 self._read_frames(reader, file_fps)
                 return  # stopped or ended
             except OSError as exc:
-                self._went_offline(str(exc))
+                self._went_offline(redact(str(exc)))
             finally:
                 reader.release()
 
@@ -242,7 +251,8 @@ class CameraReader:
             try:
                 image = reader.read()
             except SourceEnded:
-                log.info("camera %s: end of %s after %d frames", self.camera_id, self.source,
+                log.info("camera %s: end of %s after %d frames", self.camera_id,
+                         redact(self.source),
                          self._delivered)
                 with self._cond:
                     self.status.ended, self.status.online = True, False

@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
-from edge.capture import CameraReader, Frame
+from edge.capture import CameraReader, Frame, redact
 from edge.notify import Notifier, watchdog_interval_s
 from edge.records import Decision, Detections
 from edge.select import Selector, load_catalog
@@ -162,7 +162,7 @@ class Service:
         for cam in self.cameras.values():
             cam.reader.start()
         self.notifier.ready(f"running {len(self.cameras)} camera(s)")
-        log.info("running: %s", ", ".join(f"{cid} ({c.reader.source})"
+        log.info("running: %s", ", ".join(f"{cid} ({redact(c.reader.source)})"
                                          for cid, c in self.cameras.items()))
         watchdog_every = watchdog_interval_s()
         last_watchdog = 0.0

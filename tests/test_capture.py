@@ -186,3 +186,22 @@ def test_hung_stream_is_reopened_and_flapping_backs_off():
     assert frames[-1].index >= 6  # frames came again after each reopen
     gaps = np.diff(camera.connections)
     assert gaps[-1] > gaps[0]  # backoff grows while the stream keeps failing
+
+
+def test_stream_passwords_are_redacted_from_errors_and_status():
+    from edge.capture import redact
+
+    assert redact("cannot open rtsp://admin:s3cr3t@10.0.0.5:554/s1") == \
+        "cannot open rtsp://admin:***@10.0.0.5:554/s1"
+    assert redact("/dev/video0") == "/dev/video0"
+    # A real open of an unreachable stream: the status that MQTT publishes has no password.
+    reader = CameraReader("door", "rtsp://admin:s3cr3t@127.0.0.1:9/stream", fps=5,
+                          mode="live", stall_timeout_s=1)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not reader.status.last_error and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reader.request_stop()
+    reader.stop(timeout=2)
+    assert "127.0.0.1:9" in reader.status.last_error
+    assert "s3cr3t" not in reader.status.last_error
