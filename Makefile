@@ -67,3 +67,12 @@ test: setup test-deps
 
 clean: broker-stop
 	rm -rf $(VENV) models/*.onnx .pytest_cache $(RUN_DIR)
+
+# Install onto this box as a systemd service, or remove it (needs root; the
+# scripts say what they do, and keep /etc/edge: tools/install.sh --help).
+.PHONY: install uninstall
+install:
+	tools/install.sh
+
+uninstall:
+	tools/uninstall.sh
