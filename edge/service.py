@@ -105,10 +105,13 @@ class CameraRuntime:
 
 class Service:
     def __init__(self, config, sinks: list[EventSink], *, offline: bool = False,
-                 notifier: Notifier | None = None, opener=None):
-        """`opener` replaces capture.open_source (edge bench feeds frames from memory)."""
+                 notifier: Notifier | None = None, opener=None, on_frame=None):
+        """`opener` replaces capture.open_source (edge bench feeds frames from memory).
+        `on_frame(camera_id, frame, tracks, audience)` sees each processed frame in memory
+        (edge preview draws the last one); nothing in the service itself keeps frames."""
         self.config = config
         self.sinks = sinks
+        self.on_frame = on_frame
         self.offline = offline
         self.notifier = notifier or Notifier()
         self._stop = threading.Event()
@@ -269,6 +272,8 @@ class Service:
             cam.interval_start = frame.timestamp
             cam.audience.begin(frame.timestamp)
         changed = cam.audience.update(tracks, cam.tracker.removed, frame.timestamp, dt_s)
+        if self.on_frame is not None:
+            self.on_frame(cid, frame, tracks, cam.audience)
         if changed:
             self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
                        "present": cam.audience.present(),
