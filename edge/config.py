@@ -85,9 +85,23 @@ class ClassifierConfig:
 class RuntimeConfig:
     providers: list = opt(["cuda", "cpu"], "ONNX Runtime execution providers in order of "
                           "preference (tensorrt, cuda, cpu). GPU providers are skipped, with "
-                          "one log line, where no GPU is present.")
+                          "one log line, where no GPU (or no CUDA library they need) is "
+                          "present.")
     threads: int = opt(0, "CPU threads per inference session; 0 lets ONNX Runtime decide.",
                        min=0, max=256)
+    batch_buckets: list = opt([1, 4, 16, 64, 128], "Batch sizes fed to a GPU provider: a "
+                              "batch (classifier chips, detector frames of one size) is padded "
+                              "up to the next, larger ones split at the largest, so CUDA and "
+                              "TensorRT plan a few shapes once instead of one per new size. On "
+                              "the CPU batches run at their own size (padding would only cost "
+                              "time).")
+    trt_cache_dir: str | None = opt(None, "TensorRT engine cache folder (an engine takes "
+                                    "minutes to build; cached, it is built once per model and "
+                                    "size); default 'trt-cache' in state_dir. Relative paths "
+                                    "resolve against the config file's folder.")
+    trt_fp16: bool = opt(False, "Let TensorRT build FP16 engines: faster on GPUs with tensor "
+                         "cores, outputs differ slightly from FP32 (accuracy not measured "
+                         "here).")
 
 
 @dataclass
@@ -330,6 +344,11 @@ def _cross_checks(config: Config, file: str) -> None:
         if provider not in PROVIDERS:
             raise ConfigError(f"{file}: 'runtime.providers' has {provider!r}; "
                               f"choose from {', '.join(PROVIDERS)}")
+    buckets = config.runtime.batch_buckets
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                          for b in buckets):
+        raise ConfigError(f"{file}: 'runtime.batch_buckets' is {buckets!r}; give batch sizes "
+                          f"of 1 or more, e.g. [1, 4, 16, 64, 128]")
     if config.classifier.child_below >= config.classifier.old_from:
         raise ConfigError(f"{file}: 'classifier.child_below' ({config.classifier.child_below:g}) "
                           f"must be below 'classifier.old_from' ({config.classifier.old_from:g})")

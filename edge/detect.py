@@ -33,6 +33,17 @@ class FaceDetector(Protocol):
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections: ...
 
+    def detect_many(self, frames: list[np.ndarray],
+                    widths: list[int | None] | None = None) -> list[Detections]: ...
+
+
+class OneByOne:
+    """detect_many for backends that cannot batch: one frame at a time."""
+
+    def detect_many(self, frames: list[np.ndarray],
+                    widths: list[int | None] | None = None) -> list[Detections]:
+        return [self(frame, width) for frame, width in zip(frames, widths or [None] * len(frames))]
+
 
 def input_size(frame_w: int, frame_h: int, width: int) -> tuple[int, int]:
     """Detector canvas (w, h): `width` rounded up to 32, height to keep aspect, also /32.
@@ -85,7 +96,8 @@ class CenterFace:
     OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
 
     def __init__(self, model_path: Path, providers, threads: int = 0, input_width: int = 640,
-                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20):
+                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20,
+                 gpu: runtime.GpuOptions = runtime.GpuOptions()):
         import onnx  # only needed at load, to rewrite the graph
 
         try:
@@ -94,42 +106,73 @@ class CenterFace:
             raise ModelError(f"{model_path}: not a loadable ONNX model: {exc}") from exc
         self._providers = tuple(providers)
         self._threads = threads
+        self._gpu = gpu
         self.input_width = input_width
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
         self.min_face_px = min_face_px
-        self._sessions: dict[tuple[int, int], object] = {}
+        self._sessions: dict[tuple[int, int], runtime.BatchRunner] = {}  # per canvas size
         # Build the session for a 720p camera now: fails fast on a bad model and
         # is the size the service will use.
-        self.provider = runtime.active_provider(self._session(input_size(1280, 720, input_width)))
+        self.provider = runtime.active_provider(
+            self._runner(input_size(1280, 720, input_width)).sess)
 
-    def _session(self, size: tuple[int, int]):
-        # The file's input dims are static (1x3x32x32); ORT plans best with
-        # concrete dims, so each canvas size gets its own rewritten graph.
-        sess = self._sessions.get(size)
-        if sess is None:
+    def _runner(self, size: tuple[int, int]) -> runtime.BatchRunner:
+        # The file's input dims are static (10x3x32x32); ORT plans best with
+        # concrete spatial dims, so each canvas size gets its own rewritten graph,
+        # with a free batch dim so cameras of one size share a run (detect_many).
+        runner = self._sessions.get(size)
+        if runner is None:
             w, h = size
             graph = _copy(self._graph)
-            _set_dims(graph.graph.input, {"input.1": (1, 3, h, w)})
-            _set_dims(graph.graph.output, {"537": (1, 1, h // 4, w // 4),
-                                           "538": (1, 2, h // 4, w // 4),
-                                           "539": (1, 2, h // 4, w // 4),
-                                           "540": (1, 10, h // 4, w // 4)})
+            _set_dims(graph.graph.input, {"input.1": ("N", 3, h, w)})
+            _set_dims(graph.graph.output, {"537": ("N", 1, h // 4, w // 4),
+                                           "538": ("N", 2, h // 4, w // 4),
+                                           "539": ("N", 2, h // 4, w // 4),
+                                           "540": ("N", 10, h // 4, w // 4)})
             sess = runtime.session(graph.SerializeToString(), self._providers, self._threads,
-                                   label="centerface")
+                                   label="centerface", gpu=self._gpu,
+                                   batch_inputs={"input.1": (3, h, w)})
             if len(self._sessions) >= 4:  # frames of many sizes (analyze): keep a few
                 self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[size] = sess
-        return sess
+            runner = self._sessions[size] = runtime.BatchRunner(sess, self._gpu, self.OUTPUTS)
+        return runner
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
-        canvas, scale = letterbox(frame, size)
-        blob = cv2.dnn.blobFromImage(canvas, 1.0, swapRB=True)  # BGR -> RGB, NCHW float32
-        heat, sizes, offsets, marks = self._session(size).run(self.OUTPUTS, {"input.1": blob})
-        boxes, scores, landmarks = self.decode(heat, sizes, offsets, marks, self.score_threshold)
-        return finish(boxes / scale, scores, landmarks / scale, frame.shape, self.nms_iou,
-                      self.min_face_px)
+        return self.detect_many([frame], [width])[0]
+
+    def detect_many(self, frames: list[np.ndarray],
+                    widths: list[int | None] | None = None) -> list[Detections]:
+        """Faces in several frames (one per camera, each with its detection width)."""
+        widths = widths or [None] * len(frames)
+        sizes = [input_size(f.shape[1], f.shape[0], w or self.input_width)
+                 for f, w in zip(frames, widths)]
+        results: list[Detections] = [Detections.empty()] * len(frames)
+        for size in dict.fromkeys(sizes):
+            runner = self._runner(size)
+            same = [i for i, s in enumerate(sizes) if s == size]
+            # GPU: one run for all frames of this size. CPU: frame by frame, which
+            # measured about 10% faster than a batch of four 640x384 canvases.
+            for group in [same] if runner.device else [[i] for i in same]:
+                found = self._detect(runner, size, [frames[i] for i in group])
+                for i, faces in zip(group, found):
+                    results[i] = faces
+        return results
+
+    def _detect(self, runner: runtime.BatchRunner, size: tuple[int, int],
+                frames: list[np.ndarray]) -> list[Detections]:
+        """Frames of one canvas size through the network in one run."""
+        canvases, scales = zip(*(letterbox(frame, size) for frame in frames))
+        blob = cv2.dnn.blobFromImages(canvases, 1.0, swapRB=True)  # BGR -> RGB, NCHW float32
+        heat, box_sizes, offsets, marks = runner(blob)
+        results = []
+        for k, (frame, scale) in enumerate(zip(frames, scales)):
+            one = slice(k, k + 1)
+            boxes, scores, landmarks = self.decode(heat[one], box_sizes[one], offsets[one],
+                                                   marks[one], self.score_threshold)
+            results.append(finish(boxes / scale, scores, landmarks / scale, frame.shape,
+                                  self.nms_iou, self.min_face_px))
+        return results
 
     @staticmethod
     def decode(heat, sizes, offsets, marks, threshold: float):
@@ -148,7 +191,7 @@ class CenterFace:
         return boxes.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32)
 
 
-class SCRFD:
+class SCRFD(OneByOne):
     """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input."""
 
     def __init__(self, model_path: Path, providers, input_width: int = 640,
@@ -183,7 +226,7 @@ class SCRFD:
         return finish(dets[:, :4], dets[:, 4], kps, frame.shape, self.nms_iou, self.min_face_px)
 
 
-class YuNet:
+class YuNet(OneByOne):
     """OpenCV Zoo YuNet through cv2.FaceDetectorYN (runs on OpenCV's own DNN, CPU)."""
 
     provider = "cpu (opencv)"
@@ -224,7 +267,8 @@ def create(config, model_paths: dict[str, Path],
                   nms_iou=d.nms_iou, min_face_px=d.min_face_px)
     if d.backend == "centerface":
         return CenterFace(model_paths["centerface"], config.runtime.providers,
-                          config.runtime.threads, **common)
+                          config.runtime.threads, gpu=runtime.GpuOptions.from_config(config),
+                          **common)
     if d.backend == "scrfd":
         return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
     return YuNet(config.resolve(d.model), **common)
@@ -244,12 +288,15 @@ def _copy(model):
     return copy
 
 
-def _set_dims(values, dims: dict[str, tuple[int, ...]]) -> None:
+def _set_dims(values, dims: dict[str, tuple[int | str, ...]]) -> None:
+    """Set tensor dims: a number fixes one, a name (dim_param) leaves it free."""
     for value in values:
         if value.name in dims:
             for dim, size in zip(value.type.tensor_type.shape.dim, dims[value.name]):
-                dim.ClearField("dim_param")
-                dim.dim_value = size
+                if isinstance(size, str):
+                    dim.dim_param = size
+                else:
+                    dim.dim_value = size
 
 
 def _strip_initializer_inputs(model):

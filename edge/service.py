@@ -212,7 +212,7 @@ class Service:
 
     def tick(self) -> bool:
         """Process the newest frame of each camera; False when none had one."""
-        batch: list[tuple[str, Frame, list, Detections]] = []
+        taken: list[tuple[str, CameraRuntime, Frame]] = []
         # Offline, files are read in lockstep (the reader is never far behind), which
         # keeps results independent of thread timing; live, one camera may block briefly.
         wait = 1.0 if self.offline else (0.05 if len(self.cameras) == 1 else 0.0)
@@ -230,16 +230,22 @@ class Service:
                 cam.passed_over += 1  # above the camera's target fps: not a loss
                 continue
             cam.last_processed = frame.timestamp
-            started = time.perf_counter()
-            faces = self.analyzer.detector(frame.image, cam.detect_width)
-            cam.detect_ms.append((time.perf_counter() - started) * 1000)
-            tracks = cam.tracker.update(faces, frame.timestamp)
-            wanted = cam.audience.wants_classification(tracks, frame.timestamp)
-            batch.append((cid, frame, tracks, wanted))
-        if not batch:
+            taken.append((cid, cam, frame))
+        if not taken:
             if len(self.cameras) > 1:
                 time.sleep(0.005)
             return False
+        # One detector run for all cameras whose frames share a canvas size.
+        started = time.perf_counter()
+        found = self.analyzer.detector.detect_many([frame.image for _, _, frame in taken],
+                                                   [cam.detect_width for _, cam, _ in taken])
+        share_ms = (time.perf_counter() - started) * 1000 / len(taken)
+        batch: list[tuple[str, Frame, list, Detections]] = []
+        for (cid, cam, frame), faces in zip(taken, found):
+            cam.detect_ms.append(share_ms)  # each camera's share of the batched run
+            tracks = cam.tracker.update(faces, frame.timestamp)
+            wanted = cam.audience.wants_classification(tracks, frame.timestamp)
+            batch.append((cid, frame, tracks, wanted))
         self._classify(batch)
         for cid, frame, tracks, _ in batch:
             self._after_frame(cid, self.cameras[cid], frame, tracks)
