@@ -1,13 +1,19 @@
 """`edge bench`: how fast is the pipeline on this machine, and what does batching buy?
 
-Three measurements on the same frames, in one run:
+Measurements on the same frames, in one run, with `--cameras N` copies of the
+source fed side by side (each step hands every camera its next frame):
   full           the service's own loop (Service.tick): detect, track, classify
                  only the faces the audience stage asks for, in one batch;
-  detector_only  the detector alone: the floor the pipeline cannot beat;
-  naive          detect, then classify every face of every frame one at a time.
+  detector_only  the detector alone (detect_many over the N frames): the floor
+                 the pipeline cannot beat;
+  naive          detect, then classify every face of every frame one at a time;
+  classifier     the age and gender networks alone on real face chips (cut once
+                 from the faces in the source), at batch sizes 1, 8, 32, 128.
 Frames are decoded and resized before timing starts, so the figures are the
-pipeline's, not the video decoder's. Latency is per frame, from the moment the
-frame is handed over to the moment its decision is made.
+pipeline's, not the video decoder's. frames/s are per camera; latency is per
+step, from the moment the frames are handed over to the moment the decisions are
+made. `--gpu` insists on CUDA (one line and exit status 69 where it cannot run)
+and reports the GPU memory in use.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,10 +31,18 @@ import cv2
 import numpy as np
 import onnxruntime
 
-from edge import __version__
+from edge import __version__, runtime
 from edge.config import CameraConfig
-from edge.errors import InputError
+from edge.errors import EdgeError, InputError
 from edge.service import Service
+
+CLASSIFIER_BATCHES = (1, 8, 32, 128)
+
+
+class GpuUnavailable(EdgeError):
+    """`--gpu` asked for and no usable GPU provider (EX_UNAVAILABLE)."""
+
+    exit_status = 69
 
 
 def load_frames(source: str, size: tuple[int, int] | None) -> list[np.ndarray]:
@@ -58,17 +74,22 @@ class MemorySource:
         pass
 
 
-def timed(fn, frames, seconds: float) -> dict:
-    """Call fn(frame) over the frames (looping) for `seconds`; frames/s and latency."""
+def timed(fn, inputs: list, seconds: float) -> dict:
+    """Call fn(input) over the inputs (looping) for `seconds`; calls/s and latency."""
     latencies, i = [], 0
-    fn(frames[0])  # warm-up: first-run allocations are not the steady state
+    fn(inputs[0])  # warm-up: first-run allocations are not the steady state
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
-        fn(frames[i % len(frames)])
+        fn(inputs[i % len(inputs)])
         latencies.append((time.perf_counter() - t0) * 1000)
         i += 1
     return summary(latencies, time.perf_counter() - start)
+
+
+def side_by_side(frames: list[np.ndarray], cameras: int) -> list[list[np.ndarray]]:
+    """Each step's frames: the same frame from each of `cameras` copies of the source."""
+    return [[frame] * cameras for frame in frames]
 
 
 def summary(latencies_ms: list[float], elapsed_s: float) -> dict:
@@ -78,14 +99,19 @@ def summary(latencies_ms: list[float], elapsed_s: float) -> dict:
             "p95_ms": round(float(np.percentile(lat, 95)), 2)}
 
 
-def bench_full(config, frames: list[np.ndarray], seconds: float, fps: float) -> dict:
-    config.cameras = [CameraConfig(id="bench", source="memory", fps=fps, loop=True)]
-    service = Service(config, sinks=[], offline=True,
-                      opener=lambda *_: MemorySource(frames, fps))
+def memory_service(config, frames: list[np.ndarray], fps: float, cameras: int) -> Service:
+    """The service with `cameras` cameras, each looping over the same decoded frames."""
+    config.cameras = [CameraConfig(id=f"bench{i}" if cameras > 1 else "bench", source="memory",
+                                   fps=fps, loop=True) for i in range(cameras)]
+    return Service(config, sinks=[], offline=True, opener=lambda *_: MemorySource(frames, fps))
+
+
+def bench_full(service: Service, seconds: float) -> dict:
     for cam in service.cameras.values():
         cam.reader.start()
     try:
         service.tick()  # warm-up
+        done_before = {cid: cam.frames for cid, cam in service.cameras.items()}
         latencies, start = [], time.perf_counter()
         while time.perf_counter() - start < seconds:
             t0 = time.perf_counter()
@@ -96,39 +122,111 @@ def bench_full(config, frames: list[np.ndarray], seconds: float, fps: float) -> 
         for cam in service.cameras.values():
             cam.reader.stop()
     result = summary(latencies, elapsed)
+    per_camera = {cid: round((cam.frames - done_before[cid]) / elapsed, 2)
+                  for cid, cam in service.cameras.items()}
+    result["fps"] = round(float(np.mean(list(per_camera.values()))), 2)
+    result["per_camera_fps"] = per_camera
     result["classifier_calls"] = service.classifier_calls
     result["mean_batch"] = service.stats()["classifier_batch"] or 0
-    return result, service.analyzer
+    return result
 
 
-def run(config, source: str, size: tuple[int, int] | None, seconds: float) -> dict:
+def bench_classifier(classifier, detector, frames: list[np.ndarray], seconds: float) -> dict:
+    """Faces/s of the networks alone at each batch size, on chips of the source's faces."""
+    if not hasattr(classifier, "classify_chips"):
+        return {}  # the insightface backend crops inside its own call
+    sample = frames[::max(1, len(frames) // 32)]  # faces from across the clip, cut once
+    faces = [detector(frame) for frame in sample]
+    if not any(len(f) for f in faces):
+        return {}
+    age, gender = classifier.chips(sample, faces)
+    index = np.arange(max(CLASSIFIER_BATCHES)) % len(age)
+    results = {}
+    for batch in CLASSIFIER_BATCHES:
+        chips = (age[index[:batch]], gender[index[:batch]])
+        r = timed(lambda c: classifier.classify_chips(*c), [chips],
+                  seconds / len(CLASSIFIER_BATCHES))
+        results[str(batch)] = {"faces_per_s": round(r["fps"] * batch, 1),
+                               "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]}
+    return results
+
+
+def nvidia_smi(query: str) -> str | None:
+    """The first GPU's answer to `nvidia-smi --query-gpu=QUERY`; None without one."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}",
+                              "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.strip().splitlines()
+    return lines[0].strip() if lines else None
+
+
+def gpu_memory_used_mib() -> int | None:
+    """Memory in use on the first GPU, every process's (ours holds its arena to the end)."""
+    used = nvidia_smi("memory.used")
+    return int(used) if used and used.isdigit() else None
+
+
+def require_gpu(config) -> None:
+    """Make CUDA the provider (after tensorrt when configured), or fail in one line."""
+    reason = runtime.unusable("cuda")
+    if reason:
+        raise GpuUnavailable(f"bench --gpu: CUDA cannot run here: {reason}")
+    gpu_first = [p for p in config.runtime.providers if p == "tensorrt"]
+    config.runtime.providers = gpu_first + ["cuda", "cpu"]
+
+
+def run(config, source: str, size: tuple[int, int] | None, seconds: float,
+        cameras: int = 1, gpu: bool = False) -> dict:
+    if gpu:
+        require_gpu(config)
     frames = load_frames(source, size)
     fps = cv2.VideoCapture(source).get(cv2.CAP_PROP_FPS) or 15.0
-    full, analyzer = bench_full(config, frames, seconds, fps)
-    detector, classifier = analyzer.detector, analyzer.classifier
-    detector_only = timed(detector, frames, seconds)
+    service = memory_service(config, frames, fps, cameras)
+    detector, classifier = service.analyzer.detector, service.analyzer.classifier
+    providers = {"detector": detector.provider, "classifier": classifier.provider}
+    if gpu and not set(providers.values()) <= {"cuda", "tensorrt"}:
+        raise GpuUnavailable(f"bench --gpu: detector on {providers['detector']}, classifier "
+                             f"on {providers['classifier']}: onnxruntime did not take the GPU "
+                             f"(its messages above say why)")
+    full = bench_full(service, seconds)
+    steps = side_by_side(frames, cameras)
+    detector_only = timed(detector.detect_many, steps, seconds)
 
-    def naive(frame):
-        faces = detector(frame)
-        for i in range(len(faces)):
-            classifier(frame, faces[i])
+    def naive(batch):
+        for frame in batch:
+            faces = detector(frame)
+            for i in range(len(faces)):
+                classifier(frame, faces[i])
 
-    naive_result = timed(naive, frames, seconds)
+    naive_result = timed(naive, steps, seconds)
     faces_per_frame = float(np.mean([len(detector(f)) for f in frames]))
+    # Before the batch-128 classifier measure, which needs memory the service never does.
+    pipeline_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    classifier_alone = bench_classifier(classifier, detector, frames, seconds)
     return {
         "full": full,
         "detector_only": detector_only,
         "naive": naive_result,
+        "classifier": classifier_alone,
         "ratios": {"full_over_naive": round(full["fps"] / naive_result["fps"], 2),
                    "full_over_detector_only": round(full["fps"] / detector_only["fps"], 2)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": pipeline_rss_mb,  # the pipeline measures
+        "peak_rss_with_classifier_alone_mb": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gpu_memory_used_mib": gpu_memory_used_mib(),
         "settings": {
             "source": source, "frames": len(frames),
-            "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+            "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "cameras": cameras,
             "detector": config.detector.backend, "detector_input_width": config.detector.input_width,
             "classifier": config.classifier.backend, "flip_tta": config.classifier.flip_tta,
             "faces_per_frame": round(faces_per_frame, 2), "seconds_per_measure": seconds,
-            "provider": detector.provider,
+            "provider": detector.provider, "providers": providers, "gpu": gpu,
+            "batch_buckets": list(config.runtime.batch_buckets),
         },
         "machine": machine(),
     }
@@ -144,6 +242,7 @@ def machine() -> dict:
     except OSError:
         pass
     return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
+            "gpu": nvidia_smi("name,driver_version"),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
             "opencv": cv2.__version__, "edge": __version__, "platform": platform.platform()}
 
@@ -156,15 +255,28 @@ def table(result: dict) -> str:
     ratios = result["ratios"]
     rows.append(f"full / naive = {ratios['full_over_naive']:.2f}   "
                 f"full / detector only = {ratios['full_over_detector_only']:.2f}   "
-                f"peak RSS {result['peak_rss_mb']:.0f} MB")
+                f"peak RSS {result['peak_rss_mb']:.0f} MB "
+                f"({result['peak_rss_with_classifier_alone_mb']:.0f} MB after the batch-128 "
+                f"classifier measure)")
     s = result["settings"]
+    if s["cameras"] > 1:
+        rows.append(f"{s['cameras']} cameras, frames/s each: " + ", ".join(
+            f"{fps:.1f}" for fps in result["full"]["per_camera_fps"].values()))
+    if result["classifier"]:
+        rows.append("classifier alone, faces/s: " + ", ".join(
+            f"batch {b} {r['faces_per_s']:.0f}" for b, r in result["classifier"].items()))
+    memory = result["gpu_memory_used_mib"]
     rows.append(f"{s['frame_size']} frames, detection at {s['detector_input_width']} px wide, "
-                f"{s['faces_per_frame']} faces/frame, {s['provider']}, "
-                f"{result['machine']['cores']} cores ({result['machine']['cpu']})")
+                f"{s['faces_per_frame']} faces/frame, detector on {s['providers']['detector']}, "
+                f"classifier on {s['providers']['classifier']}"
+                + (f", GPU memory used {memory} MiB" if memory is not None else ""))
+    m = result["machine"]
+    rows.append(f"{m['cores']} cores ({m['cpu']})" + (f", {m['gpu']}" if m["gpu"] else ""))
     return "\n".join(rows)
 
 
-def main(config, source: str, size: str | None, seconds: float, json_path: str | None) -> int:
+def main(config, source: str, size: str | None, seconds: float, json_path: str | None,
+         cameras: int = 1, gpu: bool = False) -> int:
     wh = None
     if size:
         try:
@@ -172,7 +284,9 @@ def main(config, source: str, size: str | None, seconds: float, json_path: str |
             wh = (w, h)
         except ValueError:
             raise InputError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
-    result = run(config, source, wh, seconds)
+    if cameras < 1:
+        raise InputError(f"--cameras {cameras}: expected 1 or more")
+    result = run(config, source, wh, seconds, cameras, gpu)
     print(table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")

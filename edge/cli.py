@@ -168,7 +168,25 @@ def cmd_display(args, cfg) -> int:
 def cmd_bench(args, cfg) -> int:
     from edge import bench
 
-    return bench.main(cfg, args.source, args.size, args.seconds, args.json)
+    return bench.main(cfg, args.source, args.size, args.seconds, args.json, args.cameras,
+                      args.gpu)
+
+
+def cmd_check(args, cfg) -> int:
+    import time
+
+    started = time.monotonic()  # the installer waits for the imports too
+    from edge import check
+
+    # check loads the config itself, so an invalid one is reported as a FAIL line.
+    return check.main(args.check_config or args.config, started)
+
+
+def cmd_preview(args, cfg) -> int:
+    from edge import preview
+
+    return preview.main(cfg, args.camera, Path(args.out), args.seconds,
+                        args.config or "(defaults)")
 
 
 def cmd_config(args, cfg) -> int:
@@ -232,7 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument("--cameras", type=int, default=1, metavar="N",
+                   help="run N copies of the source side by side through one service")
+    p.add_argument("--gpu", action="store_true",
+                   help="run on CUDA and report GPU memory; fails in one line without a GPU")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("check", help="installer's check: config, catalog, models, cameras, "
+                       "broker, GPU; one OK/WARN/FAIL line each")
+    p.add_argument("--config", "-c", dest="check_config", metavar="FILE",
+                   help="config file to check (or give --config before the command)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("preview", help="one annotated JPEG from a camera, for aiming it "
+                       "(shows people: delete it afterwards)")
+    p.add_argument("--config", "-c", default=argparse.SUPPRESS,
+                   help="config file (or give --config before the command)")
+    p.add_argument("--camera", required=True, metavar="ID", help="id of a configured camera")
+    p.add_argument("--out", required=True, metavar="FILE.jpg", help="where to write the JPEG")
+    p.add_argument("--seconds", type=float, default=2.0, metavar="S",
+                   help="run the pipeline this long first, so faces are tracked and "
+                        "classified (default 2)")
+    p.set_defaults(func=cmd_preview)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")
@@ -246,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
+        if args.func is cmd_check:  # check reports a bad config as one of its FAIL lines
+            return cmd_check(args, None)
         cfg = config_mod.load(args.config)
         setup_logging(cfg.log_level)
         return args.func(args, cfg)
