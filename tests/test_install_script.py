@@ -110,10 +110,10 @@ def test_installed_config_points_at_installed_paths(installed):
     assert cfg.selector.catalog == "/etc/edge/ads/catalog.yaml"
     # Nothing else differs from the repo's config.yaml.
     repo = config_mod.load(REPO / "config.yaml")
+    assert cfg.state_dir == "/var/lib/edge"  # the unit's StateDirectory=, for edge check too
     repo.models.dir, repo.selector.catalog = cfg.models.dir, cfg.selector.catalog
-    repo.base_dir = cfg.base_dir
+    repo.base_dir, repo.state_dir = cfg.base_dir, cfg.state_dir
     assert cfg == repo
-    assert cfg.state_dir is None  # so the service uses $STATE_DIRECTORY (/var/lib/edge)
 
 
 def test_operator_files_survive_and_code_is_replaced(tmp_path):

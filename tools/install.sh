@@ -184,6 +184,10 @@ put "$SRC/systemd/edge.service" "$UNIT" 0644
 sed -e '/^models:/,/^[^ #]/ s|^  dir:.*|  dir: /opt/edge/models     # installed by tools/install.sh|' \
     -e '/^selector:/,/^[^ #]/ s|^  catalog:.*|  catalog: /etc/edge/ads/catalog.yaml   # shipped example: /opt/edge/ads|' \
     "$SRC/config.yaml" > "$TMP/config.yaml"
+# The unit's StateDirectory=, named here too so that `edge check` run by hand
+# (without $STATE_DIRECTORY) checks the folder the service will write.
+printf '\nstate_dir: /var/lib/edge         # systemd StateDirectory=edge (MQTT outbox)\n' \
+    >> "$TMP/config.yaml"
 if ! grep -q '^  dir: /opt/edge/models' "$TMP/config.yaml" \
         || ! grep -q '^  catalog: /etc/edge/ads/catalog.yaml' "$TMP/config.yaml"; then
     die "config.yaml no longer has models.dir / selector.catalog where expected; update step 6"
