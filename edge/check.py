@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import queue
-import re
 import socket
 import ssl
 import tempfile
@@ -26,7 +25,7 @@ from typing import Literal
 
 from edge import config as config_mod
 from edge import modelstore, mqttclient, runtime
-from edge.capture import SourceEnded, open_source
+from edge.capture import SourceEnded, open_source, redact
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
 from edge.select import load_catalog
@@ -155,11 +154,11 @@ def _camera_result(camera: CameraConfig, grab: "Background", deadline: float) ->
     try:
         width, height = grab.result(max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        return fail(name, f"{_shown(camera.source)}: no frame within {CAMERA_TIMEOUT_S:g} s",
+        return fail(name, f"{redact(camera.source)}: no frame within {CAMERA_TIMEOUT_S:g} s",
                     _camera_fix(camera.source))
     except OSError as exc:
-        return fail(name, _shown(str(exc)), _camera_fix(camera.source))
-    return ok(name, f"{_shown(camera.source)}: {width}x{height} frame")
+        return fail(name, redact(str(exc)), _camera_fix(camera.source))
+    return ok(name, f"{redact(camera.source)}: {width}x{height} frame")
 
 
 def _reach(url: str) -> None:
@@ -172,15 +171,10 @@ def _reach(url: str) -> None:
         socket.create_connection((parts.hostname, port), timeout=CAMERA_TIMEOUT_S).close()
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise OSError(f"{_shown(url)}: cannot reach {parts.hostname}:{port}: {reason}") from None
+        raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {reason}") from None
 
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
-
-
-def _shown(source: str) -> str:
-    """The source as printed: a password in a stream URL is masked."""
-    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", source)
 
 
 def _device(source: str) -> str | None:
@@ -208,9 +202,8 @@ def check_broker(config: Config) -> list[Result]:
     where = f"{cfg.host}:{cfg.port}"
     user = mqttclient.credentials(cfg)[0]
     as_user = f"as '{user}'" if user else "anonymously"
-    base = cfg.client_id or f"edge-{cfg.store_id}"
     try:
-        client = mqttclient.make_client(config, f"{base}-check")
+        client = mqttclient.make_client(config, f"{mqttclient.service_client_id(config)}-check")
     except (OSError, ValueError) as exc:  # unreadable or mismatched TLS files
         return [fail("broker", f"TLS set-up: {exc}",
                      "check mqtt.tls.ca_file, cert_file and key_file")]

@@ -344,11 +344,9 @@ def _cross_checks(config: Config, file: str) -> None:
         if provider not in PROVIDERS:
             raise ConfigError(f"{file}: 'runtime.providers' has {provider!r}; "
                               f"choose from {', '.join(PROVIDERS)}")
-    buckets = config.runtime.batch_buckets
-    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                          for b in buckets):
-        raise ConfigError(f"{file}: 'runtime.batch_buckets' is {buckets!r}; give batch sizes "
-                          f"of 1 or more, e.g. [1, 4, 16, 64, 128]")
+    problem = bucket_problem(config.runtime.batch_buckets)
+    if problem:
+        raise ConfigError(f"{file}: {problem}")
     if config.classifier.child_below >= config.classifier.old_from:
         raise ConfigError(f"{file}: 'classifier.child_below' ({config.classifier.child_below:g}) "
                           f"must be below 'classifier.old_from' ({config.classifier.old_from:g})")
@@ -372,6 +370,15 @@ def _cross_checks(config: Config, file: str) -> None:
     if config.classifier.backend == "insightface" and not config.classifier.model:
         raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for backend "
                           f"'insightface'")
+
+
+def bucket_problem(buckets) -> str:
+    """What is wrong with runtime.batch_buckets, '' if nothing (runtime.GpuOptions too)."""
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
+                          for b in buckets):
+        return (f"'runtime.batch_buckets' is {list(buckets or [])}; give batch sizes of 1 or "
+                f"more, e.g. [1, 4, 16, 64, 128]")
+    return ""
 
 
 def _check_ids(config: Config, file: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import os
 import re
 import socket
 import sys
@@ -34,7 +33,7 @@ import paho.mqtt.client as mqtt
 
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.mqttclient import ProblemLog, connect_kwargs, explain, make_client
+from edge.mqttclient import ProblemLog, connect_kwargs, explain, make_client, service_client_id
 from edge.select import Catalog
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
@@ -155,11 +154,8 @@ class DisplayServer:
         """Content with the `url` the page loads; the catalog's default until a message came."""
         if content is None:
             ad = self.catalog.ads[self.catalog.default]
-            creative = ad.creative
-            if not creative.startswith(("http://", "https://")):
-                creative = Path(os.path.relpath(creative, self.ads_dir)).as_posix()
             content = {"schema": SCHEMA_VERSION, "time": iso(time.time()), "display": display,
-                       "ad": ad.id, "title": ad.title, "creative": creative,
+                       "ad": ad.id, "title": ad.title, "creative": self.catalog.creative_ref(ad),
                        "duration_s": ad.duration_s,
                        "reason": {"rule": "default", "segment": None, "audience": None}}
         creative = content["creative"]
@@ -183,8 +179,7 @@ class DisplayServer:
     # -- MQTT ------------------------------------------------------------------
 
     def _start_mqtt(self) -> None:
-        base = self.config.mqtt.client_id or f"edge-{self.config.mqtt.store_id}"
-        client = make_client(self.config, client_id=f"{base}-player")
+        client = make_client(self.config, client_id=f"{service_client_id(self.config)}-player")
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect

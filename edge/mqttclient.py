@@ -29,6 +29,12 @@ def credentials(cfg: MqttConfig) -> tuple[str | None, str | None]:
             os.environ.get("EDGE_MQTT_PASSWORD") or cfg.password)
 
 
+def service_client_id(config: Config) -> str:
+    """The service's MQTT client id; its helpers (player, check) add a suffix to it, so
+    none of them takes the service's place on the broker."""
+    return config.mqtt.client_id or f"edge-{config.mqtt.store_id}"
+
+
 def make_client(config: Config, client_id: str) -> mqtt.Client:
     """A paho client set up from config (not yet connected)."""
     cfg = config.mqtt

@@ -95,7 +95,7 @@ class MqttPublisher:
         cfg = config.mqtt
         self.config = config
         self.topics = Topics(cfg.topic_prefix, cfg.store_id)
-        self.client_id = cfg.client_id or f"edge-{cfg.store_id}"
+        self.client_id = mqttclient.service_client_id(config)
         self.where = f"{cfg.host}:{cfg.port}"
         self.client = mqttclient.make_client(config, self.client_id)
         self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)

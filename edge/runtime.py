@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edge.config import bucket_problem
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,9 @@ class GpuOptions:
     force_device: str | None = None
 
     def __post_init__(self):
-        if not self.buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                                   for b in self.buckets):
-            raise ConfigError(f"'runtime.batch_buckets' is {list(self.buckets)}; "
-                              f"give batch sizes of 1 or more, e.g. {list(DEFAULT_BUCKETS)}")
+        problem = bucket_problem(self.buckets)
+        if problem:
+            raise ConfigError(problem)
         object.__setattr__(self, "buckets", tuple(sorted(set(self.buckets))))
 
     @classmethod

@@ -82,6 +82,13 @@ class Catalog:
     family_safe: str
     path: Path
 
+    def creative_ref(self, ad: Ad) -> str:
+        """How messages name an ad's creative: its path relative to the catalog's folder
+        (what the display player serves), or the http(s) URL as given."""
+        if ad.creative.startswith(("http://", "https://")):
+            return ad.creative
+        return Path(os.path.relpath(ad.creative, self.path.parent.resolve())).as_posix()
+
 
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
@@ -224,9 +231,7 @@ class Selector:
         self.catalog = catalog
         self.settings = settings
         self.min_attention_s = min_attention_s
-        folder = catalog.path.parent.resolve()
-        self._creatives = {ad.id: _relative_creative(ad.creative, folder)
-                           for ad in catalog.ads.values()}
+        self._creatives = {ad.id: catalog.creative_ref(ad) for ad in catalog.ads.values()}
         # Rotation credit per group of competing ads, so each group's rotation
         # carries on where it left off when its audience comes back.
         self._credit: dict[tuple[str, ...], dict[str, float]] = {}
@@ -331,7 +336,3 @@ class Selector:
         return pick
 
 
-def _relative_creative(creative: str, folder: Path) -> str:
-    if creative.startswith(("http://", "https://")):
-        return creative
-    return Path(os.path.relpath(creative, folder)).as_posix()

@@ -2,7 +2,6 @@
 brokers on loopback, forwards counts, availability and stats (not decisions or the
 live audience), and counts produced while the link is down arrive when it is back."""
 
-import json
 import re
 import time
 
