@@ -126,12 +126,16 @@ class TrackerConfig:
                                 "are matched first.", min=0.0, max=1.0)
     low_threshold: float = opt(0.2, "Weaker detections (down to this) only continue existing "
                                "tracks (ByteTrack's second pass).", min=0.0, max=1.0)
-    match_iou: float = opt(0.3, "Minimum overlap between a predicted track box and a detection "
+    match_iou: float = opt(0.3, "Minimum overlap between a track's predicted box (for a face "
+                           "lost for a moment, also where it was last seen) and a detection "
                            "to match them.", min=0.0, max=1.0)
     min_hits: int = opt(3, "Frames a new track must be matched in before it counts.",
                         min=1, max=100)
-    max_age_s: float = opt(1.0, "Seconds a track survives without a detection (someone "
-                           "turning away briefly) before the visit ends.", min=0.0, max=60)
+    max_age_s: float = opt(3.0, "Seconds a track survives without a detection (someone "
+                           "turning away, or hidden behind another shopper) before the visit "
+                           "ends; a face back near where it was within this time is the same "
+                           "visitor. Longer merges more of those, but also more of someone "
+                           "stepping into a spot just left.", min=0.0, max=60)
 
 
 @dataclass

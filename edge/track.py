@@ -162,6 +162,7 @@ class _Live:
                  min_hits: int):
         self.id = track_id
         self.kalman = BoxKalman(det.boxes[row])
+        self.last_box = det.boxes[row].copy()  # as measured, for re-finding a lost face
         self.score = float(det.scores[row])
         self.landmarks = det.landmarks[row].copy()
         self.first_seen = self.last_seen = timestamp
@@ -172,6 +173,7 @@ class _Live:
 
     def matched(self, det: Detections, row: int, timestamp: float, min_hits: int) -> None:
         self.kalman.update(det.boxes[row])
+        self.last_box = det.boxes[row].copy()
         self.score = float(det.scores[row])
         self.landmarks = det.landmarks[row].copy()
         self.last_seen = timestamp
@@ -199,7 +201,7 @@ class FaceTracker:
     """
 
     def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.1,
-                 match_iou: float = 0.3, min_hits: int = 3, max_age_s: float = 1.0):
+                 match_iou: float = 0.3, min_hits: int = 3, max_age_s: float = 3.0):
         if not 0 <= low_threshold <= high_threshold:
             raise ValueError("need 0 <= low_threshold <= high_threshold")
         if min_hits < 1 or max_age_s < 0:
@@ -251,8 +253,16 @@ class FaceTracker:
         """Match `rows` of `det` to `tracks` by IoU; return the unmatched tracks and rows."""
         if len(tracks) == 0 or len(rows) == 0:
             return list(tracks), rows
-        boxes = np.stack([t.kalman.box for t in tracks])
-        pairs = greedy_match(iou_matrix(boxes, det.boxes[rows]), self.match_iou)
+        iou = iou_matrix(np.stack([t.kalman.box for t in tracks]), det.boxes[rows])
+        # A face lost for a while is looked for both where its motion would have
+        # taken it and where it was last seen: someone who stopped, turned away or
+        # stood behind another shopper comes back where they were, while a jittery
+        # box's small velocity would carry the prediction away over a few seconds.
+        lost = np.array([t.misses > 0 for t in tracks])
+        if lost.any():
+            last = iou_matrix(np.stack([t.last_box for t in tracks]), det.boxes[rows])
+            iou = np.where(lost[:, None], np.maximum(iou, last), iou)
+        pairs = greedy_match(iou, self.match_iou)
         for ti, di in pairs:
             tracks[ti].matched(det, int(rows[di]), timestamp, self.min_hits)
         used = {di for _, di in pairs}

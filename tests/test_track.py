@@ -113,6 +113,31 @@ def test_removed_after_max_age_in_seconds_not_frames():
     assert tracker.removed == []
 
 
+def test_lost_face_is_found_where_it_was_last_seen():
+    # A shopper walks in (velocity 50 px/s), stops and is hidden for 2.5 s behind
+    # another; the Kalman prediction drifts on by about 125 px (2.5 face widths), but
+    # they reappear where they were last seen: the same visit, not a second one.
+    tracker = FaceTracker(max_age_s=3.0)
+    for i in range(12):
+        tid = tracker.update(dets(face(100 + 4 * i, 100)), i / FPS)[0].id
+    for i in range(12, 12 + 31):  # 31 frames = 2.5 s hidden
+        assert [t.id for t in tracker.update(Detections.empty(), i / FPS)] == [tid]
+    assert tracker.update(Detections.empty(), 42 / FPS)[0].box[0] > 44 + 100 + 100
+    back = tracker.update(dets(face(144, 100)), 43 / FPS)
+    assert [(t.id, t.det_index) for t in back] == [(tid, 0)]
+
+
+def test_someone_else_far_from_a_lost_face_starts_a_new_track():
+    tracker = FaceTracker(max_age_s=3.0)
+    for i in range(5):
+        tid = tracker.update(dets(face(100, 100)), i / FPS)[0].id
+    for i in range(5, 15):
+        tracker.update(Detections.empty(), i / FPS)
+    tracks = tracker.update(dets(face(300, 100)), 15 / FPS)
+    assert sorted((t.id == tid, t.state) for t in tracks) == [(False, "tentative"),
+                                                              (True, "confirmed")]
+
+
 def test_crossing_faces_keep_their_ids():
     tracker = FaceTracker()
     history: dict[int, list[float]] = {}
@@ -222,6 +247,28 @@ def test_clip_gives_one_id_per_person(clip, people, n_frames, detector):
     for tracks in frames[2:]:
         assert confirmed_ids(tracks) == ever
         assert all(t.det_index >= 0 for t in tracks)
+
+
+def test_clip_person_hidden_for_two_seconds_keeps_their_id(detector):
+    # The walking clip slowed to 9.8 s (each frame shown three times), with the left
+    # woman hidden behind a grey panel for 2 s in the middle: still three people.
+    cap = cv2.VideoCapture(str(need("media/face-demographics-walking-and-pause.gif")))
+    frames = []
+    while (ok_frame := cap.read())[0]:
+        frames += [ok_frame[1]] * 3
+    cap.release()
+    hidden = range(len(frames) // 2 - 12, len(frames) // 2 + 13)  # 25 frames = 2 s
+    tracker, ever, during = FaceTracker(max_age_s=3.0), set(), []
+    for i, frame in enumerate(frames):
+        if i in hidden:
+            frame = frame.copy()
+            frame[:, : frame.shape[1] // 3] = 128
+        tracks = tracker.update(detector(frame), i / FPS)
+        ever |= confirmed_ids(tracks)
+        if i in hidden:
+            during.append(sum(t.det_index < 0 for t in tracks))
+    assert len(ever) == 3, f"confirmed ids {sorted(ever)}"
+    assert max(during) == 1  # she really was lost, and only she
 
 
 def test_store_aisle_shoppers_from_behind_start_no_track(detector):
