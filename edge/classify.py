@@ -37,6 +37,33 @@ AGE_CALIBRATION = np.array([
 ], np.float64)
 
 
+# ITU-R BT.601 luma weights in OpenCV's BGR order.
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)
+
+
+def lift_exposure(chips_bgr: np.ndarray, floor: float) -> np.ndarray:
+    """Brighten each chip whose centre (the face) has a mean luma below `floor` up to it.
+
+    The networks were trained on well-exposed photos; a backlit entrance or a dim
+    aisle puts faces below that range, where the gender network in particular
+    guesses. Only the gain is changed, never the contrast, and only for faces
+    darker than `floor`; brighter ones are passed through untouched.
+    """
+    if floor <= 0 or len(chips_bgr) == 0:
+        return chips_bgr
+    s = chips_bgr.shape[1]
+    centre = chips_bgr[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4].reshape(len(chips_bgr), -1, 3)
+    luma = centre.mean(axis=1, dtype=np.float32) @ LUMA_BGR
+    gain = floor / np.maximum(luma, 1.0)
+    dark = np.flatnonzero(gain > 1)
+    if len(dark) == 0:
+        return chips_bgr
+    out = chips_bgr.copy()
+    lifted = chips_bgr[dark] * gain[dark, None, None, None]
+    out[dark] = np.clip(np.rint(lifted), 0, 255).astype(np.uint8)
+    return out
+
+
 def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np.ndarray:
     """(3, bins) 0/1 matrix summing an age distribution into child, adult, old."""
     child = bin_ages < child_below
@@ -49,7 +76,8 @@ class CydralAgeGender:
 
     def __init__(self, age_model: Path, gender_model: Path, providers, threads: int = 0,
                  child_below: float = 18, old_from: float = 60, flip_tta: bool = True,
-                 calibrated: bool = True, gpu: runtime.GpuOptions = runtime.GpuOptions()):
+                 calibrated: bool = True, exposure_floor: float = 0.0,
+                 gpu: runtime.GpuOptions = runtime.GpuOptions()):
         runners = []
         for path, size, label in ((age_model, self.AGE_SIZE, "age"),
                                   (gender_model, self.GENDER_SIZE, "gender")):
@@ -61,6 +89,7 @@ class CydralAgeGender:
             runners.append(runtime.BatchRunner(sess, gpu))
         self._age, self._gender = runners
         self.flip_tta = flip_tta
+        self.exposure_floor = exposure_floor
         calibration = AGE_CALIBRATION if calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
         self._masks = class_masks(self.bin_ages, child_below, old_from)
@@ -86,7 +115,9 @@ class CydralAgeGender:
     def chips(self, frames: list[np.ndarray], faces: list[Detections]):
         """(age chips, gender chips) of every face, frame by frame, BGR uint8."""
         pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces) if len(f)]
-        return tuple(np.concatenate([face_chips(frame, lm, size) for frame, lm in pairs])
+        return tuple(lift_exposure(np.concatenate([face_chips(frame, lm, size)
+                                                   for frame, lm in pairs]),
+                                   self.exposure_floor)
                      for size in (self.AGE_SIZE, self.GENDER_SIZE))
 
     def classify_chips(self, age_chips: np.ndarray, gender_chips: np.ndarray) -> Demographics:
@@ -199,6 +230,7 @@ def create(config, model_paths: dict[str, Path]):
     if c.backend == "cydral":
         return CydralAgeGender(model_paths["age"], model_paths["gender"],
                                config.runtime.providers, config.runtime.threads,
-                               c.child_below, c.old_from, c.flip_tta, c.calibrated, gpu=gpu)
+                               c.child_below, c.old_from, c.flip_tta, c.calibrated,
+                               c.exposure_floor, gpu=gpu)
     return InsightFaceGenderAge(config.resolve(c.model), config.runtime.providers,
                                 config.runtime.threads, c.child_below, c.old_from, gpu=gpu)
