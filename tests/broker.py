@@ -151,6 +151,24 @@ class Subscriber:
         """Payloads of every message so far whose topic ends with suffix, as JSON."""
         return [json.loads(p) for t, p, _ in self.seen if t.endswith(suffix)]
 
+    def reports(self, suffix: str) -> list[dict]:
+        """Interval reports (payloads with an `id`) as a consumer keeps them.
+
+        QoS 1 is at-least-once: a report whose acknowledgement was lost when the
+        broker went down is sent again, with the same id and payload, and the
+        contract (README "MQTT topics") is that consumers drop such repeats. Any
+        repeat must be exactly that, the same payload again; the first copy is kept.
+        """
+        first: dict[str, dict] = {}
+        kept = []
+        for message in self.json(suffix):
+            if message["id"] in first:
+                assert message == first[message["id"]], "same id, different report"
+                continue
+            first[message["id"]] = message
+            kept.append(message)
+        return kept
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
