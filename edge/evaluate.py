@@ -58,9 +58,13 @@ def read_labels(csv_path: Path) -> list[Label]:
 
 
 def load_padded(path: Path) -> np.ndarray:
-    image = read_image(path)
-    pad = int(round(PAD_FRACTION * max(image.shape[:2])))
-    return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT,
+    return pad(read_image(path))
+
+
+def pad(image: np.ndarray) -> np.ndarray:
+    """A tight face crop with a mid-grey border of PAD_FRACTION of its side."""
+    border = int(round(PAD_FRACTION * max(image.shape[:2])))
+    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT,
                               value=(127, 127, 127))
 
 
