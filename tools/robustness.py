@@ -101,8 +101,8 @@ def visitors(config: Path, source: Path) -> dict:
     """Counts from the summary event of `edge run --jsonl` on one file."""
     run = subprocess.run([*EDGE, "--config", str(config), "run", "--source", str(source),
                           "--jsonl"], cwd=ROOT, capture_output=True, text=True, check=True)
-    summary = [json.loads(line) for line in run.stdout.splitlines()
-               if line.startswith("{") and '"summary"' in line][-1]
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    summary = [e for e in events if e["type"] == "summary"][-1]
     counts = {(c, g): n for c, by_g in summary["unique_visitors"].items()
               for g, n in by_g.items() if n}
     return {"counts": counts, "unclassified": summary["unclassified"]}
