@@ -175,7 +175,8 @@ class Audience:
     def viewers(self) -> list[Viewer]:
         """The classified people present now, for the select stage."""
         return [Viewer(p.age_class, p.gender, float(p.class_probs.max()),
-                       max(p.male_prob, 1 - p.male_prob), p.dwell_s, p.attention_s, p.watching)
+                       max(p.male_prob, 1 - p.male_prob), p.dwell_s, p.attention_s, p.watching,
+                       child_prob=float(p.class_probs[AGE_CLASSES.index("child")]))
                 for p in self.people.values() if p.samples > 0]
 
     def present_key(self) -> list[tuple]:
@@ -215,8 +216,12 @@ class Audience:
             for bucket in (self._interval, self._totals):
                 bucket["unclassified"] += 1
             return
+        sure_of_gender = abs(person.male_prob - 0.5) >= s.gender_margin
         for bucket in (self._interval, self._totals):
-            bucket["unique_visitors"][person.age_class][person.gender] += 1
+            if sure_of_gender:
+                bucket["unique_visitors"][person.age_class][person.gender] += 1
+            else:  # a coin toss would skew the split: counted, but not as a gender
+                bucket["gender_unknown"][person.age_class] += 1
             bucket["watchers"] += int(person.watching)
             bucket["dwell_s"] = round(bucket["dwell_s"] + person.dwell_s, 3)
             bucket["attention_s"] = round(bucket["attention_s"] + person.attention_s, 3)
@@ -229,7 +234,8 @@ class Audience:
 
     @staticmethod
     def _new_interval() -> dict:
-        return {"start": None, "unique_visitors": empty_counts(), "watchers": 0,
+        return {"start": None, "unique_visitors": empty_counts(),
+                "gender_unknown": {c: 0 for c in AGE_CLASSES}, "watchers": 0,
                 "unclassified": 0, "dwell_s": 0.0, "attention_s": 0.0}
 
 

@@ -161,6 +161,10 @@ class AudienceConfig:
                              min=0, max=3600)
     min_confidence: float = opt(0.5, "Age-class confidence a visitor needs to be counted in "
                                 "a class; others are counted as unclassified.", min=0, max=1)
+    gender_margin: float = opt(0.15, "A visitor whose P(male), after all their samples, stays "
+                               "within this of 0.5 is counted under gender_unknown for their "
+                               "age class rather than forced into a gender; 0 always picks "
+                               "one.", min=0, max=0.5)
     interval_s: float = opt(60.0, "Reporting interval for visitor counts, seconds.",
                             min=1, max=86400)
 
@@ -223,8 +227,13 @@ class SelectorConfig:
                         "the catalog's family_safe ad and never targets children by their "
                         "profile (default; README explains why); target lets ads targeted at "
                         "the child class be chosen.", choices=("family_safe", "target"))
-    child_share: float = opt(0.5, "Share of the audience weight above which children dominate.",
-                             min=0, max=1)
+    child_share: float = opt(0.5, "Share of the audience weight above which children dominate "
+                             "(each person adds their probability of being a child, times "
+                             "their attention weight).", min=0, max=1)
+    child_guard: float = opt(0.3, "A person at least this likely to be a child (P(child)) is "
+                             "never counted in an adult or old targeting segment, whatever "
+                             "their most likely class: a missed child costs more than a missed "
+                             "adult. 1 turns the guard off.", min=0, max=1)
     min_dwell_s: float = opt(1.0, "A person counts for ad selection once in view this long: "
                              "someone walking past does not switch the display, and the "
                              "first frames' labels are still unsteady.", min=0, max=60)

@@ -83,6 +83,8 @@ class Viewer:
     dwell_s: float               # first to last seen, this visit
     attention_s: float           # time spent facing the camera (and display)
     watching: bool               # looked for at least audience.min_attention_s
+    child_prob: float            # P(child), whatever the most likely class: the family-safe
+                                 # rule weighs children by it (select.py)
 
 
 @dataclass(frozen=True, slots=True)

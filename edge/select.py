@@ -11,11 +11,18 @@ Ad selection is deterministic:
   age-class confidence x (passerby_weight + (1 - passerby_weight)
   x min(1, attention_s / min_attention_s)); a watcher counts the full confidence.
 - nobody: no viewer weight -> the catalog's default ad.
-- children: under the family_safe policy, when children hold more than child_share
-  of the weight (or all of it) -> the family_safe ad. Under that policy children
-  never pick the segment; under `target` they are a segment like any other.
+- children: each viewer adds P(child) x their attention weight to the children's
+  weight, whatever their most likely class, because a child read as an adult with
+  P(child) = 0.45 is still nearly a coin toss. Under the family_safe policy, when
+  children hold more than child_share of the weight (or all of it) -> the family_safe
+  ad. Under that policy children never pick the segment; under `target` they are a
+  segment like any other.
+- child guard: a viewer with P(child) >= child_guard never counts toward an adult or
+  old segment (a missed child costs more than a missed adult: README "Ad selection").
+  When nobody is left to target after that -> the family_safe ad, rule "children".
 - The segment is the (age class, gender) with the most weight, each viewer counting
-  times their gender confidence; ties go to the first in AGE_CLASSES, GENDERS order.
+  age-class confidence x attention weight x gender confidence; ties go to the first
+  in AGE_CLASSES, GENDERS order.
 - targeting: the ads in schedule that target the segment (untargeted ads match
   anyone), highest priority only, rotated by smooth weighted round-robin on weight;
   the ad on screen is passed over while another is owed a turn.
@@ -210,8 +217,8 @@ class AudienceWeights:
 
     people: int
     watchers: int
-    total: float                             # summed viewer weight
-    children_share: float                    # children's part of total
+    total: float                             # summed viewer (attention) weight
+    children_share: float                    # summed P(child) x weight, over total
     segments: dict[tuple[str, str], float]   # (age class, gender) -> weight
 
     def summary(self) -> dict:
@@ -250,7 +257,7 @@ class Selector:
         show changes; None otherwise. `now` is epoch seconds (frame time), `wall` the
         local datetime used for schedules (default: datetime.fromtimestamp(now))."""
         if now < self._held_until and not (
-                self._filler and any(self._weight(v) > 0 for v in viewers)):
+                self._filler and any(self._attention_weight(v) > 0 for v in viewers)):
             return None
         audience = self._weigh(viewers)
         ad, rule, segment = self._choose(audience, wall or dt.datetime.fromtimestamp(now))
@@ -270,20 +277,26 @@ class Selector:
         total = children = 0.0
         segments: dict[tuple[str, str], float] = {}
         for viewer in viewers:
-            weight = self._weight(viewer)
+            weight = self._attention_weight(viewer)
             if weight <= 0:
                 continue
             total += weight
-            if viewer.age_class == "child":
-                children += weight
-            # An unsure gender guess counts less toward its segment. The children
-            # share leaves it out, so a child whose gender is unclear still counts fully.
+            # The children's weight is each viewer's P(child), not a vote of their most
+            # likely class; it leaves gender out, so a child whose gender is unclear
+            # still counts fully.
+            children += weight * viewer.child_prob
+            if viewer.age_class != "child" and viewer.child_prob >= self.settings.child_guard:
+                continue  # perhaps a child: never in an adult or old segment
+            # An unsure class or gender guess counts less toward its segment.
             key = (viewer.age_class, viewer.gender)
-            segments[key] = segments.get(key, 0.0) + weight * viewer.gender_confidence
+            segments[key] = (segments.get(key, 0.0)
+                             + weight * viewer.age_class_confidence * viewer.gender_confidence)
         return AudienceWeights(len(viewers), sum(v.watching for v in viewers), total,
                                children / total if total else 0.0, segments)
 
-    def _weight(self, viewer: Viewer) -> float:
+    def _attention_weight(self, viewer: Viewer) -> float:
+        """How much one viewer counts: 0 before min_dwell_s, passerby_weight for someone
+        who has not looked, up to 1 for someone who looked for min_attention_s."""
         if viewer.dwell_s < self.settings.min_dwell_s:
             return 0.0
         passerby = self.settings.passerby_weight
@@ -291,7 +304,7 @@ class Selector:
             attention = 1.0
         else:
             attention = min(1.0, viewer.attention_s / self.min_attention_s)
-        return viewer.age_class_confidence * (passerby + (1 - passerby) * attention)
+        return passerby + (1 - passerby) * attention
 
     def _choose(self, audience: AudienceWeights,
                 wall: dt.datetime) -> tuple[Ad, str, tuple[str, str] | None]:
@@ -304,6 +317,8 @@ class Selector:
             return ads[self.catalog.family_safe], "children", None
         ranked = [s for s in SEGMENTS
                   if s in audience.segments and not (family_safe and s[0] == "child")]
+        if not ranked:  # everyone present is perhaps a child (child_guard)
+            return ads[self.catalog.family_safe], "children", None
         segment = max(ranked, key=audience.segments.__getitem__)  # first of equals wins
         candidates = self._candidates(segment, wall)
         if not candidates:

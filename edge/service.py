@@ -71,11 +71,13 @@ class LogSink:
                      reason["audience"].get("watchers", 0))
         elif event["type"] in ("interval", "summary"):
             log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
-                     _visitor_line(event["unique_visitors"]), event["watchers"])
+                     _visitor_line(event["unique_visitors"], event["gender_unknown"]),
+                     event["watchers"])
 
 
-def _visitor_line(counts: dict) -> str:
+def _visitor_line(counts: dict, gender_unknown: dict) -> str:
     parts = [f"{n} {c} {g}" for c, by_g in counts.items() for g, n in by_g.items() if n]
+    parts += [f"{n} {c} (gender unsure)" for c, n in gender_unknown.items() if n]
     return ", ".join(parts) or "none"
 
 
@@ -309,6 +311,7 @@ class Service:
             totals = cam.audience.totals()
             self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
                        "unique_visitors": totals["unique_visitors"],
+                       "gender_unknown": totals["gender_unknown"],
                        "watchers": totals["watchers"], "unclassified": totals["unclassified"]})
         cam.done = True
 

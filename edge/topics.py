@@ -38,7 +38,8 @@ CAMERA_AUDIENCE = Topic(
 CAMERA_COUNTS = Topic(
     "cameras/<camera>/counts", 1, False,
     "`{schema, time, id, camera, start, end, unique_visitors: {child|adult|old: {female, "
-    "male}}, watchers, unclassified, dwell_s, attention_s}`",
+    "male}}, gender_unknown: {child|adult|old}, watchers, unclassified, dwell_s, "
+    "attention_s}`",
     "Visitors per reporting interval (`audience.interval_s`): each visit counted once, in "
     "the interval in which it ended. Kept while the broker is away and delivered in order "
     "after reconnect; `id` (camera/start) is unique, for de-duplicating QoS 1 redeliveries.")

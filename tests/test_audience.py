@@ -96,3 +96,29 @@ def test_unsure_visitors_are_counted_as_unclassified():
     report = aud.close_interval(3.0, flush=True)
     assert report["unclassified"] == 1
     assert sum(n for by_g in report["unique_visitors"].values() for n in by_g.values()) == 0
+
+
+def test_an_unsure_gender_is_counted_as_gender_unknown():
+    # Three adults whose fused P(male) ends at 0.9, 0.6 and 0.4 (two samples each):
+    # with the default margin 0.15 the last two are counted, but under no gender.
+    aud = Audience("cam", AudienceConfig())
+    tracks = [track(i, 0.0, 2.0) for i in (1, 2, 3)]
+    for now, p_male in ((1.0, (0.95, 0.5, 0.3)), (2.0, (0.8, 0.69, 0.49))):
+        aud.add_samples(tracks, Demographics(np.full(3, 30, np.float32),
+                                             np.tile(np.float32([0.05, 0.9, 0.05]), (3, 1)),
+                                             np.array(p_male, np.float32)), now)
+    aud.update(tracks, [], 2.0, 0.1)
+    report = aud.close_interval(3.0, flush=True)
+    assert report["unique_visitors"]["adult"] == {"female": 0, "male": 1}
+    assert report["gender_unknown"] == {"child": 0, "adult": 2, "old": 0}
+    assert report["unclassified"] == 0 and aud.totals()["gender_unknown"]["adult"] == 2
+
+
+def test_a_zero_gender_margin_always_picks_a_gender():
+    aud = Audience("cam", AudienceConfig(gender_margin=0.0))
+    t = track(1, 0.0, 2.0)
+    aud.add_samples([t], demo([0.05, 0.9, 0.05], 0.52), 2.0)
+    aud.update([t], [], 2.0, 0.1)
+    report = aud.close_interval(3.0, flush=True)
+    assert report["unique_visitors"]["adult"]["male"] == 1
+    assert sum(report["gender_unknown"].values()) == 0

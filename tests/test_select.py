@@ -20,11 +20,14 @@ TUESDAY = dt.datetime(2026, 11, 24, 9, 0)
 
 def viewer(age_class: str = "adult", gender: str = "female", *, watching: bool = True,
            attention_s: float | None = None, age_conf: float = 1.0,
-           gender_conf: float = 1.0, dwell_s: float = 3.0) -> Viewer:
+           gender_conf: float = 1.0, dwell_s: float = 3.0,
+           child_prob: float | None = None) -> Viewer:
     if attention_s is None:
         attention_s = 2.0 if watching else 0.0
+    if child_prob is None:  # the class's confidence for a child, else nothing left for child
+        child_prob = age_conf if age_class == "child" else 0.0
     return Viewer(age_class, gender, age_conf, gender_conf, dwell_s=dwell_s,
-                  attention_s=attention_s, watching=watching)
+                  attention_s=attention_s, watching=watching, child_prob=child_prob)
 
 
 def selector(catalog=SHIPPED, **settings) -> Selector:
@@ -123,6 +126,46 @@ def test_a_few_children_leave_the_adults_targeted():
     audience = [viewer("child", watching=False), viewer()]
     decision = selector().decide(audience, 0.0, THURSDAY)
     assert decision.ad == "spring-collection" and decision.audience["children_share"] == 0.23
+
+
+def test_the_children_share_weighs_each_person_by_their_child_probability():
+    # Two people read as adults who are nearly as likely children, and one likely child:
+    # by most-likely class only 0.6 of 1.7 is child (0.35), by probability (0.48 + 0.48
+    # + 0.6) / 3 = 0.52, more than child_share: the family-safe ad.
+    audience = [viewer(age_conf=0.52, child_prob=0.48), viewer(age_conf=0.52, child_prob=0.48),
+                viewer("child", age_conf=0.6)]
+    decision = selector(child_guard=1.0).decide(audience, 0.0, THURSDAY)
+    assert (decision.ad, decision.rule) == ("family", "children")
+    assert decision.audience["children_share"] == 0.52
+
+
+def test_the_children_weight_follows_attention():
+    # The same probabilities, but the likely child only walks past (weight 0.3):
+    # (0.48 + 0.48 + 0.3 x 0.6) / 2.3 = 0.50, not more than child_share.
+    audience = [viewer(age_conf=0.52, child_prob=0.48), viewer(age_conf=0.52, child_prob=0.48),
+                viewer("child", age_conf=0.6, watching=False)]
+    decision = selector(child_guard=1.0).decide(audience, 0.0, THURSDAY)
+    assert decision.rule == "targeting" and decision.audience["children_share"] == 0.5
+
+
+def test_a_possible_child_is_never_counted_in_an_adult_segment():
+    # Two women read as adults but with P(child) 0.35 outweigh one man; the guard keeps
+    # them out of adult/female, so the man's segment is targeted.
+    women = [viewer(age_conf=0.6, child_prob=0.35), viewer(age_conf=0.6, child_prob=0.35)]
+    man = viewer(gender="male", age_conf=0.9, child_prob=0.05)
+    unguarded = selector(child_guard=1.0).decide(women + [man], 0.0, THURSDAY)
+    assert unguarded.segment == {"age_class": "adult", "gender": "female"}
+    decision = selector().decide(women + [man], 0.0, THURSDAY)
+    assert decision.segment == {"age_class": "adult", "gender": "male"}
+    assert decision.ad == "grooming-week"
+    assert decision.audience["weights"] == {"adult/male": 0.9}
+
+
+def test_only_possible_children_get_the_family_ad():
+    for policy in ("family_safe", "target"):
+        decision = selector(children=policy).decide(
+            [viewer(gender="male", age_conf=0.55, child_prob=0.4)], 0.0, THURSDAY)
+        assert (decision.ad, decision.rule, decision.segment) == ("family", "children", None)
 
 
 def test_children_are_never_targeted_under_family_safe(tmp_path):
