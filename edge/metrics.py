@@ -175,10 +175,13 @@ class Metrics(NoMetrics):
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            # shutdown() waits for serve_forever to notice; off this thread so a stuck
-            # scrape cannot hold up the service's stop.
-            threading.Thread(target=server.shutdown, daemon=True).start()
-            server.server_close()
+            # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread
+            # so neither that nor a stuck scrape holds up the service's stop.
+            def close():
+                server.shutdown()
+                server.server_close()
+
+            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
 
 
 class _StateCollector:

@@ -18,7 +18,7 @@ REQUIRED = {"name", "unique_id", "state_topic", "value_template", "availability"
 DEVICE_KEYS = {"identifiers", "name", "model", "sw_version", "manufacturer"}
 
 
-def write_config(tmp_path, port, cameras, displays=(), ha="{}"):
+def write_config(tmp_path, port, cameras, displays=(), ha="{}", protocol="3.1.1"):
     """cameras: [(id, source, loop)]; displays: [(id, camera)]."""
     store = store_id(tmp_path)
     lines = [f"models: {{dir: {ROOT / 'models'}}}", "cameras:"]
@@ -27,7 +27,7 @@ def write_config(tmp_path, port, cameras, displays=(), ha="{}"):
     if displays:
         lines += ["displays:"] + [f"  - {{id: {d}, camera: {c}}}" for d, c in displays]
     lines += [f"mqtt: {{enabled: true, host: 127.0.0.1, port: {port}, store_id: {store}, "
-              f"keepalive_s: 5, home_assistant: {ha}}}",
+              f"keepalive_s: 5, protocol: '{protocol}', home_assistant: {ha}}}",
               f"selector: {{catalog: \"{ROOT / 'ads' / 'catalog.yaml'}\"}}",
               "player: {port: 0}", "metrics: {port: 0}", "stats: {interval_s: 1}",
               f"state_dir: {tmp_path / 'state'}"]
@@ -143,8 +143,15 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
         for c, by_g in json.loads(text)["unique_visitors"].items():
             for g, n in by_g.items():
                 by_segment[c, g] = by_segment.get((c, g), 0) + n
-    assert {k: n for k, n in by_segment.items() if n} == {("adult", "female"): 2,
-                                                         ("adult", "male"): 1}
+    # The segments are the service's own (its labels are tested in test_service.py;
+    # a live run on a loaded machine skips frames, so they can differ from the clip's).
+    produced = {}
+    for event in map(json.loads, out.splitlines()):
+        if event["type"] == "interval":
+            for c, by_g in event["unique_visitors"].items():
+                for g, n in by_g.items():
+                    produced[c, g] = produced.get((c, g), 0) + n
+    assert by_segment == produced
     attributes, _ = values("visitors_door", "json_attributes_template")
     for text, report in zip(attributes, counts):
         assert json.loads(text) == {k: report[k] for k in ("start", "end", "watchers",
@@ -167,17 +174,19 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
     assert any(json.loads(t)["rule"] == "targeting" for t in reasons)
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])  # v5 flags retained messages its own way
 def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker, tmp_path,
-                                                                         group_photo):
+                                                                         group_photo, protocol):
     two = [("door", group_photo, True), ("hall", group_photo, True)]
     config, root, node = write_config(tmp_path, broker.port, two, [("window", "door"),
-                                                                   ("lobby", "hall")])
+                                                                   ("lobby", "hall")],
+                                      protocol=protocol)
     _, err = run_for(config, 4)
     first = retained_configs(broker.port, node)
     assert len(first) == 22, err
     assert any("/online_hall/" in t for t in first) and any("/ad_lobby/" in t for t in first)
 
-    write_config(tmp_path, broker.port, two[:1], [("window", "door")])
+    write_config(tmp_path, broker.port, two[:1], [("window", "door")], protocol=protocol)
     _, err = run_for(config, 4)
     second = retained_configs(broker.port, node)
     assert set(second) == {t for t in first if t.endswith(("_door/config", "_window/config"))}
@@ -185,7 +194,8 @@ def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker,
     assert second == {t: first[t] for t in second}  # the same entities, unchanged
     assert err.count("home assistant: removed") == 11 and "no longer configured" in err
 
-    write_config(tmp_path, broker.port, two[:1], [("window", "door")], ha="{enabled: false}")
+    write_config(tmp_path, broker.port, two[:1], [("window", "door")], ha="{enabled: false}",
+                 protocol=protocol)
     _, err = run_for(config, 4)
     assert retained_configs(broker.port, node) == {}
     assert err.count("home assistant: removed") == 11 and "discovery is off" in err
