@@ -11,7 +11,7 @@ import pytest
 
 from broker import Subscriber
 from conftest import ROOT, need
-from test_mqtt import run_for, start, store_id
+from test_mqtt import start, stop, store_id
 
 REQUIRED = {"name", "unique_id", "state_topic", "value_template", "availability", "device",
             "origin"}
@@ -55,6 +55,22 @@ def retained_configs(port, node, wait_s=3.0) -> dict[str, dict]:
         if retained and payload:
             found[topic] = json.loads(payload)
     return found
+
+
+def run_until_online(config, port, root):
+    """Start the service, wait until it has connected (models load slowly on a busy
+    machine), give its discovery a moment, stop it: its stderr."""
+    sub = Subscriber(port, f"{root}/availability")
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: p == b"online", timeout=120)
+        time.sleep(1.5)
+        _, err = stop(proc)
+    finally:
+        proc.kill()
+        sub.close()
+    assert proc.returncode == 0, err
+    return err
 
 
 def test_configs_are_complete_stable_and_unique(tmp_path):
@@ -181,13 +197,13 @@ def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker,
     config, root, node = write_config(tmp_path, broker.port, two, [("window", "door"),
                                                                    ("lobby", "hall")],
                                       protocol=protocol)
-    _, err = run_for(config, 4)
+    err = run_until_online(config, broker.port, root)
     first = retained_configs(broker.port, node)
     assert len(first) == 22, err
     assert any("/online_hall/" in t for t in first) and any("/ad_lobby/" in t for t in first)
 
     write_config(tmp_path, broker.port, two[:1], [("window", "door")], protocol=protocol)
-    _, err = run_for(config, 4)
+    err = run_until_online(config, broker.port, root)
     second = retained_configs(broker.port, node)
     assert set(second) == {t for t in first if t.endswith(("_door/config", "_window/config"))}
     assert len(second) == 11
@@ -196,7 +212,7 @@ def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker,
 
     write_config(tmp_path, broker.port, two[:1], [("window", "door")], ha="{enabled: false}",
                  protocol=protocol)
-    _, err = run_for(config, 4)
+    err = run_until_online(config, broker.port, root)
     assert retained_configs(broker.port, node) == {}
     assert err.count("home assistant: removed") == 11 and "discovery is off" in err
 
