@@ -122,6 +122,8 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
     sub.close()
     configs = {t: json.loads(p) for t, p, _ in sub.seen if t.startswith("homeassistant/") and p}
     assert len(configs) == 11
+    for entity in configs.values():  # as the broker handed them out: JSON, complete
+        assert REQUIRED <= set(entity) and DEVICE_KEYS <= set(entity["device"])
     published: dict[str, list[bytes]] = {}
     for topic, payload, _ in sub.seen:
         if topic.startswith(root):
