@@ -10,6 +10,7 @@ service would.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import queue
@@ -19,12 +20,13 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from edge import config as config_mod
-from edge import modelstore, mqttclient, runtime
+from edge import hass, modelstore, mqttclient, runtime
 from edge.capture import SourceEnded, open_source, redact
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
@@ -286,6 +288,64 @@ def check_state_dir(config: Config) -> list[Result]:
     return [ok("state dir", f"{path} is writable{created}")]
 
 
+def check_home_assistant(config: Config) -> list[Result]:
+    """The discovery prefix and what would be announced under it (hass.py)."""
+    name = "home assistant"
+    ha = config.mqtt.home_assistant
+    if not config.mqtt.enabled:
+        return [ok(name, "not used (mqtt.enabled is false)")]
+    # config validation already refuses a bad prefix; said here so the line is complete
+    if not config_mod.TOPIC_PREFIX.fullmatch(ha.prefix):
+        return [fail(name, f"discovery prefix {ha.prefix!r} is not a valid topic prefix",
+                     "set mqtt.home_assistant.prefix to Home Assistant's discovery prefix "
+                     "(homeassistant unless changed there)")]
+    where = f"{ha.prefix}/<component>/{hass.node_id(config)}/"
+    if not ha.enabled:
+        return [ok(name, f"discovery off; configs announced earlier under {where} are removed "
+                         f"at the next connect")]
+    entities = len(hass.discovery_configs(config))
+    return [ok(name, f"discovery prefix '{ha.prefix}' valid: {entities} entities under "
+                     f"{where} (Home Assistant's MQTT discovery prefix must be the same)")]
+
+
+def check_metrics(config: Config) -> list[Result]:
+    """The metrics port is free (or already served by this service)."""
+    name = "metrics"
+    cfg = config.metrics
+    if not cfg.port:
+        return [ok(name, "off (metrics.port is 0)")]
+    where = f"{cfg.listen}:{cfg.port}"
+    try:
+        family = socket.getaddrinfo(cfg.listen, cfg.port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            # as the endpoint's server binds: a port only in TIME_WAIT counts as free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((cfg.listen, cfg.port))
+    except socket.gaierror:
+        return [fail(name, f"unknown listen address '{cfg.listen}'",
+                     "set metrics.listen to an address of this box, or 0.0.0.0 for all")]
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            if _serves_edge_metrics(cfg.listen, cfg.port):
+                return [ok(name, f"http://{where}/metrics is served by a running edge service")]
+            return [fail(name, f"port {where} is in use by another program",
+                         "set metrics.port to a free port (ss -ltnp shows who holds it), "
+                         "or 0 to turn metrics off")]
+        return [fail(name, f"cannot listen on {where}: {exc.strerror or exc}",
+                     "set metrics.listen to an address of this box, or 0.0.0.0 for all")]
+    return [ok(name, f"port {where} is free for http://{where}/metrics")]
+
+
+def _serves_edge_metrics(host: str, port: int) -> bool:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as answer:
+            return b"edge_build_info" in answer.read(1 << 20)
+    except (OSError, ValueError):
+        return False
+
+
 # -- running and printing ----------------------------------------------------------
 
 
@@ -358,8 +418,8 @@ def main(config_path: str | None, started: float | None = None) -> int:
     fetch = f"edge --config {config_path} models fetch" if config_path \
         else modelstore.FIX_COMMAND
     checks: list[Check] = [check_catalog, functools.partial(check_models, fetch=fetch),
-                           check_cameras, check_broker, check_execution_provider,
-                           check_state_dir]
+                           check_cameras, check_broker, check_home_assistant,
+                           check_execution_provider, check_state_dir, check_metrics]
     for result in run_checks(config, checks):
         emit(result)
     print(summary(results, time.monotonic() - started))

@@ -110,8 +110,13 @@ def cmd_run(args, cfg) -> int:
         raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
                           f"'cameras' to the config or pass --source")
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
-    publisher = player = None
-    service = Service(cfg, sinks, offline=offline)
+    publisher = player = metrics = None
+    if cfg.metrics.port and not offline:
+        from edge.metrics import Metrics
+
+        metrics = Metrics(cfg)
+        sinks.append(metrics)
+    service = Service(cfg, sinks, offline=offline, metrics=metrics)
     try:
         if cfg.mqtt.enabled and not offline:
             from edge.publish import MqttPublisher
@@ -121,6 +126,9 @@ def cmd_run(args, cfg) -> int:
             publisher.start()
             if cfg.player.port and cfg.displays:
                 player = start_player(cfg)
+        if metrics is not None:
+            metrics.watch(service, publisher)
+            metrics.serve()
         service.install_signal_handlers()
         return service.run(duration_s=args.duration)
     finally:
@@ -128,6 +136,8 @@ def cmd_run(args, cfg) -> int:
             publisher.close()
         if player is not None:
             player.stop()
+        if metrics is not None:
+            metrics.stop()
 
 
 def start_player(cfg, port: int | None = None):

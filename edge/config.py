@@ -185,6 +185,16 @@ class TlsConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    enabled: bool = opt(True, "Announce the box to Home Assistant by MQTT discovery (README "
+                        "\"Home Assistant\"): one device with sensors per camera and display, "
+                        "sent retained on every connect. Turning it off removes what was "
+                        "announced at the next connect.")
+    prefix: str = opt("homeassistant", "Home Assistant's MQTT discovery prefix (its MQTT "
+                      "integration's setting; homeassistant unless changed there).")
+
+
+@dataclass
 class MqttConfig:
     enabled: bool = opt(False, "Publish availability, audience, counts, decisions and stats to "
                         "an MQTT broker (topics: README \"MQTT topics\"). Offline runs "
@@ -209,6 +219,8 @@ class MqttConfig:
                           "7 days of one camera at 60 s intervals); past this the oldest are "
                           "dropped, each drop logged. Kept on disk in state_dir across "
                           "restarts.", min=10, max=1000000)
+    home_assistant: HomeAssistantConfig = section(HomeAssistantConfig,
+                                                  "Home Assistant MQTT discovery.")
 
 
 @dataclass
@@ -251,6 +263,15 @@ class PlayerConfig:
 
 
 @dataclass
+class MetricsConfig:
+    listen: str = opt("127.0.0.1", "Address the Prometheus metrics endpoint (/metrics, README "
+                      "\"Prometheus metrics\") listens on; 0.0.0.0 lets a Prometheus "
+                      "elsewhere scrape it.")
+    port: int = opt(9108, "Port of the metrics endpoint; 0 turns it off. Served by `edge run` "
+                    "(not by offline file analysis).", min=0, max=65535)
+
+
+@dataclass
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
@@ -266,6 +287,7 @@ class Config:
         "doc": "Smart displays, each a mapping with the keys below.", "items": DisplayConfig})
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
+    metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
     state_dir: str | None = opt(None, "Folder for state kept across restarts (the MQTT outbox); "
                                 "default $STATE_DIRECTORY (systemd's StateDirectory=) or "
                                 "'state' beside the config file.")
@@ -404,9 +426,11 @@ def _check_ids(config: Config, file: str) -> None:
     if not _ID.fullmatch(config.mqtt.store_id):
         raise ConfigError(f"{file}: 'mqtt.store_id' is {config.mqtt.store_id!r}; use letters, "
                           f"digits, - and _")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", config.mqtt.topic_prefix):
-        raise ConfigError(f"{file}: 'mqtt.topic_prefix' is {config.mqtt.topic_prefix!r}; use "
-                          f"letters, digits, - and _, levels separated by /")
+    for key, prefix in (("mqtt.topic_prefix", config.mqtt.topic_prefix),
+                        ("mqtt.home_assistant.prefix", config.mqtt.home_assistant.prefix)):
+        if not TOPIC_PREFIX.fullmatch(prefix):
+            raise ConfigError(f"{file}: '{key}' is {prefix!r}; use letters, digits, - and _, "
+                              f"levels separated by /")
     cameras = {c.id for c in config.cameras}
     seen = set()
     for i, display in enumerate(config.displays):
@@ -422,6 +446,8 @@ def _check_ids(config: Config, file: str) -> None:
 
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Topic levels without MQTT wildcards (+ #), empty levels or a leading/trailing /.
+TOPIC_PREFIX = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
 
 def _join(prefix: str, name: str) -> str:

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import mqttclient
+from edge import hass, mqttclient
 from edge.config import Config
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
@@ -103,6 +103,8 @@ class MqttPublisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.discovery = hass.Discovery(config)  # Home Assistant's configs for this box
+        self.discovery.attach(self.client)
         self.outbox = Outbox(config.state_path() / f"mqtt-outbox-{cfg.store_id}.jsonl",
                              cfg.outbox_max)
         self._lock = threading.Lock()
@@ -241,6 +243,7 @@ class MqttPublisher:
                                    f"{mqttclient.explain(reason)}")
             return
         self._problems.ok(f"connected as '{self.client_id}'")
+        self.discovery.on_connect(client)  # before "online": Home Assistant's recommended order
         client.publish(self.topics.availability, "online", qos=1, retain=True)
         with self._lock:
             self._connected = True

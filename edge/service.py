@@ -29,6 +29,7 @@ import numpy as np
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
+from edge.metrics import NoMetrics
 from edge.notify import Notifier, watchdog_interval_s
 from edge.records import Decision, Detections
 from edge.select import Selector, load_catalog
@@ -107,15 +108,18 @@ class CameraRuntime:
 
 class Service:
     def __init__(self, config, sinks: list[EventSink], *, offline: bool = False,
-                 notifier: Notifier | None = None, opener=None, on_frame=None):
+                 notifier: Notifier | None = None, opener=None, on_frame=None,
+                 metrics: NoMetrics | None = None):
         """`opener` replaces capture.open_source (edge bench feeds frames from memory).
         `on_frame(camera_id, frame, tracks, audience)` sees each processed frame in memory
-        (edge preview draws the last one); nothing in the service itself keeps frames."""
+        (edge preview draws the last one); nothing in the service itself keeps frames.
+        `metrics` (edge.metrics.Metrics) observes timings for the /metrics endpoint."""
         self.config = config
         self.sinks = sinks
         self.on_frame = on_frame
         self.offline = offline
         self.notifier = notifier or Notifier()
+        self.metrics = metrics or NoMetrics()
         self._stop = threading.Event()
         self.analyzer = FaceAnalyzer(config, detect_threshold=min(
             config.detector.score_threshold, config.tracker.low_threshold))
@@ -230,6 +234,7 @@ class Service:
                 continue
             if frame.timestamp - cam.last_processed < 0.9 * cam.min_gap_s:
                 cam.passed_over += 1  # above the camera's target fps: not a loss
+                self.metrics.passed_over(cid)
                 continue
             cam.last_processed = frame.timestamp
             taken.append((cid, cam, frame))
@@ -245,6 +250,7 @@ class Service:
         batch: list[tuple[str, Frame, list, Detections]] = []
         for (cid, cam, frame), faces in zip(taken, found):
             cam.detect_ms.append(share_ms)  # each camera's share of the batched run
+            self.metrics.detected(cid, share_ms / 1000)
             tracks = cam.tracker.update(faces, frame.timestamp)
             wanted = cam.audience.wants_classification(tracks, frame.timestamp)
             batch.append((cid, frame, tracks, wanted))
@@ -267,6 +273,7 @@ class Service:
         results = self.analyzer.classifier.classify_many(frames, faces)
         self._classify_ms.append((time.perf_counter() - started) * 1000)
         self._batch_sizes.append(sum(len(f) for f in faces))
+        self.metrics.classified(self._classify_ms[-1] / 1000, self._batch_sizes[-1])
         self.classifier_calls += 1
         for (cid, chosen, ts), demo in zip(targets, results):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
@@ -292,6 +299,7 @@ class Service:
                 self.emit(decision_event(decision))
         if not self.offline:
             self._latency_ms.append((time.time() - frame.timestamp) * 1000)
+            self.metrics.decided(cid, self._latency_ms[-1] / 1000)
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
             self._emit_interval(cid, cam, frame.timestamp, flush=False)
 

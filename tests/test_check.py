@@ -10,10 +10,11 @@ import cv2
 import pytest
 import yaml
 
+from broker import free_port
 from conftest import ROOT, need, run_edge
 
 ALL_CHECKS = {"config", "ad catalog", "model centerface", "model age", "model gender",
-              "camera entrance", "broker", "execution provider"}
+              "camera entrance", "broker", "home assistant", "execution provider", "metrics"}
 
 
 def write_config(tmp_path, *, source, broker_port=None, models=ROOT / "models",
@@ -29,6 +30,7 @@ displays:
   - {{id: window, camera: entrance}}
 selector: {{catalog: "{catalog}"}}
 mqtt: {mqtt}
+metrics: {{port: {free_port()}}}
 state_dir: "{tmp_path / 'state'}"
 """)
     return path

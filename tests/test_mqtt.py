@@ -42,6 +42,7 @@ mqtt:
   store_id: {store}
 selector: {{catalog: "{catalog}"}}
 player: {{port: 0}}
+metrics: {{port: 0}}
 state_dir: {tmp_path / 'state'}
 """ + ("displays:\n  - {id: window, camera: door}\n" if displays else "") + extra
     path = tmp_path / "config.yaml"

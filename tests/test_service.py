@@ -56,7 +56,7 @@ def test_store_aisle_clip_creates_no_confident_visitor():
 
 def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
     config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n")
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n")
     proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run",
                              "--source", str(group_photo), "--realtime", "--jsonl"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,7 +86,8 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
     manager.bind(path)
     manager.settimeout(20)
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n")
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n"
+                      f"metrics: {{port: 0}}\n")
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge", "--config", str(config), "run", "--source",
          str(group_photo), "--realtime"], cwd=ROOT, stdout=subprocess.DEVNULL,

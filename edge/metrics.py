@@ -1,0 +1,221 @@
+"""Prometheus metrics on http://<metrics.listen>:<metrics.port>/metrics (README
+"Prometheus metrics"), with prometheus_client.
+
+Three sources, so nothing is counted twice:
+  - what the service already counts (frames captured, skipped, processed; camera
+    online; the MQTT outbox) is read at scrape time by a collector, never copied;
+  - per-observation timings (detector, classifier, capture to decision) and the
+    classifier's batch sizes are observed by the service's loop into histograms, through
+    the hooks below (NoMetrics stands in when there is no endpoint);
+  - visitors and camera reconnects come from the service's events: Metrics is an
+    event sink like the log and the MQTT publisher.
+Each Metrics has its own CollectorRegistry: several services in one process (tests,
+`edge bench --cameras`) never share or clash over metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, Info,
+                               PlatformCollector, ProcessCollector, start_http_server)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from edge import __version__
+from edge.config import Config
+from edge.records import AGE_CLASSES, GENDERS
+
+log = logging.getLogger(__name__)
+
+# 1 ms to 200 ms, the range a frame's stages and its whole path take (docs/benchmarks.md),
+# in seconds; slower ones land in the +Inf bucket.
+TIME_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class NoMetrics:
+    """The service's hooks when nothing is measured (offline runs, bench, preview)."""
+
+    def detected(self, camera: str, seconds: float) -> None: ...
+
+    def classified(self, seconds: float, faces: int) -> None: ...
+
+    def decided(self, camera: str, seconds: float) -> None: ...
+
+    def passed_over(self, camera: str) -> None: ...
+
+    def count_play(self, display: str, ad: str, viewers: int) -> None: ...
+
+
+class Metrics(NoMetrics):
+    """The service's metrics; an event sink (see service.EventSink) as well."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.registry = registry = CollectorRegistry()
+        # The library's default collectors, on our registry: process CPU, memory, open
+        # files, start time; Python version; garbage collections.
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        Info("edge_build", "Version of the edge service.", registry=registry).info(
+            {"version": __version__})
+        self.detector_seconds = Histogram(
+            "edge_detector_seconds", "Face detector time per frame (a camera's share when "
+            "frames of several cameras are detected in one run).", ["camera"],
+            buckets=TIME_BUCKETS_S, registry=registry)
+        self.classifier_seconds = Histogram(
+            "edge_classifier_seconds", "Age and gender classifier time per batch (all "
+            "cameras' faces that need it, classified together).", buckets=TIME_BUCKETS_S,
+            registry=registry)
+        self.classifier_batch = Histogram(
+            "edge_classifier_batch_size", "Faces per classifier batch.", buckets=BATCH_BUCKETS,
+            registry=registry)
+        self.latency_seconds = Histogram(
+            "edge_latency_seconds", "Capture to decision: from a frame's capture to the "
+            "audience and the displays' choice being updated from it.", ["camera"],
+            buckets=TIME_BUCKETS_S, registry=registry)
+        self.passed_over_frames = Counter(
+            "edge_camera_passed_over_frames", "Frames left on purpose: newer than the "
+            "camera's fps allows.", ["camera"], registry=registry)
+        self.reconnects = Counter(
+            "edge_camera_reconnects", "Times a camera came back online after going offline.",
+            ["camera"], registry=registry)
+        self.visitors = Counter(
+            "edge_visitors", "Visitors counted, by age class and gender (each visit once, "
+            "when it ends).", ["camera", "age_class", "gender"], registry=registry)
+        self.unclassified = Counter(
+            "edge_unclassified_visitors", "Visits counted as unclassified (too short, or age "
+            "class never confident enough).", ["camera"], registry=registry)
+        self.watchers = Counter(
+            "edge_watchers", "Visitors who looked at the display for at least "
+            "audience.min_attention_s.", ["camera"], registry=registry)
+        self.plays = Counter(
+            "edge_plays", "Ads played, by display and ad.", ["display", "ad"],
+            registry=registry)
+        self.play_viewers = Counter(
+            "edge_play_viewers", "People who watched an ad while it played, by display "
+            "and ad.", ["display", "ad"], registry=registry)
+        # Every camera's series from the start, at 0: rate() and increase() need the 0.
+        for cam in config.cameras:
+            self.passed_over_frames.labels(cam.id)
+            self.reconnects.labels(cam.id)
+            self.unclassified.labels(cam.id)
+            self.watchers.labels(cam.id)
+            for age_class in AGE_CLASSES:
+                for gender in GENDERS:
+                    self.visitors.labels(cam.id, age_class, gender)
+        self._was_online: dict[str, bool] = {}
+        self._server = None
+
+    # -- the service's hooks (its loop thread) ---------------------------------------
+
+    def detected(self, camera: str, seconds: float) -> None:
+        self.detector_seconds.labels(camera).observe(seconds)
+
+    def classified(self, seconds: float, faces: int) -> None:
+        self.classifier_seconds.observe(seconds)
+        self.classifier_batch.observe(faces)
+
+    def decided(self, camera: str, seconds: float) -> None:
+        self.latency_seconds.labels(camera).observe(seconds)
+
+    def passed_over(self, camera: str) -> None:
+        self.passed_over_frames.labels(camera).inc()
+
+    def count_play(self, display: str, ad: str, viewers: int) -> None:
+        """For the plays feature: one play of `ad` on `display`, watched by `viewers`."""
+        self.plays.labels(display, ad).inc()
+        self.play_viewers.labels(display, ad).inc(viewers)
+
+    # -- events --------------------------------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        kind = event["type"]
+        if kind == "interval":
+            cam = event["camera"]
+            for age_class, by_gender in event["unique_visitors"].items():
+                for gender, n in by_gender.items():
+                    if n:
+                        self.visitors.labels(cam, age_class, gender).inc(n)
+            self.unclassified.labels(cam).inc(event["unclassified"])
+            self.watchers.labels(cam).inc(event["watchers"])
+        elif kind == "camera":
+            cam, online = event["camera"], event["online"]
+            if online and self._was_online.get(cam) is False:
+                self.reconnects.labels(cam).inc()
+            self._was_online[cam] = online
+
+    # -- the endpoint --------------------------------------------------------------
+
+    def watch(self, service, publisher=None) -> None:
+        """Read the service's (and publisher's) own counters at every scrape."""
+        self.registry.register(_StateCollector(service, publisher))
+
+    def serve(self) -> bool:
+        """Start the endpoint; False, with one log line, when the port cannot be had
+        (the service runs on without metrics)."""
+        cfg = self.config.metrics
+        try:
+            self._server, _ = start_http_server(cfg.port, cfg.listen, registry=self.registry)
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d: %s; the service runs without "
+                      "/metrics — fix: set metrics.port to a free port (or 0 to turn it off)",
+                      cfg.listen, cfg.port, exc.strerror or exc)
+            return False
+        host, port = self._server.server_address[:2]
+        log.info("metrics: http://%s:%d/metrics", host, port)
+        return True
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_address[1] if self._server else None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread
+            # so neither that nor a stuck scrape holds up the service's stop.
+            def close():
+                server.shutdown()
+                server.server_close()
+
+            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
+
+
+class _StateCollector:
+    """Counters and gauges the service keeps anyway, read when Prometheus scrapes."""
+
+    def __init__(self, service, publisher):
+        self.service = service
+        self.publisher = publisher
+
+    def collect(self):
+        captured = CounterMetricFamily(
+            "edge_camera_captured_frames", "Frames delivered by the camera.", labels=["camera"])
+        processed = CounterMetricFamily(
+            "edge_camera_processed_frames", "Frames run through the pipeline.",
+            labels=["camera"])
+        skipped = CounterMetricFamily(
+            "edge_camera_skipped_frames", "Frames lost because processing fell behind (a "
+            "newer one replaced them before they were taken).", labels=["camera"])
+        online = GaugeMetricFamily("edge_camera_online", "1 while the camera delivers "
+                                   "frames, else 0.", labels=["camera"])
+        for cid, cam in list(self.service.cameras.items()):
+            status = cam.reader.status
+            captured.add_metric([cid], status.captured)
+            processed.add_metric([cid], cam.frames)
+            skipped.add_metric([cid], status.skipped)
+            online.add_metric([cid], 1.0 if status.online else 0.0)
+        yield from (captured, processed, skipped, online)
+        if self.publisher is None:
+            return
+        mqtt = self.publisher.status()
+        yield GaugeMetricFamily("edge_mqtt_connected", "1 while connected to the broker.",
+                                value=1.0 if mqtt["connected"] else 0.0)
+        yield GaugeMetricFamily("edge_mqtt_outbox_reports", "Interval reports waiting for "
+                                "the broker's acknowledgement.", value=mqtt["outbox"])
+        yield CounterMetricFamily("edge_mqtt_dropped_reports", "Interval reports dropped "
+                                  "because the outbox was full (mqtt.outbox_max).",
+                                  value=mqtt["dropped"])
