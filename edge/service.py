@@ -30,6 +30,7 @@ from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
 from edge.notify import Notifier, watchdog_interval_s
+from edge.plays import PlayLog
 from edge.records import Decision, Detections
 from edge.select import Selector, load_catalog
 from edge.timefmt import iso
@@ -69,6 +70,10 @@ class LogSink:
             log.info("display %s: showing '%s' (%s; %d people, %d watching)", event["display"],
                      event["ad"], why, reason["audience"].get("people", 0),
                      reason["audience"].get("watchers", 0))
+        elif event["type"] == "play":
+            log.info("display %s: '%s' played %.1f s to %s, %d watched", event["display"],
+                     event["ad"], event["duration_s"], _visitor_line(event["viewers"]),
+                     sum(n for by_g in event["watchers"].values() for n in by_g.values()))
         elif event["type"] in ("interval", "summary"):
             log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
                      _visitor_line(event["unique_visitors"]), event["watchers"])
@@ -101,6 +106,7 @@ class CameraRuntime:
     captured_mark: int = 0
     skipped_mark: int = 0
     detect_ms: list = field(default_factory=list)
+    plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
 
 
 class Service:
@@ -137,6 +143,9 @@ class Service:
             for display in config.displays:
                 self.selectors[display.camera].append(Selector(
                     display.id, catalog, config.selector, config.audience.min_attention_s))
+                self.cameras[display.camera].plays = self.cameras[display.camera].plays or \
+                    PlayLog(display.camera, config.selector.min_dwell_s,
+                            config.audience.min_attention_s, config.audience.min_confidence)
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
@@ -287,7 +296,12 @@ class Service:
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(cam.audience.viewers(), frame.timestamp)
             if decision is not None:
+                ended = cam.plays.switch(decision, frame.timestamp)
+                if ended is not None:
+                    self.emit(ended)
                 self.emit(decision_event(decision))
+        if cam.plays is not None:  # after the switch: this frame is the new ad's audience
+            cam.plays.observe(cam.audience.people)
         if not self.offline:
             self._latency_ms.append((time.time() - frame.timestamp) * 1000)
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
@@ -305,11 +319,14 @@ class Service:
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file, a summary."""
         self._emit_interval(cid, cam, end, flush=True)
+        for play in cam.plays.finish_all(end) if cam.plays is not None else ():
+            self.emit(play)
         if cam.reader.status.ended:
             totals = cam.audience.totals()
             self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
                        "unique_visitors": totals["unique_visitors"],
-                       "watchers": totals["watchers"], "unclassified": totals["unclassified"]})
+                       "watchers": totals["watchers"], "unclassified": totals["unclassified"],
+                       **({"plays": cam.plays.per_ad} if cam.plays is not None else {})})
         cam.done = True
 
     def _camera_status(self, cid: str, cam: CameraRuntime) -> None:
