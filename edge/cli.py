@@ -110,9 +110,19 @@ def cmd_run(args, cfg) -> int:
         raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
                           f"'cameras' to the config or pass --source")
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
-    publisher = player = None
+    publisher = player = store = None
     service = Service(cfg, sinks, offline=offline)
     try:
+        # An offline analysis is not store traffic: it goes into the history only when asked.
+        if cfg.store.enabled and (not offline or args.store):
+            from edge.store import FILENAME, AudienceStore, StoreError
+
+            try:
+                store = AudienceStore(cfg.state_path() / FILENAME,
+                                      cfg.store.retention_days).start()
+                sinks.append(store)
+            except StoreError as exc:  # the displays and MQTT carry on without a history
+                log.error("%s; running without it", exc)
         if cfg.mqtt.enabled and not offline:
             from edge.publish import MqttPublisher
 
@@ -128,6 +138,8 @@ def cmd_run(args, cfg) -> int:
             publisher.close()
         if player is not None:
             player.stop()
+        if store is not None:
+            store.close()
 
 
 def start_player(cfg, port: int | None = None):
@@ -238,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly after S seconds (demos, soak runs)")
     p.add_argument("--jsonl", action="store_true",
                    help="write events as JSON lines on stdout (no broker needed)")
+    p.add_argument("--store", action="store_true",
+                   help="with --source: also write the counts and plays to the audience "
+                        "store (live runs always do, when store.enabled)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("display", help="serve the display player alone (edge run serves it too)")
