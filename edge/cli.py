@@ -201,6 +201,25 @@ def cmd_preview(args, cfg) -> int:
                         args.config or "(defaults)")
 
 
+def cmd_report(args, cfg) -> int:
+    from edge import report
+    from edge.store import FILENAME
+
+    return report.main(cfg.state_path() / FILENAME, start=args.start, end=args.end, by=args.by,
+                       camera=args.camera, display=args.display, fmt=args.format)
+
+
+def _date_arg(end: bool):
+    def parse(text: str) -> float:
+        from edge.report import parse_date
+
+        try:
+            return parse_date(text, end=end)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
 def cmd_config(args, cfg) -> int:
     if args.topics:
         from edge.topics import reference
@@ -287,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the pipeline this long first, so faces are tracked and "
                         "classified (default 2)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("report", help="visitors per hour or day and audience per ad, from "
+                       "the audience store")
+    p.add_argument("--from", dest="start", type=_date_arg(False), metavar="DATE",
+                   help="from this date (YYYY-MM-DD, or with THH:MM), the box's time zone")
+    p.add_argument("--to", dest="end", type=_date_arg(True), metavar="DATE",
+                   help="up to this date, inclusive (a date and time: exclusive)")
+    p.add_argument("--by", choices=("hour", "day"), default="day", help="period (day)")
+    p.add_argument("--camera", metavar="ID", help="only this camera")
+    p.add_argument("--display", metavar="ID", help="only this display's plays")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")
