@@ -131,6 +131,7 @@ def cmd_run(args, cfg) -> int:
             publisher.start()
             if cfg.player.port and cfg.displays:
                 player = start_player(cfg)
+                player.dashboard = _dashboard(cfg, sinks, store, publisher)
         service.install_signal_handlers()
         return service.run(duration_s=args.duration)
     finally:
@@ -142,14 +143,25 @@ def cmd_run(args, cfg) -> int:
             store.close()
 
 
+def _dashboard(cfg, sinks: list, store, publisher):
+    """The live dashboard the player serves at /dashboard, fed by the service's events."""
+    from edge.dashboard import Dashboard
+
+    dashboard = Dashboard(cfg, mqtt_status=publisher.status if publisher else None)
+    sinks.append(dashboard)
+    if store is not None:
+        store.on_commit(dashboard.history_changed)
+    return dashboard
+
+
 def start_player(cfg, port: int | None = None):
     from edge.display import DisplayServer
     from edge.select import load_catalog
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
-    log.info("display player: %s", ", ".join(f"{player.url}/display/{d.id}"
-                                               for d in cfg.displays))
+    log.info("display player: %s; dashboard: %s/dashboard",
+             ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays), player.url)
     return player
 
 
@@ -170,6 +182,9 @@ def cmd_display(args, cfg) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     player = start_player(cfg, port=args.port)
+    from edge.dashboard import Dashboard
+
+    player.dashboard = Dashboard(cfg, live=False)  # history only: no pipeline here
     try:
         stop.wait()
     finally:
