@@ -165,3 +165,47 @@ def test_dashboard_without_a_store_says_so(tmp_path):
         assert headers["Content-Type"] == "text/html; charset=utf-8"
     finally:
         server.stop()
+
+
+def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_photo):
+    """The wiring in `edge run`: the service feeds the dashboard, the store its history."""
+    import socket
+
+    from test_mqtt import start, stop, write_config
+
+    with socket.socket() as s:  # a free port for player.port (0 would turn it off)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config, root = write_config(tmp_path, broker.port, source=group_photo, interval_s=2,
+                                extra="")
+    config.write_text(config.read_text().replace("player: {port: 0}",
+                                                 f"player: {{port: {port}}}"))
+    proc = start(config)
+    try:
+        deadline = time.monotonic() + 60
+        state = {}
+        while time.monotonic() < deadline:
+            try:
+                state = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/dashboard/state.json", timeout=2).read())
+                if (state["cameras"]["door"]["present"] == 6 and state["health"]["mqtt"]["connected"]
+                        and state["health"]["latency_p95_ms"] is not None
+                        and "hours" in state["today"]):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        events, err = stop(proc)
+    finally:
+        proc.kill()
+    assert state["cameras"]["door"]["present"] == 6, state
+    assert state["cameras"]["door"]["online"] is True and state["cameras"]["door"]["fps"]
+    assert state["health"]["mqtt"] == {"enabled": True, "connected": True,
+                                       "outbox": state["health"]["mqtt"]["outbox"],
+                                       "dropped": 0}
+    assert state["displays"]["window"]["ad"] == "spring-collection"  # six adults, women first
+    assert "/dashboard" in err
+    # Visits end at stop: the last interval went into the store on the way out.
+    result = run_edge("--config", str(config), "report", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["visitors_total"] == 6
