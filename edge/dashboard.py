@@ -195,11 +195,12 @@ class Dashboard:
         yield _sse("state", self.snapshot())
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._closed or self._version != version,
+                seen = version
+                self._changed.wait_for(lambda seen=seen: self._closed or self._version != seen,
                                        HEARTBEAT_S)
                 if self._closed:
                     return
-                changed, version = self._version != version, self._version
+                changed, version = self._version != seen, self._version
             yield _sse("state", self.snapshot()) if changed else _sse("ping", {})
             time.sleep(MIN_GAP_S)  # several changes in a burst become one event
 

@@ -85,7 +85,7 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
     store.on_commit(dashboard.history_changed)
     try:
         # Served from the box: the page, its script and the stream.
-        status, headers, body = get(f"{server.url}/dashboard/vendor/chart.umd.min.js")
+        status, _, body = get(f"{server.url}/dashboard/vendor/chart.umd.min.js")
         assert status == 200 and hashlib.sha256(body).hexdigest() == CHART_SHA256
         assert get(f"{server.url}/dashboard/vendor/../../config.yaml")[0] == 404
         state = json.loads(urllib.request.urlopen(f"{server.url}/dashboard/state.json",
@@ -176,8 +176,7 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
     with socket.socket() as s:  # a free port for player.port (0 would turn it off)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config, root = write_config(tmp_path, broker.port, source=group_photo, interval_s=2,
-                                extra="")
+    config, _ = write_config(tmp_path, broker.port, source=group_photo, interval_s=2)
     config.write_text(config.read_text().replace("player: {port: 0}",
                                                  f"player: {{port: {port}}}"))
     proc = start(config)
@@ -190,12 +189,13 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
                     f"http://127.0.0.1:{port}/dashboard/state.json", timeout=2).read())
                 if (state["cameras"]["door"]["present"] == 6 and state["health"]["mqtt"]["connected"]
                         and state["health"]["latency_p95_ms"] is not None
-                        and "hours" in state["today"]):
+                        and "hours" in state["today"]
+                        and state["displays"]["window"]["ad"] != "welcome"):
                     break
             except OSError:
                 pass
             time.sleep(0.3)
-        events, err = stop(proc)
+        _, err = stop(proc)
     finally:
         proc.kill()
     assert state["cameras"]["door"]["present"] == 6, state

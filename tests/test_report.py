@@ -8,7 +8,6 @@ import datetime as dt
 import io
 import json
 import os
-import sqlite3
 
 import pytest
 
@@ -76,7 +75,7 @@ def test_report_totals_equal_the_runs_summaries(filled):
 
 
 def test_table_csv_and_hours(filled):
-    config, summaries = filled
+    config, _ = filled
     table = report(config)
     assert table.startswith("Visitors per day") and "\nAds\n" in table
     total_line = next(line for line in table.splitlines() if line.startswith("total"))
