@@ -133,3 +133,28 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
     finally:
         proc.kill()
         sub.close()
+
+
+def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp_path):
+    from test_mqtt import run_for
+
+    clip = need(WALKING)
+    catalog = write_catalog(tmp_path / "ads", "".join(
+        f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+        for ad in ("welcome", "ad-a", "ad-b")))
+    broker = make_broker()
+    port = broker.port
+    broker.stop()  # away for the whole first run
+    config, root = write_config(tmp_path, port, source=clip, loop=True, catalog=catalog)
+    first, _ = run_for(config, 6)
+    saved = produced_plays(first)
+    assert len(saved) >= 2
+    broker.start()
+    sub = Subscriber(port, f"{root}/displays/window/plays")
+    second, _ = run_for(config, 3)
+    produced = saved + produced_plays(second)
+    deadline = time.monotonic() + 10
+    while len(received_plays(sub)) < len(produced) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert received_plays(sub) == produced
+    sub.close()
