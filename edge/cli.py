@@ -110,7 +110,7 @@ def cmd_run(args, cfg) -> int:
         raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
                           f"'cameras' to the config or pass --source")
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
-    publisher = player = metrics = None
+    publisher = player = metrics = store = None
     if cfg.metrics.port and not offline:
         from edge.metrics import Metrics
 
@@ -118,6 +118,16 @@ def cmd_run(args, cfg) -> int:
         sinks.append(metrics)
     service = Service(cfg, sinks, offline=offline, metrics=metrics)
     try:
+        # An offline analysis is not store traffic: it goes into the history only when asked.
+        if cfg.store.enabled and (not offline or args.store):
+            from edge.store import FILENAME, AudienceStore, StoreError
+
+            try:
+                store = AudienceStore(cfg.state_path() / FILENAME,
+                                      cfg.store.retention_days).start()
+                sinks.append(store)
+            except StoreError as exc:  # the displays and MQTT carry on without a history
+                log.error("%s; running without it", exc)
         if cfg.mqtt.enabled and not offline:
             from edge.publish import MqttPublisher
 
@@ -126,6 +136,7 @@ def cmd_run(args, cfg) -> int:
             publisher.start()
             if cfg.player.port and cfg.displays:
                 player = start_player(cfg)
+                player.dashboard = _dashboard(cfg, sinks, store, publisher)
         if metrics is not None:
             metrics.watch(service, publisher)
             metrics.serve()
@@ -138,6 +149,19 @@ def cmd_run(args, cfg) -> int:
             player.stop()
         if metrics is not None:
             metrics.stop()
+        if store is not None:
+            store.close()
+
+
+def _dashboard(cfg, sinks: list, store, publisher):
+    """The live dashboard the player serves at /dashboard, fed by the service's events."""
+    from edge.dashboard import Dashboard
+
+    dashboard = Dashboard(cfg, mqtt_status=publisher.status if publisher else None)
+    sinks.append(dashboard)
+    if store is not None:
+        store.on_commit(dashboard.history_changed)
+    return dashboard
 
 
 def start_player(cfg, port: int | None = None):
@@ -146,8 +170,8 @@ def start_player(cfg, port: int | None = None):
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
-    log.info("display player: %s", ", ".join(f"{player.url}/display/{d.id}"
-                                               for d in cfg.displays))
+    log.info("display player: %s; dashboard: %s/dashboard",
+             ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays), player.url)
     return player
 
 
@@ -168,6 +192,9 @@ def cmd_display(args, cfg) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     player = start_player(cfg, port=args.port)
+    from edge.dashboard import Dashboard
+
+    player.dashboard = Dashboard(cfg, live=False)  # history only: no pipeline here
     try:
         stop.wait()
     finally:
@@ -197,6 +224,25 @@ def cmd_preview(args, cfg) -> int:
 
     return preview.main(cfg, args.camera, Path(args.out), args.seconds,
                         args.config or "(defaults)")
+
+
+def cmd_report(args, cfg) -> int:
+    from edge import report
+    from edge.store import FILENAME
+
+    return report.main(cfg.state_path() / FILENAME, start=args.start, end=args.end, by=args.by,
+                       camera=args.camera, display=args.display, fmt=args.format)
+
+
+def _date_arg(end: bool):
+    def parse(text: str) -> float:
+        from edge.report import parse_date
+
+        try:
+            return parse_date(text, end=end)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def cmd_config(args, cfg) -> int:
@@ -248,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop cleanly after S seconds (demos, soak runs)")
     p.add_argument("--jsonl", action="store_true",
                    help="write events as JSON lines on stdout (no broker needed)")
+    p.add_argument("--store", action="store_true",
+                   help="with --source: also write the counts and plays to the audience "
+                        "store (live runs always do, when store.enabled)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("display", help="serve the display player alone (edge run serves it too)")
@@ -282,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the pipeline this long first, so faces are tracked and "
                         "classified (default 2)")
     p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("report", help="visitors per hour or day and audience per ad, from "
+                       "the audience store")
+    p.add_argument("--from", dest="start", type=_date_arg(False), metavar="DATE",
+                   help="from this date (YYYY-MM-DD, or with THH:MM), the box's time zone")
+    p.add_argument("--to", dest="end", type=_date_arg(True), metavar="DATE",
+                   help="up to this date, inclusive (a date and time: exclusive)")
+    p.add_argument("--by", choices=("hour", "day"), default="day", help="period (day)")
+    p.add_argument("--camera", metavar="ID", help="only this camera")
+    p.add_argument("--display", metavar="ID", help="only this display's plays")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")

@@ -272,6 +272,16 @@ class MetricsConfig:
 
 
 @dataclass
+class StoreConfig:
+    enabled: bool = opt(True, "Keep interval counts and plays in the local audience store, "
+                        "<state_dir>/audience.db (SQLite), for `edge report` and the "
+                        "dashboard. Offline runs (`edge run --source FILE`) write to it only "
+                        "with --store.")
+    retention_days: float = opt(90, "Days the audience store keeps records; older ones are "
+                                "removed at start and once a day.", min=1, max=3650)
+
+
+@dataclass
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
@@ -288,7 +298,9 @@ class Config:
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
-    state_dir: str | None = opt(None, "Folder for state kept across restarts (the MQTT outbox); "
+    store: StoreConfig = section(StoreConfig, "The local audience store.")
+    state_dir: str | None = opt(None, "Folder for state kept across restarts (the MQTT outbox, "
+                                "the audience store); "
                                 "default $STATE_DIRECTORY (systemd's StateDirectory=) or "
                                 "'state' beside the config file.")
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))

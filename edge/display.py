@@ -82,6 +82,7 @@ class DisplayServer:
         self._stopping = False
         self.mqtt_connected = False
         self.port = 0
+        self.dashboard = None  # edge/dashboard.py's Dashboard serves /dashboard when set
 
     @property
     def url(self) -> str:
@@ -116,6 +117,8 @@ class DisplayServer:
     def stop(self) -> None:
         self._stopping = True
         self._board.close()  # ends the event streams, so their threads finish
+        if self.dashboard is not None:
+            self.dashboard.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
@@ -301,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_events(display)
             else:
                 self._send(200, app.player_page, "text/html; charset=utf-8", cache="no-cache")
+        elif app.dashboard is not None and app.dashboard.handle(self, path):
+            pass
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 

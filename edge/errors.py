@@ -5,6 +5,7 @@ stops a restart loop on configuration problems that a restart cannot fix.
 """
 
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 

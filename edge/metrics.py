@@ -139,8 +139,14 @@ class Metrics(NoMetrics):
                 for gender, n in by_gender.items():
                     if n:
                         self.visitors.labels(cam, age_class, gender).inc(n)
+            for age_class, n in event.get("gender_unknown", {}).items():
+                if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
+                    self.visitors.labels(cam, age_class, "unknown").inc(n)
             self.unclassified.labels(cam).inc(event["unclassified"])
             self.watchers.labels(cam).inc(event["watchers"])
+        elif kind == "play":
+            self.count_play(event["display"], event["ad"],
+                            sum(n for by_g in event["viewers"].values() for n in by_g.values()))
         elif kind == "camera":
             cam, online = event["camera"], event["online"]
             if online and self._was_online.get(cam) is False:

@@ -177,6 +177,9 @@ class MqttPublisher:
             self._add_report(self.topics.camera_counts(event["camera"]), {
                 "time": now, "id": f"{event['camera']}/{event['start']}",
                 **{k: v for k, v in event.items() if k != "type"}})
+        elif kind == "play":  # an id of its own already (display/start)
+            self._add_report(self.topics.display_plays(event["display"]), {
+                "time": now, **{k: v for k, v in event.items() if k != "type"}})
         elif kind == "stats":
             payload = {"time": event["time"], **{k: v for k, v in event.items()
                                                  if k not in ("type", "time")},

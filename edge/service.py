@@ -31,6 +31,7 @@ from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
 from edge.metrics import NoMetrics
 from edge.notify import Notifier, watchdog_interval_s
+from edge.plays import PlayLog
 from edge.records import Decision, Detections
 from edge.select import Selector, load_catalog
 from edge.timefmt import iso
@@ -70,15 +71,19 @@ class LogSink:
             log.info("display %s: showing '%s' (%s; %d people, %d watching)", event["display"],
                      event["ad"], why, reason["audience"].get("people", 0),
                      reason["audience"].get("watchers", 0))
+        elif event["type"] == "play":
+            log.info("display %s: '%s' played %.1f s to %s, %d watched", event["display"],
+                     event["ad"], event["duration_s"], _visitor_line(event["viewers"]),
+                     sum(n for by_g in event["watchers"].values() for n in by_g.values()))
         elif event["type"] in ("interval", "summary"):
             log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
                      _visitor_line(event["unique_visitors"], event["gender_unknown"]),
                      event["watchers"])
 
 
-def _visitor_line(counts: dict, gender_unknown: dict) -> str:
+def _visitor_line(counts: dict, gender_unknown: dict | None = None) -> str:
     parts = [f"{n} {c} {g}" for c, by_g in counts.items() for g, n in by_g.items() if n]
-    parts += [f"{n} {c} (gender unsure)" for c, n in gender_unknown.items() if n]
+    parts += [f"{n} {c} (gender unsure)" for c, n in (gender_unknown or {}).items() if n]
     return ", ".join(parts) or "none"
 
 
@@ -104,6 +109,7 @@ class CameraRuntime:
     captured_mark: int = 0
     skipped_mark: int = 0
     detect_ms: list = field(default_factory=list)
+    plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
 
 
 class Service:
@@ -143,6 +149,9 @@ class Service:
             for display in config.displays:
                 self.selectors[display.camera].append(Selector(
                     display.id, catalog, config.selector, config.audience.min_attention_s))
+                self.cameras[display.camera].plays = self.cameras[display.camera].plays or \
+                    PlayLog(display.camera, config.selector.min_dwell_s,
+                            config.audience.min_attention_s, config.audience.min_confidence)
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
@@ -296,7 +305,12 @@ class Service:
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(cam.audience.viewers(), frame.timestamp)
             if decision is not None:
+                ended = cam.plays.switch(decision, frame.timestamp)
+                if ended is not None:
+                    self.emit(ended)
                 self.emit(decision_event(decision))
+        if cam.plays is not None:  # after the switch: this frame is the new ad's audience
+            cam.plays.observe(cam.audience.people)
         if not self.offline:
             self._latency_ms.append((time.time() - frame.timestamp) * 1000)
             self.metrics.decided(cid, self._latency_ms[-1] / 1000)
@@ -315,12 +329,15 @@ class Service:
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file, a summary."""
         self._emit_interval(cid, cam, end, flush=True)
+        for play in cam.plays.finish_all(end) if cam.plays is not None else ():
+            self.emit(play)
         if cam.reader.status.ended:
             totals = cam.audience.totals()
             self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
                        "unique_visitors": totals["unique_visitors"],
                        "gender_unknown": totals["gender_unknown"],
-                       "watchers": totals["watchers"], "unclassified": totals["unclassified"]})
+                       "watchers": totals["watchers"], "unclassified": totals["unclassified"],
+                       **({"plays": cam.plays.per_ad} if cam.plays is not None else {})})
         cam.done = True
 
     def _camera_status(self, cid: str, cam: CameraRuntime) -> None:

@@ -49,6 +49,16 @@ DISPLAY_CONTENT = Topic(
     "audience}}`",
     "What the display shows, and why. `creative` is a path relative to the ad catalog's "
     "folder (the player serves it) or an http(s) URL. Published only when it changes.")
+DISPLAY_PLAYS = Topic(
+    "displays/<display>/plays", 1, False,
+    "`{schema, time, id, display, camera, ad, title, rule, start, end, duration_s, "
+    "viewers: {child|adult|old: {female, male}}, watchers: {...}, unclassified, attention_s}`",
+    "One finished play (proof of play): an ad on the display from `start` until the next "
+    "replaced it or the service stopped. `viewers`: people in front of the display's camera "
+    "who counted for ad selection (in view `selector.min_dwell_s`), each once per play; "
+    "`watchers`: viewers who looked for `audience.min_attention_s` during the play; "
+    "`attention_s`: looking time during the play. Delivered like the counts (kept, in order, "
+    "across outages and restarts); `id` (display/start) is unique, for de-duplication.")
 STATS = Topic(
     "stats", 0, False,
     "`{schema, time, cameras: {<camera>: {capture_fps, processed_fps, skipped_fps, "
@@ -56,7 +66,8 @@ STATS = Topic(
     "classifier_batch, latency_p50_ms, latency_p95_ms, mqtt: {connected, outbox, dropped}}`",
     "Pipeline statistics every `stats.interval_s`; dropped while the broker is away.")
 
-TOPICS = (AVAILABILITY, CAMERA_STATUS, CAMERA_AUDIENCE, CAMERA_COUNTS, DISPLAY_CONTENT, STATS)
+TOPICS = (AVAILABILITY, CAMERA_STATUS, CAMERA_AUDIENCE, CAMERA_COUNTS, DISPLAY_CONTENT,
+          DISPLAY_PLAYS, STATS)
 
 
 class Topics:
@@ -86,6 +97,9 @@ class Topics:
 
     def display_content(self, display: str) -> str:
         return self.name(DISPLAY_CONTENT, display=display)
+
+    def display_plays(self, display: str) -> str:
+        return self.name(DISPLAY_PLAYS, display=display)
 
     @property
     def stats(self) -> str:

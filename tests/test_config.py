@@ -86,7 +86,7 @@ def test_readme_topic_table_is_current():
     """README's MQTT topic table is generated from edge/topics.py."""
     result = run_edge("config", "--topics")
     assert result.returncode == 0 and readme_block("topics") == result.stdout
-    assert result.stdout.count("\n| `") == 6  # one row per topic
+    assert result.stdout.count("\n| `") == 7  # one row per topic
 
 
 def test_cameras_are_validated(tmp_path):

@@ -50,7 +50,8 @@ def test_bridge_forwards_counts_to_headquarters_across_a_link_drop(make_broker, 
         assert received == produced  # every interval, in order, across the drop (QoS 1
         # repeats, if any, dropped by id as a consumer does)
         topics = {t for t, _, _ in central.seen}
-        assert not any("/displays/" in t or t.endswith("/audience") for t in topics), topics
+        assert not any(t.endswith(("/content", "/audience")) for t in topics), topics
+        assert central.reports("/displays/window/plays")  # proof of play goes to HQ
         assert f"{root}/cameras/door/status" in topics
     finally:
         proc.kill()

@@ -130,8 +130,16 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     config.write_text("cameras:\n  - {id: door, source: /dev/video0}\n")
     cfg = config_mod.load(config)
     one, two = Metrics(cfg), Metrics(cfg)  # the default registry would refuse the second
-    one.count_play("window", "spring-collection", 3)
-    one.count_play("window", "spring-collection", 2)
+    from edge.audience import empty_counts
+
+    for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/plays.py emits them
+        viewers = empty_counts()
+        viewers["adult"].update(female=women, male=men)
+        one.emit({"type": "play", "display": "window", "ad": "spring-collection",
+                  "viewers": viewers})
+    unsure = {"child": 0, "adult": 1, "old": 0}
+    one.emit({"type": "interval", "camera": "door", "unique_visitors": empty_counts(),
+              "gender_unknown": unsure, "unclassified": 0, "watchers": 0})
     one.emit({"type": "camera", "camera": "door", "online": True})
     one.emit({"type": "camera", "camera": "door", "online": False})
     one.emit({"type": "camera", "camera": "door", "online": True})
@@ -143,6 +151,8 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     assert samples["edge_plays_total", play] == 2
     assert samples["edge_play_viewers_total", play] == 5
     assert samples["edge_camera_reconnects_total", (("camera", "door"),)] == 1
+    unknown = (("age_class", "adult"), ("camera", "door"), ("gender", "unknown"))
+    assert samples["edge_visitors_total", unknown] == 1
     assert b"edge_plays_total{" not in generate_latest(two.registry)
 
 

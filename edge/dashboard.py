@@ -1,0 +1,243 @@
+"""The store dashboard at http://<box>:<player.port>/dashboard, served by the player's
+web server (display.py routes /dashboard... here).
+
+- now: per camera who is present (counts by segment), online or not, fps; per display
+  the ad on screen and why. Fed by the service itself (the Dashboard is an event sink),
+  so it works whether or not the broker is up.
+- today: visitors per hour by segment and the ads' plays, viewers, watchers and watch
+  rate, read from the audience store (edge/report.py's summary) whenever the store
+  commits a record.
+- health: latency p95, skipped frames, MQTT connected and outbox depth.
+
+The page (edge/player/dashboard.html) gets all of it over one Server-Sent Events stream:
+a `state` event with the whole picture at connect and after every change (at most a few
+per second), and pings while nothing changes. Counts only: no track id reaches the page.
+The chart library (Chart.js) is vendored under edge/player/vendor/ and served from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+
+from edge import report
+from edge.audience import empty_counts
+from edge.store import StoreError, connect
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0
+MIN_GAP_S = 0.25          # between two state events of one stream: a busy entrance
+RETRY_MS = 3000
+VENDOR = {"chart.umd.min.js": "text/javascript; charset=utf-8"}
+
+
+class Dashboard:
+    """Live state and today's history for the dashboard page; an event sink of the service.
+
+    `live` False: no service feeds it (`edge display` alone), the page says so and shows
+    the history only. `mqtt_status` returns the publisher's {connected, outbox, dropped}.
+    """
+
+    def __init__(self, config, *, live: bool = True,
+                 mqtt_status: Callable[[], dict] | None = None,
+                 clock: Callable[[], float] = time.time):
+        from edge.store import FILENAME
+
+        self.store_path: Path = config.state_path() / FILENAME
+        self.store_enabled = config.store.enabled
+        self.mqtt_status = mqtt_status
+        self.mqtt_enabled = config.mqtt.enabled
+        self.store_id = config.mqtt.store_id
+        self.live = live
+        self._clock = clock
+        self._changed = threading.Condition()
+        self._version = 0
+        self._closed = False
+        self._cameras = {c.id: {"name": c.name or c.id, "online": None, "error": "",
+                                "present": 0, "watching": 0, "unclassified": 0,
+                                "counts": empty_counts(), "fps": None, "skipped_fps": None}
+                         for c in config.cameras}
+        self._displays = {d.id: {"name": d.name or d.id, "camera": d.camera, "ad": None,
+                                 "title": None, "rule": None, "segment": None, "since": None,
+                                 "people": None}
+                          for d in config.displays}
+        self._health = {"latency_p95_ms": None, "latency_p50_ms": None, "time": None}
+        self._today: dict | None = None
+        self._today_key: tuple | None = None
+        self._history_version = 0
+        self.page = resources.files("edge").joinpath("player/dashboard.html").read_bytes()
+
+    # -- events in (service thread) -----------------------------------------------
+
+    def emit(self, event: dict) -> None:
+        kind = event["type"]
+        with self._changed:
+            if kind == "camera" and event["camera"] in self._cameras:
+                cam = self._cameras[event["camera"]]
+                cam["online"], cam["error"] = event["online"], event.get("error") or ""
+            elif kind == "audience" and event["camera"] in self._cameras:
+                cam = self._cameras[event["camera"]]
+                counts = event["counts"]
+                counted = sum(n for by_g in counts.values() for n in by_g.values())
+                cam.update(present=len(event["present"]), counts=counts,
+                           watching=sum(bool(p.get("watching")) for p in event["present"]),
+                           unclassified=len(event["present"]) - counted)
+            elif kind == "decision" and event["display"] in self._displays:
+                reason = event["reason"]
+                self._displays[event["display"]].update(
+                    ad=event["ad"], title=event["title"], rule=reason["rule"],
+                    segment=reason["segment"], since=event["time"],
+                    people=(reason.get("audience") or {}).get("people"))
+            elif kind == "stats":
+                for cid, stats in event["cameras"].items():
+                    if cid in self._cameras:
+                        self._cameras[cid].update(fps=stats.get("processed_fps"),
+                                                  skipped_fps=stats.get("skipped_fps"))
+                self._health.update(latency_p95_ms=event.get("latency_p95_ms"),
+                                    latency_p50_ms=event.get("latency_p50_ms"),
+                                    time=event.get("time"))
+            else:
+                return
+            self._bump()
+
+    def history_changed(self, *_args) -> None:
+        """The store committed a record (store.on_commit): today's figures are stale."""
+        with self._changed:
+            self._history_version += 1
+            self._bump()
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._changed.notify_all()
+
+    def close(self) -> None:
+        """End every event stream (the server stops)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    # -- the picture ------------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        with self._changed:
+            cameras = json.loads(json.dumps(self._cameras))
+            displays = json.loads(json.dumps(self._displays))
+            health = dict(self._health)
+            history_version = self._history_version
+        mqtt = {"enabled": self.mqtt_enabled, "connected": None, "outbox": None,
+                "dropped": None}
+        if self.mqtt_status is not None:
+            try:
+                mqtt.update(self.mqtt_status())
+            except Exception:  # the dashboard shows what it can
+                log.exception("dashboard: mqtt status failed")
+        health["mqtt"] = mqtt
+        health["skipped_fps"] = {cid: c["skipped_fps"] for cid, c in cameras.items()}
+        return {"time": self._clock(), "store": self.store_id, "live": self.live,
+                "cameras": cameras, "displays": displays, "health": health,
+                "today": self.today(history_version)}
+
+    def today(self, history_version: int | None = None) -> dict:
+        """Today's visitors per hour and ads, from the store; cached until it commits
+        again (or the day or hour turns)."""
+        now = self._clock()
+        start, end = report.today(now)
+        key = (history_version, start, int(now // 3600))
+        if self._today is not None and key == self._today_key and history_version is not None:
+            return self._today
+        self._today = self._read_today(start, end, now)
+        self._today_key = key
+        return self._today
+
+    def _read_today(self, start: float, end: float, now: float) -> dict:
+        if not self.store_enabled:
+            return {"error": "the audience store is off (store.enabled: false)"}
+        if not self.store_path.is_file():
+            return {"error": "no history yet: the audience store is written when the first "
+                             "interval or play ends"}
+        try:
+            conn = connect(self.store_path, readonly=True)
+            try:
+                summary = report.summarize(conn, start=start, end=end, by="hour")
+            finally:
+                conn.close()
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("dashboard: cannot read %s: %s", self.store_path, exc)
+            return {"error": f"cannot read the audience store: {exc}"}
+        # One bar per hour from opening (or the first visitor) to now.
+        by_hour = {p["period"][-5:-3]: p for p in summary["periods"]}
+        current = int(time.strftime("%H", time.localtime(now)))
+        first = min([8, current] + [int(h) for h in by_hour])
+        last = max([current] + [int(h) for h in by_hour])
+        hours = []
+        for h in range(first, last + 1):
+            p = by_hour.get(f"{h:02d}")
+            hours.append({"hour": f"{h:02d}:00",
+                          "visitors": p["visitors"] if p else dict.fromkeys(report.SEGMENT_KEYS, 0),
+                          "watchers": p["watchers"] if p else 0})
+        return {"date": time.strftime("%Y-%m-%d", time.localtime(now)), "hours": hours,
+                "totals": summary["totals"],
+                "ads": [{k: a[k] for k in ("ad", "title", "plays", "screen_time_s",
+                                           "viewers_total", "watchers_total", "watch_rate")}
+                        for a in summary["ads"]]}
+
+    def events(self) -> Iterator[bytes]:
+        """The page's stream: the picture now, then after each change; pings meanwhile."""
+        with self._changed:
+            version = self._version
+        yield _sse("state", self.snapshot())
+        while True:
+            with self._changed:
+                seen = version
+                self._changed.wait_for(lambda seen=seen: self._closed or self._version != seen,
+                                       HEARTBEAT_S)
+                if self._closed:
+                    return
+                changed, version = self._version != seen, self._version
+            yield _sse("state", self.snapshot()) if changed else _sse("ping", {})
+            time.sleep(MIN_GAP_S)  # several changes in a burst become one event
+
+    # -- HTTP (called from the player's handler) ------------------------------------
+
+    def handle(self, handler, path: str) -> bool:
+        """Serve a /dashboard... path; False when the path is not the dashboard's."""
+        if path in ("/dashboard", "/dashboard/"):
+            _send(handler, 200, self.page, "text/html; charset=utf-8", "no-cache")
+        elif path == "/dashboard/state.json":
+            _send(handler, 200, json.dumps(self.snapshot()).encode(), "application/json",
+                  "no-store")
+        elif path == "/dashboard/events":
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            handler.send_header("Cache-Control", "no-cache")
+            handler.end_headers()
+            handler.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+            for event in self.events():
+                handler.wfile.write(event)
+        elif path.startswith("/dashboard/vendor/") and path.rsplit("/", 1)[1] in VENDOR:
+            name = path.rsplit("/", 1)[1]
+            body = resources.files("edge").joinpath(f"player/vendor/{name}").read_bytes()
+            _send(handler, 200, body, VENDOR[name], "max-age=86400")
+        else:
+            return False
+        return True
+
+
+def _send(handler, status: int, body: bytes, content_type: str, cache: str) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Cache-Control", cache)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()

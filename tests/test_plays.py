@@ -1,0 +1,160 @@
+"""Plays (proof of play): per ad on a display, its viewers and watchers by segment, in
+the offline run's events and summary, and over MQTT through the outbox (none lost,
+in order, across a broker outage)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from broker import Subscriber
+from conftest import ROOT, need, run_edge
+from test_mqtt import start, stop, write_config
+
+WALKING = "media/face-demographics-walking-and-pause.gif"
+SEGMENTS = {("adult", "female"): 2, ("adult", "male"): 1}  # the walking clip's visitors
+
+
+def nonzero(counts: dict) -> dict:
+    return {(c, g): n for c, by_g in counts.items() for g, n in by_g.items() if n}
+
+
+def write_catalog(folder: Path, ads: str, default: str = "welcome") -> Path:
+    (folder / "creatives").mkdir(parents=True, exist_ok=True)
+    (folder / "creatives" / "page.html").write_text("<h1>ad</h1>")
+    path = folder / "catalog.yaml"
+    path.write_text(f"default: {default}\nfamily_safe: {default}\nads:\n{ads}")
+    return path
+
+
+def one_ad_config(tmp_path: Path) -> Path:
+    """One ad for the whole clip: the default, shown for an hour at least."""
+    catalog = write_catalog(tmp_path / "ads", "  - {id: only, title: Only ad, "
+                            "creative: creatives/page.html, duration_s: 3600}\n", "only")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models: {{dir: {ROOT / 'models'}}}\n"
+                      "cameras: [{id: door, source: /dev/video0}]\n"
+                      "displays: [{id: window, camera: door}]\n"
+                      f"selector: {{catalog: {catalog}}}\n"
+                      f"state_dir: {tmp_path / 'state'}\n")
+    return config
+
+
+def test_one_ad_over_the_walking_clip_played_to_its_three_visitors(tmp_path):
+    clip = need(WALKING)
+    result = run_edge("--config", str(one_ad_config(tmp_path)), "run", "--source", str(clip),
+                      "--jsonl")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    plays = [e for e in events if e["type"] == "play"]
+    assert len(plays) == 1
+    play = plays[0]
+    assert nonzero(play["viewers"]) == SEGMENTS
+    assert (play["ad"], play["title"], play["display"], play["camera"], play["rule"]) == \
+        ("only", "Only ad", "window", "door", "nobody")
+    assert play["id"] == f"window/{play['start']}"
+    assert play["duration_s"] > 3.0  # the clip is 41 frames at 12.5 fps, 3.2 s
+    assert play["start"].endswith("+00:00") or play["start"][-6] in "+-"
+    # Everyone looked toward the camera for well over audience.min_attention_s (1 s).
+    assert nonzero(play["watchers"]) == SEGMENTS and play["unclassified"] == 0
+    assert play["attention_s"] > 3.0
+    assert "track" not in json.dumps(play)  # counts only
+    summary = events[-1]
+    assert summary["type"] == "summary"
+    assert summary["plays"] == {"only": {"plays": 1, "viewers": 3, "watchers": 3,
+                                         "duration_s": play["duration_s"]}}
+    # The play is finished before the summary, and after the last decision.
+    kinds = [e["type"] for e in events]
+    assert kinds.index("play") < kinds.index("summary")
+
+
+def test_ad_changes_split_the_audience_between_plays(tmp_path):
+    """With targeted ads the default gives way when the three count; they are viewers
+    of the ad that replaced it, not of the default shown to nobody."""
+    clip = need(WALKING)
+    result = run_edge("--config", "config.yaml", "run", "--source", str(clip), "--jsonl")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    decisions = [e for e in events if e["type"] == "decision"]
+    plays = [e for e in events if e["type"] == "play"]
+    assert [p["ad"] for p in plays] == [d["ad"] for d in decisions]
+    for play, decision, following in zip(plays, decisions, decisions[1:] + [None]):
+        assert play["start"] == decision["time"] and play["rule"] == decision["reason"]["rule"]
+        if following is not None:
+            assert play["end"] == following["time"]  # back to back, no gap
+    assert plays[0]["ad"] == "welcome" and nonzero(plays[0]["viewers"]) == {}
+    assert nonzero(plays[-1]["viewers"]) == SEGMENTS
+    per_ad = events[-1]["plays"]
+    assert sum(a["plays"] for a in per_ad.values()) == len(plays)
+
+
+def received_plays(sub):
+    return [{k: v for k, v in m.items() if k not in ("schema", "time")}
+            for m in sub.reports("/displays/window/plays")]
+
+
+def produced_plays(events):
+    return [{k: v for k, v in e.items() if k != "type"} for e in events if e["type"] == "play"]
+
+
+def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path):
+    clip = need(WALKING)
+    # Two untargeted ads of 1 s take turns while anyone is there, the default when
+    # nobody is: a play ends about every second.
+    catalog = write_catalog(tmp_path / "ads", "".join(
+        f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+        for ad in ("welcome", "ad-a", "ad-b")))
+    broker = make_broker()
+    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=60,
+                                catalog=catalog)
+    sub = Subscriber(broker.port, f"{root}/displays/window/plays", client_id="plays-test",
+                     persistent=True)
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: True, timeout=30)
+        broker.stop()
+        time.sleep(4)  # plays end with no broker
+        broker.start()
+        time.sleep(3)
+        events, err = stop(proc)
+        assert proc.returncode == 0, err
+        assert "connection lost" in err
+        produced = produced_plays(events)
+        assert len(produced) >= 6
+        deadline = time.monotonic() + 15
+        while len(received_plays(sub)) < len(produced) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # every one, once (repeats dropped by id), in order; the last one ended at stop
+        assert received_plays(sub) == produced
+        assert len({p["id"] for p in produced}) == len(produced)
+        assert any(sum(n for by_g in p["viewers"].values() for n in by_g.values())
+                   for p in produced)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp_path):
+    from test_mqtt import run_for
+
+    clip = need(WALKING)
+    catalog = write_catalog(tmp_path / "ads", "".join(
+        f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+        for ad in ("welcome", "ad-a", "ad-b")))
+    broker = make_broker()
+    port = broker.port
+    broker.stop()  # away for the whole first run
+    config, root = write_config(tmp_path, port, source=clip, loop=True, catalog=catalog)
+    first, _ = run_for(config, 6)
+    saved = produced_plays(first)
+    assert len(saved) >= 2
+    broker.start()
+    sub = Subscriber(port, f"{root}/displays/window/plays")
+    second, _ = run_for(config, 3)
+    produced = saved + produced_plays(second)
+    deadline = time.monotonic() + 10
+    while len(received_plays(sub)) < len(produced) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert received_plays(sub) == produced
+    sub.close()
