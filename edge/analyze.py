@@ -16,6 +16,7 @@ import numpy as np
 
 from edge import classify, detect, modelstore
 from edge.errors import InputError
+from edge.redact import redact
 from edge.records import AGE_CLASSES, Demographics, Detections
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,18 @@ class FaceAnalyzer:
         return faces, self.classifier(frame, faces)
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: str | Path) -> np.ndarray:
     """BGR image, or InputError naming the file and what is wrong with it."""
+    shown = redact(str(path))  # a stream URL given by mistake may carry a password
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{shown}: no such file")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
+        raise InputError(f"{shown}: is a folder, not an image")
     data = np.fromfile(path, np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise InputError(f"{path}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
+        raise InputError(f"{shown}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
     return image
 
 

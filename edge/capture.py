@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,12 +35,8 @@ HEALTHY_AFTER_S = 60.0  # a source must deliver this long before its backoff sta
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]+):[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """A stream URL's password never reaches a log line or an MQTT status message."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+# A stream URL's password never reaches a log line or an MQTT status message.
+from edge.redact import redact  # noqa: E402 (kept importable from here)
 
 
 @dataclass(frozen=True, slots=True)

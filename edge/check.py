@@ -26,7 +26,8 @@ from typing import Literal
 
 from edge import config as config_mod
 from edge import modelstore, mqttclient, runtime
-from edge.capture import SourceEnded, open_source, redact
+from edge.capture import SourceEnded, open_source
+from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
 from edge.select import load_catalog
@@ -144,7 +145,7 @@ def grab_frame(camera: CameraConfig) -> tuple[int, int]:
     try:
         image = reader.read()
     except SourceEnded:
-        raise OSError(f"{camera.source}: has no frames") from None
+        raise OSError(f"{redact(camera.source)}: has no frames") from None
     finally:
         reader.release()
     return image.shape[1], image.shape[0]
@@ -164,7 +165,8 @@ def _camera_result(camera: CameraConfig, grab: "Background", deadline: float) ->
 
 def _reach(url: str) -> None:
     """TCP to the URL's host first: says why it is unreachable (FFmpeg only prints it)."""
-    parts = urllib.parse.urlsplit(url)
+    # Split after the credentials: a raw '/' or '@' in a password fools urlsplit.
+    parts = urllib.parse.urlsplit(without_credentials(url))
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     if not parts.hostname or not port:
         return  # let FFmpeg judge what it can open

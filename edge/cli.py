@@ -46,6 +46,7 @@ def cmd_models(args, cfg) -> int:
 
 def cmd_analyze(args, cfg) -> int:
     from edge.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+    from edge.redact import redact
 
     claim = None
     if args.claimed_age is not None or args.claimed_gender is not None:
@@ -53,15 +54,16 @@ def cmd_analyze(args, cfg) -> int:
     analyzer = FaceAnalyzer(cfg)
     failed = 0
     for name in args.images:
+        shown = redact(name)  # a URL given by mistake may carry a password
         try:
-            frame = read_image(Path(name))
+            frame = read_image(name)
         except InputError as exc:
             failed += 1
             log.error("%s", exc)
-            print(json.dumps({"image": name, "error": str(exc)}), flush=True)
+            print(json.dumps({"image": shown, "error": str(exc)}), flush=True)
             continue
         faces = face_records(*analyzer(frame))
-        result = {"image": name, "faces": faces}
+        result = {"image": shown, "faces": faces}
         if claim is not None:
             result["claim"] = check_claim(claim, faces, cfg.classifier.child_below,
                                           cfg.classifier.old_from)
@@ -92,15 +94,15 @@ def cmd_eval(args, cfg) -> int:
 
 
 def cmd_run(args, cfg) -> int:
-    import re
-
+    from edge.redact import safe_name
     from edge.service import JsonLines, LogSink, Service
 
     offline = bool(args.source) and not args.realtime
     if args.source:
         # The file stands in for the first configured camera, so the displays that
-        # follow it still work (the demo); without cameras it is named after the file.
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(args.source).stem)[:64].strip("-") or "cam1"
+        # follow it still work (the demo); without cameras it is named after the file
+        # (a URL after its path, never its user, password or host: the id is in topics).
+        stem = safe_name(args.source)
         first = cfg.cameras[0] if cfg.cameras else None
         cfg.cameras = [config_mod.CameraConfig(
             id=first.id if first else stem, name=first.name if first else stem,

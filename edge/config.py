@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from edge.errors import ConfigError
+from edge.redact import redact
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 # Without a config file, relative paths (models/) resolve against the checkout.
@@ -490,7 +491,7 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     for key, host in (("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)):
         problem = host_problem(host)
         if problem:
-            add(f"'{key}' is {host!r}: {problem}")
+            add(f"'{key}' is {redact(host)!r}: {problem}")
     tls = config.mqtt.tls
     if config.mqtt.enabled and tls.enabled:
         for name in ("ca_file", "cert_file", "key_file"):
