@@ -11,11 +11,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge import classify, detect, modelstore
-from edge.errors import InputError
+from edge import classify, detect, images, modelstore
 from edge.redact import redact
 from edge.records import AGE_CLASSES, Demographics, Detections
 
@@ -47,18 +45,10 @@ class FaceAnalyzer:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """BGR image, or InputError naming the file and what is wrong with it."""
-    shown = redact(str(path))  # a stream URL given by mistake may carry a password
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{shown}: no such file")
-    if path.is_dir():
-        raise InputError(f"{shown}: is a folder, not an image")
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InputError(f"{shown}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
-    return image
+    """BGR image, or InputError naming the file and what is wrong with it (size, shape,
+    truncation: edge/images.py, shared with image cameras)."""
+    # A stream URL given by mistake may carry a password: never print it as given.
+    return images.read_image(path, shown=redact(str(path)))
 
 
 def face_records(faces: Detections, demo: Demographics) -> list[dict]:

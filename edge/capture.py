@@ -25,6 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge import images
+from edge.errors import InputError
+
 log = logging.getLogger(__name__)
 
 # OpenCV/FFmpeg would log every stream timeout itself; we log one line of our own.
@@ -74,10 +77,10 @@ class ImageSequence:
             self._next = 0
         path = self.paths[self._next]
         self._next += 1
-        image = cv2.imread(str(path))
-        if image is None:
-            raise OSError(f"{path}: not a readable image")
-        return image
+        try:  # the same rules as `edge analyze` (size, shape, truncation)
+            return images.read_image(path)
+        except InputError as exc:
+            raise OSError(str(exc)) from None
 
     def release(self) -> None:
         pass
