@@ -205,6 +205,19 @@ def cmd_config(args, cfg) -> int:
     return 0
 
 
+def finite(text: str) -> float:
+    """A number for a command-line option; nan and inf would pass every range check."""
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite.__name__ = "number"  # argparse says "invalid number value: 'nan'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -213,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="demographics of every face in photos, one JSON line each")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--claimed-age", type=float, help="age the person claims (profile check)")
+    p.add_argument("--claimed-age", type=finite, help="age the person claims (profile check)")
     p.add_argument("--claimed-gender", choices=("female", "male"),
                    help="gender the person claims (profile check)")
     p.set_defaults(func=cmd_analyze)
@@ -236,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="with --source: read at the file's frame rate, dropping frames "
                         "when behind, as with a live camera")
-    p.add_argument("--duration", type=float, metavar="S",
+    p.add_argument("--duration", type=finite, metavar="S",
                    help="stop cleanly after S seconds (demos, soak runs)")
     p.add_argument("--jsonl", action="store_true",
                    help="write events as JSON lines on stdout (no broker needed)")
@@ -250,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
     p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--cameras", type=int, default=1, metavar="N",
                    help="run N copies of the source side by side through one service")
@@ -270,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config file (or give --config before the command)")
     p.add_argument("--camera", required=True, metavar="ID", help="id of a configured camera")
     p.add_argument("--out", required=True, metavar="FILE.jpg", help="where to write the JPEG")
-    p.add_argument("--seconds", type=float, default=2.0, metavar="S",
+    p.add_argument("--seconds", type=finite, default=2.0, metavar="S",
                    help="run the pipeline this long first, so faces are tracked and "
                         "classified (default 2)")
     p.set_defaults(func=cmd_preview)
