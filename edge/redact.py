@@ -92,7 +92,8 @@ def remember(secret: str) -> None:
     forms = {secret, urllib.parse.unquote(secret), urllib.parse.quote(secret, safe=""),
              urllib.parse.quote(urllib.parse.unquote(secret), safe="")}
     with _known_lock:
-        _known.update(f for f in forms if len(f) >= 4)
+        if len(_known) < 1000:  # a handful of cameras; never grows without bound
+            _known.update(f for f in forms if len(f) >= 4)
 
 
 def safe_name(source: str) -> str:

@@ -1,7 +1,6 @@
 """Camera passwords never leave the box (issue 12 item 3): not in logs, command output,
 JSON lines, MQTT topics or payloads, whatever characters the password holds."""
 
-import os
 import signal
 import subprocess
 import sys
