@@ -11,11 +11,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from edge import classify, detect, modelstore
-from edge.errors import InputError
+from edge import classify, detect, images, modelstore
+from edge.redact import redact
 from edge.records import AGE_CLASSES, Demographics, Detections
 
 log = logging.getLogger(__name__)
@@ -45,18 +44,11 @@ class FaceAnalyzer:
         return faces, self.classifier(frame, faces)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """BGR image, or InputError naming the file and what is wrong with it."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not an image")
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise InputError(f"{path}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
-    return image
+def read_image(path: str | Path) -> np.ndarray:
+    """BGR image, or InputError naming the file and what is wrong with it (size, shape,
+    truncation: edge/images.py, shared with image cameras)."""
+    # A stream URL given by mistake may carry a password: never print it as given.
+    return images.read_image(path, shown=redact(str(path)))
 
 
 def face_records(faces: Detections, demo: Demographics) -> list[dict]:

@@ -34,6 +34,7 @@ import onnxruntime
 from edge import __version__, runtime
 from edge.config import CameraConfig
 from edge.errors import EdgeError, InputError
+from edge.redact import redact
 from edge.service import Service
 
 CLASSIFIER_BATCHES = (1, 8, 32, 128)
@@ -55,7 +56,7 @@ def load_frames(source: str, size: tuple[int, int] | None) -> list[np.ndarray]:
         frames.append(cv2.resize(frame, size, interpolation=cv2.INTER_CUBIC) if size else frame)
     cap.release()
     if not frames:
-        raise InputError(f"{source}: no frames could be read")
+        raise InputError(f"{redact(source)}: no frames could be read")
     return frames
 
 
@@ -220,7 +221,7 @@ def run(config, source: str, size: tuple[int, int] | None, seconds: float,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "gpu_memory_used_mib": gpu_memory_used_mib(),
         "settings": {
-            "source": source, "frames": len(frames),
+            "source": redact(source), "frames": len(frames),
             "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "cameras": cameras,
             "detector": config.detector.backend, "detector_input_width": config.detector.input_width,
             "classifier": config.classifier.backend, "flip_tta": config.classifier.flip_tta,

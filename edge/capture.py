@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from edge import images
+from edge.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,8 @@ HEALTHY_AFTER_S = 60.0  # a source must deliver this long before its backoff sta
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-_CREDENTIALS = re.compile(r"(\w+://[^/@\s:]+):[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """A stream URL's password never reaches a log line or an MQTT status message."""
-    return _CREDENTIALS.sub(r"\1:***@", text)
+# A stream URL's password never reaches a log line or an MQTT status message.
+from edge.redact import redact  # noqa: E402 (kept importable from here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +77,10 @@ class ImageSequence:
             self._next = 0
         path = self.paths[self._next]
         self._next += 1
-        image = cv2.imread(str(path))
-        if image is None:
-            raise OSError(f"{path}: not a readable image")
-        return image
+        try:  # the same rules as `edge analyze` (size, shape, truncation)
+            return images.read_image(path)
+        except InputError as exc:
+            raise OSError(str(exc)) from None
 
     def release(self) -> None:
         pass

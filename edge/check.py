@@ -27,7 +27,8 @@ from typing import Literal
 
 from edge import config as config_mod
 from edge import hass, modelstore, mqttclient, runtime
-from edge.capture import SourceEnded, open_source, redact
+from edge.capture import SourceEnded, open_source
+from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
 from edge.select import load_catalog
@@ -145,7 +146,7 @@ def grab_frame(camera: CameraConfig) -> tuple[int, int]:
     try:
         image = reader.read()
     except SourceEnded:
-        raise OSError(f"{camera.source}: has no frames") from None
+        raise OSError(f"{redact(camera.source)}: has no frames") from None
     finally:
         reader.release()
     return image.shape[1], image.shape[0]
@@ -165,7 +166,8 @@ def _camera_result(camera: CameraConfig, grab: "Background", deadline: float) ->
 
 def _reach(url: str) -> None:
     """TCP to the URL's host first: says why it is unreachable (FFmpeg only prints it)."""
-    parts = urllib.parse.urlsplit(url)
+    # Split after the credentials: a raw '/' or '@' in a password fools urlsplit.
+    parts = urllib.parse.urlsplit(without_credentials(url))
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     if not parts.hostname or not port:
         return  # let FFmpeg judge what it can open
@@ -206,7 +208,7 @@ def check_broker(config: Config) -> list[Result]:
     as_user = f"as '{user}'" if user else "anonymously"
     try:
         client = mqttclient.make_client(config, f"{mqttclient.service_client_id(config)}-check")
-    except (OSError, ValueError) as exc:  # unreadable or mismatched TLS files
+    except (OSError, ValueError, ConfigError) as exc:  # unreadable or mismatched TLS files
         return [fail("broker", f"TLS set-up: {exc}",
                      "check mqtt.tls.ca_file, cert_file and key_file")]
     answers: queue.Queue = queue.Queue()
@@ -344,6 +346,36 @@ def _serves_edge_metrics(host: str, port: int) -> bool:
             return b"edge_build_info" in answer.read(1 << 20)
     except (OSError, ValueError):
         return False
+def check_player(config: Config) -> list[Result]:
+    """Can the display player listen where configured? Bound and released at once, as
+    its server would bind (address reuse on), so a port in TIME_WAIT is no problem."""
+    cfg = config.player
+    if not (cfg.port and config.displays and config.mqtt.enabled):
+        return [ok("player", "not used (needs player.port, displays and mqtt.enabled)")]
+    where = f"{cfg.listen}:{cfg.port}"
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            cfg.listen, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except socket.gaierror:
+        return [fail("player", f"player.listen '{cfg.listen}' is not a known host name",
+                     "set player.listen to 127.0.0.1, 0.0.0.0 or an address of this box")]
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return [warn("player", f"{where} is in use: by the running service (fine), or "
+                                   f"by another program (then the player cannot start)")]
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return [fail("player", f"{cfg.listen} is not an address of this box",
+                         "set player.listen to 127.0.0.1, 0.0.0.0 or one of this box's "
+                         "addresses (ip addr)")]
+        if exc.errno == errno.EACCES:
+            return [fail("player", f"cannot listen on {where}: ports below 1024 need "
+                                   f"privileges", "set player.port to 1024 or more, e.g. 8080")]
+        return [fail("player", f"cannot listen on {where}: {exc.strerror or exc}",
+                     "check player.listen and player.port")]
+    return [ok("player", f"can listen on {where}")]
 
 
 # -- running and printing ----------------------------------------------------------
@@ -419,7 +451,8 @@ def main(config_path: str | None, started: float | None = None) -> int:
         else modelstore.FIX_COMMAND
     checks: list[Check] = [check_catalog, functools.partial(check_models, fetch=fetch),
                            check_cameras, check_broker, check_home_assistant,
-                           check_execution_provider, check_state_dir, check_metrics]
+                           check_execution_provider, check_state_dir, check_player,
+                           check_metrics]
     for result in run_checks(config, checks):
         emit(result)
     print(summary(results, time.monotonic() - started))

@@ -46,6 +46,7 @@ def cmd_models(args, cfg) -> int:
 
 def cmd_analyze(args, cfg) -> int:
     from edge.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+    from edge.redact import redact
 
     claim = None
     if args.claimed_age is not None or args.claimed_gender is not None:
@@ -53,15 +54,16 @@ def cmd_analyze(args, cfg) -> int:
     analyzer = FaceAnalyzer(cfg)
     failed = 0
     for name in args.images:
+        shown = redact(name)  # a URL given by mistake may carry a password
         try:
-            frame = read_image(Path(name))
+            frame = read_image(name)
         except InputError as exc:
             failed += 1
             log.error("%s", exc)
-            print(json.dumps({"image": name, "error": str(exc)}), flush=True)
+            print(json.dumps({"image": shown, "error": str(exc)}), flush=True)
             continue
         faces = face_records(*analyzer(frame))
-        result = {"image": name, "faces": faces}
+        result = {"image": shown, "faces": faces}
         if claim is not None:
             result["claim"] = check_claim(claim, faces, cfg.classifier.child_below,
                                           cfg.classifier.old_from)
@@ -92,15 +94,15 @@ def cmd_eval(args, cfg) -> int:
 
 
 def cmd_run(args, cfg) -> int:
-    import re
-
+    from edge.redact import safe_name
     from edge.service import JsonLines, LogSink, Service
 
     offline = bool(args.source) and not args.realtime
     if args.source:
         # The file stands in for the first configured camera, so the displays that
-        # follow it still work (the demo); without cameras it is named after the file.
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(args.source).stem)[:64].strip("-") or "cam1"
+        # follow it still work (the demo); without cameras it is named after the file
+        # (a URL after its path, never its user, password or host: the id is in topics).
+        stem = safe_name(args.source)
         first = cfg.cameras[0] if cfg.cameras else None
         cfg.cameras = [config_mod.CameraConfig(
             id=first.id if first else stem, name=first.name if first else stem,
@@ -259,6 +261,19 @@ def cmd_config(args, cfg) -> int:
     return 0
 
 
+def finite(text: str) -> float:
+    """A number for a command-line option; nan and inf would pass every range check."""
+    import math
+
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+finite.__name__ = "number"  # argparse says "invalid number value: 'nan'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -267,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="demographics of every face in photos, one JSON line each")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--claimed-age", type=float, help="age the person claims (profile check)")
+    p.add_argument("--claimed-age", type=finite, help="age the person claims (profile check)")
     p.add_argument("--claimed-gender", choices=("female", "male"),
                    help="gender the person claims (profile check)")
     p.set_defaults(func=cmd_analyze)
@@ -290,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="with --source: read at the file's frame rate, dropping frames "
                         "when behind, as with a live camera")
-    p.add_argument("--duration", type=float, metavar="S",
+    p.add_argument("--duration", type=finite, metavar="S",
                    help="stop cleanly after S seconds (demos, soak runs)")
     p.add_argument("--jsonl", action="store_true",
                    help="write events as JSON lines on stdout (no broker needed)")
@@ -307,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
     p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--cameras", type=int, default=1, metavar="N",
                    help="run N copies of the source side by side through one service")
@@ -327,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config file (or give --config before the command)")
     p.add_argument("--camera", required=True, metavar="ID", help="id of a configured camera")
     p.add_argument("--out", required=True, metavar="FILE.jpg", help="where to write the JPEG")
-    p.add_argument("--seconds", type=float, default=2.0, metavar="S",
+    p.add_argument("--seconds", type=finite, default=2.0, metavar="S",
                    help="run the pipeline this long first, so faces are tracked and "
                         "classified (default 2)")
     p.set_defaults(func=cmd_preview)

@@ -9,6 +9,8 @@ ConfigError naming the file and the dotted key, so `edge run` can exit 78.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
 import re
 import types
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from edge.errors import ConfigError
+from edge.redact import redact
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 # Without a config file, relative paths (models/) resolve against the checkout.
@@ -27,9 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None,
-        min: float | None = None, max: float | None = None) -> Any:
-    """A config field with its documentation and validation rules."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max}
+        min: float | None = None, max: float | None = None, nonempty: bool = False) -> Any:
+    """A config field with its documentation and validation rules (`nonempty`: a string
+    that must not be blank)."""
+    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "nonempty": nonempty}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -42,7 +46,7 @@ def section(cls: type, doc: str) -> Any:
 @dataclass
 class ModelsConfig:
     dir: str = opt("models", "Folder holding the model files and manifest.yaml; relative paths "
-                   "are resolved against the config file's folder.")
+                   "are resolved against the config file's folder.", nonempty=True)
 
 
 @dataclass
@@ -199,7 +203,7 @@ class MqttConfig:
     enabled: bool = opt(False, "Publish availability, audience, counts, decisions and stats to "
                         "an MQTT broker (topics: README \"MQTT topics\"). Offline runs "
                         "(`edge run --source FILE` without --realtime) never publish.")
-    host: str = opt("localhost", "Broker host name or address.")
+    host: str = opt("localhost", "Broker host name or address.", nonempty=True)
     port: int = opt(1883, "Broker port (usually 1883, or 8883 with TLS).", min=1, max=65535)
     protocol: str = opt("3.1.1", "MQTT protocol version.", choices=("3.1.1", "5"))
     client_id: str = opt("", "MQTT client id; default edge-<store_id>. Must be unique on the "
@@ -234,7 +238,7 @@ class DisplayConfig:
 @dataclass
 class SelectorConfig:
     catalog: str = opt("ads/catalog.yaml", "Ad catalog (README \"Ad catalog\"); relative to "
-                       "the config file's folder.")
+                       "the config file's folder.", nonempty=True)
     children: str = opt("family_safe", "When children dominate the audience: family_safe shows "
                         "the catalog's family_safe ad and never targets children by their "
                         "profile (default; README explains why); target lets ads targeted at "
@@ -257,7 +261,8 @@ class SelectorConfig:
 @dataclass
 class PlayerConfig:
     listen: str = opt("127.0.0.1", "Address the display player's web server listens on; "
-                      "0.0.0.0 lets displays elsewhere on the store network open it.")
+                      "0.0.0.0 lets displays elsewhere on the store network open it.",
+                      nonempty=True)
     port: int = opt(8080, "Port of the display player's web server; 0 turns it off.",
                     min=0, max=65535)
 
@@ -320,108 +325,245 @@ class Config:
 
 
 def load(path: str | Path | None) -> Config:
-    """Load and validate a config file; None gives the defaults."""
+    """Load and validate a config file; None gives the defaults. Every problem in the
+    file is reported in one ConfigError, not one per restart."""
     if path is None:
         return Config()
     path = Path(path)
     data = read_yaml(path, "config", ConfigError)
     if data is None:
         data = {}
-    config = build(Config, data, str(path), "")
+    problems = Problems()
+    config = build(Config, data, problems, "")
+    if config is None:  # not even a mapping at the top
+        raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     config.base_dir = path.resolve().parent
-    _cross_checks(config, str(path))
+    _cross_checks(config, problems)
+    if problems.messages:
+        raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     return config
 
 
+class _Rejected(yaml.constructor.ConstructorError):
+    """Valid YAML that _StrictLoader refuses."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a typo would otherwise pass silently: a key
+    given twice (PyYAML keeps the last one) and .nan/.inf (every range check passes a
+    NaN) are errors naming their line."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_line.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # unhashable: the base constructor reports it
+                if earlier != key_node.start_mark.line + 1:
+                    raise _Rejected(
+                        None, None, f"key {key!r} is given twice (also on line {earlier}); "
+                                    f"keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if not math.isfinite(value):
+            raise _Rejected(
+                None, None, f"{node.value!r} is not a finite number; give a real value",
+                node.start_mark)
+        return value
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
+
 def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
-    """Parsed YAML, or `error` naming the file and what it is (config, catalog, manifest)."""
+    """Parsed YAML, or `error` naming the file and what it is (config, catalog, manifest).
+    Shared by all three, so each gets the same checks: UTF-8, syntax, keys given
+    twice, non-finite numbers."""
     try:
-        return yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
     except OSError as exc:
         raise error(f"{path}: cannot read {what}: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise error(f"{path}: {what} is not UTF-8 text (line {line}, byte "
+                    f"0x{raw[exc.start]:02x}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except _Rejected as exc:
+        raise error(f"{path}: {yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
-        raise error(f"{path}: {what} is not valid YAML: {exc}") from exc
+        raise error(f"{path}: {what} is not valid YAML: {yaml_problem(exc)}") from None
 
 
-def build(cls: type, data: Any, file: str, prefix: str) -> Any:
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line ('line 3, column 5: ...'); PyYAML's own spans several
+    and names a "<unicode string>" instead of the file."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    words = [w for w in (getattr(exc, "context", None), getattr(exc, "problem", None)) if w]
+    text = ", ".join(words) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {text}" if mark else text
+
+
+class Problems:
+    """Every problem found in one config file, and the keys they concern, so that a
+    cross-check is not reported on a key whose own value was already rejected."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+        self.bad: list[str] = []
+
+    def add(self, message: str, key: str | None = None) -> None:
+        self.messages.append(message)
+        if key is not None:
+            # A bad list item makes the whole item suspect ('cameras[1].fps' -> 'cameras[1]').
+            self.bad.append(key[:key.index("]") + 1] if "]" in key else key)
+
+    def cross(self, message: str) -> None:
+        """A cross-check's message: dropped when it names a key already rejected."""
+        if not any(f"'{key}" in message for key in self.bad):
+            self.messages.append(message)
+
+
+def build(cls: type, data: Any, problems: Problems, prefix: str) -> Any:
+    """`cls` from a mapping; each bad value is added to `problems` and left at its
+    default, so the rest of the file is still checked."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{file}: '{prefix or '(top level)'}' must be a mapping, "
-                          f"got {type(data).__name__}")
+        problems.add(f"'{prefix or '(top level)'}' must be a mapping, got "
+                     f"{_type_name(type(data))}", prefix or "(top level)")
+        return None
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
+    for name in sorted((k for k in data if k not in fields), key=str):
         where = f" in '{prefix}'" if prefix else ""
-        raise ConfigError(f"{file}: unknown key '{_join(prefix, unknown[0])}'{where}; "
-                          f"known keys: {', '.join(sorted(fields))}")
+        problems.add(f"unknown key '{_join(prefix, str(name))}'{where}; "
+                     f"known keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
+        if name not in fields:
+            continue
         f, key = fields[name], _join(prefix, name)
         if f.metadata.get("section"):
-            values[name] = build(hints[name], value, file, key)
+            built = build(hints[name], value, problems, key)
+            if built is not None:
+                values[name] = built
         elif f.metadata.get("items"):
             if not isinstance(value, list):
-                raise ConfigError(f"{file}: '{key}' must be a list, got {type(value).__name__}")
-            values[name] = [build(f.metadata["items"], item, file, f"{key}[{i}]")
+                problems.add(f"'{key}' must be a list, got {_type_name(type(value))}", key)
+                continue
+            item_cls = f.metadata["items"]
+            # A rejected item keeps its place (as defaults), so later indices stay right.
+            values[name] = [build(item_cls, item, problems, f"{key}[{i}]") or item_cls()
                             for i, item in enumerate(value)]
         else:
-            values[name] = _check_value(value, hints[name], f.metadata, file, key)
+            try:
+                values[name] = _check_value(value, hints[name], f.metadata, key)
+            except ValueError as exc:
+                problems.add(str(exc), key)
     return cls(**values)
 
 
-def _check_value(value: Any, hint: Any, meta: dict, file: str, key: str) -> Any:
+def _check_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
+    """The value, typed; ValueError saying what is wrong with it."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in allowed:
             return None
-        raise ConfigError(f"{file}: '{key}' must not be empty")
+        raise ValueError(f"'{key}' must not be empty")
     base = next(t for t in allowed if t is not type(None))
     origin = typing.get_origin(base) or base
     ok = isinstance(value, origin) and not (origin in (int, float) and isinstance(value, bool))
     if origin is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise ConfigError(f"{file}: '{key}' must be {_type_name(origin)}, got {value!r}")
+        hint_text = ""
+        if origin is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            # `source: 0` is read as a number: the device index must be written '0'.
+            hint_text = f"; quote it: '{value}'"
+        raise ValueError(f"'{key}' must be {_type_name(origin)}, got {value!r}{hint_text}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"'{key}' is {value}; give a finite number")
+    if meta.get("nonempty") and isinstance(value, str) and not value.strip():
+        raise ValueError(f"'{key}' must not be empty")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{file}: '{key}' is {value!r}; choose one of {', '.join(choices)}")
+        raise ValueError(f"'{key}' is {value!r}; choose one of {', '.join(choices)}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo or hi is not None and value > hi:
-        raise ConfigError(f"{file}: '{key}' is {value}; allowed range {lo}..{hi}")
+        raise ValueError(f"'{key}' is {value}; allowed range {lo}..{hi}")
     return value
 
 
-def _cross_checks(config: Config, file: str) -> None:
+def _cross_checks(config: Config, problems: Problems) -> None:
+    add = problems.cross
     for provider in config.runtime.providers:
         if provider not in PROVIDERS:
-            raise ConfigError(f"{file}: 'runtime.providers' has {provider!r}; "
-                              f"choose from {', '.join(PROVIDERS)}")
+            add(f"'runtime.providers' has {provider!r}; choose from {', '.join(PROVIDERS)}")
     problem = bucket_problem(config.runtime.batch_buckets)
     if problem:
-        raise ConfigError(f"{file}: {problem}")
+        add(problem)
     if config.classifier.child_below >= config.classifier.old_from:
-        raise ConfigError(f"{file}: 'classifier.child_below' ({config.classifier.child_below:g}) "
-                          f"must be below 'classifier.old_from' ({config.classifier.old_from:g})")
+        add(f"'classifier.child_below' ({config.classifier.child_below:g}) must be below "
+            f"'classifier.old_from' ({config.classifier.old_from:g})")
     if config.detector.backend != "centerface" and not config.detector.model:
-        raise ConfigError(f"{file}: 'detector.model' must name the model file for backend "
-                          f"'{config.detector.backend}'")
+        add(f"'detector.model' must name the model file for backend "
+            f"'{config.detector.backend}'")
     seen = set()
     for i, camera in enumerate(config.cameras):
-        where = f"{file}: 'cameras[{i}]"
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", camera.id):
-            raise ConfigError(f"{where}.id' is {camera.id!r}; use letters, digits, - and _")
-        if camera.id in seen:
-            raise ConfigError(f"{where}.id' repeats camera id {camera.id!r}")
+        where = f"'cameras[{i}]"
+        if not _ID.fullmatch(camera.id):
+            add(f"{where}.id' is {camera.id!r}; use letters, digits, - and _")
+        elif camera.id in seen:
+            add(f"{where}.id' repeats camera id {camera.id!r}")
         seen.add(camera.id)
-        if not camera.source:
-            raise ConfigError(f"{where}.source' is missing: name a device, URL, file or folder")
+        if not camera.source.strip():
+            add(f"{where}.source' is missing: name a device, URL, file or folder")
     if config.tracker.low_threshold > config.tracker.high_threshold:
-        raise ConfigError(f"{file}: 'tracker.low_threshold' must not exceed "
-                          f"'tracker.high_threshold'")
-    _check_ids(config, file)
+        add("'tracker.low_threshold' must not exceed 'tracker.high_threshold'")
+    _check_ids(config, add)
     if config.classifier.backend == "insightface" and not config.classifier.model:
-        raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for backend "
-                          f"'insightface'")
+        add("'classifier.model' must name genderage.onnx for backend 'insightface'")
+    for key, host in (("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)):
+        problem = host_problem(host)
+        if problem:
+            add(f"'{key}' is {redact(host)!r}: {problem}")
+    tls = config.mqtt.tls
+    if config.mqtt.enabled and tls.enabled:
+        for name in ("ca_file", "cert_file", "key_file"):
+            file = getattr(tls, name)
+            if file is not None and not config.resolve(file).is_file():
+                add(f"'mqtt.tls.{name}' is {file!r}: no such file "
+                    f"({config.resolve(file)})")
+        if tls.key_file and not tls.cert_file:
+            add("'mqtt.tls.key_file' is set without 'mqtt.tls.cert_file'")
+
+
+def host_problem(host: str) -> str:
+    """What is wrong with a host name or address ('' if nothing): catches the usual
+    slips (a URL, a port, spaces) before they become a connection error at run time."""
+    if not host.strip():
+        return "give a host name or address"
+    if "://" in host:
+        return "give the host alone, without a scheme like mqtt://"
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    if re.fullmatch(r"[^:\s]+:\d+", host):
+        return "give the host alone; the port has its own key"
+    if len(host) > 253 or not all(re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?",
+                                               label) for label in host.rstrip(".").split(".")):
+        return "not a host name or IP address"
+    return ""
 
 
 def bucket_problem(buckets) -> str:
@@ -433,28 +575,26 @@ def bucket_problem(buckets) -> str:
     return ""
 
 
-def _check_ids(config: Config, file: str) -> None:
+def _check_ids(config: Config, add) -> None:
     """Ids that end up in MQTT topics and URLs: safe characters, no repeats."""
     if not _ID.fullmatch(config.mqtt.store_id):
-        raise ConfigError(f"{file}: 'mqtt.store_id' is {config.mqtt.store_id!r}; use letters, "
-                          f"digits, - and _")
+        add(f"'mqtt.store_id' is {config.mqtt.store_id!r}; use letters, digits, - and _")
     for key, prefix in (("mqtt.topic_prefix", config.mqtt.topic_prefix),
                         ("mqtt.home_assistant.prefix", config.mqtt.home_assistant.prefix)):
         if not TOPIC_PREFIX.fullmatch(prefix):
-            raise ConfigError(f"{file}: '{key}' is {prefix!r}; use letters, digits, - and _, "
-                              f"levels separated by /")
+            add(f"'{key}' is {prefix!r}; use letters, digits, - and _, levels separated by /")
     cameras = {c.id for c in config.cameras}
     seen = set()
     for i, display in enumerate(config.displays):
-        where = f"{file}: 'displays[{i}]"
+        where = f"'displays[{i}]"
         if not _ID.fullmatch(display.id):
-            raise ConfigError(f"{where}.id' is {display.id!r}; use letters, digits, - and _")
-        if display.id in seen:
-            raise ConfigError(f"{where}.id' repeats display id {display.id!r}")
+            add(f"{where}.id' is {display.id!r}; use letters, digits, - and _")
+        elif display.id in seen:
+            add(f"{where}.id' repeats display id {display.id!r}")
         seen.add(display.id)
         if display.camera not in cameras:
-            raise ConfigError(f"{where}.camera' is {display.camera!r}; name one of the "
-                              f"configured cameras ({', '.join(sorted(cameras)) or 'none'})")
+            add(f"{where}.camera' is {display.camera!r}; name one of the configured "
+                f"cameras ({', '.join(sorted(cameras)) or 'none'})")
 
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

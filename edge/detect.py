@@ -50,10 +50,16 @@ def input_size(frame_w: int, frame_h: int, width: int) -> tuple[int, int]:
 
     Frames narrower than `width` are not upscaled: that only makes faces
     larger than the detectors' training range (close-up photos were missed).
+    The height is capped at MAX_CANVAS_ASPECT x `width`: a very tall frame is shrunk
+    into that (letterbox), so the canvas, and the network's memory, stay bounded
+    whatever shape a frame has (a 1x20000 image asked for a 32x640000 canvas).
     """
     w = math.ceil(min(width, frame_w) / 32) * 32
     h = math.ceil(frame_h * w / frame_w / 32) * 32
-    return w, max(h, 32)
+    return w, min(max(h, 32), math.ceil(MAX_CANVAS_ASPECT * width / 32) * 32)
+
+
+MAX_CANVAS_ASPECT = 2.0  # canvas height / detector width at most (portrait 9:16 is 1.78)
 
 
 def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, float]:

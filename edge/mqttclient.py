@@ -16,6 +16,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import Config, MqttConfig
+from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,18 @@ def make_client(config: Config, client_id: str) -> mqtt.Client:
         client.username_pw_set(username, password)
     if cfg.tls.enabled:
         tls = cfg.tls
-        client.tls_set(ca_certs=str(config.resolve(tls.ca_file)) if tls.ca_file else None,
-                       certfile=str(config.resolve(tls.cert_file)) if tls.cert_file else None,
-                       keyfile=str(config.resolve(tls.key_file)) if tls.key_file else None,
-                       cert_reqs=ssl.CERT_REQUIRED)
+        try:
+            client.tls_set(ca_certs=str(config.resolve(tls.ca_file)) if tls.ca_file else None,
+                           certfile=str(config.resolve(tls.cert_file)) if tls.cert_file
+                           else None,
+                           keyfile=str(config.resolve(tls.key_file)) if tls.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            # A file that is not a certificate or key, or a key that does not match:
+            # a restart cannot fix it, so it is a config error (exit 78).
+            files = ", ".join(f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f)
+            raise ConfigError(f"'mqtt.tls' files cannot be used ({files}): "
+                              f"{getattr(exc, 'reason', None) or exc}") from None
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
     return client
 

@@ -20,6 +20,7 @@ from edge.audience import Person
 from edge.capture import Frame
 from edge.config import Config
 from edge.errors import ConfigError, EdgeError
+from edge.redact import redact
 from edge.service import Service
 from edge.timefmt import iso
 from edge.track import Track
@@ -53,7 +54,7 @@ def capture(config: Config, camera_id: str, seconds: float) -> Snapshot:
     service.run(duration_s=seconds)
     if not last:
         error = service.cameras[camera_id].reader.status.last_error or "no frame"
-        raise EdgeError(f"camera {camera_id} ({camera.source}) delivered no frame in "
+        raise EdgeError(f"camera {camera_id} ({redact(camera.source)}) delivered no frame in "
                         f"{seconds:g} s: {error} (`edge check` says more; a camera the "
                         f"running service holds may not open twice)")
     return last[0]

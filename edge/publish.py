@@ -7,7 +7,10 @@ Topics and payloads are defined once, in topics.py. Three kinds of message:
   - interval counts: what a store is billed on, so none may be lost. They go
     through an Outbox: kept in order until the broker acknowledges them (QoS 1),
     handed to paho a window at a time, and saved in state_dir when the service
-    stops (or the broker is away) so a restart delivers them too;
+    stops (or the broker is away) so a restart delivers them too. Saving happens on
+    the publisher's own thread, never in paho's callbacks or the pipeline's loop; a
+    state_dir that cannot be written (disk full) is logged once, the reports stay in
+    memory (up to outbox_max) and the save is retried;
   - stats: best effort (QoS 0), dropped while disconnected.
 paho's network thread reconnects with backoff; the pipeline never waits for it.
 """
@@ -32,6 +35,7 @@ from edge.topics import SCHEMA_VERSION, Topics
 log = logging.getLogger(__name__)
 
 WINDOW = 20  # interval reports handed to paho at once (paho's own in-flight default)
+SAVE_RETRY_S = 5.0  # a failed outbox save is tried again this often
 
 
 @dataclass
@@ -51,10 +55,16 @@ class Outbox:
         self.dropped = 0
 
     def load(self) -> int:
-        if not self.path.exists():
+        try:
+            if not self.path.exists():
+                return 0
+            text = self.path.read_text(errors="replace")
+        except OSError as exc:
+            log.error("mqtt outbox %s cannot be read (%s): reports saved by the last run are "
+                      "not sent", self.path, exc.strerror or exc)
             return 0
         loaded = 0
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             try:
                 item = json.loads(line)
                 self.reports.append(Report(item["topic"], item["payload"]))
@@ -73,19 +83,33 @@ class Outbox:
                           "%s", self.limit, waiting.payload[:120])
         self.reports.append(report)
 
-    def save(self) -> None:
-        """Write the unacknowledged reports (atomically), or remove the file if none."""
-        if not self.reports:
-            self.path.unlink(missing_ok=True)
+    def lines(self) -> list[str]:
+        """The reports as the file holds them (taken under the publisher's lock, written
+        without it)."""
+        return [json.dumps({"topic": r.topic, "payload": r.payload}) + "\n"
+                for r in self.reports]
+
+    def save(self, lines: list[str] | None = None) -> None:
+        """Write the unacknowledged reports (atomically), or remove the file if none.
+        OSError (disk full, read-only or missing folder) is the caller's to handle."""
+        lines = self.lines() if lines is None else lines
+        if not lines:
+            try:
+                self.path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # no file, or no folder: nothing to remove
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            for r in self.reports:
-                f.write(json.dumps({"topic": r.topic, "payload": r.payload}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as f:
+                f.writelines(lines)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a half-written file must not fill the disk more
+            raise
 
 
 class MqttPublisher:
@@ -113,6 +137,10 @@ class MqttPublisher:
         self._connected = False
         self._closing = False
         self._problems = mqttclient.ProblemLog(f"mqtt {self.where}")
+        self._save_wanted = threading.Event()
+        self._save_failing = ""  # why the last save failed; "" while saves work
+        self._saver = threading.Thread(target=self._save_loop, name="mqtt-outbox", daemon=True)
+        self._stopping = threading.Event()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -121,6 +149,7 @@ class MqttPublisher:
         if loaded:
             log.info("mqtt: %d interval report(s) from the last run still to deliver (%s)",
                      loaded, self.outbox.path)
+        self._saver.start()
         self.client.connect_async(**mqttclient.connect_kwargs(self.config))
         self.client.loop_start()
 
@@ -138,12 +167,22 @@ class MqttPublisher:
         self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
+        self._stopping.set()
+        self._save_wanted.set()
+        if self._saver.is_alive():
+            self._saver.join(timeout=5)
         with self._lock:
-            self.outbox.save()
-            left = len(self.outbox.reports)
-        if left:
+            lines = self.outbox.lines()
+        try:
+            self.outbox.save(lines)
+        except OSError as exc:
+            log.error("mqtt: %d interval report(s) not yet delivered could not be saved to "
+                      "%s (%s): they are lost", len(lines), self.outbox.path,
+                      exc.strerror or exc)
+            return
+        if lines:
             log.warning("mqtt: %d interval report(s) not yet delivered, kept in %s for the "
-                        "next start", left, self.outbox.path)
+                        "next start", len(lines), self.outbox.path)
 
     @property
     def connected(self) -> bool:
@@ -152,7 +191,7 @@ class MqttPublisher:
     def status(self) -> dict:
         with self._lock:
             return {"connected": self._connected, "outbox": len(self.outbox.reports),
-                    "dropped": self.outbox.dropped}
+                    "dropped": self.outbox.dropped, "outbox_saved": not self._save_failing}
 
     # -- events in -----------------------------------------------------------------
 
@@ -200,7 +239,7 @@ class MqttPublisher:
         with self._lock:
             self.outbox.add(Report(topic, _json(payload)))
             if not self._connected:
-                self.outbox.save()  # survives a crash while the broker is away
+                self._save_wanted.set()  # survives a crash while the broker is away
         self._hand_over()
 
     # -- the outbox window ---------------------------------------------------------
@@ -236,7 +275,40 @@ class MqttPublisher:
         except ValueError:
             pass
         if not self.outbox.reports:
-            self.outbox.save()  # nothing waits any more: drop the file
+            self._save_wanted.set()  # nothing waits any more: drop the file
+
+    # -- saving the outbox (own thread) -------------------------------------------------
+
+    def _save_loop(self) -> None:
+        """Save when asked, and again every SAVE_RETRY_S while saving fails. Disk I/O
+        lives here: paho's network thread must keep serving the broker, and the
+        pipeline must keep counting, however slow or broken the disk is."""
+        while not self._stopping.is_set():
+            self._save_wanted.wait(SAVE_RETRY_S if self._save_failing else None)
+            if self._stopping.is_set():
+                return  # close() saves the last state itself
+            if not self._save_wanted.is_set() and not self._save_failing:
+                continue
+            self._save_wanted.clear()
+            self._save_now()
+
+    def _save_now(self) -> None:
+        with self._lock:
+            lines = self.outbox.lines()
+        try:
+            self.outbox.save(lines)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if reason != self._save_failing:  # once, and when the cause changes
+                log.error("mqtt outbox %s cannot be saved (%s): %d interval report(s) kept "
+                          "in memory (up to mqtt.outbox_max) and saving retried every %g s",
+                          self.outbox.path, reason, len(lines), SAVE_RETRY_S)
+            self._save_failing = reason
+            return
+        if self._save_failing:
+            log.info("mqtt outbox %s saved again (%d report(s)); was: %s", self.outbox.path,
+                     len(lines), self._save_failing)
+        self._save_failing = ""
 
     # -- paho callbacks (network thread) ---------------------------------------------
 
@@ -264,7 +336,7 @@ class MqttPublisher:
         with self._lock:
             was, self._connected = self._connected, False
             if self.outbox.reports:
-                self.outbox.save()
+                self._save_wanted.set()
         if was and not self._closing:
             self._problems.problem(f"connection lost ({reason})")
 

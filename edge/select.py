@@ -103,7 +103,7 @@ def load_catalog(path: str | Path) -> Catalog:
     if not isinstance(data, dict) or not isinstance(data.get("ads"), list) or not data["ads"]:
         raise ConfigError(f"{path}: the catalog needs a non-empty list under 'ads'")
     unknown = set(data) - {"schema_version", "default", "family_safe", "ads"}
-    problems = [f"unknown key '{k}'" for k in sorted(unknown)]
+    problems = [f"unknown key '{k}'" for k in sorted(unknown, key=str)]
     ads: dict[str, Ad] = {}
     for i, entry in enumerate(data["ads"]):
         ad, errors = _parse_ad(entry, i, path.parent)
@@ -116,10 +116,11 @@ def load_catalog(path: str | Path) -> Catalog:
             ads[ad.id] = ad
     for key in ("default", "family_safe"):
         value = data.get(key)
-        if value is None:
+        if value is None or not isinstance(value, str):
             problems.append(f"'{key}' must name the ad to show "
                             + ("when nobody is in view" if key == "default"
-                               else "when children dominate the audience"))
+                               else "when children dominate the audience")
+                            + ("" if value is None else f", got {value!r}"))
         elif value not in ads:
             problems.append(f"'{key}' names ad '{value}', which is not in the catalog")
         elif ads[value].age_classes or ads[value].genders:
@@ -132,7 +133,7 @@ def load_catalog(path: str | Path) -> Catalog:
 def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
     if not isinstance(entry, dict):
         return None, [f"must be a mapping, got {type(entry).__name__}"]
-    errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS)]
+    errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS, key=str)]
     ad_id = entry.get("id")
     if not isinstance(ad_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", ad_id):
         errors.append(f"field 'id' is {ad_id!r}; use letters, digits, '.', '-' and '_'")
@@ -168,13 +169,11 @@ def _parse_targeting(targeting, errors: list[str]) -> tuple[tuple, tuple]:
     if not isinstance(targeting, dict):
         errors.append("field 'targeting' must be a mapping with age_classes and genders")
         return (), ()
-    for key in sorted(set(targeting) - {"age_classes", "genders"}):
+    for key in sorted(set(targeting) - {"age_classes", "genders"}, key=str):
         errors.append(f"field 'targeting.{key}' is unknown; use age_classes and genders")
     result = []
     for key, allowed in (("age_classes", AGE_CLASSES), ("genders", GENDERS)):
-        values = targeting.get(key) or []
-        if isinstance(values, str):
-            values = [values]
+        values = _names(targeting.get(key), f"targeting.{key}", allowed, errors)
         bad = [v for v in values if v not in allowed]
         if bad:
             errors.append(f"field 'targeting.{key}' has {', '.join(map(repr, bad))}; "
@@ -183,13 +182,26 @@ def _parse_targeting(targeting, errors: list[str]) -> tuple[tuple, tuple]:
     return result[0], result[1]
 
 
+def _names(value, field: str, allowed: tuple[str, ...], errors: list[str]) -> list[str]:
+    """A name or list of names as given (empty for none); anything else is an error."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    errors.append(f"field '{field}' is {value!r}; give a list of names from "
+                  f"{', '.join(allowed)}")
+    return []
+
+
 def _parse_schedule(schedule, errors: list[str]) -> Schedule:
     if not isinstance(schedule, dict):
         errors.append("field 'schedule' must be a mapping with days and hours")
         return Schedule()
-    for key in sorted(set(schedule) - {"days", "hours"}):
+    for key in sorted(set(schedule) - {"days", "hours"}, key=str):
         errors.append(f"field 'schedule.{key}' is unknown; use days and hours")
-    days = schedule.get("days") or list(DAYS)
+    days = _names(schedule.get("days"), "schedule.days", DAYS, errors) or list(DAYS)
     bad = [d for d in days if d not in DAYS]
     if bad:
         errors.append(f"field 'schedule.days' has {', '.join(map(repr, bad))}; "

@@ -72,3 +72,67 @@ def test_all_problems_are_reported_at_once(catalog_dir):
 def test_missing_catalog_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read ad catalog"):
         load_catalog(tmp_path / "catalog.yaml")
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("targeting: {age_classes: [old]}", "targeting: {age_classes: 5}",
+     "ad 'senior-tuesdays': field 'targeting.age_classes' is 5; give a list of names"),
+    ("genders: [male]", "genders: [{male: 1}]",
+     "ad 'grooming-week': field 'targeting.genders' is [{'male': 1}]"),
+    ("days: [mon, tue]", "days: 3", "ad 'senior-tuesdays': field 'schedule.days' is 3"),
+    ("default: welcome", "default: [welcome]", "'default' must name the ad to show"),
+    ("duration_s: 15", "duration_s: .nan", "column 17: '.nan' is not a finite number"),
+    ("    priority: 1", "    priority: 1\n    priority: 2", "key 'priority' is given twice"),
+    ("    priority: 1", "    1: 2", "ad 'senior-tuesdays': unknown field '1'"),
+])
+def test_catalog_type_mistakes_name_the_ad_and_field(catalog_dir, old, new, needle):
+    """Wrong types are reported like other mistakes (exit 78), not as a TypeError."""
+    path = edit(catalog_dir, old, new)
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
+
+
+def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalog_dir):
+    """The class of problem: every field (and the top-level keys) given values of every
+    type; only ConfigError may come out."""
+    import yaml
+
+    path = catalog_dir / "catalog.yaml"
+    shipped = yaml.safe_load(path.read_text())
+    values = [None, "", "x", 0, -3, 2.5, True, [], {}, [1], ["adult", 2], {"a": [1]},
+              [{"a": 1}], "🙂"]
+    fields = ["id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
+              "priority", "targeting.age_classes", "targeting.genders", "schedule.days",
+              "schedule.hours", 7]
+    tried = 0
+    for value in values:
+        for top in ("default", "family_safe", "ads", "schema_version"):
+            path.write_text(yaml.safe_dump({**shipped, top: value}))
+            with only_config_errors():
+                load_catalog(path)
+            tried += 1
+        for field in fields:
+            data = yaml.safe_load(yaml.safe_dump(shipped))
+            ad = data["ads"][4]
+            head, _, rest = str(field).partition(".")
+            if rest:
+                ad[head] = {rest: value}
+            else:
+                ad[field] = value
+            path.write_text(yaml.safe_dump(data))
+            with only_config_errors():
+                load_catalog(path)
+            tried += 1
+    assert tried > 200
+
+
+class only_config_errors:
+    """Many of these values are valid ('x' as a title, [] as targeting); whatever is not
+    must come out as a ConfigError."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        return kind is None or issubclass(kind, ConfigError)

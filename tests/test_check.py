@@ -14,7 +14,8 @@ from broker import free_port
 from conftest import ROOT, need, run_edge
 
 ALL_CHECKS = {"config", "ad catalog", "model centerface", "model age", "model gender",
-              "camera entrance", "broker", "home assistant", "execution provider", "metrics"}
+              "camera entrance", "broker", "home assistant", "execution provider", "player",
+              "metrics"}
 
 
 def write_config(tmp_path, *, source, broker_port=None, models=ROOT / "models",
@@ -151,3 +152,27 @@ def test_invalid_config_stops_with_78(tmp_path, group_photo):
     assert list(lines) == ["config"]  # nothing else can be checked
     assert lines["config"].startswith(f"FAIL  config: {config}: unknown key 'cameras[0].nmae'")
     assert "correct the config where named" in lines["config"]
+
+
+def test_player_listen_address_and_port(tmp_path, broker, group_photo):
+    """player.listen/port as the player would bind them: an address this box does not
+    have fails with the fix; a port another program holds is a warning (it may be the
+    running service itself)."""
+    import socket
+
+    config = write_config(tmp_path, source=group_photo, broker_port=broker.port)
+    base = config.read_text()
+    config.write_text(base + "player: {listen: 192.0.2.1, port: 8080}\n")  # TEST-NET-1
+    status, lines, out = check(config)
+    assert status == 1
+    assert lines["player"].startswith("FAIL  player: 192.0.2.1 is not an address of this box")
+    assert "set player.listen to 127.0.0.1, 0.0.0.0" in lines["player"]
+    assert_ok(lines, *(ALL_CHECKS - {"player"}))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config.write_text(base + f"player: {{listen: 127.0.0.1, port: {port}}}\n")
+        status, lines, out = check(config)
+    assert status == 0
+    assert lines["player"].startswith(f"WARN  player: 127.0.0.1:{port} is in use")

@@ -112,3 +112,17 @@ def test_claim_on_group_photo_flags_several_faces(group_photo):
 def test_claim_rejects_unknown_gender(one_woman):
     result = run_edge("analyze", str(one_woman), "--claimed-gender", "robot")
     assert result.returncode == 2 and "invalid choice: 'robot'" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--duration", "nan"], ["run", "--duration", "inf"],
+    ["analyze", "x.jpg", "--claimed-age", "NaN"], ["bench", "--source", "x", "--seconds=-inf"],
+    ["preview", "--camera", "c", "--out", "x.jpg", "--seconds", "nan"],
+])
+def test_non_finite_numbers_on_the_command_line_are_refused(args, capsys):
+    """nan passes every comparison it meets (a NaN duration never ends a run)."""
+    from edge.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(args)
+    assert info.value.code == 2 and "invalid number value" in capsys.readouterr().err

@@ -103,3 +103,101 @@ def test_cameras_are_validated(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=re.escape(needle)):
             config_mod.load(write(tmp_path, text))
+
+
+# -- type mistakes: exit 78 with the file and key, never a traceback (issue 12 item 8) --
+
+TYPE_MISTAKES = [
+    (b"mqtt: {enabled: true, host: ''}\n", "'mqtt.host' must not be empty"),
+    (b"mqtt: {enabled: true, host: 'mqtt://broker'}\n", "'mqtt.host' is 'mqtt://broker'"),
+    (b"mqtt:\n  enabled: true\n  tls: {enabled: true, ca_file: missing-ca.pem}\n",
+     "'mqtt.tls.ca_file' is 'missing-ca.pem': no such file"),
+    (b"log_level: \"caf\xe9\"\n", "config is not UTF-8 text (line 1"),
+    (b"detector:\n\tinput_width: 640\n", "config is not valid YAML: line 2, column 1:"),
+    (b"detector: {score_threshold: .nan}\n", "line 1, column 29: '.nan' is not a finite number"),
+    (b"audience:\n  interval_s: .inf\n", "line 2, column 15: '.inf' is not a finite number"),
+    (b"stats: {interval_s: -.Inf}\n", "'-.Inf' is not a finite number"),
+    (b"detector: {input_width: 640}\ndetector: {input_width: 320}\n",
+     "line 2, column 1: key 'detector' is given twice (also on line 1)"),
+    (b"mqtt:\n  port: 1883\n  host: a\n  port: 1884\n", "key 'port' is given twice"),
+    (b"cameras:\n  - {id: door, source: 0}\n", "'cameras[0].source' must be a string, got 0; "
+                                              "quote it: '0'"),
+    (b"player: {listen: 'not an address'}\n", "'player.listen' is 'not an address': not a host"),
+    (b"player: {listen: '127.0.0.1:8080'}\n", "the port has its own key"),
+    (b"player: {port: 70000}\n", "'player.port' is 70000; allowed range 0..65535"),
+    (b"player: {listen: ''}\n", "'player.listen' must not be empty"),
+    (b"models: {dir: ' '}\n", "'models.dir' must not be empty"),
+    (b"[1, 2]\n", "'(top level)' must be a mapping"),
+    (b"1: 2\n", "unknown key '1'"),
+    (b"cameras:\n  - 7\n", "'cameras[0]' must be a mapping, got an integer"),
+]
+
+
+@pytest.mark.parametrize("text, needle", TYPE_MISTAKES)
+def test_type_mistakes_exit_78_with_file_and_key(tmp_path, text, needle):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    result = run_edge("--config", str(path), "config")
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines  # one line, the file first
+    assert lines[0].startswith(f"ERROR edge: {path}: ")
+    assert needle in lines[0]
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, """
+cameras:
+  - {id: door, source: 0, fps: 1000}
+  - 7
+  - {id: door, source: x}
+displays:
+  - {id: d, camera: door}
+mqtt: {host: "", port: 0}
+classifier: {child_below: young, old_from: 10}
+detectr: {}
+""")
+    with pytest.raises(ConfigError) as info:
+        config_mod.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and message.count(str(path)) == 1
+    for needle in ["'cameras[0].source' must be a string, got 0; quote it",
+                   "'cameras[0].fps' is 1000.0; allowed range", "'cameras[1]' must be a mapping",
+                   "'cameras[2].id' repeats camera id 'door'", "'mqtt.host' must not be empty",
+                   "'mqtt.port' is 0", "'classifier.child_below' must be a number",
+                   "unknown key 'detectr'"]:
+        assert needle in message, needle
+    # A cross-check on a value already rejected would only confuse: child_below is
+    # left at its default, which is not what the file says.
+    assert "must be below 'classifier.old_from'" not in message
+
+
+HOSTILE_VALUES = [None, "", "x", 0, -1, 70000, 1.5, -0.0, 1e300, True, [], {}, [1], ["a", 1],
+                  {"a": 1}, {"nested": {"deeper": [None]}}, "0", "🙂" * 3]
+
+
+def _nested(key: str, value):
+    """{'mqtt': {'tls': {'ca_file': value}}} for 'mqtt.tls.ca_file'; list items as one."""
+    head, _, rest = key.partition(".")
+    if head.endswith("[]"):
+        return {head[:-2]: [_nested(rest, value) if rest else value]}
+    return {head: _nested(rest, value) if rest else value}
+
+
+def test_any_value_of_any_type_gives_a_config_error_or_a_config(tmp_path):
+    """The class of problem, not the examples: every key with values of every type. Only
+    ConfigError may come out (exit 78), never a TypeError or AttributeError."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    tried = 0
+    for key, _, _ in config_mod.reference():
+        for value in HOSTILE_VALUES:
+            path.write_text(yaml.safe_dump(_nested(key, value)))
+            try:
+                config_mod.load(path)
+            except ConfigError as exc:
+                assert str(exc).startswith(f"{path}: ")
+            tried += 1
+    assert tried > 400

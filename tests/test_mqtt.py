@@ -402,3 +402,92 @@ def test_outbox_bound_drops_the_oldest_waiting_report(tmp_path):
     outbox.reports.clear()
     outbox.save()
     assert not (tmp_path / "outbox.jsonl").exists()
+
+
+def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_path):
+    """Disk trouble while the broker is away (issue 12 item 6): the service keeps counting,
+    says so once, keeps the reports in memory, and saves them once it can. The state
+    folder's parent is a file, which stops root too (chmod would not)."""
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    broker = make_broker()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state folder's parent should be\n")
+    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=1,
+                                displays=False)
+    config.write_text(config.read_text().replace(f"state_dir: {tmp_path / 'state'}",
+                                                 f"state_dir: {blocker / 'state'}"))
+    outbox = blocker / "state" / f"mqtt-outbox-{root[5:]}.jsonl"
+    sub = Subscriber(broker.port, f"{root}/cameras/door/counts", client_id="disk-test",
+                     persistent=True)
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: True, timeout=30)
+        broker.stop()
+        time.sleep(7)  # several intervals, and more than one save retry, with no disk
+        assert proc.poll() is None, proc.communicate()[1]  # still running
+        blocker.unlink()
+        blocker.mkdir()  # the disk is back: the next retry saves
+        deadline = time.monotonic() + 10
+        while not outbox.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert outbox.exists() and len(outbox.read_text().splitlines()) >= 5
+        before = len(received_intervals(sub))
+        broker.start()
+        # The service reconnects with backoff (up to 16 s after this outage): wait until
+        # the reports held through it arrive, then stop.
+        deadline = time.monotonic() + 40
+        while len(received_intervals(sub)) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        events, err = stop(proc)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert err.count("cannot be saved (Not a directory)") == 1, err  # once, not per try
+        assert "saved again" in err
+        produced = produced_intervals(events)
+        assert len(produced) >= 10
+        deadline = time.monotonic() + 15
+        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert received_intervals(sub) == produced  # every one, in order
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
+    """Disk I/O in a paho callback would stall (or, failing, kill) the network thread:
+    the callbacks only ask the publisher's own thread to save."""
+    import threading
+
+    from broker import free_port
+
+    from edge import config as config_mod
+    from edge.publish import MqttPublisher, Outbox
+
+    threads = []
+    real_save = Outbox.save
+
+    def save(self, *args):
+        threads.append(threading.current_thread().name)
+        return real_save(self, *args)
+
+    monkeypatch.setattr(Outbox, "save", save)
+    config = config_mod.Config()
+    config.state_dir = str(tmp_path / "state")
+    config.mqtt.host, config.mqtt.port = "127.0.0.1", free_port()  # nobody there
+    publisher = MqttPublisher(config)
+    publisher.start()
+    try:
+        publisher.emit({"type": "interval", "camera": "door", "start": "t0", "end": "t1"})
+        callback = threading.Thread(target=publisher._on_disconnect, name="paho-callback",
+                                    args=(publisher.client, None, None, "test", None))
+        callback.start()
+        callback.join()
+        deadline = time.monotonic() + 5
+        while len(threads) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        publisher.close(timeout=0.1)
+    assert "paho-callback" not in threads and "mqtt-outbox" in threads, threads
+    assert len((tmp_path / "state" / "mqtt-outbox-store1.jsonl").read_text().splitlines()) == 1
