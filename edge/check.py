@@ -317,16 +317,11 @@ def check_metrics(config: Config) -> list[Result]:
     if not cfg.port:
         return [ok(name, "off (metrics.port is 0)")]
     where = f"{cfg.listen}:{cfg.port}"
-    try:
-        family = socket.getaddrinfo(cfg.listen, cfg.port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            # as the endpoint's server binds: a port only in TIME_WAIT counts as free
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((cfg.listen, cfg.port))
-    except socket.gaierror:
+    exc = _bind_error(cfg.listen, cfg.port)
+    if isinstance(exc, socket.gaierror):
         return [fail(name, f"unknown listen address '{cfg.listen}'",
                      "set metrics.listen to an address of this box, or 0.0.0.0 for all")]
-    except OSError as exc:
+    if exc is not None:
         if exc.errno == errno.EADDRINUSE:
             if _serves_edge_metrics(cfg.listen, cfg.port):
                 return [ok(name, f"http://{where}/metrics is served by a running edge service")]
@@ -346,23 +341,31 @@ def _serves_edge_metrics(host: str, port: int) -> bool:
             return b"edge_build_info" in answer.read(1 << 20)
     except (OSError, ValueError):
         return False
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port (None: it could). Bound and released
+    at once, as our servers bind (address reuse on), so a port in TIME_WAIT is free."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror included: an unknown host name
+        return exc
+    return None
+
+
 def check_player(config: Config) -> list[Result]:
-    """Can the display player listen where configured? Bound and released at once, as
-    its server would bind (address reuse on), so a port in TIME_WAIT is no problem."""
+    """Can the display player listen where configured?"""
     cfg = config.player
     if not (cfg.port and config.displays and config.mqtt.enabled):
         return [ok("player", "not used (needs player.port, displays and mqtt.enabled)")]
     where = f"{cfg.listen}:{cfg.port}"
-    try:
-        family, _, _, _, address = socket.getaddrinfo(
-            cfg.listen, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-    except socket.gaierror:
+    exc = _bind_error(cfg.listen, cfg.port)
+    if isinstance(exc, socket.gaierror):
         return [fail("player", f"player.listen '{cfg.listen}' is not a known host name",
                      "set player.listen to 127.0.0.1, 0.0.0.0 or an address of this box")]
-    except OSError as exc:
+    if exc is not None:
         if exc.errno == errno.EADDRINUSE:
             return [warn("player", f"{where} is in use: by the running service (fine), or "
                                    f"by another program (then the player cannot start)")]
