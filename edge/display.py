@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 import re
 import socket
 import sys
@@ -33,8 +34,11 @@ import paho.mqtt.client as mqtt
 
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.mqttclient import ProblemLog, connect_kwargs, explain, make_client, service_client_id
-from edge.select import Catalog
+from edge.mqttclient import (
+    GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
+    service_client_id)
+from edge.records import AGE_CLASSES, GENDERS
+from edge.select import AD_ID, TITLE_MAX_CHARS, Catalog, is_url, url_problem
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
@@ -55,6 +59,8 @@ CONTENT_TYPES = {     # fixed here: the system's mime.types differs between imag
 _PAGE = re.compile(r"/display/([^/]+)/?")
 _EVENTS = re.compile(r"/display/([^/]+)/events")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+MAX_CONTENT_BYTES = 64 * 1024  # a decision is a few hundred bytes; larger is not one
+_RULE = re.compile(r"[a-z_-]{1,32}")
 
 
 class DisplayServer:
@@ -71,6 +77,7 @@ class DisplayServer:
         self.catalog = catalog
         self.displays = {d.id: d.name or d.id for d in config.displays}
         self.ads_dir = catalog.path.resolve().parent
+        self._served = catalog.local_creatives()  # the only files /ads/ serves
         self._listen = (config.player.listen, config.player.port if port is None else port)
         self.player_page = resources.files("edge").joinpath("player/index.html").read_bytes()
         self._board = _Board(self.displays)
@@ -78,9 +85,12 @@ class DisplayServer:
         self._problems = ProblemLog(f"display player: MQTT broker "
                                     f"{config.mqtt.host}:{config.mqtt.port}")
         self._http: _HttpServer | None = None
-        self._client: mqtt.Client | None = None
+        self._client: GuardedClient | None = None
         self._stopping = False
+        self._rejects = RepeatLimiter()
         self.mqtt_connected = False
+        self.last_message: float | None = None  # epoch seconds of the last content message
+        self.rejected = 0                        # content messages dropped as invalid
         self.port = 0
 
     @property
@@ -136,7 +146,18 @@ class DisplayServer:
 
     def health(self) -> dict:
         ads = {d: (c or {}).get("ad") for d, c in self._board.snapshot().items()}
-        return {"mqtt_connected": self.mqtt_connected, "displays": ads}
+        client = self._client
+        return {"mqtt_connected": self.mqtt_connected,
+                "mqtt_loop_alive": client is not None and client.loop_alive,
+                "mqtt_last_message": None if self.last_message is None
+                else iso(self.last_message),
+                "mqtt_rejected": self.rejected, "displays": ads}
+
+    @property
+    def healthy(self) -> bool:
+        """False when the player should follow the broker and its network loop is gone."""
+        return not self.config.mqtt.enabled or (self._client is not None
+                                                and self._client.loop_alive)
 
     def events(self, display: str) -> Iterator[bytes]:
         """The display's event stream: its content now, then every change, with heartbeats;
@@ -203,11 +224,14 @@ class DisplayServer:
                                "mqtt.port)")
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        self.mqtt_connected = False
-        if not self._stopping:
+        was, self.mqtt_connected = self.mqtt_connected, False
+        # A refused login ends in a disconnect too: that is the same problem, already
+        # logged, not a lost connection (README promises it once).
+        if was and not self._stopping:
             self._problems.problem(f"connection lost ({explain(reason)})")
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self.last_message = time.time()
         display = msg.topic.split("/")[-2]
         if display not in self.displays:
             log.debug("display player: %s is not a configured display", msg.topic)
@@ -216,14 +240,85 @@ class DisplayServer:
             self._board.set(display, None)
             return
         try:
-            content = json.loads(msg.payload)
-            if not (isinstance(content, dict) and isinstance(content.get("ad"), str)
-                    and isinstance(content.get("creative"), str)):
-                raise ValueError("needs the string fields 'ad' and 'creative'")
-        except ValueError as exc:
-            log.warning("display player: ignored content on %s: %s", msg.topic, exc)
+            content = parse_content(msg.payload, display, self._served)
+        except BadContent as exc:
+            self.rejected += 1
+            show, left_out = self._rejects.check(msg.topic)
+            if show:
+                log.warning("display player: ignored a message on %s: %s; the display keeps "
+                            "what it shows (bad messages on this topic are logged again in "
+                            "10 minutes at the earliest)%s", msg.topic, exc,
+                            f"; {left_out} more were ignored since the last line"
+                            if left_out else "")
             return
         self._board.set(display, content)
+
+
+class BadContent(ValueError):
+    """A content message the player does not show; the text says why (never the payload)."""
+
+
+def _reject_constant(name: str):
+    raise BadContent(f"{name} is not a number JSON allows")
+
+
+def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict:
+    """The fields of a content message the page uses, checked and typed; BadContent for
+    anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
+    if len(payload) > MAX_CONTENT_BYTES:
+        raise BadContent(f"{len(payload)} bytes, more than the {MAX_CONTENT_BYTES} a "
+                         f"decision may have")
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadContent("not UTF-8 text") from None
+    except RecursionError:
+        raise BadContent("JSON nested too deeply") from None
+    except ValueError as exc:  # BadContent is one too
+        raise BadContent(f"not valid JSON ({str(exc)[:100]})") from None
+    if not isinstance(data, dict):
+        raise BadContent(f"a JSON {type(data).__name__}, not an object")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if type(schema) is not int or schema != SCHEMA_VERSION:
+        raise BadContent(f"field 'schema' must be {SCHEMA_VERSION}")
+    ad = data.get("ad")
+    if not isinstance(ad, str) or not AD_ID.fullmatch(ad):
+        raise BadContent("field 'ad' must be an ad id (1-64 letters, digits, '.', '-', '_')")
+    title = data.get("title", "")
+    if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
+        raise BadContent(f"field 'title' must be text of at most {TITLE_MAX_CHARS} characters")
+    creative = data.get("creative")
+    if not isinstance(creative, str):
+        raise BadContent("field 'creative' must be text")
+    if is_url(creative):
+        if problem := url_problem(creative):
+            raise BadContent(f"field 'creative': {problem}")
+    elif creative not in served:
+        raise BadContent("field 'creative' is neither an http(s) URL nor a creative the "
+                         "ad catalog names")
+    duration = data.get("duration_s")
+    if duration is not None and (type(duration) not in (int, float)
+                                 or not math.isfinite(duration) or duration <= 0):
+        raise BadContent("field 'duration_s' must be a number of seconds above 0")
+    when = data.get("time")
+    if when is not None and (not isinstance(when, str) or len(when) > 64):
+        raise BadContent("field 'time' must be an ISO 8601 time")
+    reason = data.get("reason", {})
+    if not isinstance(reason, dict):
+        raise BadContent("field 'reason' must be an object")
+    rule = reason.get("rule")
+    if rule is not None and (not isinstance(rule, str) or not _RULE.fullmatch(rule)):
+        raise BadContent("field 'reason.rule' must be a rule name")
+    segment = reason.get("segment")
+    if segment is not None and not (
+            isinstance(segment, dict) and segment.get("age_class") in AGE_CLASSES
+            and segment.get("gender") in GENDERS):
+        raise BadContent("field 'reason.segment' must be null or {age_class, gender}")
+    if segment is not None:
+        segment = {"age_class": segment["age_class"], "gender": segment["gender"]}
+    return {"schema": SCHEMA_VERSION, "time": when, "display": display, "ad": ad,
+            "title": title, "creative": creative, "duration_s": duration,
+            "reason": {"rule": rule, "segment": segment}}
 
 
 class _Board:
@@ -288,7 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/":
             self._send(200, _index(app.displays).encode(), "text/html; charset=utf-8")
         elif path == "/healthz":
-            self._send(200, json.dumps(app.health()).encode(), "application/json")
+            # 503 tells a monitor that the screens no longer follow the broker
+            self._send(200 if app.healthy else 503, json.dumps(app.health()).encode(),
+                       "application/json")
         elif path.startswith("/ads/"):
             self._send_file(app.ad_file(path.removeprefix("/ads/")))
         elif match := _EVENTS.fullmatch(path) or _PAGE.fullmatch(path):

@@ -33,6 +33,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edge.config import SelectorConfig, read_yaml
 from edge.errors import ConfigError
@@ -42,6 +43,9 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
            "priority"}
 _HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+AD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TITLE_MAX_CHARS = 200   # a title names the ad in logs, messages and reports, it is no text body
+URL_MAX_CHARS = 2048
 SEGMENTS = tuple((age, gender) for age in AGE_CLASSES for gender in GENDERS)  # tie order
 
 
@@ -89,6 +93,31 @@ class Catalog:
             return ad.creative
         return Path(os.path.relpath(ad.creative, self.path.parent.resolve())).as_posix()
 
+    def local_creatives(self) -> dict[str, Path]:
+        """The files the display player serves: creative_ref -> file, nothing else."""
+        return {self.creative_ref(ad): Path(ad.creative) for ad in self.ads.values()
+                if not is_url(ad.creative)}
+
+
+def is_url(creative: str) -> bool:
+    return creative.startswith(("http://", "https://"))
+
+
+def url_problem(url: str) -> str | None:
+    """Why a creative given as a URL cannot be shown by the player, or None."""
+    if len(url) > URL_MAX_CHARS:
+        return f"the URL is longer than {URL_MAX_CHARS} characters"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "the URL has spaces or control characters; percent-encode them"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        return f"the URL cannot be parsed ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "give an http:// or https:// URL with a host"
+    return None
+
 
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
@@ -127,7 +156,7 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
         return None, [f"must be a mapping, got {type(entry).__name__}"]
     errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS)]
     ad_id = entry.get("id")
-    if not isinstance(ad_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", ad_id):
+    if not isinstance(ad_id, str) or not AD_ID.fullmatch(ad_id):
         errors.append(f"field 'id' is {ad_id!r}; use letters, digits, '.', '-' and '_'")
     title = entry.get("title")
     if not isinstance(title, str) or not title.strip():

@@ -145,7 +145,9 @@ def test_page_shows_the_catalog_default_before_any_message(browser, broker, tmp_
         browser.get(f"{server.url}/display/{DISPLAY}")
         state = wait_page(browser, ad="welcome", connection="open")
         assert state["url"] == "/ads/creatives/welcome.html"
-        assert health(server) == {"mqtt_connected": True, "displays": {DISPLAY: None}}
+        assert health(server) == {"mqtt_connected": True, "mqtt_loop_alive": True,
+                                  "mqtt_last_message": None, "mqtt_rejected": 0,
+                                  "displays": {DISPLAY: None}}
     finally:
         server.stop()
 
@@ -200,8 +202,9 @@ def test_bridge_rides_out_a_broker_outage(browser, make_broker, tmp_path):
         publish_content(config, GROOMING)
         wait_page(browser, timeout=15, ad="grooming-week",
                   url="/ads/creatives/men-adult.html")
-        assert health(server) == {"mqtt_connected": True,
-                                  "displays": {DISPLAY: "grooming-week"}}
+        state = health(server)
+        assert state["mqtt_connected"] and state["mqtt_loop_alive"]
+        assert state["displays"] == {DISPLAY: "grooming-week"}
     finally:
         server.stop()
 
@@ -250,7 +253,9 @@ def test_image_creatives_show_as_images(browser, tmp_path):
         status, headers, body = get(f"{server.url}/ads/creatives/still.png", Range="bytes=0-9")
         assert (status, body) == (206, png.tobytes()[:10])
         assert headers["Content-Range"] == f"bytes 0-9/{len(png)}"
-        assert health(server) == {"mqtt_connected": False, "displays": {DISPLAY: None}}
+        assert health(server) == {"mqtt_connected": False, "mqtt_loop_alive": False,
+                                  "mqtt_last_message": None, "mqtt_rejected": 0,
+                                  "displays": {DISPLAY: None}}
     finally:
         server.stop()
 
@@ -283,7 +288,9 @@ def test_http_routes(tmp_path):
 
         status, headers, body = get(f"{server.url}/healthz")
         assert (status, headers["Content-Type"]) == (200, "application/json")
-        assert json.loads(body) == {"mqtt_connected": False, "displays": {DISPLAY: None}}
+        assert json.loads(body) == {"mqtt_connected": False, "mqtt_loop_alive": False,
+                                    "mqtt_last_message": None, "mqtt_rejected": 0,
+                                    "displays": {DISPLAY: None}}
     finally:
         server.stop()
 
@@ -347,5 +354,117 @@ def test_a_port_in_use_is_one_clear_error(tmp_path):
     try:
         with pytest.raises(EdgeError, match=f"cannot listen on 127.0.0.1:{server.port}"):
             start_server(config, port=server.port)
+    finally:
+        server.stop()
+
+
+def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> None:
+    """Any bytes on the display's content topic, as anyone on the broker could send them."""
+    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", config.mqtt.port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def hostile_payloads() -> list[bytes]:
+    """Shapes and sizes a broken or hostile publisher sends: none may stop the bridge."""
+    def content(**fields) -> bytes:
+        return json.dumps({"schema": 1, "display": DISPLAY, **SPRING, **fields}).encode()
+
+    return [
+        b"[" * 200_000,                                # over the size cap
+        b"[" * 60_000,                                 # deep nesting under the cap
+        b'{"a":' * 20_000 + b"1" + b"}" * 20_000,      # nested objects
+        b"\xff\xfe\x00\x81 not utf-8",                 # binary, not UTF-8
+        bytes(range(256)) * 16,
+        b"\x00",
+        b"null", b"42", b"[]", b'"a string"', b"1e999", b"9" * 5000,
+        b'{"ad": NaN, "creative": "creatives/women-adult.html"}',
+        content(duration_s=float("nan")).replace(b"NaN", b"NaN"),
+        content(duration_s=1e999).replace(b"Infinity", b"1e999"),
+        content(duration_s="12"), content(duration_s=True), content(duration_s=-1),
+        content(ad=5), content(ad=None), content(ad=["spring"]), content(ad={"id": 1}),
+        content(ad="x" * 70_000), content(title="t" * 60_000), content(title={"t": 1}),
+        content(creative=7), content(creative="x" * 60_000),
+        content(creative="../secret.yaml"), content(creative="/etc/passwd"),
+        content(creative="catalog.yaml"), content(creative="creatives/.hidden.html"),
+        content(creative="javascript:alert(1)"), content(creative="file:///etc/passwd"),
+        content(creative="creatives/not-in-catalog.html"), content(creative=""),
+        content(reason="because"), content(reason={"rule": ["x"]}),
+        content(reason={"rule": "target", "segment": "adult"}),
+        content(schema=99), content(schema="1"), content(time=12),
+        content(extra={"deep": [[[[1]]]]}, ad="ok-but-" + "\u202e" * 10),
+    ]
+
+
+def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
+        browser, broker, tmp_path):
+    config = make_config(tmp_path, broker_port=broker.port)
+    # Retained garbage is there before the player starts, as after a bad publish and a restart.
+    publish_raw(config, b"[" * 60_000, retain=True)
+    server = start_server(config)
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="welcome", connection="open")
+        wait_until(lambda: health(server)["mqtt_last_message"] is not None, 5,
+                   "the retained message arriving")
+        publish_content(config, SPRING)
+        wait_page(browser, ad="spring-collection")
+        for i, payload in enumerate(hostile_payloads()):
+            publish_raw(config, payload, retain=i % 2 == 0)
+        publish_content(config, GROOMING)  # the first good message after all of them
+        wait_page(browser, ad="grooming-week", url="/ads/creatives/men-adult.html")
+        state = health(server)
+        assert state["mqtt_connected"] and state["mqtt_loop_alive"]
+        assert state["displays"] == {DISPLAY: "grooming-week"}
+
+        # Garbage after the good message leaves the good ad on screen, retained or not.
+        for i, payload in enumerate(hostile_payloads()):
+            publish_raw(config, payload, retain=i % 2 == 1)
+        publish_raw(config, b"{}", retain=True)
+        wait_until(lambda: health(server)["mqtt_rejected"] >= 2 * len(hostile_payloads()), 10,
+                   "every hostile message being seen")
+        assert page(browser)["ad"] == "grooming-week"
+        assert health(server)["displays"] == {DISPLAY: "grooming-week"}
+        publish_content(config, SPRING)
+        wait_page(browser, ad="spring-collection")
+    finally:
+        server.stop()
+
+
+def test_wrong_broker_password_is_logged_once(make_broker, tmp_path, caplog, monkeypatch):
+    """README: a refused login is logged once (again only when the cause changes)."""
+    b = make_broker(users={"edge": "right"})
+    monkeypatch.setenv("EDGE_MQTT_USERNAME", "edge")
+    monkeypatch.setenv("EDGE_MQTT_PASSWORD", "wrong")
+    caplog.set_level("INFO")
+    server = start_server(make_config(tmp_path, broker_port=b.port))
+    try:
+        # paho retries after 1, 2 and 4 s: three refusals in 4.5 s
+        wait_until(lambda: b.log.read_text().count("not authorised") >= 3, 10, "three refusals")
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1, lines
+    assert "EDGE_MQTT_PASSWORD" in lines[0] and "wrong" not in lines[0]
+
+
+def test_healthz_says_when_the_mqtt_loop_is_gone(broker, tmp_path):
+    config = make_config(tmp_path, broker_port=broker.port)
+    server = start_server(config)
+    try:
+        wait_until(lambda: server.mqtt_connected, 5, "connecting to the broker")
+        publish_content(config, SPRING)
+        wait_until(lambda: health(server)["mqtt_last_message"] is not None, 5, "a message")
+        status, _, body = get(f"{server.url}/healthz")
+        assert status == 200 and json.loads(body)["mqtt_loop_alive"] is True
+        server._client.loop_stop()  # the network thread ends, as an uncaught error ended it
+        status, _, body = get(f"{server.url}/healthz")
+        assert status == 503 and json.loads(body)["mqtt_loop_alive"] is False
     finally:
         server.stop()
