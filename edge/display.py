@@ -38,7 +38,8 @@ from edge.mqttclient import (
     GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
     service_client_id)
 from edge.records import AGE_CLASSES, GENDERS
-from edge.select import AD_ID, TITLE_MAX_CHARS, Catalog, is_url, url_problem
+from edge.select import (
+    AD_ID, CREATIVE_TYPES, TITLE_MAX_CHARS, Catalog, creative_file, is_url, url_problem)
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
@@ -47,15 +48,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0    # the page reopens its event stream after 45 s without a word
 RETRY_MS = 3000       # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
-CONTENT_TYPES = {     # fixed here: the system's mime.types differs between images
-    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".json": "application/json", ".txt": "text/plain; charset=utf-8",
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-    ".webp": "image/webp", ".svg": "image/svg+xml",
-    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "video/ogg", ".ogv": "video/ogg",
-    ".woff2": "font/woff2",
-}
 _PAGE = re.compile(r"/display/([^/]+)/?")
 _EVENTS = re.compile(r"/display/([^/]+)/events")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -185,17 +177,11 @@ class DisplayServer:
         return {**content, "url": url}
 
     def ad_file(self, relative: str) -> Path | None:
-        """A file under the catalog's folder; None outside it, for the catalog and hidden files."""
-        try:
-            path = (self.ads_dir / relative).resolve()
-            if not path.is_relative_to(self.ads_dir) or not path.is_file():
-                return None
-        except (OSError, ValueError):  # a NUL byte, a name too long
+        """The file of a creative the catalog names, checked again by the catalog's own
+        rule (it may have changed on disk since); None for anything else."""
+        if relative not in self._served:
             return None
-        parts = path.relative_to(self.ads_dir).parts
-        if path.suffix.lower() in (".yaml", ".yml") or any(p.startswith(".") for p in parts):
-            return None
-        return path
+        return creative_file(self.ads_dir, relative)[0]
 
     # -- MQTT ------------------------------------------------------------------
 
@@ -401,6 +387,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
+    def do_HEAD(self) -> None:
+        """For creatives only: the page asks whether one is there before framing it."""
+        path = unquote(urlsplit(self.path).path)
+        if path.startswith("/ads/"):
+            self._send_file(self.server.app.ad_file(path.removeprefix("/ads/")), body=False)
+        else:
+            self._send(405, b"", "text/plain; charset=utf-8")
+
     def _send(self, status: int, body: bytes, content_type: str, *,
               cache: str = "no-store") -> None:
         self.send_response(status)
@@ -409,6 +403,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", cache)
         self.end_headers()
         self.wfile.write(body)
+
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says
+        super().end_headers()
 
     def _send_events(self, display: str) -> None:
         self.send_response(200)
@@ -419,9 +417,9 @@ class _Handler(BaseHTTPRequestHandler):
         for event in self.server.app.events(display):
             self.wfile.write(event)
 
-    def _send_file(self, path: Path | None) -> None:
+    def _send_file(self, path: Path | None, *, body: bool = True) -> None:
         if path is None:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            self._send(404, b"not found\n" if body else b"", "text/plain; charset=utf-8")
             return
         size = path.stat().st_size
         start, end = 0, size - 1
@@ -436,12 +434,19 @@ class _Handler(BaseHTTPRequestHandler):
         if wanted:
             start, end = wanted
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(),
-                                                           "application/octet-stream"))
+        content_type = CREATIVE_TYPES[path.suffix.lower()]
+        self.send_header("Content-Type", content_type)
+        if content_type.startswith("text/html"):
+            # Opened on its own too, an HTML creative runs in an opaque origin: it cannot
+            # script the player or read what the player serves (the page's iframe is
+            # sandboxed the same way).
+            self.send_header("Content-Security-Policy", "sandbox allow-scripts")
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "max-age=60")  # catalog edits show within a minute
         self.end_headers()
+        if not body:
+            return
         with path.open("rb") as f:
             f.seek(start)
             left = end - start + 1

@@ -265,16 +265,24 @@ def test_http_routes(tmp_path):
     ads = tmp_path / "ads"
     shutil.copytree(CATALOG.parent, ads)
     (tmp_path / "secret.yaml").write_text("password: x\n")
+    # Files the catalog does not name are not served, whatever they are.
+    shutil.copy(ads / "creatives" / "welcome.html", ads / "creatives" / "unlisted.html")
+    (ads / "creatives" / "style.css").write_text("body{}")
     server = start_server(make_config(tmp_path, catalog=ads / "catalog.yaml"))
     try:
         for path in ("/ads/../secret.yaml", "/ads/%2e%2e/secret.yaml", "/ads/..%2fsecret.yaml",
                      "/ads/catalog.yaml", "/ads/creatives/", "/ads/creatives/nothing.png", "/ads/%00",
+                     "/ads/creatives/unlisted.html", "/ads/creatives/style.css",
                      "/nothing"):
             assert get(server.url + path)[0] == 404, path
 
         status, headers, body = get(f"{server.url}/ads/creatives/welcome.html")
         assert (status, headers["Content-Type"]) == (200, "text/html; charset=utf-8")
         assert b"Welcome!" in body and "max-age" in headers["Cache-Control"]
+        # Even opened on its own, an HTML creative runs in an opaque origin, not the player's.
+        assert "sandbox allow-scripts" in headers["Content-Security-Policy"]
+        assert "allow-same-origin" not in headers["Content-Security-Policy"]
+        assert headers["X-Content-Type-Options"] == "nosniff"
 
         status, _, body = get(f"{server.url}/display/lobby")
         assert status == 404 and b"lobby" in body and DISPLAY.encode() in body
@@ -466,5 +474,78 @@ def test_healthz_says_when_the_mqtt_loop_is_gone(broker, tmp_path):
         server._client.loop_stop()  # the network thread ends, as an uncaught error ended it
         status, _, body = get(f"{server.url}/healthz")
         assert status == 503 and json.loads(body)["mqtt_loop_alive"] is False
+    finally:
+        server.stop()
+
+
+def catalog_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """An ad folder with the shipped creatives plus `files`, each an ad named after it."""
+    ads = tmp_path / "ads"
+    shutil.copytree(CATALOG.parent, ads)
+    catalog = (ads / "catalog.yaml").read_text()
+    for name, data in files.items():
+        (ads / "creatives" / name).write_bytes(data)
+        catalog += (f"\n  - {{id: {name.replace('.', '-')}, title: {name}, "
+                    f"creative: creatives/{name}, duration_s: 5}}")
+    (ads / "catalog.yaml").write_text(catalog + "\n")
+    return ads / "catalog.yaml"
+
+
+def test_page_swaps_only_to_a_creative_that_loaded(browser, broker, tmp_path):
+    from broker import free_port
+
+    catalog = catalog_with(tmp_path, {"broken.png": b"\x89PNG not really an image",
+                                      "broken.mp4": b"not a video at all"})
+    config = make_config(tmp_path, broker_port=broker.port, catalog=catalog)
+    server = start_server(config)
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="welcome", connection="open")
+        publish_content(config, SPRING)
+        wait_page(browser, ad="spring-collection")
+        unreachable = f"http://127.0.0.1:{free_port()}/ad.html"  # nothing listens there
+        for ad, creative, url in (("broken-png", "creatives/broken.png", None),
+                                  ("broken-mp4", "creatives/broken.mp4", None),
+                                  ("remote", unreachable, unreachable)):
+            publish_content(config, {"ad": ad, "title": ad, "creative": creative,
+                                     "duration_s": 5})
+            wait_page(browser, failed=url or f"/ads/{creative}")
+            assert page(browser)["ad"] == "spring-collection"
+            assert visible_layer(browser).get_attribute("src").endswith("/women-adult.html")
+        publish_content(config, GROOMING)
+        wait_page(browser, ad="grooming-week")
+    finally:
+        server.stop()
+
+
+def test_html_creatives_cannot_script_the_player_page(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    probe = b"""<!doctype html><html><body><p>probe</p><script>
+    let result = "blocked";
+    try { parent.document.body.dataset.ad = "hijacked"; result = "reached the page"; }
+    catch (e) {}
+    try { localStorage.setItem("x", "1"); result += ", storage"; } catch (e) {}
+    document.body.dataset.result = result;
+    </script></body></html>"""
+    catalog = catalog_with(tmp_path, {"probe.html": probe})
+    text = catalog.read_text().replace("default: welcome", "default: probe-html")
+    catalog.write_text(text)
+    server = start_server(make_config(tmp_path, catalog=catalog))
+    try:
+        browser.get(f"{server.url}/display/{DISPLAY}")
+        wait_page(browser, ad="probe-html")
+        frame = visible_layer(browser)
+        browser.switch_to.frame(frame)
+        try:
+            WebDriverWait(browser, 5).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-result"))
+            result = browser.find_element(By.TAG_NAME, "body").get_attribute("data-result")
+        finally:
+            browser.switch_to.default_content()
+        assert result == "blocked"
+        assert page(browser)["ad"] == "probe-html"
+        assert frame.get_attribute("sandbox") == "allow-scripts"
     finally:
         server.stop()
