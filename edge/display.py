@@ -16,6 +16,7 @@ truth: an override published there, e.g. by HQ, reaches the screens too.
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
 import math
@@ -46,6 +47,10 @@ from edge.topics import SCHEMA_VERSION, Topics
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0    # the page reopens its event stream after 45 s without a word
+REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
+SEND_TIMEOUT_S = 30.0          # a client that stops reading frees its thread after this
+LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
+STREAM_RETRY_AFTER_S = 10      # told to a page turned away for too many streams
 RETRY_MS = 3000       # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
 _PAGE = re.compile(r"/display/([^/]+)/?")
@@ -80,6 +85,8 @@ class DisplayServer:
         self._client: GuardedClient | None = None
         self._stopping = False
         self._rejects = RepeatLimiter()
+        self._streams = threading.BoundedSemaphore(config.player.max_streams)
+        self._turned_away = RepeatLimiter()
         self.mqtt_connected = False
         self.last_message: float | None = None  # epoch seconds of the last content message
         self.rejected = 0                        # content messages dropped as invalid
@@ -150,6 +157,20 @@ class DisplayServer:
         """False when the player should follow the broker and its network loop is gone."""
         return not self.config.mqtt.enabled or (self._client is not None
                                                 and self._client.loop_alive)
+
+    def open_stream(self, client: str) -> bool:
+        """Takes one of the player.max_streams event stream slots; False when none is free."""
+        if self._streams.acquire(blocking=False):
+            return True
+        show, left_out = self._turned_away.check("streams")
+        if show:
+            log.warning("display player: %d display pages are open already "
+                        "(player.max_streams); turned away %s%s", self.config.player.max_streams,
+                        client, f" and {left_out} more since the last line" if left_out else "")
+        return False
+
+    def close_stream(self) -> None:
+        self._streams.release()
 
     def events(self, display: str) -> Iterator[bytes]:
         """The display's event stream: its content now, then every change, with heartbeats;
@@ -346,10 +367,12 @@ class _Board:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     app: DisplayServer
 
     def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):  # a display went away mid-response
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            # a display went away mid-response, or stopped reading
             log.debug("display player: %s disconnected", client_address[0])
         else:
             log.exception("display player: error serving %s", client_address[0])
@@ -359,9 +382,47 @@ class _HttpServer6(_HttpServer):
     address_family = socket.AF_INET6
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's input, with one deadline for a stretch of reading (the request line
+    and headers): the socket timeout alone restarts with every byte, so a client sending
+    a byte every few seconds would hold its thread forever."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line and headers took too long")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     server_version = "edge-player"
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The whole request head within REQUEST_HEAD_TIMEOUT_S; BaseHTTPRequestHandler
+        # answers a TimeoutError by closing the connection.
+        self._reader.deadline = time.monotonic() + REQUEST_HEAD_TIMEOUT_S
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # has read the headers
+        self._reader.deadline = None
+        self.connection.settimeout(SEND_TIMEOUT_S)
+        return ok
 
     def do_GET(self) -> None:
         app = self.server.app
@@ -409,13 +470,28 @@ class _Handler(BaseHTTPRequestHandler):
         super().end_headers()
 
     def _send_events(self, display: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
-        for event in self.server.app.events(display):
-            self.wfile.write(event)
+        app = self.server.app
+        if not app.open_stream(self.client_address[0]):
+            self.send_response(503)
+            self.send_header("Retry-After", str(STREAM_RETRY_AFTER_S))
+            body = (f"too many display pages open: the player serves "
+                    f"{app.config.player.max_streams} at once (player.max_streams)\n").encode()
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+            for event in app.events(display):
+                self.wfile.write(event)
+        finally:
+            app.close_stream()
 
     def _send_file(self, path: Path | None, *, body: bool = True) -> None:
         if path is None:

@@ -549,3 +549,91 @@ def test_html_creatives_cannot_script_the_player_page(browser, tmp_path):
         assert frame.get_attribute("sandbox") == "allow-scripts"
     finally:
         server.stop()
+
+
+def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path, monkeypatch):
+    """An idle socket, or one that sends its request head a byte at a time (slowloris),
+    must not hold a server thread for longer than the header timeout."""
+    import socket
+    import threading
+
+    from edge import display
+
+    monkeypatch.setattr(display, "REQUEST_HEAD_TIMEOUT_S", 0.6, raising=False)
+    server = start_server(make_config(tmp_path))
+    try:
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        wait_until(lambda: threading.active_count() >= before + 21, 5, "the connections taken")
+        slow.settimeout(0.15)
+        closed_after = None
+        while time.monotonic() - started < 4:  # a header byte every 0.15 s, never finishing
+            try:
+                slow.sendall(b"X")
+                if slow.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        assert closed_after is not None and closed_after < 2.0, closed_after
+        for s in idle:
+            s.settimeout(3)
+            assert s.recv(1) == b""  # closed by the server, not left waiting
+            s.close()
+        wait_until(lambda: threading.active_count() <= before, 3, "the threads ending")
+        assert get(f"{server.url}/healthz")[0] == 200  # and the server still serves
+    finally:
+        server.stop()
+
+
+def test_listen_backlog_is_not_five(tmp_path):
+    import subprocess
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is missing")
+    server = start_server(make_config(tmp_path))
+    try:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        assert out[0] == "LISTEN" and int(out[2]) >= 128, out  # Send-Q: the backlog
+    finally:
+        server.stop()
+
+
+def stream_status(url: str):
+    """(status, headers, body) of an event stream request; the body only of an error,
+    since a stream that was accepted never ends."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.headers, b""
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_event_streams_are_capped_with_a_clear_503(tmp_path, monkeypatch):
+    from edge import display
+
+    monkeypatch.setattr(display, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
+    config = make_config(tmp_path)
+    config.player.max_streams = 2
+    server = start_server(config)
+    url = f"{server.url}/display/{DISPLAY}/events"
+    try:
+        first = urllib.request.urlopen(url, timeout=5)
+        second = urllib.request.urlopen(url, timeout=5)
+        assert next_content(first)["ad"] == next_content(second)["ad"] == "welcome"
+        status, headers, body = stream_status(url)
+        assert status == 503 and headers["Retry-After"]
+        assert b"player.max_streams" in body and b"2" in body
+        assert get(f"{server.url}/display/{DISPLAY}")[0] == 200  # the page itself still loads
+        first.close()
+        wait_until(lambda: stream_status(url)[0] == 200, 5, "the closed stream's slot freed")
+        second.close()
+    finally:
+        server.stop()
