@@ -411,7 +411,8 @@ def hostile_payloads() -> list[bytes]:
 
 
 def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
-        browser, broker, tmp_path):
+        browser, broker, tmp_path, caplog):
+    caplog.set_level("INFO")
     config = make_config(tmp_path, broker_port=broker.port)
     # Retained garbage is there before the player starts, as after a bad publish and a restart.
     publish_raw(config, b"[" * 60_000, retain=True)
@@ -443,6 +444,10 @@ def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
         wait_page(browser, ad="spring-collection")
     finally:
         server.stop()
+    # Logged once, with the topic and why (never the payload); not once per message.
+    ignored = [r.getMessage() for r in caplog.records if "ignored a message" in r.getMessage()]
+    assert len(ignored) == 1 and f"/displays/{DISPLAY}/content: " in ignored[0], ignored
+    assert all(len(r.getMessage()) < 1000 for r in caplog.records)
 
 
 def test_wrong_broker_password_is_logged_once(make_broker, tmp_path, caplog, monkeypatch):
