@@ -28,7 +28,6 @@ import json
 import logging
 import selectors
 import socket
-import statistics
 import sys
 import tempfile
 import threading
