@@ -126,7 +126,8 @@ def creative_file(folder: Path, creative: str) -> tuple[Path | None, str | None]
                       f"player serves only files in that folder")
     relative = file.relative_to(folder)
     if any(part.startswith(".") for part in relative.parts):
-        return None, f"file {file}: hidden files and folders (a name starting with '.') are not served"
+        return None, (f"file {file}: hidden files and folders (a name starting with '.') "
+                      f"are not served")
     if not file.exists():
         return None, f"file {file} does not exist"
     if not file.is_file():
