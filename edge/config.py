@@ -265,6 +265,10 @@ class PlayerConfig:
                       nonempty=True)
     port: int = opt(8080, "Port of the display player's web server; 0 turns it off.",
                     min=0, max=65535)
+    max_streams: int = opt(32, "Display pages the player serves at once (each open page holds "
+                           "one event stream and one thread); one more is answered 503 and "
+                           "retries by itself. Raise it for more than about 20 displays.",
+                           min=1, max=10000)
 
 
 @dataclass

@@ -16,8 +16,10 @@ truth: an override published there, e.g. by HQ, reaches the screens too.
 from __future__ import annotations
 
 import html
+import io
 import json
 import logging
+import math
 import re
 import socket
 import sys
@@ -33,28 +35,29 @@ import paho.mqtt.client as mqtt
 
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.mqttclient import ProblemLog, connect_kwargs, explain, make_client, service_client_id
-from edge.select import Catalog
+from edge.mqttclient import (
+    GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
+    service_client_id)
+from edge.records import AGE_CLASSES, GENDERS
+from edge.select import (
+    AD_ID, CREATIVE_TYPES, TITLE_MAX_CHARS, Catalog, creative_file, is_url, url_problem)
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0    # the page reopens its event stream after 45 s without a word
+REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
+SEND_TIMEOUT_S = 30.0          # a client that stops reading frees its thread after this
+LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
+STREAM_RETRY_AFTER_S = 10      # told to a page turned away for too many streams
 RETRY_MS = 3000       # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
-CONTENT_TYPES = {     # fixed here: the system's mime.types differs between images
-    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
-    ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-    ".json": "application/json", ".txt": "text/plain; charset=utf-8",
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-    ".webp": "image/webp", ".svg": "image/svg+xml",
-    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "video/ogg", ".ogv": "video/ogg",
-    ".woff2": "font/woff2",
-}
 _PAGE = re.compile(r"/display/([^/]+)/?")
 _EVENTS = re.compile(r"/display/([^/]+)/events")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+MAX_CONTENT_BYTES = 64 * 1024  # a decision is a few hundred bytes; larger is not one
+_RULE = re.compile(r"[a-z_-]{1,32}")
 
 
 class DisplayServer:
@@ -71,6 +74,7 @@ class DisplayServer:
         self.catalog = catalog
         self.displays = {d.id: d.name or d.id for d in config.displays}
         self.ads_dir = catalog.path.resolve().parent
+        self._served = catalog.local_creatives()  # the only files /ads/ serves
         self._listen = (config.player.listen, config.player.port if port is None else port)
         self.player_page = resources.files("edge").joinpath("player/index.html").read_bytes()
         self._board = _Board(self.displays)
@@ -78,9 +82,14 @@ class DisplayServer:
         self._problems = ProblemLog(f"display player: MQTT broker "
                                     f"{config.mqtt.host}:{config.mqtt.port}")
         self._http: _HttpServer | None = None
-        self._client: mqtt.Client | None = None
+        self._client: GuardedClient | None = None
         self._stopping = False
+        self._rejects = RepeatLimiter()
+        self._streams = threading.BoundedSemaphore(config.player.max_streams)
+        self._turned_away = RepeatLimiter()
         self.mqtt_connected = False
+        self.last_message: float | None = None  # epoch seconds of the last content message
+        self.rejected = 0                        # content messages dropped as invalid
         self.port = 0
         self.dashboard = None  # edge/dashboard.py's Dashboard serves /dashboard when set
 
@@ -139,7 +148,32 @@ class DisplayServer:
 
     def health(self) -> dict:
         ads = {d: (c or {}).get("ad") for d, c in self._board.snapshot().items()}
-        return {"mqtt_connected": self.mqtt_connected, "displays": ads}
+        client = self._client
+        return {"mqtt_connected": self.mqtt_connected,
+                "mqtt_loop_alive": client is not None and client.loop_alive,
+                "mqtt_last_message": None if self.last_message is None
+                else iso(self.last_message),
+                "mqtt_rejected": self.rejected, "displays": ads}
+
+    @property
+    def healthy(self) -> bool:
+        """False when the player should follow the broker and its network loop is gone."""
+        return not self.config.mqtt.enabled or (self._client is not None
+                                                and self._client.loop_alive)
+
+    def open_stream(self, client: str) -> bool:
+        """Takes one of the player.max_streams event stream slots; False when none is free."""
+        if self._streams.acquire(blocking=False):
+            return True
+        show, left_out = self._turned_away.check("streams")
+        if show:
+            log.warning("display player: %d display pages are open already "
+                        "(player.max_streams); turned away %s%s", self.config.player.max_streams,
+                        client, f" and {left_out} more since the last line" if left_out else "")
+        return False
+
+    def close_stream(self) -> None:
+        self._streams.release()
 
     def events(self, display: str) -> Iterator[bytes]:
         """The display's event stream: its content now, then every change, with heartbeats;
@@ -167,17 +201,11 @@ class DisplayServer:
         return {**content, "url": url}
 
     def ad_file(self, relative: str) -> Path | None:
-        """A file under the catalog's folder; None outside it, for the catalog and hidden files."""
-        try:
-            path = (self.ads_dir / relative).resolve()
-            if not path.is_relative_to(self.ads_dir) or not path.is_file():
-                return None
-        except (OSError, ValueError):  # a NUL byte, a name too long
+        """The file of a creative the catalog names, checked again by the catalog's own
+        rule (it may have changed on disk since); None for anything else."""
+        if relative not in self._served:
             return None
-        parts = path.relative_to(self.ads_dir).parts
-        if path.suffix.lower() in (".yaml", ".yml") or any(p.startswith(".") for p in parts):
-            return None
-        return path
+        return creative_file(self.ads_dir, relative)[0]
 
     # -- MQTT ------------------------------------------------------------------
 
@@ -206,11 +234,14 @@ class DisplayServer:
                                "mqtt.port)")
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        self.mqtt_connected = False
-        if not self._stopping:
+        was, self.mqtt_connected = self.mqtt_connected, False
+        # A refused login ends in a disconnect too: that is the same problem, already
+        # logged, not a lost connection (README promises it once).
+        if was and not self._stopping:
             self._problems.problem(f"connection lost ({explain(reason)})")
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self.last_message = time.time()
         display = msg.topic.split("/")[-2]
         if display not in self.displays:
             log.debug("display player: %s is not a configured display", msg.topic)
@@ -219,14 +250,85 @@ class DisplayServer:
             self._board.set(display, None)
             return
         try:
-            content = json.loads(msg.payload)
-            if not (isinstance(content, dict) and isinstance(content.get("ad"), str)
-                    and isinstance(content.get("creative"), str)):
-                raise ValueError("needs the string fields 'ad' and 'creative'")
-        except ValueError as exc:
-            log.warning("display player: ignored content on %s: %s", msg.topic, exc)
+            content = parse_content(msg.payload, display, self._served)
+        except BadContent as exc:
+            self.rejected += 1
+            show, left_out = self._rejects.check(msg.topic)
+            if show:
+                log.warning("display player: ignored a message on %s: %s; the display keeps "
+                            "what it shows (bad messages on this topic are logged again in "
+                            "10 minutes at the earliest)%s", msg.topic, exc,
+                            f"; {left_out} more were ignored since the last line"
+                            if left_out else "")
             return
         self._board.set(display, content)
+
+
+class BadContent(ValueError):
+    """A content message the player does not show; the text says why (never the payload)."""
+
+
+def _reject_constant(name: str):
+    raise BadContent(f"{name} is not a number JSON allows")
+
+
+def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict:
+    """The fields of a content message the page uses, checked and typed; BadContent for
+    anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
+    if len(payload) > MAX_CONTENT_BYTES:
+        raise BadContent(f"{len(payload)} bytes, more than the {MAX_CONTENT_BYTES} a "
+                         f"decision may have")
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise BadContent("not UTF-8 text") from None
+    except RecursionError:
+        raise BadContent("JSON nested too deeply") from None
+    except ValueError as exc:  # BadContent is one too
+        raise BadContent(f"not valid JSON ({str(exc)[:100]})") from None
+    if not isinstance(data, dict):
+        raise BadContent(f"a JSON {type(data).__name__}, not an object")
+    schema = data.get("schema", SCHEMA_VERSION)
+    if type(schema) is not int or schema != SCHEMA_VERSION:
+        raise BadContent(f"field 'schema' must be {SCHEMA_VERSION}")
+    ad = data.get("ad")
+    if not isinstance(ad, str) or not AD_ID.fullmatch(ad):
+        raise BadContent("field 'ad' must be an ad id (1-64 letters, digits, '.', '-', '_')")
+    title = data.get("title", "")
+    if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
+        raise BadContent(f"field 'title' must be text of at most {TITLE_MAX_CHARS} characters")
+    creative = data.get("creative")
+    if not isinstance(creative, str):
+        raise BadContent("field 'creative' must be text")
+    if is_url(creative):
+        if problem := url_problem(creative):
+            raise BadContent(f"field 'creative': {problem}")
+    elif creative not in served:
+        raise BadContent("field 'creative' is neither an http(s) URL nor a creative the "
+                         "ad catalog names")
+    duration = data.get("duration_s")
+    if duration is not None and (type(duration) not in (int, float)
+                                 or not math.isfinite(duration) or duration <= 0):
+        raise BadContent("field 'duration_s' must be a number of seconds above 0")
+    when = data.get("time")
+    if when is not None and (not isinstance(when, str) or len(when) > 64):
+        raise BadContent("field 'time' must be an ISO 8601 time")
+    reason = data.get("reason", {})
+    if not isinstance(reason, dict):
+        raise BadContent("field 'reason' must be an object")
+    rule = reason.get("rule")
+    if rule is not None and (not isinstance(rule, str) or not _RULE.fullmatch(rule)):
+        raise BadContent("field 'reason.rule' must be a rule name")
+    segment = reason.get("segment")
+    if segment is not None and not (
+            isinstance(segment, dict) and segment.get("age_class") in AGE_CLASSES
+            and segment.get("gender") in GENDERS):
+        raise BadContent("field 'reason.segment' must be null or {age_class, gender}")
+    if segment is not None:
+        segment = {"age_class": segment["age_class"], "gender": segment["gender"]}
+    return {"schema": SCHEMA_VERSION, "time": when, "display": display, "ad": ad,
+            "title": title, "creative": creative, "duration_s": duration,
+            "reason": {"rule": rule, "segment": segment}}
 
 
 class _Board:
@@ -268,10 +370,12 @@ class _Board:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     app: DisplayServer
 
     def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):  # a display went away mid-response
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            # a display went away mid-response, or stopped reading
             log.debug("display player: %s disconnected", client_address[0])
         else:
             log.exception("display player: error serving %s", client_address[0])
@@ -281,9 +385,47 @@ class _HttpServer6(_HttpServer):
     address_family = socket.AF_INET6
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The socket's input, with one deadline for a stretch of reading (the request line
+    and headers): the socket timeout alone restarts with every byte, so a client sending
+    a byte every few seconds would hold its thread forever."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line and headers took too long")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _HttpServer
     server_version = "edge-player"
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The whole request head within REQUEST_HEAD_TIMEOUT_S; BaseHTTPRequestHandler
+        # answers a TimeoutError by closing the connection.
+        self._reader.deadline = time.monotonic() + REQUEST_HEAD_TIMEOUT_S
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # has read the headers
+        self._reader.deadline = None
+        self.connection.settimeout(SEND_TIMEOUT_S)
+        return ok
 
     def do_GET(self) -> None:
         app = self.server.app
@@ -291,7 +433,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/":
             self._send(200, _index(app.displays).encode(), "text/html; charset=utf-8")
         elif path == "/healthz":
-            self._send(200, json.dumps(app.health()).encode(), "application/json")
+            # 503 tells a monitor that the screens no longer follow the broker
+            self._send(200 if app.healthy else 503, json.dumps(app.health()).encode(),
+                       "application/json")
         elif path.startswith("/ads/"):
             self._send_file(app.ad_file(path.removeprefix("/ads/")))
         elif match := _EVENTS.fullmatch(path) or _PAGE.fullmatch(path):
@@ -309,6 +453,14 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
+    def do_HEAD(self) -> None:
+        """For creatives only: the page asks whether one is there before framing it."""
+        path = unquote(urlsplit(self.path).path)
+        if path.startswith("/ads/"):
+            self._send_file(self.server.app.ad_file(path.removeprefix("/ads/")), body=False)
+        else:
+            self._send(405, b"", "text/plain; charset=utf-8")
+
     def _send(self, status: int, body: bytes, content_type: str, *,
               cache: str = "no-store") -> None:
         self.send_response(status)
@@ -318,18 +470,37 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_events(self, display: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
-        for event in self.server.app.events(display):
-            self.wfile.write(event)
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says
+        super().end_headers()
 
-    def _send_file(self, path: Path | None) -> None:
+    def _send_events(self, display: str) -> None:
+        app = self.server.app
+        if not app.open_stream(self.client_address[0]):
+            self.send_response(503)
+            self.send_header("Retry-After", str(STREAM_RETRY_AFTER_S))
+            body = (f"too many display pages open: the player serves "
+                    f"{app.config.player.max_streams} at once (player.max_streams)\n").encode()
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            self.wfile.write(f"retry: {RETRY_MS}\n\n".encode())
+            for event in app.events(display):
+                self.wfile.write(event)
+        finally:
+            app.close_stream()
+
+    def _send_file(self, path: Path | None, *, body: bool = True) -> None:
         if path is None:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            self._send(404, b"not found\n" if body else b"", "text/plain; charset=utf-8")
             return
         size = path.stat().st_size
         start, end = 0, size - 1
@@ -344,12 +515,19 @@ class _Handler(BaseHTTPRequestHandler):
         if wanted:
             start, end = wanted
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix.lower(),
-                                                           "application/octet-stream"))
+        content_type = CREATIVE_TYPES[path.suffix.lower()]
+        self.send_header("Content-Type", content_type)
+        if content_type.startswith("text/html"):
+            # Opened on its own too, an HTML creative runs in an opaque origin: it cannot
+            # script the player or read what the player serves (the page's iframe is
+            # sandboxed the same way).
+            self.send_header("Content-Security-Policy", "sandbox allow-scripts")
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Cache-Control", "max-age=60")  # catalog edits show within a minute
         self.end_headers()
+        if not body:
+            return
         with path.open("rb") as f:
             f.seek(start)
             left = end - start + 1

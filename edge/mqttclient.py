@@ -1,8 +1,8 @@
 """One place that turns the `mqtt:` config into a connected paho client.
 
-Both the publisher (publish.py) and the display player's bridge (display.py)
-connect through here, so credentials, TLS, protocol version, reconnect backoff
-and the wording of connection problems are the same everywhere.
+The publisher (publish.py), the display player's bridge (display.py) and `edge check`
+connect through here, so credentials, TLS, protocol version, reconnect backoff, the
+wording of connection problems and the guard on callbacks are the same everywhere.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -36,15 +38,98 @@ def service_client_id(config: Config) -> str:
     return config.mqtt.client_id or f"edge-{config.mqtt.store_id}"
 
 
-def make_client(config: Config, client_id: str) -> mqtt.Client:
-    """A paho client set up from config (not yet connected)."""
+class RepeatLimiter:
+    """Says whether to log something seen under a key: the first time, then at most every
+    REPEAT_S with the number of repeats left out, so a flood is a line every 10 minutes."""
+
+    REPEAT_S = 600.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seen: dict[object, tuple[float, int]] = {}  # key -> (last logged, left out)
+
+    def check(self, key) -> tuple[bool, int]:
+        """(log it now?, repeats left out since the last line)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._seen.get(key)
+            if last is None or now - last[0] >= self.REPEAT_S:
+                self._seen[key] = (now, 0)
+                return True, 0 if last is None else last[1]
+            self._seen[key] = (last[0], last[1] + 1)
+            return False, 0
+
+
+class GuardedClient(mqtt.Client):
+    """A paho client whose callbacks cannot end its network loop.
+
+    paho re-raises an exception from a callback in its network thread, which ends the
+    thread for good: no more messages, no reconnects, and nothing says so. Every
+    callback assigned to this client (on_message, on_connect, ..., the decorator forms
+    and message_callback_add too) is wrapped: an exception is logged (once per callback
+    and exception type, then every 10 minutes) and the loop goes on. One mechanism for
+    every client the project makes, so a callback added later is covered as well.
+    """
+
+    _CALLBACKS = frozenset(name for name in dir(mqtt.Client) if name.startswith("on_")
+                           and isinstance(getattr(mqtt.Client, name), property))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._guard_repeats = RepeatLimiter()
+        self.callback_errors = 0
+        self.suppress_exceptions = True  # second net: paho's own wrappers swallow too
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in self._CALLBACKS and value is not None:
+            value = self._guarded(name, value)
+        super().__setattr__(name, value)
+
+    def message_callback_add(self, sub: str, callback: Callable) -> None:
+        super().message_callback_add(sub, self._guarded(f"callback for {sub}", callback))
+
+    @property
+    def loop_alive(self) -> bool:
+        """Whether the network thread started by loop_start() is running. paho keeps it in
+        a private attribute; tests/test_mqtt.py checks this still reads it."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _guarded(self, name: str, callback: Callable) -> Callable:
+        if getattr(callback, "_edge_guarded", False):
+            return callback
+
+        def guarded(*args, **kwargs):
+            try:
+                return callback(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive any of them
+                self.callback_errors += 1
+                try:
+                    show, left_out = self._guard_repeats.check((name, type(exc)))
+                    if show:
+                        log.error("mqtt client '%s': %s failed (%s: %s)%s; the message is "
+                                  "dropped and the client carries on", self._client_id.decode(),
+                                  name, type(exc).__name__, str(exc)[:200],
+                                  f" ({left_out} more since the last report)" if left_out
+                                  else "", exc_info=not left_out)
+                except Exception:  # noqa: BLE001 - an unprintable exception: still go on
+                    pass
+                return None
+
+        guarded._edge_guarded = True
+        guarded.__name__ = getattr(callback, "__name__", name)
+        return guarded
+
+
+def make_client(config: Config, client_id: str) -> GuardedClient:
+    """A paho client set up from config (not yet connected), its callbacks guarded."""
     cfg = config.mqtt
     if cfg.protocol == "5":
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5)
+        client = GuardedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                               protocol=mqtt.MQTTv5)
     else:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
+        client = GuardedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                               protocol=mqtt.MQTTv311, clean_session=True)
     username, password = credentials(cfg)
     if username or password:
         client.username_pw_set(username, password)

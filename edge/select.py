@@ -40,6 +40,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edge.config import SelectorConfig, read_yaml
 from edge.errors import ConfigError
@@ -49,6 +50,17 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
            "priority"}
 _HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
+AD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TITLE_MAX_CHARS = 200   # a title names the ad in logs, messages and reports, it is no text body
+URL_MAX_CHARS = 2048
+# What a creative file may be: what the player page can show (an image, a video, an HTML
+# page in a sandboxed frame), with the Content-Type the player serves it as.
+CREATIVE_TYPES = {
+    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
+    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+    ".webp": "image/webp", ".svg": "image/svg+xml",
+    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "video/ogg", ".ogv": "video/ogg",
+}
 SEGMENTS = tuple((age, gender) for age in AGE_CLASSES for gender in GENDERS)  # tie order
 
 
@@ -96,6 +108,68 @@ class Catalog:
             return ad.creative
         return Path(os.path.relpath(ad.creative, self.path.parent.resolve())).as_posix()
 
+    def local_creatives(self) -> dict[str, Path]:
+        """The files the display player serves: creative_ref -> file, nothing else."""
+        return {self.creative_ref(ad): Path(ad.creative) for ad in self.ads.values()
+                if not is_url(ad.creative)}
+
+
+def creative_file(folder: Path, creative: str) -> tuple[Path | None, str | None]:
+    """(the file, None) for a creative the display player can serve, else (None, why).
+
+    The one rule for local creatives: load_catalog applies it to every ad, and the
+    player (edge/display.py) again to every file it is asked for, so a creative that
+    passes `edge check` is one the kiosk can show. folder is the catalog's folder;
+    creative is relative to it (or absolute, but inside it).
+    """
+    try:
+        creative.encode("utf-8")
+        folder = folder.resolve()
+        file = (folder / creative).resolve()  # symlinks followed: they must stay inside too
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, undecodable bytes, a loop
+        return None, f"{creative!r} is not a usable file name"
+    if not file.is_relative_to(folder):
+        return None, (f"file {file} is outside the catalog's folder {folder}; the display "
+                      f"player serves only files in that folder")
+    relative = file.relative_to(folder)
+    if any(part.startswith(".") for part in relative.parts):
+        return None, (f"file {file}: hidden files and folders (a name starting with '.') "
+                      f"are not served")
+    if not file.exists():
+        return None, f"file {file} does not exist"
+    if not file.is_file():
+        return None, f"{file} is not a file"
+    if file.suffix.lower() not in CREATIVE_TYPES:
+        return None, (f"file {file}: the player shows {', '.join(CREATIVE_TYPES)} files, "
+                      f"not '{file.suffix or file.name}'")
+    try:
+        with file.open("rb") as f:
+            if not f.read(1):
+                return None, f"file {file} is empty"
+    except OSError as exc:
+        return None, f"file {file} cannot be read: {exc.strerror or exc}"
+    return file, None
+
+
+def is_url(creative: str) -> bool:
+    return creative.startswith(("http://", "https://"))
+
+
+def url_problem(url: str) -> str | None:
+    """Why a creative given as a URL cannot be shown by the player, or None."""
+    if len(url) > URL_MAX_CHARS:
+        return f"the URL is longer than {URL_MAX_CHARS} characters"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "the URL has spaces or control characters; percent-encode them"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        return f"the URL cannot be parsed ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "give an http:// or https:// URL with a host"
+    return None
+
 
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
@@ -135,18 +209,23 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
         return None, [f"must be a mapping, got {type(entry).__name__}"]
     errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS, key=str)]
     ad_id = entry.get("id")
-    if not isinstance(ad_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", ad_id):
+    if not isinstance(ad_id, str) or not AD_ID.fullmatch(ad_id):
         errors.append(f"field 'id' is {ad_id!r}; use letters, digits, '.', '-' and '_'")
     title = entry.get("title")
     if not isinstance(title, str) or not title.strip():
         errors.append("field 'title' is missing")
+    elif len(title.strip()) > TITLE_MAX_CHARS:
+        errors.append(f"field 'title' is longer than {TITLE_MAX_CHARS} characters")
     creative = entry.get("creative")
     if not isinstance(creative, str) or not creative:
         errors.append("field 'creative' is missing")
-    elif not creative.startswith(("http://", "https://")):
-        file = (base / creative).resolve()
-        if not file.is_file():
-            errors.append(f"field 'creative': file {file} does not exist")
+    elif creative.startswith(("http://", "https://")):
+        if problem := url_problem(creative):
+            errors.append(f"field 'creative': {problem}")
+    else:
+        file, problem = creative_file(base, creative)
+        if problem:
+            errors.append(f"field 'creative': {problem}")
         creative = str(file)
     duration = entry.get("duration_s")
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0:

@@ -136,3 +136,79 @@ class only_config_errors:
 
     def __exit__(self, kind, exc, tb):
         return kind is None or issubclass(kind, ConfigError)
+def unservable(catalog_dir):
+    """Creatives the display player cannot serve, each set up on disk: (creative, needle)."""
+    outside = catalog_dir.parent / "outside.html"
+    outside.write_text("<p>outside</p>")
+    (catalog_dir / "creatives" / ".hidden.html").write_text("<p>hidden</p>")
+    (catalog_dir / ".secret").mkdir()
+    (catalog_dir / ".secret" / "x.html").write_text("<p>x</p>")
+    (catalog_dir / "creatives" / "link.html").symlink_to(outside)
+    (catalog_dir / "creatives" / "folder.html").mkdir()
+    (catalog_dir / "creatives" / "empty.png").write_bytes(b"")
+    (catalog_dir / "creatives" / "flyer.pdf").write_bytes(b"%PDF-1.4")
+    (catalog_dir / "creatives" / "notes.txt").write_text("notes")
+    (catalog_dir / "creatives" / "app.js").write_text("alert(1)")
+    return [
+        (str(outside), "outside the catalog's folder"),
+        ("../outside.html", "outside the catalog's folder"),
+        ("creatives/link.html", "outside the catalog's folder"),
+        ("/etc/hostname", "outside the catalog's folder"),
+        ("catalog.yaml", "'.yaml'"),
+        ("creatives/.hidden.html", "hidden"),
+        (".secret/x.html", "hidden"),
+        ("creatives/folder.html", "not a file"),
+        ("creatives/empty.png", "empty"),
+        ("creatives/flyer.pdf", "'.pdf'"),
+        ("creatives/notes.txt", "'.txt'"),
+        ("creatives/app.js", "'.js'"),
+        ("creatives/nothing.html", "does not exist"),
+        ("http://", "http:// or https:// URL with a host"),
+        ("https://cdn.example.com/spring ad.html", "spaces"),
+        ("https://cdn.example.com:port/x.html", "cannot be parsed"),
+    ]
+
+
+def test_creatives_the_player_cannot_serve_fail_the_catalog(catalog_dir):
+    for creative, needle in unservable(catalog_dir):
+        path = edit(catalog_dir, "creatives/seniors.html", creative)
+        with pytest.raises(ConfigError) as info:
+            load_catalog(path)
+        message = str(info.value)
+        assert "ad 'senior-tuesdays': field 'creative'" in message and needle in message, \
+            (creative, message)
+        edit(catalog_dir, creative, "creatives/seniors.html")
+    load_catalog(catalog_dir / "catalog.yaml")  # back to valid
+
+
+def test_every_catalog_creative_is_served_by_the_player(catalog_dir):
+    """One rule: what load_catalog accepts, the player serves (edge/display.py)."""
+    from edge import config as config_mod
+    from edge.display import DisplayServer
+
+    import cv2
+    import numpy as np
+
+    for name in ("a.png", "b.JPG", "c.webp", "d.gif"):
+        ok, data = cv2.imencode(".png" if name.endswith("png") else ".jpg",
+                                np.zeros((4, 4, 3), np.uint8))
+        (catalog_dir / "creatives" / name).write_bytes(data.tobytes())
+    (catalog_dir / "creatives" / "e.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (catalog_dir / "creatives" / "f f.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    path = catalog_dir / "catalog.yaml"
+    extra = "".join(f"\n  - {{id: x{i}, title: X, creative: \"creatives/{n}\", duration_s: 5}}"
+                    for i, n in enumerate(("a.png", "b.JPG", "c.webp", "d.gif", "e.svg",
+                                           "f f.mp4")))
+    path.write_text(path.read_text() + extra + "\n")
+    catalog = load_catalog(path)
+    config = config_mod.Config()
+    server = DisplayServer(config, catalog, port=0)
+    for ad in catalog.ads.values():
+        served = server.ad_file(catalog.creative_ref(ad))
+        assert served is not None and served.samefile(ad.creative), ad.id
+
+
+def test_title_length_is_capped(catalog_dir):
+    path = edit(catalog_dir, "title: Senior Tuesdays", "title: " + "T" * 201)
+    with pytest.raises(ConfigError, match="ad 'senior-tuesdays': field 'title' is longer than 200"):
+        load_catalog(path)

@@ -202,7 +202,7 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
     assert state["cameras"]["door"]["online"] is True and state["cameras"]["door"]["fps"]
     assert state["health"]["mqtt"] == {"enabled": True, "connected": True,
                                        "outbox": state["health"]["mqtt"]["outbox"],
-                                       "dropped": 0}
+                                       "dropped": 0, "outbox_saved": True}
     assert state["displays"]["window"]["ad"] == "spring-collection"  # six adults, women first
     assert "/dashboard" in err
     # Visits end at stop: the last interval went into the store on the way out.

@@ -491,3 +491,117 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
         publisher.close(timeout=0.1)
     assert "paho-callback" not in threads and "mqtt-outbox" in threads, threads
     assert len((tmp_path / "state" / "mqtt-outbox-store1.jsonl").read_text().splitlines()) == 1
+def in_process_config(tmp_path, port):
+    from edge import config as config_mod
+
+    path, root = write_config(tmp_path, port, source="/dev/null", displays=True)
+    return config_mod.load(path), root
+
+
+def test_a_raising_callback_never_ends_the_network_loop(broker, tmp_path, caplog):
+    """Whatever a callback raises, paho's network thread goes on (mqttclient.GuardedClient)."""
+    from edge import mqttclient
+
+    config, root = in_process_config(tmp_path, broker.port)
+    client = mqttclient.make_client(config, f"guard-{root[5:]}")
+    errors = [RecursionError("deep"), TypeError("type"), KeyError("key"), MemoryError(),
+              UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), RuntimeError("x")]
+    got = []
+    subscribed = []
+
+    def on_message(client, userdata, msg):
+        got.append(msg.payload)
+        raise errors[len(got) - 1]
+
+    client.on_connect = lambda c, u, f, r, p: c.subscribe(f"{root}/guard", qos=1)
+    client.on_subscribe = lambda *args: subscribed.append(True)
+    client.on_message = on_message
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 5
+        while not subscribed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for i in range(len(errors)):
+            client.publish(f"{root}/guard", str(i), qos=1)
+        deadline = time.monotonic() + 10
+        while len(got) < len(errors) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [str(i).encode() for i in range(len(errors))]
+        assert client.loop_alive and client.callback_errors == len(errors)
+        # each failure once, naming the callback; then the loop goes on
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == len(errors) and all("on_message failed" in m for m in lines)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert not client.loop_alive
+
+
+def test_publisher_reconnects_after_a_callback_raised(make_broker, tmp_path, monkeypatch):
+    """An exception in the publisher's on_disconnect (a full disk while saving the
+    outbox, say) must not leave it disconnected for good."""
+    from edge import publish
+
+    broker = make_broker()
+    config, root = in_process_config(tmp_path, broker.port)
+    original = publish.MqttPublisher._on_disconnect
+
+    def on_disconnect(self, *args):
+        original(self, *args)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(publish.MqttPublisher, "_on_disconnect", on_disconnect)
+    publisher = publish.MqttPublisher(config)
+    publisher.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not publisher.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert publisher.connected
+        broker.stop()
+        while publisher.connected and time.monotonic() < deadline + 10:
+            time.sleep(0.05)
+        broker.start()
+        sub = Subscriber(broker.port, f"{root}/cameras/door/counts")
+        try:
+            publisher.emit({"type": "interval", "camera": "door", "start": "s", "end": "e",
+                            "unique_visitors": {}, "watchers": 0, "unclassified": 0,
+                            "dwell_s": 0, "attention_s": 0})
+            sub.wait_for(lambda t, p, r: True, timeout=15)
+            assert publisher.connected and publisher.client.loop_alive
+        finally:
+            sub.close()
+    finally:
+        publisher.close()
+
+
+def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkeypatch):
+    """The publisher, the display player and `edge check` all get their client from
+    mqttclient.make_client, so all their callbacks are guarded."""
+    import paho.mqtt.client as mqtt
+
+    from edge import check, mqttclient, publish
+    from edge.display import DisplayServer
+    from edge.select import load_catalog
+
+    made = []
+    original = mqtt.Client.__init__
+
+    def init(self, *args, **kwargs):
+        made.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mqtt.Client, "__init__", init)
+    config, _ = in_process_config(tmp_path, broker.port)
+    assert [r.status for r in check.check_broker(config)] == ["OK"]
+    publisher = publish.MqttPublisher(config)
+    publisher.start()
+    publisher.close()
+    player = DisplayServer(config, load_catalog(ROOT / "ads" / "catalog.yaml"), port=0).start()
+    player.stop()
+    assert len(made) == 3
+    for client in made:
+        assert isinstance(client, mqttclient.GuardedClient)
+        callbacks = [getattr(client, name) for name in mqttclient.GuardedClient._CALLBACKS]
+        assert all(getattr(cb, "_edge_guarded", False) for cb in callbacks if cb), client
