@@ -185,9 +185,12 @@ def _child() -> int:
 
     shown = _redact(spec["url"])
     ms = spec["timeout_ms"]
+    started = time.monotonic()
     cap = cv2.VideoCapture(spec["url"], cv2.CAP_FFMPEG,
                            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
     if not cap.isOpened():
+        if time.monotonic() - started >= ms / 1000 - 0.1:  # FFmpeg gave up waiting
+            return failed(f"{shown}: no answer within {ms / 1000:g} s")
         return failed(f"cannot open {shown}")
     fps = cap.get(cv2.CAP_PROP_FPS)
     send(_OPENED, value=fps if fps and 0 < fps < 240 else 0.0)
