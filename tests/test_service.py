@@ -384,3 +384,21 @@ def test_one_failing_sink_does_not_stop_the_others(tmp_path, caplog):
     assert visitors(summary) == {("adult", "female"): 2, ("adult", "male"): 1}
     failed = [r for r in caplog.records if "event sink Broken failed" in r.getMessage()]
     assert len(failed) == 1  # logged once, not once per event
+
+
+def test_repeated_decoder_warnings_are_rate_limited(tmp_path, group_photo):
+    """libjpeg prints one warning per decode of a damaged (but complete) JPEG straight to
+    stderr; a looping folder camera at 20 fps would repeat it 20 times a second."""
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    good = _jpeg(group_photo)
+    (folder / "0.jpg").write_bytes(good)
+    (folder / "1.jpg").write_bytes(good[:-2] + b"\x00\x11\x22\x33" + good[-2:])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n"
+                      f"cameras:\n  - {{id: shelf, source: '{folder}', loop: true, fps: 20}}\n")
+    result = run_briefly("--config", str(config), "run", "--duration", "4")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "Corrupt JPEG data" in line]
+    assert 1 <= len(warnings) <= 3, result.stderr  # the first few, then counted
+    assert "stats shelf:" in result.stderr or "stopped" in result.stderr  # our own log lines
