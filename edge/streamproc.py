@@ -59,8 +59,9 @@ class StreamProcess:
             [sys.executable, "-m", "edge.streamproc"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
             env={**os.environ, "PYTHONPATH": _package_root()})
-        threading.Thread(target=self._collect_stderr, name="stream-stderr",
-                         daemon=True).start()
+        self._stderr_reader = threading.Thread(target=self._collect_stderr,
+                                               name="stream-stderr", daemon=True)
+        self._stderr_reader.start()
         try:
             self._proc.stdin.write(json.dumps({"url": url, "timeout_ms": int(timeout_s * 1000)})
                                    .encode() + b"\n")
@@ -103,6 +104,7 @@ class StreamProcess:
         if kind == _FAILED:
             message = bytearray(a)
             self._read_into(memoryview(message), time.monotonic() + 1.0, "message cut off")
+            self.release()  # its stderr, flushed before the message, stays readable
             raise OSError(self._with_reason(message.decode("utf-8", "replace")))
         return kind, a, b, c, value
 
@@ -132,7 +134,8 @@ class StreamProcess:
 
     def _with_reason(self, message: str) -> str:
         # FFmpeg's last line says why (refused, 401, not found); it may quote the URL.
-        time.sleep(0.05)  # the child's last stderr line may still be on its way
+        # Every caller has a child that has ended or is ending: read its stderr to the end.
+        self._stderr_reader.join(1.0)
         detail = self._messages[-1] if self._messages else ""
         return f"{message} ({_redact(detail)})" if detail else message
 
@@ -179,6 +182,7 @@ def _child() -> int:
         out.flush()
 
     def failed(message: str) -> int:
+        sys.stderr.flush()  # FFmpeg's reason first, then ours: the parent reads both
         data = message.encode()
         send(_FAILED, len(data), payload=data)
         return 1
