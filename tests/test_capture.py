@@ -414,3 +414,17 @@ def test_pacing_starts_over_after_a_stall(group_photo):
     burst = np.sum(np.diff([f.timestamp for f in frames]) < 0.5 / 20)
     assert burst <= 2 and reader.status.skipped <= 2, (burst, reader.status.skipped)
     assert len(frames) >= 20
+
+
+@pytest.mark.parametrize("flags", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+                                   [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]])
+def test_truncated_jpeg_is_told_from_a_whole_one(group_photo, flags):
+    from edge.capture import jpeg_truncated
+
+    data = cv2.imencode(".jpg", cv2.imread(str(group_photo)), flags)[1].tobytes()
+    assert not jpeg_truncated(data)
+    assert not jpeg_truncated(data + b"\0ftyp mp4 appended by a phone" * 50)  # data after EOI
+    for cut in (0.001, 0.05, 0.5, 0.999):
+        assert jpeg_truncated(data[: int(len(data) * cut)]), cut
+    assert jpeg_truncated(data[:-1])
+    assert not jpeg_truncated(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())
