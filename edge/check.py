@@ -374,8 +374,8 @@ def main(config_path: str | None, started: float | None = None) -> int:
     fetch = f"edge --config {config_path} models fetch" if config_path \
         else modelstore.FIX_COMMAND
     checks: list[Check] = [check_catalog, functools.partial(check_models, fetch=fetch),
-                           functools.partial(check_cameras, started=started), check_broker, check_execution_provider,
-                           check_state_dir]
+                           functools.partial(check_cameras, started=started), check_broker,
+                           check_execution_provider, check_state_dir]
     for result in run_checks(config, checks):
         emit(result)
     print(summary(results, time.monotonic() - started))

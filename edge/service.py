@@ -166,7 +166,7 @@ class Service:
         for cam in self.cameras.values():
             cam.reader.start()
         # Ready as soon as the loop runs: cameras come online on their own threads, and
-        # one that never opens makes the service degraded (see status_line), not dead.
+        # one that never opens makes the service degraded (see emit_stats), not dead.
         self.notifier.ready(f"running {len(self.cameras)} camera(s)")
         log.info("running: %s", ", ".join(f"{cid} ({redact(c.reader.source)})"
                                          for cid, c in self.cameras.items()))
