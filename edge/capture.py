@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE
+
 log = logging.getLogger(__name__)
 
 # OpenCV/FFmpeg would log every stream timeout itself; we log one line of our own.
@@ -74,15 +76,15 @@ class SourceEnded(Exception):
 
 
 class SourceUnreadable(OSError):
-    """The source is missing, or the service user may not read it (sysexits EX_NOINPUT)."""
+    """The source is missing, or the service user may not read it."""
 
-    exit_status = 66
+    exit_status = EX_NOINPUT
 
 
 class BadSourceData(OSError):
-    """The source can be read but holds no usable frame (sysexits EX_DATAERR)."""
+    """The source can be read but holds no usable frame."""
 
-    exit_status = 65
+    exit_status = EX_DATAERR
 
 
 _reported: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -361,8 +363,8 @@ class CameraReader:
                 if reader is not None:
                     _release(reader, self.camera_id)
             if self.mode == "every_frame":  # offline: retrying cannot make the input readable
-                self._failed(reason, getattr(error, "exit_status",
-                                             66 if isinstance(error, OSError) else 70))
+                self._failed(reason, getattr(error, "exit_status", EX_NOINPUT
+                                             if isinstance(error, OSError) else EX_SOFTWARE))
                 return
             self._went_offline(reason)
 
