@@ -11,12 +11,19 @@ A source that fails to open or stops delivering is reopened with exponential
 backoff. For streams "stops delivering" means a read that waited
 `stall_timeout_s` (FFmpeg's read timeout) for a frame, so a sparse stream that
 sends a frame every few seconds is left alone rather than restarted in a loop.
+Network streams are opened and read in a child process each (streamproc.py), so
+a camera that hangs cannot hold up the others. Offline (`every_frame`), a source
+that cannot be read ends the camera with an exit status instead of retrying.
+Folders skip a bad image (logged once) and go on.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,7 +33,9 @@ import cv2
 import numpy as np
 
 from edge import images
-from edge.errors import InputError
+from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, InputError
+from edge.images import jpeg_truncated  # noqa: F401 (kept importable from here)
+from edge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +45,6 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 HEALTHY_AFTER_S = 60.0  # a source must deliver this long before its backoff starts over
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-# A stream URL's password never reaches a log line or an MQTT status message.
-from edge.redact import redact  # noqa: E402 (kept importable from here)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,50 +62,111 @@ class CameraStatus:
     captured: int = 0
     skipped: int = 0
     last_error: str = ""
+    exit_status: int = 0  # offline: why the source ended (65 bad data, 66 unreadable), 0 fine
+    bad_files: int = 0    # images a folder camera skipped
 
 
 class SourceEnded(Exception):
     """A non-looped file or folder has no more frames."""
 
 
-class ImageSequence:
-    """A folder of images, a list of image files, or one still photo, as a camera."""
+class SourceUnreadable(OSError):
+    """The source is missing, or the service user may not read it."""
 
-    def __init__(self, paths: list[Path], fps: float, loop: bool):
-        self.paths, self.fps, self.loop = paths, fps, loop
+    exit_status = EX_NOINPUT
+
+
+class BadSourceData(OSError):
+    """The source can be read but holds no usable frame."""
+
+    exit_status = EX_DATAERR
+
+
+_reported: collections.OrderedDict[str, None] = collections.OrderedDict()
+_reported_lock = threading.Lock()
+
+
+def log_once(level: int, message: str) -> None:
+    """Log a message the first time it occurs in this process (bounded memory), so a
+    looping folder or a retried source does not repeat the same line forever."""
+    with _reported_lock:
+        if message in _reported:
+            return
+        _reported[message] = None
+        if len(_reported) > 1000:
+            _reported.popitem(last=False)
+    log.log(level, "%s", message)
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """Decode one image file by `edge analyze`'s rules (edge/images.py): SourceUnreadable
+    when it is missing or may not be read, BadSourceData when it holds no usable image."""
+    if not path.exists():
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise SourceUnreadable(f"{path}: no such file{broken}")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise SourceUnreadable(f"{path}: cannot read it (permission denied)")
+    try:
+        return images.read_image(path)
+    except InputError as exc:
+        raise BadSourceData(str(exc)) from None
+
+
+class ImageSequence:
+    """A folder of images, a list of image files, or one still photo, as a camera.
+
+    A bad file in a folder (corrupt, empty, truncated, a folder or broken link with an
+    image's name) is logged once and skipped; the others are read in order as before.
+    A still photo is decoded once and shown again at `fps` while `loop` is set."""
+
+    def __init__(self, paths: list[Path], fps: float, loop: bool, folder: Path | None = None):
+        self.paths, self.fps, self.loop, self.folder = paths, fps, loop, folder
+        self.skipped_files = 0
+        self._bad: set[Path] = set()
         self._next = 0
+        self._still: np.ndarray | None = None
 
     def read(self) -> np.ndarray:
-        if self._next >= len(self.paths):
-            if not self.loop:
+        if self.folder is None:  # one still photo
+            if self._next and not self.loop:
                 raise SourceEnded()
-            self._next = 0
-        path = self.paths[self._next]
-        self._next += 1
-        try:  # the same rules as `edge analyze` (size, shape, truncation)
-            return images.read_image(path)
-        except InputError as exc:
-            raise OSError(str(exc)) from None
+            if self._still is None:
+                self._still = read_image_file(self.paths[0])
+            self._next += 1
+            return self._still.copy()  # the pipeline may draw on or keep its frame
+        while True:
+            if self._next >= len(self.paths):
+                if not self.loop:
+                    raise SourceEnded()
+                if len(self._bad) == len(self.paths):
+                    raise BadSourceData(f"{self.folder}: none of its {len(self.paths)} "
+                                        f"image(s) is readable")
+                self._next = 0
+            path = self.paths[self._next]
+            self._next += 1
+            if path in self._bad:
+                continue
+            try:
+                return read_image_file(path)
+            except OSError as exc:
+                self._bad.add(path)
+                self.skipped_files += 1
+                log_once(logging.WARNING, f"{exc}; skipped")
 
     def release(self) -> None:
         pass
 
 
 class VideoSource:
-    """cv2.VideoCapture over a device, stream URL or video file."""
+    """cv2.VideoCapture over a device or a video file (streams: streamproc.py)."""
 
-    def __init__(self, source: str | int, is_file: bool, loop: bool, timeout_s: float = 10.0):
+    def __init__(self, source: str | int, is_file: bool, loop: bool):
         self.is_file, self.loop, self._source = is_file, loop, source
-        if isinstance(source, str) and "://" in source:
-            # A stalled stream must fail a read after timeout_s, not block for minutes;
-            # a sparse one (a frame every few seconds) must not fail.
-            ms = int(timeout_s * 1000)
-            self._cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG,
-                                         [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
-                                          cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-        else:
-            self._cap = cv2.VideoCapture(source)
+        self._frames = 0
+        self._cap = cv2.VideoCapture(source)
         if not self._cap.isOpened():
+            if is_file:
+                raise BadSourceData(f"{source}: not a video or image OpenCV can read")
             raise OSError(f"cannot open {redact(str(source))}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 240 else 0.0
@@ -108,9 +174,13 @@ class VideoSource:
     def read(self) -> np.ndarray:
         ok, image = self._cap.read()
         if ok:
+            self._frames += 1
             return image
         if not self.is_file:
             raise OSError(f"{redact(str(self._source))}: no frame")
+        if not self._frames:
+            raise BadSourceData(f"{self._source}: no frame could be decoded (truncated or "
+                                f"not a video)")
         if not self.loop:
             raise SourceEnded()
         self._cap.release()
@@ -124,23 +194,37 @@ class VideoSource:
         self._cap.release()
 
 
-def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10.0):
-    """The right reader for a config `source` string."""
+def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10.0, *,
+                repeat_still: bool = True):
+    """The right reader for a config `source` string. A still photo is shown again and
+    again at still_fps as a live camera (`repeat_still`), or once for offline analysis."""
     if source.isdigit():
         return VideoSource(int(source), is_file=False, loop=False)
-    if "://" in source or source.startswith("/dev/"):
-        return VideoSource(source, is_file=False, loop=False, timeout_s=timeout_s)
+    if "://" in source:
+        from edge.streamproc import StreamProcess
+
+        return StreamProcess(source, timeout_s, redact(source))
+    if source.startswith("/dev/"):
+        return VideoSource(source, is_file=False, loop=False)
     path = Path(source)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise SourceUnreadable(f"{path}: cannot list the folder "
+                                   f"({exc.strerror or exc})") from None
         if not images:
-            raise OSError(f"{path}: folder has no images")
-        return ImageSequence(images, still_fps, loop)
+            raise BadSourceData(f"{path}: folder has no images")
+        return ImageSequence(images, still_fps, loop, folder=path)
     if not path.exists():
-        raise OSError(f"{path}: no such file")
+        broken = " (a broken symbolic link)" if path.is_symlink() else ""
+        raise SourceUnreadable(f"{path}: no such file{broken}")
+    if not os.access(path, os.R_OK):
+        raise SourceUnreadable(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise BadSourceData(f"{path}: empty file (0 bytes)")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        # A still photo is a camera that shows the same scene at still_fps.
-        return ImageSequence([path], still_fps, loop=True)
+        return ImageSequence([path], still_fps, loop=loop or repeat_still)
     return VideoSource(str(path), is_file=True, loop=loop)
 
 
@@ -163,13 +247,15 @@ class CameraReader:
 
     def __init__(self, camera_id: str, source: str, *, fps: float = 15.0, loop: bool = False,
                  mode: str = "live", stall_timeout_s: float = 10.0,
-                 backoff: Backoff | None = None, opener=open_source):
+                 backoff: Backoff | None = None, opener=None):
         assert mode in ("live", "paced", "every_frame")
         self.camera_id, self.source, self.fps, self.loop, self.mode = (
             camera_id, source, fps, loop, mode)
         self.stall_timeout_s = stall_timeout_s
         self._backoff = backoff or Backoff()
-        self._opener = opener
+        # Offline, a still photo is one frame; as a camera it is shown again and again.
+        self._opener = opener or functools.partial(open_source,
+                                                   repeat_still=mode != "every_frame")
         self.status = CameraStatus()
         self._reconnects: collections.deque[float] = collections.deque()
         self._online_since = 0.0
@@ -222,25 +308,29 @@ class CameraReader:
     def _run(self) -> None:
         opened_once = False
         while not self._stop.is_set():
+            reader = None
             try:
                 reader = self._opener(self.source, self.loop, self.fps, self.stall_timeout_s)
-            except OSError as exc:
-                self._went_offline(redact(str(exc)))
-                continue
-            if opened_once:
-                self._reconnects.append(time.time())
-            opened_once = True
-            file_fps = getattr(reader, "fps", 0.0) or self.fps
-            log.info("camera %s online (%s)", self.camera_id, redact(self.source))
-            self.status.online, self.status.last_error = True, ""
-            self._online_since = time.monotonic()
-            try:
-                self._read_frames(reader, file_fps)
+                if opened_once:
+                    self._reconnects.append(time.time())
+                opened_once = True
+                self._read_frames(reader, getattr(reader, "fps", 0.0) or self.fps)
                 return  # stopped or ended
             except OSError as exc:
-                self._went_offline(redact(str(exc)))
+                error: Exception = exc
+                reason = redact(str(exc))
+            except Exception as exc:  # a decoder or backend bug: the camera must come back
+                error = exc
+                reason = redact(f"{type(exc).__name__}: {exc}")
+                log.debug("camera %s: unexpected error", self.camera_id, exc_info=True)
             finally:
-                reader.release()
+                if reader is not None:
+                    _release(reader, self.camera_id)
+            if self.mode == "every_frame":  # offline: retrying cannot make the input readable
+                self._failed(reason, getattr(error, "exit_status", EX_NOINPUT
+                                             if isinstance(error, OSError) else EX_SOFTWARE))
+                return
+            self._went_offline(reason)
 
     def _read_frames(self, reader, file_fps: float) -> None:
         interval = 1.0 / file_fps if file_fps > 0 else 0.0
@@ -249,14 +339,25 @@ class CameraReader:
             try:
                 image = reader.read()
             except SourceEnded:
-                log.info("camera %s: end of %s after %d frames", self.camera_id,
-                         redact(self.source),
-                         self._delivered)
+                skipped = getattr(reader, "skipped_files", 0)
+                log.info("camera %s: end of %s after %d frames%s", self.camera_id,
+                         redact(self.source), self._delivered,
+                         f" ({skipped} bad file(s) skipped)" if skipped else "")
                 with self._cond:
                     self.status.ended, self.status.online = True, False
+                    self.status.bad_files = skipped
+                    if skipped and self.mode == "every_frame":
+                        self.status.exit_status = BadSourceData.exit_status
                     self._cond.notify_all()
                 return
-            n = self._delivered - first  # frames since this open, for file time
+            if not self.status.online:
+                # Online means delivering: a source that opens but fails its first read
+                # (an unreadable still, a stream that never answers) is not announced.
+                log.info("camera %s online (%s)", self.camera_id, redact(self.source))
+                self.status.online, self.status.last_error = True, ""
+                self._online_since = time.monotonic()
+            self.status.bad_files = getattr(reader, "skipped_files", 0)
+            n = self._delivered - first  # frames since this open (or stall), for file time
             if self.mode == "every_frame":
                 timestamp = started + n * interval
             else:
@@ -268,6 +369,17 @@ class CameraReader:
                 delay = started + (n + 1) * interval - time.time()
                 if delay > 0:
                     self._stop.wait(delay)
+                elif delay < -max(2 * interval, 0.25):
+                    # A stall (a slow disk, a reopen): catching up would hand over a burst
+                    # that the pipeline cannot take and count as skipped. Start the clock over.
+                    started, first = time.time(), self._delivered
+
+    def _failed(self, reason: str, exit_status: int) -> None:
+        log.error("camera %s: %s", self.camera_id, reason)
+        with self._cond:
+            self.status.online, self.status.ended = False, True
+            self.status.last_error, self.status.exit_status = reason, exit_status
+            self._cond.notify_all()
 
     def _went_offline(self, reason: str) -> None:
         # A source that opens but fails again at once (a flapping stream) keeps
@@ -280,3 +392,10 @@ class CameraReader:
                         delay)
         self.status.online, self.status.last_error = False, reason
         self._stop.wait(delay)
+
+
+def _release(reader, camera_id: str) -> None:
+    try:
+        reader.release()
+    except Exception as exc:  # the source is being dropped anyway; reopening must go on
+        log.debug("camera %s: release failed: %r", camera_id, exc)

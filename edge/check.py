@@ -16,6 +16,7 @@ import os
 import queue
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -33,7 +34,11 @@ from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
 from edge.select import load_catalog
 
-CAMERA_TIMEOUT_S = 5.0
+# Network cameras are opened in a child process each (streamproc.py), so hung ones time
+# out side by side. Counted from the start of `edge check`, so that slow imports on a
+# busy box do not push it past about 5 s in all; a camera is given at least MIN_WAIT_S.
+CAMERA_TIMEOUT_S = 4.0
+CAMERA_MIN_WAIT_S = 2.0
 BROKER_TIMEOUT_S = 5.0
 CHECK_TIMEOUT_S = 30.0  # a check that hangs anyway is reported, not waited for
 
@@ -121,17 +126,21 @@ def _own_models(config: Config) -> list[Result]:
     return results
 
 
-def check_cameras(config: Config) -> list[Result]:
-    """One frame from every camera, all cameras at once, CAMERA_TIMEOUT_S in all."""
+def check_cameras(config: Config, started: float | None = None) -> list[Result]:
+    """One frame from every camera, all cameras at once, by CAMERA_TIMEOUT_S after
+    `started` (the start of `edge check`)."""
     if not config.cameras:
         return [fail("cameras", "none configured", "add 'cameras' to the config")]
-    grabs = [(camera, Background(functools.partial(grab_frame, camera)))
+    now = time.monotonic()
+    deadline = max(now + CAMERA_MIN_WAIT_S, (now if started is None else started)
+                   + CAMERA_TIMEOUT_S)
+    grabs = [(camera, Background(functools.partial(grab_frame, camera,
+                                                   timeout_s=deadline - now)))
              for camera in config.cameras]
-    deadline = time.monotonic() + CAMERA_TIMEOUT_S
-    return [_camera_result(camera, grab, deadline) for camera, grab in grabs]
+    return [_camera_result(camera, grab, deadline, deadline - now) for camera, grab in grabs]
 
 
-def grab_frame(camera: CameraConfig) -> tuple[int, int]:
+def grab_frame(camera: CameraConfig, timeout_s: float = CAMERA_TIMEOUT_S) -> tuple[int, int]:
     """Width and height of the first frame the camera delivers."""
     device = _device(camera.source)
     # Checked first: opening a missing device makes FFmpeg print lines of its own.
@@ -140,9 +149,8 @@ def grab_frame(camera: CameraConfig) -> tuple[int, int]:
     if device and not os.access(device, os.R_OK | os.W_OK):
         raise OSError(f"{device}: permission denied")
     if "://" in camera.source:
-        _reach(camera.source)
-    reader = open_source(camera.source, loop=False, still_fps=camera.fps,
-                         timeout_s=CAMERA_TIMEOUT_S)
+        _reach(camera.source, timeout_s)
+    reader = open_source(camera.source, loop=False, still_fps=camera.fps, timeout_s=timeout_s)
     try:
         image = reader.read()
     except SourceEnded:
@@ -152,19 +160,20 @@ def grab_frame(camera: CameraConfig) -> tuple[int, int]:
     return image.shape[1], image.shape[0]
 
 
-def _camera_result(camera: CameraConfig, grab: "Background", deadline: float) -> Result:
+def _camera_result(camera: CameraConfig, grab: "Background", deadline: float,
+                   waited_s: float) -> Result:
     name = f"camera {camera.id}"
     try:
         width, height = grab.result(max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        return fail(name, f"{redact(camera.source)}: no frame within {CAMERA_TIMEOUT_S:g} s",
+        return fail(name, f"{redact(camera.source)}: no frame within {waited_s:.0f} s",
                     _camera_fix(camera.source))
     except OSError as exc:
         return fail(name, redact(str(exc)), _camera_fix(camera.source))
     return ok(name, f"{redact(camera.source)}: {width}x{height} frame")
 
 
-def _reach(url: str) -> None:
+def _reach(url: str, timeout_s: float) -> None:
     """TCP to the URL's host first: says why it is unreachable (FFmpeg only prints it)."""
     # Split after the credentials: a raw '/' or '@' in a password fools urlsplit.
     parts = urllib.parse.urlsplit(without_credentials(url))
@@ -172,7 +181,7 @@ def _reach(url: str) -> None:
     if not parts.hostname or not port:
         return  # let FFmpeg judge what it can open
     try:
-        socket.create_connection((parts.hostname, port), timeout=CAMERA_TIMEOUT_S).close()
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
     except OSError as exc:
         reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
         raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {reason}") from None
@@ -388,9 +397,14 @@ class Background:
     """fn() on a daemon thread: a camera or broker that hangs cannot hold up the exit
     (a ThreadPoolExecutor joins its threads at exit)."""
 
+    unfinished: set["Background"] = set()
+    _lock = threading.Lock()
+
     def __init__(self, fn: Callable):
         self._done = threading.Event()
         self._value = self._error = None
+        with Background._lock:
+            Background.unfinished.add(self)
         threading.Thread(target=self._run, args=(fn,), daemon=True).start()
 
     def _run(self, fn: Callable) -> None:
@@ -400,6 +414,8 @@ class Background:
             self._error = exc
         finally:
             self._done.set()
+            with Background._lock:
+                Background.unfinished.discard(self)
 
     def result(self, timeout: float):
         if not self._done.wait(timeout):
@@ -453,10 +469,19 @@ def main(config_path: str | None, started: float | None = None) -> int:
     fetch = f"edge --config {config_path} models fetch" if config_path \
         else modelstore.FIX_COMMAND
     checks: list[Check] = [check_catalog, functools.partial(check_models, fetch=fetch),
-                           check_cameras, check_broker, check_home_assistant,
+                           functools.partial(check_cameras, started=started), check_broker,
+                           check_home_assistant,
                            check_execution_provider, check_state_dir, check_player,
                            check_metrics]
     for result in run_checks(config, checks):
         emit(result)
     print(summary(results, time.monotonic() - started))
-    return 1 if any(r.status == "FAIL" for r in results) else 0
+    status = 1 if any(r.status == "FAIL" for r in results) else 0
+    if Background.unfinished:
+        # A check still blocked in native code (a camera driver, a C++ library's thread)
+        # cannot be torn down at interpreter exit: C++ aborts with SIGABRT ("terminate
+        # called without an active exception"). The results are out; end here, with ours.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status

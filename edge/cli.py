@@ -95,8 +95,15 @@ def cmd_eval(args, cfg) -> int:
 
 def cmd_run(args, cfg) -> int:
     from edge.redact import safe_name
+    import re
+
+    from edge import nativelog
     from edge.service import JsonLines, LogSink, Service
 
+    # libjpeg's and FFmpeg's own stderr lines, repeated per frame, are rate-limited; the
+    # log handler is set up again so that our lines bypass that filter.
+    nativelog.install()
+    setup_logging(cfg.log_level)
     offline = bool(args.source) and not args.realtime
     if args.source:
         # The file stands in for the first configured camera, so the displays that

@@ -5,7 +5,7 @@ stops a restart loop on configuration problems that a restart cannot fix.
 """
 
 EX_DATAERR = 65
-EX_NOINPUT = 66
+EX_NOINPUT = 66  # an input file is missing or cannot be read
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 

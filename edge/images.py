@@ -71,11 +71,27 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def jpeg_truncated(data: bytes) -> bool:
-    """A JPEG whose last scan has no end-of-image marker after it: cut short (a copy
-    interrupted, an upload stopped). Markers cannot occur inside scan data, so an EOI
-    after the last SOS means the image is complete (trailing bytes after it are fine)."""
-    last_scan = data.rfind(b"\xff\xda")
-    return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+    """True for a JPEG whose data stops before its end-of-image marker (a partial
+    upload or copy). libjpeg decodes such a file with a grey bottom and prints
+    "Premature end of JPEG file" to stderr on every decode, so it is caught here."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False  # not a marker where one belongs: corrupt, the decoder judges
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if marker == 0xDA:  # start of scan: entropy-coded data, where 0xFFD9 can only be EOI
+            return data.find(b"\xff\xd9", i + 2 + length) < 0
+        i += 2 + length
+    return True  # the headers themselves are cut off
 
 
 def check_size(width: int, height: int, shown: str) -> None:
@@ -110,9 +126,11 @@ def read_image(path: str | Path, shown: str | None = None) -> np.ndarray:
     size = header_size(data)
     if size is not None:
         check_size(*size, shown)
-    if data[:2] == b"\xff\xd8" and jpeg_truncated(data):
-        raise InputError(f"{shown}: JPEG is truncated (no end-of-image marker): the file "
-                         f"is incomplete")
+    if not data:
+        raise InputError(f"{shown}: empty file (0 bytes)")
+    if jpeg_truncated(data):
+        raise InputError(f"{shown}: truncated JPEG (no end-of-image marker): the file is "
+                         f"incomplete")
     try:
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) \
             if data else None

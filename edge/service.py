@@ -75,7 +75,7 @@ class LogSink:
             log.info("display %s: '%s' played %.1f s to %s, %d watched", event["display"],
                      event["ad"], event["duration_s"], _visitor_line(event["viewers"]),
                      sum(n for by_g in event["watchers"].values() for n in by_g.values()))
-        elif event["type"] in ("interval", "summary"):
+        elif event["type"] in ("interval", "summary"):  # "error": the camera logged it already
             log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
                      _visitor_line(event["unique_visitors"], event["gender_unknown"]),
                      event["watchers"])
@@ -158,6 +158,7 @@ class Service:
         self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
         self._stats_at = time.monotonic()
         self._last_processed_at = 0.0
+        self._failing_sinks: set[tuple[int, str]] = set()  # (sink, error type) logged once
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -179,6 +180,8 @@ class Service:
     def _run(self) -> int:
         for cam in self.cameras.values():
             cam.reader.start()
+        # Ready as soon as the loop runs: cameras come online on their own threads, and
+        # one that never opens makes the service degraded (see emit_stats), not dead.
         self.notifier.ready(f"running {len(self.cameras)} camera(s)")
         log.info("running: %s", ", ".join(f"{cid} ({redact(c.reader.source)})"
                                          for cid, c in self.cameras.items()))
@@ -202,7 +205,10 @@ class Service:
                     break
         finally:
             self.shutdown()
-        return 0
+        # Offline, a source that could not be read (66) or held bad data (65) sets the
+        # exit status; the service itself always ends with 0.
+        return max((c.reader.status.exit_status for c in self.cameras.values()), default=0) \
+            if self.offline else 0
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -327,11 +333,19 @@ class Service:
                                        if k not in ("start", "end")}})
 
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
-        """Close open visits into a final interval and, for an ended file, a summary."""
+        """Close open visits into a final interval and, for an ended file or any offline
+        run that started, a summary: the last line of an offline run."""
+        status = cam.reader.status
+        if status.exit_status and status.last_error:
+            self.emit({"type": "error", "camera": cid, "source": redact(cam.reader.source),
+                       "error": status.last_error, "exit_status": status.exit_status})
+        if cam.frames == 0 and status.exit_status and status.last_error:
+            cam.done = True  # nothing was read: the error line is all there is to say
+            return
         self._emit_interval(cid, cam, end, flush=True)
         for play in cam.plays.finish_all(end) if cam.plays is not None else ():
             self.emit(play)
-        if cam.reader.status.ended:
+        if status.ended or self.offline:
             totals = cam.audience.totals()
             self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
                        "unique_visitors": totals["unique_visitors"],
@@ -382,6 +396,12 @@ class Service:
                  for cid, c in stats["cameras"].items()]
         line = "; ".join(parts) + (f"; classify {stats['classifier_ms']} ms "
                                    f"x{stats['classifier_batch']}; p95 {stats['latency_p95_ms']} ms")
+        offline = [f"{cid} ({cam.reader.status.last_error or 'opening'})"
+                   for cid, cam in self.cameras.items()
+                   if not cam.reader.status.online and not cam.done]
+        if offline:  # the service runs on with the cameras it has
+            line = f"degraded: {len(offline)} of {len(self.cameras)} camera(s) offline: " \
+                   f"{', '.join(offline)}; " + line
         log.info("stats %s", line)
         self.notifier.status(line)
         for cam in self.cameras.values():
@@ -393,7 +413,17 @@ class Service:
 
     def emit(self, event: dict) -> None:
         for sink in self.sinks:
-            sink.emit(event)
+            try:
+                sink.emit(event)
+            except BrokenPipeError:
+                raise  # whoever read our stdout has gone: the run ends (exit 0, see cli)
+            except Exception as exc:  # one failing sink must not stop the others or the loop
+                key = (id(sink), type(exc).__name__)
+                if key not in self._failing_sinks:
+                    self._failing_sinks.add(key)
+                    log.error("event sink %s failed on a %s event: %r; it is skipped for that "
+                              "event and tried again with the next (logged once)",
+                              type(sink).__name__, event.get("type"), exc)
 
 
 def decision_event(d: Decision) -> dict:

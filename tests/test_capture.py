@@ -205,3 +205,226 @@ def test_stream_passwords_are_redacted_from_errors_and_status():
     reader.stop(timeout=2)
     assert "127.0.0.1:9" in reader.status.last_error
     assert "s3cr3t" not in reader.status.last_error
+
+
+# -- faults: hung streams, bad files, unexpected errors (issue 12) -------------------
+
+
+def small_jpeg(group_photo) -> bytes:
+    image = cv2.resize(cv2.imread(str(group_photo)), (320, 220))
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def test_hung_streams_do_not_hold_up_each_other_or_a_file(tmp_path):
+    """Opens of cameras that accept and never answer run side by side (a child process
+    each), and a file opens at once meanwhile; in-process FFmpeg opens took turns."""
+    import threading
+
+    from hung_camera import HungCamera
+
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    with HungCamera() as a, HungCamera("http") as b:
+        failed_after = {}
+
+        def open_hung(name, url):
+            started = time.monotonic()
+            with pytest.raises(OSError, match="127.0.0.1"):
+                open_source(url, False, 10, timeout_s=2.0)
+            failed_after[name] = time.monotonic() - started
+
+        threads = [threading.Thread(target=open_hung, args=(name, url))
+                   for name, url in (("a", a.url), ("b", b.url))]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # both children are waiting on their hung camera by now
+        file_started = time.monotonic()
+        source = open_source(str(clip), False, 10)
+        image = source.read()
+        source.release()
+        file_took = time.monotonic() - file_started
+        for t in threads:
+            t.join(15)
+        both_took = time.monotonic() - started
+    assert image.shape == (270, 480, 3)
+    assert file_took < 1.0, f"the file waited {file_took:.1f} s for the hung streams"
+    assert set(failed_after) == {"a", "b"} and a.connections >= 1 and b.connections >= 1
+    # side by side: about one timeout (plus the child's start), not two in a row
+    assert both_took < 2.0 + 3.0, f"{failed_after}, {both_took:.1f} s in all"
+
+
+def test_folder_skips_bad_files_once_and_ends(tmp_path, group_photo, caplog):
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    good = small_jpeg(group_photo)
+    (folder / "0.jpg").write_bytes(good)
+    (folder / "1.jpg").write_bytes(b"")                               # 0 bytes
+    (folder / "2.jpg").write_bytes(b"\xff\xd8" + bytes(range(256)) * 8)  # corrupt
+    (folder / "3.jpg").write_bytes(good[: len(good) * 2 // 3])       # truncated
+    (folder / "4.jpg").mkdir()                                        # a folder named x.jpg
+    (folder / "5.jpg").symlink_to(tmp_path / "gone.jpg")             # broken symlink
+    (folder / "6.jpg").write_bytes(good)
+    caplog.set_level("INFO", logger="edge.capture")
+    reader = CameraReader("shelf", str(folder), mode="every_frame").start()
+    try:
+        frames = drain(reader, timeout=10)
+    finally:
+        reader.stop()
+    assert reader.status.ended and [f.index for f in frames] == [0, 1]  # each good one once
+    assert reader.status.bad_files == 5 and reader.status.exit_status == 65
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().endswith("; skipped")]
+    assert len(skipped) == 5
+    for name, why in (("1.jpg", "empty file"), ("2.jpg", "not a readable image"),
+                      ("3.jpg", "truncated JPEG"), ("4.jpg", "is a folder"),
+                      ("5.jpg", "broken symbolic link")):
+        assert any(str(folder / name) in m and why in m for m in skipped), (name, skipped)
+
+    # Looped as a live stand-in camera: it goes round the good images, each bad file
+    # is reported once, and it never starts over because of one.
+    caplog.clear()
+    reader = CameraReader("shelf", str(folder), fps=50, mode="paced", loop=True).start()
+    try:
+        frames = collect(reader, 1.0)
+    finally:
+        reader.stop()
+    assert len(frames) >= 10 and reader.reconnects_last_hour() == 0
+    assert reader.status.online and not reader.status.last_error
+    assert sum(r.getMessage().endswith("; skipped") for r in caplog.records) <= 5
+
+
+def test_still_photo_offline_is_one_frame(group_photo):
+    reader = CameraReader("still", str(group_photo), mode="every_frame").start()
+    try:
+        frames = drain(reader, timeout=5)
+    finally:
+        reader.stop()
+    assert len(frames) == 1 and reader.status.ended and reader.status.exit_status == 0
+
+
+@pytest.mark.parametrize("content, status, why", [
+    (None, 66, "no such file"),
+    (b"", 65, "empty file"),
+    (b"this is a shopping list, not a photo\n", 65, "not a readable image"),
+    ("truncated", 65, "truncated JPEG"),
+])
+def test_offline_source_that_cannot_be_read_ends_with_its_status(tmp_path, group_photo,
+                                                                 content, status, why):
+    path = tmp_path / "photo.jpg"
+    if content == "truncated":
+        data = small_jpeg(group_photo)
+        path.write_bytes(data[: len(data) // 2])
+    elif content is not None:
+        path.write_bytes(content)
+    reader = CameraReader("still", str(path), mode="every_frame").start()
+    try:
+        frames = drain(reader, timeout=5)
+    finally:
+        reader.stop()
+    assert frames == [] and reader.status.ended
+    assert reader.status.exit_status == status
+    assert str(path) in reader.status.last_error and why in reader.status.last_error
+
+
+def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capfd):
+    """No "online" per retry, one offline line, and no libjpeg line per decode."""
+    path = tmp_path / "door.jpg"
+    data = small_jpeg(group_photo)
+    path.write_bytes(data[: len(data) // 2])  # a half-uploaded snapshot
+    caplog.set_level("INFO", logger="edge.capture")
+    reader = CameraReader("door", str(path), fps=20, mode="paced",
+                          backoff=Backoff(initial_s=0.05, max_s=0.05)).start()
+    try:
+        frames = collect(reader, 1.5)
+    finally:
+        reader.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert frames == [] and "truncated JPEG" in reader.status.last_error
+    assert not any("online" in m for m in messages), messages
+    assert sum("offline" in m for m in messages) == 1, messages
+    assert "Premature end of JPEG" not in capfd.readouterr().err
+
+
+def test_refused_stream_retries_without_ffmpeg_lines(capfd, caplog):
+    caplog.set_level("INFO", logger="edge.capture")
+    reader = CameraReader("door", "rtsp://127.0.0.1:9/stream", mode="live", stall_timeout_s=1,
+                          backoff=Backoff(initial_s=0.1, max_s=0.1)).start()
+    try:
+        time.sleep(3.0)  # several attempts, 0.1 s apart after each child gives up
+    finally:
+        reader.stop()
+    err = capfd.readouterr().err
+    assert "Connection" not in err and "tcp @" not in err, err  # FFmpeg's raw lines
+    offline = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+    assert len(offline) == 1 and "127.0.0.1:9" in offline[0], offline
+
+
+class FlakySource:
+    """A real image sequence whose Nth read meets an error the reader was not written
+    for (a decoder bug raising something other than OSError), or stalls once."""
+
+    def __init__(self, inner, fail_at=None, error=None, stall_at=None, stall_s=0.0):
+        self.inner, self.fps = inner, inner.fps
+        self.fail_at, self.error, self.stall_at, self.stall_s = fail_at, error, stall_at, stall_s
+        self.reads = 0
+
+    def read(self):
+        self.reads += 1
+        if self.reads == self.fail_at:
+            raise self.error
+        if self.reads == self.stall_at:
+            time.sleep(self.stall_s)
+        return self.inner.read()
+
+    def release(self):
+        self.inner.release()
+
+
+def test_any_reader_exception_reports_offline_and_reconnects(group_photo):
+    opened = []
+
+    def opener(source, loop, fps, timeout_s):
+        inner = open_source(source, loop, fps, timeout_s)
+        first = not opened
+        opened.append(1)
+        return FlakySource(inner, fail_at=3 if first else None,
+                           error=ValueError("buffer has wrong size"))
+
+    reader = CameraReader("still", str(group_photo), fps=20, mode="paced",
+                          backoff=Backoff(initial_s=0.1, max_s=0.2), opener=opener).start()
+    try:
+        frames = collect(reader, 1.5)
+    finally:
+        reader.stop()
+    assert len(opened) == 2 and reader.reconnects_last_hour() == 1
+    assert frames and frames[-1].index > 3  # frames again after the reconnect
+    assert reader.status.online
+
+
+def test_pacing_starts_over_after_a_stall(group_photo):
+    def opener(source, loop, fps, timeout_s):
+        return FlakySource(open_source(source, loop, fps, timeout_s), stall_at=5, stall_s=1.0)
+
+    reader = CameraReader("still", str(group_photo), fps=20, mode="paced", opener=opener).start()
+    try:
+        frames = collect(reader, 2.5)
+    finally:
+        reader.stop()
+    # After the 1 s stall, catching up would hand over ~20 frames back to back: counted
+    # as skipped when the pipeline cannot take them, and never the file's pace.
+    burst = np.sum(np.diff([f.timestamp for f in frames]) < 0.5 / 20)
+    assert burst <= 2 and reader.status.skipped <= 2, (burst, reader.status.skipped)
+    assert len(frames) >= 20
+
+
+@pytest.mark.parametrize("flags", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
+                                   [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]])
+def test_truncated_jpeg_is_told_from_a_whole_one(group_photo, flags):
+    from edge.capture import jpeg_truncated
+
+    data = cv2.imencode(".jpg", cv2.imread(str(group_photo)), flags)[1].tobytes()
+    assert not jpeg_truncated(data)
+    assert not jpeg_truncated(data + b"\0ftyp mp4 appended by a phone" * 50)  # data after EOI
+    for cut in (0.001, 0.05, 0.5, 0.999):
+        assert jpeg_truncated(data[: int(len(data) * cut)]), cut
+    assert jpeg_truncated(data[:-1])
+    assert not jpeg_truncated(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())

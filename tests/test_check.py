@@ -176,3 +176,23 @@ def test_player_listen_address_and_port(tmp_path, broker, group_photo):
         status, lines, out = check(config)
     assert status == 0
     assert lines["player"].startswith(f"WARN  player: 127.0.0.1:{port} is in use")
+def test_hung_network_cameras_fail_alone_and_quickly(tmp_path):
+    """Two cameras that accept a connection and never answer: each fails within the
+    camera timeout, side by side; the healthy camera listed after them passes; and
+    `edge check` exits with its own status (it used to abort with SIGABRT)."""
+    from hung_camera import HungCamera
+
+    gif = need("media/face-demographics-walking-and-pause.gif")
+    with HungCamera() as hung1, HungCamera("http") as hung2:
+        config = write_config(tmp_path, source=hung1.url)
+        add_camera(config, "hung2", hung2.url)
+        add_camera(config, "walk", gif)
+        status, lines, out = check(config)
+    assert status == 1, out  # not -6 (SIGABRT)
+    for name, url in (("camera entrance", hung1.url), ("camera hung2", hung2.url)):
+        assert re.match(rf"FAIL  {name}: {url}: no frame within [234] s", lines[name]), lines[name]
+    walk = lines["camera walk"]
+    assert walk.startswith("OK    camera walk: ") and "480x270" in walk
+    assert_ok(lines, *(ALL_CHECKS - {"camera entrance"}))
+    seconds = float(re.search(r"in (\d+\.\d) s", out.strip().splitlines()[-1]).group(1))
+    assert seconds <= 6.0, out

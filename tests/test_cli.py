@@ -70,7 +70,7 @@ def test_bad_files_are_reported_and_the_rest_analysed(tmp_path, group_photo):
     assert len(lines[1]["faces"]) == 6
     assert "not a readable image" in lines[0]["error"]
     assert "no such file" in lines[2]["error"]
-    assert "not a readable image" in lines[3]["error"]
+    assert "empty file (0 bytes)" in lines[3]["error"]
     assert "is a folder" in lines[4]["error"]
     assert f"{text}: not a readable image" in result.stderr
     assert "4 of 5 image(s) could not be analysed" in result.stderr

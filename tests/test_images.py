@@ -53,8 +53,8 @@ def files(tmp_path, group_photo):
 
 EXPECTED = {
     "photo": None,
-    "truncated": "JPEG is truncated (no end-of-image marker)",
-    "empty": "not a readable image",
+    "truncated": "truncated JPEG (no end-of-image marker)",
+    "empty": "empty file (0 bytes)",
     "garbage": "not a readable image (PNG header damaged)",
     "bomb": "image is 20000x20000 pixels, more than the 64 megapixels allowed",
     "thin": "image is 1x20000 pixels, too narrow to analyse",
@@ -144,7 +144,7 @@ def test_run_and_analyze_agree_on_a_truncated_jpeg(files):
     _, analyzed = peak_rss_mb(*config, "analyze", str(files["truncated"]))
     _, ran = peak_rss_mb(*config, "run", "--source", str(files["truncated"]), "--jsonl",
                          "--duration", "3")
-    message = f"{files['truncated']}: JPEG is truncated"
+    message = f"{files['truncated']}: truncated JPEG"
     assert analyzed.returncode == 65 and message in analyzed.stdout
     assert message in ran.stderr
     events = [json.loads(line) for line in ran.stdout.splitlines()]
