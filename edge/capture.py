@@ -279,6 +279,12 @@ class CameraReader:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    @property
+    def retrying(self) -> bool:
+        """Offline and being reopened (with backoff) by its own live thread: a known,
+        reported state, not a stuck one."""
+        return self._thread.is_alive() and not self.status.online and not self.status.ended
+
     def latest(self, timeout: float = 0.0) -> Frame | None:
         """Take the newest unread frame, waiting up to `timeout` seconds for one."""
         with self._cond:

@@ -193,10 +193,16 @@ class Service:
                 now = time.monotonic()
                 if worked:
                     self._last_processed_at = now
-                # Pet the watchdog only while frames are really being processed, so
-                # a pipeline stuck without frames gets restarted by systemd.
-                if watchdog_every and now - last_watchdog >= watchdog_every \
-                        and now - self._last_processed_at < 2 * watchdog_every:
+                # Pet the watchdog while frames are processed, or while every camera
+                # without frames is offline and being retried by its own reader: that
+                # is reported (degraded, in the status line and over MQTT), and a
+                # restart would not bring a dead camera back. A loop stuck in a stage,
+                # or a reader that hangs while it claims to be online (its stall timeout
+                # reopens it first), stops the pets, and systemd restarts the service.
+                frames_flow = now - self._last_processed_at < 2 * watchdog_every
+                if watchdog_every and now - last_watchdog >= watchdog_every and (
+                        frames_flow or all(c.done or c.reader.retrying
+                                           for c in self.cameras.values())):
                     self.notifier.watchdog()
                     last_watchdog = now
                 if now - self._stats_at >= self.config.stats.interval_s:
