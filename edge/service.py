@@ -147,11 +147,14 @@ class Service:
         if config.displays:
             catalog = load_catalog(config.resolve(config.selector.catalog))
             for display in config.displays:
+                cam = self.cameras.get(display.camera)
+                if cam is None:  # edge bench runs copies of a source under other ids
+                    continue
                 self.selectors[display.camera].append(Selector(
                     display.id, catalog, config.selector, config.audience.min_attention_s))
-                self.cameras[display.camera].plays = self.cameras[display.camera].plays or \
-                    PlayLog(display.camera, config.selector.min_dwell_s,
-                            config.audience.min_attention_s, config.audience.min_confidence)
+                cam.plays = cam.plays or PlayLog(
+                    display.camera, config.selector.min_dwell_s,
+                    config.audience.min_attention_s, config.audience.min_confidence)
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
@@ -199,10 +202,9 @@ class Service:
                 # restart would not bring a dead camera back. A loop stuck in a stage,
                 # or a reader that hangs while it claims to be online (its stall timeout
                 # reopens it first), stops the pets, and systemd restarts the service.
-                frames_flow = now - self._last_processed_at < 2 * watchdog_every
                 if watchdog_every and now - last_watchdog >= watchdog_every and (
-                        frames_flow or all(c.done or c.reader.retrying
-                                           for c in self.cameras.values())):
+                        now - self._last_processed_at < 2 * watchdog_every
+                        or all(c.done or c.reader.retrying for c in self.cameras.values())):
                     self.notifier.watchdog()
                     last_watchdog = now
                 if now - self._stats_at >= self.config.stats.interval_s:
