@@ -75,3 +75,20 @@ def make_broker(tmp_path):
     yield make
     for b in brokers:
         b.stop()
+
+
+# Markers for a fast inner loop (`make test-fast` leaves these out). `broker` and
+# `browser` follow from the fixtures a test asks for, so a new test is marked without
+# anyone remembering to; `slow` (a whole clip through the service, the dev set) is set
+# on the test itself.
+BROKER_FIXTURES = {"broker", "make_broker"}
+BROWSER_FIXTURES = {"browser"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & BROKER_FIXTURES:
+            item.add_marker(pytest.mark.broker)
+        if fixtures & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
