@@ -135,6 +135,12 @@ class Audience:
                 wanted.append(i)
         return wanted
 
+    def classification_due(self, now: float) -> bool:
+        """Someone's periodic reclassification is due (the service detects on such frames)."""
+        s = self.settings
+        return any(p.samples < s.max_samples and now - p.last_classified >= s.reclassify_interval_s
+                   for p in self.people.values())
+
     def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
         for i, track in enumerate(tracks):
             person = self._person(track)

@@ -51,7 +51,8 @@ DISPLAY_CONTENT = Topic(
 STATS = Topic(
     "stats", 0, False,
     "`{schema, time, cameras: {<camera>: {capture_fps, processed_fps, skipped_fps, "
-    "passed_over_fps, detector_ms, tracks, reconnects_last_hour}}, classifier_ms, "
+    "passed_over_fps, detector_ms, detected_share, tracks, reconnects_last_hour}}, "
+    "classifier_ms, "
     "classifier_batch, latency_p50_ms, latency_p95_ms, mqtt: {connected, outbox, dropped}}`",
     "Pipeline statistics every `stats.interval_s`; dropped while the broker is away.")
 
