@@ -298,7 +298,7 @@ class Service:
             # for a person's label are the same as with detection on every frame.
             return not (cam.tracked_gap_s and cam.tracker.all_confirmed
                         and since < 0.9 * cam.tracked_gap_s
-                        and not cam.audience.classification_due(now))
+                        and not cam.audience.classification_due(cam.last_tracks, now))
         return moving or since >= cam.idle_detect_s
 
     def _classify(self, batch) -> None:
