@@ -17,9 +17,11 @@ would, instead of all walking in at the same moment. The full pipeline runs with
 the cameras' motion gating and tracked_detect_fps as configured (defaults: on);
 `--no-gating` detects every frame, for comparison; `detected_share` says how many
 of the frames the detector ran on. Frames are decoded and resized before timing
-starts, so the figures are the pipeline's, not the video decoder's. frames/s are per camera; latency is per
-step, from the moment the frames are handed over to the moment the decisions are
-made. `--gpu` insists on CUDA (one line and exit status 69 where it cannot run)
+starts, so the figures are the pipeline's, not the video decoder's. frames/s are
+per camera; latency is per step, from the moment the frames are handed over to
+the moment the decisions are made; `cpu_ms` is the CPU time per step (user +
+system, all threads), which other programs loading the machine barely change,
+unlike frames/s. `--gpu` insists on CUDA (one line and exit status 69 where it cannot run)
 and reports the GPU memory in use.
 """
 
@@ -99,17 +101,25 @@ class MemorySource:
         pass
 
 
+def cpu_s() -> float:
+    """CPU time this process has used, all threads: user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(fn, inputs: list, seconds: float) -> dict:
     """Call fn(input) over the inputs (looping) for `seconds`; calls/s and latency."""
     latencies, i = [], 0
     fn(inputs[0])  # warm-up: first-run allocations are not the steady state
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_s()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn(inputs[i % len(inputs)])
         latencies.append((time.perf_counter() - t0) * 1000)
         i += 1
-    return summary(latencies, time.perf_counter() - start)
+    result = summary(latencies, time.perf_counter() - start)
+    result["cpu_ms"] = round((cpu_s() - cpu_start) * 1000 / max(i, 1), 2)
+    return result
 
 
 def side_by_side(frames: list[np.ndarray], cameras: int) -> list[list[np.ndarray]]:
@@ -147,16 +157,17 @@ def bench_full(service: Service, seconds: float) -> dict:
         service.tick()  # warm-up
         done_before = {cid: cam.frames for cid, cam in service.cameras.items()}
         detected_before = {cid: cam.frames_detected for cid, cam in service.cameras.items()}
-        latencies, start = [], time.perf_counter()
+        latencies, start, cpu_start = [], time.perf_counter(), cpu_s()
         while time.perf_counter() - start < seconds:
             t0 = time.perf_counter()
             if service.tick():
                 latencies.append((time.perf_counter() - t0) * 1000)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu_used = time.perf_counter() - start, cpu_s() - cpu_start
     finally:
         for cam in service.cameras.values():
             cam.reader.stop()
     result = summary(latencies, elapsed)
+    result["cpu_ms"] = round(cpu_used * 1000 / max(len(latencies), 1), 2)
     per_camera = {cid: round((cam.frames - done_before[cid]) / elapsed, 2)
                   for cid, cam in service.cameras.items()}
     result["fps"] = round(float(np.mean(list(per_camera.values()))), 2)
@@ -290,11 +301,15 @@ def machine() -> dict:
 
 
 def table(result: dict) -> str:
-    rows = [f"{'measure':15s} {'frames/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s}"]
+    rows = [f"{'measure':15s} {'frames/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s} {'CPU ms':>8s}"]
     for key in ("full", "detector_only", "naive"):
         r = result[key]
-        rows.append(f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
+        rows.append(f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
+                    f"{r['cpu_ms']:8.1f}")
     ratios = result["ratios"]
+    rows.append("(latency and CPU time per step: one frame from every camera; CPU time counts "
+                "every core, so unlike frames/s it barely moves when other programs load the "
+                "machine)")
     rows.append(f"full / naive = {ratios['full_over_naive']:.2f}   "
                 f"full / detector only = {ratios['full_over_detector_only']:.2f}   "
                 f"peak RSS {result['peak_rss_mb']:.0f} MB "

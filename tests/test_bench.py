@@ -24,6 +24,7 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     data = json.loads(out.read_text())
     for key in ("full", "detector_only", "naive"):
         assert set(data[key]) >= {"fps", "p50_ms", "p95_ms"} and data[key]["fps"] > 0
+        assert data[key]["cpu_ms"] > 0
         assert data[key]["p50_ms"] <= data[key]["p95_ms"]
     assert set(data["ratios"]) == {"full_over_naive", "full_over_detector_only"}
     assert data["peak_rss_mb"] > 50
