@@ -135,6 +135,19 @@ class Audience:
                 wanted.append(i)
         return wanted
 
+    def classification_due(self, tracks, now: float) -> bool:
+        """A periodic reclassification is due for someone found in the last detection
+        (the service detects on such frames). Someone lost cannot be classified until
+        found again, so they do not count."""
+        s = self.settings
+        for track in tracks:
+            person = self.people.get(track.id)
+            if track.det_index >= 0 and person is not None and (
+                    person.samples < s.max_samples
+                    and now - person.last_classified >= s.reclassify_interval_s):
+                return True
+        return False
+
     def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
         for i, track in enumerate(tracks):
             person = self._person(track)

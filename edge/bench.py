@@ -9,10 +9,19 @@ source fed side by side (each step hands every camera its next frame):
   naive          detect, then classify every face of every frame one at a time;
   classifier     the age and gender networks alone on real face chips (cut once
                  from the faces in the source), at batch sizes 1, 8, 32, 128.
-Frames are decoded and resized before timing starts, so the figures are the
-pipeline's, not the video decoder's. frames/s are per camera; latency is per
-step, from the moment the frames are handed over to the moment the decisions are
-made. `--gpu` insists on CUDA (one line and exit status 69 where it cannot run)
+`--idle-share P` makes a share P of every camera's time an empty, still scene
+(the source's first frame blurred until no face is left in it, with sensor noise
+so no two frames are the same bytes), as a store camera sees most of the day;
+each camera then starts at its own point of the sequence, as independent cameras
+would, instead of all walking in at the same moment. The full pipeline runs with
+the cameras' motion gating and tracked_detect_fps as configured (defaults: on);
+`--no-gating` detects every frame, for comparison; `detected_share` says how many
+of the frames the detector ran on. Frames are decoded and resized before timing
+starts, so the figures are the pipeline's, not the video decoder's. frames/s are
+per camera; latency is per step, from the moment the frames are handed over to
+the moment the decisions are made; `cpu_ms` is the CPU time per step (user +
+system, all threads), which other programs loading the machine barely change,
+unlike frames/s. `--gpu` insists on CUDA (one line and exit status 69 where it cannot run)
 and reports the GPU memory in use.
 """
 
@@ -60,11 +69,29 @@ def load_frames(source: str, size: tuple[int, int] | None) -> list[np.ndarray]:
     return frames
 
 
-class MemorySource:
-    """Pre-decoded frames as a looping camera for CameraReader."""
+def with_idle_share(frames: list[np.ndarray], idle_share: float,
+                    seed: int = 0) -> list[np.ndarray]:
+    """The source followed by an empty, still scene for a share `idle_share` of the frames.
 
-    def __init__(self, frames: list[np.ndarray], fps: float):
-        self.frames, self.fps, self._i = frames, fps, 0
+    The scene is the first frame blurred (sigma 1/30 of its width: no face survives)
+    with a little sensor noise (SD 2 grey levels), eight noisy copies in turn.
+    """
+    if idle_share <= 0:
+        return list(frames)
+    h, w = frames[0].shape[:2]
+    empty = cv2.GaussianBlur(frames[0], (0, 0), w / 30).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    still = [np.clip(empty + rng.normal(0, 2, empty.shape), 0, 255).astype(np.uint8)
+             for _ in range(8)]
+    idle = round(len(frames) * idle_share / (1 - idle_share))
+    return list(frames) + [still[i % len(still)] for i in range(idle)]
+
+
+class MemorySource:
+    """Pre-decoded frames as a looping camera for CameraReader, from frame `start` on."""
+
+    def __init__(self, frames: list[np.ndarray], fps: float, start: int = 0):
+        self.frames, self.fps, self._i = frames, fps, start
 
     def read(self) -> np.ndarray:
         frame = self.frames[self._i % len(self.frames)]
@@ -75,17 +102,25 @@ class MemorySource:
         pass
 
 
+def cpu_s() -> float:
+    """CPU time this process has used, all threads: user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed(fn, inputs: list, seconds: float) -> dict:
     """Call fn(input) over the inputs (looping) for `seconds`; calls/s and latency."""
     latencies, i = [], 0
     fn(inputs[0])  # warm-up: first-run allocations are not the steady state
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_s()
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         fn(inputs[i % len(inputs)])
         latencies.append((time.perf_counter() - t0) * 1000)
         i += 1
-    return summary(latencies, time.perf_counter() - start)
+    result = summary(latencies, time.perf_counter() - start)
+    result["cpu_ms"] = round((cpu_s() - cpu_start) * 1000 / max(i, 1), 2)
+    return result
 
 
 def side_by_side(frames: list[np.ndarray], cameras: int) -> list[list[np.ndarray]]:
@@ -100,11 +135,20 @@ def summary(latencies_ms: list[float], elapsed_s: float) -> dict:
             "p95_ms": round(float(np.percentile(lat, 95)), 2)}
 
 
-def memory_service(config, frames: list[np.ndarray], fps: float, cameras: int) -> Service:
-    """The service with `cameras` cameras, each looping over the same decoded frames."""
+def memory_service(config, frames: list[np.ndarray], fps: float, cameras: int,
+                   gating: bool = True, stagger: bool = False) -> Service:
+    """The service with `cameras` cameras, each looping over the same decoded frames
+    (with `stagger`, camera i starts i/cameras of the way into them)."""
+    ungated = {} if gating else {"motion": False, "tracked_detect_fps": None}
     config.cameras = [CameraConfig(id=f"bench{i}" if cameras > 1 else "bench", source="memory",
-                                   fps=fps, loop=True) for i in range(cameras)]
-    return Service(config, sinks=[], offline=True, opener=lambda *_: MemorySource(frames, fps))
+                                   fps=fps, loop=True, **ungated) for i in range(cameras)]
+    starts = iter(range(cameras))  # the service opens its cameras in order
+
+    def opener(*_):
+        i = next(starts, 0)
+        return MemorySource(frames, fps, start=len(frames) * i // cameras if stagger else 0)
+
+    return Service(config, sinks=[], offline=True, opener=opener)
 
 
 def bench_full(service: Service, seconds: float) -> dict:
@@ -113,20 +157,26 @@ def bench_full(service: Service, seconds: float) -> dict:
     try:
         service.tick()  # warm-up
         done_before = {cid: cam.frames for cid, cam in service.cameras.items()}
-        latencies, start = [], time.perf_counter()
+        detected_before = {cid: cam.frames_detected for cid, cam in service.cameras.items()}
+        latencies, start, cpu_start = [], time.perf_counter(), cpu_s()
         while time.perf_counter() - start < seconds:
             t0 = time.perf_counter()
             if service.tick():
                 latencies.append((time.perf_counter() - t0) * 1000)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu_used = time.perf_counter() - start, cpu_s() - cpu_start
     finally:
         for cam in service.cameras.values():
             cam.reader.stop()
     result = summary(latencies, elapsed)
+    result["cpu_ms"] = round(cpu_used * 1000 / max(len(latencies), 1), 2)
     per_camera = {cid: round((cam.frames - done_before[cid]) / elapsed, 2)
                   for cid, cam in service.cameras.items()}
     result["fps"] = round(float(np.mean(list(per_camera.values()))), 2)
     result["per_camera_fps"] = per_camera
+    frames = sum(cam.frames - done_before[cid] for cid, cam in service.cameras.items())
+    detected = sum(cam.frames_detected - detected_before[cid]
+                   for cid, cam in service.cameras.items())
+    result["detected_share"] = round(detected / frames, 3) if frames else None
     result["classifier_calls"] = service.classifier_calls
     result["mean_batch"] = service.stats()["classifier_batch"] or 0
     return result
@@ -182,12 +232,14 @@ def require_gpu(config) -> None:
 
 
 def run(config, source: str, size: tuple[int, int] | None, seconds: float,
-        cameras: int = 1, gpu: bool = False) -> dict:
+        cameras: int = 1, gpu: bool = False, idle_share: float = 0.0,
+        gating: bool = True) -> dict:
     if gpu:
         require_gpu(config)
-    frames = load_frames(source, size)
+    clip = load_frames(source, size)
+    frames = with_idle_share(clip, idle_share)
     fps = cv2.VideoCapture(source).get(cv2.CAP_PROP_FPS) or 15.0
-    service = memory_service(config, frames, fps, cameras)
+    service = memory_service(config, frames, fps, cameras, gating, stagger=idle_share > 0)
     detector, classifier = service.analyzer.detector, service.analyzer.classifier
     providers = {"detector": detector.provider, "classifier": classifier.provider}
     if gpu and not set(providers.values()) <= {"cuda", "tensorrt"}:
@@ -205,7 +257,7 @@ def run(config, source: str, size: tuple[int, int] | None, seconds: float,
                 classifier(frame, faces[i])
 
     naive_result = timed(naive, steps, seconds)
-    faces_per_frame = float(np.mean([len(detector(f)) for f in frames]))
+    faces_per_frame = float(np.mean([len(detector(f)) for f in clip]))  # people present
     # Before the batch-128 classifier measure, which needs memory the service never does.
     pipeline_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     classifier_alone = bench_classifier(classifier, detector, frames, seconds)
@@ -221,7 +273,8 @@ def run(config, source: str, size: tuple[int, int] | None, seconds: float,
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "gpu_memory_used_mib": gpu_memory_used_mib(),
         "settings": {
-            "source": redact(source), "frames": len(frames),
+            "source": redact(source), "frames": len(frames), "idle_share": idle_share,
+            "gating": gating,
             "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "cameras": cameras,
             "detector": config.detector.backend, "detector_input_width": config.detector.input_width,
             "classifier": config.classifier.backend, "flip_tta": config.classifier.flip_tta,
@@ -249,17 +302,25 @@ def machine() -> dict:
 
 
 def table(result: dict) -> str:
-    rows = [f"{'measure':15s} {'frames/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s}"]
+    rows = [f"{'measure':15s} {'frames/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s} {'CPU ms':>8s}"]
     for key in ("full", "detector_only", "naive"):
         r = result[key]
-        rows.append(f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f}")
+        rows.append(f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
+                    f"{r['cpu_ms']:8.1f}")
     ratios = result["ratios"]
+    rows.append("(latency and CPU time per step: one frame from every camera; CPU time counts "
+                "every core, so unlike frames/s it barely moves when other programs load the "
+                "machine)")
     rows.append(f"full / naive = {ratios['full_over_naive']:.2f}   "
                 f"full / detector only = {ratios['full_over_detector_only']:.2f}   "
                 f"peak RSS {result['peak_rss_mb']:.0f} MB "
                 f"({result['peak_rss_with_classifier_alone_mb']:.0f} MB after the batch-128 "
                 f"classifier measure)")
     s = result["settings"]
+    rows.append(f"detector ran on {result['full']['detected_share']:.0%} of the full pipeline's "
+                f"frames (gating {'on' if s['gating'] else 'off'}"
+                + (f", nobody present {s['idle_share']:.0%} of the time)" if s["idle_share"]
+                   else ")"))
     if s["cameras"] > 1:
         rows.append(f"{s['cameras']} cameras, frames/s each: " + ", ".join(
             f"{fps:.1f}" for fps in result["full"]["per_camera_fps"].values()))
@@ -277,7 +338,8 @@ def table(result: dict) -> str:
 
 
 def main(config, source: str, size: str | None, seconds: float, json_path: str | None,
-         cameras: int = 1, gpu: bool = False) -> int:
+         cameras: int = 1, gpu: bool = False, idle_share: float = 0.0,
+         gating: bool = True) -> int:
     wh = None
     if size:
         try:
@@ -287,7 +349,10 @@ def main(config, source: str, size: str | None, seconds: float, json_path: str |
             raise InputError(f"--size {size!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
     if cameras < 1:
         raise InputError(f"--cameras {cameras}: expected 1 or more")
-    result = run(config, source, wh, seconds, cameras, gpu)
+    if not 0 <= idle_share < 1:
+        raise InputError(f"--idle-share {idle_share}: expected a share from 0 to below 1, "
+                         f"e.g. 0.7")
+    result = run(config, source, wh, seconds, cameras, gpu, idle_share, gating)
     print(table(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")

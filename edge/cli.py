@@ -215,7 +215,7 @@ def cmd_bench(args, cfg) -> int:
     from edge import bench
 
     return bench.main(cfg, args.source, args.size, args.seconds, args.json, args.cameras,
-                      args.gpu)
+                      args.gpu, args.idle_share, not args.no_gating)
 
 
 def cmd_check(args, cfg) -> int:
@@ -335,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N copies of the source side by side through one service")
     p.add_argument("--gpu", action="store_true",
                    help="run on CUDA and report GPU memory; fails in one line without a GPU")
+    p.add_argument("--idle-share", type=float, default=0.0, metavar="P",
+                   help="share of the time (0 to below 1) each camera sees an empty, still "
+                   "scene, as in a store most of the day")
+    p.add_argument("--no-gating", action="store_true",
+                   help="detect every frame (cameras' motion gating and tracked_detect_fps "
+                   "off), for comparison")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("check", help="installer's check: config, catalog, models, cameras, "

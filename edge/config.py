@@ -127,6 +127,21 @@ class CameraConfig:
     loop: bool = opt(False, "Start a video file or image folder again when it ends.")
     stall_timeout_s: float = opt(10.0, "A stream that delivers no frame for this long is "
                                  "reopened (with backoff).", min=1, max=600)
+    motion: bool = opt(True, "Motion-gated detection: in a still scene with nobody tracked, "
+                       "skip the face detector (a cheap motion test on a small grey copy of "
+                       "each frame decides). Anyone tracked, and any motion, keeps it running. "
+                       "false turns the gate off (tracked_detect_fps still applies).")
+    idle_detect_s: float = opt(1.0, "With motion gating, a still scene with nobody tracked is "
+                               "still searched this often: someone who came in too slowly or "
+                               "stood still facing away is found within this time.",
+                               min=0.05, max=60)
+    tracked_detect_fps: float | None = opt(7.5, "While every face in view is a confirmed track, "
+                                           "detect at most this often; the tracker carries "
+                                           "the faces through the frames in between (a "
+                                           "reclassification that falls due is detected on "
+                                           "time). New, unconfirmed faces are detected in every "
+                                           "frame. null detects every frame.",
+                                           min=0.5, max=120)
 
 
 @dataclass

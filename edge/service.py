@@ -3,13 +3,29 @@
 
 One loop, one tick at a time:
   1. take the newest frame of every camera (capture.py),
-  2. detect faces in each (detect.py) and update that camera's tracker (track.py),
+  2. decide per camera whether the detector must run (motion gating, below), detect
+     faces in those frames (detect.py) and update that camera's tracker (track.py),
   3. collect the tracked faces worth classifying, from all cameras, and classify
      them in one batch (classify.py),
   4. update each camera's audience (audience.py), let each display that follows the
      camera choose its ad (select.py), and emit events to the sinks: log lines or
      JSON lines, and the MQTT publisher (publish.py).
 Stats, reporting intervals and the systemd watchdog hang off the same loop.
+
+Detection gating (per camera, `_must_detect`): the detector is the costly stage on a
+CPU, so it runs only where a face can be:
+  - anyone tracked (found, or lost for less than tracker.max_age_s): detect, so a
+    person standing still is never dropped for not moving; once every track is
+    confirmed, at most `tracked_detect_fps` (the tracker's Kalman filter carries
+    the boxes in between, as DeepStream's detector `interval` does), while a new,
+    tentative face is detected in every frame until it is confirmed;
+  - nobody tracked: detect when the motion stage (motion.py) sees motion, and
+    otherwise still every `idle_detect_s`. Motion tests can miss someone who came
+    in very slowly, or who stands still facing away and then turns to the display
+    (a head turn at 160 px wide is a few pixels); a cheap periodic look bounds that
+    delay to idle_detect_s (1 s: 7 % of the frames of an empty 15 fps camera).
+Skipped frames still go through the audience, selection and reporting steps, so
+decisions, intervals and stats do not depend on the detector having run.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
 from edge.metrics import NoMetrics
+from edge.motion import MotionDetector
 from edge.notify import Notifier, watchdog_interval_s
 from edge.plays import PlayLog
 from edge.records import Decision, Detections
@@ -97,6 +114,13 @@ class CameraRuntime:
     name: str = ""
     detect_width: int | None = None
     min_gap_s: float = 0.0  # 1 / target fps; 0 processes every frame (offline)
+    motion: MotionDetector | None = None  # None: detect every frame the rules allow
+    idle_detect_s: float = 1.0
+    tracked_gap_s: float = 0.0  # 1 / tracked_detect_fps; 0 detects every frame
+    last_detected: float = -1e18  # timestamp of the last frame the detector ran on
+    attention_from: float | None = None  # the audience's attention clock (see _after_frame)
+    last_tracks: list = field(default_factory=list)  # as of the last detected frame
+    frames_detected: int = 0
     last_processed: float = -1e18
     frames: int = 0
     interval_start: float | None = None
@@ -108,6 +132,7 @@ class CameraRuntime:
     passed_over: int = 0  # frames newer than the target fps allows, left on purpose
     captured_mark: int = 0
     skipped_mark: int = 0
+    detected: int = 0  # processed frames the detector ran on
     detect_ms: list = field(default_factory=list)
     plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
 
@@ -141,7 +166,10 @@ class Service:
                                   max_age_s=t.max_age_s)
             self.cameras[cam.id] = CameraRuntime(
                 reader, tracker, Audience(cam.id, config.audience), cam.name,
-                detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps)
+                detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps,
+                motion=MotionDetector() if cam.motion else None,
+                idle_detect_s=cam.idle_detect_s,
+                tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0)
         # select stage: the displays that follow each camera
         self.selectors: dict[str, list[Selector]] = collections.defaultdict(list)
         if config.displays:
@@ -265,22 +293,44 @@ class Service:
             if len(self.cameras) > 1:
                 time.sleep(0.005)
             return False
-        # One detector run for all cameras whose frames share a canvas size.
-        started = time.perf_counter()
-        found = self.analyzer.detector.detect_many([frame.image for _, _, frame in taken],
-                                                   [cam.detect_width for _, cam, _ in taken])
-        share_ms = (time.perf_counter() - started) * 1000 / len(taken)
+        detect = [(cid, cam, frame) for cid, cam, frame in taken
+                  if self._must_detect(cam, frame)]
         batch: list[tuple[str, Frame, list, Detections]] = []
-        for (cid, cam, frame), faces in zip(taken, found):
-            cam.detect_ms.append(share_ms)  # each camera's share of the batched run
-            self.metrics.detected(cid, share_ms / 1000)
-            tracks = cam.tracker.update(faces, frame.timestamp)
-            wanted = cam.audience.wants_classification(tracks, frame.timestamp)
-            batch.append((cid, frame, tracks, wanted))
-        self._classify(batch)
-        for cid, frame, tracks, _ in batch:
-            self._after_frame(cid, self.cameras[cid], frame, tracks)
+        if detect:
+            # One detector run for all cameras whose frames share a canvas size.
+            started = time.perf_counter()
+            found = self.analyzer.detector.detect_many([frame.image for _, _, frame in detect],
+                                                       [cam.detect_width for _, cam, _ in detect])
+            share_ms = (time.perf_counter() - started) * 1000 / len(detect)
+            for (cid, cam, frame), faces in zip(detect, found):
+                cam.detect_ms.append(share_ms)  # each camera's share of the batched run
+                self.metrics.detected(cid, share_ms / 1000)
+                cam.detected += 1
+                cam.frames_detected += 1
+                cam.last_detected = frame.timestamp
+                tracks = cam.last_tracks = cam.tracker.update(faces, frame.timestamp)
+                wanted = cam.audience.wants_classification(tracks, frame.timestamp)
+                batch.append((cid, frame, tracks, wanted))
+            self._classify(batch)
+        detected = {cid for cid, _, _ in detect}
+        for cid, cam, frame in taken:
+            self._after_frame(cid, cam, frame, cid in detected)
         return True
+
+    def _must_detect(self, cam: CameraRuntime, frame: Frame) -> bool:
+        """Whether this frame needs the detector (the module docstring gives the rules)."""
+        now = frame.timestamp
+        # The motion stage sees every frame, detected or not, so its background
+        # stays current (a person who just left is not "motion" for seconds).
+        moving = cam.motion.update(frame.image, now) if cam.motion is not None else True
+        since = now - cam.last_detected
+        if cam.tracker.has_tracks:
+            # A reclassification that falls due is taken on time, so the frames sampled
+            # for a person's label are the same as with detection on every frame.
+            return not (cam.tracked_gap_s and cam.tracker.all_confirmed
+                        and since < 0.9 * cam.tracked_gap_s
+                        and not cam.audience.classification_due(cam.last_tracks, now))
+        return moving or since >= cam.idle_detect_s
 
     def _classify(self, batch) -> None:
         frames, faces, targets = [], [], []
@@ -301,17 +351,26 @@ class Service:
         for (cid, chosen, ts), demo in zip(targets, results):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
 
-    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, tracks) -> None:
-        dt_s = 0.0 if cam.last_ts is None else max(0.0, frame.timestamp - cam.last_ts)
+    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, detected: bool) -> None:
         cam.last_ts = frame.timestamp
         cam.frames += 1
         cam.processed += 1
         if cam.interval_start is None:
             cam.interval_start = frame.timestamp
             cam.audience.begin(frame.timestamp)
-        changed = cam.audience.update(tracks, cam.tracker.removed, frame.timestamp, dt_s)
+        changed = False
+        if detected:
+            # Attention is credited for the time since the last frame the tracks were
+            # observed in: a frame the detector skipped while people were tracked adds
+            # its time to the next detected one; time with nobody tracked counts for no one.
+            start = cam.attention_from if cam.attention_from is not None else frame.timestamp
+            dt_s = max(0.0, frame.timestamp - start)
+            changed = cam.audience.update(cam.last_tracks, cam.tracker.removed,
+                                          frame.timestamp, dt_s)
+        if detected or not cam.tracker.has_tracks:
+            cam.attention_from = frame.timestamp
         if self.on_frame is not None:
-            self.on_frame(cid, frame, tracks, cam.audience)
+            self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
             self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
                        "present": cam.audience.present(),
@@ -356,6 +415,7 @@ class Service:
         if status.ended or self.offline:
             totals = cam.audience.totals()
             self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
+                       "frames_detected": cam.frames_detected,
                        "unique_visitors": totals["unique_visitors"],
                        "gender_unknown": totals["gender_unknown"],
                        "watchers": totals["watchers"], "unclassified": totals["unclassified"],
@@ -384,6 +444,8 @@ class Service:
                 "skipped_fps": round((status.skipped - cam.skipped_mark) / window, 2),
                 "passed_over_fps": round(cam.passed_over / window, 2),
                 "detector_ms": _mean(cam.detect_ms),
+                "detected_share": round(cam.detected / cam.processed, 3) if cam.processed
+                else None,
                 "tracks": len(cam.audience.people),
                 "reconnects_last_hour": cam.reader.reconnects_last_hour(),
             }
@@ -400,7 +462,8 @@ class Service:
         stats = self.stats()
         self.emit({"type": "stats", "time": iso(time.time()), **stats})
         parts = [f"{cid}: {c['processed_fps']} fps ({c['skipped_fps']} skipped), "
-                 f"detect {c['detector_ms']} ms, {c['tracks']} people"
+                 f"detect {c['detector_ms']} ms on {_percent(c['detected_share'])} of frames, "
+                 f"{c['tracks']} people"
                  for cid, c in stats["cameras"].items()]
         line = "; ".join(parts) + (f"; classify {stats['classifier_ms']} ms "
                                    f"x{stats['classifier_batch']}; p95 {stats['latency_p95_ms']} ms")
@@ -413,7 +476,7 @@ class Service:
         log.info("stats %s", line)
         self.notifier.status(line)
         for cam in self.cameras.values():
-            cam.processed, cam.passed_over, cam.detect_ms = 0, 0, []
+            cam.processed, cam.passed_over, cam.detected, cam.detect_ms = 0, 0, 0, []
             cam.captured_mark = cam.reader.status.captured
             cam.skipped_mark = cam.reader.status.skipped
         self._classify_ms, self._batch_sizes = [], []
@@ -444,6 +507,10 @@ def _tracks_as_detections(tracks) -> Detections:
     return Detections(np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
                       np.array([t.score for t in tracks], np.float32),
                       np.array([t.landmarks for t in tracks], np.float32).reshape(-1, 5, 2))
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.0%}"
 
 
 def _mean(values) -> float | None:

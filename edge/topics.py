@@ -62,9 +62,9 @@ DISPLAY_PLAYS = Topic(
 STATS = Topic(
     "stats", 0, False,
     "`{schema, time, cameras: {<camera>: {capture_fps, processed_fps, skipped_fps, "
-    "passed_over_fps, detector_ms, tracks, reconnects_last_hour}}, classifier_ms, "
-    "classifier_batch, latency_p50_ms, latency_p95_ms, mqtt: {connected, outbox, dropped, "
-    "outbox_saved}}`",
+    "passed_over_fps, detector_ms, detected_share, tracks, reconnects_last_hour}}, "
+    "classifier_ms, classifier_batch, latency_p50_ms, latency_p95_ms, mqtt: {connected, "
+    "outbox, dropped, outbox_saved}}`",
     "Pipeline statistics every `stats.interval_s`; dropped while the broker is away.")
 
 TOPICS = (AVAILABILITY, CAMERA_STATUS, CAMERA_AUDIENCE, CAMERA_COUNTS, DISPLAY_CONTENT,

@@ -195,9 +195,14 @@ class _Live:
 class FaceTracker:
     """ByteTrack-style multi-face tracker on box geometry only.
 
-    Call `update` once per processed frame with all detections (run the
-    detector with a threshold at or below `low_threshold`, or the second
-    association pass never sees anything) and the frame's capture time.
+    Call `update` once per frame the detector ran on, with all detections (run
+    the detector with a threshold at or below `low_threshold`, or the second
+    association pass never sees anything) and the frame's capture time. Frames
+    the detector skipped (motion gating, tracked_detect_fps) are not given to
+    it: an empty update would count as a miss, and tentative tracks die at their
+    first miss. Nothing is lost by leaving them out, because the Kalman filter
+    predicts over the real time between updates and tracks expire after
+    max_age_s of time, not after a number of frames.
     """
 
     def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.1,
@@ -216,6 +221,16 @@ class FaceTracker:
         self._last_time: float | None = None
         # Random start, then sequential: unique within the run, meaningless outside it.
         self._next_id = secrets.randbits(32)
+
+    @property
+    def has_tracks(self) -> bool:
+        """Anyone tracked, found or lost for less than max_age_s (tentative ones too)."""
+        return bool(self._tracks)
+
+    @property
+    def all_confirmed(self) -> bool:
+        """No tentative track: every face in view has been matched min_hits times."""
+        return all(t.confirmed for t in self._tracks)
 
     @property
     def removed(self) -> list[Track]:

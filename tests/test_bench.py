@@ -6,6 +6,7 @@ Only the shape is tested here; the figures are for people to read (README
 
 import json
 
+import numpy as np
 import pytest
 
 from edge import runtime
@@ -23,6 +24,7 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     data = json.loads(out.read_text())
     for key in ("full", "detector_only", "naive"):
         assert set(data[key]) >= {"fps", "p50_ms", "p95_ms"} and data[key]["fps"] > 0
+        assert data[key]["cpu_ms"] > 0
         assert data[key]["p50_ms"] <= data[key]["p95_ms"]
     assert set(data["ratios"]) == {"full_over_naive", "full_over_detector_only"}
     assert data["peak_rss_mb"] > 50
@@ -33,6 +35,8 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     assert data["machine"]["cores"] >= 1 and data["machine"]["onnxruntime"]
     assert data["full"]["classifier_calls"] >= 1  # people were classified (fewer steps
     # per second with two cameras: on a loaded machine a 1 s run may see only one batch)
+    assert 0 < data["full"]["detected_share"] <= 1
+    assert settings["gating"] is True and settings["idle_share"] == 0
     assert set(data["full"]["per_camera_fps"]) == {"bench0", "bench1"}
     assert all(fps > 0 for fps in data["full"]["per_camera_fps"].values())
     assert list(data["classifier"]) == ["1", "8", "32", "128"]
@@ -59,3 +63,38 @@ def test_bench_rejects_a_bad_size():
     clip = need("media/face-demographics-walking-and-pause.gif")
     result = run_edge("bench", "--source", str(clip), "--size", "big")
     assert result.returncode == 65 and "expected WIDTHxHEIGHT" in result.stderr
+
+
+def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_frame(tmp_path):
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    out = tmp_path / "bench.json"
+    result = run_edge("--config", "config.yaml", "bench", "--source", str(clip),
+                      "--size", "640x360", "--seconds", "1", "--cameras", "2",
+                      "--idle-share", "0.7", "--no-gating", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    settings = data["settings"]
+    assert settings["idle_share"] == 0.7 and settings["gating"] is False
+    assert settings["frames"] == 41 + round(41 * 0.7 / 0.3)  # the clip, then the empty scene
+    assert settings["faces_per_frame"] == 3.0  # counted on the clip's own frames
+    assert data["full"]["detected_share"] == 1.0
+    assert "detector ran on 100% of the full pipeline's frames (gating off, nobody present " \
+           "70% of the time)" in result.stdout
+
+
+def test_bench_with_idle_share_empty_scene_has_no_face(analyzer):
+    from edge.bench import load_frames, with_idle_share
+
+    clip = load_frames(str(need("media/face-demographics-walking-and-pause.gif")), (1280, 720))
+    frames = with_idle_share(clip, 0.5)
+    assert len(frames) == 2 * len(clip) and frames[:len(clip)] == clip
+    idle = frames[len(clip):]
+    assert not np.array_equal(idle[0], idle[1])  # sensor noise: never the same bytes
+    assert all(len(analyzer.detector(f)) == 0 for f in idle[:8])
+
+
+@pytest.mark.parametrize("share", ["1", "-0.1"])
+def test_bench_rejects_a_bad_idle_share(share):
+    clip = need("media/face-demographics-walking-and-pause.gif")
+    result = run_edge("bench", "--source", str(clip), "--idle-share", share)
+    assert result.returncode == 65 and "--idle-share" in result.stderr

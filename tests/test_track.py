@@ -113,6 +113,30 @@ def test_removed_after_max_age_in_seconds_not_frames():
     assert tracker.removed == []
 
 
+def test_frames_left_out_by_gating_are_no_misses():
+    """The service gives the tracker only the frames it ran the detector on."""
+    tracker = FaceTracker(min_hits=3, max_age_s=3.0)
+    assert not tracker.has_tracks and tracker.all_confirmed
+    tracker.update(dets(face(100, 100)), 0.0)
+    assert tracker.has_tracks and not tracker.all_confirmed  # tentative: detect every frame
+    for i in (1, 2):
+        tid = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS)[0].id
+    assert tracker.all_confirmed
+    # Every other frame left out (8 px a frame, constant velocity): same id, never a miss.
+    for i in range(4, 20, 2):
+        track = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS)[0]
+        assert (track.id, track.misses, track.det_index) == (tid, 0, 0)
+    # Then standing still for 5 s, still seen every other frame: one track throughout.
+    for i in range(20, 20 + round(5 * FPS), 2):
+        track, = tracker.update(dets(face(260, 100)), i / FPS)
+        assert (track.id, track.misses) == (tid, 0)
+    # Gone: the track ends by time, after max_age_s, however few updates there were.
+    last = track.last_seen
+    assert [t.id for t in tracker.update(Detections.empty(), last + 2.9)] == [tid]
+    assert tracker.update(Detections.empty(), last + 3.1) == []
+    assert [t.id for t in tracker.removed] == [tid] and not tracker.has_tracks
+
+
 def test_lost_face_is_found_where_it_was_last_seen():
     # A shopper walks in (velocity 50 px/s), stops and is hidden for 2.5 s behind
     # another; the Kalman prediction drifts on by about 125 px (2.5 face widths), but
