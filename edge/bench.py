@@ -128,7 +128,7 @@ def bench_full(service: Service, seconds: float) -> dict:
     result["fps"] = round(float(np.mean(list(per_camera.values()))), 2)
     result["per_camera_fps"] = per_camera
     result["classifier_calls"] = service.classifier_calls
-    result["mean_batch"] = service.stats()["classifier_batch"] or 0
+    result["mean_batch"] = service.stats().classifier_batch or 0
     return result
 
 
