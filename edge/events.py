@@ -31,7 +31,7 @@ def doc(text: str = "", *, shape: str = "", of: type | None = None) -> Any:
 class Payload:
     """A frozen dataclass that becomes one JSON object."""
 
-    type: ClassVar[str] = ""   # the event's "type" key; "" for a record inside one
+    type: ClassVar[str] = ""   # the event's "type" key; "" for a record that is no event
     when: ClassVar[str] = ""   # when it is emitted, for README's event table
 
     def to_json(self) -> dict:

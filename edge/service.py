@@ -386,13 +386,15 @@ class Service:
                 reconnects_last_hour=cam.reader.reconnects_last_hour(),
             )
         latencies = np.array(self._latency_ms) if self._latency_ms else None
+        p50, p95 = (None, None) if latencies is None else (
+            round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
         return StatsEvent(
             time=iso(time.time()),
             cameras=cameras,
             classifier_ms=_mean(self._classify_ms),
             classifier_batch=_mean(self._batch_sizes),
-            latency_p50_ms=None if latencies is None else round(float(np.percentile(latencies, 50)), 1),
-            latency_p95_ms=None if latencies is None else round(float(np.percentile(latencies, 95)), 1),
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
         )
 
     def emit_stats(self) -> None:

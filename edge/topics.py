@@ -112,6 +112,7 @@ def reference() -> str:
     rows = ["| topic (below `<topic_prefix>/<store_id>/`) | QoS | retained | payload | meaning |",
             "| --- | --- | --- | --- | --- |"]
     for t in TOPICS:
-        rows.append(f"| `{t.pattern}` | {t.qos} | {'yes' if t.retain else 'no'} | {t.payload_doc()} "
+        retained = "yes" if t.retain else "no"
+        rows.append(f"| `{t.pattern}` | {t.qos} | {retained} | {t.payload_doc()} "
                     f"| {t.doc} |")
     return "\n".join(rows)
