@@ -178,7 +178,7 @@ def bench_full(service: Service, seconds: float) -> dict:
                    for cid, cam in service.cameras.items())
     result["detected_share"] = round(detected / frames, 3) if frames else None
     result["classifier_calls"] = service.classifier_calls
-    result["mean_batch"] = service.stats()["classifier_batch"] or 0
+    result["mean_batch"] = service.stats().classifier_batch or 0
     return result
 
 

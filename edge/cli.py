@@ -259,6 +259,10 @@ def cmd_config(args, cfg) -> int:
         from edge.topics import reference
 
         print(reference())
+    elif args.events:
+        from edge import events
+
+        print(events.reference())
     elif args.reference:
         print("| key | default | meaning |\n| --- | --- | --- |")
         for key, default, doc in config_mod.reference():
@@ -375,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")
     p.add_argument("--topics", action="store_true", help="print the MQTT topics as a table")
+    p.add_argument("--events", action="store_true",
+                   help="print the events of `edge run` as a table")
     p.set_defaults(func=cmd_config)
     return parser
 

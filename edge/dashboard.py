@@ -28,6 +28,7 @@ from pathlib import Path
 
 from edge import report
 from edge.audience import empty_counts
+from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.store import StoreError, connect
 
 log = logging.getLogger(__name__)
@@ -76,35 +77,30 @@ class Dashboard:
 
     # -- events in (service thread) -----------------------------------------------
 
-    def emit(self, event: dict) -> None:
-        kind = event["type"]
+    def emit(self, event: Event) -> None:
         with self._changed:
-            if kind == "camera" and event["camera"] in self._cameras:
-                cam = self._cameras[event["camera"]]
-                cam["online"], cam["error"] = event["online"], event.get("error") or ""
-            elif kind == "audience" and event["camera"] in self._cameras:
-                cam = self._cameras[event["camera"]]
-                counts = event["counts"]
-                counted = sum(n for by_g in counts.values() for n in by_g.values())
-                cam.update(present=len(event["present"]), counts=counts,
-                           watching=sum(bool(p.get("watching")) for p in event["present"]),
-                           unclassified=len(event["present"]) - counted)
-            elif kind == "decision" and event["display"] in self._displays:
-                reason = event["reason"]
-                self._displays[event["display"]].update(
-                    ad=event["ad"], title=event["title"], rule=reason["rule"],
-                    segment=reason["segment"], since=event["time"],
-                    people=(reason.get("audience") or {}).get("people"))
-            elif kind == "stats":
-                for cid, stats in event["cameras"].items():
-                    if cid in self._cameras:
-                        self._cameras[cid].update(fps=stats.get("processed_fps"),
-                                                  skipped_fps=stats.get("skipped_fps"))
-                self._health.update(latency_p95_ms=event.get("latency_p95_ms"),
-                                    latency_p50_ms=event.get("latency_p50_ms"),
-                                    time=event.get("time"))
-            else:
-                return
+            match event:
+                case CameraEvent(camera=cid) if cid in self._cameras:
+                    self._cameras[cid].update(online=event.online, error=event.error or "")
+                case AudienceEvent(camera=cid) if cid in self._cameras:
+                    now = event.counts_only()
+                    self._cameras[cid].update(present=now.present, counts=now.counts,
+                                              watching=now.watching,
+                                              unclassified=now.unclassified)
+                case DecisionEvent(display=display, reason=reason) if display in self._displays:
+                    self._displays[display].update(
+                        ad=event.ad, title=event.title, rule=reason.rule,
+                        segment=reason.segment, since=event.time,
+                        people=(reason.audience or {}).get("people"))
+                case StatsEvent():
+                    for cid, stats in event.cameras.items():
+                        if cid in self._cameras:
+                            self._cameras[cid].update(fps=stats.processed_fps,
+                                                      skipped_fps=stats.skipped_fps)
+                    self._health.update(latency_p95_ms=event.latency_p95_ms,
+                                        latency_p50_ms=event.latency_p50_ms, time=event.time)
+                case _:
+                    return
             self._bump()
 
     def history_changed(self, *_args) -> None:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge import __version__
 from edge.config import Config
+from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
 from edge.records import AGE_CLASSES, GENDERS
 
 log = logging.getLogger(__name__)
@@ -131,27 +132,25 @@ class Metrics(NoMetrics):
 
     # -- events --------------------------------------------------------------------
 
-    def emit(self, event: dict) -> None:
-        kind = event["type"]
-        if kind == "interval":
-            cam = event["camera"]
-            for age_class, by_gender in event["unique_visitors"].items():
-                for gender, n in by_gender.items():
-                    if n:
-                        self.visitors.labels(cam, age_class, gender).inc(n)
-            for age_class, n in event.get("gender_unknown", {}).items():
-                if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
-                    self.visitors.labels(cam, age_class, "unknown").inc(n)
-            self.unclassified.labels(cam).inc(event["unclassified"])
-            self.watchers.labels(cam).inc(event["watchers"])
-        elif kind == "play":
-            self.count_play(event["display"], event["ad"],
-                            sum(n for by_g in event["viewers"].values() for n in by_g.values()))
-        elif kind == "camera":
-            cam, online = event["camera"], event["online"]
-            if online and self._was_online.get(cam) is False:
-                self.reconnects.labels(cam).inc()
-            self._was_online[cam] = online
+    def emit(self, event: Event) -> None:
+        match event:
+            case IntervalEvent(camera=cam):
+                for age_class, by_gender in event.unique_visitors.items():
+                    for gender, n in by_gender.items():
+                        if n:
+                            self.visitors.labels(cam, age_class, gender).inc(n)
+                for age_class, n in event.gender_unknown.items():
+                    if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
+                        self.visitors.labels(cam, age_class, "unknown").inc(n)
+                self.unclassified.labels(cam).inc(event.unclassified)
+                self.watchers.labels(cam).inc(event.watchers)
+            case PlayEvent():
+                self.count_play(event.display, event.ad,
+                                sum(n for by_g in event.viewers.values() for n in by_g.values()))
+            case CameraEvent(camera=cam, online=online):
+                if online and self._was_online.get(cam) is False:
+                    self.reconnects.labels(cam).inc()
+                self._was_online[cam] = online
 
     # -- the endpoint --------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.audience import Person, empty_counts
+from edge.events import PlayEvent
 from edge.records import Decision
 from edge.timefmt import iso
 
@@ -64,7 +65,7 @@ class Play:
             seen.confident = person.confident(min_confidence)
             seen.viewer = seen.viewer or person.dwell_s >= min_dwell_s
 
-    def finish(self, end: float, min_attention_s: float) -> dict:
+    def finish(self, end: float, min_attention_s: float) -> PlayEvent:
         """The finished play as an event (counts only)."""
         viewers, watchers = empty_counts(), empty_counts()
         unclassified = 0
@@ -82,11 +83,10 @@ class Play:
                 watchers[seen.age_class][seen.gender] += 1
         d = self.decision
         start = iso(self.start)
-        return {"type": "play", "id": f"{d.display}/{start}", "display": d.display,
-                "camera": self.camera, "ad": d.ad, "title": d.title, "rule": d.rule,
-                "start": start, "end": iso(end), "duration_s": round(max(0.0, end - self.start), 3),
-                "viewers": viewers, "watchers": watchers, "unclassified": unclassified,
-                "attention_s": round(attention, 3)}
+        return PlayEvent(f"{d.display}/{start}", d.display, self.camera, d.ad, d.title, d.rule,
+                         start, iso(end), duration_s=round(max(0.0, end - self.start), 3),
+                         viewers=viewers, watchers=watchers, unclassified=unclassified,
+                         attention_s=round(attention, 3))
 
 
 class PlayLog:
@@ -106,27 +106,27 @@ class PlayLog:
         for play in self._running.values():
             play.observe(people, self.min_dwell_s, self.min_confidence)
 
-    def switch(self, decision: Decision, now: float) -> dict | None:
+    def switch(self, decision: Decision, now: float) -> PlayEvent | None:
         """A new ad on a display: the play it ends (None for the display's first)."""
         ended = self._end(decision.display, now)
         self._running[decision.display] = Play(decision, self.camera, now)
         return ended
 
-    def finish_all(self, now: float) -> list[dict]:
+    def finish_all(self, now: float) -> list[PlayEvent]:
         """End every running play (the service or the file stops)."""
         return [e for e in (self._end(d, now) for d in list(self._running)) if e is not None]
 
-    def _end(self, display: str, now: float) -> dict | None:
+    def _end(self, display: str, now: float) -> PlayEvent | None:
         play = self._running.pop(display, None)
         if play is None:
             return None
         event = play.finish(now, self.min_attention_s)
-        totals = self.per_ad.setdefault(event["ad"], {"plays": 0, "viewers": 0, "watchers": 0,
-                                                      "duration_s": 0.0})
+        totals = self.per_ad.setdefault(event.ad, {"plays": 0, "viewers": 0, "watchers": 0,
+                                                   "duration_s": 0.0})
         totals["plays"] += 1
-        totals["viewers"] += count(event["viewers"])
-        totals["watchers"] += count(event["watchers"])
-        totals["duration_s"] = round(totals["duration_s"] + event["duration_s"], 3)
+        totals["viewers"] += count(event.viewers)
+        totals["watchers"] += count(event.watchers)
+        totals["duration_s"] = round(totals["duration_s"] + event.duration_s, 3)
         return event
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from edge import hass, mqttclient
 from edge.config import Config
+from edge.events import (AudienceEvent, CameraEvent, DecisionEvent, Event, IntervalEvent,
+                         PlayEvent, StatsEvent)
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
@@ -195,37 +197,30 @@ class MqttPublisher:
 
     # -- events in -----------------------------------------------------------------
 
-    def emit(self, event: dict) -> None:
-        kind = event["type"]
+    def emit(self, event: Event) -> None:
+        """Each payload as topics.py documents it: `schema`, the keys added here (`time`
+        when the event has none, `id`, `mqtt`), then the event's own fields."""
         now = iso(time.time())
-        if kind == "camera":
-            self._set_state(self.topics.camera_status(event["camera"]), {
-                "time": now, **{k: v for k, v in event.items() if k != "type"}})
-        elif kind == "audience":
-            counts = event["counts"]
-            counted = sum(n for by_g in counts.values() for n in by_g.values())
-            self._set_state(self.topics.camera_audience(event["camera"]), {
-                "time": event["time"], "camera": event["camera"],
-                "present": len(event["present"]),
-                "watching": sum(bool(p["watching"]) for p in event["present"]),
-                "unclassified": len(event["present"]) - counted, "counts": counts})
-        elif kind == "decision":
-            self._set_state(self.topics.display_content(event["display"]), {
-                k: v for k, v in event.items() if k != "type"})
-        elif kind == "interval":
-            self._add_report(self.topics.camera_counts(event["camera"]), {
-                "time": now, "id": f"{event['camera']}/{event['start']}",
-                **{k: v for k, v in event.items() if k != "type"}})
-        elif kind == "play":  # an id of its own already (display/start)
-            self._add_report(self.topics.display_plays(event["display"]), {
-                "time": now, **{k: v for k, v in event.items() if k != "type"}})
-        elif kind == "stats":
-            payload = {"time": event["time"], **{k: v for k, v in event.items()
-                                                 if k not in ("type", "time")},
-                       "mqtt": self.status()}
-            if self._connected:
-                self.client.publish(self.topics.stats, _json(payload), qos=0)
-        # "summary" ends an offline file analysis, which never publishes
+        match event:
+            case CameraEvent():
+                self._set_state(self.topics.camera_status(event.camera),
+                                {"time": now, **_fields(event)})
+            case AudienceEvent():
+                self._set_state(self.topics.camera_audience(event.camera),
+                                event.counts_only().to_json())
+            case DecisionEvent():
+                self._set_state(self.topics.display_content(event.display), _fields(event))
+            case IntervalEvent():
+                self._add_report(self.topics.camera_counts(event.camera), {
+                    "time": now, "id": f"{event.camera}/{event.start}", **_fields(event)})
+            case PlayEvent():  # an id of its own already (display/start)
+                self._add_report(self.topics.display_plays(event.display),
+                                 {"time": now, **_fields(event)})
+            case StatsEvent():
+                if self._connected:
+                    self.client.publish(self.topics.stats, _json(
+                        {**_fields(event), "mqtt": self.status()}), qos=0)
+        # SummaryEvent and ErrorEvent end an offline file analysis, which never publishes
 
     def _set_state(self, topic: str, payload: dict) -> None:
         text = _json(payload)
@@ -349,6 +344,13 @@ class MqttPublisher:
                 return
             self._remove(report)
         self._hand_over()
+
+
+def _fields(event: Event) -> dict:
+    """The event's JSON object without its "type" (the topic says what it is)."""
+    payload = event.to_json()
+    del payload["type"]
+    return payload
 
 
 def _json(payload: dict) -> str:

@@ -45,11 +45,13 @@ import numpy as np
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
+from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
+                         Event, IntervalEvent, PlayEvent, StatsEvent, SummaryEvent)
 from edge.metrics import NoMetrics
 from edge.motion import MotionDetector
 from edge.notify import Notifier, watchdog_interval_s
 from edge.plays import PlayLog
-from edge.records import Decision, Detections
+from edge.records import Detections
 from edge.select import Selector, load_catalog
 from edge.timefmt import iso
 from edge.track import FaceTracker
@@ -58,7 +60,7 @@ log = logging.getLogger(__name__)
 
 
 class EventSink(Protocol):
-    def emit(self, event: dict) -> None: ...
+    def emit(self, event: Event) -> None: ...
 
 
 class JsonLines:
@@ -67,35 +69,35 @@ class JsonLines:
     def __init__(self, stream=None):
         self._stream = stream or sys.stdout
 
-    def emit(self, event: dict) -> None:
-        self._stream.write(json.dumps(event) + "\n")
+    def emit(self, event: Event) -> None:
+        self._stream.write(json.dumps(event.to_json()) + "\n")
         self._stream.flush()
 
 
 class LogSink:
     """Audience changes as one log line each (the default without --jsonl)."""
 
-    def emit(self, event: dict) -> None:
-        if event["type"] == "audience":
-            people = ", ".join(f"{p['age_class']} {p['gender']}" for p in event["present"])
-            log.info("camera %s: %d present%s", event["camera"], len(event["present"]),
-                     f" ({people})" if people else "")
-        elif event["type"] == "decision":
-            reason = event["reason"]
-            segment = reason["segment"]
-            why = reason["rule"] + (f" {segment['age_class']} {segment['gender']}"
-                                    if segment else "")
-            log.info("display %s: showing '%s' (%s; %d people, %d watching)", event["display"],
-                     event["ad"], why, reason["audience"].get("people", 0),
-                     reason["audience"].get("watchers", 0))
-        elif event["type"] == "play":
-            log.info("display %s: '%s' played %.1f s to %s, %d watched", event["display"],
-                     event["ad"], event["duration_s"], _visitor_line(event["viewers"]),
-                     sum(n for by_g in event["watchers"].values() for n in by_g.values()))
-        elif event["type"] in ("interval", "summary"):  # "error": the camera logged it already
-            log.info("camera %s %s: visitors %s, watchers %d", event["camera"], event["type"],
-                     _visitor_line(event["unique_visitors"], event["gender_unknown"]),
-                     event["watchers"])
+    def emit(self, event: Event) -> None:
+        match event:
+            case AudienceEvent(camera=camera, present=present):
+                people = ", ".join(f"{p['age_class']} {p['gender']}" for p in present)
+                log.info("camera %s: %d present%s", camera, len(present),
+                         f" ({people})" if people else "")
+            case DecisionEvent(reason=reason):
+                segment = reason.segment
+                why = reason.rule + (f" {segment['age_class']} {segment['gender']}"
+                                     if segment else "")
+                log.info("display %s: showing '%s' (%s; %d people, %d watching)",
+                         event.display, event.ad, why, reason.audience.get("people", 0),
+                         reason.audience.get("watchers", 0))
+            case PlayEvent():
+                log.info("display %s: '%s' played %.1f s to %s, %d watched", event.display,
+                         event.ad, event.duration_s, _visitor_line(event.viewers),
+                         sum(n for by_g in event.watchers.values() for n in by_g.values()))
+            case IntervalEvent() | SummaryEvent():  # ErrorEvent: the camera logged it already
+                log.info("camera %s %s: visitors %s, watchers %d", event.camera, event.type,
+                         _visitor_line(event.unique_visitors, event.gender_unknown),
+                         event.watchers)
 
 
 def _visitor_line(counts: dict, gender_unknown: dict | None = None) -> str:
@@ -256,11 +258,9 @@ class Service:
         for cid, cam in self.cameras.items():
             if not self.offline:  # retained state must not show people to a stopped service
                 if cam.was_online:
-                    self.emit({"type": "camera", "camera": cid, "name": cam.name,
-                               "online": False, "error": "service stopped",
-                               "reconnects_last_hour": cam.reader.reconnects_last_hour()})
-                self.emit({"type": "audience", "camera": cid, "time": iso(now), "present": [],
-                           "counts": empty_counts()})
+                    self.emit(CameraEvent(cid, cam.name, online=False, error="service stopped",
+                                          reconnects_last_hour=cam.reader.reconnects_last_hour()))
+                self.emit(AudienceEvent(cid, iso(now), present=[], counts=empty_counts()))
             if not cam.done:  # ended files were flushed already
                 self._flush(cid, cam, cam.last_ts or now)
         log.info("stopped")
@@ -372,16 +372,15 @@ class Service:
         if self.on_frame is not None:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
-            self.emit({"type": "audience", "camera": cid, "time": iso(frame.timestamp),
-                       "present": cam.audience.present(),
-                       "counts": cam.audience.present_counts()})
+            self.emit(AudienceEvent(cid, iso(frame.timestamp), cam.audience.present(),
+                                    cam.audience.present_counts()))
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(cam.audience.viewers(), frame.timestamp)
             if decision is not None:
                 ended = cam.plays.switch(decision, frame.timestamp)
                 if ended is not None:
                     self.emit(ended)
-                self.emit(decision_event(decision))
+                self.emit(DecisionEvent.of(decision))
         if cam.plays is not None:  # after the switch: this frame is the new ad's audience
             cam.plays.observe(cam.audience.people)
         if not self.offline:
@@ -395,17 +394,18 @@ class Service:
     def _emit_interval(self, cid: str, cam: CameraRuntime, end: float, flush: bool) -> None:
         report = cam.audience.close_interval(end, flush=flush)
         cam.interval_start = end
-        self.emit({"type": "interval", "camera": cid, "start": iso(report["start"] or end),
-                   "end": iso(end), **{k: v for k, v in report.items()
-                                       if k not in ("start", "end")}})
+        self.emit(IntervalEvent(
+            cid, iso(report["start"] or end), iso(end), report["unique_visitors"],
+            report["gender_unknown"], report["watchers"], report["unclassified"],
+            report["dwell_s"], report["attention_s"]))
 
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file or any offline
         run that started, a summary: the last line of an offline run."""
         status = cam.reader.status
         if status.exit_status and status.last_error:
-            self.emit({"type": "error", "camera": cid, "source": redact(cam.reader.source),
-                       "error": status.last_error, "exit_status": status.exit_status})
+            self.emit(ErrorEvent(cid, redact(cam.reader.source), status.last_error,
+                                 status.exit_status))
         if cam.frames == 0 and status.exit_status and status.last_error:
             cam.done = True  # nothing was read: the error line is all there is to say
             return
@@ -414,12 +414,10 @@ class Service:
             self.emit(play)
         if status.ended or self.offline:
             totals = cam.audience.totals()
-            self.emit({"type": "summary", "camera": cid, "frames": cam.frames,
-                       "frames_detected": cam.frames_detected,
-                       "unique_visitors": totals["unique_visitors"],
-                       "gender_unknown": totals["gender_unknown"],
-                       "watchers": totals["watchers"], "unclassified": totals["unclassified"],
-                       **({"plays": cam.plays.per_ad} if cam.plays is not None else {})})
+            self.emit(SummaryEvent(cid, cam.frames, cam.frames_detected,
+                                   totals["unique_visitors"], totals["gender_unknown"],
+                                   totals["watchers"], totals["unclassified"],
+                                   plays=cam.plays.per_ad if cam.plays is not None else None))
         cam.done = True
 
     def _camera_status(self, cid: str, cam: CameraRuntime) -> None:
@@ -428,45 +426,48 @@ class Service:
             return  # still opening: nothing to report yet
         if status.online != cam.was_online and not status.ended:
             cam.was_online = status.online
-            self.emit({"type": "camera", "camera": cid, "name": cam.name,
-                       "online": status.online, "error": status.last_error,
-                       "reconnects_last_hour": cam.reader.reconnects_last_hour()})
+            self.emit(CameraEvent(cid, cam.name, status.online, status.last_error,
+                                  cam.reader.reconnects_last_hour()))
 
-    def stats(self) -> dict:
+    def stats(self) -> StatsEvent:
+        """The figures of the stats window so far."""
         window = max(time.monotonic() - self._stats_at, 1e-6)
         cameras = {}
         for cid, cam in self.cameras.items():
             status = cam.reader.status
-            cameras[cid] = {
-                "online": status.online,
-                "capture_fps": round((status.captured - cam.captured_mark) / window, 2),
-                "processed_fps": round(cam.processed / window, 2),
-                "skipped_fps": round((status.skipped - cam.skipped_mark) / window, 2),
-                "passed_over_fps": round(cam.passed_over / window, 2),
-                "detector_ms": _mean(cam.detect_ms),
-                "detected_share": round(cam.detected / cam.processed, 3) if cam.processed
+            cameras[cid] = CameraStats(
+                online=status.online,
+                capture_fps=round((status.captured - cam.captured_mark) / window, 2),
+                processed_fps=round(cam.processed / window, 2),
+                skipped_fps=round((status.skipped - cam.skipped_mark) / window, 2),
+                passed_over_fps=round(cam.passed_over / window, 2),
+                detector_ms=_mean(cam.detect_ms),
+                detected_share=round(cam.detected / cam.processed, 3) if cam.processed
                 else None,
-                "tracks": len(cam.audience.people),
-                "reconnects_last_hour": cam.reader.reconnects_last_hour(),
-            }
+                tracks=len(cam.audience.people),
+                reconnects_last_hour=cam.reader.reconnects_last_hour(),
+            )
         latencies = np.array(self._latency_ms) if self._latency_ms else None
-        return {
-            "cameras": cameras,
-            "classifier_ms": _mean(self._classify_ms),
-            "classifier_batch": _mean(self._batch_sizes),
-            "latency_p50_ms": None if latencies is None else round(float(np.percentile(latencies, 50)), 1),
-            "latency_p95_ms": None if latencies is None else round(float(np.percentile(latencies, 95)), 1),
-        }
+        p50, p95 = (None, None) if latencies is None else (
+            round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
+        return StatsEvent(
+            time=iso(time.time()),
+            cameras=cameras,
+            classifier_ms=_mean(self._classify_ms),
+            classifier_batch=_mean(self._batch_sizes),
+            latency_p50_ms=p50,
+            latency_p95_ms=p95,
+        )
 
     def emit_stats(self) -> None:
         stats = self.stats()
-        self.emit({"type": "stats", "time": iso(time.time()), **stats})
-        parts = [f"{cid}: {c['processed_fps']} fps ({c['skipped_fps']} skipped), "
-                 f"detect {c['detector_ms']} ms on {_percent(c['detected_share'])} of frames, "
-                 f"{c['tracks']} people"
-                 for cid, c in stats["cameras"].items()]
-        line = "; ".join(parts) + (f"; classify {stats['classifier_ms']} ms "
-                                   f"x{stats['classifier_batch']}; p95 {stats['latency_p95_ms']} ms")
+        self.emit(stats)
+        parts = [f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), "
+                 f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames, "
+                 f"{c.tracks} people"
+                 for cid, c in stats.cameras.items()]
+        line = "; ".join(parts) + (f"; classify {stats.classifier_ms} ms "
+                                   f"x{stats.classifier_batch}; p95 {stats.latency_p95_ms} ms")
         offline = [f"{cid} ({cam.reader.status.last_error or 'opening'})"
                    for cid, cam in self.cameras.items()
                    if not cam.reader.status.online and not cam.done]
@@ -482,7 +483,7 @@ class Service:
         self._classify_ms, self._batch_sizes = [], []
         self._stats_at = time.monotonic()
 
-    def emit(self, event: dict) -> None:
+    def emit(self, event: Event) -> None:
         for sink in self.sinks:
             try:
                 sink.emit(event)
@@ -494,13 +495,7 @@ class Service:
                     self._failing_sinks.add(key)
                     log.error("event sink %s failed on a %s event: %r; it is skipped for that "
                               "event and tried again with the next (logged once)",
-                              type(sink).__name__, event.get("type"), exc)
-
-
-def decision_event(d: Decision) -> dict:
-    return {"type": "decision", "time": iso(d.time), "display": d.display, "ad": d.ad,
-            "title": d.title, "creative": d.creative, "duration_s": d.duration_s,
-            "reason": {"rule": d.rule, "segment": d.segment, "audience": d.audience}}
+                              type(sink).__name__, event.type, exc)
 
 
 def _tracks_as_detections(tracks) -> Detections:

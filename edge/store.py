@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.errors import EX_CONFIG, EdgeError
+from edge.events import Event, IntervalEvent, PlayEvent
 from edge.records import AGE_CLASSES, GENDERS
 
 log = logging.getLogger(__name__)
@@ -126,25 +127,28 @@ def _segments(counts: dict) -> list[int]:
     return [int(counts.get(c, {}).get(g, 0)) for c, g in SEGMENTS]
 
 
-def interval_row(event: dict) -> tuple:
-    return (f"{event['camera']}/{event['start']}", event["camera"], epoch(event["start"]),
-            epoch(event["end"]), *_segments(event["unique_visitors"]), int(event["watchers"]),
-            int(event["unclassified"]), float(event["dwell_s"]), float(event["attention_s"]))
+def interval_row(event: IntervalEvent) -> tuple:
+    return (record_id(event), event.camera, epoch(event.start), epoch(event.end),
+            *_segments(event.unique_visitors), int(event.watchers), int(event.unclassified),
+            float(event.dwell_s), float(event.attention_s))
 
 
-def play_row(event: dict) -> tuple:
-    return (event["id"], event["display"], event["camera"], event["ad"], event["title"],
-            event["rule"], epoch(event["start"]), epoch(event["end"]),
-            float(event["duration_s"]), *_segments(event["viewers"]),
-            *_segments(event["watchers"]), int(event["unclassified"]),
-            float(event["attention_s"]))
+def play_row(event: PlayEvent) -> tuple:
+    return (event.id, event.display, event.camera, event.ad, event.title, event.rule,
+            epoch(event.start), epoch(event.end), float(event.duration_s),
+            *_segments(event.viewers), *_segments(event.watchers), int(event.unclassified),
+            float(event.attention_s))
+
+
+def record_id(event: IntervalEvent | PlayEvent) -> str:
+    return event.id if isinstance(event, PlayEvent) else f"{event.camera}/{event.start}"
 
 
 _INSERT = {
-    "interval": f"INSERT OR IGNORE INTO intervals VALUES ({', '.join(['?'] * 14)})",
-    "play": f"INSERT OR IGNORE INTO plays VALUES ({', '.join(['?'] * 23)})",
+    IntervalEvent: f"INSERT OR IGNORE INTO intervals VALUES ({', '.join(['?'] * 14)})",
+    PlayEvent: f"INSERT OR IGNORE INTO plays VALUES ({', '.join(['?'] * 23)})",
 }
-_ROW = {"interval": interval_row, "play": play_row}
+_ROW = {IntervalEvent: interval_row, PlayEvent: play_row}
 
 
 class AudienceStore:
@@ -160,7 +164,7 @@ class AudienceStore:
         self.written = 0
         self.failed = 0
 
-    def on_commit(self, listener: Callable[[str, dict], None]) -> None:
+    def on_commit(self, listener: Callable[[str, Event], None]) -> None:
         """Call listener(kind, event) after each record is committed (writer thread)."""
         self._listeners.append(listener)
 
@@ -178,8 +182,8 @@ class AudienceStore:
         self._thread.start()
         return self
 
-    def emit(self, event: dict) -> None:
-        if event["type"] in _INSERT and self._thread is not None:
+    def emit(self, event: Event) -> None:
+        if type(event) in _INSERT and self._thread is not None:
             self._queue.put(event)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -234,17 +238,17 @@ class AudienceStore:
             elif item:
                 self._write(item)
 
-    def _write(self, event: dict) -> None:
-        kind = event["type"]
+    def _write(self, event: IntervalEvent | PlayEvent) -> None:
+        kind = event.type
         try:
-            row = _ROW[kind](event)
+            row = _ROW[type(event)](event)
             with _transaction(self._conn):
-                inserted = self._conn.execute(_INSERT[kind], row).rowcount
+                inserted = self._conn.execute(_INSERT[type(event)], row).rowcount
         except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:
             # One bad record (or a full disk) is logged and the rest still go in.
             self.failed += 1
             log.error("audience store %s: %s %s not written: %s", self.path, kind,
-                      event.get("id") or f"{event.get('camera')}/{event.get('start')}", exc)
+                      record_id(event), exc)
             return
         self.written += inserted
         for listener in self._listeners:

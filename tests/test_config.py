@@ -89,6 +89,13 @@ def test_readme_topic_table_is_current():
     assert result.stdout.count("\n| `") == 7  # one row per topic
 
 
+def test_readme_event_table_is_current():
+    """README's event table is generated from the classes of edge/events.py."""
+    result = run_edge("config", "--events")
+    assert result.returncode == 0 and readme_block("events") == result.stdout
+    assert result.stdout.count("\n| `") == 8  # one row per event type
+
+
 def test_cameras_are_validated(tmp_path):
     ok = config_mod.load(write(tmp_path, "cameras:\n  - {id: door, source: /dev/video0}\n"
                                          "  - {id: aisle-2, source: rtsp://cam/stream, fps: 5}\n"))

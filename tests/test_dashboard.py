@@ -58,8 +58,8 @@ class Recorder:
     def __init__(self):
         self.events: list[tuple[float, dict]] = []
 
-    def emit(self, event: dict) -> None:
-        self.events.append((time.monotonic(), event))
+    def emit(self, event) -> None:
+        self.events.append((time.monotonic(), event.to_json()))
 
 
 def test_vendored_chart_library_is_the_pinned_file():

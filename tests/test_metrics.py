@@ -131,18 +131,18 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     cfg = config_mod.load(config)
     one, two = Metrics(cfg), Metrics(cfg)  # the default registry would refuse the second
     from edge.audience import empty_counts
+    from edge.events import CameraEvent, IntervalEvent, PlayEvent
 
     for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/plays.py emits them
         viewers = empty_counts()
         viewers["adult"].update(female=women, male=men)
-        one.emit({"type": "play", "display": "window", "ad": "spring-collection",
-                  "viewers": viewers})
+        one.emit(PlayEvent(f"window/{women}", "window", "door", "spring-collection", "Spring",
+                           "targeting", "s", "e", 10.0, viewers, empty_counts(), 0, 0.0))
     unsure = {"child": 0, "adult": 1, "old": 0}
-    one.emit({"type": "interval", "camera": "door", "unique_visitors": empty_counts(),
-              "gender_unknown": unsure, "unclassified": 0, "watchers": 0})
-    one.emit({"type": "camera", "camera": "door", "online": True})
-    one.emit({"type": "camera", "camera": "door", "online": False})
-    one.emit({"type": "camera", "camera": "door", "online": True})
+    one.emit(IntervalEvent("door", "s", "e", empty_counts(), unsure, watchers=0,
+                           unclassified=0, dwell_s=0.0, attention_s=0.0))
+    for online in (True, False, True):
+        one.emit(CameraEvent("door", "", online, None, 0))
     samples = {}
     for family in text_string_to_metric_families(generate_latest(one.registry).decode()):
         for s in family.samples:

@@ -70,7 +70,7 @@ def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
 
     class Sink:
         def emit(self, event):
-            events.append(event)
+            events.append(event.to_json())
 
     service = Service(config, [Sink()], offline=True, opener=lambda *_: FrameList(frames))
     service.run()

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from edge.events import IntervalEvent
+
 from broker import Subscriber
 from conftest import ROOT, need
 
@@ -479,7 +481,7 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
     publisher = MqttPublisher(config)
     publisher.start()
     try:
-        publisher.emit({"type": "interval", "camera": "door", "start": "t0", "end": "t1"})
+        publisher.emit(IntervalEvent("door", "t0", "t1", {}, {}, 0, 0, 0.0, 0.0))
         callback = threading.Thread(target=publisher._on_disconnect, name="paho-callback",
                                     args=(publisher.client, None, None, "test", None))
         callback.start()
@@ -565,9 +567,7 @@ def test_publisher_reconnects_after_a_callback_raised(make_broker, tmp_path, mon
         broker.start()
         sub = Subscriber(broker.port, f"{root}/cameras/door/counts")
         try:
-            publisher.emit({"type": "interval", "camera": "door", "start": "s", "end": "e",
-                            "unique_visitors": {}, "watchers": 0, "unclassified": 0,
-                            "dwell_s": 0, "attention_s": 0})
+            publisher.emit(IntervalEvent("door", "s", "e", {}, {}, 0, 0, 0.0, 0.0))
             sub.wait_for(lambda t, p, r: True, timeout=15)
             assert publisher.connected and publisher.client.loop_alive
         finally:

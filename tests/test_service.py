@@ -147,7 +147,7 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
             self.events = []
 
         def emit(self, event):
-            self.events.append(event)
+            self.events.append(event.to_json())
 
     sink = Collect()
     service = Service(config_mod.load(config), [sink], offline=True)
@@ -289,9 +289,9 @@ def test_camera_target_fps_and_detection_width(tmp_path):
                       f"  - {{id: door, source: {clip}, loop: true, fps: 5, detect_width: 320}}\n")
     service = Service(config_mod.load(config), sinks=[])
     service.run(duration_s=3.0)
-    stats = service.stats()["cameras"]["door"]
-    assert 3.5 <= stats["processed_fps"] <= 5.5      # the camera's target, not the file's 12.5
-    assert stats["passed_over_fps"] >= 5 and stats["skipped_fps"] == 0
+    stats = service.stats().cameras["door"]
+    assert 3.5 <= stats.processed_fps <= 5.5      # the camera's target, not the file's 12.5
+    assert stats.passed_over_fps >= 5 and stats.skipped_fps == 0
     assert (320, 192) in service.analyzer.detector._sessions  # 480x270 frames at 320 wide
 
 
@@ -416,7 +416,7 @@ class Collect:
         self.events = []
 
     def emit(self, event):
-        self.events.append(event)
+        self.events.append(event.to_json())  # as a JSON line holds it
 
 
 def test_offline_folder_with_bad_files_counts_the_rest_and_ends(tmp_path, group_photo):

@@ -3,6 +3,7 @@ store a real run fills."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sqlite3
@@ -13,19 +14,21 @@ import time
 import pytest
 
 from edge import store as store_mod
+from edge.events import AudienceEvent, IntervalEvent
 from edge.store import AudienceStore, StoreError
 
 from conftest import ROOT, need, run_edge
 
 
-def interval(camera: str, start: float, women: int = 1, length_s: float = 60) -> dict:
+def interval(camera: str, start: float, women: int = 1, length_s: float = 60) -> IntervalEvent:
     from edge.timefmt import iso
 
-    return {"type": "interval", "camera": camera, "start": iso(start), "end": iso(start + length_s),
-            "unique_visitors": {"child": {"female": 0, "male": 0},
-                                "adult": {"female": women, "male": 0},
-                                "old": {"female": 0, "male": 0}},
-            "watchers": 1, "unclassified": 0, "dwell_s": 3.5, "attention_s": 1.5}
+    return IntervalEvent(camera, iso(start), iso(start + length_s),
+                         unique_visitors={"child": {"female": 0, "male": 0},
+                                          "adult": {"female": women, "male": 0},
+                                          "old": {"female": 0, "male": 0}},
+                         gender_unknown={"child": 0, "adult": 0, "old": 0},
+                         watchers=1, unclassified=0, dwell_s=3.5, attention_s=1.5)
 
 
 def rows(path, table: str) -> int:
@@ -39,7 +42,7 @@ def test_inserts_are_idempotent_by_id_and_aggregate_only(tmp_path):
     now = time.time()
     try:
         for event in (interval("door", now), interval("door", now), interval("door", now + 60),
-                      {"type": "audience", "camera": "door", "present": []}):
+                      AudienceEvent("door", "t", present=[], counts={})):
             store.emit(event)
         assert store.flush()
     finally:
@@ -56,7 +59,7 @@ def test_a_bad_record_is_logged_and_the_rest_are_written(tmp_path, caplog):
     path = tmp_path / "audience.db"
     store = AudienceStore(path).start()
     try:
-        store.emit({**interval("door", time.time()), "start": "yesterday"})
+        store.emit(dataclasses.replace(interval("door", time.time()), start="yesterday"))
         store.emit(interval("door", time.time()))
         assert store.flush()
     finally:
@@ -99,17 +102,17 @@ def test_schema_versions_are_migrated_and_a_newer_store_is_refused(tmp_path):
 WRITER = """
 import sys, time
 from pathlib import Path
+from edge.events import IntervalEvent
 from edge.store import AudienceStore
 from edge.timefmt import iso
 
 store = AudienceStore(Path(sys.argv[1])).start()
-store.on_commit(lambda kind, event: print(event["start"], flush=True))
+store.on_commit(lambda kind, event: print(event.start, flush=True))
 base = time.time()
 for i in range(100000):  # far more than it writes before it is killed
-    store.emit({"type": "interval", "camera": "door", "start": iso(base + i),
-                "end": iso(base + i + 1),
-                "unique_visitors": {"adult": {"female": 1, "male": 0}},
-                "watchers": 0, "unclassified": 0, "dwell_s": 1.0, "attention_s": 0.0})
+    store.emit(IntervalEvent("door", iso(base + i), iso(base + i + 1),
+                             {"adult": {"female": 1, "male": 0}}, {}, watchers=0,
+                             unclassified=0, dwell_s=1.0, attention_s=0.0))
 time.sleep(60)
 """
 
