@@ -17,14 +17,15 @@ def models_copy(tmp_path):
     target = tmp_path / "models"
     target.mkdir()
     for path in MODELS.iterdir():
-        if path.suffix in (".yaml", ".onnx"):
+        if path.suffix in (".yaml", ".onnx", ".bin", ".json"):
             shutil.copy(path, target / path.name)
     return target
 
 
 def test_fetched_models_verify():
     specs = modelstore.load_manifest(MODELS)
-    assert set(specs) == {"centerface", "age", "gender"}
+    assert set(specs) == {"centerface", "age", "gender", "faceapi-weights-manifest",
+                          "faceapi-weights", "faceapi"}
     paths = modelstore.verify_all(specs, MODELS)
     assert all(p.is_file() for p in paths.values())
 
@@ -62,7 +63,7 @@ def test_models_verify_cli(models_copy, tmp_path):
     config.write_text(f"models:\n  dir: {models_copy}\n")
     ok = run_edge("--config", str(config), "models", "verify")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count("OK ") == 3
+    assert ok.stdout.count("OK ") == 6
     (models_copy / "centerface.onnx").write_bytes(b"x")
     bad = run_edge("--config", str(config), "models", "verify")
     assert bad.returncode == 1
