@@ -65,10 +65,16 @@ class DetectorConfig:
 
 @dataclass
 class ClassifierConfig:
-    backend: str = opt("cydral", "Age/gender model: cydral (default, CC0, dlib-models age and "
-                       "gender networks) or insightface (a genderage.onnx you provide; the "
-                       "InsightFace packs are licensed for non-commercial use only).",
-                       choices=("cydral", "insightface"))
+    backend: str = opt("cydral", "Age/gender model: cydral (CC0, dlib-models age and gender "
+                       "networks, trained on the publisher's own data), faceapi (face-api.js's "
+                       "AgeGenderNet, MIT weights trained partly on research-only datasets), "
+                       "ensemble (the mean of classifier.members) or insightface (a "
+                       "genderage.onnx you provide; the InsightFace packs are licensed for "
+                       "non-commercial use only). README \"Models\" lists each one's training "
+                       "data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
+    members: list = opt(["faceapi", "cydral"], "Backends averaged by backend: ensemble (any of "
+                        "cydral, faceapi, insightface; each once).")
+    weights: list | None = opt(None, "Ensemble weights, one per member (default: equal).")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
                              min=1, max=100)
@@ -379,6 +385,26 @@ def _cross_checks(config: Config, file: str) -> None:
     if config.classifier.backend == "insightface" and not config.classifier.model:
         raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for backend "
                           f"'insightface'")
+    _check_ensemble(config.classifier, file)
+
+
+def _check_ensemble(c, file: str) -> None:
+    if c.backend != "ensemble":
+        return
+    members = ("cydral", "faceapi", "insightface")
+    if not c.members or any(m not in members for m in c.members) \
+            or len(set(c.members)) != len(c.members):
+        raise ConfigError(f"{file}: 'classifier.members' is {c.members!r}; list backends once "
+                          f"each, from {', '.join(members)}")
+    if "insightface" in c.members and not c.model:
+        raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for ensemble "
+                          f"member 'insightface'")
+    if c.weights is not None and (
+            len(c.weights) != len(c.members)
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                   for w in c.weights) or sum(c.weights) <= 0):
+        raise ConfigError(f"{file}: 'classifier.weights' is {c.weights!r}; give one number >= 0 "
+                          f"per member of {c.members!r}, not all zero")
 
 
 def bucket_problem(buckets) -> str:
