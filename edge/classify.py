@@ -39,6 +39,10 @@ AGE_CALIBRATION = np.array([
     [53.0, 60.0],
     [80.0, 80.0],
 ], np.float64)
+# The gender network's P(male) that is even odds: it calls too many men female (elderly
+# men most). Both cross-validation folds fitted 0.36, and it lifted held-out gender 13+
+# from 0.934 to 0.940 (docs/calibration.md section 8).
+CYDRAL_MALE_THRESHOLD = 0.36
 
 
 # ITU-R BT.601 luma weights in OpenCV's BGR order.
@@ -97,6 +101,8 @@ class CydralAgeGender:
         calibration = AGE_CALIBRATION if calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
         self._masks = class_masks(self.bin_ages, child_below, old_from)
+        self._gender_calibration = RegressionCalibration(
+            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated else 0.5)
         self.provider = runtime.active_provider(self._age.sess)
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
@@ -133,6 +139,7 @@ class CydralAgeGender:
     def demographics(self, age_probs: np.ndarray, male_probs: np.ndarray) -> Demographics:
         ages = age_probs.astype(np.float64) @ self.bin_ages
         class_probs = age_probs @ self._masks.T
+        male_probs = self._gender_calibration.male_probs(male_probs)
         return Demographics(ages.astype(np.float32), class_probs.astype(np.float32),
                             male_probs.astype(np.float32))
 
@@ -209,8 +216,22 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
 
 
 # face-api's calibration, fitted on the development set with two-fold cross-validation
-# (tools/calibrate.py; docs/calibration.md section 8).
-FACEAPI_CALIBRATION = RegressionCalibration()
+# (tools/calibrate.py; docs/calibration.md section 8): the network calls late teens
+# children and sixty-year-olds adults, a little.
+FACEAPI_CALIBRATION = RegressionCalibration(
+    age_knots=((0.0, 0.0), (15.5, 18.0), (56.0, 60.0), (80.0, 80.0)),
+    age_spread=0.19, male_threshold=0.51)
+
+# Ensembles calibrated as a whole: the weighted mean of the members' calibrated ages
+# mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
+# section 8), keyed by (member, weight) pairs. Other member sets or weights use the
+# members' mean class probabilities instead.
+ENSEMBLE_CALIBRATIONS = {
+    (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
+        age_knots=((0.0, 0.0), (21.0, 18.0), (57.5, 60.0), (80.0, 80.0)), age_spread=0.19),
+}
+# Weights when classifier.weights is not set: those fitted for the member set, else equal.
+DEFAULT_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.7, "cydral": 0.3}}
 
 
 class FaceApiAgeGender:
@@ -299,14 +320,28 @@ def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
 
 
 class Ensemble:
-    """Several backends on the same faces: P(male), class probabilities and age are
-    their (weighted) means. Each member cuts its own chips and runs one batch per
-    network per call, so a tick still costs one model call per network."""
+    """Several backends on the same faces: P(male) and age are their weighted means;
+    class probabilities too, unless the ensemble was calibrated as a whole
+    (ENSEMBLE_CALIBRATIONS), when they are spread from its calibrated age. Each member
+    cuts its own chips and runs one batch per network per call, so a tick still costs
+    one model call per network."""
 
-    def __init__(self, members: list, weights: list[float] | None = None):
+    def __init__(self, members: list, names: list[str], weights: list[float] | None = None,
+                 child_below: float = 18, old_from: float = 60, calibrated: bool = True):
         self.members = members
-        w = np.ones(len(members)) if not weights else np.asarray(weights, np.float64)
+        if weights:
+            w = np.asarray(weights, np.float64)
+        else:
+            fitted = DEFAULT_WEIGHTS.get(frozenset(names), {})
+            w = np.array([fitted.get(n, 1.0) for n in names])
         self.weights = w / w.sum()
+        key = tuple(sorted((n, round(float(x), 3)) for n, x in zip(names, self.weights)))
+        self.calibration = ENSEMBLE_CALIBRATIONS.get(key) if calibrated else None
+        if calibrated and self.calibration is None:
+            log.info("ensemble %s: no calibration fitted for these members and weights; "
+                     "class probabilities are the members' weighted mean",
+                     ", ".join(f"{n} {x:.2f}" for n, x in zip(names, self.weights)))
+        self.child_below, self.old_from = child_below, old_from
         self.provider = members[0].provider
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
@@ -327,10 +362,15 @@ class Ensemble:
 
     def combine(self, results: list[Demographics]) -> Demographics:
         w = self.weights
-        return Demographics(
-            sum(wi * r.ages for wi, r in zip(w, results)).astype(np.float32),
-            sum(wi * r.class_probs for wi, r in zip(w, results)).astype(np.float32),
-            sum(wi * r.male_probs for wi, r in zip(w, results)).astype(np.float32))
+        ages = sum(wi * r.ages.astype(np.float64) for wi, r in zip(w, results))
+        male = sum(wi * r.male_probs.astype(np.float64) for wi, r in zip(w, results))
+        if self.calibration is None:
+            class_probs = sum(wi * r.class_probs for wi, r in zip(w, results))
+        else:
+            ages = self.calibration.ages(ages)
+            class_probs = self.calibration.class_probs(ages, self.child_below, self.old_from)
+        return Demographics(ages.astype(np.float32), np.asarray(class_probs, np.float32),
+                            male.astype(np.float32))
 
 
 class InsightFaceGenderAge:
@@ -415,7 +455,8 @@ def model_names(config) -> set[str]:
 def create(config, model_paths: dict[str, Path]):
     c = config.classifier
     if c.backend == "ensemble":
-        return Ensemble([_create(config, b, model_paths) for b in c.members], c.weights)
+        return Ensemble([_create(config, b, model_paths) for b in c.members], c.members,
+                        c.weights, c.child_below, c.old_from, c.calibrated)
     return _create(config, c.backend, model_paths)
 
 

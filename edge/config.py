@@ -65,16 +65,18 @@ class DetectorConfig:
 
 @dataclass
 class ClassifierConfig:
-    backend: str = opt("cydral", "Age/gender model: cydral (CC0, dlib-models age and gender "
+    backend: str = opt("ensemble", "Age/gender model: cydral (CC0, dlib-models age and gender "
                        "networks, trained on the publisher's own data), faceapi (face-api.js's "
                        "AgeGenderNet, MIT weights trained partly on research-only datasets), "
                        "ensemble (the mean of classifier.members) or insightface (a "
                        "genderage.onnx you provide; the InsightFace packs are licensed for "
-                       "non-commercial use only). README \"Models\" lists each one's training "
-                       "data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
+                       "non-commercial use only). Default: the ensemble of faceapi and cydral. "
+                       "README \"Models\" lists each one's training data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
     members: list = opt(["faceapi", "cydral"], "Backends averaged by backend: ensemble (any of "
                         "cydral, faceapi, insightface; each once).")
-    weights: list | None = opt(None, "Ensemble weights, one per member (default: equal).")
+    weights: list | None = opt(None, "Ensemble weights, one per member. Default: the weights "
+                               "calibrated for the members (faceapi 0.7, cydral 0.3; "
+                               "docs/calibration.md), equal for other member sets.")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
                              min=1, max=100)
