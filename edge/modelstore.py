@@ -110,6 +110,19 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
     return specs
 
 
+def configured_models(config) -> list[str]:
+    """Manifest entries the configured detector and classifier load, in that order."""
+    from edge import classify
+
+    names = ["centerface"] if config.detector.backend == "centerface" else []
+    return names + sorted(classify.model_names(config))
+
+
+def provenance(spec: ModelSpec) -> str:
+    """One line: the weights' licence and what they were trained on."""
+    return f"weights {spec.license}; trained on {spec.training_data or 'not stated'}"
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
