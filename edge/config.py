@@ -74,9 +74,13 @@ class ClassifierConfig:
                        "README \"Models\" lists each one's training data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
     members: list = opt(["faceapi", "cydral"], "Backends averaged by backend: ensemble (any of "
                         "cydral, faceapi, insightface; each once).")
-    weights: list | None = opt(None, "Ensemble weights, one per member. Default: the weights "
-                               "calibrated for the members (faceapi 0.7, cydral 0.3; "
-                               "docs/calibration.md), equal for other member sets.")
+    weights: list | None = opt(None, "Ensemble weights for age and age class, one per member. "
+                               "Default: those calibrated for the members (faceapi 0.7, "
+                               "cydral 0.3; docs/calibration.md), equal for other member "
+                               "sets.")
+    gender_weights: list | None = opt(None, "Ensemble weights for P(male) (pooled on the "
+                                      "log-odds scale), one per member. Default: faceapi "
+                                      "0.55, cydral 0.45; equal for other member sets.")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
                              min=1, max=100)
@@ -401,12 +405,13 @@ def _check_ensemble(c, file: str) -> None:
     if "insightface" in c.members and not c.model:
         raise ConfigError(f"{file}: 'classifier.model' must name genderage.onnx for ensemble "
                           f"member 'insightface'")
-    if c.weights is not None and (
-            len(c.weights) != len(c.members)
-            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
-                   for w in c.weights) or sum(c.weights) <= 0):
-        raise ConfigError(f"{file}: 'classifier.weights' is {c.weights!r}; give one number >= 0 "
-                          f"per member of {c.members!r}, not all zero")
+    for key, weights in (("weights", c.weights), ("gender_weights", c.gender_weights)):
+        if weights is not None and (
+                len(weights) != len(c.members)
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                       for w in weights) or sum(weights) <= 0):
+            raise ConfigError(f"{file}: 'classifier.{key}' is {weights!r}; give one number "
+                              f">= 0 per member of {c.members!r}, not all zero")
 
 
 def bucket_problem(buckets) -> str:

@@ -118,11 +118,16 @@ def test_ensemble_averages_its_members():
     assert plain.calibration is None
     out = plain.combine([a, b])
     np.testing.assert_allclose(out.ages, [25.0])
-    np.testing.assert_allclose(out.male_probs, [0.75])
+    # P(male): the log-odds mean, here with equal gender weights (the default for this set).
+    np.testing.assert_allclose(out.male_probs, [1 / (1 + np.sqrt(1 / 9 * 7 / 3))], rtol=1e-6)
+    weighted = classify.Ensemble(members, ["faceapi", "insightface"], [3, 1],
+                                 gender_weights=[1, 0]).combine([a, b])
+    np.testing.assert_allclose(weighted.male_probs, [0.9], rtol=1e-6)
     np.testing.assert_allclose(out.class_probs, [[0.15, 0.75, 0.1]], atol=1e-6)
     # The calibrated pair spreads its classes from the calibrated mean age instead.
     pair = classify.Ensemble(members, ["faceapi", "cydral"])
     np.testing.assert_allclose(pair.weights, [0.7, 0.3])
+    np.testing.assert_allclose(pair.gender_weights, [0.55, 0.45])
     out = pair.combine([a, b])
     expected_age = pair.calibration.ages(np.array([0.7 * 20 + 0.3 * 40]))
     np.testing.assert_allclose(out.ages, expected_age, rtol=1e-6)

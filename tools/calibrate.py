@@ -16,7 +16,8 @@ What is fitted, per backend (a few numbers, nothing per image):
 - faceapi: the same two knots on its regressed age, the spread of true ages around
   the calibrated one (class probabilities, by log loss), and a gender threshold
   (FACEAPI_CALIBRATION);
-- ensembles: the weighted mean of the calibrated members' ages and P(male) (each
+- ensembles: the weighted mean of the calibrated members' ages, and of their P(male)
+  on the log-odds scale (each
   member's calibration fitted on the same training half); then, "as a whole", the
   two knots and the spread fitted again on that mean age, as for faceapi
   (ENSEMBLE_CALIBRATIONS). Without that second fit ("members' mean") the class
@@ -43,7 +44,7 @@ CHILD_GRID = np.arange(12.0, 26.01, 0.5)
 OLD_GRID = np.arange(40.0, 70.01, 0.5)
 GENDER_GRID = np.arange(0.30, 0.701, 0.01)
 SPREAD_GRID = np.arange(0.05, 0.601, 0.01)
-WEIGHT_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)  # faceapi's share in a faceapi + cydral ensemble
+WEIGHT_GRID = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7)  # faceapi's share in a faceapi + cydral ensemble
 
 
 def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
@@ -187,9 +188,16 @@ def fit_faceapi(d, idx, gender=True):
     return knots, spread, t
 
 
-def ensemble_predict(d, idx, parts, weights):
+def ensemble_predict(d, idx, parts, weights, gender_weights=None):
+    """Weighted means of the members' ages and class probabilities, and of their P(male)
+    on the log-odds scale, as classify.Ensemble combines them."""
+    from edge.classify import _log_odds
+
     w = np.asarray(weights, float) / np.sum(weights)
-    return tuple(sum(wi * p[k] for wi, p in zip(w, parts)) for k in range(3))
+    gw = w if gender_weights is None else np.asarray(gender_weights, float) / np.sum(gender_weights)
+    ages, probs = (sum(wi * p[k] for wi, p in zip(w, parts)) for k in (0, 1))
+    log_odds = sum(wi * _log_odds(np.nan_to_num(p[2], nan=0.5)) for wi, p in zip(gw, parts))
+    return ages, probs, 1 / (1 + np.exp(-log_odds))
 
 
 def member_parts(d, idx, fits):
@@ -214,8 +222,9 @@ def fit_ensemble(d, idx, w, fits):
     return knots, float(min(SPREAD_GRID, key=log_loss))
 
 
-def ensemble_whole_predict(d, idx, w, fits, knots, spread):
-    ages, _, male = ensemble_predict(d, idx, member_parts(d, idx, fits), [w, 1 - w])
+def ensemble_whole_predict(d, idx, w, fits, knots, spread, gw=None):
+    ages, _, male = ensemble_predict(d, idx, member_parts(d, idx, fits), [w, 1 - w],
+                                     None if gw is None else [gw, 1 - gw])
     cal = faceapi_calibration(knots, spread, 0.5)
     ages = cal.ages(ages)
     return ages, cal.class_probs(ages, 18, 60), male
@@ -235,26 +244,28 @@ def systems(gender_fit: bool):
             return faceapi_predict(d, test, (18, 60), 0.15, 0.5)
         return faceapi_predict(d, test, knots, spread, t)
 
-    def ensemble(w):
+    def ensemble(w, gw=None):
         def run(d, train, test, cal):
             return ensemble_predict(d, test, [face_api(d, train, test, cal),
-                                              cydral(d, train, test, cal)], [w, 1 - w])
+                                              cydral(d, train, test, cal)], [w, 1 - w],
+                                    None if gw is None else [gw, 1 - gw])
         return run
 
-    def ensemble_whole(w):
+    def ensemble_whole(w, gw=None):
         def run(d, train, test, cal):
             if not cal:
-                return ensemble(w)(d, train, test, cal)
+                return ensemble(w, gw)(d, train, test, cal)
             fits = (fit_faceapi(d, train, gender_fit), fit_cydral(d, train, gender_fit))
             knots, spread = fit_ensemble(d, train, w, fits)
-            return ensemble_whole_predict(d, test, w, fits, knots, spread)
+            return ensemble_whole_predict(d, test, w, fits, knots, spread, gw)
         return run
 
     out = {"cydral": cydral, "faceapi": face_api}
     for w in WEIGHT_GRID:
-        out[f"ensemble faceapi {w:.1f} + cydral {1 - w:.1f}, members' mean"] = ensemble(w)
+        out[f"ensemble faceapi {w:g} + cydral {1 - w:g}, members' mean"] = ensemble(w)
     for w in WEIGHT_GRID:
-        out[f"ensemble faceapi {w:.1f} + cydral {1 - w:.1f}, as a whole"] = ensemble_whole(w)
+        out[f"ensemble faceapi {w:g} + cydral {1 - w:g}, as a whole"] = ensemble_whole(w)
+    out["**default**: as a whole, age 0.7 + 0.3, gender 0.55 + 0.45"] = ensemble_whole(0.7, 0.55)
     return out
 
 
@@ -315,7 +326,7 @@ def main() -> None:
             fit_cydral(d, every, not args.no_gender_threshold))
     for w in WEIGHT_GRID:
         knots, spread = fit_ensemble(d, every, w, fits)
-        print(f"ensemble faceapi {w:.1f} + cydral {1 - w:.1f}, all faces: age_knots ((0, 0), "
+        print(f"ensemble faceapi {w:g} + cydral {1 - w:g}, all faces: age_knots ((0, 0), "
               f"({knots[0]:g}, 18), ({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}")
 
 
