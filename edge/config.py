@@ -92,8 +92,8 @@ class ClassifierConfig:
                            "(corrects the model's under-estimation of older faces). Off gives "
                            "the raw model output.")
     exposure_floor: float = opt(90, "Faces darker than this (mean luma of the face centre, "
-                                "0-255) are brightened up to it before the cydral networks "
-                                "see them: backlit entrances, dim aisles. 90 is the 5th "
+                                "0-255) are brightened up to it before the networks see "
+                                "them: backlit entrances, dim aisles. 90 is the 5th "
                                 "percentile of the well-exposed development faces "
                                 "(docs/calibration.md); 0 turns it off.", min=0, max=255)
 
