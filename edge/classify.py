@@ -219,8 +219,7 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
 # (tools/calibrate.py; docs/calibration.md section 8): the network calls late teens
 # children and sixty-year-olds adults, a little.
 FACEAPI_CALIBRATION = RegressionCalibration(
-    age_knots=((0.0, 0.0), (15.5, 18.0), (56.0, 60.0), (80.0, 80.0)),
-    age_spread=0.19, male_threshold=0.51)
+    age_knots=((0.0, 0.0), (17.5, 18.0), (58.5, 60.0), (80.0, 80.0)), age_spread=0.19)
 
 # Ensembles calibrated as a whole: the weighted mean of the members' calibrated ages
 # mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
@@ -228,7 +227,7 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 # members' mean class probabilities instead.
 ENSEMBLE_CALIBRATIONS = {
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
-        age_knots=((0.0, 0.0), (21.0, 18.0), (57.5, 60.0), (80.0, 80.0)), age_spread=0.19),
+        age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20),
 }
 # Weights when classifier.weights / classifier.gender_weights are not set: those chosen
 # for the member set (docs/calibration.md section 8), else equal. face-api's network

@@ -244,24 +244,26 @@ def convert(manifest_path: Path, bin_path: Path, out_path: Path) -> bytes:
 # the rest before (ops/padToSquare.ts), then tf.image.resizeBilinear to 112x112 without
 # align_corners or half-pixel centres; the image is RGB.
 #
-# We have five points (eye centres, nose tip, mouth corners), not 68. The 68-point face
-# outline (jaw 0-16, brows 17-26 of the iBUG layout) is placed by a least-squares
-# similarity from the mean face's eye centres and mouth corners to ours: the mean
-# shape is insightface's meanshape_68.pkl (x, y), in a frame with the eye midpoint at
-# the origin and unit eye distance (docs/calibration.md, section 7). The nose tip is
-# left out of the fit: its height depends on head pitch and on the annotation
-# convention more than the other four points do.
+# We have five points (eye centres, nose tip, mouth corners), not 68. The 68-point
+# face outline that bounds the box (jaw 0-16, brows 17-26 of the iBUG layout) is placed
+# by a least-squares similarity from a template of eye centres and mouth corners to
+# ours. The frame is insightface's mean face (meanshape_68.pkl: eye midpoint at the
+# origin, unit eye distance); the outline in that frame is where face-api's own
+# landmark network (faceLandmark68Net) puts it: the per-point median over 299 dev faces
+# (tools/derive_faceapi_box.py; docs/calibration.md section 7). The nose tip is left
+# out of the fit: its height depends on head pitch and annotation convention more
+# than the other four points do.
 FIT_TEMPLATE = np.array([  # image-left eye, image-right eye, mouth corners (RetinaFace order 0, 1, 3, 4)
     [-0.5, 0.0001], [0.5, -0.0001], [-0.3644, 1.0434], [0.4252, 1.0465]])
 OUTLINE_TEMPLATE = np.array([
-    [-1.1644, 0.0462], [-1.1136, 0.3664], [-1.0597, 0.6931], [-0.9898, 0.9973],
-    [-0.8879, 1.2565], [-0.7300, 1.4369], [-0.5476, 1.5575], [-0.3398, 1.6399],
-    [0.0173, 1.6963], [0.3739, 1.6348], [0.6296, 1.5179], [0.8424, 1.3538],
-    [0.9682, 1.1831], [1.0322, 0.9816], [1.0947, 0.6828], [1.1418, 0.3224],
-    [1.1952, 0.0179],
-    [-0.8784, -0.2264], [-0.7693, -0.2907], [-0.6392, -0.3139], [-0.4758, -0.2994],
-    [-0.2998, -0.2644], [0.2463, -0.2662], [0.4028, -0.3070], [0.5539, -0.3253],
-    [0.6964, -0.3003], [0.8152, -0.2499]])
+    [-1.2088, 0.0615], [-1.1631, 0.3596], [-1.0912, 0.6455], [-1.0216, 0.8940],
+    [-0.9070, 1.1597], [-0.7394, 1.3669], [-0.5463, 1.5010], [-0.3008, 1.6539],
+    [0.0549, 1.7210], [0.3999, 1.6070], [0.6266, 1.4550], [0.7949, 1.3025],
+    [0.9420, 1.0686], [1.0360, 0.7881], [1.0770, 0.5286], [1.1012, 0.2524],
+    [1.1014, -0.0475],
+    [-0.9730, -0.2130], [-0.8401, -0.3220], [-0.6696, -0.3619], [-0.5036, -0.3575],
+    [-0.3610, -0.3099], [0.2373, -0.3360], [0.3783, -0.3940], [0.5346, -0.4242],
+    [0.7183, -0.4107], [0.8550, -0.3243]])
 BOX_PADDING = 0.2  # FaceLandmarks.align: minBoxPadding
 
 

@@ -147,7 +147,7 @@ def test_regression_calibration_spreads_classes_around_the_age():
     np.testing.assert_allclose(shifted.male_probs(np.array([0.36, 0.9, 0.1])),
                                [0.5, 0.9411, 0.1649], atol=1e-3)
     knots = classify.FACEAPI_CALIBRATION
-    assert knots.ages(np.array([15.5, 56.0, 80.0, 90.0])).tolist() == [18, 60, 80, 90]
+    assert knots.ages(np.array([17.5, 58.5, 80.0, 90.0])).tolist() == [18, 60, 80, 90]
 
 
 def test_default_batch_of_n_equals_n_singles(analyzer, photo_faces):
