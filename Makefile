@@ -11,7 +11,9 @@ setup: $(STAMP) models
 
 # System packages from Debian, installed only when missing (needs root):
 # a C++ compiler and Python headers, because insightface builds an extension;
-# Mosquitto, the local broker the service publishes to (and the tests' broker).
+# Mosquitto, the local broker the service publishes to (and the tests' broker);
+# npm, whose `npm pack` fetches face-api's age/gender weights (`edge models fetch`):
+# Debian's package, unless an npm (say, NodeSource's) is already on the PATH.
 # The tests also drive the display player in a real headless Chromium.
 RUN_DEBS  := mosquitto mosquitto-clients
 TEST_DEBS := chromium chromium-driver
@@ -24,6 +26,7 @@ system-deps:
 	@command -v g++ >/dev/null && $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ python3-dev python3-venv; }
 	@$(call apt_need,$(RUN_DEBS))
+	@command -v npm >/dev/null || { $(call apt_need,npm); }
 
 test-deps:
 	@$(call apt_need,$(TEST_DEBS))
@@ -66,7 +69,7 @@ test: setup test-deps
 	$(BIN)/python -m pytest -q
 
 clean: broker-stop
-	rm -rf $(VENV) models/*.onnx .pytest_cache $(RUN_DIR)
+	rm -rf $(VENV) models/*.onnx models/*.bin models/*-weights_manifest.json .pytest_cache $(RUN_DIR)
 
 # Install onto this box as a systemd service, or remove it (needs root; the
 # scripts say what they do, and keep /etc/edge: tools/install.sh --help).

@@ -30,8 +30,7 @@ class FaceAnalyzer:
         models_dir = config.resolve(config.models.dir)
         specs = modelstore.load_manifest(models_dir)
         needed = {"centerface"} if config.detector.backend == "centerface" else set()
-        if config.classifier.backend == "cydral":
-            needed |= {"age", "gender"}
+        needed |= classify.model_names(config)
         paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
         self.detector = detect.create(config, paths, detect_threshold)
         self.classifier = classify.create(config, paths)

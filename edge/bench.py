@@ -182,6 +182,11 @@ def bench_full(service: Service, seconds: float) -> dict:
     return result
 
 
+def take_rows(chips, index: np.ndarray):
+    """The same rows of every chip array in a (possibly nested) tuple of them."""
+    return tuple(take_rows(c, index) for c in chips) if isinstance(chips, tuple) else chips[index]
+
+
 def bench_classifier(classifier, detector, frames: list[np.ndarray], seconds: float) -> dict:
     """Faces/s of the networks alone at each batch size, on chips of the source's faces."""
     if not hasattr(classifier, "classify_chips"):
@@ -190,11 +195,11 @@ def bench_classifier(classifier, detector, frames: list[np.ndarray], seconds: fl
     faces = [detector(frame) for frame in sample]
     if not any(len(f) for f in faces):
         return {}
-    age, gender = classifier.chips(sample, faces)
-    index = np.arange(max(CLASSIFIER_BATCHES)) % len(age)
+    cut = classifier.chips(sample, faces)  # one array per network, or per ensemble member
+    index = np.arange(max(CLASSIFIER_BATCHES)) % sum(len(f) for f in faces)
     results = {}
     for batch in CLASSIFIER_BATCHES:
-        chips = (age[index[:batch]], gender[index[:batch]])
+        chips = take_rows(cut, index[:batch])
         r = timed(lambda c: classifier.classify_chips(*c), [chips],
                   seconds / len(CLASSIFIER_BATCHES))
         results[str(batch)] = {"faces_per_s": round(r["fps"] * batch, 1),

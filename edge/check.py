@@ -107,6 +107,11 @@ def check_models(config: Config, fetch: str = modelstore.FIX_COMMAND) -> list[Re
             results.append(fail(f"model {spec.name}", problem, f"run '{fetch}'"))
         else:
             results.append(ok(f"model {spec.name}", f"{path} (sha256 ok)"))
+    classifier = [n for n in modelstore.configured_models(config) if n in specs
+                  and specs[n].role != "detector"]
+    if classifier:
+        results.append(ok("classifier provenance", f"{config.classifier.backend}: " + "; ".join(
+            f"{n}: {modelstore.provenance(specs[n])}" for n in classifier)))
     return results + _own_models(config)
 
 

@@ -29,6 +29,26 @@ def cmd_models(args, cfg) -> int:
 
     models_dir = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models_dir)
+    if args.action == "list":
+        names = modelstore.configured_models(cfg)
+        backend = cfg.classifier.backend + (f" ({', '.join(cfg.classifier.members)})"
+                                            if cfg.classifier.backend == "ensemble" else "")
+        print(f"detector {cfg.detector.backend}, classifier {backend}:")
+        for name in names:
+            spec = specs[name]
+            print(f"{spec.role:10s} {name:10s} {spec.file}\n"
+                  f"           {modelstore.provenance(spec)}")
+        for key, path in (("detector.model", cfg.detector.model),
+                          ("classifier.model", cfg.classifier.model)):
+            if path and (key.startswith("detector") and cfg.detector.backend != "centerface"
+                         or key.startswith("classifier") and "insightface" in
+                         ([cfg.classifier.backend] + cfg.classifier.members)):
+                print(f"{'own':10s} {key:10s} {path}\n           licence and training data: "
+                      f"the operator's (see README \"Models\")")
+        if cfg.classifier.backend != "cydral":
+            print("classifier.backend: cydral is the choice where training-data provenance "
+                  "matters (README \"Models\")")
+        return 0
     if args.action == "fetch":
         written = modelstore.fetch(specs, models_dir, force=args.force)
         print(f"{len(written)} model file(s) downloaded, "
@@ -304,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("models", help="download (fetch) or re-check (verify) model files")
-    p.add_argument("action", choices=("fetch", "verify"))
+    p = sub.add_parser("models", help="download (fetch) or re-check (verify) model files, or "
+                                      "list the configured ones with licence and training data")
+    p.add_argument("action", choices=("fetch", "verify", "list"))
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=cmd_models)
 

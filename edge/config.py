@@ -69,10 +69,22 @@ class DetectorConfig:
 
 @dataclass
 class ClassifierConfig:
-    backend: str = opt("cydral", "Age/gender model: cydral (default, CC0, dlib-models age and "
-                       "gender networks) or insightface (a genderage.onnx you provide; the "
-                       "InsightFace packs are licensed for non-commercial use only).",
-                       choices=("cydral", "insightface"))
+    backend: str = opt("ensemble", "Age/gender model: cydral (CC0, dlib-models age and gender "
+                       "networks, trained on the publisher's own data), faceapi (face-api.js's "
+                       "AgeGenderNet, MIT weights trained partly on research-only datasets), "
+                       "ensemble (the mean of classifier.members) or insightface (a "
+                       "genderage.onnx you provide; the InsightFace packs are licensed for "
+                       "non-commercial use only). Default: the ensemble of faceapi and cydral. "
+                       "README \"Models\" lists each one's training data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
+    members: list = opt(["faceapi", "cydral"], "Backends averaged by backend: ensemble (any of "
+                        "cydral, faceapi, insightface; each once).")
+    weights: list | None = opt(None, "Ensemble weights for age and age class, one per member. "
+                               "Default: those calibrated for the members (faceapi 0.7, "
+                               "cydral 0.3; docs/calibration.md), equal for other member "
+                               "sets.")
+    gender_weights: list | None = opt(None, "Ensemble weights for P(male) (pooled on the "
+                                      "log-odds scale), one per member. Default: faceapi "
+                                      "0.55, cydral 0.45; equal for other member sets.")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
                              min=1, max=100)
@@ -84,8 +96,8 @@ class ClassifierConfig:
                            "(corrects the model's under-estimation of older faces). Off gives "
                            "the raw model output.")
     exposure_floor: float = opt(90, "Faces darker than this (mean luma of the face centre, "
-                                "0-255) are brightened up to it before the cydral networks "
-                                "see them: backlit entrances, dim aisles. 90 is the 5th "
+                                "0-255) are brightened up to it before the networks see "
+                                "them: backlit entrances, dim aisles. 90 is the 5th "
                                 "percentile of the well-exposed development faces "
                                 "(docs/calibration.md); 0 turns it off.", min=0, max=255)
 
@@ -550,6 +562,7 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     _check_ids(config, add)
     if config.classifier.backend == "insightface" and not config.classifier.model:
         add("'classifier.model' must name genderage.onnx for backend 'insightface'")
+    _check_ensemble(config.classifier, add)
     for key, host in (("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)):
         problem = host_problem(host)
         if problem:
@@ -564,6 +577,26 @@ def _cross_checks(config: Config, problems: Problems) -> None:
         if tls.key_file and not tls.cert_file:
             add("'mqtt.tls.key_file' is set without 'mqtt.tls.cert_file'")
 
+
+
+def _check_ensemble(c, add) -> None:
+    if c.backend != "ensemble":
+        return
+    members = ("cydral", "faceapi", "insightface")
+    if not c.members or any(m not in members for m in c.members) \
+            or len(set(c.members)) != len(c.members):
+        add(f"'classifier.members' is {c.members!r}; list backends once each, from "
+            f"{', '.join(members)}")
+        return
+    if "insightface" in c.members and not c.model:
+        add("'classifier.model' must name genderage.onnx for ensemble member 'insightface'")
+    for key, weights in (("weights", c.weights), ("gender_weights", c.gender_weights)):
+        if weights is not None and (
+                len(weights) != len(c.members)
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                       for w in weights) or sum(weights) <= 0):
+            add(f"'classifier.{key}' is {weights!r}; give one number >= 0 per member of "
+                f"{c.members!r}, not all zero")
 
 def host_problem(host: str) -> str:
     """What is wrong with a host name or address ('' if nothing): catches the usual

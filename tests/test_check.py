@@ -14,8 +14,9 @@ from broker import free_port
 from conftest import ROOT, need, run_edge
 
 ALL_CHECKS = {"config", "ad catalog", "model centerface", "model age", "model gender",
-              "camera entrance", "broker", "home assistant", "execution provider", "player",
-              "metrics"}
+              "model faceapi-weights-manifest", "model faceapi-weights", "model faceapi",
+              "classifier provenance", "camera entrance", "broker", "home assistant",
+              "execution provider", "player", "metrics"}
 
 
 def write_config(tmp_path, *, source, broker_port=None, models=ROOT / "models",
@@ -81,6 +82,9 @@ def test_working_setup_is_all_ok(tmp_path, broker, group_photo):
     assert "480x270 frame" in lines["camera walk"]
     assert f"connected to 127.0.0.1:{broker.port} anonymously" in lines["broker"]
     assert "ads valid" in lines["ad catalog"]
+    provenance = lines["classifier provenance"]
+    assert "faceapi: weights MIT" in provenance and "UTKFace" in provenance
+    assert "age: weights CC0-1.0" in provenance
 
 
 def test_wrong_broker_password(tmp_path, make_broker, group_photo):

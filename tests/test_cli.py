@@ -42,16 +42,9 @@ def test_t1_six_adults_with_full_records(t1_result, group_photo):
         assert 0.5 <= face["gender_prob"] <= 1
 
 
-def test_t1_genders_except_the_turned_man(t1_result):
-    genders = [f["gender"] for f in by_position(t1_result)]
-    for i in (0, 1, 2, 3, 5):
-        assert genders[i] == T1_TRUTH[i], (i, genders)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "known model limit: the CC0 gender network calls the standing man at top right "
-    "(head turned) female, P(female)=0.70; the reference dlib pipeline does too (0.81)"))
 def test_t1_three_women_three_men(t1_result):
+    # The standing man at top right (head turned) was the CC0 gender network's miss
+    # (P(female) 0.70); the default ensemble, led by face-api's network, gets him.
     assert [f["gender"] for f in by_position(t1_result)] == T1_TRUTH
 
 

@@ -65,8 +65,10 @@ def test_dev_set_accuracy_floors(tmp_path):
     result = run_edge("--config", "config.yaml", "eval", str(labels), "--no-progress")
     assert result.returncode == 0, result.stderr
     m = json.loads(result.stdout)
+    # Measured with the default ensemble: age class 0.882, child 0.918, old 0.885,
+    # gender 13+ 0.9654, MAE 4.86 (issue 11's targets: 0.87, 0.89, 0.82, 0.965, 5.5).
     assert m["n"] == 1200 and m["misses"] <= 10
-    assert m["age_class_accuracy"] >= 0.82
-    assert m["recall"]["old"] >= 0.75
-    assert m["gender_accuracy_13plus"] >= 0.92
-    assert m["age_mae"] <= 7.5
+    assert m["age_class_accuracy"] >= 0.87
+    assert m["recall"]["child"] >= 0.90 and m["recall"]["old"] >= 0.86
+    assert m["gender_accuracy_13plus"] >= 0.96
+    assert m["age_mae"] <= 5.2

@@ -143,10 +143,31 @@ def model_paths(config):
 
 
 @pytest.fixture(scope="module")
-def chips(analyzer, group_photo):
-    """Age and gender chips of the six faces of the group photo."""
+def photo(analyzer, group_photo):
     frame = cv2.imread(str(group_photo))
-    return analyzer.classifier.chips([frame], [analyzer.detector(frame)])
+    return frame, analyzer.detector(frame)
+
+
+@pytest.fixture(scope="module")
+def chips(model_paths, photo):
+    """Age and gender chips of the six faces of the group photo."""
+    frame, faces = photo
+    cydral = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], ["cpu"])
+    return cydral.chips([frame], [faces])
+
+
+def test_faceapi_bucketed_batches_equal_per_face_results(model_paths, photo):
+    frame, faces = photo
+    plain = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"])
+    bucketed = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"], gpu=ON_CPU)
+    (chips,) = plain.chips([frame], [faces])
+    singles = [plain.classify_chips(chips[i:i + 1]) for i in range(len(chips))]
+    (sess,) = record(bucketed._runner)
+    for n in (1, 5, 17):
+        sess.fed.clear()
+        index = np.arange(n) % len(chips)
+        assert_rows_match(bucketed.classify_chips(chips[index]), singles, index)
+        assert sess.fed == [b for _, _, b in runtime.bucket_plan(2 * n, BUCKETS)]
 
 
 def assert_rows_match(batch, singles, index, atol=1e-4):

@@ -17,14 +17,15 @@ def models_copy(tmp_path):
     target = tmp_path / "models"
     target.mkdir()
     for path in MODELS.iterdir():
-        if path.suffix in (".yaml", ".onnx"):
+        if path.suffix in (".yaml", ".onnx", ".bin", ".json"):
             shutil.copy(path, target / path.name)
     return target
 
 
 def test_fetched_models_verify():
     specs = modelstore.load_manifest(MODELS)
-    assert set(specs) == {"centerface", "age", "gender"}
+    assert set(specs) == {"centerface", "age", "gender", "faceapi-weights-manifest",
+                          "faceapi-weights", "faceapi"}
     paths = modelstore.verify_all(specs, MODELS)
     assert all(p.is_file() for p in paths.values())
 
@@ -62,7 +63,7 @@ def test_models_verify_cli(models_copy, tmp_path):
     config.write_text(f"models:\n  dir: {models_copy}\n")
     ok = run_edge("--config", str(config), "models", "verify")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count("OK ") == 3
+    assert ok.stdout.count("OK ") == 6
     (models_copy / "centerface.onnx").write_bytes(b"x")
     bad = run_edge("--config", str(config), "models", "verify")
     assert bad.returncode == 1
@@ -81,3 +82,18 @@ def test_manifest_errors_name_the_manifest(tmp_path):
     (tmp_path / "manifest.yaml").write_text("models:\n  age: {role: age}\n")
     with pytest.raises(ModelError, match="manifest.yaml: model 'age' lacks key"):
         modelstore.load_manifest(tmp_path)
+
+
+def test_models_list_names_licence_and_training_data_of_the_configured_backend(tmp_path):
+    result = run_edge("--config", str(ROOT / "config.yaml"), "models", "list")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for file in ("centerface.onnx", "faceapi-age-gender.onnx", "age-v1.onnx", "gender-v1.onnx"):
+        assert file in out
+    assert "UTKFace" in out and "non-commercial research only" in out  # face-api's data
+    assert "CC0-1.0" in out and "MIT" in out
+    assert "classifier.backend: cydral" in out
+    config = tmp_path / "config.yaml"
+    config.write_text(f"models:\n  dir: {MODELS}\nclassifier:\n  backend: cydral\n")
+    cydral = run_edge("--config", str(config), "models", "list").stdout
+    assert "faceapi" not in cydral and "Cydral's private" in cydral

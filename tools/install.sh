@@ -94,8 +94,10 @@ pip_install() { "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
 
 # 1. Debian packages, only those missing: the local broker (and its clients,
 # for `mosquitto_sub` checks), and what the Makefile's system-deps installs
-# for the venv (insightface compiles a C++ extension).
+# for the venv (insightface compiles a C++ extension), and npm for `edge models
+# fetch` (face-api's weights come from the npm registry) unless one is on the PATH.
 DEBS="mosquitto mosquitto-clients g++ python3-dev python3-venv"
+command -v npm >/dev/null || DEBS="$DEBS npm"
 if [ -n "$NO_DEPS" ]; then
     say "packages: skipped (--no-deps)"
 else
