@@ -33,14 +33,14 @@ from urllib.parse import quote, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
+from edge.catalog import (
+    AD_ID, CREATIVE_TYPES, TITLE_MAX_CHARS, Catalog, creative_file, is_url, url_problem)
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.mqttclient import (
     GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
     service_client_id)
 from edge.records import AGE_CLASSES, GENDERS
-from edge.select import (
-    AD_ID, CREATIVE_TYPES, TITLE_MAX_CHARS, Catalog, creative_file, is_url, url_problem)
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
