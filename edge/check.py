@@ -29,10 +29,10 @@ from typing import Literal
 from edge import config as config_mod
 from edge import hass, modelstore, mqttclient, runtime
 from edge.capture import SourceEnded, open_source
+from edge.catalog import load_catalog
 from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError
-from edge.select import load_catalog
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time
 # out side by side. Counted from the start of `edge check`, so that slow imports on a

@@ -34,7 +34,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
-from edge.catalog import Ad, Catalog, load_catalog  # noqa: F401 - load_catalog: old imports
+from edge.catalog import Ad, Catalog
 from edge.config import SelectorConfig
 from edge.records import AGE_CLASSES, GENDERS, Decision, Viewer
 

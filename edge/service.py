@@ -29,11 +29,12 @@ import numpy as np
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
 from edge.capture import CameraReader, Frame, redact
+from edge.catalog import load_catalog
 from edge.metrics import NoMetrics
 from edge.notify import Notifier, watchdog_interval_s
 from edge.plays import PlayLog
 from edge.records import Decision, Detections
-from edge.select import Selector, load_catalog
+from edge.select import Selector
 from edge.timefmt import iso
 from edge.track import FaceTracker
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from edge.catalog import load_catalog
 from edge.errors import ConfigError
-from edge.select import load_catalog
 
 from conftest import ROOT
 

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
+from edge.catalog import load_catalog
 from edge.display import DisplayServer
 from edge.errors import EdgeError
-from edge.select import load_catalog
 from edge.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
