@@ -583,7 +583,7 @@ def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkey
 
     from edge import check, mqttclient, publish
     from edge.catalog import load_catalog
-    from edge.display import DisplayServer
+    from edge.player_server import DisplayServer
 
     made = []
     original = mqtt.Client.__init__
