@@ -200,7 +200,8 @@ class Service:
                 # restart would not bring a dead camera back. A loop stuck in a stage,
                 # or a reader that hangs while it claims to be online (its stall timeout
                 # reopens it first), stops the pets, and systemd restarts the service.
-                frames_flow = now - self._last_processed_at < 2 * watchdog_every
+                frames_flow = bool(watchdog_every) and (
+                    now - self._last_processed_at < 2 * watchdog_every)
                 if watchdog_every and now - last_watchdog >= watchdog_every and (
                         frames_flow or all(c.done or c.reader.retrying
                                            for c in self.cameras.values())):
