@@ -476,7 +476,7 @@ def test_healthz_says_when_the_mqtt_loop_is_gone(broker, tmp_path):
         wait_until(lambda: health(server)["mqtt_last_message"] is not None, 5, "a message")
         status, _, body = get(f"{server.url}/healthz")
         assert status == 200 and json.loads(body)["mqtt_loop_alive"] is True
-        server._client.loop_stop()  # the network thread ends, as an uncaught error ended it
+        server.bridge._client.loop_stop()  # the network thread ends, as an uncaught error ended it
         status, _, body = get(f"{server.url}/healthz")
         assert status == 503 and json.loads(body)["mqtt_loop_alive"] is False
     finally:
