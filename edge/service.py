@@ -28,7 +28,7 @@ import numpy as np
 
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
-from edge.capture import CameraReader, Frame, redact
+from edge.capture import CameraReader, Frame, redact, source_kind
 from edge.catalog import load_catalog
 from edge.metrics import NoMetrics
 from edge.notify import Notifier, watchdog_interval_s
@@ -132,7 +132,8 @@ class Service:
             config.detector.score_threshold, config.tracker.low_threshold))
         self.cameras: dict[str, CameraRuntime] = {}
         for cam in config.cameras:
-            mode = "every_frame" if offline else ("paced" if _is_file(cam.source) else "live")
+            mode = "every_frame" if offline else (
+                "live" if source_kind(cam.source) in ("device", "stream") else "paced")
             reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
                                   stall_timeout_s=cam.stall_timeout_s,
                                   **({"opener": opener} if opener else {}))
@@ -448,7 +449,3 @@ def _tracks_as_detections(tracks) -> Detections:
 
 def _mean(values) -> float | None:
     return round(float(np.mean(values)), 2) if len(values) else None
-
-
-def _is_file(source: str) -> bool:
-    return not (source.isdigit() or "://" in source or source.startswith("/dev/"))
