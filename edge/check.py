@@ -32,7 +32,7 @@ from edge.capture import SourceEnded, device_node, open_source, source_kind
 from edge.catalog import load_catalog
 from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
-from edge.errors import EX_CONFIG, ConfigError, ModelError
+from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time
 # out side by side. Counted from the start of `edge check`, so that slow imports on a
@@ -180,11 +180,8 @@ def _reach(url: str, timeout_s: float) -> None:
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     if not parts.hostname or not port:
         return  # let FFmpeg judge what it can open
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {reason}") from None
+    if problem := tcp_problem(parts.hostname, port, timeout_s):
+        raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {problem}")
 
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
