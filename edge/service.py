@@ -137,10 +137,7 @@ class Service:
             reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
                                   stall_timeout_s=cam.stall_timeout_s,
                                   **({"opener": opener} if opener else {}))
-            t = config.tracker
-            tracker = FaceTracker(high_threshold=t.high_threshold, low_threshold=t.low_threshold,
-                                  match_iou=t.match_iou, min_hits=t.min_hits,
-                                  max_age_s=t.max_age_s)
+            tracker = FaceTracker.from_config(config.tracker)
             self.cameras[cam.id] = CameraRuntime(
                 reader, tracker, Audience(cam.id, config.audience), cam.name,
                 detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps)
@@ -275,17 +272,17 @@ class Service:
         for (cid, cam, frame), faces in zip(taken, found):
             cam.detect_ms.append(share_ms)  # each camera's share of the batched run
             self.metrics.detected(cid, share_ms / 1000)
-            tracks = cam.tracker.update(faces, frame.timestamp)
+            tracks, removed = cam.tracker.update(faces, frame.timestamp)
             wanted = cam.audience.wants_classification(tracks, frame.timestamp)
-            batch.append((cid, frame, tracks, wanted))
+            batch.append((cid, frame, tracks, wanted, removed))
         self._classify(batch)
-        for cid, frame, tracks, _ in batch:
-            self._after_frame(cid, self.cameras[cid], frame, tracks)
+        for cid, frame, tracks, _, removed in batch:
+            self._after_frame(cid, self.cameras[cid], frame, tracks, removed)
         return True
 
     def _classify(self, batch) -> None:
         frames, faces, targets = [], [], []
-        for cid, frame, tracks, wanted in batch:
+        for cid, frame, tracks, wanted, _ in batch:
             if wanted:
                 chosen = [tracks[i] for i in wanted]
                 frames.append(frame.image)
@@ -302,7 +299,8 @@ class Service:
         for (cid, chosen, ts), demo in zip(targets, results):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
 
-    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, tracks) -> None:
+    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, tracks,
+                     removed) -> None:
         dt_s = 0.0 if cam.last_ts is None else max(0.0, frame.timestamp - cam.last_ts)
         cam.last_ts = frame.timestamp
         cam.frames += 1
@@ -310,7 +308,7 @@ class Service:
         if cam.interval_start is None:
             cam.interval_start = frame.timestamp
             cam.audience.begin(frame.timestamp)
-        changed = cam.audience.update(tracks, cam.tracker.removed, frame.timestamp, dt_s)
+        changed = cam.audience.update(tracks, removed, frame.timestamp, dt_s)
         if self.on_frame is not None:
             self.on_frame(cid, frame, tracks, cam.audience)
         if changed:

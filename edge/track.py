@@ -43,6 +43,13 @@ class Track:
     det_index: int            # row of this update's Detections it matched, or -1
 
 
+class TrackerUpdate(NamedTuple):
+    """What one `FaceTracker.update` returns."""
+
+    tracks: list[Track]   # the live tracks
+    removed: list[Track]  # tracks that ended in this update (the audience closes their visits)
+
+
 # ----------------------------------------------------------------- geometry
 
 
@@ -198,10 +205,11 @@ class FaceTracker:
     Call `update` once per processed frame with all detections (run the
     detector with a threshold at or below `low_threshold`, or the second
     association pass never sees anything) and the frame's capture time.
+    Build it with `from_config`: the settings' defaults live in edge/config.py.
     """
 
-    def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.1,
-                 match_iou: float = 0.3, min_hits: int = 3, max_age_s: float = 3.0):
+    def __init__(self, *, high_threshold: float, low_threshold: float, match_iou: float,
+                 min_hits: int, max_age_s: float):
         if not 0 <= low_threshold <= high_threshold:
             raise ValueError("need 0 <= low_threshold <= high_threshold")
         if min_hits < 1 or max_age_s < 0:
@@ -212,18 +220,19 @@ class FaceTracker:
         self.min_hits = min_hits
         self.max_age_s = max_age_s
         self._tracks: list[_Live] = []
-        self._removed: list[Track] = []
         self._last_time: float | None = None
         # Random start, then sequential: unique within the run, meaningless outside it.
         self._next_id = secrets.randbits(32)
 
-    @property
-    def removed(self) -> list[Track]:
-        """Tracks that ended in the last `update` (so the audience stage can close visits)."""
-        return list(self._removed)
+    @classmethod
+    def from_config(cls, config: TrackerConfig) -> FaceTracker:
+        return cls(high_threshold=config.high_threshold, low_threshold=config.low_threshold,
+                   match_iou=config.match_iou, min_hits=config.min_hits,
+                   max_age_s=config.max_age_s)
 
-    def update(self, detections: Detections, timestamp: float) -> list[Track]:
-        """Advance to `timestamp`, associate `detections`, return the live tracks."""
+    def update(self, detections: Detections, timestamp: float) -> TrackerUpdate:
+        """Advance to `timestamp`, associate `detections`; the live tracks, and those
+        that ended now."""
         dt = 0.0 if self._last_time is None else timestamp - self._last_time
         self._last_time = timestamp
         for t in self._tracks:
@@ -244,9 +253,9 @@ class FaceTracker:
             if t.det_index < 0:
                 t.missed()
 
-        self._retire(timestamp)
+        removed = self._retire(timestamp)
         self._start(detections, new_rows, timestamp)
-        return [t.snapshot() for t in self._tracks]
+        return TrackerUpdate([t.snapshot() for t in self._tracks], removed)
 
     def _associate(self, tracks: list[_Live], det: Detections, rows: np.ndarray,
                    timestamp: float) -> tuple[list[_Live], np.ndarray]:
@@ -269,21 +278,22 @@ class FaceTracker:
         rest = np.array([r for k, r in enumerate(rows) if k not in used], np.int64)
         return [t for t in tracks if t.det_index < 0], rest
 
-    def _retire(self, timestamp: float) -> None:
+    def _retire(self, timestamp: float) -> list[Track]:
         """Drop tentative tracks at their first miss and confirmed ones after max_age_s.
 
         A tentative track that misses is most likely a false detection, as in
         ByteTrack; a confirmed one gets max_age_s of real time (not a frame
         count, since frames can be dropped) to reappear from behind someone.
         """
-        keep, self._removed = [], []
+        keep, removed = [], []
         for t in self._tracks:
             expired = timestamp - t.last_seen > self.max_age_s
             if expired or (t.misses > 0 and not t.confirmed):
-                self._removed.append(t.snapshot())
+                removed.append(t.snapshot())
             else:
                 keep.append(t)
         self._tracks = keep
+        return removed
 
     def _start(self, det: Detections, rows: np.ndarray, timestamp: float) -> None:
         """New tentative tracks, only ever from confident detections left unmatched."""
