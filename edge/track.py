@@ -7,21 +7,45 @@ appearance features or embeddings are ever computed, so nothing here can
 recognise a person, and ids are random per run so they cannot be linked
 across runs or stores.
 
-Association follows ByteTrack (Zhang et al., 2022): confident detections
-are matched first; weak ones (a face turning away, motion blur) are then
-used only to continue confirmed tracks, never to start or confirm one.
-Written for this project from the papers' descriptions (MIT-style), numpy
-and the standard library only.
+Association follows ByteTrack (Y. Zhang et al., "ByteTrack: Multi-Object
+Tracking by Associating Every Detection Box", ECCV 2022, arXiv:2110.06864):
+confident detections are matched first; weak ones (a face turning away,
+motion blur) are then used only to continue confirmed tracks, never to start
+or confirm one. Written for this project from the papers' descriptions
+(MIT-style), numpy and the standard library only.
+
+Where it departs from ByteTrack's reference code, and why:
+- Greedy matching, best IoU first, instead of the Hungarian algorithm: faces
+  in a shop rarely overlap, so the two agree in practice, and greedy needs
+  neither scipy nor lap.
+- No score fusion: the IoU is not weighted by the detection's score; one
+  `match_iou` serves both passes.
+- Tentative (unconfirmed) tracks take part in the first pass with all the
+  others; ByteTrack matches them in a separate third step against the
+  confident detections left over.
+- Lost confirmed tracks (missed in earlier frames, within max_age_s) take part
+  in the second pass too, so a weak detection can bring one back; ByteTrack's
+  second pass considers only tracks found in the previous frame.
+- A lost track is also looked for where it was last measured, not only where
+  the Kalman prediction has carried it (see _associate).
+- Time is real seconds, not frames: the Kalman step is the time between the
+  frames processed and tracks expire after max_age_s, so dropped frames
+  neither shorten nor stretch how long a face may be away.
+- New tracks need min_hits matches to be confirmed (ByteTrack: the second).
+- No removal of duplicate tracks (ByteTrack drops the younger of a live and a
+  lost track that overlap by IoU > 0.85): a lost face is matched by its last
+  box as well, and a new track must be confirmed, which keeps duplicates rare.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
+from edge.config import TrackerConfig
 from edge.records import Detections
 
 TrackState = Literal["tentative", "confirmed"]
