@@ -158,14 +158,16 @@ class ImageSequence:
 
 
 class VideoSource:
-    """cv2.VideoCapture over a device or a video file (streams: streamproc.py)."""
+    """cv2.VideoCapture over a device or a video file (streams: streamproc.py); `kind` is
+    source_kind's answer, "device" or "file"."""
 
-    def __init__(self, source: str | int, is_file: bool, loop: bool):
-        self.is_file, self.loop, self._source = is_file, loop, source
+    def __init__(self, source: str | int, kind: str, loop: bool):
+        assert kind in ("device", "file"), kind
+        self.is_file, self.loop, self._source = kind == "file", loop, source
         self._frames = 0
         self._cap = cv2.VideoCapture(source)
         if not self._cap.isOpened():
-            if is_file:
+            if self.is_file:
                 raise BadSourceData(f"{source}: not a video or image OpenCV can read")
             raise OSError(f"cannot open {redact(str(source))}")
         fps = self._cap.get(cv2.CAP_PROP_FPS)
@@ -194,20 +196,46 @@ class VideoSource:
         self._cap.release()
 
 
+SOURCE_KINDS = ("device", "stream", "folder", "still", "file")
+
+
+def source_kind(source: str) -> str:
+    """What a config `source` names, one of SOURCE_KINDS: "device" (a V4L2 index such as
+    0, or a /dev/ node), "stream" (a URL: rtsp://, http://, ...), "folder" (of images),
+    "still" (one photo) or "file" (a video file). The one rule: open_source, the
+    service's read mode and `edge check` all ask it."""
+    if source.isdigit():
+        return "device"
+    if "://" in source:
+        return "stream"
+    if source.startswith("/dev/"):
+        return "device"
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    return "still" if path.suffix.lower() in IMAGE_SUFFIXES else "file"
+
+
+def device_node(source: str) -> str | None:
+    """The V4L2 device node a device source names (index N: /dev/videoN), else None."""
+    if source_kind(source) != "device":
+        return None
+    return f"/dev/video{source}" if source.isdigit() else source
+
+
 def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10.0, *,
                 repeat_still: bool = True):
     """The right reader for a config `source` string. A still photo is shown again and
     again at still_fps as a live camera (`repeat_still`), or once for offline analysis."""
-    if source.isdigit():
-        return VideoSource(int(source), is_file=False, loop=False)
-    if "://" in source:
+    kind = source_kind(source)
+    if kind == "device":
+        return VideoSource(int(source) if source.isdigit() else source, "device", loop=False)
+    if kind == "stream":
         from edge.streamproc import StreamProcess
 
         return StreamProcess(source, timeout_s, redact(source))
-    if source.startswith("/dev/"):
-        return VideoSource(source, is_file=False, loop=False)
     path = Path(source)
-    if path.is_dir():
+    if kind == "folder":
         try:
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         except OSError as exc:
@@ -223,9 +251,9 @@ def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10
         raise SourceUnreadable(f"{path}: permission denied")
     if path.stat().st_size == 0:
         raise BadSourceData(f"{path}: empty file (0 bytes)")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if kind == "still":
         return ImageSequence([path], still_fps, loop=loop or repeat_still)
-    return VideoSource(str(path), is_file=True, loop=loop)
+    return VideoSource(str(path), "file", loop=loop)
 
 
 @dataclass

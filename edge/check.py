@@ -28,11 +28,11 @@ from typing import Literal
 
 from edge import config as config_mod
 from edge import hass, modelstore, mqttclient, runtime
-from edge.capture import SourceEnded, open_source
+from edge.capture import SourceEnded, device_node, open_source, source_kind
+from edge.catalog import load_catalog
 from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
-from edge.errors import EX_CONFIG, ConfigError, ModelError
-from edge.select import load_catalog
+from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time
 # out side by side. Counted from the start of `edge check`, so that slow imports on a
@@ -147,13 +147,13 @@ def check_cameras(config: Config, started: float | None = None) -> list[Result]:
 
 def grab_frame(camera: CameraConfig, timeout_s: float = CAMERA_TIMEOUT_S) -> tuple[int, int]:
     """Width and height of the first frame the camera delivers."""
-    device = _device(camera.source)
+    device = device_node(camera.source)
     # Checked first: opening a missing device makes FFmpeg print lines of its own.
     if device and not os.path.exists(device):
         raise OSError(f"{device}: no such device")
     if device and not os.access(device, os.R_OK | os.W_OK):
         raise OSError(f"{device}: permission denied")
-    if "://" in camera.source:
+    if source_kind(camera.source) == "stream":
         _reach(camera.source, timeout_s)
     reader = open_source(camera.source, loop=False, still_fps=camera.fps, timeout_s=timeout_s)
     try:
@@ -185,28 +185,19 @@ def _reach(url: str, timeout_s: float) -> None:
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
     if not parts.hostname or not port:
         return  # let FFmpeg judge what it can open
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
-        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-        raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {reason}") from None
+    if problem := tcp_problem(parts.hostname, port, timeout_s):
+        raise OSError(f"{redact(url)}: cannot reach {parts.hostname}:{port}: {problem}")
 
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 
 
-def _device(source: str) -> str | None:
-    """The V4L2 device node a source names, if it names one."""
-    if source.isdigit():
-        return f"/dev/video{source}"
-    return source if source.startswith("/dev/") else None
-
-
 def _camera_fix(source: str) -> str:
-    if _device(source):
+    kind = source_kind(source)
+    if kind == "device":
         return ("check the camera's cable and the device name (ls /dev/video*); the service "
                 "user must be in the 'video' group")
-    if "://" in source:
+    if kind == "stream":
         return ("check the URL, that the camera is on the network (ping it), and its user "
                 "name and password")
     return "check the path, and that the service user can read it"

@@ -194,8 +194,8 @@ def _dashboard(cfg, sinks: list, store, publisher):
 
 
 def start_player(cfg, port: int | None = None):
-    from edge.display import DisplayServer
-    from edge.select import load_catalog
+    from edge.catalog import load_catalog
+    from edge.player_server import DisplayServer
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()

@@ -30,10 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def opt(default: Any, doc: str, *, choices: tuple | None = None,
-        min: float | None = None, max: float | None = None, nonempty: bool = False) -> Any:
-    """A config field with its documentation and validation rules (`nonempty`: a string
-    that must not be blank)."""
-    meta = {"doc": doc, "choices": choices, "min": min, "max": max, "nonempty": nonempty}
+        low: float | None = None, high: float | None = None, nonempty: bool = False) -> Any:
+    """A config field with its documentation and validation rules: the allowed range
+    `low`..`high` (inclusive), `nonempty` for a string that must not be blank."""
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "nonempty": nonempty}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,12 +59,12 @@ class DetectorConfig:
     input_width: int = opt(640, "Width in pixels the frame is scaled to for detection "
                            "(rounded up to a multiple of 32); height follows the aspect ratio. "
                            "Narrower frames are not upscaled.",
-                           min=64, max=4096)
-    score_threshold: float = opt(0.5, "Minimum detector confidence for a face.", min=0.0, max=1.0)
+                           low=64, high=4096)
+    score_threshold: float = opt(0.5, "Minimum detector confidence for a face.", low=0.0, high=1.0)
     nms_iou: float = opt(0.3, "Overlap (IoU) above which the weaker of two boxes is dropped.",
-                         min=0.0, max=1.0)
+                         low=0.0, high=1.0)
     min_face_px: int = opt(20, "Faces narrower than this, in frame pixels, are ignored: too "
-                           "small to classify reliably.", min=1, max=4096)
+                           "small to classify reliably.", low=1, high=4096)
 
 
 @dataclass
@@ -87,9 +87,9 @@ class ClassifierConfig:
                                       "0.55, cydral 0.45; equal for other member sets.")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
-                             min=1, max=100)
+                             low=1, high=100)
     old_from: float = opt(60, "Age classes as reported: old is this age or older.",
-                          min=1, max=100)
+                          low=1, high=100)
     flip_tta: bool = opt(True, "Also classify the mirrored face chip and average: costs a "
                          "second image per face in the same batch, steadies predictions.")
     calibrated: bool = opt(True, "Apply the age calibration documented in docs/calibration.md "
@@ -99,23 +99,23 @@ class ClassifierConfig:
                                 "0-255) are brightened up to it before the networks see "
                                 "them: backlit entrances, dim aisles. 90 is the 5th "
                                 "percentile of the well-exposed development faces "
-                                "(docs/calibration.md); 0 turns it off.", min=0, max=255)
+                                "(docs/calibration.md); 0 turns it off.", low=0, high=255)
 
 
 @dataclass
 class RuntimeConfig:
-    providers: list = opt(["cuda", "cpu"], "ONNX Runtime execution providers in order of "
-                          "preference (tensorrt, cuda, cpu). GPU providers are skipped, with "
-                          "one log line, where no GPU (or no CUDA library they need) is "
-                          "present.")
+    providers: list[str] = opt(["cuda", "cpu"], "ONNX Runtime execution providers in order "
+                               "of preference (tensorrt, cuda, cpu). GPU providers are "
+                               "skipped, with one log line, where no GPU (or no CUDA library "
+                               "they need) is present.")
     threads: int = opt(0, "CPU threads per inference session; 0 lets ONNX Runtime decide.",
-                       min=0, max=256)
-    batch_buckets: list = opt([1, 4, 16, 64, 128], "Batch sizes fed to a GPU provider: a "
-                              "batch (classifier chips, detector frames of one size) is padded "
-                              "up to the next, larger ones split at the largest, so CUDA and "
-                              "TensorRT plan a few shapes once instead of one per new size. On "
-                              "the CPU batches run at their own size (padding would only cost "
-                              "time).")
+                       low=0, high=256)
+    batch_buckets: list[int] = opt([1, 4, 16, 64, 128], "Batch sizes fed to a GPU provider: "
+                                   "a batch (classifier chips, detector frames of one size) is "
+                                   "padded up to the next, larger ones split at the largest, so "
+                                   "CUDA and TensorRT plan a few shapes once instead of one per "
+                                   "new size. On the CPU batches run at their own size (padding "
+                                   "would only cost time).")
     trt_cache_dir: str | None = opt(None, "TensorRT engine cache folder (an engine takes "
                                     "minutes to build; cached, it is built once per model and "
                                     "size); default 'trt-cache' in state_dir. Relative paths "
@@ -133,12 +133,12 @@ class CameraConfig:
                       "URL, a video file, a folder of images or one still photo.")
     fps: float = opt(15.0, "Frames per second to process at most (newer frames in between "
                      "are passed over); also the rate a still photo or image folder is shown "
-                     "at.", min=0.1, max=120)
+                     "at.", low=0.1, high=120)
     detect_width: int | None = opt(None, "Detection width for this camera (pixels, multiple "
-                                   "of 32); default detector.input_width.", min=64, max=4096)
+                                   "of 32); default detector.input_width.", low=64, high=4096)
     loop: bool = opt(False, "Start a video file or image folder again when it ends.")
     stall_timeout_s: float = opt(10.0, "A stream that delivers no frame for this long is "
-                                 "reopened (with backoff).", min=1, max=600)
+                                 "reopened (with backoff).", low=1, high=600)
     motion: bool = opt(True, "Motion-gated detection: in a still scene with nobody tracked, "
                        "skip the face detector (a cheap motion test on a small grey copy of "
                        "each frame decides). Anyone tracked, and any motion, keeps it running. "
@@ -146,64 +146,64 @@ class CameraConfig:
     idle_detect_s: float = opt(1.0, "With motion gating, a still scene with nobody tracked is "
                                "still searched this often: someone who came in too slowly or "
                                "stood still facing away is found within this time.",
-                               min=0.05, max=60)
+                               low=0.05, high=60)
     tracked_detect_fps: float | None = opt(7.5, "While every face in view is a confirmed track, "
                                            "detect at most this often; the tracker carries "
                                            "the faces through the frames in between (a "
                                            "reclassification that falls due is detected on "
                                            "time). New, unconfirmed faces are detected in every "
                                            "frame. null detects every frame.",
-                                           min=0.5, max=120)
+                                           low=0.5, high=120)
 
 
 @dataclass
 class TrackerConfig:
     high_threshold: float = opt(0.5, "Detections at least this confident start tracks and "
-                                "are matched first.", min=0.0, max=1.0)
+                                "are matched first.", low=0.0, high=1.0)
     low_threshold: float = opt(0.2, "Weaker detections (down to this) only continue existing "
-                               "tracks (ByteTrack's second pass).", min=0.0, max=1.0)
+                               "tracks (ByteTrack's second pass).", low=0.0, high=1.0)
     match_iou: float = opt(0.3, "Minimum overlap between a track's predicted box (for a face "
                            "lost for a moment, also where it was last seen) and a detection "
-                           "to match them.", min=0.0, max=1.0)
+                           "to match them.", low=0.0, high=1.0)
     min_hits: int = opt(3, "Frames a new track must be matched in before it counts.",
-                        min=1, max=100)
+                        low=1, high=100)
     max_age_s: float = opt(3.0, "Seconds a track survives without a detection (someone "
                            "turning away, or hidden behind another shopper) before the visit "
                            "ends; a face back near where it was within this time is the same "
                            "visitor. Longer merges more of those, but also more of someone "
-                           "stepping into a spot just left.", min=0.0, max=60)
+                           "stepping into a spot just left.", low=0.0, high=60)
 
 
 @dataclass
 class AudienceConfig:
     reclassify_interval_s: float = opt(2.0, "Classify a tracked face again after this long "
-                                       "(until max_samples).", min=0.1, max=3600)
+                                       "(until max_samples).", low=0.1, high=3600)
     max_samples: int = opt(8, "Classifications per person at most; their mean is the label.",
-                           min=1, max=1000)
+                           low=1, high=1000)
     better_face_ratio: float = opt(1.3, "Also classify again when the face is this much better "
-                                   "(width x frontalness) than the best so far.", min=1, max=10)
+                                   "(width x frontalness) than the best so far.", low=1, high=10)
     attention_max_yaw: float = opt(0.2, "Head turn (nose offset in eye distances) up to which "
-                                   "a face counts as looking at the display.", min=0, max=1)
+                                   "a face counts as looking at the display.", low=0, high=1)
     attention_max_pitch: float = opt(0.25, "Head tilt up/down (relative) up to which a face "
-                                     "counts as looking.", min=0, max=1)
+                                     "counts as looking.", low=0, high=1)
     min_attention_s: float = opt(1.0, "Looking for at least this long makes a visitor a "
-                                 "watcher.", min=0, max=3600)
+                                 "watcher.", low=0, high=3600)
     min_visit_s: float = opt(0.5, "Visits shorter than this are not counted as visitors.",
-                             min=0, max=3600)
+                             low=0, high=3600)
     min_confidence: float = opt(0.5, "Age-class confidence a visitor needs to be counted in "
-                                "a class; others are counted as unclassified.", min=0, max=1)
+                                "a class; others are counted as unclassified.", low=0, high=1)
     gender_margin: float = opt(0.15, "A visitor whose P(male), after all their samples, stays "
                                "within this of 0.5 is counted under gender_unknown for their "
                                "age class rather than forced into a gender; 0 always picks "
-                               "one.", min=0, max=0.5)
+                               "one.", low=0, high=0.5)
     interval_s: float = opt(60.0, "Reporting interval for visitor counts, seconds.",
-                            min=1, max=86400)
+                            low=1, high=86400)
 
 
 @dataclass
 class StatsConfig:
     interval_s: float = opt(10.0, "How often pipeline statistics are logged and published.",
-                            min=1, max=3600)
+                            low=1, high=3600)
 
 
 @dataclass
@@ -231,13 +231,13 @@ class MqttConfig:
                         "an MQTT broker (topics: README \"MQTT topics\"). Offline runs "
                         "(`edge run --source FILE` without --realtime) never publish.")
     host: str = opt("localhost", "Broker host name or address.", nonempty=True)
-    port: int = opt(1883, "Broker port (usually 1883, or 8883 with TLS).", min=1, max=65535)
+    port: int = opt(1883, "Broker port (usually 1883, or 8883 with TLS).", low=1, high=65535)
     protocol: str = opt("3.1.1", "MQTT protocol version.", choices=("3.1.1", "5"))
     client_id: str = opt("", "MQTT client id; default edge-<store_id>. Must be unique on the "
                          "broker.")
     keepalive_s: int = opt(30, "Seconds between keepalive pings; the broker declares the service "
                            "offline (last will) after 1.5 times this without traffic.",
-                           min=2, max=3600)
+                           low=2, high=3600)
     username: str | None = opt(None, "User name; the environment variable EDGE_MQTT_USERNAME "
                                "overrides it.")
     password: str | None = opt(None, "Password. Better left out of this file: set "
@@ -249,7 +249,7 @@ class MqttConfig:
     outbox_max: int = opt(10000, "Interval reports kept while the broker is unreachable (about "
                           "7 days of one camera at 60 s intervals); past this the oldest are "
                           "dropped, each drop logged. Kept on disk in state_dir across "
-                          "restarts.", min=10, max=1000000)
+                          "restarts.", low=10, high=1000000)
     home_assistant: HomeAssistantConfig = section(HomeAssistantConfig,
                                                   "Home Assistant MQTT discovery.")
 
@@ -272,17 +272,17 @@ class SelectorConfig:
                         "the child class be chosen.", choices=("family_safe", "target"))
     child_share: float = opt(0.5, "Share of the audience weight above which children dominate "
                              "(each person adds their probability of being a child, times "
-                             "their attention weight).", min=0, max=1)
+                             "their attention weight).", low=0, high=1)
     child_guard: float = opt(0.3, "A person at least this likely to be a child (P(child)) is "
                              "never counted in an adult or old targeting segment, whatever "
                              "their most likely class: a missed child costs more than a missed "
-                             "adult. 1 turns the guard off.", min=0, max=1)
+                             "adult. 1 turns the guard off.", low=0, high=1)
     min_dwell_s: float = opt(1.0, "A person counts for ad selection once in view this long: "
                              "someone walking past does not switch the display, and the "
-                             "first frames' labels are still unsteady.", min=0, max=60)
+                             "first frames' labels are still unsteady.", low=0, high=60)
     passerby_weight: float = opt(0.3, "Weight of a person who has not (yet) looked at the "
                                  "display; someone who has looked for audience.min_attention_s "
-                                 "weighs 1.", min=0, max=1)
+                                 "weighs 1.", low=0, high=1)
 
 
 @dataclass
@@ -291,11 +291,11 @@ class PlayerConfig:
                       "0.0.0.0 lets displays elsewhere on the store network open it.",
                       nonempty=True)
     port: int = opt(8080, "Port of the display player's web server; 0 turns it off.",
-                    min=0, max=65535)
+                    low=0, high=65535)
     max_streams: int = opt(32, "Display pages the player serves at once (each open page holds "
                            "one event stream and one thread); one more is answered 503 and "
                            "retries by itself. Raise it for more than about 20 displays.",
-                           min=1, max=10000)
+                           low=1, high=10000)
 
 
 @dataclass
@@ -304,7 +304,7 @@ class MetricsConfig:
                       "\"Prometheus metrics\") listens on; 0.0.0.0 lets a Prometheus "
                       "elsewhere scrape it.")
     port: int = opt(9108, "Port of the metrics endpoint; 0 turns it off. Served by `edge run` "
-                    "(not by offline file analysis).", min=0, max=65535)
+                    "(not by offline file analysis).", low=0, high=65535)
 
 
 @dataclass
@@ -314,7 +314,7 @@ class StoreConfig:
                         "dashboard. Offline runs (`edge run --source FILE`) write to it only "
                         "with --store.")
     retention_days: float = opt(90, "Days the audience store keeps records; older ones are "
-                                "removed at start and once a day.", min=1, max=3650)
+                                "removed at start and once a day.", low=1, high=3650)
 
 
 @dataclass
@@ -323,13 +323,13 @@ class Config:
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
     classifier: ClassifierConfig = section(ClassifierConfig, "Age and gender classification.")
     runtime: RuntimeConfig = section(RuntimeConfig, "Inference runtime.")
-    cameras: list = field(default_factory=list, metadata={
+    cameras: list[CameraConfig] = field(default_factory=list, metadata={
         "doc": "Cameras, each a mapping with the keys below.", "items": CameraConfig})
     tracker: TrackerConfig = section(TrackerConfig, "Face tracking.")
     audience: AudienceConfig = section(AudienceConfig, "Per-person demographics and counts.")
     stats: StatsConfig = section(StatsConfig, "Pipeline statistics.")
     mqtt: MqttConfig = section(MqttConfig, "MQTT broker connection and topics.")
-    displays: list = field(default_factory=list, metadata={
+    displays: list[DisplayConfig] = field(default_factory=list, metadata={
         "doc": "Smart displays, each a mapping with the keys below.", "items": DisplayConfig})
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
@@ -527,7 +527,7 @@ def _check_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ValueError(f"'{key}' is {value!r}; choose one of {', '.join(choices)}")
-    lo, hi = meta.get("min"), meta.get("max")
+    lo, hi = meta.get("low"), meta.get("high")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ValueError(f"'{key}' is {value}; allowed range {lo}..{hi}")
     return value

@@ -1,5 +1,5 @@
 """The store dashboard at http://<box>:<player.port>/dashboard, served by the player's
-web server (display.py routes /dashboard... here).
+web server (player_server.py routes /dashboard... here).
 
 - now: per camera who is present (counts by segment), online or not, fps; per display
   the ad on screen and why. Fed by the service itself (the Dashboard is an event sink),

@@ -4,6 +4,8 @@ Exit statuses follow sysexits.h so that systemd's RestartPreventExitStatus=78
 stops a restart loop on configuration problems that a restart cannot fix.
 """
 
+import socket
+
 EX_DATAERR = 65
 EX_NOINPUT = 66  # an input file is missing or cannot be read
 EX_SOFTWARE = 70
@@ -32,3 +34,16 @@ class InputError(EdgeError):
     """An input file (image, label set) cannot be read or is malformed."""
 
     exit_status = EX_DATAERR
+
+
+def tcp_problem(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to host:port fails, in the system's words (connection refused,
+    name not known, ...) or "no answer within N s"; None when it connects. The publisher
+    (a broker it cannot reach) and `edge check` (a camera URL) say it the same way."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except TimeoutError:
+        return f"no answer within {f'{timeout_s:.1f}'.removesuffix('.0')} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None

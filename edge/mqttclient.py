@@ -1,6 +1,6 @@
 """One place that turns the `mqtt:` config into a connected paho client.
 
-The publisher (publish.py), the display player's bridge (display.py) and `edge check`
+The publisher (publish.py), the display player's bridge (player_bridge.py) and `edge check`
 connect through here, so credentials, TLS, protocol version, reconnect backoff, the
 wording of connection problems and the guard on callbacks are the same everywhere.
 """

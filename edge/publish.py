@@ -21,7 +21,6 @@ import collections
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from edge import hass, mqttclient
 from edge.config import Config
 from edge.events import (AudienceEvent, CameraEvent, DecisionEvent, Event, IntervalEvent,
                          PlayEvent, StatsEvent)
+from edge.errors import tcp_problem
 from edge.timefmt import iso
 from edge.topics import SCHEMA_VERSION, Topics
 
@@ -358,9 +358,8 @@ def _json(payload: dict) -> str:
 
 
 def _probe(host: str, port: int) -> str:
-    """Why a TCP connection fails, in the system's words (refused, unknown host...)."""
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            return f"{host}:{port} accepts TCP but the MQTT handshake failed (TLS or protocol?)"
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or exc}"
+    """Why connecting fails: the TCP connection's problem, or the MQTT handshake."""
+    problem = tcp_problem(host, port, timeout_s=3)
+    if problem is None:
+        return f"{host}:{port} accepts TCP but the MQTT handshake failed (TLS or protocol?)"
+    return f"{host}:{port}: {problem}"

@@ -44,7 +44,8 @@ import numpy as np
 
 from edge.analyze import FaceAnalyzer
 from edge.audience import Audience, empty_counts
-from edge.capture import CameraReader, Frame, redact
+from edge.capture import CameraReader, Frame, redact, source_kind
+from edge.catalog import load_catalog
 from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
                          Event, IntervalEvent, PlayEvent, StatsEvent, SummaryEvent)
 from edge.metrics import NoMetrics
@@ -52,7 +53,7 @@ from edge.motion import MotionDetector
 from edge.notify import Notifier, watchdog_interval_s
 from edge.plays import PlayLog
 from edge.records import Detections
-from edge.select import Selector, load_catalog
+from edge.select import Selector
 from edge.timefmt import iso
 from edge.track import FaceTracker
 
@@ -158,14 +159,12 @@ class Service:
             config.detector.score_threshold, config.tracker.low_threshold))
         self.cameras: dict[str, CameraRuntime] = {}
         for cam in config.cameras:
-            mode = "every_frame" if offline else ("paced" if _is_file(cam.source) else "live")
+            mode = "every_frame" if offline else (
+                "live" if source_kind(cam.source) in ("device", "stream") else "paced")
             reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
                                   stall_timeout_s=cam.stall_timeout_s,
                                   **({"opener": opener} if opener else {}))
-            t = config.tracker
-            tracker = FaceTracker(high_threshold=t.high_threshold, low_threshold=t.low_threshold,
-                                  match_iou=t.match_iou, min_hits=t.min_hits,
-                                  max_age_s=t.max_age_s)
+            tracker = FaceTracker.from_config(config.tracker)
             self.cameras[cam.id] = CameraRuntime(
                 reader, tracker, Audience(cam.id, config.audience), cam.name,
                 detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps,
@@ -296,6 +295,7 @@ class Service:
         detect = [(cid, cam, frame) for cid, cam, frame in taken
                   if self._must_detect(cam, frame)]
         batch: list[tuple[str, Frame, list, Detections]] = []
+        removed: dict[str, list] = {}  # per camera the detector ran for: tracks that ended
         if detect:
             # One detector run for all cameras whose frames share a canvas size.
             started = time.perf_counter()
@@ -308,13 +308,13 @@ class Service:
                 cam.detected += 1
                 cam.frames_detected += 1
                 cam.last_detected = frame.timestamp
-                tracks = cam.last_tracks = cam.tracker.update(faces, frame.timestamp)
+                tracks, removed[cid] = cam.tracker.update(faces, frame.timestamp)
+                cam.last_tracks = tracks
                 wanted = cam.audience.wants_classification(tracks, frame.timestamp)
                 batch.append((cid, frame, tracks, wanted))
             self._classify(batch)
-        detected = {cid for cid, _, _ in detect}
         for cid, cam, frame in taken:
-            self._after_frame(cid, cam, frame, cid in detected)
+            self._after_frame(cid, cam, frame, removed.get(cid))
         return True
 
     def _must_detect(self, cam: CameraRuntime, frame: Frame) -> bool:
@@ -351,7 +351,10 @@ class Service:
         for (cid, chosen, ts), demo in zip(targets, results):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
 
-    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame, detected: bool) -> None:
+    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame,
+                     removed: list | None) -> None:
+        """`removed`: the tracks that ended at this frame, None when the detector did not
+        run on it (the tracker was not updated)."""
         cam.last_ts = frame.timestamp
         cam.frames += 1
         cam.processed += 1
@@ -359,15 +362,14 @@ class Service:
             cam.interval_start = frame.timestamp
             cam.audience.begin(frame.timestamp)
         changed = False
-        if detected:
+        if removed is not None:
             # Attention is credited for the time since the last frame the tracks were
             # observed in: a frame the detector skipped while people were tracked adds
             # its time to the next detected one; time with nobody tracked counts for no one.
             start = cam.attention_from if cam.attention_from is not None else frame.timestamp
             dt_s = max(0.0, frame.timestamp - start)
-            changed = cam.audience.update(cam.last_tracks, cam.tracker.removed,
-                                          frame.timestamp, dt_s)
-        if detected or not cam.tracker.has_tracks:
+            changed = cam.audience.update(cam.last_tracks, removed, frame.timestamp, dt_s)
+        if removed is not None or not cam.tracker.has_tracks:
             cam.attention_from = frame.timestamp
         if self.on_frame is not None:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
@@ -510,7 +512,3 @@ def _percent(share: float | None) -> str:
 
 def _mean(values) -> float | None:
     return round(float(np.mean(values)), 2) if len(values) else None
-
-
-def _is_file(source: str) -> bool:
-    return not (source.isdigit() or "://" in source or source.startswith("/dev/"))

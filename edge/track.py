@@ -7,21 +7,45 @@ appearance features or embeddings are ever computed, so nothing here can
 recognise a person, and ids are random per run so they cannot be linked
 across runs or stores.
 
-Association follows ByteTrack (Zhang et al., 2022): confident detections
-are matched first; weak ones (a face turning away, motion blur) are then
-used only to continue confirmed tracks, never to start or confirm one.
-Written for this project from the papers' descriptions (MIT-style), numpy
-and the standard library only.
+Association follows ByteTrack (Y. Zhang et al., "ByteTrack: Multi-Object
+Tracking by Associating Every Detection Box", ECCV 2022, arXiv:2110.06864):
+confident detections are matched first; weak ones (a face turning away,
+motion blur) are then used only to continue confirmed tracks, never to start
+or confirm one. Written for this project from the papers' descriptions
+(MIT-style), numpy and the standard library only.
+
+Where it departs from ByteTrack's reference code, and why:
+- Greedy matching, best IoU first, instead of the Hungarian algorithm: faces
+  in a shop rarely overlap, so the two agree in practice, and greedy needs
+  neither scipy nor lap.
+- No score fusion: the IoU is not weighted by the detection's score; one
+  `match_iou` serves both passes.
+- Tentative (unconfirmed) tracks take part in the first pass with all the
+  others; ByteTrack matches them in a separate third step against the
+  confident detections left over.
+- Lost confirmed tracks (missed in earlier frames, within max_age_s) take part
+  in the second pass too, so a weak detection can bring one back; ByteTrack's
+  second pass considers only tracks found in the previous frame.
+- A lost track is also looked for where it was last measured, not only where
+  the Kalman prediction has carried it (see _associate).
+- Time is real seconds, not frames: the Kalman step is the time between the
+  frames processed and tracks expire after max_age_s, so dropped frames
+  neither shorten nor stretch how long a face may be away.
+- New tracks need min_hits matches to be confirmed (ByteTrack: the second).
+- No removal of duplicate tracks (ByteTrack drops the younger of a live and a
+  lost track that overlap by IoU > 0.85): a lost face is matched by its last
+  box as well, and a new track must be confirmed, which keeps duplicates rare.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
+from edge.config import TrackerConfig
 from edge.records import Detections
 
 TrackState = Literal["tentative", "confirmed"]
@@ -41,6 +65,13 @@ class Track:
     misses: int               # consecutive updates without a match (0 if matched now)
     state: TrackState
     det_index: int            # row of this update's Detections it matched, or -1
+
+
+class TrackerUpdate(NamedTuple):
+    """What one `FaceTracker.update` returns."""
+
+    tracks: list[Track]   # the live tracks
+    removed: list[Track]  # tracks that ended in this update (the audience closes their visits)
 
 
 # ----------------------------------------------------------------- geometry
@@ -203,10 +234,11 @@ class FaceTracker:
     first miss. Nothing is lost by leaving them out, because the Kalman filter
     predicts over the real time between updates and tracks expire after
     max_age_s of time, not after a number of frames.
+    Build it with `from_config`: the settings' defaults live in edge/config.py.
     """
 
-    def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.1,
-                 match_iou: float = 0.3, min_hits: int = 3, max_age_s: float = 3.0):
+    def __init__(self, *, high_threshold: float, low_threshold: float, match_iou: float,
+                 min_hits: int, max_age_s: float):
         if not 0 <= low_threshold <= high_threshold:
             raise ValueError("need 0 <= low_threshold <= high_threshold")
         if min_hits < 1 or max_age_s < 0:
@@ -217,7 +249,6 @@ class FaceTracker:
         self.min_hits = min_hits
         self.max_age_s = max_age_s
         self._tracks: list[_Live] = []
-        self._removed: list[Track] = []
         self._last_time: float | None = None
         # Random start, then sequential: unique within the run, meaningless outside it.
         self._next_id = secrets.randbits(32)
@@ -232,13 +263,15 @@ class FaceTracker:
         """No tentative track: every face in view has been matched min_hits times."""
         return all(t.confirmed for t in self._tracks)
 
-    @property
-    def removed(self) -> list[Track]:
-        """Tracks that ended in the last `update` (so the audience stage can close visits)."""
-        return list(self._removed)
+    @classmethod
+    def from_config(cls, config: TrackerConfig) -> FaceTracker:
+        return cls(high_threshold=config.high_threshold, low_threshold=config.low_threshold,
+                   match_iou=config.match_iou, min_hits=config.min_hits,
+                   max_age_s=config.max_age_s)
 
-    def update(self, detections: Detections, timestamp: float) -> list[Track]:
-        """Advance to `timestamp`, associate `detections`, return the live tracks."""
+    def update(self, detections: Detections, timestamp: float) -> TrackerUpdate:
+        """Advance to `timestamp`, associate `detections`; the live tracks, and those
+        that ended now."""
         dt = 0.0 if self._last_time is None else timestamp - self._last_time
         self._last_time = timestamp
         for t in self._tracks:
@@ -259,9 +292,9 @@ class FaceTracker:
             if t.det_index < 0:
                 t.missed()
 
-        self._retire(timestamp)
+        removed = self._retire(timestamp)
         self._start(detections, new_rows, timestamp)
-        return [t.snapshot() for t in self._tracks]
+        return TrackerUpdate([t.snapshot() for t in self._tracks], removed)
 
     def _associate(self, tracks: list[_Live], det: Detections, rows: np.ndarray,
                    timestamp: float) -> tuple[list[_Live], np.ndarray]:
@@ -284,21 +317,22 @@ class FaceTracker:
         rest = np.array([r for k, r in enumerate(rows) if k not in used], np.int64)
         return [t for t in tracks if t.det_index < 0], rest
 
-    def _retire(self, timestamp: float) -> None:
+    def _retire(self, timestamp: float) -> list[Track]:
         """Drop tentative tracks at their first miss and confirmed ones after max_age_s.
 
         A tentative track that misses is most likely a false detection, as in
         ByteTrack; a confirmed one gets max_age_s of real time (not a frame
         count, since frames can be dropped) to reappear from behind someone.
         """
-        keep, self._removed = [], []
+        keep, removed = [], []
         for t in self._tracks:
             expired = timestamp - t.last_seen > self.max_age_s
             if expired or (t.misses > 0 and not t.confirmed):
-                self._removed.append(t.snapshot())
+                removed.append(t.snapshot())
             else:
                 keep.append(t)
         self._tracks = keep
+        return removed
 
     def _start(self, det: Detections, rows: np.ndarray, timestamp: float) -> None:
         """New tentative tracks, only ever from confident detections left unmatched."""

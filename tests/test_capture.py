@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import Backoff, CameraReader, open_source
+from edge.capture import Backoff, CameraReader, device_node, open_source, source_kind
 
 from conftest import need
 
@@ -103,6 +103,26 @@ def test_unopenable_source_says_why(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(OSError, match="folder has no images"):
         open_source(str(tmp_path / "empty"), False, 10)
+
+
+def test_one_rule_names_each_kind_of_source(tmp_path, group_photo):
+    """source_kind decides for open_source, the service's read mode and `edge check`."""
+    (tmp_path / "shelf").mkdir()
+    shutil.copy(group_photo, tmp_path / "shelf" / "a.jpg")
+    kinds = {"0": "device", "/dev/video2": "device",
+             "rtsp://user:pw@10.0.0.5/stream": "stream", "http://127.0.0.1:1/cam.mjpg": "stream",
+             str(tmp_path / "shelf"): "folder", str(group_photo): "still",
+             str(tmp_path / "shelf" / "B.JPEG"): "still", str(tmp_path / "clip.mp4"): "file",
+             str(tmp_path / "clip.gif"): "file"}
+    assert {source: source_kind(source) for source in kinds} == kinds
+    assert [device_node(s) for s in ("0", "12", "/dev/video2", str(group_photo))] == [
+        "/dev/video0", "/dev/video12", "/dev/video2", None]
+    # open_source follows the same answer: a folder of images is read as a sequence
+    reader = open_source(str(tmp_path / "shelf"), False, 10)
+    try:
+        assert reader.read().shape[2] == 3
+    finally:
+        reader.release()
 
 
 class MjpegCamera:

@@ -148,6 +148,26 @@ def test_unplugged_camera(tmp_path, group_photo):
     assert_ok(lines, *(ALL_CHECKS - {"camera entrance"}))
 
 
+def test_unreachable_stream_camera_says_why_as_the_publisher_does(tmp_path):
+    """One wording for a failed TCP connection (errors.tcp_problem): `edge check` on a
+    camera URL nobody listens at, and the publisher on its broker (tests/test_mqtt.py)."""
+    import socket
+
+    from edge.errors import tcp_problem
+
+    port = free_port()
+    config = write_config(tmp_path, source=f"rtsp://127.0.0.1:{port}/stream")
+    status, lines, out = check(config)
+    assert status == 1
+    line = lines["camera entrance"]
+    assert line.startswith(f"FAIL  camera entrance: rtsp://127.0.0.1:{port}/stream: cannot "
+                           f"reach 127.0.0.1:{port}: Connection refused"), line
+    assert "ping it" in line
+    assert tcp_problem("127.0.0.1", port, 2) == "Connection refused"
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        assert tcp_problem("127.0.0.1", listening.getsockname()[1], 2) is None
+
+
 def test_invalid_config_stops_with_78(tmp_path, group_photo):
     config = write_config(tmp_path, source=group_photo)
     config.write_text(config.read_text().replace("name: Entrance", "nmae: Entrance"))

@@ -16,9 +16,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
-from edge.display import DisplayServer
+from edge.catalog import load_catalog
 from edge.errors import EdgeError
-from edge.select import load_catalog
+from edge.player_server import DisplayServer
 from edge.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,9 +322,9 @@ def next_content(stream) -> dict:
 
 
 def test_event_stream_follows_the_topic(broker, tmp_path, monkeypatch):
-    from edge import display
+    from edge import player_server
 
-    monkeypatch.setattr(display, "HEARTBEAT_S", 0.3)
+    monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.3)
     config = make_config(tmp_path, broker_port=broker.port)
     server = start_server(config)
     try:
@@ -476,7 +476,7 @@ def test_healthz_says_when_the_mqtt_loop_is_gone(broker, tmp_path):
         wait_until(lambda: health(server)["mqtt_last_message"] is not None, 5, "a message")
         status, _, body = get(f"{server.url}/healthz")
         assert status == 200 and json.loads(body)["mqtt_loop_alive"] is True
-        server._client.loop_stop()  # the network thread ends, as an uncaught error ended it
+        server.bridge._client.loop_stop()  # the network thread ends, as an uncaught error ended it
         status, _, body = get(f"{server.url}/healthz")
         assert status == 503 and json.loads(body)["mqtt_loop_alive"] is False
     finally:
@@ -562,9 +562,9 @@ def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path,
     import socket
     import threading
 
-    from edge import display
+    from edge import player_server
 
-    monkeypatch.setattr(display, "REQUEST_HEAD_TIMEOUT_S", 0.6, raising=False)
+    monkeypatch.setattr(player_server, "REQUEST_HEAD_TIMEOUT_S", 0.6, raising=False)
     server = start_server(make_config(tmp_path))
     try:
         before = threading.active_count()
@@ -622,9 +622,9 @@ def stream_status(url: str):
 
 
 def test_event_streams_are_capped_with_a_clear_503(tmp_path, monkeypatch):
-    from edge import display
+    from edge import player_server
 
-    monkeypatch.setattr(display, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
+    monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
     config = make_config(tmp_path)
     config.player.max_streams = 2
     server = start_server(config)

@@ -582,8 +582,8 @@ def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkey
     import paho.mqtt.client as mqtt
 
     from edge import check, mqttclient, publish
-    from edge.display import DisplayServer
-    from edge.select import load_catalog
+    from edge.catalog import load_catalog
+    from edge.player_server import DisplayServer
 
     made = []
     original = mqtt.Client.__init__

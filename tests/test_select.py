@@ -7,9 +7,10 @@ from collections import Counter
 
 import yaml
 
+from edge.catalog import load_catalog
 from edge.config import SelectorConfig
 from edge.records import Viewer
-from edge.select import Selector, load_catalog
+from edge.select import Selector
 
 from conftest import ROOT
 

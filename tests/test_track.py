@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from edge.detect import CenterFace
+from edge.config import TrackerConfig
 from edge.records import Detections
 from edge.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
 
@@ -24,6 +25,11 @@ def dets(*faces) -> Detections:
 
 def face(x: float, y: float, score: float = 0.9, size: float = 50) -> tuple:
     return (x, y, x + size, y + size, score)
+
+
+def make_tracker(**settings) -> FaceTracker:
+    """The tracker as the service builds it: config defaults, `settings` changed."""
+    return FaceTracker.from_config(TrackerConfig(**settings))
 
 
 def confirmed_ids(tracks) -> set[int]:
@@ -56,10 +62,10 @@ def test_kalman_learns_velocity_and_extrapolates_over_real_time():
 
 
 def test_constant_velocity_keeps_one_id():
-    tracker = FaceTracker()
+    tracker = make_tracker()
     ids = set()
     for i in range(30):
-        tracks = tracker.update(dets(face(20 + 8 * i, 40 + 2 * i)), i / FPS)
+        tracks = tracker.update(dets(face(20 + 8 * i, 40 + 2 * i)), i / FPS).tracks
         assert len(tracks) == 1
         ids.add(tracks[0].id)
     assert len(ids) == 1
@@ -70,107 +76,108 @@ def test_constant_velocity_keeps_one_id():
 def test_fast_mover_is_followed_through_prediction():
     # 25 px per frame on a 50 px box: IoU of consecutive raw boxes is 1/3, just above
     # the gate; without the velocity model the two-frame gap would lose it.
-    tracker = FaceTracker()
+    tracker = make_tracker()
     ids = set()
     for i in range(20):
         if i in (10, 11):
             tracker.update(Detections.empty(), i / FPS)
             continue
-        tracks = tracker.update(dets(face(25 * i, 100)), i / FPS)
+        tracks = tracker.update(dets(face(25 * i, 100)), i / FPS).tracks
         assert len(tracks) == 1
         ids.add(tracks[0].id)
     assert len(ids) == 1
 
 
 def test_short_gap_keeps_id_and_reports_misses():
-    tracker = FaceTracker(max_age_s=1.0)
+    tracker = make_tracker(max_age_s=1.0)
     for i in range(5):
-        first = tracker.update(dets(face(100 + 5 * i, 100)), i / FPS)[0]
+        first = tracker.update(dets(face(100 + 5 * i, 100)), i / FPS).tracks[0]
     for i in range(5, 10):  # 5 frames = 0.4 s without the face
-        gap = tracker.update(Detections.empty(), i / FPS)
+        gap, removed = tracker.update(Detections.empty(), i / FPS)
         assert [t.id for t in gap] == [first.id]
         assert gap[0].det_index == -1 and gap[0].misses == i - 4
-        assert tracker.removed == []
-    back = tracker.update(dets(face(150, 100)), 10 / FPS)
+        assert removed == []
+    back = tracker.update(dets(face(150, 100)), 10 / FPS).tracks
     assert [t.id for t in back] == [first.id]
     assert back[0].misses == 0 and back[0].det_index == 0
 
 
 def test_removed_after_max_age_in_seconds_not_frames():
-    tracker = FaceTracker(max_age_s=1.0)
+    tracker = make_tracker(max_age_s=1.0)
     for i in range(4):
-        tid = tracker.update(dets(face(100, 100)), i * 0.08)[0].id
+        tid = tracker.update(dets(face(100, 100)), i * 0.08).tracks[0].id
     last = 3 * 0.08
-    assert [t.id for t in tracker.update(Detections.empty(), last + 0.9)] == [tid]
-    assert tracker.removed == []
+    tracks, removed = tracker.update(Detections.empty(), last + 0.9)
+    assert [t.id for t in tracks] == [tid] and removed == []
     # One dropped-frame gap of 1.2 s: removed, though it missed only two updates.
-    assert tracker.update(Detections.empty(), last + 1.2) == []
-    assert [(t.id, t.state) for t in tracker.removed] == [(tid, "confirmed")]
-    assert tracker.removed[0].last_seen == pytest.approx(last)
+    tracks, removed = tracker.update(Detections.empty(), last + 1.2)
+    assert tracks == []
+    assert [(t.id, t.state) for t in removed] == [(tid, "confirmed")]
+    assert removed[0].last_seen == pytest.approx(last)
     # A face appearing there later is a new visit with a new id.
-    again = tracker.update(dets(face(100, 100)), last + 1.3)
+    again, removed = tracker.update(dets(face(100, 100)), last + 1.3)
     assert again[0].id != tid and again[0].state == "tentative"
-    assert tracker.removed == []
+    assert removed == []
 
 
 def test_frames_left_out_by_gating_are_no_misses():
     """The service gives the tracker only the frames it ran the detector on."""
-    tracker = FaceTracker(min_hits=3, max_age_s=3.0)
+    tracker = make_tracker(min_hits=3, max_age_s=3.0)
     assert not tracker.has_tracks and tracker.all_confirmed
     tracker.update(dets(face(100, 100)), 0.0)
     assert tracker.has_tracks and not tracker.all_confirmed  # tentative: detect every frame
     for i in (1, 2):
-        tid = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS)[0].id
+        tid = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS).tracks[0].id
     assert tracker.all_confirmed
     # Every other frame left out (8 px a frame, constant velocity): same id, never a miss.
     for i in range(4, 20, 2):
-        track = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS)[0]
+        track = tracker.update(dets(face(100 + 8 * i, 100)), i / FPS).tracks[0]
         assert (track.id, track.misses, track.det_index) == (tid, 0, 0)
     # Then standing still for 5 s, still seen every other frame: one track throughout.
     for i in range(20, 20 + round(5 * FPS), 2):
-        track, = tracker.update(dets(face(260, 100)), i / FPS)
+        track, = tracker.update(dets(face(260, 100)), i / FPS).tracks
         assert (track.id, track.misses) == (tid, 0)
     # Gone: the track ends by time, after max_age_s, however few updates there were.
     last = track.last_seen
-    assert [t.id for t in tracker.update(Detections.empty(), last + 2.9)] == [tid]
-    assert tracker.update(Detections.empty(), last + 3.1) == []
-    assert [t.id for t in tracker.removed] == [tid] and not tracker.has_tracks
+    assert [t.id for t in tracker.update(Detections.empty(), last + 2.9).tracks] == [tid]
+    tracks, removed = tracker.update(Detections.empty(), last + 3.1)
+    assert tracks == [] and [t.id for t in removed] == [tid] and not tracker.has_tracks
 
 
 def test_lost_face_is_found_where_it_was_last_seen():
     # A shopper walks in (velocity 50 px/s), stops and is hidden for 2.5 s behind
     # another; the Kalman prediction drifts on by about 125 px (2.5 face widths), but
     # they reappear where they were last seen: the same visit, not a second one.
-    tracker = FaceTracker(max_age_s=3.0)
+    tracker = make_tracker(max_age_s=3.0)
     for i in range(12):
-        tid = tracker.update(dets(face(100 + 4 * i, 100)), i / FPS)[0].id
+        tid = tracker.update(dets(face(100 + 4 * i, 100)), i / FPS).tracks[0].id
     for i in range(12, 12 + 31):  # 31 frames = 2.5 s hidden
-        assert [t.id for t in tracker.update(Detections.empty(), i / FPS)] == [tid]
-    assert tracker.update(Detections.empty(), 42 / FPS)[0].box[0] > 44 + 100 + 100
-    back = tracker.update(dets(face(144, 100)), 43 / FPS)
+        assert [t.id for t in tracker.update(Detections.empty(), i / FPS).tracks] == [tid]
+    assert tracker.update(Detections.empty(), 42 / FPS).tracks[0].box[0] > 44 + 100 + 100
+    back = tracker.update(dets(face(144, 100)), 43 / FPS).tracks
     assert [(t.id, t.det_index) for t in back] == [(tid, 0)]
 
 
 def test_someone_else_far_from_a_lost_face_starts_a_new_track():
-    tracker = FaceTracker(max_age_s=3.0)
+    tracker = make_tracker(max_age_s=3.0)
     for i in range(5):
-        tid = tracker.update(dets(face(100, 100)), i / FPS)[0].id
+        tid = tracker.update(dets(face(100, 100)), i / FPS).tracks[0].id
     for i in range(5, 15):
         tracker.update(Detections.empty(), i / FPS)
-    tracks = tracker.update(dets(face(300, 100)), 15 / FPS)
+    tracks = tracker.update(dets(face(300, 100)), 15 / FPS).tracks
     assert sorted((t.id == tid, t.state) for t in tracks) == [(False, "tentative"),
                                                               (True, "confirmed")]
 
 
 def test_crossing_faces_keep_their_ids():
-    tracker = FaceTracker()
+    tracker = make_tracker()
     history: dict[int, list[float]] = {}
     for i in range(30):
         # Two faces walking toward each other at the same height, passing at i = 15,
         # one slightly larger (nearer), as when two shoppers cross in front of a display.
         a = face(40 + 10 * i, 100, 0.9, 50)
         b = face(340 - 10 * i, 104, 0.8, 46)
-        for t in tracker.update(dets(a, b), i / FPS):
+        for t in tracker.update(dets(a, b), i / FPS).tracks:
             history.setdefault(t.id, []).append((t.box[0] + t.box[2]) / 2)
     assert len(history) == 2
     rightward, leftward = sorted(history.values(), key=lambda h: h[0])
@@ -179,11 +186,12 @@ def test_crossing_faces_keep_their_ids():
 
 
 def test_nearby_faces_do_not_swap():
-    tracker = FaceTracker()
+    tracker = make_tracker()
     ids_by_side = {"left": set(), "right": set()}
     for i in range(20):
         jitter = 2 * np.sin(i)
-        tracks = tracker.update(dets(face(100 + jitter, 100), face(155 - jitter, 102)), i / FPS)
+        tracks = tracker.update(dets(face(100 + jitter, 100), face(155 - jitter, 102)),
+                                i / FPS).tracks
         for t in tracks:
             ids_by_side["left" if t.box[0] < 128 else "right"].add(t.id)
     assert len(ids_by_side["left"]) == 1 and len(ids_by_side["right"]) == 1
@@ -191,43 +199,44 @@ def test_nearby_faces_do_not_swap():
 
 
 def test_tentative_until_min_hits_then_confirmed():
-    tracker = FaceTracker(min_hits=3)
-    states = [tracker.update(dets(face(100, 100)), i / FPS)[0].state for i in range(5)]
+    tracker = make_tracker(min_hits=3)
+    states = [tracker.update(dets(face(100, 100)), i / FPS).tracks[0].state for i in range(5)]
     assert states == ["tentative", "tentative", "confirmed", "confirmed", "confirmed"]
-    assert FaceTracker(min_hits=1).update(dets(face(0, 0)), 0)[0].state == "confirmed"
+    assert make_tracker(min_hits=1).update(dets(face(0, 0)), 0).tracks[0].state == "confirmed"
 
 
 def test_tentative_track_dies_at_its_first_miss():
-    tracker = FaceTracker(min_hits=3)
-    tid = tracker.update(dets(face(100, 100)), 0)[0].id
+    tracker = make_tracker(min_hits=3)
+    tid = tracker.update(dets(face(100, 100)), 0).tracks[0].id
     tracker.update(dets(face(100, 100)), 1 / FPS)
-    assert tracker.update(Detections.empty(), 2 / FPS) == []
-    assert [(t.id, t.state) for t in tracker.removed] == [(tid, "tentative")]
+    tracks, removed = tracker.update(Detections.empty(), 2 / FPS)
+    assert tracks == []
+    assert [(t.id, t.state) for t in removed] == [(tid, "tentative")]
 
 
 def test_low_scores_never_start_a_track_but_continue_a_confirmed_one():
-    tracker = FaceTracker(high_threshold=0.5, low_threshold=0.1)
+    tracker = make_tracker(high_threshold=0.5, low_threshold=0.1)
     for i in range(10):
-        assert tracker.update(dets(face(100, 100, 0.3)), i / FPS) == []
+        assert tracker.update(dets(face(100, 100, 0.3)), i / FPS).tracks == []
     tid = None
     for i in range(10, 14):
-        tid = tracker.update(dets(face(100, 100, 0.9)), i / FPS)[0].id
+        tid = tracker.update(dets(face(100, 100, 0.9)), i / FPS).tracks[0].id
     for i in range(14, 40):  # head turns away: 2 s of weak detections only
-        tracks = tracker.update(dets(face(100 + i, 100, 0.3)), i / FPS)
+        tracks = tracker.update(dets(face(100 + i, 100, 0.3)), i / FPS).tracks
         assert [t.id for t in tracks] == [tid]
         assert tracks[0].misses == 0 and tracks[0].score == pytest.approx(0.3)
     # Below low_threshold is ignored altogether: the track only ages.
-    assert tracker.update(dets(face(140, 100, 0.05)), 40 / FPS)[0].misses == 1
+    assert tracker.update(dets(face(140, 100, 0.05)), 40 / FPS).tracks[0].misses == 1
 
 
 def test_low_scores_do_not_confirm_a_tentative_track():
-    tracker = FaceTracker(min_hits=3)
+    tracker = make_tracker(min_hits=3)
     tracker.update(dets(face(100, 100, 0.9)), 0)
-    assert tracker.update(dets(face(100, 100, 0.3)), 1 / FPS) == []
+    assert tracker.update(dets(face(100, 100, 0.3)), 1 / FPS).tracks == []
 
 
 def test_ids_are_random_per_run():
-    starts = {FaceTracker().update(dets(face(0, 0)), 0)[0].id for _ in range(8)}
+    starts = {make_tracker().update(dets(face(0, 0)), 0).tracks[0].id for _ in range(8)}
     assert len(starts) > 1
 
 
@@ -244,14 +253,14 @@ def track_clip(path, detector) -> tuple[list[list], int]:
     """Every frame's live tracks for a clip, and the frame count."""
     cap = cv2.VideoCapture(str(path))
     fps = cap.get(cv2.CAP_PROP_FPS) or 12.5
-    tracker = FaceTracker()
+    tracker = make_tracker()
     frames = []
     try:
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
-            frames.append(tracker.update(detector(frame), len(frames) / fps))
+            frames.append(tracker.update(detector(frame), len(frames) / fps).tracks)
     finally:
         cap.release()
     return frames, len(frames)
@@ -282,12 +291,12 @@ def test_clip_person_hidden_for_two_seconds_keeps_their_id(detector):
         frames += [ok_frame[1]] * 3
     cap.release()
     hidden = range(len(frames) // 2 - 12, len(frames) // 2 + 13)  # 25 frames = 2 s
-    tracker, ever, during = FaceTracker(max_age_s=3.0), set(), []
+    tracker, ever, during = make_tracker(max_age_s=3.0), set(), []
     for i, frame in enumerate(frames):
         if i in hidden:
             frame = frame.copy()
             frame[:, : frame.shape[1] // 3] = 128
-        tracks = tracker.update(detector(frame), i / FPS)
+        tracks = tracker.update(detector(frame), i / FPS).tracks
         ever |= confirmed_ids(tracks)
         if i in hidden:
             during.append(sum(t.det_index < 0 for t in tracks))

@@ -1,16 +1,12 @@
-"""The display player: a small web server that shows each display its current ad.
+"""The display player's web server: shows each display its current ad.
 
 A kiosk browser opens http://<edge>:<player.port>/display/<id> full screen. The
-page (edge/player/index.html) gets its content over Server-Sent Events from
-this bridge, which subscribes to the displays' content topics on the broker.
-
-Why a bridge here rather than Mosquitto's websockets listener on the store
-network: displays need one plain-HTTP endpoint that also serves the player and
-the creatives; the broker can stay on localhost, so no device on the store LAN
-can publish fake decisions; and no MQTT client has to be written or vendored in
-JavaScript. Because the bridge follows the retained content topics (it does not
-take decisions from the pipeline directly), the broker stays the source of
-truth: an override published there, e.g. by HQ, reaches the screens too.
+page (edge/player/index.html) gets its content over Server-Sent Events from this
+server, which takes it from the MQTT bridge (edge/player_bridge.py: it follows the
+displays' content topics on the broker). The server also serves the creatives the
+catalog names, /healthz, and the dashboard (edge/dashboard.py) when one is plugged
+in; its limits (request-head deadline, send timeout, event-stream cap) keep one bad
+client from holding the rest up.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import html
 import io
 import json
 import logging
-import math
 import re
 import socket
 import sys
@@ -31,18 +26,13 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-import paho.mqtt.client as mqtt
-
+from edge.catalog import CREATIVE_TYPES, Catalog, creative_file
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.mqttclient import (
-    GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
-    service_client_id)
-from edge.records import AGE_CLASSES, GENDERS
-from edge.select import (
-    AD_ID, CREATIVE_TYPES, TITLE_MAX_CHARS, Catalog, creative_file, is_url, url_problem)
+from edge.mqttclient import RepeatLimiter
+from edge.player_bridge import PlayerBridge
 from edge.timefmt import iso
-from edge.topics import SCHEMA_VERSION, Topics
+from edge.topics import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +46,11 @@ FILE_CHUNK = 1 << 16
 _PAGE = re.compile(r"/display/([^/]+)/?")
 _EVENTS = re.compile(r"/display/([^/]+)/events")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-MAX_CONTENT_BYTES = 64 * 1024  # a decision is a few hundred bytes; larger is not one
-_RULE = re.compile(r"[a-z_-]{1,32}")
 
 
 class DisplayServer:
-    """Serves the player, its event streams and the creatives; follows the content topics.
+    """Serves the player, its event streams and the creatives; its bridge follows the
+    content topics.
 
     `port` overrides player.port; 0 binds a free port (tests). player.port 0 in the
     config means the player is off, so the caller should not build one then.
@@ -77,19 +66,10 @@ class DisplayServer:
         self._served = catalog.local_creatives()  # the only files /ads/ serves
         self._listen = (config.player.listen, config.player.port if port is None else port)
         self.player_page = resources.files("edge").joinpath("player/index.html").read_bytes()
-        self._board = _Board(self.displays)
-        self._topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content("+")
-        self._problems = ProblemLog(f"display player: MQTT broker "
-                                    f"{config.mqtt.host}:{config.mqtt.port}")
+        self.bridge = PlayerBridge(config, self.displays, self._served)
         self._http: _HttpServer | None = None
-        self._client: GuardedClient | None = None
-        self._stopping = False
-        self._rejects = RepeatLimiter()
         self._streams = threading.BoundedSemaphore(config.player.max_streams)
         self._turned_away = RepeatLimiter()
-        self.mqtt_connected = False
-        self.last_message: float | None = None  # epoch seconds of the last content message
-        self.rejected = 0                        # content messages dropped as invalid
         self.port = 0
         self.dashboard = None  # edge/dashboard.py's Dashboard serves /dashboard when set
 
@@ -101,6 +81,10 @@ class DisplayServer:
         elif ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def mqtt_connected(self) -> bool:
+        return self.bridge.mqtt_connected
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -117,26 +101,17 @@ class DisplayServer:
         self.port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
                          name="display-http", daemon=True).start()
-        if self.config.mqtt.enabled:
-            self._start_mqtt()
-        else:
-            log.info("display player: mqtt.enabled is false; displays show the default ad")
+        self.bridge.start()
         return self
 
     def stop(self) -> None:
-        self._stopping = True
-        self._board.close()  # ends the event streams, so their threads finish
+        self.bridge.stop()  # closes its board first, which ends the event streams
         if self.dashboard is not None:
             self.dashboard.close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        if self._client is not None:
-            self._client.disconnect()
-            self._client.loop_stop()
-            self._client = None
-        self.mqtt_connected = False
 
     def __enter__(self) -> "DisplayServer":
         return self.start()
@@ -147,19 +122,13 @@ class DisplayServer:
     # -- state -----------------------------------------------------------------
 
     def health(self) -> dict:
-        ads = {d: (c or {}).get("ad") for d, c in self._board.snapshot().items()}
-        client = self._client
-        return {"mqtt_connected": self.mqtt_connected,
-                "mqtt_loop_alive": client is not None and client.loop_alive,
-                "mqtt_last_message": None if self.last_message is None
-                else iso(self.last_message),
-                "mqtt_rejected": self.rejected, "displays": ads}
+        ads = {d: (c or {}).get("ad") for d, c in self.bridge.board.snapshot().items()}
+        return {**self.bridge.health(), "displays": ads}
 
     @property
     def healthy(self) -> bool:
         """False when the player should follow the broker and its network loop is gone."""
-        return not self.config.mqtt.enabled or (self._client is not None
-                                                and self._client.loop_alive)
+        return self.bridge.healthy
 
     def open_stream(self, client: str) -> bool:
         """Takes one of the player.max_streams event stream slots; False when none is free."""
@@ -178,9 +147,10 @@ class DisplayServer:
     def events(self, display: str) -> Iterator[bytes]:
         """The display's event stream: its content now, then every change, with heartbeats;
         ends when the server stops."""
-        version, content = self._board.get(display)
+        board = self.bridge.board
+        version, content = board.get(display)
         yield _sse("content", self._for_page(display, content))
-        while (changed := self._board.wait(display, version, HEARTBEAT_S)) is not None:
+        while (changed := board.wait(display, version, HEARTBEAT_S)) is not None:
             if changed[0] == version:
                 yield _sse("ping", {})
             else:
@@ -206,166 +176,6 @@ class DisplayServer:
         if relative not in self._served:
             return None
         return creative_file(self.ads_dir, relative)[0]
-
-    # -- MQTT ------------------------------------------------------------------
-
-    def _start_mqtt(self) -> None:
-        client = make_client(self.config, client_id=f"{service_client_id(self.config)}-player")
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.connect_async(**connect_kwargs(self.config))
-        client.loop_start()
-        self._client = client
-
-    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        if reason.is_failure:
-            self._problems.problem(explain(reason))
-            return
-        # A clean session forgets subscriptions: subscribe after every (re)connect;
-        # the broker then sends the retained content again.
-        client.subscribe(self._topic, qos=1)
-        self.mqtt_connected = True
-        self._problems.ok(f"connected, following {self._topic}")
-
-    def _on_connect_fail(self, client, userdata) -> None:
-        self._problems.problem("cannot connect (is the broker running? check mqtt.host and "
-                               "mqtt.port)")
-
-    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        was, self.mqtt_connected = self.mqtt_connected, False
-        # A refused login ends in a disconnect too: that is the same problem, already
-        # logged, not a lost connection (README promises it once).
-        if was and not self._stopping:
-            self._problems.problem(f"connection lost ({explain(reason)})")
-
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self.last_message = time.time()
-        display = msg.topic.split("/")[-2]
-        if display not in self.displays:
-            log.debug("display player: %s is not a configured display", msg.topic)
-            return
-        if not msg.payload:  # retained message cleared: back to the default
-            self._board.set(display, None)
-            return
-        try:
-            content = parse_content(msg.payload, display, self._served)
-        except BadContent as exc:
-            self.rejected += 1
-            show, left_out = self._rejects.check(msg.topic)
-            if show:
-                log.warning("display player: ignored a message on %s: %s; the display keeps "
-                            "what it shows (bad messages on this topic are logged again in "
-                            "10 minutes at the earliest)%s", msg.topic, exc,
-                            f"; {left_out} more were ignored since the last line"
-                            if left_out else "")
-            return
-        self._board.set(display, content)
-
-
-class BadContent(ValueError):
-    """A content message the player does not show; the text says why (never the payload)."""
-
-
-def _reject_constant(name: str):
-    raise BadContent(f"{name} is not a number JSON allows")
-
-
-def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict:
-    """The fields of a content message the page uses, checked and typed; BadContent for
-    anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
-    if len(payload) > MAX_CONTENT_BYTES:
-        raise BadContent(f"{len(payload)} bytes, more than the {MAX_CONTENT_BYTES} a "
-                         f"decision may have")
-    try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError:
-        raise BadContent("not UTF-8 text") from None
-    except RecursionError:
-        raise BadContent("JSON nested too deeply") from None
-    except ValueError as exc:  # BadContent is one too
-        raise BadContent(f"not valid JSON ({str(exc)[:100]})") from None
-    if not isinstance(data, dict):
-        raise BadContent(f"a JSON {type(data).__name__}, not an object")
-    schema = data.get("schema", SCHEMA_VERSION)
-    if type(schema) is not int or schema != SCHEMA_VERSION:
-        raise BadContent(f"field 'schema' must be {SCHEMA_VERSION}")
-    ad = data.get("ad")
-    if not isinstance(ad, str) or not AD_ID.fullmatch(ad):
-        raise BadContent("field 'ad' must be an ad id (1-64 letters, digits, '.', '-', '_')")
-    title = data.get("title", "")
-    if not isinstance(title, str) or len(title) > TITLE_MAX_CHARS:
-        raise BadContent(f"field 'title' must be text of at most {TITLE_MAX_CHARS} characters")
-    creative = data.get("creative")
-    if not isinstance(creative, str):
-        raise BadContent("field 'creative' must be text")
-    if is_url(creative):
-        if problem := url_problem(creative):
-            raise BadContent(f"field 'creative': {problem}")
-    elif creative not in served:
-        raise BadContent("field 'creative' is neither an http(s) URL nor a creative the "
-                         "ad catalog names")
-    duration = data.get("duration_s")
-    if duration is not None and (type(duration) not in (int, float)
-                                 or not math.isfinite(duration) or duration <= 0):
-        raise BadContent("field 'duration_s' must be a number of seconds above 0")
-    when = data.get("time")
-    if when is not None and (not isinstance(when, str) or len(when) > 64):
-        raise BadContent("field 'time' must be an ISO 8601 time")
-    reason = data.get("reason", {})
-    if not isinstance(reason, dict):
-        raise BadContent("field 'reason' must be an object")
-    rule = reason.get("rule")
-    if rule is not None and (not isinstance(rule, str) or not _RULE.fullmatch(rule)):
-        raise BadContent("field 'reason.rule' must be a rule name")
-    segment = reason.get("segment")
-    if segment is not None and not (
-            isinstance(segment, dict) and segment.get("age_class") in AGE_CLASSES
-            and segment.get("gender") in GENDERS):
-        raise BadContent("field 'reason.segment' must be null or {age_class, gender}")
-    if segment is not None:
-        segment = {"age_class": segment["age_class"], "gender": segment["gender"]}
-    return {"schema": SCHEMA_VERSION, "time": when, "display": display, "ad": ad,
-            "title": title, "creative": creative, "duration_s": duration,
-            "reason": {"rule": rule, "segment": segment}}
-
-
-class _Board:
-    """The latest content per display (None: nothing received); event streams wait on it."""
-
-    def __init__(self, displays):
-        self._changed = threading.Condition()
-        self._content: dict[str, dict | None] = dict.fromkeys(displays)
-        self._version = dict.fromkeys(displays, 0)
-        self._closed = False
-
-    def set(self, display: str, content: dict | None) -> None:
-        with self._changed:
-            if self._content[display] != content:  # retained redelivery after a reconnect
-                self._content[display] = content
-                self._version[display] += 1
-                self._changed.notify_all()
-
-    def get(self, display: str) -> tuple[int, dict | None]:
-        with self._changed:
-            return self._version[display], self._content[display]
-
-    def snapshot(self) -> dict[str, dict | None]:
-        with self._changed:
-            return dict(self._content)
-
-    def wait(self, display: str, version: int, timeout: float) -> tuple[int, dict | None] | None:
-        """(version, content) after a change or the timeout; None once closed."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._version[display] != version,
-                                   timeout)
-            return None if self._closed else (self._version[display], self._content[display])
-
-    def close(self) -> None:
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
 
 
 class _HttpServer(ThreadingHTTPServer):
