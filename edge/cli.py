@@ -25,7 +25,7 @@ def setup_logging(level: str = "info") -> None:
 
 
 def cmd_models(args, cfg) -> int:
-    from edge import modelstore
+    from edge.inference import modelstore
 
     models_dir = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models_dir)
@@ -65,7 +65,7 @@ def cmd_models(args, cfg) -> int:
 
 
 def cmd_analyze(args, cfg) -> int:
-    from edge.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+    from edge.pipeline.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
     from edge.redact import redact
 
     claim = None
@@ -95,8 +95,8 @@ def cmd_analyze(args, cfg) -> int:
 
 
 def cmd_eval(args, cfg) -> int:
-    from edge import evaluate
-    from edge.analyze import FaceAnalyzer
+    from edge.commands import evaluate
+    from edge.pipeline.analyze import FaceAnalyzer
 
     labels = evaluate.read_labels(Path(args.labels))
     analyzer = FaceAnalyzer(cfg)
@@ -115,7 +115,6 @@ def cmd_eval(args, cfg) -> int:
 
 def cmd_run(args, cfg) -> int:
     from edge.redact import safe_name
-    import re
 
     from edge import nativelog
     from edge.service import JsonLines, LogSink, Service
@@ -141,7 +140,7 @@ def cmd_run(args, cfg) -> int:
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
     publisher = player = metrics = store = None
     if cfg.metrics.port and not offline:
-        from edge.metrics import Metrics
+        from edge.outputs.metrics import Metrics
 
         metrics = Metrics(cfg)
         sinks.append(metrics)
@@ -149,7 +148,7 @@ def cmd_run(args, cfg) -> int:
     try:
         # An offline analysis is not store traffic: it goes into the history only when asked.
         if cfg.store.enabled and (not offline or args.store):
-            from edge.store import FILENAME, AudienceStore, StoreError
+            from edge.outputs.store import FILENAME, AudienceStore, StoreError
 
             try:
                 store = AudienceStore(cfg.state_path() / FILENAME,
@@ -158,7 +157,7 @@ def cmd_run(args, cfg) -> int:
             except StoreError as exc:  # the displays and MQTT carry on without a history
                 log.error("%s; running without it", exc)
         if cfg.mqtt.enabled and not offline:
-            from edge.publish import MqttPublisher
+            from edge.outputs.publish import MqttPublisher
 
             publisher = MqttPublisher(cfg)
             sinks.append(publisher)
@@ -184,7 +183,7 @@ def cmd_run(args, cfg) -> int:
 
 def _dashboard(cfg, sinks: list, store, publisher):
     """The live dashboard the player serves at /dashboard, fed by the service's events."""
-    from edge.dashboard import Dashboard
+    from edge.outputs.dashboard import Dashboard
 
     dashboard = Dashboard(cfg, mqtt_status=publisher.status if publisher else None)
     sinks.append(dashboard)
@@ -194,8 +193,8 @@ def _dashboard(cfg, sinks: list, store, publisher):
 
 
 def start_player(cfg, port: int | None = None):
-    from edge.catalog import load_catalog
-    from edge.player_server import DisplayServer
+    from edge.pipeline.catalog import load_catalog
+    from edge.outputs.player_server import DisplayServer
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
@@ -221,7 +220,7 @@ def cmd_display(args, cfg) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     player = start_player(cfg, port=args.port)
-    from edge.dashboard import Dashboard
+    from edge.outputs.dashboard import Dashboard
 
     player.dashboard = Dashboard(cfg, live=False)  # history only: no pipeline here
     try:
@@ -232,7 +231,7 @@ def cmd_display(args, cfg) -> int:
 
 
 def cmd_bench(args, cfg) -> int:
-    from edge import bench
+    from edge.commands import bench
 
     return bench.main(cfg, args.source, args.size, args.seconds, args.json, args.cameras,
                       args.gpu, args.idle_share, not args.no_gating)
@@ -242,22 +241,22 @@ def cmd_check(args, cfg) -> int:
     import time
 
     started = time.monotonic()  # the installer waits for the imports too
-    from edge import check
+    from edge.commands import check
 
     # check loads the config itself, so an invalid one is reported as a FAIL line.
     return check.main(args.check_config or args.config, started)
 
 
 def cmd_preview(args, cfg) -> int:
-    from edge import preview
+    from edge.commands import preview
 
     return preview.main(cfg, args.camera, Path(args.out), args.seconds,
                         args.config or "(defaults)")
 
 
 def cmd_report(args, cfg) -> int:
-    from edge import report
-    from edge.store import FILENAME
+    from edge.commands import report
+    from edge.outputs.store import FILENAME
 
     return report.main(cfg.state_path() / FILENAME, start=args.start, end=args.end, by=args.by,
                        camera=args.camera, display=args.display, fmt=args.format)
@@ -265,7 +264,7 @@ def cmd_report(args, cfg) -> int:
 
 def _date_arg(end: bool):
     def parse(text: str) -> float:
-        from edge.report import parse_date
+        from edge.commands.report import parse_date
 
         try:
             return parse_date(text, end=end)
@@ -276,7 +275,7 @@ def _date_arg(end: bool):
 
 def cmd_config(args, cfg) -> int:
     if args.topics:
-        from edge.topics import reference
+        from edge.outputs.topics import reference
 
         print(reference())
     elif args.events:

@@ -42,20 +42,20 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.analyze import FaceAnalyzer
-from edge.audience import Audience, empty_counts
-from edge.capture import CameraReader, Frame, redact, source_kind
-from edge.catalog import load_catalog
+from edge.pipeline.analyze import FaceAnalyzer
+from edge.pipeline.audience import Audience, empty_counts
+from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
+from edge.pipeline.catalog import load_catalog
 from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
                          Event, IntervalEvent, PlayEvent, StatsEvent, SummaryEvent)
-from edge.metrics import NoMetrics
-from edge.motion import MotionDetector
-from edge.notify import Notifier, watchdog_interval_s
-from edge.plays import PlayLog
+from edge.outputs.metrics import NoMetrics
+from edge.pipeline.motion import MotionDetector
+from edge.outputs.notify import Notifier, watchdog_interval_s
+from edge.pipeline.plays import PlayLog
 from edge.records import Detections
-from edge.select import Selector
+from edge.pipeline.select import Selector
 from edge.timefmt import iso
-from edge.track import FaceTracker
+from edge.pipeline.track import FaceTracker
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Service:
         """`opener` replaces capture.open_source (edge bench feeds frames from memory).
         `on_frame(camera_id, frame, tracks, audience)` sees each processed frame in memory
         (edge preview draws the last one); nothing in the service itself keeps frames.
-        `metrics` (edge.metrics.Metrics) observes timings for the /metrics endpoint."""
+        `metrics` (edge.outputs.metrics.Metrics) observes timings for the /metrics endpoint."""
         self.config = config
         self.sinks = sinks
         self.on_frame = on_frame

@@ -33,7 +33,7 @@ def config():
 
 @pytest.fixture(scope="session")
 def analyzer(config):
-    from edge.analyze import FaceAnalyzer
+    from edge.pipeline.analyze import FaceAnalyzer
 
     return FaceAnalyzer(config)
 

@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from edge import align
+from edge.pipeline import align
 
 
 def test_similarity_recovers_a_known_transform():

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from edge.audience import Audience, head_pose
+from edge.pipeline.audience import Audience, head_pose
 from edge.config import AudienceConfig
 from edge.records import Demographics
-from edge.track import Track
+from edge.pipeline.track import Track
 
 FRONTAL = np.array([[40, 50], [60, 50], [50, 61], [42, 70], [58, 70]], np.float32)
 TURNED = np.array([[40, 50], [60, 50], [62, 61], [44, 70], [60, 70]], np.float32)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from edge import runtime
+from edge.inference import runtime
 
 from conftest import need, run_edge
 
@@ -83,7 +83,7 @@ def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_fr
 
 
 def test_bench_with_idle_share_empty_scene_has_no_face(analyzer):
-    from edge.bench import load_frames, with_idle_share
+    from edge.commands.bench import load_frames, with_idle_share
 
     clip = load_frames(str(need("media/face-demographics-walking-and-pause.gif")), (1280, 720))
     frames = with_idle_share(clip, 0.5)

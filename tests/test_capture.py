@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import Backoff, CameraReader, device_node, open_source, source_kind
+from edge.pipeline.capture import Backoff, CameraReader, device_node, open_source, source_kind
 
 from conftest import need
 
@@ -209,7 +209,7 @@ def test_hung_stream_is_reopened_and_flapping_backs_off():
 
 
 def test_stream_passwords_are_redacted_from_errors_and_status():
-    from edge.capture import redact
+    from edge.pipeline.capture import redact
 
     assert redact("cannot open rtsp://admin:s3cr3t@10.0.0.5:554/s1") == \
         "cannot open rtsp://admin:***@10.0.0.5:554/s1"
@@ -284,7 +284,7 @@ def test_folder_skips_bad_files_once_and_ends(tmp_path, group_photo, caplog):
     (folder / "4.jpg").mkdir()                                        # a folder named x.jpg
     (folder / "5.jpg").symlink_to(tmp_path / "gone.jpg")             # broken symlink
     (folder / "6.jpg").write_bytes(good)
-    caplog.set_level("INFO", logger="edge.capture")
+    caplog.set_level("INFO", logger="edge.pipeline.capture")
     reader = CameraReader("shelf", str(folder), mode="every_frame").start()
     try:
         frames = drain(reader, timeout=10)
@@ -350,7 +350,7 @@ def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capf
     path = tmp_path / "door.jpg"
     data = small_jpeg(group_photo)
     path.write_bytes(data[: len(data) // 2])  # a half-uploaded snapshot
-    caplog.set_level("INFO", logger="edge.capture")
+    caplog.set_level("INFO", logger="edge.pipeline.capture")
     reader = CameraReader("door", str(path), fps=20, mode="paced",
                           backoff=Backoff(initial_s=0.05, max_s=0.05)).start()
     try:
@@ -365,7 +365,7 @@ def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capf
 
 
 def test_refused_stream_retries_without_ffmpeg_lines(capfd, caplog):
-    caplog.set_level("INFO", logger="edge.capture")
+    caplog.set_level("INFO", logger="edge.pipeline.capture")
     reader = CameraReader("door", "rtsp://127.0.0.1:9/stream", mode="live", stall_timeout_s=1,
                           backoff=Backoff(initial_s=0.1, max_s=0.1)).start()
     try:
@@ -439,7 +439,7 @@ def test_pacing_starts_over_after_a_stall(group_photo):
 @pytest.mark.parametrize("flags", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
                                    [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]])
 def test_truncated_jpeg_is_told_from_a_whole_one(group_photo, flags):
-    from edge.capture import jpeg_truncated
+    from edge.pipeline.capture import jpeg_truncated
 
     data = cv2.imencode(".jpg", cv2.imread(str(group_photo)), flags)[1].tobytes()
     assert not jpeg_truncated(data)

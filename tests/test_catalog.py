@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from edge.catalog import load_catalog
+from edge.pipeline.catalog import load_catalog
 from edge.errors import ConfigError
 
 from conftest import ROOT
@@ -182,9 +182,9 @@ def test_creatives_the_player_cannot_serve_fail_the_catalog(catalog_dir):
 
 
 def test_every_catalog_creative_is_served_by_the_player(catalog_dir):
-    """One rule: what load_catalog accepts, the player serves (edge/player_server.py)."""
+    """One rule: what load_catalog accepts, the player serves (edge/outputs/player_server.py)."""
     from edge import config as config_mod
-    from edge.player_server import DisplayServer
+    from edge.outputs.player_server import DisplayServer
 
     import cv2
     import numpy as np

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import classify
+from edge.pipeline import classify
 from edge.records import AGE_CLASSES
 
 from conftest import need
@@ -20,7 +20,7 @@ def backend(config, name, **overrides):
     """The configured classifier with another backend (and settings)."""
     import copy
 
-    from edge import modelstore
+    from edge.inference import modelstore
 
     cfg = copy.deepcopy(config)
     cfg.classifier.backend = name
@@ -204,7 +204,7 @@ def test_calibration_is_monotone_and_hits_its_knots():
 
 
 def test_uncalibrated_mode_reports_raw_model_ages(config):
-    from edge import modelstore
+    from edge.inference import modelstore
 
     models = config.resolve(config.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models), models)
@@ -240,8 +240,8 @@ def test_lift_exposure_recovers_accuracy_on_dim_dev_faces(analyzer, cydral):
     # choice and scoring; chips cut once, classified without and with the lift.
     # Measured (with the gender threshold 0.36): gender 13+ 0.924 -> 0.934, age class
     # 0.789 -> 0.805.
-    from edge.align import face_chips
-    from edge.evaluate import pad, read_labels, score
+    from edge.pipeline.align import face_chips
+    from edge.commands.evaluate import pad, read_labels, score
 
     clf = cydral
     kept, age_chips, gender_chips = [], [], []

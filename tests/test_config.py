@@ -83,7 +83,7 @@ def test_readme_configuration_reference_is_current():
 
 
 def test_readme_topic_table_is_current():
-    """README's MQTT topic table is generated from edge/topics.py."""
+    """README's MQTT topic table is generated from edge/outputs/topics.py."""
     result = run_edge("config", "--topics")
     assert result.returncode == 0 and readme_block("topics") == result.stdout
     assert result.stdout.count("\n| `") == 7  # one row per topic

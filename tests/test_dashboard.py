@@ -15,10 +15,10 @@ from test_display import browser, get  # noqa: F401  (browser is a fixture)
 from test_plays import one_ad_config
 
 from edge import config as config_mod
-from edge.catalog import load_catalog
-from edge.dashboard import Dashboard
-from edge.player_server import DisplayServer
-from edge.store import FILENAME, AudienceStore
+from edge.pipeline.catalog import load_catalog
+from edge.outputs.dashboard import Dashboard
+from edge.outputs.player_server import DisplayServer
+from edge.outputs.store import FILENAME, AudienceStore
 
 CHART_SHA256 = "48444a82d4edcb5bec0f1965faacdde18d9c17db3063d042abada2f705c9f54a"
 

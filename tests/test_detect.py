@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import detect
+from edge.pipeline import detect
 from edge.records import Detections
 
 from conftest import ROOT, need
@@ -55,7 +55,7 @@ def test_letterbox_keeps_aspect_and_scale():
 def test_centerface_graph_loads_without_runtime_warnings():
     # The file lists its weights as graph inputs; ORT would warn once per tensor.
     code = ("import logging, onnxruntime as ort; ort.set_default_logger_severity(1);"
-            "from pathlib import Path; from edge.detect import CenterFace;"
+            "from pathlib import Path; from edge.pipeline.detect import CenterFace;"
             "d = CenterFace(Path('models/centerface.onnx'), ['cpu']); print(d.provider)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

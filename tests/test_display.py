@@ -16,10 +16,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
-from edge.catalog import load_catalog
+from edge.pipeline.catalog import load_catalog
 from edge.errors import EdgeError
-from edge.player_server import DisplayServer
-from edge.topics import Topics
+from edge.outputs.player_server import DisplayServer
+from edge.outputs.topics import Topics
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "ads" / "catalog.yaml"
@@ -322,7 +322,7 @@ def next_content(stream) -> dict:
 
 
 def test_event_stream_follows_the_topic(broker, tmp_path, monkeypatch):
-    from edge import player_server
+    from edge.outputs import player_server
 
     monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.3)
     config = make_config(tmp_path, broker_port=broker.port)
@@ -562,7 +562,7 @@ def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path,
     import socket
     import threading
 
-    from edge import player_server
+    from edge.outputs import player_server
 
     monkeypatch.setattr(player_server, "REQUEST_HEAD_TIMEOUT_S", 0.6, raising=False)
     server = start_server(make_config(tmp_path))
@@ -622,7 +622,7 @@ def stream_status(url: str):
 
 
 def test_event_streams_are_capped_with_a_clear_503(tmp_path, monkeypatch):
-    from edge import player_server
+    from edge.outputs import player_server
 
     monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
     config = make_config(tmp_path)

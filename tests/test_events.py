@@ -8,8 +8,9 @@ import json
 from dataclasses import fields
 
 from edge import config as config_mod
-from edge import events, topics
-from edge.audience import empty_counts
+from edge import events
+from edge.outputs import topics
+from edge.pipeline.audience import empty_counts
 from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
                          IntervalEvent, PlayEvent, Reason, StatsEvent, SummaryEvent)
 from edge.records import Decision
@@ -77,7 +78,7 @@ def documented_keys(topic: topics.Topic) -> list[str]:
 def test_published_payloads_have_the_keys_the_topic_table_documents(tmp_path):
     """The publisher, never started (no broker): what it would send is kept as retained
     state and in the outbox."""
-    from edge.publish import MqttPublisher
+    from edge.outputs.publish import MqttPublisher
 
     config = config_mod.Config()
     config.state_dir = str(tmp_path / "state")

@@ -21,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge import faceapi, modelstore, samples
+from edge import samples
+from edge.inference import faceapi, modelstore
 from edge.errors import ModelError
 
 from conftest import ROOT

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import classify, config as config_mod, detect, modelstore, runtime
+from edge import config as config_mod
+from edge.inference import modelstore, runtime
+from edge.pipeline import classify, detect
 from edge.errors import ConfigError
 
 from conftest import ROOT
@@ -58,7 +60,7 @@ def test_gpu_present_with_its_libraries_chooses_cuda(monkeypatch, fresh_probes, 
     monkeypatch.setattr(runtime, "gpu_probe", lambda: (1, ""))
     monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(runtime, "_loadable", lambda lib: True)
-    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         chosen = runtime.choose_providers(("tensorrt", "cuda", "cpu"))
     assert chosen == ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                       "CPUExecutionProvider")
@@ -69,7 +71,7 @@ def test_gpu_without_cuda_libraries_falls_back_in_one_line(monkeypatch, fresh_pr
     monkeypatch.setattr(runtime, "gpu_probe", lambda: (1, ""))
     monkeypatch.setattr(runtime, "_preload_cuda_libraries", lambda: None)
     monkeypatch.setattr(runtime, "_loadable", lambda lib: lib != "libcudnn.so.9")
-    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         chosen = runtime.choose_providers(("cuda", "cpu"))
         runtime.choose_providers(("cuda", "cpu"))
     assert chosen == ("CPUExecutionProvider",)

@@ -1,4 +1,4 @@
-"""Home Assistant MQTT discovery (edge/hass.py) against a real Mosquitto: the configs
+"""Home Assistant MQTT discovery (edge/outputs/hass.py) against a real Mosquitto: the configs
 the service announces, their templates rendered with Jinja2 (as Home Assistant does)
 against the payloads the service really publishes, and stale configs removed."""
 
@@ -74,7 +74,8 @@ def run_until_online(config, port, root):
 
 
 def test_configs_are_complete_stable_and_unique(tmp_path):
-    from edge import config as config_mod, hass
+    from edge import config as config_mod
+    from edge.outputs import hass
 
     config, root, node = write_config(
         tmp_path, 1883, [("door", "/dev/video0", False), ("hall", "/dev/video1", False)],

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import ROOT
 
-from edge import detect, images
-from edge.analyze import read_image
-from edge.capture import open_source
+from edge.pipeline import detect, images
+from edge.pipeline.analyze import read_image
+from edge.pipeline.capture import open_source
 from edge.errors import InputError
 
 

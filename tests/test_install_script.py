@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from edge import config as config_mod
-from edge.catalog import load_catalog
+from edge.pipeline.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "tools" / "install.sh"
@@ -72,7 +72,7 @@ def test_files_in_place(installed):
     opt, etc = root / "opt/edge", root / "etc/edge"
     unit = root / "etc/systemd/system/edge.service"
     assert unit.read_bytes() == (REPO / "systemd/edge.service").read_bytes()
-    for name in ("edge/cli.py", "edge/notify.py", "pyproject.toml", "requirements/runtime.txt",
+    for name in ("edge/cli.py", "edge/outputs/notify.py", "pyproject.toml", "requirements/runtime.txt",
                  "models/manifest.yaml", "ads/catalog.yaml", "config.example.yaml"):
         assert (opt / name).is_file(), name
     assert not list(opt.rglob("__pycache__"))  # built on the box, not copied

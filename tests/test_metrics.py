@@ -1,4 +1,4 @@
-"""The Prometheus endpoint (edge/metrics.py): scraped over real HTTP while the service
+"""The Prometheus endpoint (edge/outputs/metrics.py): scraped over real HTTP while the service
 runs on the shared clips and publishes to a real Mosquitto, parsed with
 prometheus_client's own parser."""
 
@@ -124,16 +124,16 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     from prometheus_client import generate_latest
 
     from edge import config as config_mod
-    from edge.metrics import Metrics
+    from edge.outputs.metrics import Metrics
 
     config = tmp_path / "config.yaml"
     config.write_text("cameras:\n  - {id: door, source: /dev/video0}\n")
     cfg = config_mod.load(config)
     one, two = Metrics(cfg), Metrics(cfg)  # the default registry would refuse the second
-    from edge.audience import empty_counts
+    from edge.pipeline.audience import empty_counts
     from edge.events import CameraEvent, IntervalEvent, PlayEvent
 
-    for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/plays.py emits them
+    for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/pipeline/plays.py emits them
         viewers = empty_counts()
         viewers["adult"].update(female=women, male=men)
         one.emit(PlayEvent(f"window/{women}", "window", "door", "spring-collection", "Spring",

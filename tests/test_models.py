@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from edge import modelstore
+from edge.inference import modelstore
 from edge.errors import EX_CONFIG, ModelError
 
 from conftest import ROOT, run_edge

@@ -1,4 +1,4 @@
-"""Motion-gated detection (edge/motion.py, Service._must_detect).
+"""Motion-gated detection (edge/pipeline/motion.py, Service._must_detect).
 
 The motion stage alone, then the service on real footage with two cameras fed the
 same frames side by side, one gated (the defaults: motion on, tracked_detect_fps)
@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.capture import SourceEnded
+from edge.pipeline.capture import SourceEnded
 from edge.config import CameraConfig
-from edge.motion import MotionDetector
+from edge.pipeline.motion import MotionDetector
 from edge.service import Service
 
 from conftest import need

@@ -390,7 +390,7 @@ def test_tls_with_the_wrong_ca_is_reported(make_broker, tmp_path, group_photo):
 
 
 def test_outbox_bound_drops_the_oldest_waiting_report(tmp_path):
-    from edge.publish import Outbox, Report
+    from edge.outputs.publish import Outbox, Report
 
     outbox = Outbox(tmp_path / "outbox.jsonl", limit=3)
     for i in range(5):
@@ -465,7 +465,7 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
     from broker import free_port
 
     from edge import config as config_mod
-    from edge.publish import MqttPublisher, Outbox
+    from edge.outputs.publish import MqttPublisher, Outbox
 
     threads = []
     real_save = Outbox.save
@@ -502,7 +502,7 @@ def in_process_config(tmp_path, port):
 
 def test_a_raising_callback_never_ends_the_network_loop(broker, tmp_path, caplog):
     """Whatever a callback raises, paho's network thread goes on (mqttclient.GuardedClient)."""
-    from edge import mqttclient
+    from edge.outputs import mqttclient
 
     config, root = in_process_config(tmp_path, broker.port)
     client = mqttclient.make_client(config, f"guard-{root[5:]}")
@@ -543,7 +543,7 @@ def test_a_raising_callback_never_ends_the_network_loop(broker, tmp_path, caplog
 def test_publisher_reconnects_after_a_callback_raised(make_broker, tmp_path, monkeypatch):
     """An exception in the publisher's on_disconnect (a full disk while saving the
     outbox, say) must not leave it disconnected for good."""
-    from edge import publish
+    from edge.outputs import publish
 
     broker = make_broker()
     config, root = in_process_config(tmp_path, broker.port)
@@ -581,9 +581,10 @@ def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkey
     mqttclient.make_client, so all their callbacks are guarded."""
     import paho.mqtt.client as mqtt
 
-    from edge import check, mqttclient, publish
-    from edge.catalog import load_catalog
-    from edge.player_server import DisplayServer
+    from edge.commands import check
+    from edge.outputs import mqttclient, publish
+    from edge.pipeline.catalog import load_catalog
+    from edge.outputs.player_server import DisplayServer
 
     made = []
     original = mqtt.Client.__init__

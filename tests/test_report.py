@@ -118,7 +118,7 @@ def test_missing_or_empty_store_is_one_clear_line(tmp_path):
     assert result.returncode == 66 and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no audience store yet" in result.stderr and "audience.db" in result.stderr
-    from edge.store import AudienceStore
+    from edge.outputs.store import AudienceStore
 
     AudienceStore(tmp_path / "state" / "audience.db").start().close()
     result = run_edge("--config", str(config), "report", "--format", "json")

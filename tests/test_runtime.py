@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edge import classify, runtime
+from edge.inference import runtime
+from edge.pipeline import classify
 
 from conftest import run_edge
 
@@ -17,7 +18,7 @@ NO_GPU = runtime.gpu_probe()[0] == 0
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU; the fallback cannot happen")
 def test_cuda_request_without_gpu_falls_back_in_one_line(caplog):
     runtime.choose_providers.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         chosen = runtime.choose_providers(("cuda", "cpu"))
         runtime.choose_providers(("cuda", "cpu"))  # asked again: no second line
     assert chosen == ("CPUExecutionProvider",)
@@ -28,7 +29,7 @@ def test_cuda_request_without_gpu_falls_back_in_one_line(caplog):
 
 def test_cpu_only_request_logs_nothing(caplog):
     runtime.choose_providers.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="edge.runtime"):
+    with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         assert runtime.choose_providers(("cpu",)) == ("CPUExecutionProvider",)
     assert caplog.records == []
 

@@ -7,10 +7,10 @@ from collections import Counter
 
 import yaml
 
-from edge.catalog import load_catalog
+from edge.pipeline.catalog import load_catalog
 from edge.config import SelectorConfig
 from edge.records import Viewer
-from edge.select import Selector
+from edge.pipeline.select import Selector
 
 from conftest import ROOT
 

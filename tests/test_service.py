@@ -238,7 +238,7 @@ def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_
     service; frames flowing again resumes them. The real service with its real detector,
     held up on purpose after a few frames."""
     from edge import config as config_mod
-    from edge.notify import Notifier
+    from edge.outputs.notify import Notifier
     from edge.service import Service
 
     path, manager = notify_socket(tmp_path)

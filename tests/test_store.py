@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from edge import store as store_mod
+from edge.outputs import store as store_mod
 from edge.events import AudienceEvent, IntervalEvent
-from edge.store import AudienceStore, StoreError
+from edge.outputs.store import AudienceStore, StoreError
 
 from conftest import ROOT, need, run_edge
 
@@ -103,7 +103,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 from edge.events import IntervalEvent
-from edge.store import AudienceStore
+from edge.outputs.store import AudienceStore
 from edge.timefmt import iso
 
 store = AudienceStore(Path(sys.argv[1])).start()

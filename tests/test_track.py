@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import CenterFace
+from edge.pipeline.detect import CenterFace
 from edge.config import TrackerConfig
 from edge.records import Detections
-from edge.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
+from edge.pipeline.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
 
 from conftest import ROOT, need
 

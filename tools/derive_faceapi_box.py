@@ -1,4 +1,4 @@
-"""Derive OUTLINE_TEMPLATE in edge/faceapi.py from face-api's own landmark network.
+"""Derive OUTLINE_TEMPLATE in edge/inference/faceapi.py from face-api's own landmark network.
 
   .venv/bin/python tools/derive_faceapi_box.py LABELS.csv [--every 4]
 
@@ -35,8 +35,8 @@ TFJS_VERSION = "4.22.0"
 
 def crops(labels_csv: Path, every: int):
     from edge import config as config_mod
-    from edge.analyze import FaceAnalyzer
-    from edge.evaluate import load_padded, read_labels
+    from edge.pipeline.analyze import FaceAnalyzer
+    from edge.commands.evaluate import load_padded, read_labels
 
     analyzer = FaceAnalyzer(config_mod.load(ROOT / "config.yaml"))
     images, faces = [], []
@@ -56,7 +56,7 @@ def crops(labels_csv: Path, every: int):
 
 
 def faceapi_landmarks(images: list[dict]) -> list[dict]:
-    from edge import modelstore
+    from edge.inference import modelstore
 
     spec = modelstore.load_manifest(ROOT / "models")["faceapi-weights"]
     with tempfile.TemporaryDirectory(prefix="faceapi-lm-") as tmp:
@@ -81,8 +81,8 @@ def faceapi_landmarks(images: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    from edge import faceapi
-    from edge.align import similarity
+    from edge.inference import faceapi
+    from edge.pipeline.align import similarity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels", type=Path)

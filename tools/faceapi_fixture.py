@@ -3,7 +3,7 @@
   .venv/bin/python tools/faceapi_fixture.py [--model-dir models]
 
 Inputs: the six faces of insightface's group photo (edge.samples.group_photo()), cut
-as face-api cuts them (edge/faceapi.py: aligned box from our detector's landmarks,
+as face-api cuts them (edge/inference/faceapi.py: aligned box from our detector's landmarks,
 clipped and floored) but not padded or resized, plus three synthetic images of
 other sizes (one already 112x112, one to shrink, one to enlarge). Only the crop
 boxes and a sha256 of each crop are stored for the photo (its faces are not ours to
@@ -51,8 +51,9 @@ def photo_crops(boxes: np.ndarray | None = None):
     """The group photo's face crops (RGB uint8) and their (x, y, w, h) integer boxes."""
     import cv2
 
-    from edge import config as config_mod, faceapi, samples
-    from edge.analyze import FaceAnalyzer
+    from edge import config as config_mod, samples
+    from edge.inference import faceapi
+    from edge.pipeline.analyze import FaceAnalyzer
 
     frame = cv2.imread(str(samples.group_photo()))
     if boxes is None:
@@ -70,7 +71,7 @@ def crop_sha256(crop: np.ndarray) -> str:
 
 
 def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
-    from edge import modelstore
+    from edge.inference import modelstore
 
     spec = modelstore.load_manifest(model_dir)["faceapi-weights"]
     with tempfile.TemporaryDirectory(prefix="faceapi-ref-") as tmp:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
 from edge import player_server  # noqa: E402
-from edge.catalog import load_catalog  # noqa: E402
+from edge.pipeline.catalog import load_catalog  # noqa: E402
 
 DISPLAY = "window"
 MAX_CONNECTIONS = 2000

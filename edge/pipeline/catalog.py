@@ -90,7 +90,7 @@ def creative_file(folder: Path, creative: str) -> tuple[Path | None, str | None]
     """(the file, None) for a creative the display player can serve, else (None, why).
 
     The one rule for local creatives: load_catalog applies it to every ad, and the
-    player (edge/player_server.py) again to every file it is asked for, so a creative that
+    player (edge/outputs/player_server.py) again to every file it is asked for, so a creative that
     passes `edge check` is one the kiosk can show. folder is the catalog's folder;
     creative is relative to it (or absolute, but inside it).
     """

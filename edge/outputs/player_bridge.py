@@ -1,6 +1,6 @@
 """The display player's MQTT bridge: follows the displays' retained content topics on
 the broker, checks every content message, and keeps each display's latest content
-for the player's web server (edge/player_server.py) to stream to its page.
+for the player's web server (edge/outputs/player_server.py) to stream to its page.
 
 Why a bridge here rather than Mosquitto's websockets listener on the store
 network: displays need one plain-HTTP endpoint that also serves the player and
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
+from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.config import Config
-from edge.mqttclient import (
+from edge.outputs.mqttclient import (
     GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
     service_client_id)
 from edge.records import AGE_CLASSES, GENDERS
 from edge.timefmt import iso
-from edge.topics import SCHEMA_VERSION, Topics
+from edge.outputs.topics import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
 

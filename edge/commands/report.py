@@ -20,7 +20,7 @@ import sqlite3
 from pathlib import Path
 
 from edge.errors import EX_NOINPUT
-from edge.store import SEGMENTS, StoreError, connect
+from edge.outputs.store import SEGMENTS, StoreError, connect
 
 SEGMENT_KEYS = tuple(f"{c}_{g}" for c, g in SEGMENTS)
 BY = ("hour", "day")

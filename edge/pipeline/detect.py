@@ -21,7 +21,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge import runtime
+from edge.inference import runtime
 from edge.errors import ModelError
 from edge.records import Detections
 

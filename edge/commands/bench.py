@@ -40,7 +40,8 @@ import cv2
 import numpy as np
 import onnxruntime
 
-from edge import __version__, runtime
+from edge import __version__
+from edge.inference import runtime
 from edge.config import CameraConfig
 from edge.errors import EdgeError, InputError
 from edge.redact import redact

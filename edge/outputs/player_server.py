@@ -1,10 +1,10 @@
 """The display player's web server: shows each display its current ad.
 
 A kiosk browser opens http://<edge>:<player.port>/display/<id> full screen. The
-page (edge/player/index.html) gets its content over Server-Sent Events from this
-server, which takes it from the MQTT bridge (edge/player_bridge.py: it follows the
+page (edge/outputs/player/index.html) gets its content over Server-Sent Events from this
+server, which takes it from the MQTT bridge (edge/outputs/player_bridge.py: it follows the
 displays' content topics on the broker). The server also serves the creatives the
-catalog names, /healthz, and the dashboard (edge/dashboard.py) when one is plugged
+catalog names, /healthz, and the dashboard (edge/outputs/dashboard.py) when one is plugged
 in; its limits (request-head deadline, send timeout, event-stream cap) keep one bad
 client from holding the rest up.
 """
@@ -26,13 +26,13 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from edge.catalog import CREATIVE_TYPES, Catalog, creative_file
+from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.mqttclient import RepeatLimiter
-from edge.player_bridge import PlayerBridge
+from edge.outputs.mqttclient import RepeatLimiter
+from edge.outputs.player_bridge import PlayerBridge
 from edge.timefmt import iso
-from edge.topics import SCHEMA_VERSION
+from edge.outputs.topics import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,13 @@ class DisplayServer:
         self.ads_dir = catalog.path.resolve().parent
         self._served = catalog.local_creatives()  # the only files /ads/ serves
         self._listen = (config.player.listen, config.player.port if port is None else port)
-        self.player_page = resources.files("edge").joinpath("player/index.html").read_bytes()
+        self.player_page = resources.files("edge.outputs").joinpath("player/index.html").read_bytes()
         self.bridge = PlayerBridge(config, self.displays, self._served)
         self._http: _HttpServer | None = None
         self._streams = threading.BoundedSemaphore(config.player.max_streams)
         self._turned_away = RepeatLimiter()
         self.port = 0
-        self.dashboard = None  # edge/dashboard.py's Dashboard serves /dashboard when set
+        self.dashboard = None  # edge/outputs/dashboard.py's Dashboard serves /dashboard when set
 
     @property
     def url(self) -> str:

@@ -1,9 +1,9 @@
 """Classify stage: age class and gender for a batch of faces, one model call each
-(on a GPU, one per batch bucket: edge/runtime.py BatchRunner).
+(on a GPU, one per batch bucket: edge/inference/runtime.py BatchRunner).
 
 CydralAgeGender runs dlib-models' age (81-bin softmax) and gender networks on
-dlib-geometry chips (edge/align.py). FaceApiAgeGender runs face-api.js's
-AgeGenderNet (converted by edge/faceapi.py) on face-api's own 112x112 chips.
+dlib-geometry chips (edge/pipeline/align.py). FaceApiAgeGender runs face-api.js's
+AgeGenderNet (converted by edge/inference/faceapi.py) on face-api's own 112x112 chips.
 Ensemble averages several of them. InsightFaceGenderAge runs an operator-supplied
 InsightFace genderage.onnx. All return `Demographics`.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import faceapi, runtime
-from edge.align import face_chips
+from edge.inference import faceapi, runtime
+from edge.pipeline.align import face_chips
 from edge.errors import ModelError
 from edge.records import Demographics, Detections
 
@@ -240,7 +240,7 @@ DEFAULT_GENDER_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.55, "c
 
 
 class FaceApiAgeGender:
-    """face-api.js's AgeGenderNet (edge/faceapi.py) on face-api's own 112x112 RGB chips.
+    """face-api.js's AgeGenderNet (edge/inference/faceapi.py) on face-api's own 112x112 RGB chips.
 
     The network regresses one age; class probabilities come from the calibrated
     spread around it (RegressionCalibration). P(male) is its gender softmax's

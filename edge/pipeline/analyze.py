@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import classify, detect, images, modelstore
+from edge.inference import modelstore
+from edge.pipeline import classify, detect, images
 from edge.redact import redact
 from edge.records import AGE_CLASSES, Demographics, Detections
 
@@ -45,7 +46,7 @@ class FaceAnalyzer:
 
 def read_image(path: str | Path) -> np.ndarray:
     """BGR image, or InputError naming the file and what is wrong with it (size, shape,
-    truncation: edge/images.py, shared with image cameras)."""
+    truncation: edge/pipeline/images.py, shared with image cameras)."""
     # A stream URL given by mistake may carry a password: never print it as given.
     return images.read_image(path, shown=redact(str(path)))
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.audience import Person
-from edge.capture import Frame
+from edge.pipeline.audience import Person
+from edge.pipeline.capture import Frame
 from edge.config import Config
 from edge.errors import ConfigError, EdgeError
 from edge.redact import redact
 from edge.service import Service
 from edge.timefmt import iso
-from edge.track import Track
+from edge.pipeline.track import Track
 
 CLASSIFIED = (80, 200, 60)   # BGR: box of a face with a label
 PENDING = (0, 170, 255)      # BGR: tracked, not classified yet

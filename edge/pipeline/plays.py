@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.audience import Person, empty_counts
+from edge.pipeline.audience import Person, empty_counts
 from edge.events import PlayEvent
 from edge.records import Decision
 from edge.timefmt import iso

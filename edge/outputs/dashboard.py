@@ -5,14 +5,14 @@ web server (player_server.py routes /dashboard... here).
   the ad on screen and why. Fed by the service itself (the Dashboard is an event sink),
   so it works whether or not the broker is up.
 - today: visitors per hour by segment and the ads' plays, viewers, watchers and watch
-  rate, read from the audience store (edge/report.py's summary) whenever the store
+  rate, read from the audience store (edge/commands/report.py's summary) whenever the store
   commits a record.
 - health: latency p95, skipped frames, MQTT connected and outbox depth.
 
-The page (edge/player/dashboard.html) gets all of it over one Server-Sent Events stream:
+The page (edge/outputs/player/dashboard.html) gets all of it over one Server-Sent Events stream:
 a `state` event with the whole picture at connect and after every change (at most a few
 per second), and pings while nothing changes. Counts only: no track id reaches the page.
-The chart library (Chart.js) is vendored under edge/player/vendor/ and served from here.
+The chart library (Chart.js) is vendored under edge/outputs/player/vendor/ and served from here.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 
-from edge import report
-from edge.audience import empty_counts
+from edge.commands import report
+from edge.pipeline.audience import empty_counts
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
-from edge.store import StoreError, connect
+from edge.outputs.store import StoreError, connect
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Dashboard:
     def __init__(self, config, *, live: bool = True,
                  mqtt_status: Callable[[], dict] | None = None,
                  clock: Callable[[], float] = time.time):
-        from edge.store import FILENAME
+        from edge.outputs.store import FILENAME
 
         self.store_path: Path = config.state_path() / FILENAME
         self.store_enabled = config.store.enabled
@@ -73,7 +73,7 @@ class Dashboard:
         self._today: dict | None = None
         self._today_key: tuple | None = None
         self._history_version = 0
-        self.page = resources.files("edge").joinpath("player/dashboard.html").read_bytes()
+        self.page = resources.files("edge.outputs").joinpath("player/dashboard.html").read_bytes()
 
     # -- events in (service thread) -----------------------------------------------
 
@@ -219,7 +219,7 @@ class Dashboard:
                 handler.wfile.write(event)
         elif path.startswith("/dashboard/vendor/") and path.rsplit("/", 1)[1] in VENDOR:
             name = path.rsplit("/", 1)[1]
-            body = resources.files("edge").joinpath(f"player/vendor/{name}").read_bytes()
+            body = resources.files("edge.outputs").joinpath(f"player/vendor/{name}").read_bytes()
             _send(handler, 200, body, VENDOR[name], "max-age=86400")
         else:
             return False

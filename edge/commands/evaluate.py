@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.analyze import read_image
+from edge.pipeline.analyze import read_image
 from edge.errors import InputError
 from edge.records import AGE_CLASSES, GENDERS
 

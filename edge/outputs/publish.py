@@ -26,13 +26,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge import hass, mqttclient
+from edge.outputs import hass, mqttclient
 from edge.config import Config
 from edge.events import (AudienceEvent, CameraEvent, DecisionEvent, Event, IntervalEvent,
                          PlayEvent, StatsEvent)
 from edge.errors import tcp_problem
 from edge.timefmt import iso
-from edge.topics import SCHEMA_VERSION, Topics
+from edge.outputs.topics import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
 

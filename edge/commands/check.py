@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge import config as config_mod
-from edge import hass, modelstore, mqttclient, runtime
-from edge.capture import SourceEnded, device_node, open_source, source_kind
-from edge.catalog import load_catalog
+from edge.inference import modelstore, runtime
+from edge.outputs import hass, mqttclient
+from edge.pipeline.capture import SourceEnded, device_node, open_source, source_kind
+from edge.pipeline.catalog import load_catalog
 from edge.redact import redact, without_credentials
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem

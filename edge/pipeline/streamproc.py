@@ -56,7 +56,7 @@ class StreamProcess:
         self._timeout_s = timeout_s
         self._messages: collections.deque[str] = collections.deque(maxlen=5)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.streamproc"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "edge.pipeline.streamproc"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
             env={**os.environ, "PYTHONPATH": _package_root()})
         self._stderr_reader = threading.Thread(target=self._collect_stderr,
@@ -141,13 +141,13 @@ class StreamProcess:
 
 
 def _redact(text: str) -> str:
-    from edge.capture import redact
+    from edge.pipeline.capture import redact
 
     return redact(text)
 
 
 def _package_root() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     existing = os.environ.get("PYTHONPATH", "")
     return f"{root}{os.pathsep}{existing}" if existing else root
 
