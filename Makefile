@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-deps test-deps models broker broker-stop demo test clean
+.PHONY: setup system-deps test-deps models broker broker-stop demo test test-fast lint clean
 
 setup: $(STAMP) models
 
@@ -16,7 +16,7 @@ setup: $(STAMP) models
 # Debian's package, unless an npm (say, NodeSource's) is already on the PATH.
 # The tests also drive the display player in a real headless Chromium.
 RUN_DEBS  := mosquitto mosquitto-clients
-TEST_DEBS := chromium chromium-driver
+TEST_DEBS := chromium chromium-driver shellcheck
 apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing from Debian:" $$missing; apt-get update -qq \
@@ -67,6 +67,17 @@ demo: setup broker
 
 test: setup test-deps
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything but the slow, broker and browser tests (pytest markers,
+# tests/conftest.py), in well under a minute.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not broker and not browser"
+
+# Lint rules and formatting (ruff), and types (mypy); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/ruff check edge tests tools
+	$(BIN)/ruff format --check edge tests tools
+	$(BIN)/mypy
 
 clean: broker-stop
 	rm -rf $(VENV) models/*.onnx models/*.bin models/*-weights_manifest.json .pytest_cache $(RUN_DIR)
