@@ -83,8 +83,8 @@ class ClassifierConfig:
                                "cydral 0.3; docs/calibration.md), equal for other member "
                                "sets.")
     gender_weights: list | None = opt(None, "Ensemble weights for P(male) (pooled on the "
-                                      "log-odds scale), one per member. Default: faceapi "
-                                      "0.55, cydral 0.45; equal for other member sets.")
+                                      "log-odds scale), one per member. Default: equal "
+                                      "(docs/calibration.md section 10).")
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(18, "Age classes as reported: child is younger than this.",
                              low=1, high=100)

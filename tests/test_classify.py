@@ -51,6 +51,20 @@ def test_default_is_the_calibrated_faceapi_cydral_ensemble(analyzer):
     assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[(("cydral", 0.3), ("faceapi", 0.7))]
 
 
+def test_ensemble_pools_cydral_without_its_decision_threshold(analyzer, cydral, photo_faces):
+    """CYDRAL_MALE_THRESHOLD is the network's decision rule when it decides alone; fitted
+    as a calibration of its log-odds it has no bias (docs/calibration.md section 10), so
+    the ensemble pools the unshifted log-odds, with equal gender weights."""
+    frame, faces = photo_faces
+    member = analyzer.classifier.members[1]
+    assert isinstance(member, classify.CydralAgeGender)
+    alone, pooled = cydral(frame, faces).male_probs, member(frame, faces).male_probs
+    shift = classify.RegressionCalibration(male_threshold=classify.CYDRAL_MALE_THRESHOLD)
+    np.testing.assert_allclose(alone, shift.male_probs(pooled), atol=1e-5)
+    assert np.all(alone > pooled)
+    np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.5, 0.5])
+
+
 @pytest.mark.parametrize("name", ["faceapi", "cydral"])
 def test_each_backend_batch_of_n_equals_n_singles(config, photo_faces, name):
     frame, faces = photo_faces
@@ -127,7 +141,7 @@ def test_ensemble_averages_its_members():
     # The calibrated pair spreads its classes from the calibrated mean age instead.
     pair = classify.Ensemble(members, ["faceapi", "cydral"])
     np.testing.assert_allclose(pair.weights, [0.7, 0.3])
-    np.testing.assert_allclose(pair.gender_weights, [0.55, 0.45])
+    np.testing.assert_allclose(pair.gender_weights, [0.5, 0.5])
     out = pair.combine([a, b])
     expected_age = pair.calibration.ages(np.array([0.7 * 20 + 0.3 * 40]))
     np.testing.assert_allclose(out.ages, expected_age, rtol=1e-6)

@@ -17,14 +17,20 @@ What is fitted, per backend (a few numbers, nothing per image):
   around the calibrated one (class probabilities, by log loss) (FACEAPI_CALIBRATION);
   no gender threshold (the folds disagree; --faceapi-threshold fits one);
 - ensembles: the weighted mean of the calibrated members' ages, and of their P(male)
-  on the log-odds scale (each
-  member's calibration fitted on the same training half); then, "as a whole", the
+  on the log-odds scale (each member's age calibration fitted on the same training
+  half; the Cydral gender threshold is a decision rule for that network alone, so an
+  ensemble pools its unshifted log-odds, as classify.Ensemble does); then, "as a whole", the
   two knots and the spread fitted again on that mean age, as for faceapi
   (ENSEMBLE_CALIBRATIONS). Without that second fit ("members' mean") the class
   probabilities are the members' mean. Weights from a small grid.
 
 Two-fold cross-validation (fit on one half, score the other, both ways, pooled)
 says what a fit is worth on faces it never saw.
+
+Gender pooling (last table): each member's log-odds calibrated by Platt scaling
+(a * logit + b, by log loss on ages 13+, per training half) or left raw, pooled with
+a grid of weights or with weights fitted by logistic regression (stacking), scored
+held out by gender 13+ accuracy and log loss.
 """
 
 from __future__ import annotations
@@ -207,9 +213,10 @@ def ensemble_predict(d, idx, parts, weights, gender_weights=None):
 
 
 def member_parts(d, idx, fits):
-    (fa_knots, fa_spread, fa_t), (cy_knots, cy_t) = fits
+    """The members' predictions as an ensemble pools them: Cydral's log-odds unshifted."""
+    (fa_knots, fa_spread, fa_t), (cy_knots, _) = fits
     return [faceapi_predict(d, idx, fa_knots, fa_spread, fa_t),
-            cydral_predict(d, idx, cy_knots, cy_t)]
+            cydral_predict(d, idx, cy_knots, 0.5)]
 
 
 def fit_ensemble(d, idx, w, fits):
@@ -236,6 +243,115 @@ def ensemble_whole_predict(d, idx, w, fits, knots, spread, gw=None):
     return ages, cal.class_probs(ages, 18, 60), male
 
 
+# --- gender pooling ------------------------------------------------------------------------
+
+POOL_GRID = (0.3, 0.4, 0.5, 0.55, 0.6, 0.7)  # faceapi's share of the pooled log-odds
+
+
+def member_logits(d) -> dict[str, np.ndarray]:
+    """Each member's raw log-odds of male, as classify.Ensemble clips them."""
+    from edge.classify import _log_odds
+
+    return {name: _log_odds(np.nan_to_num(d[f"{name}_male"], nan=0.5))
+            for name in ("faceapi", "cydral")}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Logistic regression by log loss: one coefficient per column of x, then the bias."""
+    from scipy.optimize import minimize
+
+    design = np.column_stack([x, np.ones(len(x))])
+
+    def loss(theta):
+        z = design @ theta
+        return np.mean(np.logaddexp(0, z) - y * z)
+
+    return minimize(loss, np.r_[np.ones(design.shape[1] - 1), 0.0], method="BFGS").x
+
+
+def gender_fit_rows(d, idx):
+    """Rows of idx a gender fit may use: a face was found and the person is 13 or older."""
+    return idx[d["found"][idx] & (d["age"][idx] >= 13)]
+
+
+def platt(d, logits, idx):
+    """(a, b) of a * logit + b for one member, fitted on idx."""
+    rows = gender_fit_rows(d, idx)
+    return fit_logistic(logits[rows][:, None], d["male"][rows].astype(float))
+
+
+def pooling_systems():
+    """name -> function(d, logits, train, test) -> pooled log-odds on test."""
+    from edge.classify import CYDRAL_MALE_THRESHOLD
+
+    shift = np.log(CYDRAL_MALE_THRESHOLD / (1 - CYDRAL_MALE_THRESHOLD))
+
+    def raw(w, cydral_shift=0.0):
+        return lambda d, lo, train, test: w * lo["faceapi"][test] + (1 - w) * (
+            lo["cydral"][test] - cydral_shift)
+
+    def calibrated(w):
+        def run(d, lo, train, test):
+            (a1, b1), (a2, b2) = platt(d, lo["faceapi"], train), platt(d, lo["cydral"], train)
+            return (w * (a1 * lo["faceapi"][test] + b1)
+                    + (1 - w) * (a2 * lo["cydral"][test] + b2))
+        return run
+
+    def stacked(d, lo, train, test):
+        rows = gender_fit_rows(d, train)
+        w1, w2, b = fit_logistic(np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]),
+                                 d["male"][rows].astype(float))
+        return w1 * lo["faceapi"][test] + w2 * lo["cydral"][test] + b
+
+    out = {f"raw log-odds, faceapi {w:g}": raw(w) for w in POOL_GRID}
+    out["raw log-odds, faceapi 0.55, Cydral threshold 0.36 in the pool (previous default)"] = \
+        raw(0.55, shift)
+    out.update({f"Platt-calibrated log-odds, faceapi {w:g}": calibrated(w) for w in POOL_GRID})
+    out["Platt-calibrated, weights fitted (stacking)"] = stacked
+    return out
+
+
+def gender_scores(d, z) -> tuple[float, float]:
+    """(gender 13+ accuracy as edge eval scores it, log loss on found faces 13+)."""
+    teen = d["age"] >= 13
+    y = d["male"]
+    ok = d["found"] & ((z >= 0) == y)
+    rows = teen & d["found"]
+    p = 1 / (1 + np.exp(-z[rows]))
+    loss = -np.mean(np.where(y[rows], np.log(p + 1e-12), np.log(1 - p + 1e-12)))
+    return float(np.mean(ok[teen])), float(loss)
+
+
+def gender_pooling_report(d, folds) -> None:
+    lo = member_logits(d)
+    every = np.arange(len(d["age"]))
+    print("gender pooling, two-fold cross-validated (out-of-fold):\n"
+          "| pooling | gender 13+ | log loss |\n| --- | --- | --- |")
+    for name, fn in pooling_systems().items():
+        z = np.zeros(len(every))
+        for k in (0, 1):
+            train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+            z[test] = fn(d, lo, train, test)
+        accuracy, loss = gender_scores(d, z)
+        print(f"| {name} | {accuracy:.4f} | {loss:.3f} |")
+    print()
+    for name in ("faceapi", "cydral"):
+        fits = [platt(d, lo[name], idx) for idx in
+                (every, np.flatnonzero(folds != 0), np.flatnonzero(folds != 1))]
+        (a, b), (a0, b0), (a1, b1) = fits
+        print(f"{name}: Platt a, b on all faces {a:.2f}, {b:+.2f}; "
+              f"folds {a0:.2f}, {b0:+.2f} and {a1:.2f}, {b1:+.2f}")
+    rows = gender_fit_rows(d, every)
+    w1, w2, bias = fit_logistic(np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]),
+                                d["male"][rows].astype(float))
+    print(f"stacking, all faces: faceapi {w1:.2f}, cydral {w2:.2f}, bias {bias:+.2f}")
+    pooled = 1 / (1 + np.exp(-(0.5 * lo["faceapi"] + 0.5 * lo["cydral"])))
+    print("threshold on the default pool (raw, equal): all faces "
+          f"{fit_threshold(pooled, d, every):.2f}; folds "
+          f"{fit_threshold(pooled[folds != 0], d, np.flatnonzero(folds != 0)):.2f} and "
+          f"{fit_threshold(pooled[folds != 1], d, np.flatnonzero(folds != 1)):.2f}")
+
+
 # --- report ------------------------------------------------------------------------------
 
 def systems(gender_fit: bool):
@@ -250,10 +366,14 @@ def systems(gender_fit: bool):
             return faceapi_predict(d, test, (18, 60), 0.15, 0.5)
         return faceapi_predict(d, test, knots, spread, t)
 
+    def cydral_member(d, train, test, cal):
+        knots = fit_cydral(d, train, False)[0] if cal else (18, 60)
+        return cydral_predict(d, test, knots, 0.5)
+
     def ensemble(w, gw=None):
         def run(d, train, test, cal):
             return ensemble_predict(d, test, [face_api(d, train, test, cal),
-                                              cydral(d, train, test, cal)], [w, 1 - w],
+                                              cydral_member(d, train, test, cal)], [w, 1 - w],
                                     None if gw is None else [gw, 1 - gw])
         return run
 
@@ -271,7 +391,7 @@ def systems(gender_fit: bool):
         out[f"ensemble faceapi {w:g} + cydral {1 - w:g}, members' mean"] = ensemble(w)
     for w in WEIGHT_GRID:
         out[f"ensemble faceapi {w:g} + cydral {1 - w:g}, as a whole"] = ensemble_whole(w)
-    out["**default**: as a whole, age 0.7 + 0.3, gender 0.55 + 0.45"] = ensemble_whole(0.7, 0.55)
+    out["**default**: as a whole, age 0.7 + 0.3, gender 0.5 + 0.5"] = ensemble_whole(0.7, 0.5)
     return out
 
 
@@ -338,6 +458,8 @@ def main() -> None:
         knots, spread = fit_ensemble(d, every, w, fits)
         print(f"ensemble faceapi {w:g} + cydral {1 - w:g}, all faces: age_knots ((0, 0), "
               f"({knots[0]:g}, 18), ({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}")
+    print()
+    gender_pooling_report(d, folds)
 
 
 if __name__ == "__main__":

@@ -39,9 +39,13 @@ AGE_CALIBRATION = np.array([
     [53.0, 60.0],
     [80.0, 80.0],
 ], np.float64)
-# The gender network's P(male) that is even odds: it calls too many men female (elderly
-# men most). Both cross-validation folds fitted 0.36, and it lifted held-out gender 13+
-# from 0.934 to 0.940 (docs/calibration.md section 8).
+# The gender network's P(male) that is even odds when it decides alone: it calls too
+# many men female (elderly men most). Both cross-validation folds fitted 0.36, and it
+# lifted held-out gender 13+ from 0.934 to 0.940 (docs/calibration.md section 8). It is
+# a decision threshold (fitted by balanced accuracy), not a calibration of the network's
+# log-odds: fitted as one (Platt, a * logit + b, by log loss) the bias b is nil (0.01;
+# folds -0.24 and +0.30) and only the scale moves (0.62: the network is overconfident).
+# So an ensemble pools its unshifted log-odds (docs/calibration.md section 10).
 CYDRAL_MALE_THRESHOLD = 0.36
 
 
@@ -85,7 +89,8 @@ class CydralAgeGender:
     def __init__(self, age_model: Path, gender_model: Path, providers, threads: int = 0,
                  child_below: float = 18, old_from: float = 60, flip_tta: bool = True,
                  calibrated: bool = True, exposure_floor: float = 0.0,
-                 gpu: runtime.GpuOptions = runtime.GpuOptions()):
+                 gpu: runtime.GpuOptions = runtime.GpuOptions(),
+                 gender_threshold: bool = True):
         runners = []
         for path, size, label in ((age_model, self.AGE_SIZE, "age"),
                                   (gender_model, self.GENDER_SIZE, "gender")):
@@ -101,8 +106,9 @@ class CydralAgeGender:
         calibration = AGE_CALIBRATION if calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
         self._masks = class_masks(self.bin_ages, child_below, old_from)
+        # gender_threshold: False for an ensemble member (CYDRAL_MALE_THRESHOLD).
         self._gender_calibration = RegressionCalibration(
-            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated else 0.5)
+            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated and gender_threshold else 0.5)
         self.provider = runtime.active_provider(self._age.sess)
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
@@ -231,12 +237,12 @@ ENSEMBLE_CALIBRATIONS = {
 }
 # Weights when classifier.weights / classifier.gender_weights are not set: those chosen
 # for the member set (docs/calibration.md section 8), else equal. face-api's network
-# leads on age by far, on the dev faces and on independent ones (issue 11); on gender
-# the lead on the dev faces is partly memory (it was trained on UTKFace), and on the
-# shared walking clip it calls a woman male that the Cydral network gets right, so
-# gender is weighed nearly evenly: 0.55 is the least tilt that keeps the dev target.
+# leads on age by far, on the dev faces and on independent ones (issue 11). P(male) is
+# pooled with equal weights: on gender, the dev set's lead for face-api is the part most
+# likely to be memory (it was trained on UTKFace), so neither a tilt nor weights or
+# Platt scales fitted on that set carry over to other faces (docs/calibration.md
+# section 10).
 DEFAULT_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.7, "cydral": 0.3}}
-DEFAULT_GENDER_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.55, "cydral": 0.45}}
 
 
 class FaceApiAgeGender:
@@ -345,24 +351,25 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
 
 class Ensemble:
     """Several backends on the same faces: age is their weighted mean, P(male) their
-    weighted mean on the log-odds scale (with its own weights); class probabilities are
-    their weighted mean,
-    unless the ensemble was calibrated as a whole (ENSEMBLE_CALIBRATIONS), when they
-    are spread from its calibrated age. Each member cuts its own chips and runs one
-    batch per network per call, so a tick still costs one model call per network.
+    weighted mean on the log-odds scale (with its own weights, equal by default; each
+    member's log-odds before any decision threshold of its own); class probabilities
+    are their weighted mean, unless the ensemble was calibrated as a whole
+    (ENSEMBLE_CALIBRATIONS), when they are spread from its calibrated age. Each member
+    cuts its own chips and runs one batch per network per call, so a tick still costs
+    one model call per network.
 
     Log-odds, as the service fuses a person's samples: a member that is sure counts
     for more than one that leans. On the shared walking clip face-api's network leans
-    male (P 0.79) on a woman the Cydral network is sure of; the plain mean of P(male)
-    called her a man. On the dev faces it is also a little better (docs/calibration.md
-    section 8)."""
+    male (P 0.79-0.81) on a woman the Cydral network calls female (P 0.03-0.13); the
+    plain mean of P(male) called her a man. On the dev faces it is also a little
+    better (docs/calibration.md section 8)."""
 
     def __init__(self, members: list, names: list[str], weights: list[float] | None = None,
                  child_below: float = 18, old_from: float = 60, calibrated: bool = True,
                  gender_weights: list[float] | None = None):
         self.members = members
         self.weights = _normalised(weights, names, DEFAULT_WEIGHTS)
-        self.gender_weights = _normalised(gender_weights, names, DEFAULT_GENDER_WEIGHTS)
+        self.gender_weights = _normalised(gender_weights, names, {})
         key = tuple(sorted((n, round(float(x), 3)) for n, x in zip(names, self.weights)))
         self.calibration = ENSEMBLE_CALIBRATIONS.get(key) if calibrated else None
         if calibrated and self.calibration is None:
@@ -484,19 +491,20 @@ def model_names(config) -> set[str]:
 def create(config, model_paths: dict[str, Path]):
     c = config.classifier
     if c.backend == "ensemble":
-        return Ensemble([_create(config, b, model_paths) for b in c.members], c.members,
+        return Ensemble([_create(config, b, model_paths, member=True) for b in c.members],
+                        c.members,
                         c.weights, c.child_below, c.old_from, c.calibrated, c.gender_weights)
     return _create(config, c.backend, model_paths)
 
 
-def _create(config, backend: str, model_paths: dict[str, Path]):
+def _create(config, backend: str, model_paths: dict[str, Path], member: bool = False):
     c = config.classifier
     gpu = runtime.GpuOptions.from_config(config)
     if backend == "cydral":
         return CydralAgeGender(model_paths["age"], model_paths["gender"],
                                config.runtime.providers, config.runtime.threads,
                                c.child_below, c.old_from, c.flip_tta, c.calibrated,
-                               c.exposure_floor, gpu=gpu)
+                               c.exposure_floor, gpu=gpu, gender_threshold=not member)
     if backend == "faceapi":
         return FaceApiAgeGender(model_paths["faceapi"], config.runtime.providers,
                                 config.runtime.threads, c.child_below, c.old_from, c.flip_tta,
