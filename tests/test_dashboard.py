@@ -63,10 +63,10 @@ class Recorder:
 
 
 def test_vendored_chart_library_is_the_pinned_file():
-    data = (ROOT / "edge" / "player" / "vendor" / "chart.umd.min.js").read_bytes()
+    data = (ROOT / "edge" / "outputs" / "player" / "vendor" / "chart.umd.min.js").read_bytes()
     assert hashlib.sha256(data).hexdigest() == CHART_SHA256
     assert b"Chart.js v4.5.1" in data[:200]
-    assert (ROOT / "edge" / "player" / "vendor" / "chart.js-LICENSE.md").exists()
+    assert (ROOT / "edge" / "outputs" / "player" / "vendor" / "chart.js-LICENSE.md").exists()
 
 
 def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_photo):  # noqa: F811

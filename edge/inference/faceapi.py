@@ -219,7 +219,8 @@ def build_onnx(weights: dict[str, np.ndarray]):
                    "RGB chips, NCHW float 0..255. Outputs: age in years; softmax "
                    "[male, female].")
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="edge.inference.faceapi", producer_version=CONVERTER_VERSION,
+                              # the name the pinned build carries (the module's first home)
+                              producer_name="edge.faceapi", producer_version=CONVERTER_VERSION,
                               ir_version=IR_VERSION)
     checker.check_model(model)
     return model

@@ -67,7 +67,7 @@ def _build_faceapi(inputs: list[Path], target: Path) -> bytes:
     return faceapi.convert(manifest, weights, target)
 
 
-BUILDERS = {"edge.inference.faceapi": _build_faceapi}
+BUILDERS = {"faceapi": _build_faceapi}
 
 
 def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
