@@ -19,8 +19,11 @@ log = logging.getLogger("edge")
 def setup_logging(level: str = "info") -> None:
     # journald adds its own timestamps; a terminal user gets them from us.
     under_journald = bool(os.environ.get("JOURNAL_STREAM")) or not sys.stderr.isatty()
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    fmt = (
+        "%(levelname)s %(name)s: %(message)s"
+        if under_journald
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
 
 
@@ -31,28 +34,43 @@ def cmd_models(args, cfg) -> int:
     specs = modelstore.load_manifest(models_dir)
     if args.action == "list":
         names = modelstore.configured_models(cfg)
-        backend = cfg.classifier.backend + (f" ({', '.join(cfg.classifier.members)})"
-                                            if cfg.classifier.backend == "ensemble" else "")
+        backend = cfg.classifier.backend + (
+            f" ({', '.join(cfg.classifier.members)})"
+            if cfg.classifier.backend == "ensemble"
+            else ""
+        )
         print(f"detector {cfg.detector.backend}, classifier {backend}:")
         for name in names:
             spec = specs[name]
-            print(f"{spec.role:10s} {name:10s} {spec.file}\n"
-                  f"           {modelstore.provenance(spec)}")
-        for key, path in (("detector.model", cfg.detector.model),
-                          ("classifier.model", cfg.classifier.model)):
-            if path and (key.startswith("detector") and cfg.detector.backend != "centerface"
-                         or key.startswith("classifier") and "insightface" in
-                         ([cfg.classifier.backend] + cfg.classifier.members)):
-                print(f"{'own':10s} {key:10s} {path}\n           licence and training data: "
-                      f"the operator's (see README \"Models\")")
+            print(
+                f"{spec.role:10s} {name:10s} {spec.file}\n           {modelstore.provenance(spec)}"
+            )
+        for key, path in (
+            ("detector.model", cfg.detector.model),
+            ("classifier.model", cfg.classifier.model),
+        ):
+            if path and (
+                key.startswith("detector")
+                and cfg.detector.backend != "centerface"
+                or key.startswith("classifier")
+                and "insightface" in ([cfg.classifier.backend] + cfg.classifier.members)
+            ):
+                print(
+                    f"{'own':10s} {key:10s} {path}\n           licence and training data: "
+                    f'the operator\'s (see README "Models")'
+                )
         if cfg.classifier.backend != "cydral":
-            print("classifier.backend: cydral is the choice where training-data provenance "
-                  "matters (README \"Models\")")
+            print(
+                "classifier.backend: cydral is the choice where training-data provenance "
+                'matters (README "Models")'
+            )
         return 0
     if args.action == "fetch":
         written = modelstore.fetch(specs, models_dir, force=args.force)
-        print(f"{len(written)} model file(s) downloaded, "
-              f"{len(specs) - len(written)} already present and verified")
+        print(
+            f"{len(written)} model file(s) downloaded, "
+            f"{len(specs) - len(written)} already present and verified"
+        )
     failures = 0
     for spec in specs.values():
         try:
@@ -85,8 +103,9 @@ def cmd_analyze(args, cfg) -> int:
         faces = face_records(*analyzer(frame))
         result = {"image": shown, "faces": faces}
         if claim is not None:
-            result["claim"] = check_claim(claim, faces, cfg.classifier.child_below,
-                                          cfg.classifier.old_from)
+            result["claim"] = check_claim(
+                claim, faces, cfg.classifier.child_below, cfg.classifier.old_from
+            )
         print(json.dumps(result), flush=True)
     if failed:
         log.error("%d of %d image(s) could not be analysed", failed, len(args.images))
@@ -101,11 +120,16 @@ def cmd_eval(args, cfg) -> int:
     labels = evaluate.read_labels(Path(args.labels))
     analyzer = FaceAnalyzer(cfg)
     predictions = evaluate.predict(analyzer, labels, progress=not args.no_progress)
-    result = evaluate.score(labels, predictions, cfg.classifier.child_below,
-                            cfg.classifier.old_from)
-    result["settings"] = {"detector": cfg.detector.backend, "classifier": cfg.classifier.backend,
-                          "flip_tta": cfg.classifier.flip_tta,
-                          "calibrated": cfg.classifier.calibrated, "labels": args.labels}
+    result = evaluate.score(
+        labels, predictions, cfg.classifier.child_below, cfg.classifier.old_from
+    )
+    result["settings"] = {
+        "detector": cfg.detector.backend,
+        "classifier": cfg.classifier.backend,
+        "flip_tta": cfg.classifier.flip_tta,
+        "calibrated": cfg.classifier.calibrated,
+        "labels": args.labels,
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
@@ -114,9 +138,8 @@ def cmd_eval(args, cfg) -> int:
 
 
 def cmd_run(args, cfg) -> int:
-    from edge.redact import safe_name
-
     from edge import nativelog
+    from edge.redact import safe_name
     from edge.service import JsonLines, LogSink, Service
 
     # libjpeg's and FFmpeg's own stderr lines, repeated per frame, are rate-limited; the
@@ -130,13 +153,20 @@ def cmd_run(args, cfg) -> int:
         # (a URL after its path, never its user, password or host: the id is in topics).
         stem = safe_name(args.source)
         first = cfg.cameras[0] if cfg.cameras else None
-        cfg.cameras = [config_mod.CameraConfig(
-            id=first.id if first else stem, name=first.name if first else stem,
-            source=args.source, loop=args.loop)]
+        cfg.cameras = [
+            config_mod.CameraConfig(
+                id=first.id if first else stem,
+                name=first.name if first else stem,
+                source=args.source,
+                loop=args.loop,
+            )
+        ]
         cfg.displays = [d for d in cfg.displays if d.camera == cfg.cameras[0].id]
     if not cfg.cameras:
-        raise ConfigError(f"{args.config or '(defaults)'}: no cameras configured; add "
-                          f"'cameras' to the config or pass --source")
+        raise ConfigError(
+            f"{args.config or '(defaults)'}: no cameras configured; add "
+            f"'cameras' to the config or pass --source"
+        )
     sinks = [JsonLines()] if args.jsonl else [LogSink()]
     publisher = player = metrics = store = None
     if cfg.metrics.port and not offline:
@@ -151,8 +181,7 @@ def cmd_run(args, cfg) -> int:
             from edge.outputs.store import FILENAME, AudienceStore, StoreError
 
             try:
-                store = AudienceStore(cfg.state_path() / FILENAME,
-                                      cfg.store.retention_days).start()
+                store = AudienceStore(cfg.state_path() / FILENAME, cfg.store.retention_days).start()
                 sinks.append(store)
             except StoreError as exc:  # the displays and MQTT carry on without a history
                 log.error("%s; running without it", exc)
@@ -193,13 +222,16 @@ def _dashboard(cfg, sinks: list, store, publisher):
 
 
 def start_player(cfg, port: int | None = None):
-    from edge.pipeline.catalog import load_catalog
     from edge.outputs.player_server import DisplayServer
+    from edge.pipeline.catalog import load_catalog
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
-    log.info("display player: %s; dashboard: %s/dashboard",
-             ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays), player.url)
+    log.info(
+        "display player: %s; dashboard: %s/dashboard",
+        ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays),
+        player.url,
+    )
     return player
 
 
@@ -208,14 +240,18 @@ def cmd_display(args, cfg) -> int:
     import threading
 
     if not cfg.displays:
-        raise ConfigError(f"{args.config or '(defaults)'}: no displays configured; add "
-                          f"'displays' to the config")
+        raise ConfigError(
+            f"{args.config or '(defaults)'}: no displays configured; add 'displays' to the config"
+        )
     if not cfg.mqtt.enabled:
-        raise ConfigError(f"{args.config or '(defaults)'}: 'mqtt.enabled' is false; the "
-                          f"player follows the displays' content topics on the broker")
+        raise ConfigError(
+            f"{args.config or '(defaults)'}: 'mqtt.enabled' is false; the "
+            f"player follows the displays' content topics on the broker"
+        )
     if not cfg.player.port and args.port is None:
-        raise ConfigError(f"{args.config or '(defaults)'}: 'player.port' is 0 (off); set it "
-                          f"or pass --port")
+        raise ConfigError(
+            f"{args.config or '(defaults)'}: 'player.port' is 0 (off); set it or pass --port"
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -233,8 +269,17 @@ def cmd_display(args, cfg) -> int:
 def cmd_bench(args, cfg) -> int:
     from edge.commands import bench
 
-    return bench.main(cfg, args.source, args.size, args.seconds, args.json, args.cameras,
-                      args.gpu, args.idle_share, not args.no_gating)
+    return bench.main(
+        cfg,
+        args.source,
+        args.size,
+        args.seconds,
+        args.json,
+        args.cameras,
+        args.gpu,
+        args.idle_share,
+        not args.no_gating,
+    )
 
 
 def cmd_check(args, cfg) -> int:
@@ -250,16 +295,22 @@ def cmd_check(args, cfg) -> int:
 def cmd_preview(args, cfg) -> int:
     from edge.commands import preview
 
-    return preview.main(cfg, args.camera, Path(args.out), args.seconds,
-                        args.config or "(defaults)")
+    return preview.main(cfg, args.camera, Path(args.out), args.seconds, args.config or "(defaults)")
 
 
 def cmd_report(args, cfg) -> int:
     from edge.commands import report
     from edge.outputs.store import FILENAME
 
-    return report.main(cfg.state_path() / FILENAME, start=args.start, end=args.end, by=args.by,
-                       camera=args.camera, display=args.display, fmt=args.format)
+    return report.main(
+        cfg.state_path() / FILENAME,
+        start=args.start,
+        end=args.end,
+        by=args.by,
+        camera=args.camera,
+        display=args.display,
+        fmt=args.format,
+    )
 
 
 def _date_arg(end: bool):
@@ -270,6 +321,7 @@ def _date_arg(end: bool):
             return parse_date(text, end=end)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     return parse
 
 
@@ -313,8 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="demographics of every face in photos, one JSON line each")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--claimed-age", type=finite, help="age the person claims (profile check)")
-    p.add_argument("--claimed-gender", choices=("female", "male"),
-                   help="gender the person claims (profile check)")
+    p.add_argument(
+        "--claimed-gender",
+        choices=("female", "male"),
+        help="gender the person claims (profile check)",
+    )
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("eval", help="accuracy on a labelled set (CSV file,age,gender)")
@@ -323,31 +378,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("models", help="download (fetch) or re-check (verify) model files, or "
-                                      "list the configured ones with licence and training data")
+    p = sub.add_parser(
+        "models",
+        help="download (fetch) or re-check (verify) model files, or "
+        "list the configured ones with licence and training data",
+    )
     p.add_argument("action", choices=("fetch", "verify", "list"))
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="the real-time service: cameras in, audience events out")
-    p.add_argument("--source", help="analyse this file, folder or URL instead of the configured "
-                   "cameras (offline: every frame, no drops, file time)")
+    p.add_argument(
+        "--source",
+        help="analyse this file, folder or URL instead of the configured "
+        "cameras (offline: every frame, no drops, file time)",
+    )
     p.add_argument("--loop", action="store_true", help="with --source: start again at the end")
-    p.add_argument("--realtime", action="store_true",
-                   help="with --source: read at the file's frame rate, dropping frames "
-                        "when behind, as with a live camera")
-    p.add_argument("--duration", type=finite, metavar="S",
-                   help="stop cleanly after S seconds (demos, soak runs)")
-    p.add_argument("--jsonl", action="store_true",
-                   help="write events as JSON lines on stdout (no broker needed)")
-    p.add_argument("--store", action="store_true",
-                   help="with --source: also write the counts and plays to the audience "
-                        "store (live runs always do, when store.enabled)")
+    p.add_argument(
+        "--realtime",
+        action="store_true",
+        help="with --source: read at the file's frame rate, dropping frames "
+        "when behind, as with a live camera",
+    )
+    p.add_argument(
+        "--duration",
+        type=finite,
+        metavar="S",
+        help="stop cleanly after S seconds (demos, soak runs)",
+    )
+    p.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="write events as JSON lines on stdout (no broker needed)",
+    )
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="with --source: also write the counts and plays to the audience "
+        "store (live runs always do, when store.enabled)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("display", help="serve the display player alone (edge run serves it too)")
-    p.add_argument("--port", type=int, help="listen on this port instead of player.port "
-                   "(0: any free port)")
+    p.add_argument(
+        "--port", type=int, help="listen on this port instead of player.port (0: any free port)"
+    )
     p.set_defaults(func=cmd_display)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
@@ -355,41 +430,86 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    p.add_argument("--cameras", type=int, default=1, metavar="N",
-                   help="run N copies of the source side by side through one service")
-    p.add_argument("--gpu", action="store_true",
-                   help="run on CUDA and report GPU memory; fails in one line without a GPU")
-    p.add_argument("--idle-share", type=float, default=0.0, metavar="P",
-                   help="share of the time (0 to below 1) each camera sees an empty, still "
-                   "scene, as in a store most of the day")
-    p.add_argument("--no-gating", action="store_true",
-                   help="detect every frame (cameras' motion gating and tracked_detect_fps "
-                   "off), for comparison")
+    p.add_argument(
+        "--cameras",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N copies of the source side by side through one service",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run on CUDA and report GPU memory; fails in one line without a GPU",
+    )
+    p.add_argument(
+        "--idle-share",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of the time (0 to below 1) each camera sees an empty, still "
+        "scene, as in a store most of the day",
+    )
+    p.add_argument(
+        "--no-gating",
+        action="store_true",
+        help="detect every frame (cameras' motion gating and tracked_detect_fps "
+        "off), for comparison",
+    )
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("check", help="installer's check: config, catalog, models, cameras, "
-                       "broker, GPU; one OK/WARN/FAIL line each")
-    p.add_argument("--config", "-c", dest="check_config", metavar="FILE",
-                   help="config file to check (or give --config before the command)")
+    p = sub.add_parser(
+        "check",
+        help="installer's check: config, catalog, models, cameras, "
+        "broker, GPU; one OK/WARN/FAIL line each",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        dest="check_config",
+        metavar="FILE",
+        help="config file to check (or give --config before the command)",
+    )
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("preview", help="one annotated JPEG from a camera, for aiming it "
-                       "(shows people: delete it afterwards)")
-    p.add_argument("--config", "-c", default=argparse.SUPPRESS,
-                   help="config file (or give --config before the command)")
+    p = sub.add_parser(
+        "preview",
+        help="one annotated JPEG from a camera, for aiming it (shows people: delete it afterwards)",
+    )
+    p.add_argument(
+        "--config",
+        "-c",
+        default=argparse.SUPPRESS,
+        help="config file (or give --config before the command)",
+    )
     p.add_argument("--camera", required=True, metavar="ID", help="id of a configured camera")
     p.add_argument("--out", required=True, metavar="FILE.jpg", help="where to write the JPEG")
-    p.add_argument("--seconds", type=finite, default=2.0, metavar="S",
-                   help="run the pipeline this long first, so faces are tracked and "
-                        "classified (default 2)")
+    p.add_argument(
+        "--seconds",
+        type=finite,
+        default=2.0,
+        metavar="S",
+        help="run the pipeline this long first, so faces are tracked and classified (default 2)",
+    )
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("report", help="visitors per hour or day and audience per ad, from "
-                       "the audience store")
-    p.add_argument("--from", dest="start", type=_date_arg(False), metavar="DATE",
-                   help="from this date (YYYY-MM-DD, or with THH:MM), the box's time zone")
-    p.add_argument("--to", dest="end", type=_date_arg(True), metavar="DATE",
-                   help="up to this date, inclusive (a date and time: exclusive)")
+    p = sub.add_parser(
+        "report", help="visitors per hour or day and audience per ad, from the audience store"
+    )
+    p.add_argument(
+        "--from",
+        dest="start",
+        type=_date_arg(False),
+        metavar="DATE",
+        help="from this date (YYYY-MM-DD, or with THH:MM), the box's time zone",
+    )
+    p.add_argument(
+        "--to",
+        dest="end",
+        type=_date_arg(True),
+        metavar="DATE",
+        help="up to this date, inclusive (a date and time: exclusive)",
+    )
     p.add_argument("--by", choices=("hour", "day"), default="day", help="period (day)")
     p.add_argument("--camera", metavar="ID", help="only this camera")
     p.add_argument("--display", metavar="ID", help="only this display's plays")
@@ -399,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")
     p.add_argument("--topics", action="store_true", help="print the MQTT topics as a table")
-    p.add_argument("--events", action="store_true",
-                   help="print the events of `edge run` as a table")
+    p.add_argument(
+        "--events", action="store_true", help="print the events of `edge run` as a table"
+    )
     p.set_defaults(func=cmd_config)
     return parser
 

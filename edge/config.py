@@ -29,8 +29,15 @@ PROVIDERS = ("tensorrt", "cuda", "cpu")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def opt(default: Any, doc: str, *, choices: tuple | None = None,
-        low: float | None = None, high: float | None = None, nonempty: bool = False) -> Any:
+def opt(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    nonempty: bool = False,
+) -> Any:
     """A config field with its documentation and validation rules: the allowed range
     `low`..`high` (inclusive), `nonempty` for a string that must not be blank."""
     meta = {"doc": doc, "choices": choices, "low": low, "high": high, "nonempty": nonempty}
@@ -45,276 +52,483 @@ def section(cls: type, doc: str) -> Any:
 
 @dataclass
 class ModelsConfig:
-    dir: str = opt("models", "Folder holding the model files and manifest.yaml; relative paths "
-                   "are resolved against the config file's folder.", nonempty=True)
+    dir: str = opt(
+        "models",
+        "Folder holding the model files and manifest.yaml; relative paths "
+        "are resolved against the config file's folder.",
+        nonempty=True,
+    )
 
 
 @dataclass
 class DetectorConfig:
-    backend: str = opt("centerface", "Face detector: centerface (default, MIT, fetched by "
-                       "`edge models fetch`), scrfd (InsightFace model file you provide) or "
-                       "yunet (OpenCV Zoo model file you provide).",
-                       choices=("centerface", "scrfd", "yunet"))
+    backend: str = opt(
+        "centerface",
+        "Face detector: centerface (default, MIT, fetched by "
+        "`edge models fetch`), scrfd (InsightFace model file you provide) or "
+        "yunet (OpenCV Zoo model file you provide).",
+        choices=("centerface", "scrfd", "yunet"),
+    )
     model: str | None = opt(None, "Model file for the scrfd or yunet backends.")
-    input_width: int = opt(640, "Width in pixels the frame is scaled to for detection "
-                           "(rounded up to a multiple of 32); height follows the aspect ratio. "
-                           "Narrower frames are not upscaled.",
-                           low=64, high=4096)
+    input_width: int = opt(
+        640,
+        "Width in pixels the frame is scaled to for detection "
+        "(rounded up to a multiple of 32); height follows the aspect ratio. "
+        "Narrower frames are not upscaled.",
+        low=64,
+        high=4096,
+    )
     score_threshold: float = opt(0.5, "Minimum detector confidence for a face.", low=0.0, high=1.0)
-    nms_iou: float = opt(0.3, "Overlap (IoU) above which the weaker of two boxes is dropped.",
-                         low=0.0, high=1.0)
-    min_face_px: int = opt(20, "Faces narrower than this, in frame pixels, are ignored: too "
-                           "small to classify reliably.", low=1, high=4096)
+    nms_iou: float = opt(
+        0.3, "Overlap (IoU) above which the weaker of two boxes is dropped.", low=0.0, high=1.0
+    )
+    min_face_px: int = opt(
+        20,
+        "Faces narrower than this, in frame pixels, are ignored: too small to classify reliably.",
+        low=1,
+        high=4096,
+    )
 
 
 @dataclass
 class ClassifierConfig:
-    backend: str = opt("ensemble", "Age/gender model: cydral (CC0, dlib-models age and gender "
-                       "networks, trained on the publisher's own data), faceapi (face-api.js's "
-                       "AgeGenderNet, MIT weights trained partly on research-only datasets), "
-                       "ensemble (the mean of classifier.members) or insightface (a "
-                       "genderage.onnx you provide; the InsightFace packs are licensed for "
-                       "non-commercial use only). Default: the ensemble of faceapi and cydral. "
-                       "README \"Models\" lists each one's training data.", choices=("cydral", "faceapi", "ensemble", "insightface"))
-    members: list = opt(["faceapi", "cydral"], "Backends averaged by backend: ensemble (any of "
-                        "cydral, faceapi, insightface; each once).")
-    weights: list | None = opt(None, "Ensemble weights for age and age class, one per member. "
-                               "Default: those calibrated for the members (faceapi 0.7, "
-                               "cydral 0.3; docs/calibration.md), equal for other member "
-                               "sets.")
-    gender_weights: list | None = opt(None, "Ensemble weights for P(male) (pooled on the "
-                                      "log-odds scale), one per member. Default: equal "
-                                      "(docs/calibration.md section 10).")
+    backend: str = opt(
+        "ensemble",
+        "Age/gender model: cydral (CC0, dlib-models age and gender "
+        "networks, trained on the publisher's own data), faceapi (face-api.js's "
+        "AgeGenderNet, MIT weights trained partly on research-only datasets), "
+        "ensemble (the mean of classifier.members) or insightface (a "
+        "genderage.onnx you provide; the InsightFace packs are licensed for "
+        "non-commercial use only). Default: the ensemble of faceapi and cydral. "
+        'README "Models" lists each one\'s training data.',
+        choices=("cydral", "faceapi", "ensemble", "insightface"),
+    )
+    members: list = opt(
+        ["faceapi", "cydral"],
+        "Backends averaged by backend: ensemble (any of cydral, faceapi, insightface; each once).",
+    )
+    weights: list | None = opt(
+        None,
+        "Ensemble weights for age and age class, one per member. "
+        "Default: those calibrated for the members (faceapi 0.7, "
+        "cydral 0.3; docs/calibration.md), equal for other member "
+        "sets.",
+    )
+    gender_weights: list | None = opt(
+        None,
+        "Ensemble weights for P(male) (pooled on the "
+        "log-odds scale), one per member. Default: equal "
+        "(docs/calibration.md section 10).",
+    )
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
-    child_below: float = opt(18, "Age classes as reported: child is younger than this.",
-                             low=1, high=100)
-    old_from: float = opt(60, "Age classes as reported: old is this age or older.",
-                          low=1, high=100)
-    flip_tta: bool = opt(True, "Also classify the mirrored face chip and average: costs a "
-                         "second image per face in the same batch, steadies predictions.")
-    calibrated: bool = opt(True, "Apply the age calibration documented in docs/calibration.md "
-                           "(corrects the model's under-estimation of older faces). Off gives "
-                           "the raw model output.")
-    exposure_floor: float = opt(90, "Faces darker than this (mean luma of the face centre, "
-                                "0-255) are brightened up to it before the networks see "
-                                "them: backlit entrances, dim aisles. 90 is the 5th "
-                                "percentile of the well-exposed development faces "
-                                "(docs/calibration.md); 0 turns it off.", low=0, high=255)
+    child_below: float = opt(
+        18, "Age classes as reported: child is younger than this.", low=1, high=100
+    )
+    old_from: float = opt(60, "Age classes as reported: old is this age or older.", low=1, high=100)
+    flip_tta: bool = opt(
+        True,
+        "Also classify the mirrored face chip and average: costs a "
+        "second image per face in the same batch, steadies predictions.",
+    )
+    calibrated: bool = opt(
+        True,
+        "Apply the age calibration documented in docs/calibration.md "
+        "(corrects the model's under-estimation of older faces). Off gives "
+        "the raw model output.",
+    )
+    exposure_floor: float = opt(
+        90,
+        "Faces darker than this (mean luma of the face centre, "
+        "0-255) are brightened up to it before the networks see "
+        "them: backlit entrances, dim aisles. 90 is the 5th "
+        "percentile of the well-exposed development faces "
+        "(docs/calibration.md); 0 turns it off.",
+        low=0,
+        high=255,
+    )
 
 
 @dataclass
 class RuntimeConfig:
-    providers: list[str] = opt(["cuda", "cpu"], "ONNX Runtime execution providers in order "
-                               "of preference (tensorrt, cuda, cpu). GPU providers are "
-                               "skipped, with one log line, where no GPU (or no CUDA library "
-                               "they need) is present.")
-    threads: int = opt(0, "CPU threads per inference session; 0 lets ONNX Runtime decide.",
-                       low=0, high=256)
-    batch_buckets: list[int] = opt([1, 4, 16, 64, 128], "Batch sizes fed to a GPU provider: "
-                                   "a batch (classifier chips, detector frames of one size) is "
-                                   "padded up to the next, larger ones split at the largest, so "
-                                   "CUDA and TensorRT plan a few shapes once instead of one per "
-                                   "new size. On the CPU batches run at their own size (padding "
-                                   "would only cost time).")
-    trt_cache_dir: str | None = opt(None, "TensorRT engine cache folder (an engine takes "
-                                    "minutes to build; cached, it is built once per model and "
-                                    "size); default 'trt-cache' in state_dir. Relative paths "
-                                    "resolve against the config file's folder.")
-    trt_fp16: bool = opt(False, "Let TensorRT build FP16 engines: faster on GPUs with tensor "
-                         "cores, outputs differ slightly from FP32 (accuracy not measured "
-                         "here).")
+    providers: list[str] = opt(
+        ["cuda", "cpu"],
+        "ONNX Runtime execution providers in order "
+        "of preference (tensorrt, cuda, cpu). GPU providers are "
+        "skipped, with one log line, where no GPU (or no CUDA library "
+        "they need) is present.",
+    )
+    threads: int = opt(
+        0, "CPU threads per inference session; 0 lets ONNX Runtime decide.", low=0, high=256
+    )
+    batch_buckets: list[int] = opt(
+        [1, 4, 16, 64, 128],
+        "Batch sizes fed to a GPU provider: "
+        "a batch (classifier chips, detector frames of one size) is "
+        "padded up to the next, larger ones split at the largest, so "
+        "CUDA and TensorRT plan a few shapes once instead of one per "
+        "new size. On the CPU batches run at their own size (padding "
+        "would only cost time).",
+    )
+    trt_cache_dir: str | None = opt(
+        None,
+        "TensorRT engine cache folder (an engine takes "
+        "minutes to build; cached, it is built once per model and "
+        "size); default 'trt-cache' in state_dir. Relative paths "
+        "resolve against the config file's folder.",
+    )
+    trt_fp16: bool = opt(
+        False,
+        "Let TensorRT build FP16 engines: faster on GPUs with tensor "
+        "cores, outputs differ slightly from FP32 (accuracy not measured "
+        "here).",
+    )
 
 
 @dataclass
 class CameraConfig:
     id: str = opt("cam1", "Short id used in topics and logs (letters, digits, - and _).")
     name: str = opt("", "Human-readable name, e.g. 'Entrance'.")
-    source: str = opt("", "A V4L2 device (/dev/video0) or index (0), an rtsp:// or http:// "
-                      "URL, a video file, a folder of images or one still photo.")
-    fps: float = opt(15.0, "Frames per second to process at most (newer frames in between "
-                     "are passed over); also the rate a still photo or image folder is shown "
-                     "at.", low=0.1, high=120)
-    detect_width: int | None = opt(None, "Detection width for this camera (pixels, multiple "
-                                   "of 32); default detector.input_width.", low=64, high=4096)
+    source: str = opt(
+        "",
+        "A V4L2 device (/dev/video0) or index (0), an rtsp:// or http:// "
+        "URL, a video file, a folder of images or one still photo.",
+    )
+    fps: float = opt(
+        15.0,
+        "Frames per second to process at most (newer frames in between "
+        "are passed over); also the rate a still photo or image folder is shown "
+        "at.",
+        low=0.1,
+        high=120,
+    )
+    detect_width: int | None = opt(
+        None,
+        "Detection width for this camera (pixels, multiple of 32); default detector.input_width.",
+        low=64,
+        high=4096,
+    )
     loop: bool = opt(False, "Start a video file or image folder again when it ends.")
-    stall_timeout_s: float = opt(10.0, "A stream that delivers no frame for this long is "
-                                 "reopened (with backoff).", low=1, high=600)
-    motion: bool = opt(True, "Motion-gated detection: in a still scene with nobody tracked, "
-                       "skip the face detector (a cheap motion test on a small grey copy of "
-                       "each frame decides). Anyone tracked, and any motion, keeps it running. "
-                       "false turns the gate off (tracked_detect_fps still applies).")
-    idle_detect_s: float = opt(1.0, "With motion gating, a still scene with nobody tracked is "
-                               "still searched this often: someone who came in too slowly or "
-                               "stood still facing away is found within this time.",
-                               low=0.05, high=60)
-    tracked_detect_fps: float | None = opt(7.5, "While every face in view is a confirmed track, "
-                                           "detect at most this often; the tracker carries "
-                                           "the faces through the frames in between (a "
-                                           "reclassification that falls due is detected on "
-                                           "time). New, unconfirmed faces are detected in every "
-                                           "frame. null detects every frame.",
-                                           low=0.5, high=120)
+    stall_timeout_s: float = opt(
+        10.0,
+        "A stream that delivers no frame for this long is reopened (with backoff).",
+        low=1,
+        high=600,
+    )
+    motion: bool = opt(
+        True,
+        "Motion-gated detection: in a still scene with nobody tracked, "
+        "skip the face detector (a cheap motion test on a small grey copy of "
+        "each frame decides). Anyone tracked, and any motion, keeps it running. "
+        "false turns the gate off (tracked_detect_fps still applies).",
+    )
+    idle_detect_s: float = opt(
+        1.0,
+        "With motion gating, a still scene with nobody tracked is "
+        "still searched this often: someone who came in too slowly or "
+        "stood still facing away is found within this time.",
+        low=0.05,
+        high=60,
+    )
+    tracked_detect_fps: float | None = opt(
+        7.5,
+        "While every face in view is a confirmed track, "
+        "detect at most this often; the tracker carries "
+        "the faces through the frames in between (a "
+        "reclassification that falls due is detected on "
+        "time). New, unconfirmed faces are detected in every "
+        "frame. null detects every frame.",
+        low=0.5,
+        high=120,
+    )
 
 
 @dataclass
 class TrackerConfig:
-    high_threshold: float = opt(0.5, "Detections at least this confident start tracks and "
-                                "are matched first.", low=0.0, high=1.0)
-    low_threshold: float = opt(0.2, "Weaker detections (down to this) only continue existing "
-                               "tracks (ByteTrack's second pass).", low=0.0, high=1.0)
-    match_iou: float = opt(0.3, "Minimum overlap between a track's predicted box (for a face "
-                           "lost for a moment, also where it was last seen) and a detection "
-                           "to match them.", low=0.0, high=1.0)
-    min_hits: int = opt(3, "Frames a new track must be matched in before it counts.",
-                        low=1, high=100)
-    max_age_s: float = opt(3.0, "Seconds a track survives without a detection (someone "
-                           "turning away, or hidden behind another shopper) before the visit "
-                           "ends; a face back near where it was within this time is the same "
-                           "visitor. Longer merges more of those, but also more of someone "
-                           "stepping into a spot just left.", low=0.0, high=60)
+    high_threshold: float = opt(
+        0.5,
+        "Detections at least this confident start tracks and are matched first.",
+        low=0.0,
+        high=1.0,
+    )
+    low_threshold: float = opt(
+        0.2,
+        "Weaker detections (down to this) only continue existing tracks (ByteTrack's second pass).",
+        low=0.0,
+        high=1.0,
+    )
+    match_iou: float = opt(
+        0.3,
+        "Minimum overlap between a track's predicted box (for a face "
+        "lost for a moment, also where it was last seen) and a detection "
+        "to match them.",
+        low=0.0,
+        high=1.0,
+    )
+    min_hits: int = opt(
+        3, "Frames a new track must be matched in before it counts.", low=1, high=100
+    )
+    max_age_s: float = opt(
+        3.0,
+        "Seconds a track survives without a detection (someone "
+        "turning away, or hidden behind another shopper) before the visit "
+        "ends; a face back near where it was within this time is the same "
+        "visitor. Longer merges more of those, but also more of someone "
+        "stepping into a spot just left.",
+        low=0.0,
+        high=60,
+    )
 
 
 @dataclass
 class AudienceConfig:
-    reclassify_interval_s: float = opt(2.0, "Classify a tracked face again after this long "
-                                       "(until max_samples).", low=0.1, high=3600)
-    max_samples: int = opt(8, "Classifications per person at most; their mean is the label.",
-                           low=1, high=1000)
-    better_face_ratio: float = opt(1.3, "Also classify again when the face is this much better "
-                                   "(width x frontalness) than the best so far.", low=1, high=10)
-    attention_max_yaw: float = opt(0.2, "Head turn (nose offset in eye distances) up to which "
-                                   "a face counts as looking at the display.", low=0, high=1)
-    attention_max_pitch: float = opt(0.25, "Head tilt up/down (relative) up to which a face "
-                                     "counts as looking.", low=0, high=1)
-    min_attention_s: float = opt(1.0, "Looking for at least this long makes a visitor a "
-                                 "watcher.", low=0, high=3600)
-    min_visit_s: float = opt(0.5, "Visits shorter than this are not counted as visitors.",
-                             low=0, high=3600)
-    min_confidence: float = opt(0.5, "Age-class confidence a visitor needs to be counted in "
-                                "a class; others are counted as unclassified.", low=0, high=1)
-    gender_margin: float = opt(0.15, "A visitor whose P(male), after all their samples, stays "
-                               "within this of 0.5 is counted under gender_unknown for their "
-                               "age class rather than forced into a gender; 0 always picks "
-                               "one.", low=0, high=0.5)
-    interval_s: float = opt(60.0, "Reporting interval for visitor counts, seconds.",
-                            low=1, high=86400)
+    reclassify_interval_s: float = opt(
+        2.0,
+        "Classify a tracked face again after this long (until max_samples).",
+        low=0.1,
+        high=3600,
+    )
+    max_samples: int = opt(
+        8, "Classifications per person at most; their mean is the label.", low=1, high=1000
+    )
+    better_face_ratio: float = opt(
+        1.3,
+        "Also classify again when the face is this much better "
+        "(width x frontalness) than the best so far.",
+        low=1,
+        high=10,
+    )
+    attention_max_yaw: float = opt(
+        0.2,
+        "Head turn (nose offset in eye distances) up to which "
+        "a face counts as looking at the display.",
+        low=0,
+        high=1,
+    )
+    attention_max_pitch: float = opt(
+        0.25, "Head tilt up/down (relative) up to which a face counts as looking.", low=0, high=1
+    )
+    min_attention_s: float = opt(
+        1.0, "Looking for at least this long makes a visitor a watcher.", low=0, high=3600
+    )
+    min_visit_s: float = opt(
+        0.5, "Visits shorter than this are not counted as visitors.", low=0, high=3600
+    )
+    min_confidence: float = opt(
+        0.5,
+        "Age-class confidence a visitor needs to be counted in "
+        "a class; others are counted as unclassified.",
+        low=0,
+        high=1,
+    )
+    gender_margin: float = opt(
+        0.15,
+        "A visitor whose P(male), after all their samples, stays "
+        "within this of 0.5 is counted under gender_unknown for their "
+        "age class rather than forced into a gender; 0 always picks "
+        "one.",
+        low=0,
+        high=0.5,
+    )
+    interval_s: float = opt(
+        60.0, "Reporting interval for visitor counts, seconds.", low=1, high=86400
+    )
 
 
 @dataclass
 class StatsConfig:
-    interval_s: float = opt(10.0, "How often pipeline statistics are logged and published.",
-                            low=1, high=3600)
+    interval_s: float = opt(
+        10.0, "How often pipeline statistics are logged and published.", low=1, high=3600
+    )
 
 
 @dataclass
 class TlsConfig:
     enabled: bool = opt(False, "Connect with TLS (port 8883 on most brokers).")
-    ca_file: str | None = opt(None, "CA certificate file that signed the broker's certificate; "
-                              "default: the system's trusted CAs.")
+    ca_file: str | None = opt(
+        None,
+        "CA certificate file that signed the broker's certificate; "
+        "default: the system's trusted CAs.",
+    )
     cert_file: str | None = opt(None, "Client certificate file, where the broker asks for one.")
     key_file: str | None = opt(None, "Private key of the client certificate.")
 
 
 @dataclass
 class HomeAssistantConfig:
-    enabled: bool = opt(True, "Announce the box to Home Assistant by MQTT discovery (README "
-                        "\"Home Assistant\"): one device with sensors per camera and display, "
-                        "sent retained on every connect. Turning it off removes what was "
-                        "announced at the next connect.")
-    prefix: str = opt("homeassistant", "Home Assistant's MQTT discovery prefix (its MQTT "
-                      "integration's setting; homeassistant unless changed there).")
+    enabled: bool = opt(
+        True,
+        "Announce the box to Home Assistant by MQTT discovery (README "
+        '"Home Assistant"): one device with sensors per camera and display, '
+        "sent retained on every connect. Turning it off removes what was "
+        "announced at the next connect.",
+    )
+    prefix: str = opt(
+        "homeassistant",
+        "Home Assistant's MQTT discovery prefix (its MQTT "
+        "integration's setting; homeassistant unless changed there).",
+    )
 
 
 @dataclass
 class MqttConfig:
-    enabled: bool = opt(False, "Publish availability, audience, counts, decisions and stats to "
-                        "an MQTT broker (topics: README \"MQTT topics\"). Offline runs "
-                        "(`edge run --source FILE` without --realtime) never publish.")
+    enabled: bool = opt(
+        False,
+        "Publish availability, audience, counts, decisions and stats to "
+        'an MQTT broker (topics: README "MQTT topics"). Offline runs '
+        "(`edge run --source FILE` without --realtime) never publish.",
+    )
     host: str = opt("localhost", "Broker host name or address.", nonempty=True)
     port: int = opt(1883, "Broker port (usually 1883, or 8883 with TLS).", low=1, high=65535)
     protocol: str = opt("3.1.1", "MQTT protocol version.", choices=("3.1.1", "5"))
-    client_id: str = opt("", "MQTT client id; default edge-<store_id>. Must be unique on the "
-                         "broker.")
-    keepalive_s: int = opt(30, "Seconds between keepalive pings; the broker declares the service "
-                           "offline (last will) after 1.5 times this without traffic.",
-                           low=2, high=3600)
-    username: str | None = opt(None, "User name; the environment variable EDGE_MQTT_USERNAME "
-                               "overrides it.")
-    password: str | None = opt(None, "Password. Better left out of this file: set "
-                               "EDGE_MQTT_PASSWORD (e.g. in the unit's EnvironmentFile) instead.")
+    client_id: str = opt(
+        "", "MQTT client id; default edge-<store_id>. Must be unique on the broker."
+    )
+    keepalive_s: int = opt(
+        30,
+        "Seconds between keepalive pings; the broker declares the service "
+        "offline (last will) after 1.5 times this without traffic.",
+        low=2,
+        high=3600,
+    )
+    username: str | None = opt(
+        None, "User name; the environment variable EDGE_MQTT_USERNAME overrides it."
+    )
+    password: str | None = opt(
+        None,
+        "Password. Better left out of this file: set "
+        "EDGE_MQTT_PASSWORD (e.g. in the unit's EnvironmentFile) instead.",
+    )
     tls: TlsConfig = section(TlsConfig, "TLS to the broker.")
     topic_prefix: str = opt("edge", "First level of every topic: <topic_prefix>/<store_id>/...")
-    store_id: str = opt("store1", "This store's id, second level of every topic (letters, "
-                        "digits, - and _).")
-    outbox_max: int = opt(10000, "Interval reports kept while the broker is unreachable (about "
-                          "7 days of one camera at 60 s intervals); past this the oldest are "
-                          "dropped, each drop logged. Kept on disk in state_dir across "
-                          "restarts.", low=10, high=1000000)
-    home_assistant: HomeAssistantConfig = section(HomeAssistantConfig,
-                                                  "Home Assistant MQTT discovery.")
+    store_id: str = opt(
+        "store1", "This store's id, second level of every topic (letters, digits, - and _)."
+    )
+    outbox_max: int = opt(
+        10000,
+        "Interval reports kept while the broker is unreachable (about "
+        "7 days of one camera at 60 s intervals); past this the oldest are "
+        "dropped, each drop logged. Kept on disk in state_dir across "
+        "restarts.",
+        low=10,
+        high=1000000,
+    )
+    home_assistant: HomeAssistantConfig = section(
+        HomeAssistantConfig, "Home Assistant MQTT discovery."
+    )
 
 
 @dataclass
 class DisplayConfig:
-    id: str = opt("display1", "Short id used in topics and the player's address (letters, "
-                  "digits, - and _).")
+    id: str = opt(
+        "display1", "Short id used in topics and the player's address (letters, digits, - and _)."
+    )
     name: str = opt("", "Human-readable name, e.g. 'Window screen'.")
     camera: str = opt("", "Id of the camera whose audience this display follows.")
 
 
 @dataclass
 class SelectorConfig:
-    catalog: str = opt("ads/catalog.yaml", "Ad catalog (README \"Ad catalog\"); relative to "
-                       "the config file's folder.", nonempty=True)
-    children: str = opt("family_safe", "When children dominate the audience: family_safe shows "
-                        "the catalog's family_safe ad and never targets children by their "
-                        "profile (default; README explains why); target lets ads targeted at "
-                        "the child class be chosen.", choices=("family_safe", "target"))
-    child_share: float = opt(0.5, "Share of the audience weight above which children dominate "
-                             "(each person adds their probability of being a child, times "
-                             "their attention weight).", low=0, high=1)
-    child_guard: float = opt(0.3, "A person at least this likely to be a child (P(child)) is "
-                             "never counted in an adult or old targeting segment, whatever "
-                             "their most likely class: a missed child costs more than a missed "
-                             "adult. 1 turns the guard off.", low=0, high=1)
-    min_dwell_s: float = opt(1.0, "A person counts for ad selection once in view this long: "
-                             "someone walking past does not switch the display, and the "
-                             "first frames' labels are still unsteady.", low=0, high=60)
-    passerby_weight: float = opt(0.3, "Weight of a person who has not (yet) looked at the "
-                                 "display; someone who has looked for audience.min_attention_s "
-                                 "weighs 1.", low=0, high=1)
+    catalog: str = opt(
+        "ads/catalog.yaml",
+        'Ad catalog (README "Ad catalog"); relative to the config file\'s folder.',
+        nonempty=True,
+    )
+    children: str = opt(
+        "family_safe",
+        "When children dominate the audience: family_safe shows "
+        "the catalog's family_safe ad and never targets children by their "
+        "profile (default; README explains why); target lets ads targeted at "
+        "the child class be chosen.",
+        choices=("family_safe", "target"),
+    )
+    child_share: float = opt(
+        0.5,
+        "Share of the audience weight above which children dominate "
+        "(each person adds their probability of being a child, times "
+        "their attention weight).",
+        low=0,
+        high=1,
+    )
+    child_guard: float = opt(
+        0.3,
+        "A person at least this likely to be a child (P(child)) is "
+        "never counted in an adult or old targeting segment, whatever "
+        "their most likely class: a missed child costs more than a missed "
+        "adult. 1 turns the guard off.",
+        low=0,
+        high=1,
+    )
+    min_dwell_s: float = opt(
+        1.0,
+        "A person counts for ad selection once in view this long: "
+        "someone walking past does not switch the display, and the "
+        "first frames' labels are still unsteady.",
+        low=0,
+        high=60,
+    )
+    passerby_weight: float = opt(
+        0.3,
+        "Weight of a person who has not (yet) looked at the "
+        "display; someone who has looked for audience.min_attention_s "
+        "weighs 1.",
+        low=0,
+        high=1,
+    )
 
 
 @dataclass
 class PlayerConfig:
-    listen: str = opt("127.0.0.1", "Address the display player's web server listens on; "
-                      "0.0.0.0 lets displays elsewhere on the store network open it.",
-                      nonempty=True)
-    port: int = opt(8080, "Port of the display player's web server; 0 turns it off.",
-                    low=0, high=65535)
-    max_streams: int = opt(32, "Display pages the player serves at once (each open page holds "
-                           "one event stream and one thread); one more is answered 503 and "
-                           "retries by itself. Raise it for more than about 20 displays.",
-                           low=1, high=10000)
+    listen: str = opt(
+        "127.0.0.1",
+        "Address the display player's web server listens on; "
+        "0.0.0.0 lets displays elsewhere on the store network open it.",
+        nonempty=True,
+    )
+    port: int = opt(
+        8080, "Port of the display player's web server; 0 turns it off.", low=0, high=65535
+    )
+    max_streams: int = opt(
+        32,
+        "Display pages the player serves at once (each open page holds "
+        "one event stream and one thread); one more is answered 503 and "
+        "retries by itself. Raise it for more than about 20 displays.",
+        low=1,
+        high=10000,
+    )
 
 
 @dataclass
 class MetricsConfig:
-    listen: str = opt("127.0.0.1", "Address the Prometheus metrics endpoint (/metrics, README "
-                      "\"Prometheus metrics\") listens on; 0.0.0.0 lets a Prometheus "
-                      "elsewhere scrape it.")
-    port: int = opt(9108, "Port of the metrics endpoint; 0 turns it off. Served by `edge run` "
-                    "(not by offline file analysis).", low=0, high=65535)
+    listen: str = opt(
+        "127.0.0.1",
+        "Address the Prometheus metrics endpoint (/metrics, README "
+        '"Prometheus metrics") listens on; 0.0.0.0 lets a Prometheus '
+        "elsewhere scrape it.",
+    )
+    port: int = opt(
+        9108,
+        "Port of the metrics endpoint; 0 turns it off. Served by `edge run` "
+        "(not by offline file analysis).",
+        low=0,
+        high=65535,
+    )
 
 
 @dataclass
 class StoreConfig:
-    enabled: bool = opt(True, "Keep interval counts and plays in the local audience store, "
-                        "<state_dir>/audience.db (SQLite), for `edge report` and the "
-                        "dashboard. Offline runs (`edge run --source FILE`) write to it only "
-                        "with --store.")
-    retention_days: float = opt(90, "Days the audience store keeps records; older ones are "
-                                "removed at start and once a day.", low=1, high=3650)
+    enabled: bool = opt(
+        True,
+        "Keep interval counts and plays in the local audience store, "
+        "<state_dir>/audience.db (SQLite), for `edge report` and the "
+        "dashboard. Offline runs (`edge run --source FILE`) write to it only "
+        "with --store.",
+    )
+    retention_days: float = opt(
+        90,
+        "Days the audience store keeps records; older ones are removed at start and once a day.",
+        low=1,
+        high=3650,
+    )
 
 
 @dataclass
@@ -323,22 +537,32 @@ class Config:
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
     classifier: ClassifierConfig = section(ClassifierConfig, "Age and gender classification.")
     runtime: RuntimeConfig = section(RuntimeConfig, "Inference runtime.")
-    cameras: list[CameraConfig] = field(default_factory=list, metadata={
-        "doc": "Cameras, each a mapping with the keys below.", "items": CameraConfig})
+    cameras: list[CameraConfig] = field(
+        default_factory=list,
+        metadata={"doc": "Cameras, each a mapping with the keys below.", "items": CameraConfig},
+    )
     tracker: TrackerConfig = section(TrackerConfig, "Face tracking.")
     audience: AudienceConfig = section(AudienceConfig, "Per-person demographics and counts.")
     stats: StatsConfig = section(StatsConfig, "Pipeline statistics.")
     mqtt: MqttConfig = section(MqttConfig, "MQTT broker connection and topics.")
-    displays: list[DisplayConfig] = field(default_factory=list, metadata={
-        "doc": "Smart displays, each a mapping with the keys below.", "items": DisplayConfig})
+    displays: list[DisplayConfig] = field(
+        default_factory=list,
+        metadata={
+            "doc": "Smart displays, each a mapping with the keys below.",
+            "items": DisplayConfig,
+        },
+    )
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
     store: StoreConfig = section(StoreConfig, "The local audience store.")
-    state_dir: str | None = opt(None, "Folder for state kept across restarts (the MQTT outbox, "
-                                "the audience store); "
-                                "default $STATE_DIRECTORY (systemd's StateDirectory=) or "
-                                "'state' beside the config file.")
+    state_dir: str | None = opt(
+        None,
+        "Folder for state kept across restarts (the MQTT outbox, "
+        "the audience store); "
+        "default $STATE_DIRECTORY (systemd's StateDirectory=) or "
+        "'state' beside the config file.",
+    )
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))
 
     # Where the config came from; relative paths resolve against its folder.
@@ -397,16 +621,22 @@ class _StrictLoader(yaml.SafeLoader):
                     continue  # unhashable: the base constructor reports it
                 if earlier != key_node.start_mark.line + 1:
                     raise _Rejected(
-                        None, None, f"key {key!r} is given twice (also on line {earlier}); "
-                                    f"keep one", key_node.start_mark)
+                        None,
+                        None,
+                        f"key {key!r} is given twice (also on line {earlier}); keep one",
+                        key_node.start_mark,
+                    )
         return super().construct_mapping(node, deep)
 
     def construct_yaml_float(self, node):
         value = super().construct_yaml_float(node)
         if not math.isfinite(value):
             raise _Rejected(
-                None, None, f"{node.value!r} is not a finite number; give a real value",
-                node.start_mark)
+                None,
+                None,
+                f"{node.value!r} is not a finite number; give a real value",
+                node.start_mark,
+            )
         return value
 
 
@@ -424,9 +654,11 @@ def read_yaml(path: Path, what: str, error: type[Exception]) -> Any:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise error(f"{path}: {what} is not UTF-8 text (line {line}, byte "
-                    f"0x{raw[exc.start]:02x}); save it as UTF-8") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(
+            f"{path}: {what} is not UTF-8 text (line {line}, byte "
+            f"0x{raw[exc.start]:02x}); save it as UTF-8"
+        ) from None
     try:
         return yaml.load(text, Loader=_StrictLoader)
     except _Rejected as exc:
@@ -456,7 +688,7 @@ class Problems:
         self.messages.append(message)
         if key is not None:
             # A bad list item makes the whole item suspect ('cameras[1].fps' -> 'cameras[1]').
-            self.bad.append(key[:key.index("]") + 1] if "]" in key else key)
+            self.bad.append(key[: key.index("]") + 1] if "]" in key else key)
 
     def cross(self, message: str) -> None:
         """A cross-check's message: dropped when it names a key already rejected."""
@@ -468,14 +700,18 @@ def build(cls: type, data: Any, problems: Problems, prefix: str) -> Any:
     """`cls` from a mapping; each bad value is added to `problems` and left at its
     default, so the rest of the file is still checked."""
     if not isinstance(data, dict):
-        problems.add(f"'{prefix or '(top level)'}' must be a mapping, got "
-                     f"{_type_name(type(data))}", prefix or "(top level)")
+        problems.add(
+            f"'{prefix or '(top level)'}' must be a mapping, got {_type_name(type(data))}",
+            prefix or "(top level)",
+        )
         return None
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for name in sorted((k for k in data if k not in fields), key=str):
         where = f" in '{prefix}'" if prefix else ""
-        problems.add(f"unknown key '{_join(prefix, str(name))}'{where}; "
-                     f"known keys: {', '.join(sorted(fields))}")
+        problems.add(
+            f"unknown key '{_join(prefix, str(name))}'{where}; "
+            f"known keys: {', '.join(sorted(fields))}"
+        )
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
@@ -492,8 +728,10 @@ def build(cls: type, data: Any, problems: Problems, prefix: str) -> Any:
                 continue
             item_cls = f.metadata["items"]
             # A rejected item keeps its place (as defaults), so later indices stay right.
-            values[name] = [build(item_cls, item, problems, f"{key}[{i}]") or item_cls()
-                            for i, item in enumerate(value)]
+            values[name] = [
+                build(item_cls, item, problems, f"{key}[{i}]") or item_cls()
+                for i, item in enumerate(value)
+            ]
         else:
             try:
                 values[name] = _check_value(value, hints[name], f.metadata, key)
@@ -542,11 +780,12 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     if problem:
         add(problem)
     if config.classifier.child_below >= config.classifier.old_from:
-        add(f"'classifier.child_below' ({config.classifier.child_below:g}) must be below "
-            f"'classifier.old_from' ({config.classifier.old_from:g})")
+        add(
+            f"'classifier.child_below' ({config.classifier.child_below:g}) must be below "
+            f"'classifier.old_from' ({config.classifier.old_from:g})"
+        )
     if config.detector.backend != "centerface" and not config.detector.model:
-        add(f"'detector.model' must name the model file for backend "
-            f"'{config.detector.backend}'")
+        add(f"'detector.model' must name the model file for backend '{config.detector.backend}'")
     seen = set()
     for i, camera in enumerate(config.cameras):
         where = f"'cameras[{i}]"
@@ -572,31 +811,38 @@ def _cross_checks(config: Config, problems: Problems) -> None:
         for name in ("ca_file", "cert_file", "key_file"):
             file = getattr(tls, name)
             if file is not None and not config.resolve(file).is_file():
-                add(f"'mqtt.tls.{name}' is {file!r}: no such file "
-                    f"({config.resolve(file)})")
+                add(f"'mqtt.tls.{name}' is {file!r}: no such file ({config.resolve(file)})")
         if tls.key_file and not tls.cert_file:
             add("'mqtt.tls.key_file' is set without 'mqtt.tls.cert_file'")
-
 
 
 def _check_ensemble(c, add) -> None:
     if c.backend != "ensemble":
         return
     members = ("cydral", "faceapi", "insightface")
-    if not c.members or any(m not in members for m in c.members) \
-            or len(set(c.members)) != len(c.members):
-        add(f"'classifier.members' is {c.members!r}; list backends once each, from "
-            f"{', '.join(members)}")
+    if (
+        not c.members
+        or any(m not in members for m in c.members)
+        or len(set(c.members)) != len(c.members)
+    ):
+        add(
+            f"'classifier.members' is {c.members!r}; list backends once each, from "
+            f"{', '.join(members)}"
+        )
         return
     if "insightface" in c.members and not c.model:
         add("'classifier.model' must name genderage.onnx for ensemble member 'insightface'")
     for key, weights in (("weights", c.weights), ("gender_weights", c.gender_weights)):
         if weights is not None and (
-                len(weights) != len(c.members)
-                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
-                       for w in weights) or sum(weights) <= 0):
-            add(f"'classifier.{key}' is {weights!r}; give one number >= 0 per member of "
-                f"{c.members!r}, not all zero")
+            len(weights) != len(c.members)
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)
+            or sum(weights) <= 0
+        ):
+            add(
+                f"'classifier.{key}' is {weights!r}; give one number >= 0 per member of "
+                f"{c.members!r}, not all zero"
+            )
+
 
 def host_problem(host: str) -> str:
     """What is wrong with a host name or address ('' if nothing): catches the usual
@@ -612,18 +858,21 @@ def host_problem(host: str) -> str:
         pass
     if re.fullmatch(r"[^:\s]+:\d+", host):
         return "give the host alone; the port has its own key"
-    if len(host) > 253 or not all(re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?",
-                                               label) for label in host.rstrip(".").split(".")):
+    if len(host) > 253 or not all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label)
+        for label in host.rstrip(".").split(".")
+    ):
         return "not a host name or IP address"
     return ""
 
 
 def bucket_problem(buckets) -> str:
     """What is wrong with runtime.batch_buckets, '' if nothing (runtime.GpuOptions too)."""
-    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1
-                          for b in buckets):
-        return (f"'runtime.batch_buckets' is {list(buckets or [])}; give batch sizes of 1 or "
-                f"more, e.g. [1, 4, 16, 64, 128]")
+    if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets):
+        return (
+            f"'runtime.batch_buckets' is {list(buckets or [])}; give batch sizes of 1 or "
+            f"more, e.g. [1, 4, 16, 64, 128]"
+        )
     return ""
 
 
@@ -631,8 +880,10 @@ def _check_ids(config: Config, add) -> None:
     """Ids that end up in MQTT topics and URLs: safe characters, no repeats."""
     if not _ID.fullmatch(config.mqtt.store_id):
         add(f"'mqtt.store_id' is {config.mqtt.store_id!r}; use letters, digits, - and _")
-    for key, prefix in (("mqtt.topic_prefix", config.mqtt.topic_prefix),
-                        ("mqtt.home_assistant.prefix", config.mqtt.home_assistant.prefix)):
+    for key, prefix in (
+        ("mqtt.topic_prefix", config.mqtt.topic_prefix),
+        ("mqtt.home_assistant.prefix", config.mqtt.home_assistant.prefix),
+    ):
         if not TOPIC_PREFIX.fullmatch(prefix):
             add(f"'{key}' is {prefix!r}; use letters, digits, - and _, levels separated by /")
     cameras = {c.id for c in config.cameras}
@@ -645,8 +896,10 @@ def _check_ids(config: Config, add) -> None:
             add(f"{where}.id' repeats display id {display.id!r}")
         seen.add(display.id)
         if display.camera not in cameras:
-            add(f"{where}.camera' is {display.camera!r}; name one of the configured "
-                f"cameras ({', '.join(sorted(cameras)) or 'none'})")
+            add(
+                f"{where}.camera' is {display.camera!r}; name one of the configured "
+                f"cameras ({', '.join(sorted(cameras)) or 'none'})"
+            )
 
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -659,8 +912,14 @@ def _join(prefix: str, name: str) -> str:
 
 
 def _type_name(t: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-            list: "a list", dict: "a mapping"}.get(t, t.__name__)
+    return {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }.get(t, t.__name__)
 
 
 def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:

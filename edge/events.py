@@ -31,8 +31,8 @@ def doc(text: str = "", *, shape: str = "", of: type | None = None) -> Any:
 class Payload:
     """A frozen dataclass that becomes one JSON object."""
 
-    type: ClassVar[str] = ""   # the event's "type" key; "" for a record that is no event
-    when: ClassVar[str] = ""   # when it is emitted, for README's event table
+    type: ClassVar[str] = ""  # the event's "type" key; "" for a record that is no event
+    when: ClassVar[str] = ""  # when it is emitted, for README's event table
 
     def to_json(self) -> dict:
         head = {"type": self.type} if self.type else {}
@@ -49,13 +49,13 @@ def _plain(value: Any) -> Any:
 
 # -- records inside events -----------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Reason(Payload):
     """Why a display shows its ad."""
 
-    rule: str = doc("which rule chose it, see README \"Ad selection\"")
-    segment: dict | None = doc("`{age_class, gender}` targeted; null when nobody or "
-                               "family-safe")
+    rule: str = doc('which rule chose it, see README "Ad selection"')
+    segment: dict | None = doc("`{age_class, gender}` targeted; null when nobody or family-safe")
     audience: dict = doc("the audience summary the decision was based on")
 
 
@@ -68,15 +68,19 @@ class CameraStats(Payload):
     processed_fps: float = doc()
     skipped_fps: float = doc("lost because processing fell behind")
     passed_over_fps: float = doc("left on purpose: above the camera's `fps`")
-    detector_ms: float | None = doc("its share of the detector run, when cameras of one "
-                                    "frame size are detected together on a GPU")
-    detected_share: float | None = doc("share of processed frames the detector ran on "
-                                       "(motion gating skips still, empty scenes)")
+    detector_ms: float | None = doc(
+        "its share of the detector run, when cameras of one "
+        "frame size are detected together on a GPU"
+    )
+    detected_share: float | None = doc(
+        "share of processed frames the detector ran on (motion gating skips still, empty scenes)"
+    )
     tracks: int = doc()
     reconnects_last_hour: int = doc()
 
 
 # -- events ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CameraEvent(Payload):
@@ -97,16 +101,23 @@ class AudienceEvent(Payload):
 
     camera: str = doc()
     time: str = doc()
-    present: list[dict] = doc("per person: random `track` id, `age_class`, `gender`, "
-                              "confidences, `dwell_s`, `attention_s`, `watching`, `samples`")
+    present: list[dict] = doc(
+        "per person: random `track` id, `age_class`, `gender`, "
+        "confidences, `dwell_s`, `attention_s`, `watching`, `samples`"
+    )
     counts: dict = doc("present people by age class × gender", shape=COUNTS)
 
     def counts_only(self) -> AudienceCounts:
         """The same moment without the people: what goes over MQTT and to the dashboard."""
         counted = sum(n for by_gender in self.counts.values() for n in by_gender.values())
-        return AudienceCounts(self.time, self.camera, len(self.present),
-                              sum(bool(p["watching"]) for p in self.present),
-                              len(self.present) - counted, self.counts)
+        return AudienceCounts(
+            self.time,
+            self.camera,
+            len(self.present),
+            sum(bool(p["watching"]) for p in self.present),
+            len(self.present) - counted,
+            self.counts,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,9 @@ class IntervalEvent(Payload):
     start: str = doc()
     end: str = doc()
     unique_visitors: dict = doc("age class × gender", shape=COUNTS)
-    gender_unknown: dict = doc("per age class: visitors whose gender stayed unsure",
-                               shape="{child|adult|old}")
+    gender_unknown: dict = doc(
+        "per age class: visitors whose gender stayed unsure", shape="{child|adult|old}"
+    )
     watchers: int = doc()
     unclassified: int = doc()
     dwell_s: float = doc()
@@ -144,8 +156,7 @@ class StatsEvent(Payload):
     when = "every `stats.interval_s`"
 
     time: str = doc()
-    cameras: dict[str, CameraStats] = doc("per camera", of=CameraStats,
-                                          shape="{<camera>: {...}}")
+    cameras: dict[str, CameraStats] = doc("per camera", of=CameraStats, shape="{<camera>: {...}}")
     classifier_ms: float | None = doc()
     classifier_batch: float | None = doc()
     latency_p50_ms: float | None = doc()
@@ -167,8 +178,15 @@ class DecisionEvent(Payload):
 
     @classmethod
     def of(cls, d: Decision) -> DecisionEvent:
-        return cls(iso(d.time), d.display, d.ad, d.title, d.creative, d.duration_s,
-                   Reason(d.rule, d.segment, d.audience))
+        return cls(
+            iso(d.time),
+            d.display,
+            d.ad,
+            d.title,
+            d.creative,
+            d.duration_s,
+            Reason(d.rule, d.segment, d.audience),
+        )
 
 
 @dataclass(frozen=True)
@@ -185,7 +203,7 @@ class PlayEvent(Payload):
     start: str = doc()
     end: str = doc()
     duration_s: float = doc()
-    viewers: dict = doc("age class × gender, see README \"Plays\"", shape=COUNTS)
+    viewers: dict = doc('age class × gender, see README "Plays"', shape=COUNTS)
     watchers: dict = doc("age class × gender", shape=COUNTS)
     unclassified: int = doc()
     attention_s: float = doc()
@@ -203,8 +221,9 @@ class SummaryEvent(Payload):
     gender_unknown: dict = doc()
     watchers: int = doc()
     unclassified: int = doc()
-    plays: dict | None = doc("per ad: `plays`, `viewers`, `watchers`, `duration_s`; only "
-                             "with displays")
+    plays: dict | None = doc(
+        "per ad: `plays`, `viewers`, `watchers`, `duration_s`; only with displays"
+    )
 
     def to_json(self) -> dict:
         json = super().to_json()
@@ -224,13 +243,30 @@ class ErrorEvent(Payload):
     exit_status: int = doc()
 
 
-Event = (CameraEvent | AudienceEvent | IntervalEvent | StatsEvent | DecisionEvent | PlayEvent
-         | SummaryEvent | ErrorEvent)
-EVENTS = (CameraEvent, AudienceEvent, IntervalEvent, StatsEvent, DecisionEvent, PlayEvent,
-          SummaryEvent, ErrorEvent)
+Event = (
+    CameraEvent
+    | AudienceEvent
+    | IntervalEvent
+    | StatsEvent
+    | DecisionEvent
+    | PlayEvent
+    | SummaryEvent
+    | ErrorEvent
+)
+EVENTS = (
+    CameraEvent,
+    AudienceEvent,
+    IntervalEvent,
+    StatsEvent,
+    DecisionEvent,
+    PlayEvent,
+    SummaryEvent,
+    ErrorEvent,
+)
 
 
 # -- documentation ---------------------------------------------------------------------
+
 
 def field_list(cls: type) -> str:
     """The fields of a class for README's event table, each with its doc."""

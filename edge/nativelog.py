@@ -36,12 +36,16 @@ class NativeStderrFilter:
         os.dup2(write_end, 2)
         os.close(write_end)
         # Python keeps the real stderr (the journal, the terminal); only C writes are piped.
-        sys.stderr = os.fdopen(os.dup(self._original), "w", buffering=1,
-                               encoding=sys.stderr.encoding, errors="backslashreplace")
+        sys.stderr = os.fdopen(
+            os.dup(self._original),
+            "w",
+            buffering=1,
+            encoding=sys.stderr.encoding,
+            errors="backslashreplace",
+        )
         self._reader = os.fdopen(read_end, "rb", buffering=0)
         threading.Thread(target=self._pump, name="native-stderr", daemon=True).start()
-        threading.Thread(target=self._summarise, name="native-stderr-summary",
-                         daemon=True).start()
+        threading.Thread(target=self._summarise, name="native-stderr-summary", daemon=True).start()
 
     def _pump(self) -> None:
         buffered = b""
@@ -87,8 +91,12 @@ class NativeStderrFilter:
     def _report(self, key: bytes, entry: list) -> None:
         held_back = entry[1] - self.burst
         if held_back > 0:
-            log.warning("%s (repeated %d more times in %.0f s)",
-                        entry[0].decode("utf-8", "replace").strip(), held_back, self.window_s)
+            log.warning(
+                "%s (repeated %d more times in %.0f s)",
+                entry[0].decode("utf-8", "replace").strip(),
+                held_back,
+                self.window_s,
+            )
 
 
 _installed: NativeStderrFilter | None = None

@@ -20,19 +20,22 @@ GENDERS = ("female", "male")
 class Detections:
     """Faces found in one frame, in frame pixel coordinates."""
 
-    boxes: np.ndarray      # (N, 4) float32 x1, y1, x2, y2
-    scores: np.ndarray     # (N,) float32
+    boxes: np.ndarray  # (N, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (N,) float32
     landmarks: np.ndarray  # (N, 5, 2) float32
 
     @staticmethod
-    def empty() -> "Detections":
-        return Detections(np.zeros((0, 4), np.float32), np.zeros((0,), np.float32),
-                          np.zeros((0, 5, 2), np.float32))
+    def empty() -> Detections:
+        return Detections(
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, 5, 2), np.float32),
+        )
 
     def __len__(self) -> int:
         return len(self.scores)
 
-    def __getitem__(self, index) -> "Detections":
+    def __getitem__(self, index) -> Detections:
         """Select rows by index array, mask or slice; always returns Detections."""
         if isinstance(index, (int, np.integer)):
             index = [index]
@@ -51,9 +54,9 @@ class Detections:
 class Demographics:
     """Age and gender estimates, one row per face, in the order of the faces given."""
 
-    ages: np.ndarray         # (N,) float32 expected age in years
+    ages: np.ndarray  # (N,) float32 expected age in years
     class_probs: np.ndarray  # (N, 3) float32 P(child), P(adult), P(old)
-    male_probs: np.ndarray   # (N,) float32 P(male)
+    male_probs: np.ndarray  # (N,) float32 P(male)
 
     def __len__(self) -> int:
         return len(self.ages)
@@ -79,12 +82,12 @@ class Viewer:
     age_class: str
     gender: str
     age_class_confidence: float  # probability of age_class
-    gender_confidence: float     # probability of gender
-    dwell_s: float               # first to last seen, this visit
-    attention_s: float           # time spent facing the camera (and display)
-    watching: bool               # looked for at least audience.min_attention_s
-    child_prob: float            # P(child), whatever the most likely class: the family-safe
-                                 # rule weighs children by it (select.py)
+    gender_confidence: float  # probability of gender
+    dwell_s: float  # first to last seen, this visit
+    attention_s: float  # time spent facing the camera (and display)
+    watching: bool  # looked for at least audience.min_attention_s
+    child_prob: float  # P(child), whatever the most likely class: the family-safe
+    # rule weighs children by it (select.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +95,11 @@ class Decision:
     """What one display should show, and why (select -> publish)."""
 
     display: str
-    ad: str                 # ad id in the catalog
+    ad: str  # ad id in the catalog
     title: str
-    creative: str           # path relative to the catalog's folder, or an http(s) URL
-    duration_s: float       # shown at least this long
-    rule: str               # which rule chose it (README "Ad selection")
-    segment: dict | None    # {"age_class", "gender"} targeted, None when nobody / family-safe
-    audience: dict          # the audience summary the decision was based on
-    time: float             # epoch seconds of the decision
+    creative: str  # path relative to the catalog's folder, or an http(s) URL
+    duration_s: float  # shown at least this long
+    rule: str  # which rule chose it (README "Ad selection")
+    segment: dict | None  # {"age_class", "gender"} targeted, None when nobody / family-safe
+    audience: dict  # the audience summary the decision was based on
+    time: float  # epoch seconds of the decision

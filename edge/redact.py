@@ -38,11 +38,11 @@ def split_credentials(url: str) -> tuple[str, str, str] | None:
     scheme = _SCHEME.match(url)
     if not scheme:
         return None
-    rest = url[scheme.end():]
+    rest = url[scheme.end() :]
     at = len(rest)
     while (at := rest.rfind("@", 0, at)) >= 0:
         if ":" in rest[:at] and _HOST.match(rest, at + 1):
-            return scheme.group(0), rest[:at], rest[at + 1:]
+            return scheme.group(0), rest[:at], rest[at + 1 :]
     return None
 
 
@@ -69,9 +69,11 @@ def redact_url(url: str) -> str:
         url = f"{scheme}{user}:{MASK}@{rest}"
     base, question, query = url.partition("?")
     if question:
-        query = re.sub(r"([^&=;]+)=([^&;#]*)",
-                       lambda m: f"{m.group(1)}={MASK}" if _SECRET_PARAM.search(m.group(1))
-                       else m.group(0), query)
+        query = re.sub(
+            r"([^&=;]+)=([^&;#]*)",
+            lambda m: f"{m.group(1)}={MASK}" if _SECRET_PARAM.search(m.group(1)) else m.group(0),
+            query,
+        )
         url = f"{base}?{query}"
     return url
 
@@ -89,8 +91,12 @@ def redact(text: str) -> str:
 def remember(secret: str) -> None:
     """Mask this password wherever it appears from now on, raw or %-escaped either way.
     Very short ones are left to the URL parsing: masking every 'ab' would garble lines."""
-    forms = {secret, urllib.parse.unquote(secret), urllib.parse.quote(secret, safe=""),
-             urllib.parse.quote(urllib.parse.unquote(secret), safe="")}
+    forms = {
+        secret,
+        urllib.parse.unquote(secret),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(urllib.parse.unquote(secret), safe=""),
+    }
     with _known_lock:
         if len(_known) < 1000:  # a handful of cameras; never grows without bound
             _known.update(f for f in forms if len(f) >= 4)
@@ -102,7 +108,7 @@ def safe_name(source: str) -> str:
     match = _SCHEME.match(source)
     if match:
         parts = split_credentials(source)
-        after_host = parts[2] if parts else source[match.end():]
+        after_host = parts[2] if parts else source[match.end() :]
         path = after_host.partition("?")[0].partition("#")[0]
         stem = path.rstrip("/").rpartition("/")[2] if "/" in path else ""
         stem = stem.rpartition(".")[0] or stem

@@ -42,20 +42,30 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.events import (
+    AudienceEvent,
+    CameraEvent,
+    CameraStats,
+    DecisionEvent,
+    ErrorEvent,
+    Event,
+    IntervalEvent,
+    PlayEvent,
+    StatsEvent,
+    SummaryEvent,
+)
+from edge.outputs.metrics import NoMetrics
+from edge.outputs.notify import Notifier, watchdog_interval_s
 from edge.pipeline.analyze import FaceAnalyzer
 from edge.pipeline.audience import Audience, empty_counts
 from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
 from edge.pipeline.catalog import load_catalog
-from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
-                         Event, IntervalEvent, PlayEvent, StatsEvent, SummaryEvent)
-from edge.outputs.metrics import NoMetrics
 from edge.pipeline.motion import MotionDetector
-from edge.outputs.notify import Notifier, watchdog_interval_s
 from edge.pipeline.plays import PlayLog
-from edge.records import Detections
 from edge.pipeline.select import Selector
-from edge.timefmt import iso
 from edge.pipeline.track import FaceTracker
+from edge.records import Detections
+from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +92,42 @@ class LogSink:
         match event:
             case AudienceEvent(camera=camera, present=present):
                 people = ", ".join(f"{p['age_class']} {p['gender']}" for p in present)
-                log.info("camera %s: %d present%s", camera, len(present),
-                         f" ({people})" if people else "")
+                log.info(
+                    "camera %s: %d present%s",
+                    camera,
+                    len(present),
+                    f" ({people})" if people else "",
+                )
             case DecisionEvent(reason=reason):
                 segment = reason.segment
-                why = reason.rule + (f" {segment['age_class']} {segment['gender']}"
-                                     if segment else "")
-                log.info("display %s: showing '%s' (%s; %d people, %d watching)",
-                         event.display, event.ad, why, reason.audience.get("people", 0),
-                         reason.audience.get("watchers", 0))
+                why = reason.rule + (
+                    f" {segment['age_class']} {segment['gender']}" if segment else ""
+                )
+                log.info(
+                    "display %s: showing '%s' (%s; %d people, %d watching)",
+                    event.display,
+                    event.ad,
+                    why,
+                    reason.audience.get("people", 0),
+                    reason.audience.get("watchers", 0),
+                )
             case PlayEvent():
-                log.info("display %s: '%s' played %.1f s to %s, %d watched", event.display,
-                         event.ad, event.duration_s, _visitor_line(event.viewers),
-                         sum(n for by_g in event.watchers.values() for n in by_g.values()))
+                log.info(
+                    "display %s: '%s' played %.1f s to %s, %d watched",
+                    event.display,
+                    event.ad,
+                    event.duration_s,
+                    _visitor_line(event.viewers),
+                    sum(n for by_g in event.watchers.values() for n in by_g.values()),
+                )
             case IntervalEvent() | SummaryEvent():  # ErrorEvent: the camera logged it already
-                log.info("camera %s %s: visitors %s, watchers %d", event.camera, event.type,
-                         _visitor_line(event.unique_visitors, event.gender_unknown),
-                         event.watchers)
+                log.info(
+                    "camera %s %s: visitors %s, watchers %d",
+                    event.camera,
+                    event.type,
+                    _visitor_line(event.unique_visitors, event.gender_unknown),
+                    event.watchers,
+                )
 
 
 def _visitor_line(counts: dict, gender_unknown: dict | None = None) -> str:
@@ -141,9 +170,17 @@ class CameraRuntime:
 
 
 class Service:
-    def __init__(self, config, sinks: list[EventSink], *, offline: bool = False,
-                 notifier: Notifier | None = None, opener=None, on_frame=None,
-                 metrics: NoMetrics | None = None):
+    def __init__(
+        self,
+        config,
+        sinks: list[EventSink],
+        *,
+        offline: bool = False,
+        notifier: Notifier | None = None,
+        opener=None,
+        on_frame=None,
+        metrics: NoMetrics | None = None,
+    ):
         """`opener` replaces capture.open_source (edge bench feeds frames from memory).
         `on_frame(camera_id, frame, tracks, audience)` sees each processed frame in memory
         (edge preview draws the last one); nothing in the service itself keeps frames.
@@ -155,22 +192,38 @@ class Service:
         self.notifier = notifier or Notifier()
         self.metrics = metrics or NoMetrics()
         self._stop = threading.Event()
-        self.analyzer = FaceAnalyzer(config, detect_threshold=min(
-            config.detector.score_threshold, config.tracker.low_threshold))
+        self.analyzer = FaceAnalyzer(
+            config,
+            detect_threshold=min(config.detector.score_threshold, config.tracker.low_threshold),
+        )
         self.cameras: dict[str, CameraRuntime] = {}
         for cam in config.cameras:
-            mode = "every_frame" if offline else (
-                "live" if source_kind(cam.source) in ("device", "stream") else "paced")
-            reader = CameraReader(cam.id, cam.source, fps=cam.fps, loop=cam.loop, mode=mode,
-                                  stall_timeout_s=cam.stall_timeout_s,
-                                  **({"opener": opener} if opener else {}))
+            mode = (
+                "every_frame"
+                if offline
+                else ("live" if source_kind(cam.source) in ("device", "stream") else "paced")
+            )
+            reader = CameraReader(
+                cam.id,
+                cam.source,
+                fps=cam.fps,
+                loop=cam.loop,
+                mode=mode,
+                stall_timeout_s=cam.stall_timeout_s,
+                **({"opener": opener} if opener else {}),
+            )
             tracker = FaceTracker.from_config(config.tracker)
             self.cameras[cam.id] = CameraRuntime(
-                reader, tracker, Audience(cam.id, config.audience), cam.name,
-                detect_width=cam.detect_width, min_gap_s=0.0 if offline else 1.0 / cam.fps,
+                reader,
+                tracker,
+                Audience(cam.id, config.audience),
+                cam.name,
+                detect_width=cam.detect_width,
+                min_gap_s=0.0 if offline else 1.0 / cam.fps,
                 motion=MotionDetector() if cam.motion else None,
                 idle_detect_s=cam.idle_detect_s,
-                tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0)
+                tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0,
+            )
         # select stage: the displays that follow each camera
         self.selectors: dict[str, list[Selector]] = collections.defaultdict(list)
         if config.displays:
@@ -179,11 +232,15 @@ class Service:
                 cam = self.cameras.get(display.camera)
                 if cam is None:  # edge bench runs copies of a source under other ids
                     continue
-                self.selectors[display.camera].append(Selector(
-                    display.id, catalog, config.selector, config.audience.min_attention_s))
+                self.selectors[display.camera].append(
+                    Selector(display.id, catalog, config.selector, config.audience.min_attention_s)
+                )
                 cam.plays = cam.plays or PlayLog(
-                    display.camera, config.selector.min_dwell_s,
-                    config.audience.min_attention_s, config.audience.min_confidence)
+                    display.camera,
+                    config.selector.min_dwell_s,
+                    config.audience.min_attention_s,
+                    config.audience.min_confidence,
+                )
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
@@ -215,8 +272,10 @@ class Service:
         # Ready as soon as the loop runs: cameras come online on their own threads, and
         # one that never opens makes the service degraded (see emit_stats), not dead.
         self.notifier.ready(f"running {len(self.cameras)} camera(s)")
-        log.info("running: %s", ", ".join(f"{cid} ({redact(c.reader.source)})"
-                                         for cid, c in self.cameras.items()))
+        log.info(
+            "running: %s",
+            ", ".join(f"{cid} ({redact(c.reader.source)})" for cid, c in self.cameras.items()),
+        )
         watchdog_every = watchdog_interval_s()
         last_watchdog = 0.0
         try:
@@ -231,9 +290,14 @@ class Service:
                 # restart would not bring a dead camera back. A loop stuck in a stage,
                 # or a reader that hangs while it claims to be online (its stall timeout
                 # reopens it first), stops the pets, and systemd restarts the service.
-                if watchdog_every and now - last_watchdog >= watchdog_every and (
+                if (
+                    watchdog_every
+                    and now - last_watchdog >= watchdog_every
+                    and (
                         now - self._last_processed_at < 2 * watchdog_every
-                        or all(c.done or c.reader.retrying for c in self.cameras.values())):
+                        or all(c.done or c.reader.retrying for c in self.cameras.values())
+                    )
+                ):
                     self.notifier.watchdog()
                     last_watchdog = now
                 if now - self._stats_at >= self.config.stats.interval_s:
@@ -244,8 +308,11 @@ class Service:
             self.shutdown()
         # Offline, a source that could not be read (66) or held bad data (65) sets the
         # exit status; the service itself always ends with 0.
-        return max((c.reader.status.exit_status for c in self.cameras.values()), default=0) \
-            if self.offline else 0
+        return (
+            max((c.reader.status.exit_status for c in self.cameras.values()), default=0)
+            if self.offline
+            else 0
+        )
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -257,8 +324,15 @@ class Service:
         for cid, cam in self.cameras.items():
             if not self.offline:  # retained state must not show people to a stopped service
                 if cam.was_online:
-                    self.emit(CameraEvent(cid, cam.name, online=False, error="service stopped",
-                                          reconnects_last_hour=cam.reader.reconnects_last_hour()))
+                    self.emit(
+                        CameraEvent(
+                            cid,
+                            cam.name,
+                            online=False,
+                            error="service stopped",
+                            reconnects_last_hour=cam.reader.reconnects_last_hour(),
+                        )
+                    )
                 self.emit(AudienceEvent(cid, iso(now), present=[], counts=empty_counts()))
             if not cam.done:  # ended files were flushed already
                 self._flush(cid, cam, cam.last_ts or now)
@@ -292,17 +366,17 @@ class Service:
             if len(self.cameras) > 1:
                 time.sleep(0.005)
             return False
-        detect = [(cid, cam, frame) for cid, cam, frame in taken
-                  if self._must_detect(cam, frame)]
+        detect = [(cid, cam, frame) for cid, cam, frame in taken if self._must_detect(cam, frame)]
         batch: list[tuple[str, Frame, list, Detections]] = []
         removed: dict[str, list] = {}  # per camera the detector ran for: tracks that ended
         if detect:
             # One detector run for all cameras whose frames share a canvas size.
             started = time.perf_counter()
-            found = self.analyzer.detector.detect_many([frame.image for _, _, frame in detect],
-                                                       [cam.detect_width for _, cam, _ in detect])
+            found = self.analyzer.detector.detect_many(
+                [frame.image for _, _, frame in detect], [cam.detect_width for _, cam, _ in detect]
+            )
             share_ms = (time.perf_counter() - started) * 1000 / len(detect)
-            for (cid, cam, frame), faces in zip(detect, found):
+            for (cid, cam, frame), faces in zip(detect, found, strict=False):
                 cam.detect_ms.append(share_ms)  # each camera's share of the batched run
                 self.metrics.detected(cid, share_ms / 1000)
                 cam.detected += 1
@@ -327,9 +401,12 @@ class Service:
         if cam.tracker.has_tracks:
             # A reclassification that falls due is taken on time, so the frames sampled
             # for a person's label are the same as with detection on every frame.
-            return not (cam.tracked_gap_s and cam.tracker.all_confirmed
-                        and since < 0.9 * cam.tracked_gap_s
-                        and not cam.audience.classification_due(cam.last_tracks, now))
+            return not (
+                cam.tracked_gap_s
+                and cam.tracker.all_confirmed
+                and since < 0.9 * cam.tracked_gap_s
+                and not cam.audience.classification_due(cam.last_tracks, now)
+            )
         return moving or since >= cam.idle_detect_s
 
     def _classify(self, batch) -> None:
@@ -348,11 +425,12 @@ class Service:
         self._batch_sizes.append(sum(len(f) for f in faces))
         self.metrics.classified(self._classify_ms[-1] / 1000, self._batch_sizes[-1])
         self.classifier_calls += 1
-        for (cid, chosen, ts), demo in zip(targets, results):
+        for (cid, chosen, ts), demo in zip(targets, results, strict=False):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
 
-    def _after_frame(self, cid: str, cam: CameraRuntime, frame: Frame,
-                     removed: list | None) -> None:
+    def _after_frame(
+        self, cid: str, cam: CameraRuntime, frame: Frame, removed: list | None
+    ) -> None:
         """`removed`: the tracks that ended at this frame, None when the detector did not
         run on it (the tracker was not updated)."""
         cam.last_ts = frame.timestamp
@@ -374,8 +452,11 @@ class Service:
         if self.on_frame is not None:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
-            self.emit(AudienceEvent(cid, iso(frame.timestamp), cam.audience.present(),
-                                    cam.audience.present_counts()))
+            self.emit(
+                AudienceEvent(
+                    cid, iso(frame.timestamp), cam.audience.present(), cam.audience.present_counts()
+                )
+            )
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(cam.audience.viewers(), frame.timestamp)
             if decision is not None:
@@ -396,18 +477,28 @@ class Service:
     def _emit_interval(self, cid: str, cam: CameraRuntime, end: float, flush: bool) -> None:
         report = cam.audience.close_interval(end, flush=flush)
         cam.interval_start = end
-        self.emit(IntervalEvent(
-            cid, iso(report["start"] or end), iso(end), report["unique_visitors"],
-            report["gender_unknown"], report["watchers"], report["unclassified"],
-            report["dwell_s"], report["attention_s"]))
+        self.emit(
+            IntervalEvent(
+                cid,
+                iso(report["start"] or end),
+                iso(end),
+                report["unique_visitors"],
+                report["gender_unknown"],
+                report["watchers"],
+                report["unclassified"],
+                report["dwell_s"],
+                report["attention_s"],
+            )
+        )
 
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file or any offline
         run that started, a summary: the last line of an offline run."""
         status = cam.reader.status
         if status.exit_status and status.last_error:
-            self.emit(ErrorEvent(cid, redact(cam.reader.source), status.last_error,
-                                 status.exit_status))
+            self.emit(
+                ErrorEvent(cid, redact(cam.reader.source), status.last_error, status.exit_status)
+            )
         if cam.frames == 0 and status.exit_status and status.last_error:
             cam.done = True  # nothing was read: the error line is all there is to say
             return
@@ -416,10 +507,18 @@ class Service:
             self.emit(play)
         if status.ended or self.offline:
             totals = cam.audience.totals()
-            self.emit(SummaryEvent(cid, cam.frames, cam.frames_detected,
-                                   totals["unique_visitors"], totals["gender_unknown"],
-                                   totals["watchers"], totals["unclassified"],
-                                   plays=cam.plays.per_ad if cam.plays is not None else None))
+            self.emit(
+                SummaryEvent(
+                    cid,
+                    cam.frames,
+                    cam.frames_detected,
+                    totals["unique_visitors"],
+                    totals["gender_unknown"],
+                    totals["watchers"],
+                    totals["unclassified"],
+                    plays=cam.plays.per_ad if cam.plays is not None else None,
+                )
+            )
         cam.done = True
 
     def _camera_status(self, cid: str, cam: CameraRuntime) -> None:
@@ -428,8 +527,15 @@ class Service:
             return  # still opening: nothing to report yet
         if status.online != cam.was_online and not status.ended:
             cam.was_online = status.online
-            self.emit(CameraEvent(cid, cam.name, status.online, status.last_error,
-                                  cam.reader.reconnects_last_hour()))
+            self.emit(
+                CameraEvent(
+                    cid,
+                    cam.name,
+                    status.online,
+                    status.last_error,
+                    cam.reader.reconnects_last_hour(),
+                )
+            )
 
     def stats(self) -> StatsEvent:
         """The figures of the stats window so far."""
@@ -444,14 +550,16 @@ class Service:
                 skipped_fps=round((status.skipped - cam.skipped_mark) / window, 2),
                 passed_over_fps=round(cam.passed_over / window, 2),
                 detector_ms=_mean(cam.detect_ms),
-                detected_share=round(cam.detected / cam.processed, 3) if cam.processed
-                else None,
+                detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
                 tracks=len(cam.audience.people),
                 reconnects_last_hour=cam.reader.reconnects_last_hour(),
             )
         latencies = np.array(self._latency_ms) if self._latency_ms else None
-        p50, p95 = (None, None) if latencies is None else (
-            round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
+        p50, p95 = (
+            (None, None)
+            if latencies is None
+            else (round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
+        )
         return StatsEvent(
             time=iso(time.time()),
             cameras=cameras,
@@ -464,18 +572,26 @@ class Service:
     def emit_stats(self) -> None:
         stats = self.stats()
         self.emit(stats)
-        parts = [f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), "
-                 f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames, "
-                 f"{c.tracks} people"
-                 for cid, c in stats.cameras.items()]
-        line = "; ".join(parts) + (f"; classify {stats.classifier_ms} ms "
-                                   f"x{stats.classifier_batch}; p95 {stats.latency_p95_ms} ms")
-        offline = [f"{cid} ({cam.reader.status.last_error or 'opening'})"
-                   for cid, cam in self.cameras.items()
-                   if not cam.reader.status.online and not cam.done]
+        parts = [
+            f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), "
+            f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames, "
+            f"{c.tracks} people"
+            for cid, c in stats.cameras.items()
+        ]
+        line = "; ".join(parts) + (
+            f"; classify {stats.classifier_ms} ms "
+            f"x{stats.classifier_batch}; p95 {stats.latency_p95_ms} ms"
+        )
+        offline = [
+            f"{cid} ({cam.reader.status.last_error or 'opening'})"
+            for cid, cam in self.cameras.items()
+            if not cam.reader.status.online and not cam.done
+        ]
         if offline:  # the service runs on with the cameras it has
-            line = f"degraded: {len(offline)} of {len(self.cameras)} camera(s) offline: " \
-                   f"{', '.join(offline)}; " + line
+            line = (
+                f"degraded: {len(offline)} of {len(self.cameras)} camera(s) offline: "
+                f"{', '.join(offline)}; " + line
+            )
         log.info("stats %s", line)
         self.notifier.status(line)
         for cam in self.cameras.values():
@@ -495,15 +611,21 @@ class Service:
                 key = (id(sink), type(exc).__name__)
                 if key not in self._failing_sinks:
                     self._failing_sinks.add(key)
-                    log.error("event sink %s failed on a %s event: %r; it is skipped for that "
-                              "event and tried again with the next (logged once)",
-                              type(sink).__name__, event.type, exc)
+                    log.error(
+                        "event sink %s failed on a %s event: %r; it is skipped for that "
+                        "event and tried again with the next (logged once)",
+                        type(sink).__name__,
+                        event.type,
+                        exc,
+                    )
 
 
 def _tracks_as_detections(tracks) -> Detections:
-    return Detections(np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
-                      np.array([t.score for t in tracks], np.float32),
-                      np.array([t.landmarks for t in tracks], np.float32).reshape(-1, 5, 2))
+    return Detections(
+        np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
+        np.array([t.score for t in tracks], np.float32),
+        np.array([t.landmarks for t in tracks], np.float32).reshape(-1, 5, 2),
+    )
 
 
 def _percent(share: float | None) -> str:

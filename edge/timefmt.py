@@ -6,5 +6,6 @@ import datetime as dt
 
 
 def iso(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).astimezone().isoformat(
-        timespec="milliseconds")
+    return (
+        dt.datetime.fromtimestamp(timestamp, dt.UTC).astimezone().isoformat(timespec="milliseconds")
+    )

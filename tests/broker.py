@@ -28,12 +28,18 @@ def ensure_mosquitto() -> None:
     if Path(MOSQUITTO).exists() and Path(MOSQUITTO_PASSWD).exists():
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError("mosquitto is not installed and cannot be installed here: run "
-                           "'apt-get install mosquitto' as root")
+        raise RuntimeError(
+            "mosquitto is not installed and cannot be installed here: run "
+            "'apt-get install mosquitto' as root"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mosquitto"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "mosquitto"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
 
 def free_port() -> int:
@@ -54,8 +60,15 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
 
 
 class Broker:
-    def __init__(self, folder: Path, *, users: dict[str, str] | None = None,
-                 extra: str = "", port: int | None = None, persistence: bool = True):
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        users: dict[str, str] | None = None,
+        extra: str = "",
+        port: int | None = None,
+        persistence: bool = True,
+    ):
         ensure_mosquitto()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -63,11 +76,17 @@ class Broker:
         self.log = self.folder / "mosquitto.log"
         # Run as ourselves: as root, Mosquitto would switch to its own user, which cannot
         # write the persistence file into our temporary folder.
-        lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1",
-                 f"persistence {str(persistence).lower()}",
-                 f"persistence_location {self.folder}/", f"log_dest file {self.log}",
-                 "log_type error", "log_type warning", "log_type notice",
-                 "log_type information"]
+        lines = [
+            f"user {getpass.getuser()}",
+            f"listener {self.port} 127.0.0.1",
+            f"persistence {str(persistence).lower()}",
+            f"persistence_location {self.folder}/",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+        ]
         if users:
             passwd = self.folder / "passwd"
             passwd.write_text("")
@@ -80,9 +99,10 @@ class Broker:
         self.conf.write_text("\n".join(lines) + "\n" + extra)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for_port(self.port)
         return self
 
@@ -93,7 +113,7 @@ class Broker:
             self.proc.wait(timeout=10)
             self.proc = None
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -103,12 +123,19 @@ class Broker:
 class Subscriber:
     """A paho client that records every message it gets, for assertions."""
 
-    def __init__(self, port: int, topics: str | list[str] = "#", *, client_id: str = "",
-                 persistent: bool = False):
+    def __init__(
+        self,
+        port: int,
+        topics: str | list[str] = "#",
+        *,
+        client_id: str = "",
+        persistent: bool = False,
+    ):
         self.messages: queue.Queue = queue.Queue()
         self.seen: list[tuple[str, bytes, bool]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=not persistent)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
+        )
         self.client.reconnect_delay_set(0.2, 1)
         topics = [topics] if isinstance(topics, str) else topics
         connected = queue.Queue()
@@ -144,8 +171,10 @@ class Subscriber:
                 break
             if predicate(*item):
                 return item
-        raise AssertionError(f"no matching message in {timeout} s; got "
-                             f"{[(t, p[:80]) for t, p, _ in self.seen[-10:]]}")
+        raise AssertionError(
+            f"no matching message in {timeout} s; got "
+            f"{[(t, p[:80]) for t, p, _ in self.seen[-10:]]}"
+        )
 
     def json(self, suffix: str) -> list[dict]:
         """Payloads of every message so far whose topic ends with suffix, as JSON."""

@@ -47,8 +47,14 @@ def group_photo() -> Path:
 
 def run_edge(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
     """The real command line, as an operator runs it."""
-    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +73,7 @@ def make_broker(tmp_path):
 
     brokers = []
 
-    def make(name: str = "broker", **kwargs) -> "Broker":
+    def make(name: str = "broker", **kwargs) -> Broker:
         b = Broker(tmp_path / name, **kwargs)
         brokers.append(b)
         return b.start()

@@ -36,7 +36,7 @@ class HungCamera:
         for conn in self._held:
             conn.close()
 
-    def __enter__(self) -> "HungCamera":
+    def __enter__(self) -> HungCamera:
         return self
 
     def __exit__(self, *_exc) -> None:

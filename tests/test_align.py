@@ -36,7 +36,7 @@ def test_chip_places_landmarks_on_the_template():
     chip = align.face_chips(frame, landmarks[None], size)[0]
     expected = align.CHIP_TEMPLATE * (size - 1)
     for x, y in expected:
-        window = chip[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3]
+        window = chip[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3]
         assert window.max() > 100, (x, y)
     assert chip.shape == (size, size, 3)
 

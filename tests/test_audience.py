@@ -2,24 +2,36 @@
 
 import numpy as np
 
-from edge.pipeline.audience import Audience, head_pose
 from edge.config import AudienceConfig
-from edge.records import Demographics
+from edge.pipeline.audience import Audience, head_pose
 from edge.pipeline.track import Track
+from edge.records import Demographics
 
 FRONTAL = np.array([[40, 50], [60, 50], [50, 61], [42, 70], [58, 70]], np.float32)
 TURNED = np.array([[40, 50], [60, 50], [62, 61], [44, 70], [60, 70]], np.float32)
 
 
 def track(tid, t0, now, *, width=40.0, landmarks=FRONTAL, state="confirmed", matched=True):
-    return Track(id=tid, box=np.array([30, 40, 30 + width, 90], np.float32), score=0.9,
-                 landmarks=landmarks, first_seen=t0, last_seen=now, hits=5, misses=0,
-                 state=state, det_index=0 if matched else -1)
+    return Track(
+        id=tid,
+        box=np.array([30, 40, 30 + width, 90], np.float32),
+        score=0.9,
+        landmarks=landmarks,
+        first_seen=t0,
+        last_seen=now,
+        hits=5,
+        misses=0,
+        state=state,
+        det_index=0 if matched else -1,
+    )
 
 
 def demo(class_probs, male):
-    return Demographics(np.array([30.0], np.float32), np.array([class_probs], np.float32),
-                        np.array([male], np.float32))
+    return Demographics(
+        np.array([30.0], np.float32),
+        np.array([class_probs], np.float32),
+        np.array([male], np.float32),
+    )
 
 
 def test_head_pose_of_frontal_and_turned_faces():
@@ -34,9 +46,9 @@ def test_classified_when_confirmed_then_only_for_better_view_or_interval():
     t = track(1, 0, 0.1)
     assert aud.wants_classification([t], 0.1) == [0]
     aud.add_samples([t], demo([0.1, 0.8, 0.1], 0.2), 0.1)
-    assert aud.wants_classification([track(1, 0, 0.5)], 0.5) == []              # same view
-    assert aud.wants_classification([track(1, 0, 0.6, width=60)], 0.6) == [0]   # bigger face
-    assert aud.wants_classification([track(1, 0, 2.2)], 2.2) == [0]             # interval due
+    assert aud.wants_classification([track(1, 0, 0.5)], 0.5) == []  # same view
+    assert aud.wants_classification([track(1, 0, 0.6, width=60)], 0.6) == [0]  # bigger face
+    assert aud.wants_classification([track(1, 0, 2.2)], 2.2) == [0]  # interval due
     assert aud.wants_classification([track(1, 0, 0.7, matched=False)], 0.7) == []  # no face now
 
 
@@ -79,9 +91,15 @@ def test_dwell_attention_and_a_counted_visit():
 def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count():
     aud = Audience("cam", AudienceConfig(min_visit_s=0.5))
     walker, glimpse = track(1, 0.0, 2.0, landmarks=TURNED), track(2, 1.8, 2.0)
-    aud.add_samples([walker, glimpse], Demographics(
-        np.array([30, 30], np.float32), np.array([[0, 1, 0], [0, 1, 0]], np.float32),
-        np.array([0.9, 0.9], np.float32)), 2.0)
+    aud.add_samples(
+        [walker, glimpse],
+        Demographics(
+            np.array([30, 30], np.float32),
+            np.array([[0, 1, 0], [0, 1, 0]], np.float32),
+            np.array([0.9, 0.9], np.float32),
+        ),
+        2.0,
+    )
     aud.update([walker, glimpse], [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
     assert report["unique_visitors"]["adult"]["male"] == 1  # the glimpse lasted 0.2 s
@@ -104,9 +122,15 @@ def test_an_unsure_gender_is_counted_as_gender_unknown():
     aud = Audience("cam", AudienceConfig())
     tracks = [track(i, 0.0, 2.0) for i in (1, 2, 3)]
     for now, p_male in ((1.0, (0.95, 0.5, 0.3)), (2.0, (0.8, 0.69, 0.49))):
-        aud.add_samples(tracks, Demographics(np.full(3, 30, np.float32),
-                                             np.tile(np.float32([0.05, 0.9, 0.05]), (3, 1)),
-                                             np.array(p_male, np.float32)), now)
+        aud.add_samples(
+            tracks,
+            Demographics(
+                np.full(3, 30, np.float32),
+                np.tile(np.float32([0.05, 0.9, 0.05]), (3, 1)),
+                np.array(p_male, np.float32),
+            ),
+            now,
+        )
     aud.update(tracks, [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
     assert report["unique_visitors"]["adult"] == {"female": 0, "male": 1}

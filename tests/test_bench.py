@@ -17,9 +17,21 @@ from conftest import need, run_edge
 def test_bench_reports_every_measure_per_camera(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     out = tmp_path / "bench.json"
-    result = run_edge("--config", "config.yaml", "bench", "--source", str(clip),
-                      "--size", "640x360", "--seconds", "1", "--cameras", "2",
-                      "--json", str(out))
+    result = run_edge(
+        "--config",
+        "config.yaml",
+        "bench",
+        "--source",
+        str(clip),
+        "--size",
+        "640x360",
+        "--seconds",
+        "1",
+        "--cameras",
+        "2",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     for key in ("full", "detector_only", "naive"):
@@ -43,8 +55,14 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     assert all(r["faces_per_s"] > 0 for r in data["classifier"].values())
     if data["machine"]["gpu"] is None:
         assert data["gpu_memory_used_mib"] is None
-    for line in ("full", "detector_only", "naive", "full / naive", "2 cameras, frames/s each",
-                 "classifier alone, faces/s: batch 1"):
+    for line in (
+        "full",
+        "detector_only",
+        "naive",
+        "full / naive",
+        "2 cameras, frames/s each",
+        "classifier alone, faces/s: batch 1",
+    ):
         assert line in result.stdout
 
 
@@ -68,9 +86,24 @@ def test_bench_rejects_a_bad_size():
 def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_frame(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     out = tmp_path / "bench.json"
-    result = run_edge("--config", "config.yaml", "bench", "--source", str(clip),
-                      "--size", "640x360", "--seconds", "1", "--cameras", "2",
-                      "--idle-share", "0.7", "--no-gating", "--json", str(out))
+    result = run_edge(
+        "--config",
+        "config.yaml",
+        "bench",
+        "--source",
+        str(clip),
+        "--size",
+        "640x360",
+        "--seconds",
+        "1",
+        "--cameras",
+        "2",
+        "--idle-share",
+        "0.7",
+        "--no-gating",
+        "--json",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     settings = data["settings"]
@@ -78,8 +111,10 @@ def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_fr
     assert settings["frames"] == 41 + round(41 * 0.7 / 0.3)  # the clip, then the empty scene
     assert settings["faces_per_frame"] == 3.0  # counted on the clip's own frames
     assert data["full"]["detected_share"] == 1.0
-    assert "detector ran on 100% of the full pipeline's frames (gating off, nobody present " \
-           "70% of the time)" in result.stdout
+    assert (
+        "detector ran on 100% of the full pipeline's frames (gating off, nobody present "
+        "70% of the time)" in result.stdout
+    )
 
 
 def test_bench_with_idle_share_empty_scene_has_no_face(analyzer):
@@ -87,8 +122,8 @@ def test_bench_with_idle_share_empty_scene_has_no_face(analyzer):
 
     clip = load_frames(str(need("media/face-demographics-walking-and-pause.gif")), (1280, 720))
     frames = with_idle_share(clip, 0.5)
-    assert len(frames) == 2 * len(clip) and frames[:len(clip)] == clip
-    idle = frames[len(clip):]
+    assert len(frames) == 2 * len(clip) and frames[: len(clip)] == clip
+    idle = frames[len(clip) :]
     assert not np.array_equal(idle[0], idle[1])  # sensor noise: never the same bytes
     assert all(len(analyzer.detector(f)) == 0 for f in idle[:8])
 

@@ -68,8 +68,14 @@ def test_folder_that_disappears_and_comes_back_is_reopened(tmp_path, group_photo
     image = cv2.resize(cv2.imread(str(group_photo)), (320, 220))
     for i in range(3):
         cv2.imwrite(str(folder / f"{i}.jpg"), image)
-    reader = CameraReader("cam", str(folder), fps=30, mode="paced", loop=True,
-                          backoff=Backoff(initial_s=0.1, max_s=0.4)).start()
+    reader = CameraReader(
+        "cam",
+        str(folder),
+        fps=30,
+        mode="paced",
+        loop=True,
+        backoff=Backoff(initial_s=0.1, max_s=0.4),
+    ).start()
     try:
         assert reader.latest(timeout=2.0) is not None
         shutil.rmtree(folder)  # the "camera" goes away
@@ -109,14 +115,24 @@ def test_one_rule_names_each_kind_of_source(tmp_path, group_photo):
     """source_kind decides for open_source, the service's read mode and `edge check`."""
     (tmp_path / "shelf").mkdir()
     shutil.copy(group_photo, tmp_path / "shelf" / "a.jpg")
-    kinds = {"0": "device", "/dev/video2": "device",
-             "rtsp://user:pw@10.0.0.5/stream": "stream", "http://127.0.0.1:1/cam.mjpg": "stream",
-             str(tmp_path / "shelf"): "folder", str(group_photo): "still",
-             str(tmp_path / "shelf" / "B.JPEG"): "still", str(tmp_path / "clip.mp4"): "file",
-             str(tmp_path / "clip.gif"): "file"}
+    kinds = {
+        "0": "device",
+        "/dev/video2": "device",
+        "rtsp://user:pw@10.0.0.5/stream": "stream",
+        "http://127.0.0.1:1/cam.mjpg": "stream",
+        str(tmp_path / "shelf"): "folder",
+        str(group_photo): "still",
+        str(tmp_path / "shelf" / "B.JPEG"): "still",
+        str(tmp_path / "clip.mp4"): "file",
+        str(tmp_path / "clip.gif"): "file",
+    }
     assert {source: source_kind(source) for source in kinds} == kinds
     assert [device_node(s) for s in ("0", "12", "/dev/video2", str(group_photo))] == [
-        "/dev/video0", "/dev/video12", "/dev/video2", None]
+        "/dev/video0",
+        "/dev/video12",
+        "/dev/video2",
+        None,
+    ]
     # open_source follows the same answer: a folder of images is read as a sequence
     reader = open_source(str(tmp_path / "shelf"), False, 10)
     try:
@@ -146,9 +162,10 @@ class MjpegCamera:
                 sent = 0
                 try:
                     while frames_per_connection is None or sent < frames_per_connection:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n" % len(payload)
-                                         + payload + b"\r\n")
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(payload) + payload + b"\r\n"
+                        )
                         self.wfile.flush()
                         sent += 1
                         time.sleep(period_s)
@@ -195,8 +212,9 @@ def test_sparse_stream_is_not_restarted():
 
 def test_hung_stream_is_reopened_and_flapping_backs_off():
     camera = MjpegCamera(period_s=0.1, frames_per_connection=3)  # 3 frames, then hangs
-    reader = CameraReader("ip", camera.url, mode="live", stall_timeout_s=1,
-                          backoff=Backoff(initial_s=0.5, max_s=8)).start()
+    reader = CameraReader(
+        "ip", camera.url, mode="live", stall_timeout_s=1, backoff=Backoff(initial_s=0.5, max_s=8)
+    ).start()
     try:
         frames = collect(reader, 9)
     finally:
@@ -211,12 +229,15 @@ def test_hung_stream_is_reopened_and_flapping_backs_off():
 def test_stream_passwords_are_redacted_from_errors_and_status():
     from edge.pipeline.capture import redact
 
-    assert redact("cannot open rtsp://admin:s3cr3t@10.0.0.5:554/s1") == \
-        "cannot open rtsp://admin:***@10.0.0.5:554/s1"
+    assert (
+        redact("cannot open rtsp://admin:s3cr3t@10.0.0.5:554/s1")
+        == "cannot open rtsp://admin:***@10.0.0.5:554/s1"
+    )
     assert redact("/dev/video0") == "/dev/video0"
     # A real open of an unreachable stream: the status that MQTT publishes has no password.
-    reader = CameraReader("door", "rtsp://admin:s3cr3t@127.0.0.1:9/stream", fps=5,
-                          mode="live", stall_timeout_s=1)
+    reader = CameraReader(
+        "door", "rtsp://admin:s3cr3t@127.0.0.1:9/stream", fps=5, mode="live", stall_timeout_s=1
+    )
     reader.start()
     deadline = time.monotonic() + 10
     while not reader.status.last_error and time.monotonic() < deadline:
@@ -252,8 +273,10 @@ def test_hung_streams_do_not_hold_up_each_other_or_a_file(tmp_path):
                 open_source(url, False, 10, timeout_s=2.0)
             failed_after[name] = time.monotonic() - started
 
-        threads = [threading.Thread(target=open_hung, args=(name, url))
-                   for name, url in (("a", a.url), ("b", b.url))]
+        threads = [
+            threading.Thread(target=open_hung, args=(name, url))
+            for name, url in (("a", a.url), ("b", b.url))
+        ]
         started = time.monotonic()
         for t in threads:
             t.start()
@@ -278,11 +301,11 @@ def test_folder_skips_bad_files_once_and_ends(tmp_path, group_photo, caplog):
     folder.mkdir()
     good = small_jpeg(group_photo)
     (folder / "0.jpg").write_bytes(good)
-    (folder / "1.jpg").write_bytes(b"")                               # 0 bytes
+    (folder / "1.jpg").write_bytes(b"")  # 0 bytes
     (folder / "2.jpg").write_bytes(b"\xff\xd8" + bytes(range(256)) * 8)  # corrupt
-    (folder / "3.jpg").write_bytes(good[: len(good) * 2 // 3])       # truncated
-    (folder / "4.jpg").mkdir()                                        # a folder named x.jpg
-    (folder / "5.jpg").symlink_to(tmp_path / "gone.jpg")             # broken symlink
+    (folder / "3.jpg").write_bytes(good[: len(good) * 2 // 3])  # truncated
+    (folder / "4.jpg").mkdir()  # a folder named x.jpg
+    (folder / "5.jpg").symlink_to(tmp_path / "gone.jpg")  # broken symlink
     (folder / "6.jpg").write_bytes(good)
     caplog.set_level("INFO", logger="edge.pipeline.capture")
     reader = CameraReader("shelf", str(folder), mode="every_frame").start()
@@ -294,9 +317,13 @@ def test_folder_skips_bad_files_once_and_ends(tmp_path, group_photo, caplog):
     assert reader.status.bad_files == 5 and reader.status.exit_status == 65
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().endswith("; skipped")]
     assert len(skipped) == 5
-    for name, why in (("1.jpg", "empty file"), ("2.jpg", "not a readable image"),
-                      ("3.jpg", "truncated JPEG"), ("4.jpg", "is a folder"),
-                      ("5.jpg", "broken symbolic link")):
+    for name, why in (
+        ("1.jpg", "empty file"),
+        ("2.jpg", "not a readable image"),
+        ("3.jpg", "truncated JPEG"),
+        ("4.jpg", "is a folder"),
+        ("5.jpg", "broken symbolic link"),
+    ):
         assert any(str(folder / name) in m and why in m for m in skipped), (name, skipped)
 
     # Looped as a live stand-in camera: it goes round the good images, each bad file
@@ -321,14 +348,18 @@ def test_still_photo_offline_is_one_frame(group_photo):
     assert len(frames) == 1 and reader.status.ended and reader.status.exit_status == 0
 
 
-@pytest.mark.parametrize("content, status, why", [
-    (None, 66, "no such file"),
-    (b"", 65, "empty file"),
-    (b"this is a shopping list, not a photo\n", 65, "not a readable image"),
-    ("truncated", 65, "truncated JPEG"),
-])
-def test_offline_source_that_cannot_be_read_ends_with_its_status(tmp_path, group_photo,
-                                                                 content, status, why):
+@pytest.mark.parametrize(
+    "content, status, why",
+    [
+        (None, 66, "no such file"),
+        (b"", 65, "empty file"),
+        (b"this is a shopping list, not a photo\n", 65, "not a readable image"),
+        ("truncated", 65, "truncated JPEG"),
+    ],
+)
+def test_offline_source_that_cannot_be_read_ends_with_its_status(
+    tmp_path, group_photo, content, status, why
+):
     path = tmp_path / "photo.jpg"
     if content == "truncated":
         data = small_jpeg(group_photo)
@@ -351,8 +382,9 @@ def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capf
     data = small_jpeg(group_photo)
     path.write_bytes(data[: len(data) // 2])  # a half-uploaded snapshot
     caplog.set_level("INFO", logger="edge.pipeline.capture")
-    reader = CameraReader("door", str(path), fps=20, mode="paced",
-                          backoff=Backoff(initial_s=0.05, max_s=0.05)).start()
+    reader = CameraReader(
+        "door", str(path), fps=20, mode="paced", backoff=Backoff(initial_s=0.05, max_s=0.05)
+    ).start()
     try:
         frames = collect(reader, 1.5)
     finally:
@@ -366,8 +398,13 @@ def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capf
 
 def test_refused_stream_retries_without_ffmpeg_lines(capfd, caplog):
     caplog.set_level("INFO", logger="edge.pipeline.capture")
-    reader = CameraReader("door", "rtsp://127.0.0.1:9/stream", mode="live", stall_timeout_s=1,
-                          backoff=Backoff(initial_s=0.1, max_s=0.1)).start()
+    reader = CameraReader(
+        "door",
+        "rtsp://127.0.0.1:9/stream",
+        mode="live",
+        stall_timeout_s=1,
+        backoff=Backoff(initial_s=0.1, max_s=0.1),
+    ).start()
     try:
         time.sleep(3.0)  # several attempts, 0.1 s apart after each child gives up
     finally:
@@ -406,11 +443,18 @@ def test_any_reader_exception_reports_offline_and_reconnects(group_photo):
         inner = open_source(source, loop, fps, timeout_s)
         first = not opened
         opened.append(1)
-        return FlakySource(inner, fail_at=3 if first else None,
-                           error=ValueError("buffer has wrong size"))
+        return FlakySource(
+            inner, fail_at=3 if first else None, error=ValueError("buffer has wrong size")
+        )
 
-    reader = CameraReader("still", str(group_photo), fps=20, mode="paced",
-                          backoff=Backoff(initial_s=0.1, max_s=0.2), opener=opener).start()
+    reader = CameraReader(
+        "still",
+        str(group_photo),
+        fps=20,
+        mode="paced",
+        backoff=Backoff(initial_s=0.1, max_s=0.2),
+        opener=opener,
+    ).start()
     try:
         frames = collect(reader, 1.5)
     finally:
@@ -436,8 +480,9 @@ def test_pacing_starts_over_after_a_stall(group_photo):
     assert len(frames) >= 20
 
 
-@pytest.mark.parametrize("flags", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1],
-                                   [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]])
+@pytest.mark.parametrize(
+    "flags", [[], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], [cv2.IMWRITE_JPEG_RST_INTERVAL, 4]]
+)
 def test_truncated_jpeg_is_told_from_a_whole_one(group_photo, flags):
     from edge.pipeline.capture import jpeg_truncated
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from edge.pipeline.catalog import load_catalog
 from edge.errors import ConfigError
+from edge.pipeline.catalog import load_catalog
 
 from conftest import ROOT
 
@@ -20,9 +20,9 @@ def test_shipped_catalog_is_valid():
     assert women.targets("adult", "female") and not women.targets("adult", "male")
     assert not women.targets("child", "female")
     seniors = catalog.ads["senior-tuesdays"]
-    assert seniors.schedule.allows(dt.datetime(2026, 11, 24, 9, 0))       # a Tuesday
+    assert seniors.schedule.allows(dt.datetime(2026, 11, 24, 9, 0))  # a Tuesday
     assert not seniors.schedule.allows(dt.datetime(2026, 11, 24, 21, 0))  # after hours
-    assert not seniors.schedule.allows(dt.datetime(2026, 11, 26, 9, 0))   # Thursday
+    assert not seniors.schedule.allows(dt.datetime(2026, 11, 26, 9, 0))  # Thursday
 
 
 @pytest.fixture()
@@ -39,21 +39,37 @@ def edit(catalog_dir, old, new):
     return path
 
 
-@pytest.mark.parametrize("old, new, needle", [
-    ("creatives/seniors.html", "creatives/senior.html",
-     "ad 'senior-tuesdays': field 'creative': file"),
-    ("age_classes: [old]", "age_classes: [elderly]",
-     "ad 'senior-tuesdays': field 'targeting.age_classes' has 'elderly'"),
-    ("id: grooming-week", "id: spring-collection", "id 'spring-collection' is used by another ad"),
-    ('hours: "08:00-20:00"', 'hours: "25:00-20:00"', "field 'schedule.hours' is '25:00-20:00'"),
-    ('hours: "08:00-20:00"', 'hours: "20:00-08:00"', "'20:00-08:00' ends before it starts"),
-    ("days: [mon, tue]", "days: [monday]", "field 'schedule.days' has 'monday'"),
-    ("duration_s: 15", "duration_s: -1", "field 'duration_s' is -1"),
-    ("default: welcome", "default: hello", "'default' names ad 'hello', which is not in"),
-    ("family_safe: family", "family_safe: spring-collection",
-     "'family_safe' ad 'spring-collection' must not be targeted"),
-    ("    priority: 1", "    priorty: 1", "ad 'senior-tuesdays': unknown field 'priorty'"),
-])
+@pytest.mark.parametrize(
+    "old, new, needle",
+    [
+        (
+            "creatives/seniors.html",
+            "creatives/senior.html",
+            "ad 'senior-tuesdays': field 'creative': file",
+        ),
+        (
+            "age_classes: [old]",
+            "age_classes: [elderly]",
+            "ad 'senior-tuesdays': field 'targeting.age_classes' has 'elderly'",
+        ),
+        (
+            "id: grooming-week",
+            "id: spring-collection",
+            "id 'spring-collection' is used by another ad",
+        ),
+        ('hours: "08:00-20:00"', 'hours: "25:00-20:00"', "field 'schedule.hours' is '25:00-20:00'"),
+        ('hours: "08:00-20:00"', 'hours: "20:00-08:00"', "'20:00-08:00' ends before it starts"),
+        ("days: [mon, tue]", "days: [monday]", "field 'schedule.days' has 'monday'"),
+        ("duration_s: 15", "duration_s: -1", "field 'duration_s' is -1"),
+        ("default: welcome", "default: hello", "'default' names ad 'hello', which is not in"),
+        (
+            "family_safe: family",
+            "family_safe: spring-collection",
+            "'family_safe' ad 'spring-collection' must not be targeted",
+        ),
+        ("    priority: 1", "    priorty: 1", "ad 'senior-tuesdays': unknown field 'priorty'"),
+    ],
+)
 def test_catalog_errors_name_the_ad_and_field(catalog_dir, old, new, needle):
     path = edit(catalog_dir, old, new)
     with pytest.raises(ConfigError) as info:
@@ -74,17 +90,26 @@ def test_missing_catalog_file(tmp_path):
         load_catalog(tmp_path / "catalog.yaml")
 
 
-@pytest.mark.parametrize("old, new, needle", [
-    ("targeting: {age_classes: [old]}", "targeting: {age_classes: 5}",
-     "ad 'senior-tuesdays': field 'targeting.age_classes' is 5; give a list of names"),
-    ("genders: [male]", "genders: [{male: 1}]",
-     "ad 'grooming-week': field 'targeting.genders' is [{'male': 1}]"),
-    ("days: [mon, tue]", "days: 3", "ad 'senior-tuesdays': field 'schedule.days' is 3"),
-    ("default: welcome", "default: [welcome]", "'default' must name the ad to show"),
-    ("duration_s: 15", "duration_s: .nan", "column 17: '.nan' is not a finite number"),
-    ("    priority: 1", "    priority: 1\n    priority: 2", "key 'priority' is given twice"),
-    ("    priority: 1", "    1: 2", "ad 'senior-tuesdays': unknown field '1'"),
-])
+@pytest.mark.parametrize(
+    "old, new, needle",
+    [
+        (
+            "targeting: {age_classes: [old]}",
+            "targeting: {age_classes: 5}",
+            "ad 'senior-tuesdays': field 'targeting.age_classes' is 5; give a list of names",
+        ),
+        (
+            "genders: [male]",
+            "genders: [{male: 1}]",
+            "ad 'grooming-week': field 'targeting.genders' is [{'male': 1}]",
+        ),
+        ("days: [mon, tue]", "days: 3", "ad 'senior-tuesdays': field 'schedule.days' is 3"),
+        ("default: welcome", "default: [welcome]", "'default' must name the ad to show"),
+        ("duration_s: 15", "duration_s: .nan", "column 17: '.nan' is not a finite number"),
+        ("    priority: 1", "    priority: 1\n    priority: 2", "key 'priority' is given twice"),
+        ("    priority: 1", "    1: 2", "ad 'senior-tuesdays': unknown field '1'"),
+    ],
+)
 def test_catalog_type_mistakes_name_the_ad_and_field(catalog_dir, old, new, needle):
     """Wrong types are reported like other mistakes (exit 78), not as a TypeError."""
     path = edit(catalog_dir, old, new)
@@ -100,11 +125,37 @@ def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalo
 
     path = catalog_dir / "catalog.yaml"
     shipped = yaml.safe_load(path.read_text())
-    values = [None, "", "x", 0, -3, 2.5, True, [], {}, [1], ["adult", 2], {"a": [1]},
-              [{"a": 1}], "🙂"]
-    fields = ["id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
-              "priority", "targeting.age_classes", "targeting.genders", "schedule.days",
-              "schedule.hours", 7]
+    values = [
+        None,
+        "",
+        "x",
+        0,
+        -3,
+        2.5,
+        True,
+        [],
+        {},
+        [1],
+        ["adult", 2],
+        {"a": [1]},
+        [{"a": 1}],
+        "🙂",
+    ]
+    fields = [
+        "id",
+        "title",
+        "creative",
+        "duration_s",
+        "targeting",
+        "weight",
+        "schedule",
+        "priority",
+        "targeting.age_classes",
+        "targeting.genders",
+        "schedule.days",
+        "schedule.hours",
+        7,
+    ]
     tried = 0
     for value in values:
         for top in ("default", "family_safe", "ads", "schema_version"):
@@ -136,6 +187,8 @@ class only_config_errors:
 
     def __exit__(self, kind, exc, tb):
         return kind is None or issubclass(kind, ConfigError)
+
+
 def unservable(catalog_dir):
     """Creatives the display player cannot serve, each set up on disk: (creative, needle)."""
     outside = catalog_dir.parent / "outside.html"
@@ -175,30 +228,34 @@ def test_creatives_the_player_cannot_serve_fail_the_catalog(catalog_dir):
         with pytest.raises(ConfigError) as info:
             load_catalog(path)
         message = str(info.value)
-        assert "ad 'senior-tuesdays': field 'creative'" in message and needle in message, \
-            (creative, message)
+        assert "ad 'senior-tuesdays': field 'creative'" in message and needle in message, (
+            creative,
+            message,
+        )
         edit(catalog_dir, creative, "creatives/seniors.html")
     load_catalog(catalog_dir / "catalog.yaml")  # back to valid
 
 
 def test_every_catalog_creative_is_served_by_the_player(catalog_dir):
     """One rule: what load_catalog accepts, the player serves (edge/outputs/player_server.py)."""
-    from edge import config as config_mod
-    from edge.outputs.player_server import DisplayServer
-
     import cv2
     import numpy as np
 
+    from edge import config as config_mod
+    from edge.outputs.player_server import DisplayServer
+
     for name in ("a.png", "b.JPG", "c.webp", "d.gif"):
-        ok, data = cv2.imencode(".png" if name.endswith("png") else ".jpg",
-                                np.zeros((4, 4, 3), np.uint8))
+        ok, data = cv2.imencode(
+            ".png" if name.endswith("png") else ".jpg", np.zeros((4, 4, 3), np.uint8)
+        )
         (catalog_dir / "creatives" / name).write_bytes(data.tobytes())
     (catalog_dir / "creatives" / "e.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     (catalog_dir / "creatives" / "f f.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     path = catalog_dir / "catalog.yaml"
-    extra = "".join(f"\n  - {{id: x{i}, title: X, creative: \"creatives/{n}\", duration_s: 5}}"
-                    for i, n in enumerate(("a.png", "b.JPG", "c.webp", "d.gif", "e.svg",
-                                           "f f.mp4")))
+    extra = "".join(
+        f'\n  - {{id: x{i}, title: X, creative: "creatives/{n}", duration_s: 5}}'
+        for i, n in enumerate(("a.png", "b.JPG", "c.webp", "d.gif", "e.svg", "f f.mp4"))
+    )
     path.write_text(path.read_text() + extra + "\n")
     catalog = load_catalog(path)
     config = config_mod.Config()

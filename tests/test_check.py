@@ -13,18 +13,44 @@ import yaml
 from broker import free_port
 from conftest import ROOT, need, run_edge
 
-ALL_CHECKS = {"config", "ad catalog", "model centerface", "model age", "model gender",
-              "model faceapi-weights-manifest", "model faceapi-weights", "model faceapi",
-              "classifier provenance", "camera entrance", "broker", "home assistant",
-              "execution provider", "player", "metrics"}
+ALL_CHECKS = {
+    "config",
+    "ad catalog",
+    "model centerface",
+    "model age",
+    "model gender",
+    "model faceapi-weights-manifest",
+    "model faceapi-weights",
+    "model faceapi",
+    "classifier provenance",
+    "camera entrance",
+    "broker",
+    "home assistant",
+    "execution provider",
+    "player",
+    "metrics",
+}
 
 
-def write_config(tmp_path, *, source, broker_port=None, models=ROOT / "models",
-                 catalog=ROOT / "ads" / "catalog.yaml", text=None):
-    mqtt = (f"{{enabled: true, host: 127.0.0.1, port: {broker_port}}}" if broker_port
-            else "{enabled: false}")
+def write_config(
+    tmp_path,
+    *,
+    source,
+    broker_port=None,
+    models=ROOT / "models",
+    catalog=ROOT / "ads" / "catalog.yaml",
+    text=None,
+):
+    mqtt = (
+        f"{{enabled: true, host: 127.0.0.1, port: {broker_port}}}"
+        if broker_port
+        else "{enabled: false}"
+    )
     path = tmp_path / "config.yaml"
-    path.write_text(text if text is not None else f"""
+    path.write_text(
+        text
+        if text is not None
+        else f"""
 models: {{dir: "{models}"}}
 cameras:
   - {{id: entrance, name: Entrance, source: "{source}"}}
@@ -33,8 +59,9 @@ displays:
 selector: {{catalog: "{catalog}"}}
 mqtt: {mqtt}
 metrics: {{port: {free_port()}}}
-state_dir: "{tmp_path / 'state'}"
-""")
+state_dir: "{tmp_path / "state"}"
+"""
+    )
     return path
 
 
@@ -77,8 +104,9 @@ def test_working_setup_is_all_ok(tmp_path, broker, group_photo):
     assert set(lines) == ALL_CHECKS | {"camera walk", "state dir"}
     assert_ok(lines, *lines)
     height, width = cv2.imread(str(group_photo)).shape[:2]
-    assert lines["camera entrance"] == \
-        f"OK    camera entrance: {group_photo}: {width}x{height} frame"
+    assert (
+        lines["camera entrance"] == f"OK    camera entrance: {group_photo}: {width}x{height} frame"
+    )
     assert "480x270 frame" in lines["camera walk"]
     assert f"connected to 127.0.0.1:{broker.port} anonymously" in lines["broker"]
     assert "ads valid" in lines["ad catalog"]
@@ -160,8 +188,10 @@ def test_unreachable_stream_camera_says_why_as_the_publisher_does(tmp_path):
     status, lines, out = check(config)
     assert status == 1
     line = lines["camera entrance"]
-    assert line.startswith(f"FAIL  camera entrance: rtsp://127.0.0.1:{port}/stream: cannot "
-                           f"reach 127.0.0.1:{port}: Connection refused"), line
+    assert line.startswith(
+        f"FAIL  camera entrance: rtsp://127.0.0.1:{port}/stream: cannot "
+        f"reach 127.0.0.1:{port}: Connection refused"
+    ), line
     assert "ping it" in line
     assert tcp_problem("127.0.0.1", port, 2) == "Connection refused"
     with socket.create_server(("127.0.0.1", 0)) as listening:
@@ -200,6 +230,8 @@ def test_player_listen_address_and_port(tmp_path, broker, group_photo):
         status, lines, out = check(config)
     assert status == 0
     assert lines["player"].startswith(f"WARN  player: 127.0.0.1:{port} is in use")
+
+
 def test_hung_network_cameras_fail_alone_and_quickly(tmp_path):
     """Two cameras that accept a connection and never answer: each fails within the
     camera timeout, side by side; the healthy camera listed after them passes; and

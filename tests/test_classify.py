@@ -45,8 +45,7 @@ def face_api(config):
 def test_default_is_the_calibrated_faceapi_cydral_ensemble(analyzer):
     clf = analyzer.classifier
     assert isinstance(clf, classify.Ensemble)
-    assert [type(m) for m in clf.members] == [classify.FaceApiAgeGender,
-                                              classify.CydralAgeGender]
+    assert [type(m) for m in clf.members] == [classify.FaceApiAgeGender, classify.CydralAgeGender]
     np.testing.assert_allclose(clf.weights, [0.7, 0.3])
     assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[(("cydral", 0.3), ("faceapi", 0.7))]
 
@@ -123,10 +122,16 @@ class _CountingSession:
 def test_ensemble_averages_its_members():
     from edge.records import Demographics
 
-    a = Demographics(np.array([20.0], np.float32), np.array([[0.2, 0.8, 0.0]], np.float32),
-                     np.array([0.9], np.float32))
-    b = Demographics(np.array([40.0], np.float32), np.array([[0.0, 0.6, 0.4]], np.float32),
-                     np.array([0.3], np.float32))
+    a = Demographics(
+        np.array([20.0], np.float32),
+        np.array([[0.2, 0.8, 0.0]], np.float32),
+        np.array([0.9], np.float32),
+    )
+    b = Demographics(
+        np.array([40.0], np.float32),
+        np.array([[0.0, 0.6, 0.4]], np.float32),
+        np.array([0.3], np.float32),
+    )
     members = [type("M", (), {"provider": "cpu"})()] * 2
     plain = classify.Ensemble(members, ["faceapi", "insightface"], [3, 1])
     assert plain.calibration is None
@@ -134,8 +139,9 @@ def test_ensemble_averages_its_members():
     np.testing.assert_allclose(out.ages, [25.0])
     # P(male): the log-odds mean, here with equal gender weights (the default for this set).
     np.testing.assert_allclose(out.male_probs, [1 / (1 + np.sqrt(1 / 9 * 7 / 3))], rtol=1e-6)
-    weighted = classify.Ensemble(members, ["faceapi", "insightface"], [3, 1],
-                                 gender_weights=[1, 0]).combine([a, b])
+    weighted = classify.Ensemble(
+        members, ["faceapi", "insightface"], [3, 1], gender_weights=[1, 0]
+    ).combine([a, b])
     np.testing.assert_allclose(weighted.male_probs, [0.9], rtol=1e-6)
     np.testing.assert_allclose(out.class_probs, [[0.15, 0.75, 0.1]], atol=1e-6)
     # The calibrated pair spreads its classes from the calibrated mean age instead.
@@ -158,8 +164,9 @@ def test_regression_calibration_spreads_classes_around_the_age():
     assert probs[3, 2] == pytest.approx(0.5, abs=1e-3)
     assert probs[0, 0] > 0.999 and 0.001 < probs[4, 1] < 0.2
     shifted = classify.RegressionCalibration(male_threshold=0.36)
-    np.testing.assert_allclose(shifted.male_probs(np.array([0.36, 0.9, 0.1])),
-                               [0.5, 0.9411, 0.1649], atol=1e-3)
+    np.testing.assert_allclose(
+        shifted.male_probs(np.array([0.36, 0.9, 0.1])), [0.5, 0.9411, 0.1649], atol=1e-3
+    )
     knots = classify.FACEAPI_CALIBRATION
     assert knots.ages(np.array([17.5, 58.5, 80.0, 90.0])).tolist() == [18, 60, 80, 90]
 
@@ -254,8 +261,8 @@ def test_lift_exposure_recovers_accuracy_on_dim_dev_faces(analyzer, cydral):
     # choice and scoring; chips cut once, classified without and with the lift.
     # Measured (with the gender threshold 0.36): gender 13+ 0.924 -> 0.934, age class
     # 0.789 -> 0.805.
-    from edge.pipeline.align import face_chips
     from edge.commands.evaluate import pad, read_labels, score
+    from edge.pipeline.align import face_chips
 
     clf = cydral
     kept, age_chips, gender_chips = [], [], []
@@ -271,14 +278,20 @@ def test_lift_exposure_recovers_accuracy_on_dim_dev_faces(analyzer, cydral):
         kept.append(label)
     scores = {}
     for floor in (0, 90):
-        demo = clf.classify_chips(classify.lift_exposure(np.stack(age_chips), floor),
-                                  classify.lift_exposure(np.stack(gender_chips), floor))
-        predictions = [{"age": float(age), "class": int(probs.argmax()), "male_prob": float(male)}
-                       for age, probs, male in zip(demo.ages, demo.class_probs, demo.male_probs)]
+        demo = clf.classify_chips(
+            classify.lift_exposure(np.stack(age_chips), floor),
+            classify.lift_exposure(np.stack(gender_chips), floor),
+        )
+        predictions = [
+            {"age": float(age), "class": int(probs.argmax()), "male_prob": float(male)}
+            for age, probs, male in zip(demo.ages, demo.class_probs, demo.male_probs, strict=False)
+        ]
         result = score(kept, predictions, child_below=18, old_from=60)
         scores[floor] = (result["age_class_accuracy"], result["gender_accuracy_13plus"])
-    print(f"dim dev faces (n={len(kept)}): age class, gender 13+ "
-          f"{scores[0][0]:.3f}, {scores[0][1]:.3f} without lift; "
-          f"{scores[90][0]:.3f}, {scores[90][1]:.3f} with")
+    print(
+        f"dim dev faces (n={len(kept)}): age class, gender 13+ "
+        f"{scores[0][0]:.3f}, {scores[0][1]:.3f} without lift; "
+        f"{scores[90][0]:.3f}, {scores[90][1]:.3f} with"
+    )
     assert len(kept) >= 1190
     assert scores[90][0] > scores[0][0] + 0.01 and scores[90][1] > scores[0][1] + 0.01

@@ -35,8 +35,16 @@ def test_t1_six_adults_with_full_records(t1_result, group_photo):
     assert len(faces) == 6
     assert [f["age_class"] for f in faces] == ["adult"] * 6
     for face in faces:
-        assert set(face) == {"box", "score", "landmarks", "age", "age_class", "age_class_probs",
-                             "gender", "gender_prob"}
+        assert set(face) == {
+            "box",
+            "score",
+            "landmarks",
+            "age",
+            "age_class",
+            "age_class_probs",
+            "gender",
+            "gender_prob",
+        }
         assert set(face["age_class_probs"]) == {"child", "adult", "old"}
         assert len(face["landmarks"]) == 5 and 18 <= face["age"] < 60
         assert 0.5 <= face["gender_prob"] <= 1
@@ -53,13 +61,23 @@ def test_bad_files_are_reported_and_the_rest_analysed(tmp_path, group_photo):
     text.write_text("not an image")
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    result = run_edge("analyze", str(text), str(group_photo), str(tmp_path / "gone.jpg"),
-                      str(empty), str(tmp_path))
+    result = run_edge(
+        "analyze",
+        str(text),
+        str(group_photo),
+        str(tmp_path / "gone.jpg"),
+        str(empty),
+        str(tmp_path),
+    )
     assert result.returncode == EX_DATAERR
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [str(text), str(group_photo),
-                                                  str(tmp_path / "gone.jpg"), str(empty),
-                                                  str(tmp_path)]
+    assert [line["image"] for line in lines] == [
+        str(text),
+        str(group_photo),
+        str(tmp_path / "gone.jpg"),
+        str(empty),
+        str(tmp_path),
+    ]
     assert len(lines[1]["faces"]) == 6
     assert "not a readable image" in lines[0]["error"]
     assert "no such file" in lines[2]["error"]
@@ -107,11 +125,16 @@ def test_claim_rejects_unknown_gender(one_woman):
     assert result.returncode == 2 and "invalid choice: 'robot'" in result.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["run", "--duration", "nan"], ["run", "--duration", "inf"],
-    ["analyze", "x.jpg", "--claimed-age", "NaN"], ["bench", "--source", "x", "--seconds=-inf"],
-    ["preview", "--camera", "c", "--out", "x.jpg", "--seconds", "nan"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--duration", "nan"],
+        ["run", "--duration", "inf"],
+        ["analyze", "x.jpg", "--claimed-age", "NaN"],
+        ["bench", "--source", "x", "--seconds=-inf"],
+        ["preview", "--camera", "c", "--out", "x.jpg", "--seconds", "nan"],
+    ],
+)
 def test_non_finite_numbers_on_the_command_line_are_refused(args, capsys):
     """nan passes every comparison it meets (a NaN duration never ends a run)."""
     from edge.cli import build_parser

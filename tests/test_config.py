@@ -24,19 +24,22 @@ def test_shipped_config_is_valid_and_matches_defaults():
     assert loaded.runtime == defaults.runtime
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("detector:\n  bakend: centerface\n", "unknown key 'detector.bakend'"),
-    ("detectr: {}\n", "unknown key 'detectr'"),
-    ("detector:\n  score_threshold: high\n", "'detector.score_threshold' must be a number"),
-    ("detector:\n  score_threshold: 1.5\n", "'detector.score_threshold' is 1.5; allowed range"),
-    ("detector:\n  backend: mtcnn\n", "'detector.backend' is 'mtcnn'; choose one of"),
-    ("detector:\n  backend: yunet\n", "'detector.model' must name the model file"),
-    ("classifier:\n  child_below: 70\n", "'classifier.child_below' (70) must be below"),
-    ("runtime:\n  providers: [cuda, rocm]\n", "'runtime.providers' has 'rocm'"),
-    ("detector: [1, 2]\n", "'detector' must be a mapping"),
-    ("detector:\n  min_face_px: true\n", "'detector.min_face_px' must be an integer"),
-    ("detector: {input_width: 640\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("detector:\n  bakend: centerface\n", "unknown key 'detector.bakend'"),
+        ("detectr: {}\n", "unknown key 'detectr'"),
+        ("detector:\n  score_threshold: high\n", "'detector.score_threshold' must be a number"),
+        ("detector:\n  score_threshold: 1.5\n", "'detector.score_threshold' is 1.5; allowed range"),
+        ("detector:\n  backend: mtcnn\n", "'detector.backend' is 'mtcnn'; choose one of"),
+        ("detector:\n  backend: yunet\n", "'detector.model' must name the model file"),
+        ("classifier:\n  child_below: 70\n", "'classifier.child_below' (70) must be below"),
+        ("runtime:\n  providers: [cuda, rocm]\n", "'runtime.providers' has 'rocm'"),
+        ("detector: [1, 2]\n", "'detector' must be a mapping"),
+        ("detector:\n  min_face_px: true\n", "'detector.min_face_px' must be an integer"),
+        ("detector: {input_width: 640\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path, text, needle):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
@@ -73,7 +76,7 @@ def test_reference_lists_every_key():
 def readme_block(name: str) -> str:
     readme = (ROOT / "README.md").read_text()
     start = readme.index(f"<!-- {name}:start -->\n") + len(f"<!-- {name}:start -->\n")
-    return readme[start:readme.index(f"<!-- {name}:end -->")]
+    return readme[start : readme.index(f"<!-- {name}:end -->")]
 
 
 def test_readme_configuration_reference_is_current():
@@ -97,8 +100,13 @@ def test_readme_event_table_is_current():
 
 
 def test_cameras_are_validated(tmp_path):
-    ok = config_mod.load(write(tmp_path, "cameras:\n  - {id: door, source: /dev/video0}\n"
-                                         "  - {id: aisle-2, source: rtsp://cam/stream, fps: 5}\n"))
+    ok = config_mod.load(
+        write(
+            tmp_path,
+            "cameras:\n  - {id: door, source: /dev/video0}\n"
+            "  - {id: aisle-2, source: rtsp://cam/stream, fps: 5}\n",
+        )
+    )
     assert [c.id for c in ok.cameras] == ["door", "aisle-2"] and ok.cameras[1].fps == 5.0
     for text, needle in [
         ("cameras:\n  - {id: door}\n", "'cameras[0].source' is missing"),
@@ -117,18 +125,24 @@ def test_cameras_are_validated(tmp_path):
 TYPE_MISTAKES = [
     (b"mqtt: {enabled: true, host: ''}\n", "'mqtt.host' must not be empty"),
     (b"mqtt: {enabled: true, host: 'mqtt://broker'}\n", "'mqtt.host' is 'mqtt://broker'"),
-    (b"mqtt:\n  enabled: true\n  tls: {enabled: true, ca_file: missing-ca.pem}\n",
-     "'mqtt.tls.ca_file' is 'missing-ca.pem': no such file"),
-    (b"log_level: \"caf\xe9\"\n", "config is not UTF-8 text (line 1"),
+    (
+        b"mqtt:\n  enabled: true\n  tls: {enabled: true, ca_file: missing-ca.pem}\n",
+        "'mqtt.tls.ca_file' is 'missing-ca.pem': no such file",
+    ),
+    (b'log_level: "caf\xe9"\n', "config is not UTF-8 text (line 1"),
     (b"detector:\n\tinput_width: 640\n", "config is not valid YAML: line 2, column 1:"),
     (b"detector: {score_threshold: .nan}\n", "line 1, column 29: '.nan' is not a finite number"),
     (b"audience:\n  interval_s: .inf\n", "line 2, column 15: '.inf' is not a finite number"),
     (b"stats: {interval_s: -.Inf}\n", "'-.Inf' is not a finite number"),
-    (b"detector: {input_width: 640}\ndetector: {input_width: 320}\n",
-     "line 2, column 1: key 'detector' is given twice (also on line 1)"),
+    (
+        b"detector: {input_width: 640}\ndetector: {input_width: 320}\n",
+        "line 2, column 1: key 'detector' is given twice (also on line 1)",
+    ),
     (b"mqtt:\n  port: 1883\n  host: a\n  port: 1884\n", "key 'port' is given twice"),
-    (b"cameras:\n  - {id: door, source: 0}\n", "'cameras[0].source' must be a string, got 0; "
-                                              "quote it: '0'"),
+    (
+        b"cameras:\n  - {id: door, source: 0}\n",
+        "'cameras[0].source' must be a string, got 0; quote it: '0'",
+    ),
     (b"player: {listen: 'not an address'}\n", "'player.listen' is 'not an address': not a host"),
     (b"player: {listen: '127.0.0.1:8080'}\n", "the port has its own key"),
     (b"player: {port: 70000}\n", "'player.port' is 70000; allowed range 0..65535"),
@@ -154,7 +168,9 @@ def test_type_mistakes_exit_78_with_file_and_key(tmp_path, text, needle):
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 cameras:
   - {id: door, source: 0, fps: 1000}
   - 7
@@ -164,24 +180,48 @@ displays:
 mqtt: {host: "", port: 0}
 classifier: {child_below: young, old_from: 10}
 detectr: {}
-""")
+""",
+    )
     with pytest.raises(ConfigError) as info:
         config_mod.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and message.count(str(path)) == 1
-    for needle in ["'cameras[0].source' must be a string, got 0; quote it",
-                   "'cameras[0].fps' is 1000.0; allowed range", "'cameras[1]' must be a mapping",
-                   "'cameras[2].id' repeats camera id 'door'", "'mqtt.host' must not be empty",
-                   "'mqtt.port' is 0", "'classifier.child_below' must be a number",
-                   "unknown key 'detectr'"]:
+    for needle in [
+        "'cameras[0].source' must be a string, got 0; quote it",
+        "'cameras[0].fps' is 1000.0; allowed range",
+        "'cameras[1]' must be a mapping",
+        "'cameras[2].id' repeats camera id 'door'",
+        "'mqtt.host' must not be empty",
+        "'mqtt.port' is 0",
+        "'classifier.child_below' must be a number",
+        "unknown key 'detectr'",
+    ]:
         assert needle in message, needle
     # A cross-check on a value already rejected would only confuse: child_below is
     # left at its default, which is not what the file says.
     assert "must be below 'classifier.old_from'" not in message
 
 
-HOSTILE_VALUES = [None, "", "x", 0, -1, 70000, 1.5, -0.0, 1e300, True, [], {}, [1], ["a", 1],
-                  {"a": 1}, {"nested": {"deeper": [None]}}, "0", "🙂" * 3]
+HOSTILE_VALUES = [
+    None,
+    "",
+    "x",
+    0,
+    -1,
+    70000,
+    1.5,
+    -0.0,
+    1e300,
+    True,
+    [],
+    {},
+    [1],
+    ["a", 1],
+    {"a": 1},
+    {"nested": {"deeper": [None]}},
+    "0",
+    "🙂" * 3,
+]
 
 
 def _nested(key: str, value):

@@ -10,23 +10,24 @@ import threading
 import time
 import urllib.request
 
-from conftest import ROOT, need, run_edge
-from test_display import browser, get  # noqa: F401  (browser is a fixture)
 from test_plays import one_ad_config
 
 from edge import config as config_mod
-from edge.pipeline.catalog import load_catalog
 from edge.outputs.dashboard import Dashboard
 from edge.outputs.player_server import DisplayServer
 from edge.outputs.store import FILENAME, AudienceStore
+from edge.pipeline.catalog import load_catalog
+
+from conftest import ROOT, need, run_edge
+from test_display import browser, get  # noqa: F401  (browser is a fixture)
 
 CHART_SHA256 = "48444a82d4edcb5bec0f1965faacdde18d9c17db3063d042abada2f705c9f54a"
 
 
 def text(driver, selector: str) -> str | None:
     return driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null",
-        selector)
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null", selector
+    )
 
 
 def wait_text(driver, selector: str, expected: str, timeout: float = 10.0) -> float:
@@ -48,8 +49,13 @@ def painted_pixels(driver) -> int:
 
 def fits(driver) -> bool:
     """Nothing wider than the window (no sideways scrolling)."""
-    return driver.execute_script("return document.documentElement.scrollWidth <= innerWidth "
-                                 "|| [document.documentElement.scrollWidth, innerWidth]") is True
+    return (
+        driver.execute_script(
+            "return document.documentElement.scrollWidth <= innerWidth "
+            "|| [document.documentElement.scrollWidth, innerWidth]"
+        )
+        is True
+    )
 
 
 class Recorder:
@@ -72,13 +78,13 @@ def test_vendored_chart_library_is_the_pinned_file():
 def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_photo):  # noqa: F811
     clip = need("media/face-demographics-walking-and-pause.gif")
     config_path = one_ad_config(tmp_path)  # camera door, display window, one ad
-    result = run_edge("--config", str(config_path), "run", "--source", str(clip), "--jsonl",
-                      "--store")
+    result = run_edge(
+        "--config", str(config_path), "run", "--source", str(clip), "--jsonl", "--store"
+    )
     assert result.returncode == 0, result.stderr
     config = config_mod.load(config_path)
     dashboard = Dashboard(config)
-    server = DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)),
-                           port=0)
+    server = DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)), port=0)
     server.dashboard = dashboard
     server.start()
     store = AudienceStore(config.state_path() / FILENAME).start()
@@ -88,8 +94,9 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         status, _, body = get(f"{server.url}/dashboard/vendor/chart.umd.min.js")
         assert status == 200 and hashlib.sha256(body).hexdigest() == CHART_SHA256
         assert get(f"{server.url}/dashboard/vendor/../../config.yaml")[0] == 404
-        state = json.loads(urllib.request.urlopen(f"{server.url}/dashboard/state.json",
-                                                  timeout=5).read())
+        state = json.loads(
+            urllib.request.urlopen(f"{server.url}/dashboard/state.json", timeout=5).read()
+        )
         assert "track" not in json.dumps(state)
 
         browser.set_window_size(1920, 1080)  # the kiosk
@@ -100,12 +107,14 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         assert text(browser, "#today-watchers") == "3" and text(browser, "#today-plays") == "1"
         row = browser.execute_script(
             "return [...document.querySelectorAll('#ads tr[data-ad=only] td')]"
-            ".map(td => td.textContent)")
+            ".map(td => td.textContent)"
+        )
         assert row[0] == "Only ad" and row[1] == "1" and row[3:] == ["3", "3", "100%"]
         assert painted_pixels(browser) > 1000  # the stacked bars and axes were drawn
-        assert browser.execute_script("return Chart.getChart('hours').data.datasets"
-                                      ".map(d => d.data.reduce((a, b) => a + b, 0))") == \
-            [0, 0, 2, 1, 0, 0]
+        assert browser.execute_script(
+            "return Chart.getChart('hours').data.datasets"
+            ".map(d => d.data.reduce((a, b) => a + b, 0))"
+        ) == [0, 0, 2, 1, 0, 0]
         assert fits(browser)
         assert browser.execute_script("return document.body.dataset.connection") == "open"
 
@@ -118,12 +127,14 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         runner = threading.Thread(target=service.run, kwargs={"duration_s": 8}, daemon=True)
         runner.start()
         deadline = time.monotonic() + 60
-        while not any(e["type"] == "audience" and len(e["present"]) == 6
-                      for _, e in recorder.events):
+        while not any(
+            e["type"] == "audience" and len(e["present"]) == 6 for _, e in recorder.events
+        ):
             assert time.monotonic() < deadline, "the pipeline never saw the six"
             time.sleep(0.02)
-        emitted = next(t for t, e in recorder.events
-                       if e["type"] == "audience" and len(e["present"]) == 6)
+        emitted = next(
+            t for t, e in recorder.events if e["type"] == "audience" and len(e["present"]) == 6
+        )
         shown = wait_text(browser, "[data-camera=door] .present", "6", timeout=5)
         print(f"live audience change on the page {shown - emitted:.2f} s after the event")
         assert shown - emitted <= 2.0
@@ -137,7 +148,9 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         browser.save_screenshot(str(shot))
         browser.set_window_size(390, 844)  # a phone
         time.sleep(0.5)
-        assert fits(browser), browser.execute_script("return [document.documentElement.scrollWidth, innerWidth]")
+        assert fits(browser), browser.execute_script(
+            "return [document.documentElement.scrollWidth, innerWidth]"
+        )
         assert painted_pixels(browser) > 1000
         phone = tmp_path / "dashboard-phone.png"
         browser.save_screenshot(str(phone))
@@ -151,14 +164,15 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
 def test_dashboard_without_a_store_says_so(tmp_path):
     config_path = one_ad_config(tmp_path)
     config = config_mod.load(config_path)
-    server = DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)),
-                           port=0)
+    server = DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)), port=0)
     server.dashboard = Dashboard(config, live=False)
     server.start()
     try:
         state = json.loads(get(f"{server.url}/dashboard/state.json")[2])
-        assert state["today"] == {"error": "no history yet: the audience store is written when "
-                                           "the first interval or play ends"}
+        assert state["today"] == {
+            "error": "no history yet: the audience store is written when "
+            "the first interval or play ends"
+        }
         assert state["live"] is False and state["cameras"]["door"]["online"] is None
         status, headers, body = get(f"{server.url}/dashboard")
         assert status == 200 and b"<canvas" in body
@@ -177,20 +191,25 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config, _ = write_config(tmp_path, broker.port, source=group_photo, interval_s=2)
-    config.write_text(config.read_text().replace("player: {port: 0}",
-                                                 f"player: {{port: {port}}}"))
+    config.write_text(config.read_text().replace("player: {port: 0}", f"player: {{port: {port}}}"))
     proc = start(config)
     try:
         deadline = time.monotonic() + 60
         state = {}
         while time.monotonic() < deadline:
             try:
-                state = json.loads(urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/dashboard/state.json", timeout=2).read())
-                if (state["cameras"]["door"]["present"] == 6 and state["health"]["mqtt"]["connected"]
-                        and state["health"]["latency_p95_ms"] is not None
-                        and "hours" in state["today"]
-                        and state["displays"]["window"]["ad"] != "welcome"):
+                state = json.loads(
+                    urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/dashboard/state.json", timeout=2
+                    ).read()
+                )
+                if (
+                    state["cameras"]["door"]["present"] == 6
+                    and state["health"]["mqtt"]["connected"]
+                    and state["health"]["latency_p95_ms"] is not None
+                    and "hours" in state["today"]
+                    and state["displays"]["window"]["ad"] != "welcome"
+                ):
                     break
             except OSError:
                 pass
@@ -200,9 +219,13 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
         proc.kill()
     assert state["cameras"]["door"]["present"] == 6, state
     assert state["cameras"]["door"]["online"] is True and state["cameras"]["door"]["fps"]
-    assert state["health"]["mqtt"] == {"enabled": True, "connected": True,
-                                       "outbox": state["health"]["mqtt"]["outbox"],
-                                       "dropped": 0, "outbox_saved": True}
+    assert state["health"]["mqtt"] == {
+        "enabled": True,
+        "connected": True,
+        "outbox": state["health"]["mqtt"]["outbox"],
+        "dropped": 0,
+        "outbox_saved": True,
+    }
     assert state["displays"]["window"]["ad"] == "spring-collection"  # six adults, women first
     assert "/dashboard" in err
     # Visits end at stop: the last interval went into the store on the way out.

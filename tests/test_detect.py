@@ -18,12 +18,12 @@ def test_centerface_decode_places_box_and_landmarks():
     heat = np.zeros((1, 1, h, w), np.float32)
     heat[0, 0, 3, 5] = 0.9
     sizes = np.zeros((1, 2, h, w), np.float32)
-    sizes[0, 0, 3, 5] = np.log(24 / 4)   # box height 24 px
-    sizes[0, 1, 3, 5] = np.log(16 / 4)   # box width 16 px
+    sizes[0, 0, 3, 5] = np.log(24 / 4)  # box height 24 px
+    sizes[0, 1, 3, 5] = np.log(16 / 4)  # box width 16 px
     offsets = np.zeros((1, 2, h, w), np.float32)
     offsets[0, 0, 3, 5], offsets[0, 1, 3, 5] = 0.25, -0.5
     marks = np.zeros((1, 10, h, w), np.float32)
-    marks[0, 0::2, 3, 5] = 0.5   # every landmark at half the box height (dy)
+    marks[0, 0::2, 3, 5] = 0.5  # every landmark at half the box height (dy)
     marks[0, 1::2, 3, 5] = 0.25  # and a quarter of its width (dx)
     boxes, scores, landmarks = detect.CenterFace.decode(heat, sizes, offsets, marks, 0.5)
     cx, cy = (5 - 0.5 + 0.5) * 4, (3 + 0.25 + 0.5) * 4
@@ -54,9 +54,11 @@ def test_letterbox_keeps_aspect_and_scale():
 
 def test_centerface_graph_loads_without_runtime_warnings():
     # The file lists its weights as graph inputs; ORT would warn once per tensor.
-    code = ("import logging, onnxruntime as ort; ort.set_default_logger_severity(1);"
-            "from pathlib import Path; from edge.pipeline.detect import CenterFace;"
-            "d = CenterFace(Path('models/centerface.onnx'), ['cpu']); print(d.provider)")
+    code = (
+        "import logging, onnxruntime as ort; ort.set_default_logger_severity(1);"
+        "from pathlib import Path; from edge.pipeline.detect import CenterFace;"
+        "d = CenterFace(Path('models/centerface.onnx'), ['cpu']); print(d.provider)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "cpu"
@@ -125,8 +127,9 @@ def test_scrfd_backend_keeps_stdout_clean(group_photo, tmp_path):
 
     model = need("models/det_2.5g.onnx")
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n"
-                      f"detector:\n  backend: scrfd\n  model: {model}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\ndetector:\n  backend: scrfd\n  model: {model}\n"
+    )
     result = run_edge("--config", str(config), "analyze", str(group_photo))
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)["faces"]) == 6

@@ -16,20 +16,28 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
-from edge.pipeline.catalog import load_catalog
 from edge.errors import EdgeError
 from edge.outputs.player_server import DisplayServer
 from edge.outputs.topics import Topics
+from edge.pipeline.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "ads" / "catalog.yaml"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 DISPLAY = "window"
-SPRING = {"ad": "spring-collection", "title": "Spring collection",
-          "creative": "creatives/women-adult.html", "duration_s": 12}
-GROOMING = {"ad": "grooming-week", "title": "Grooming week",
-            "creative": "creatives/men-adult.html", "duration_s": 12}
+SPRING = {
+    "ad": "spring-collection",
+    "title": "Spring collection",
+    "creative": "creatives/women-adult.html",
+    "duration_s": 12,
+}
+GROOMING = {
+    "ad": "grooming-week",
+    "title": "Grooming week",
+    "creative": "creatives/men-adult.html",
+    "duration_s": 12,
+}
 
 
 def need_browser() -> None:
@@ -54,41 +62,65 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM  # with the driver's path: selenium-manager stays idle
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,720",
-                "--autoplay-policy=no-user-gesture-required"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--window-size=1280,720",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
 
 
-def make_config(tmp_path: Path, *, broker_port: int | None = None,
-                catalog: Path = CATALOG) -> config_mod.Config:
+def make_config(
+    tmp_path: Path, *, broker_port: int | None = None, catalog: Path = CATALOG
+) -> config_mod.Config:
     """A config as an operator writes it; a fresh store id keeps retained topics apart."""
-    mqtt = ({"enabled": True, "host": "127.0.0.1", "port": broker_port}
-            if broker_port else {"enabled": False})
+    mqtt = (
+        {"enabled": True, "host": "127.0.0.1", "port": broker_port}
+        if broker_port
+        else {"enabled": False}
+    )
     mqtt["store_id"] = f"s{uuid.uuid4().hex[:8]}"
     path = tmp_path / "config.yaml"
-    path.write_text(json.dumps({  # JSON is YAML
-        "mqtt": mqtt,
-        "cameras": [{"id": "door", "source": "/dev/null"}],
-        "displays": [{"id": DISPLAY, "name": "Window screen", "camera": "door"}],
-        "selector": {"catalog": str(catalog)},
-    }))
+    path.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "mqtt": mqtt,
+                "cameras": [{"id": "door", "source": "/dev/null"}],
+                "displays": [{"id": DISPLAY, "name": "Window screen", "camera": "door"}],
+                "selector": {"catalog": str(catalog)},
+            }
+        )
+    )
     return config_mod.load(path)
 
 
 def start_server(config: config_mod.Config, port: int = 0) -> DisplayServer:
-    return DisplayServer(config, load_catalog(config.resolve(config.selector.catalog)),
-                         port=port).start()
+    return DisplayServer(
+        config, load_catalog(config.resolve(config.selector.catalog)), port=port
+    ).start()
 
 
 def publish_content(config: config_mod.Config, content: dict | None) -> None:
     """Publishes as the service does (retained, QoS 1); None clears the retained message."""
     topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
-    payload = "" if content is None else json.dumps({
-        "schema": 1, "time": "2026-03-02T10:00:00+01:00", "display": DISPLAY, **content,
-        "reason": {"rule": "target", "segment": None, "audience": {}}})
+    payload = (
+        ""
+        if content is None
+        else json.dumps(
+            {
+                "schema": 1,
+                "time": "2026-03-02T10:00:00+01:00",
+                "display": DISPLAY,
+                **content,
+                "reason": {"rule": "target", "segment": None, "audience": {}},
+            }
+        )
+    )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", config.mqtt.port)
     client.loop_start()
@@ -108,7 +140,8 @@ def wait_page(driver, timeout: float = 10.0, **expected: str) -> dict:
 
     WebDriverWait(driver, timeout, poll_frequency=0.1).until(
         lambda d: all(page(d).get(k) == v for k, v in expected.items()),
-        f"page never showed {expected}")
+        f"page never showed {expected}",
+    )
     return page(driver)
 
 
@@ -128,8 +161,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
 def get(url: str, **headers: str):
     """(status, headers, body) without raising on 4xx."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                    timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
@@ -145,9 +177,13 @@ def test_page_shows_the_catalog_default_before_any_message(browser, broker, tmp_
         browser.get(f"{server.url}/display/{DISPLAY}")
         state = wait_page(browser, ad="welcome", connection="open")
         assert state["url"] == "/ads/creatives/welcome.html"
-        assert health(server) == {"mqtt_connected": True, "mqtt_loop_alive": True,
-                                  "mqtt_last_message": None, "mqtt_rejected": 0,
-                                  "displays": {DISPLAY: None}}
+        assert health(server) == {
+            "mqtt_connected": True,
+            "mqtt_loop_alive": True,
+            "mqtt_last_message": None,
+            "mqtt_rejected": 0,
+            "displays": {DISPLAY: None},
+        }
     finally:
         server.stop()
 
@@ -169,14 +205,16 @@ def test_page_shows_published_content(browser, broker, tmp_path):
         browser.switch_to.frame(frame)
         try:  # the creative really rendered, not just an element pointing at it
             WebDriverWait(browser, 5).until(
-                lambda d: "spring collection" in d.find_element(By.TAG_NAME, "body").text)
+                lambda d: "spring collection" in d.find_element(By.TAG_NAME, "body").text
+            )
         finally:
             browser.switch_to.default_content()
         time.sleep(0.6)  # let the cross-fade finish for the screenshot
         assert len(browser.find_elements(By.CSS_SELECTOR, "#stage .layer")) == 1
         assert browser.execute_script(
             "const e = document.documentElement;"
-            "return e.scrollWidth <= innerWidth && e.scrollHeight <= innerHeight")
+            "return e.scrollWidth <= innerWidth && e.scrollHeight <= innerHeight"
+        )
         browser.save_screenshot("/tmp/player.png")
         assert health(server)["displays"] == {DISPLAY: "spring-collection"}
     finally:
@@ -200,8 +238,7 @@ def test_bridge_rides_out_a_broker_outage(browser, make_broker, tmp_path):
 
         b.start()  # same port; the bridge reconnects with backoff and subscribes again
         publish_content(config, GROOMING)
-        wait_page(browser, timeout=15, ad="grooming-week",
-                  url="/ads/creatives/men-adult.html")
+        wait_page(browser, timeout=15, ad="grooming-week", url="/ads/creatives/men-adult.html")
         state = health(server)
         assert state["mqtt_connected"] and state["mqtt_loop_alive"]
         assert state["displays"] == {DISPLAY: "grooming-week"}
@@ -239,7 +276,8 @@ def test_image_creatives_show_as_images(browser, tmp_path):
     (folder / "creatives" / "still.png").write_bytes(png.tobytes())
     (folder / "catalog.yaml").write_text(
         "default: still\nfamily_safe: still\n"
-        "ads: [{id: still, title: Still, creative: creatives/still.png, duration_s: 5}]\n")
+        "ads: [{id: still, title: Still, creative: creatives/still.png, duration_s: 5}]\n"
+    )
     server = start_server(make_config(tmp_path, catalog=folder / "catalog.yaml"))
     try:
         browser.get(f"{server.url}/display/{DISPLAY}")
@@ -253,9 +291,13 @@ def test_image_creatives_show_as_images(browser, tmp_path):
         status, headers, body = get(f"{server.url}/ads/creatives/still.png", Range="bytes=0-9")
         assert (status, body) == (206, png.tobytes()[:10])
         assert headers["Content-Range"] == f"bytes 0-9/{len(png)}"
-        assert health(server) == {"mqtt_connected": False, "mqtt_loop_alive": False,
-                                  "mqtt_last_message": None, "mqtt_rejected": 0,
-                                  "displays": {DISPLAY: None}}
+        assert health(server) == {
+            "mqtt_connected": False,
+            "mqtt_loop_alive": False,
+            "mqtt_last_message": None,
+            "mqtt_rejected": 0,
+            "displays": {DISPLAY: None},
+        }
     finally:
         server.stop()
 
@@ -270,10 +312,18 @@ def test_http_routes(tmp_path):
     (ads / "creatives" / "style.css").write_text("body{}")
     server = start_server(make_config(tmp_path, catalog=ads / "catalog.yaml"))
     try:
-        for path in ("/ads/../secret.yaml", "/ads/%2e%2e/secret.yaml", "/ads/..%2fsecret.yaml",
-                     "/ads/catalog.yaml", "/ads/creatives/", "/ads/creatives/nothing.png", "/ads/%00",
-                     "/ads/creatives/unlisted.html", "/ads/creatives/style.css",
-                     "/nothing"):
+        for path in (
+            "/ads/../secret.yaml",
+            "/ads/%2e%2e/secret.yaml",
+            "/ads/..%2fsecret.yaml",
+            "/ads/catalog.yaml",
+            "/ads/creatives/",
+            "/ads/creatives/nothing.png",
+            "/ads/%00",
+            "/ads/creatives/unlisted.html",
+            "/ads/creatives/style.css",
+            "/nothing",
+        ):
             assert get(server.url + path)[0] == 404, path
 
         status, headers, body = get(f"{server.url}/ads/creatives/welcome.html")
@@ -296,9 +346,13 @@ def test_http_routes(tmp_path):
 
         status, headers, body = get(f"{server.url}/healthz")
         assert (status, headers["Content-Type"]) == (200, "application/json")
-        assert json.loads(body) == {"mqtt_connected": False, "mqtt_loop_alive": False,
-                                    "mqtt_last_message": None, "mqtt_rejected": 0,
-                                    "displays": {DISPLAY: None}}
+        assert json.loads(body) == {
+            "mqtt_connected": False,
+            "mqtt_loop_alive": False,
+            "mqtt_last_message": None,
+            "mqtt_rejected": 0,
+            "displays": {DISPLAY: None},
+        }
     finally:
         server.stop()
 
@@ -310,8 +364,9 @@ def read_event(stream) -> tuple[str, dict]:
         assert line, "the stream ended"
         name, _, value = line.rstrip("\n").partition(": ")
         fields[name] = value
-    return (fields["event"], json.loads(fields["data"])) if "event" in fields \
-        else read_event(stream)
+    return (
+        (fields["event"], json.loads(fields["data"])) if "event" in fields else read_event(stream)
+    )
 
 
 def next_content(stream) -> dict:
@@ -381,37 +436,59 @@ def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> N
 
 def hostile_payloads() -> list[bytes]:
     """Shapes and sizes a broken or hostile publisher sends: none may stop the bridge."""
+
     def content(**fields) -> bytes:
         return json.dumps({"schema": 1, "display": DISPLAY, **SPRING, **fields}).encode()
 
     return [
-        b"[" * 200_000,                                # over the size cap
-        b"[" * 60_000,                                 # deep nesting under the cap
-        b'{"a":' * 20_000 + b"1" + b"}" * 20_000,      # nested objects
-        b"\xff\xfe\x00\x81 not utf-8",                 # binary, not UTF-8
+        b"[" * 200_000,  # over the size cap
+        b"[" * 60_000,  # deep nesting under the cap
+        b'{"a":' * 20_000 + b"1" + b"}" * 20_000,  # nested objects
+        b"\xff\xfe\x00\x81 not utf-8",  # binary, not UTF-8
         bytes(range(256)) * 16,
         b"\x00",
-        b"null", b"42", b"[]", b'"a string"', b"1e999", b"9" * 5000,
+        b"null",
+        b"42",
+        b"[]",
+        b'"a string"',
+        b"1e999",
+        b"9" * 5000,
         b'{"ad": NaN, "creative": "creatives/women-adult.html"}',
         content(duration_s=float("nan")).replace(b"NaN", b"NaN"),
         content(duration_s=1e999).replace(b"Infinity", b"1e999"),
-        content(duration_s="12"), content(duration_s=True), content(duration_s=-1),
-        content(ad=5), content(ad=None), content(ad=["spring"]), content(ad={"id": 1}),
-        content(ad="x" * 70_000), content(title="t" * 60_000), content(title={"t": 1}),
-        content(creative=7), content(creative="x" * 60_000),
-        content(creative="../secret.yaml"), content(creative="/etc/passwd"),
-        content(creative="catalog.yaml"), content(creative="creatives/.hidden.html"),
-        content(creative="javascript:alert(1)"), content(creative="file:///etc/passwd"),
-        content(creative="creatives/not-in-catalog.html"), content(creative=""),
-        content(reason="because"), content(reason={"rule": ["x"]}),
+        content(duration_s="12"),
+        content(duration_s=True),
+        content(duration_s=-1),
+        content(ad=5),
+        content(ad=None),
+        content(ad=["spring"]),
+        content(ad={"id": 1}),
+        content(ad="x" * 70_000),
+        content(title="t" * 60_000),
+        content(title={"t": 1}),
+        content(creative=7),
+        content(creative="x" * 60_000),
+        content(creative="../secret.yaml"),
+        content(creative="/etc/passwd"),
+        content(creative="catalog.yaml"),
+        content(creative="creatives/.hidden.html"),
+        content(creative="javascript:alert(1)"),
+        content(creative="file:///etc/passwd"),
+        content(creative="creatives/not-in-catalog.html"),
+        content(creative=""),
+        content(reason="because"),
+        content(reason={"rule": ["x"]}),
         content(reason={"rule": "target", "segment": "adult"}),
-        content(schema=99), content(schema="1"), content(time=12),
+        content(schema=99),
+        content(schema="1"),
+        content(time=12),
         content(extra={"deep": [[[[1]]]]}, ad="ok-but-" + "\u202e" * 10),
     ]
 
 
 def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
-        browser, broker, tmp_path, caplog):
+    browser, broker, tmp_path, caplog
+):
     caplog.set_level("INFO")
     config = make_config(tmp_path, broker_port=broker.port)
     # Retained garbage is there before the player starts, as after a bad publish and a restart.
@@ -420,8 +497,11 @@ def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
     try:
         browser.get(f"{server.url}/display/{DISPLAY}")
         wait_page(browser, ad="welcome", connection="open")
-        wait_until(lambda: health(server)["mqtt_last_message"] is not None, 5,
-                   "the retained message arriving")
+        wait_until(
+            lambda: health(server)["mqtt_last_message"] is not None,
+            5,
+            "the retained message arriving",
+        )
         publish_content(config, SPRING)
         wait_page(browser, ad="spring-collection")
         for i, payload in enumerate(hostile_payloads()):
@@ -436,8 +516,11 @@ def test_hostile_messages_never_stop_the_bridge_and_the_screen_keeps_its_ad(
         for i, payload in enumerate(hostile_payloads()):
             publish_raw(config, payload, retain=i % 2 == 1)
         publish_raw(config, b"{}", retain=True)
-        wait_until(lambda: health(server)["mqtt_rejected"] >= 2 * len(hostile_payloads()), 10,
-                   "every hostile message being seen")
+        wait_until(
+            lambda: health(server)["mqtt_rejected"] >= 2 * len(hostile_payloads()),
+            10,
+            "every hostile message being seen",
+        )
         assert page(browser)["ad"] == "grooming-week"
         assert health(server)["displays"] == {DISPLAY: "grooming-week"}
         publish_content(config, SPRING)
@@ -490,8 +573,10 @@ def catalog_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
     catalog = (ads / "catalog.yaml").read_text()
     for name, data in files.items():
         (ads / "creatives" / name).write_bytes(data)
-        catalog += (f"\n  - {{id: {name.replace('.', '-')}, title: {name}, "
-                    f"creative: creatives/{name}, duration_s: 5}}")
+        catalog += (
+            f"\n  - {{id: {name.replace('.', '-')}, title: {name}, "
+            f"creative: creatives/{name}, duration_s: 5}}"
+        )
     (ads / "catalog.yaml").write_text(catalog + "\n")
     return ads / "catalog.yaml"
 
@@ -499,8 +584,10 @@ def catalog_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
 def test_page_swaps_only_to_a_creative_that_loaded(browser, broker, tmp_path):
     from broker import free_port
 
-    catalog = catalog_with(tmp_path, {"broken.png": b"\x89PNG not really an image",
-                                      "broken.mp4": b"not a video at all"})
+    catalog = catalog_with(
+        tmp_path,
+        {"broken.png": b"\x89PNG not really an image", "broken.mp4": b"not a video at all"},
+    )
     config = make_config(tmp_path, broker_port=broker.port, catalog=catalog)
     server = start_server(config)
     try:
@@ -509,11 +596,12 @@ def test_page_swaps_only_to_a_creative_that_loaded(browser, broker, tmp_path):
         publish_content(config, SPRING)
         wait_page(browser, ad="spring-collection")
         unreachable = f"http://127.0.0.1:{free_port()}/ad.html"  # nothing listens there
-        for ad, creative, url in (("broken-png", "creatives/broken.png", None),
-                                  ("broken-mp4", "creatives/broken.mp4", None),
-                                  ("remote", unreachable, unreachable)):
-            publish_content(config, {"ad": ad, "title": ad, "creative": creative,
-                                     "duration_s": 5})
+        for ad, creative, url in (
+            ("broken-png", "creatives/broken.png", None),
+            ("broken-mp4", "creatives/broken.mp4", None),
+            ("remote", unreachable, unreachable),
+        ):
+            publish_content(config, {"ad": ad, "title": ad, "creative": creative, "duration_s": 5})
             wait_page(browser, failed=url or f"/ads/{creative}")
             assert page(browser)["ad"] == "spring-collection"
             assert visible_layer(browser).get_attribute("src").endswith("/women-adult.html")
@@ -545,7 +633,8 @@ def test_html_creatives_cannot_script_the_player_page(browser, tmp_path):
         browser.switch_to.frame(frame)
         try:
             WebDriverWait(browser, 5).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-result"))
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-result")
+            )
             result = browser.find_element(By.TAG_NAME, "body").get_attribute("data-result")
         finally:
             browser.switch_to.default_content()
@@ -604,8 +693,9 @@ def test_listen_backlog_is_not_five(tmp_path):
         pytest.skip("ss (iproute2) is missing")
     server = start_server(make_config(tmp_path))
     try:
-        out = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
         assert out[0] == "LISTEN" and int(out[2]) >= 128, out  # Send-Q: the backlog
     finally:
         server.stop()

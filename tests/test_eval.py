@@ -3,8 +3,8 @@
 import csv
 import json
 
-import numpy as np
 import cv2
+import numpy as np
 
 from edge.errors import EX_DATAERR
 
@@ -38,8 +38,15 @@ def test_eval_small_set_with_a_miss(tmp_path):
     metrics = json.loads(result.stdout)
     assert json.loads(out.read_text()) == metrics
     assert metrics["n"] == len(rows) and metrics["misses"] == 1
-    for key in ("gender_accuracy", "gender_accuracy_13plus", "age_mae", "age_class_accuracy",
-                "confusion", "recall", "gender_accuracy_by_class"):
+    for key in (
+        "gender_accuracy",
+        "gender_accuracy_13plus",
+        "age_mae",
+        "age_class_accuracy",
+        "confusion",
+        "recall",
+        "gender_accuracy_by_class",
+    ):
         assert key in metrics
     assert set(metrics["recall"]) == {"child", "adult", "old"}
     # the miss is wrong on every metric: at most n-1 correct

@@ -9,38 +9,90 @@ from dataclasses import fields
 
 from edge import config as config_mod
 from edge import events
+from edge.events import (
+    AudienceEvent,
+    CameraEvent,
+    CameraStats,
+    DecisionEvent,
+    ErrorEvent,
+    IntervalEvent,
+    PlayEvent,
+    Reason,
+    StatsEvent,
+    SummaryEvent,
+)
 from edge.outputs import topics
 from edge.pipeline.audience import empty_counts
-from edge.events import (AudienceEvent, CameraEvent, CameraStats, DecisionEvent, ErrorEvent,
-                         IntervalEvent, PlayEvent, Reason, StatsEvent, SummaryEvent)
 from edge.records import Decision
 from edge.timefmt import iso
 
 T = "2026-11-28T09:00:00.000+00:00"
-PERSON = {"track": 7, "age_class": "adult", "gender": "female", "age_class_confidence": 0.9,
-          "gender_confidence": 0.8, "dwell_s": 2.0, "attention_s": 1.0, "watching": True,
-          "samples": 3}
+PERSON = {
+    "track": 7,
+    "age_class": "adult",
+    "gender": "female",
+    "age_class_confidence": 0.9,
+    "gender_confidence": 0.8,
+    "dwell_s": 2.0,
+    "attention_s": 1.0,
+    "watching": True,
+    "samples": 3,
+}
 
 
 def one_of_each() -> list:
     counts = empty_counts()
     counts["adult"]["female"] = 1
     unsure = {"child": 0, "adult": 0, "old": 0}
-    decision = Decision("window", "spring", "Spring", "creatives/spring.html", 10.0,
-                        "targeting", {"age_class": "adult", "gender": "female"},
-                        {"people": 1, "watchers": 1}, 1795856400.0)
+    decision = Decision(
+        "window",
+        "spring",
+        "Spring",
+        "creatives/spring.html",
+        10.0,
+        "targeting",
+        {"age_class": "adult", "gender": "female"},
+        {"people": 1, "watchers": 1},
+        1795856400.0,
+    )
     return [
         CameraEvent("door", "Front door", True, None, 0),
         AudienceEvent("door", T, [PERSON, {**PERSON, "track": 8, "watching": False}], counts),
         IntervalEvent("door", T, T, counts, unsure, 1, 0, 2.0, 1.0),
-        StatsEvent(T, {"door": CameraStats(True, 5.0, 5.0, 0.0, 0.0, 12.5, 0.5, 1, 0)}, 3.0, 1.0,
-                   40.0, 60.0),
+        StatsEvent(
+            T,
+            {"door": CameraStats(True, 5.0, 5.0, 0.0, 0.0, 12.5, 0.5, 1, 0)},
+            3.0,
+            1.0,
+            40.0,
+            60.0,
+        ),
         DecisionEvent.of(decision),
-        PlayEvent(f"window/{T}", "window", "door", "spring", "Spring", "targeting", T, T, 10.0,
-                  counts, counts, 0, 1.0),
-        SummaryEvent("door", 41, 30, counts, unsure, 1, 0,
-                     plays={"spring": {"plays": 1, "viewers": 1, "watchers": 1,
-                                       "duration_s": 10.0}}),
+        PlayEvent(
+            f"window/{T}",
+            "window",
+            "door",
+            "spring",
+            "Spring",
+            "targeting",
+            T,
+            T,
+            10.0,
+            counts,
+            counts,
+            0,
+            1.0,
+        ),
+        SummaryEvent(
+            "door",
+            41,
+            30,
+            counts,
+            unsure,
+            1,
+            0,
+            plays={"spring": {"plays": 1, "viewers": 1, "watchers": 1, "duration_s": 10.0}},
+        ),
         ErrorEvent("door", "clip.mp4", "no such file", 66),
     ]
 
@@ -57,22 +109,31 @@ def test_every_kind_is_listed_once_and_makes_its_json_line():
 
 def test_nested_records_and_the_optional_plays_of_a_summary():
     decision = one_of_each()[4].to_json()
-    assert decision["reason"] == {"rule": "targeting",
-                                  "segment": {"age_class": "adult", "gender": "female"},
-                                  "audience": {"people": 1, "watchers": 1}}
+    assert decision["reason"] == {
+        "rule": "targeting",
+        "segment": {"age_class": "adult", "gender": "female"},
+        "audience": {"people": 1, "watchers": 1},
+    }
     assert decision["time"] == iso(1795856400.0)
     stats = one_of_each()[3].to_json()
     assert stats["cameras"]["door"]["detector_ms"] == 12.5
     assert "plays" not in SummaryEvent("door", 1, 1, {}, {}, 0, 0, None).to_json()
     per_ad = {"spring": {"plays": 1, "viewers": 1, "watchers": 0, "duration_s": 10.0}}
     assert SummaryEvent("door", 1, 1, {}, {}, 0, 0, per_ad).to_json()["plays"] == per_ad
-    assert Reason("nobody", None, {}).to_json() == {"rule": "nobody", "segment": None,
-                                                    "audience": {}}
+    assert Reason("nobody", None, {}).to_json() == {
+        "rule": "nobody",
+        "segment": None,
+        "audience": {},
+    }
 
 
 def documented_keys(topic: topics.Topic) -> list[str]:
-    return ["schema", *topic.added, *(f.name for f in fields(topic.payload)),
-            *(k.split(":")[0] for k in topic.added_last)]
+    return [
+        "schema",
+        *topic.added,
+        *(f.name for f in fields(topic.payload)),
+        *(k.split(":")[0] for k in topic.added_last),
+    ]
 
 
 def test_published_payloads_have_the_keys_the_topic_table_documents(tmp_path):

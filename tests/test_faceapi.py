@@ -22,8 +22,8 @@ import onnxruntime as ort
 import pytest
 
 from edge import samples
-from edge.inference import faceapi, modelstore
 from edge.errors import ModelError
+from edge.inference import faceapi, modelstore
 
 from conftest import ROOT
 
@@ -43,11 +43,12 @@ def reference_inputs(data):
     """The crops face-api saw: the photo's faces (recut here) and the synthetic images."""
     frame = cv2.imread(str(samples.group_photo()))
     crops = []
-    for (x, y, w, h), digest in zip(data["photo_boxes"], data["photo_sha256"]):
-        crop = np.ascontiguousarray(frame[y:y + h, x:x + w, ::-1])
+    for (x, y, w, h), digest in zip(data["photo_boxes"], data["photo_sha256"], strict=False):
+        crop = np.ascontiguousarray(frame[y : y + h, x : x + w, ::-1])
         assert hashlib.sha256(crop.tobytes()).hexdigest() == str(digest), (
             "the group photo decodes differently from when the fixture was made; "
-            "regenerate it: .venv/bin/python tools/faceapi_fixture.py")
+            "regenerate it: .venv/bin/python tools/faceapi_fixture.py"
+        )
         crops.append(crop)
     k = 0
     while f"synthetic_{k}" in data:
@@ -81,10 +82,22 @@ def test_build_is_deterministic_and_matches_the_pin(tmp_path):
 
 
 def test_dequantisation_is_min_plus_scale_times_q():
-    manifest = json.dumps([{"paths": ["x.bin"], "weights": [
-        {"name": "q", "shape": [2, 2], "dtype": "float32",
-         "quantization": {"dtype": "uint8", "scale": 0.5, "min": -1.0}},
-        {"name": "f", "shape": [2], "dtype": "float32"}]}]).encode()
+    manifest = json.dumps(
+        [
+            {
+                "paths": ["x.bin"],
+                "weights": [
+                    {
+                        "name": "q",
+                        "shape": [2, 2],
+                        "dtype": "float32",
+                        "quantization": {"dtype": "uint8", "scale": 0.5, "min": -1.0},
+                    },
+                    {"name": "f", "shape": [2], "dtype": "float32"},
+                ],
+            }
+        ]
+    ).encode()
     data = bytes([0, 1, 2, 255]) + np.array([1.5, -2.25], "<f4").tobytes()
     weights = faceapi.read_weights(manifest, data)
     np.testing.assert_array_equal(weights["q"], [[-1.0, -0.5], [0.0, 126.5]])
@@ -128,8 +141,10 @@ PACKAGE = "@vladmandic/face-api"
 def make_tarball(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in {"package/package.json": json.dumps(
-                {"name": PACKAGE, "version": "1.7.15"}).encode(), **files}.items():
+        for name, data in {
+            "package/package.json": json.dumps({"name": PACKAGE, "version": "1.7.15"}).encode(),
+            **files,
+        }.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -149,12 +164,22 @@ class Registry:
                     body, kind = registry.tarball, "application/octet-stream"
                 else:
                     base = f"http://127.0.0.1:{self.server.server_port}"
-                    body = json.dumps({"name": PACKAGE, "dist-tags": {"latest": "1.7.15"},
-                                       "versions": {"1.7.15": {
-                                           "name": PACKAGE, "version": "1.7.15",
-                                           "dist": {"tarball": f"{base}/face-api-1.7.15.tgz",
-                                                    "integrity": integrity(registry.tarball)}}}
-                                       }).encode()
+                    body = json.dumps(
+                        {
+                            "name": PACKAGE,
+                            "dist-tags": {"latest": "1.7.15"},
+                            "versions": {
+                                "1.7.15": {
+                                    "name": PACKAGE,
+                                    "version": "1.7.15",
+                                    "dist": {
+                                        "tarball": f"{base}/face-api-1.7.15.tgz",
+                                        "integrity": integrity(registry.tarball),
+                                    },
+                                }
+                            },
+                        }
+                    ).encode()
                     kind = "application/json"
                 self.send_response(200)
                 self.send_header("Content-Type", kind)
@@ -218,8 +243,10 @@ def faceapi_models(tmp_path, pin_tarball: bytes) -> tuple:
 
 def real_files() -> dict[str, bytes]:
     specs = modelstore.load_manifest(MODELS)
-    return {specs[n].member: modelstore.verify(specs[n], MODELS).read_bytes()
-            for n in ("faceapi-weights-manifest", "faceapi-weights")}
+    return {
+        specs[n].member: modelstore.verify(specs[n], MODELS).read_bytes()
+        for n in ("faceapi-weights-manifest", "faceapi-weights")
+    }
 
 
 def test_fetch_builds_the_model_and_repairs_a_corrupt_bin(tmp_path, npm_env):
@@ -227,16 +254,20 @@ def test_fetch_builds_the_model_and_repairs_a_corrupt_bin(tmp_path, npm_env):
     npm_env(tarball)
     models, specs = faceapi_models(tmp_path, tarball)
     written = modelstore.fetch(specs, models)
-    assert sorted(p.name for p in written) == ["age_gender_model-weights_manifest.json",
-                                               "age_gender_model.bin",
-                                               "faceapi-age-gender.onnx"]
+    assert sorted(p.name for p in written) == [
+        "age_gender_model-weights_manifest.json",
+        "age_gender_model.bin",
+        "faceapi-age-gender.onnx",
+    ]
     modelstore.verify_all(specs, models)
     (models / "age_gender_model.bin").write_bytes(b"\0" * 100)
     with pytest.raises(ModelError, match="age_gender_model.bin is corrupt.*edge models fetch"):
         modelstore.verify(specs["faceapi-weights"], models)
     # The bin is fetched again, and the model rebuilt from it.
     assert sorted(p.name for p in modelstore.fetch(specs, models)) == [
-        "age_gender_model.bin", "faceapi-age-gender.onnx"]
+        "age_gender_model.bin",
+        "faceapi-age-gender.onnx",
+    ]
     modelstore.verify_all(specs, models)
 
 

@@ -5,9 +5,10 @@ live audience), and counts produced while the link is down arrive when it is bac
 import re
 import time
 
+from test_mqtt import produced_intervals, start, stop, store_id, write_config
+
 from broker import Subscriber
 from conftest import ROOT, need
-from test_mqtt import produced_intervals, start, stop, store_id, write_config
 
 EXAMPLE = ROOT / "mosquitto" / "bridge-hq.conf.example"
 
@@ -17,8 +18,7 @@ def bridge_config(store: str, hq_port: int) -> str:
     password on the loopback test broker. Topic rules and queueing are unchanged."""
     text = EXAMPLE.read_text().replace("store1", store)
     text = text.replace("hq.example.com:8883", f"127.0.0.1:{hq_port}")
-    text = re.sub(r"^(bridge_cafile|remote_username|remote_password) .*$", "", text,
-                  flags=re.M)
+    text = re.sub(r"^(bridge_cafile|remote_username|remote_password) .*$", "", text, flags=re.M)
     return text.replace("restart_timeout 2 60", "restart_timeout 1 2")
 
 
@@ -42,11 +42,15 @@ def test_bridge_forwards_counts_to_headquarters_across_a_link_drop(make_broker, 
         produced = produced_intervals(events)
         assert len(produced) >= 8
         deadline = time.monotonic() + 15
-        while len(central.reports("/cameras/door/counts")) < len(produced) \
-                and time.monotonic() < deadline:
+        while (
+            len(central.reports("/cameras/door/counts")) < len(produced)
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
-        received = [{k: v for k, v in m.items() if k not in ("schema", "time", "id")}
-                    for m in central.reports("/cameras/door/counts")]
+        received = [
+            {k: v for k, v in m.items() if k not in ("schema", "time", "id")}
+            for m in central.reports("/cameras/door/counts")
+        ]
         assert received == produced  # every interval, in order, across the drop (QoS 1
         # repeats, if any, dropped by id as a consumer does)
         topics = {t for t, _, _ in central.seen}

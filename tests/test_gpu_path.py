@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from edge import config as config_mod
+from edge.errors import ConfigError
 from edge.inference import modelstore, runtime
 from edge.pipeline import classify, detect
-from edge.errors import ConfigError
 
 from conftest import ROOT
 
@@ -62,8 +62,7 @@ def test_gpu_present_with_its_libraries_chooses_cuda(monkeypatch, fresh_probes, 
     monkeypatch.setattr(runtime, "_loadable", lambda lib: True)
     with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         chosen = runtime.choose_providers(("tensorrt", "cuda", "cpu"))
-    assert chosen == ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                      "CPUExecutionProvider")
+    assert chosen == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     assert caplog.records == []
 
 
@@ -81,7 +80,10 @@ def test_gpu_without_cuda_libraries_falls_back_in_one_line(monkeypatch, fresh_pr
 
 def test_provider_libraries_follow_onnxruntimes_cuda_version():
     assert runtime.provider_libraries("cuda", "13.0") == [
-        "libcudart.so.13", "libcublas.so.13", "libcudnn.so.9"]
+        "libcudart.so.13",
+        "libcublas.so.13",
+        "libcudnn.so.9",
+    ]
     assert runtime.provider_libraries("tensorrt", "12.8")[-1] == "libnvinfer.so.10"
     assert runtime.provider_libraries("cpu", "13.0") == []
 
@@ -106,10 +108,12 @@ def test_tensorrt_without_cache_dir_or_profile():
 def test_trt_cache_defaults_to_state_dir_and_resolves_relative_paths(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("state_dir: /var/lib/edge\n")
-    assert runtime.GpuOptions.from_config(config_mod.load(path)).trt_cache_dir == \
-        Path("/var/lib/edge/trt-cache")
-    path.write_text("runtime:\n  trt_cache_dir: engines\n  trt_fp16: true\n"
-                    "  batch_buckets: [8, 2, 8]\n")
+    assert runtime.GpuOptions.from_config(config_mod.load(path)).trt_cache_dir == Path(
+        "/var/lib/edge/trt-cache"
+    )
+    path.write_text(
+        "runtime:\n  trt_cache_dir: engines\n  trt_fp16: true\n  batch_buckets: [8, 2, 8]\n"
+    )
     gpu = runtime.GpuOptions.from_config(config_mod.load(path))
     assert gpu.trt_cache_dir == tmp_path / "engines" and gpu.trt_fp16
     assert gpu.buckets == (2, 8)
@@ -163,7 +167,7 @@ def test_faceapi_bucketed_batches_equal_per_face_results(model_paths, photo):
     plain = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"])
     bucketed = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"], gpu=ON_CPU)
     (chips,) = plain.chips([frame], [faces])
-    singles = [plain.classify_chips(chips[i:i + 1]) for i in range(len(chips))]
+    singles = [plain.classify_chips(chips[i : i + 1]) for i in range(len(chips))]
     (sess,) = record(bucketed._runner)
     for n in (1, 5, 17):
         sess.fed.clear()
@@ -182,11 +186,13 @@ def assert_rows_match(batch, singles, index, atol=1e-4):
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_bucketed_batches_equal_per_face_results(model_paths, chips, flip_tta):
     age, gender = chips
-    plain = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], ["cpu"],
-                                     flip_tta=flip_tta)
-    bucketed = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], ["cpu"],
-                                        flip_tta=flip_tta, gpu=ON_CPU)
-    singles = [plain.classify_chips(age[i:i + 1], gender[i:i + 1]) for i in range(len(age))]
+    plain = classify.CydralAgeGender(
+        model_paths["age"], model_paths["gender"], ["cpu"], flip_tta=flip_tta
+    )
+    bucketed = classify.CydralAgeGender(
+        model_paths["age"], model_paths["gender"], ["cpu"], flip_tta=flip_tta, gpu=ON_CPU
+    )
+    singles = [plain.classify_chips(age[i : i + 1], gender[i : i + 1]) for i in range(len(age))]
     sessions = record(bucketed._age, bucketed._gender)
     rows_per_face = 2 if flip_tta else 1
     for n in (1, 3, 4, 5, 17, 130):
@@ -202,9 +208,12 @@ def test_bucketed_batches_equal_per_face_results(model_paths, chips, flip_tta):
 def test_binding_path_and_plain_path_give_identical_results(model_paths, chips):
     age, gender = chips
     index = np.arange(16) % len(age)  # 32 rows with flip TTA: padded to the 64 bucket
-    results = [classify.CydralAgeGender(model_paths["age"], model_paths["gender"], ["cpu"],
-                                        gpu=gpu).classify_chips(age[index], gender[index])
-               for gpu in (runtime.GpuOptions(), ON_CPU)]
+    results = [
+        classify.CydralAgeGender(
+            model_paths["age"], model_paths["gender"], ["cpu"], gpu=gpu
+        ).classify_chips(age[index], gender[index])
+        for gpu in (runtime.GpuOptions(), ON_CPU)
+    ]
     plain, bound = results
     np.testing.assert_allclose(bound.class_probs, plain.class_probs, atol=1e-6)
     np.testing.assert_allclose(bound.male_probs, plain.male_probs, atol=1e-6)
@@ -236,7 +245,7 @@ def test_detect_many_equals_single_calls(group_photo, gpu):
     # GPU path: one run for the three copies, padded to the 4 bucket; CPU: one by one
     assert sess.fed == ([1, 1, 1] if gpu.force_device is None else [4])
     assert small_size != size and small_size in detector._sessions
-    for got, want in zip(many, singles):
+    for got, want in zip(many, singles, strict=False):
         assert len(got) == len(want) == 6
         np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
         np.testing.assert_allclose(got.landmarks, want.landmarks, atol=1e-3)
@@ -246,6 +255,8 @@ def test_detect_many_equals_single_calls(group_photo, gpu):
 def test_detect_many_honours_each_cameras_width(analyzer, group_photo):
     frame = cv2.imread(str(group_photo))
     many = analyzer.detector.detect_many([frame, frame], [None, 320])
-    assert [len(d) for d in many] == [len(analyzer.detector(frame)),
-                                      len(analyzer.detector(frame, 320))]
+    assert [len(d) for d in many] == [
+        len(analyzer.detector(frame)),
+        len(analyzer.detector(frame, 320)),
+    ]
     np.testing.assert_allclose(many[1].boxes, analyzer.detector(frame, 320).boxes, atol=1e-3)

@@ -8,13 +8,20 @@ import time
 
 import jinja2.sandbox
 import pytest
+from test_mqtt import start, stop, store_id
 
 from broker import Subscriber
 from conftest import ROOT, need
-from test_mqtt import start, stop, store_id
 
-REQUIRED = {"name", "unique_id", "state_topic", "value_template", "availability", "device",
-            "origin"}
+REQUIRED = {
+    "name",
+    "unique_id",
+    "state_topic",
+    "value_template",
+    "availability",
+    "device",
+    "origin",
+}
 DEVICE_KEYS = {"identifiers", "name", "model", "sw_version", "manufacturer"}
 
 
@@ -22,15 +29,21 @@ def write_config(tmp_path, port, cameras, displays=(), ha="{}", protocol="3.1.1"
     """cameras: [(id, source, loop)]; displays: [(id, camera)]."""
     store = store_id(tmp_path)
     lines = [f"models: {{dir: {ROOT / 'models'}}}", "cameras:"]
-    lines += [f"  - {{id: {cid}, name: {cid.title()}, source: \"{src}\", "
-              f"loop: {str(loop).lower()}}}" for cid, src, loop in cameras]
+    lines += [
+        f'  - {{id: {cid}, name: {cid.title()}, source: "{src}", loop: {str(loop).lower()}}}'
+        for cid, src, loop in cameras
+    ]
     if displays:
         lines += ["displays:"] + [f"  - {{id: {d}, camera: {c}}}" for d, c in displays]
-    lines += [f"mqtt: {{enabled: true, host: 127.0.0.1, port: {port}, store_id: {store}, "
-              f"keepalive_s: 5, protocol: '{protocol}', home_assistant: {ha}}}",
-              f"selector: {{catalog: \"{ROOT / 'ads' / 'catalog.yaml'}\"}}",
-              "player: {port: 0}", "metrics: {port: 0}", "stats: {interval_s: 1}",
-              f"state_dir: {tmp_path / 'state'}"]
+    lines += [
+        f"mqtt: {{enabled: true, host: 127.0.0.1, port: {port}, store_id: {store}, "
+        f"keepalive_s: 5, protocol: '{protocol}', home_assistant: {ha}}}",
+        f'selector: {{catalog: "{ROOT / "ads" / "catalog.yaml"}"}}',
+        "player: {port: 0}",
+        "metrics: {port: 0}",
+        "stats: {interval_s: 1}",
+        f"state_dir: {tmp_path / 'state'}",
+    ]
     path = tmp_path / "config.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path, f"edge/{store}", f"edge-{store}"
@@ -78,8 +91,11 @@ def test_configs_are_complete_stable_and_unique(tmp_path):
     from edge.outputs import hass
 
     config, root, node = write_config(
-        tmp_path, 1883, [("door", "/dev/video0", False), ("hall", "/dev/video1", False)],
-        [("window", "door"), ("till", "hall")])
+        tmp_path,
+        1883,
+        [("door", "/dev/video0", False), ("hall", "/dev/video1", False)],
+        [("window", "door"), ("till", "hall")],
+    )
     cfg = config_mod.load(config)
     configs = hass.discovery_configs(cfg)
     assert configs == hass.discovery_configs(config_mod.load(config))  # stable
@@ -87,14 +103,19 @@ def test_configs_are_complete_stable_and_unique(tmp_path):
     unique_ids = [c["unique_id"] for c in configs.values()]
     assert len(set(unique_ids)) == len(unique_ids)
     for topic, entity in configs.items():
-        assert re.fullmatch(rf"homeassistant/(sensor|binary_sensor)/{node}/[A-Za-z0-9_-]+/config",
-                            topic), topic
+        assert re.fullmatch(
+            rf"homeassistant/(sensor|binary_sensor)/{node}/[A-Za-z0-9_-]+/config", topic
+        ), topic
         json.loads(json.dumps(entity))
         assert REQUIRED <= set(entity), topic
         assert DEVICE_KEYS <= set(entity["device"]) and entity["device"]["identifiers"] == [root]
-        assert entity["availability"] == [{"topic": f"{root}/availability",
-                                           "payload_available": "online",
-                                           "payload_not_available": "offline"}]
+        assert entity["availability"] == [
+            {
+                "topic": f"{root}/availability",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ]
         assert entity["state_topic"].startswith(f"{root}/")
         assert entity["unique_id"].startswith(f"{root}/")
     visitors = configs[f"homeassistant/sensor/{node}/visitors_hall/config"]
@@ -109,8 +130,9 @@ def test_configs_are_complete_stable_and_unique(tmp_path):
 
 def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
-    config, root, node = write_config(tmp_path, broker.port, [("door", clip, False)],
-                                      [("window", "door")])
+    config, root, node = write_config(
+        tmp_path, broker.port, [("door", clip, False)], [("window", "door")]
+    )
     sub = Subscriber(broker.port, [f"{root}/#", f"homeassistant/+/{node}/+/config"])
     proc = start(config)
     try:
@@ -148,8 +170,9 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
             rendered, _ = values(f"{age_class}-{gender}_door")
             segments[age_class, gender] = [int(v) for v in rendered]
     for i, message in enumerate(audience):
-        assert {k: v[i] for k, v in segments.items()} == \
-            {(c, g): n for c, by_g in message["counts"].items() for g, n in by_g.items()}
+        assert {k: v[i] for k, v in segments.items()} == {
+            (c, g): n for c, by_g in message["counts"].items() for g, n in by_g.items()
+        }
     # Live labels may waver while samples come in; what is present always adds up.
     for i, message in enumerate(audience):
         assert sum(v[i] for v in segments.values()) + message["unclassified"] == present_n[i]
@@ -172,9 +195,10 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
                     produced[c, g] = produced.get((c, g), 0) + n
     assert by_segment == produced
     attributes, _ = values("visitors_door", "json_attributes_template")
-    for text, report in zip(attributes, counts):
-        assert json.loads(text) == {k: report[k] for k in ("start", "end", "watchers",
-                                                           "unclassified", "unique_visitors")}
+    for text, report in zip(attributes, counts, strict=False):
+        assert json.loads(text) == {
+            k: report[k] for k in ("start", "end", "watchers", "unclassified", "unique_visitors")
+        }
 
     online, _ = values("online_door", component="binary_sensor")
     assert online == ["ON", "OFF"]  # online, then the service stopped
@@ -184,7 +208,7 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
     ads, contents = values("ad_window")
     assert ads == [c["ad"] for c in contents] and len(ads) >= 2
     reasons, _ = values("ad_window", "json_attributes_template")
-    for text, content in zip(reasons, contents):
+    for text, content in zip(reasons, contents, strict=False):
         attributes = json.loads(text)
         assert attributes["rule"] == content["reason"]["rule"]
         assert attributes["segment"] == content["reason"]["segment"]
@@ -194,12 +218,13 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])  # v5 flags retained messages its own way
-def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker, tmp_path,
-                                                                         group_photo, protocol):
+def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(
+    broker, tmp_path, group_photo, protocol
+):
     two = [("door", group_photo, True), ("hall", group_photo, True)]
-    config, root, node = write_config(tmp_path, broker.port, two, [("window", "door"),
-                                                                   ("lobby", "hall")],
-                                      protocol=protocol)
+    config, root, node = write_config(
+        tmp_path, broker.port, two, [("window", "door"), ("lobby", "hall")], protocol=protocol
+    )
     err = run_until_online(config, broker.port, root)
     first = retained_configs(broker.port, node)
     assert len(first) == 22, err
@@ -213,8 +238,14 @@ def test_removed_camera_and_display_are_cleared_and_disabling_clears_all(broker,
     assert second == {t: first[t] for t in second}  # the same entities, unchanged
     assert err.count("home assistant: removed") == 11 and "no longer configured" in err
 
-    write_config(tmp_path, broker.port, two[:1], [("window", "door")], ha="{enabled: false}",
-                 protocol=protocol)
+    write_config(
+        tmp_path,
+        broker.port,
+        two[:1],
+        [("window", "door")],
+        ha="{enabled: false}",
+        protocol=protocol,
+    )
     err = run_until_online(config, broker.port, root)
     assert retained_configs(broker.port, node) == {}
     assert err.count("home assistant: removed") == 11 and "discovery is off" in err
@@ -225,7 +256,8 @@ def test_invalid_prefix_is_a_config_error(tmp_path, prefix):
     from edge import config as config_mod
     from edge.errors import ConfigError
 
-    config, _, _ = write_config(tmp_path, 1883, [("door", "/dev/video0", False)],
-                                ha=json.dumps({"prefix": prefix}))
+    config, _, _ = write_config(
+        tmp_path, 1883, [("door", "/dev/video0", False)], ha=json.dumps({"prefix": prefix})
+    )
     with pytest.raises(ConfigError, match=r"'mqtt.home_assistant.prefix' is"):
         config_mod.load(config)

@@ -12,27 +12,35 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
-
+from edge.errors import InputError
 from edge.pipeline import detect, images
 from edge.pipeline.analyze import read_image
 from edge.pipeline.capture import open_source
-from edge.errors import InputError
+
+from conftest import ROOT
 
 
 def png(path, width, height, *, bit_depth=1, color_type=0):
     """A valid PNG of zeros written row by row: a decompression bomb costs no memory here."""
+
     def chunk(kind, body):
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
     channels = 3 if color_type == 2 else 1
     row = b"\0" * (1 + (width * bit_depth * channels + 7) // 8)
     packer = zlib.compressobj(9)
     data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n"
-                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth,
-                                                  color_type, 0, 0, 0))
-                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -41,10 +49,10 @@ def files(tmp_path, group_photo):
     """One file per case: what analyze and an image camera must both make of it."""
     photo = group_photo.read_bytes()
     (tmp_path / "photo.jpg").write_bytes(photo)
-    (tmp_path / "truncated.jpg").write_bytes(photo[:len(photo) * 2 // 3])
+    (tmp_path / "truncated.jpg").write_bytes(photo[: len(photo) * 2 // 3])
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
-    png(tmp_path / "bomb.png", 20000, 20000)                       # 48 kB, 1.2 GB decoded
+    png(tmp_path / "bomb.png", 20000, 20000)  # 48 kB, 1.2 GB decoded
     png(tmp_path / "thin.png", 1, 20000, bit_depth=8, color_type=2)  # 157 bytes
     ok, tall = cv2.imencode(".jpg", np.zeros((3000, 100, 3), np.uint8))
     (tmp_path / "tall.jpg").write_bytes(tall.tobytes())
@@ -79,8 +87,7 @@ def test_analyze_and_image_cameras_judge_every_file_alike(files):
         if needle is None:
             assert analyze_error is None and np.array_equal(analysed, camera)
         else:
-            assert analyze_error.startswith(f"{path}: ") and needle in analyze_error, \
-                analyze_error
+            assert analyze_error.startswith(f"{path}: ") and needle in analyze_error, analyze_error
 
 
 def test_header_sizes_are_read_without_decoding(tmp_path):
@@ -105,12 +112,20 @@ def test_detector_canvas_is_bounded_for_any_frame_shape():
 def peak_rss_mb(*args) -> tuple[float, subprocess.CompletedProcess]:
     """Peak memory of one `edge` process, measured by a parent of its own (RUSAGE_CHILDREN
     of this test process would include every earlier test's children)."""
-    probe = ("import resource, subprocess, sys, json\n"
-             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=240)\n"
-             "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
-             " r.returncode, r.stdout, r.stderr]))")
-    out = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "edge", *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    probe = (
+        "import resource, subprocess, sys, json\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=240)\n"
+        "print(json.dumps([resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+        " r.returncode, r.stdout, r.stderr]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, sys.executable, "-m", "edge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     kb, code, stdout, stderr = json.loads(out.stdout)
     return kb / 1024, subprocess.CompletedProcess(args, code, stdout, stderr)
 
@@ -121,19 +136,20 @@ def test_bombs_keep_memory_bounded(files):
     config = ["--config", str(ROOT / "config.yaml")]
     baseline, ok = peak_rss_mb(*config, "analyze", str(files["photo"]))
     assert ok.returncode == 0, ok.stderr
-    bombs, result = peak_rss_mb(*config, "analyze", str(files["bomb"]), str(files["thin"]),
-                                str(files["photo"]))
+    bombs, result = peak_rss_mb(
+        *config, "analyze", str(files["bomb"]), str(files["thin"]), str(files["photo"])
+    )
     print(f"peak RSS: photo {baseline:.0f} MB, bombs + photo {bombs:.0f} MB")
     assert result.returncode == 65
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [line["image"] for line in lines] == [str(files[n]) for n in ("bomb", "thin",
-                                                                          "photo")]
+    assert [line["image"] for line in lines] == [str(files[n]) for n in ("bomb", "thin", "photo")]
     assert "more than the 64 megapixels" in lines[0]["error"]
     assert "too narrow" in lines[1]["error"]
     assert len(lines[2]["faces"]) == 6  # the good file after them is still analysed
     assert bombs < baseline + 150, (baseline, bombs)
-    run_peak, run = peak_rss_mb(*config, "run", "--source", str(files["bomb"]), "--jsonl",
-                                "--duration", "3")
+    run_peak, run = peak_rss_mb(
+        *config, "run", "--source", str(files["bomb"]), "--jsonl", "--duration", "3"
+    )
     print(f"peak RSS: edge run on the bomb {run_peak:.0f} MB")
     assert "more than the 64 megapixels" in run.stderr
     assert run_peak < baseline + 150, (baseline, run_peak)
@@ -142,8 +158,9 @@ def test_bombs_keep_memory_bounded(files):
 def test_run_and_analyze_agree_on_a_truncated_jpeg(files):
     config = ["--config", str(ROOT / "config.yaml")]
     _, analyzed = peak_rss_mb(*config, "analyze", str(files["truncated"]))
-    _, ran = peak_rss_mb(*config, "run", "--source", str(files["truncated"]), "--jsonl",
-                         "--duration", "3")
+    _, ran = peak_rss_mb(
+        *config, "run", "--source", str(files["truncated"]), "--jsonl", "--duration", "3"
+    )
     message = f"{files['truncated']}: truncated JPEG"
     assert analyzed.returncode == 65 and message in analyzed.stdout
     assert message in ran.stderr

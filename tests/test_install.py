@@ -5,10 +5,20 @@ import platform
 import subprocess
 import sys
 
-ORT_DISTS = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
-             "onnxruntime-silicon", "onnxruntime-training"}
-CV_DISTS = {"opencv-python", "opencv-python-headless", "opencv-contrib-python",
-            "opencv-contrib-python-headless"}
+ORT_DISTS = {
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-training",
+}
+CV_DISTS = {
+    "opencv-python",
+    "opencv-python-headless",
+    "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+}
 
 
 def installed(names):
@@ -38,7 +48,12 @@ def test_exactly_one_opencv():
 def test_insightface_model_zoo_imports_cleanly():
     # In a subprocess: importing insightface is slow and must not touch the network.
     code = "import insightface.model_zoo as z; print(z.get_model.__name__)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"NO_ALBUMENTATIONS_UPDATE": "1", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "get_model"

@@ -72,8 +72,15 @@ def test_files_in_place(installed):
     opt, etc = root / "opt/edge", root / "etc/edge"
     unit = root / "etc/systemd/system/edge.service"
     assert unit.read_bytes() == (REPO / "systemd/edge.service").read_bytes()
-    for name in ("edge/cli.py", "edge/outputs/notify.py", "pyproject.toml", "requirements/runtime.txt",
-                 "models/manifest.yaml", "ads/catalog.yaml", "config.example.yaml"):
+    for name in (
+        "edge/cli.py",
+        "edge/outputs/notify.py",
+        "pyproject.toml",
+        "requirements/runtime.txt",
+        "models/manifest.yaml",
+        "ads/catalog.yaml",
+        "config.example.yaml",
+    ):
         assert (opt / name).is_file(), name
     assert not list(opt.rglob("__pycache__"))  # built on the box, not copied
     assert (etc / "ads/catalog.yaml").read_bytes() == (REPO / "ads/catalog.yaml").read_bytes()
@@ -87,7 +94,9 @@ def test_checked_models_are_copied(installed):
     manifest = yaml.safe_load((REPO / "models/manifest.yaml").read_text())["models"]
     for spec in manifest.values():
         source = REPO / "models" / spec["file"]
-        good = source.is_file() and hashlib.sha256(source.read_bytes()).hexdigest() == spec["sha256"]
+        good = (
+            source.is_file() and hashlib.sha256(source.read_bytes()).hexdigest() == spec["sha256"]
+        )
         if good:
             assert hashlib.sha256((opt / spec["file"]).read_bytes()).hexdigest() == spec["sha256"]
         else:
@@ -98,8 +107,11 @@ def test_modes(installed):
     root = installed[0]
     assert stat.S_IMODE((root / "etc/edge/edge.env").stat().st_mode) == 0o600
     # Everything else is read by the service's dynamic user: readable by others.
-    for path in [*(root / "opt/edge").rglob("*"), root / "etc/edge/config.yaml",
-                 root / "etc/systemd/system/edge.service"]:
+    for path in [
+        *(root / "opt/edge").rglob("*"),
+        root / "etc/edge/config.yaml",
+        root / "etc/systemd/system/edge.service",
+    ]:
         assert path.stat().st_mode & stat.S_IROTH, path
 
 
@@ -169,8 +181,12 @@ def test_reinstall_after_uninstall_restores_the_tree(tmp_path):
 
 @pytest.mark.parametrize("script", [INSTALL, UNINSTALL])
 def test_unknown_option_is_refused(script, tmp_path):
-    out = subprocess.run([str(script), "--root", str(tmp_path), "--frobnicate"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [str(script), "--root", str(tmp_path), "--frobnicate"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 64
     assert "--frobnicate" in out.stderr and "Usage:" in out.stderr
     assert not list(tmp_path.iterdir())
@@ -178,6 +194,7 @@ def test_unknown_option_is_refused(script, tmp_path):
 
 @pytest.mark.skipif(not shutil.which("shellcheck"), reason="shellcheck is not installed")
 def test_scripts_pass_shellcheck():
-    out = subprocess.run(["shellcheck", str(INSTALL), str(UNINSTALL)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["shellcheck", str(INSTALL), str(UNINSTALL)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout

@@ -7,10 +7,10 @@ import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+from test_mqtt import start, stop, store_id
 
 from broker import free_port
 from conftest import ROOT, need, run_edge
-from test_mqtt import start, stop, store_id
 
 
 def scrape(port) -> dict[str, dict[tuple, float]]:
@@ -21,8 +21,7 @@ def scrape(port) -> dict[str, dict[tuple, float]]:
     samples: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = \
-                sample.value
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
 
 
@@ -48,14 +47,14 @@ def test_scrape_during_a_run(broker, tmp_path):
     # "walk" plays the clip once (its visits are counted when it ends); "door" loops it
     # and keeps the service running.
     config.write_text(f"""
-models: {{dir: {ROOT / 'models'}}}
+models: {{dir: {ROOT / "models"}}}
 cameras:
   - {{id: walk, source: "{clip}"}}
   - {{id: door, source: "{clip}", loop: true}}
 mqtt: {{enabled: true, host: 127.0.0.1, port: {broker.port}, store_id: {store_id(tmp_path)}}}
 metrics: {{port: {port}}}
 player: {{port: 0}}
-state_dir: {tmp_path / 'state'}
+state_dir: {tmp_path / "state"}
 """)
     proc = start(config)
     try:
@@ -80,18 +79,25 @@ state_dir: {tmp_path / 'state'}
     assert value(second, "edge_camera_online", camera="walk") == 0  # the clip has ended
     assert value(second, "edge_camera_reconnects_total", camera="door") == 0
 
-    for name, labels in (("edge_detector_seconds", {"camera": "door"}),
-                         ("edge_latency_seconds", {"camera": "door"}),
-                         ("edge_classifier_seconds", {}), ("edge_classifier_batch_size", {})):
+    for name, labels in (
+        ("edge_detector_seconds", {"camera": "door"}),
+        ("edge_latency_seconds", {"camera": "door"}),
+        ("edge_classifier_seconds", {}),
+        ("edge_classifier_batch_size", {}),
+    ):
         count = value(second, f"{name}_count", **labels)
         assert count > 0 and value(second, f"{name}_sum", **labels) > 0, name
-        buckets = {dict(k)["le"]: v for k, v in second[f"{name}_bucket"].items()
-                   if all(dict(k).get(l) == v2 for l, v2 in labels.items())}
+        buckets = {
+            dict(k)["le"]: v
+            for k, v in second[f"{name}_bucket"].items()
+            if all(dict(k).get(l) == v2 for l, v2 in labels.items())
+        }
         assert buckets["+Inf"] == count
         ordered = sorted(buckets.values())
         assert list(buckets.values()) == ordered  # cumulative
-    assert value(second, "edge_detector_seconds_count", camera="door") > \
-        value(first, "edge_detector_seconds_count", camera="door")
+    assert value(second, "edge_detector_seconds_count", camera="door") > value(
+        first, "edge_detector_seconds_count", camera="door"
+    )
     assert {"0.001", "0.2"} <= {dict(k)["le"] for k in second["edge_latency_seconds_bucket"]}
 
     # The walk clip's three visitors, counted when it ended, as every interval event says.
@@ -102,10 +108,14 @@ state_dir: {tmp_path / 'state'}
                 for g, n in by_g.items():
                     produced[c, g] = produced.get((c, g), 0) + n
     for (age_class, gender), n in produced.items():
-        assert value(second, "edge_visitors_total", camera="walk", age_class=age_class,
-                     gender=gender) == n
-        assert value(first, "edge_visitors_total", camera="walk", age_class=age_class,
-                     gender=gender) <= n
+        assert (
+            value(second, "edge_visitors_total", camera="walk", age_class=age_class, gender=gender)
+            == n
+        )
+        assert (
+            value(first, "edge_visitors_total", camera="walk", age_class=age_class, gender=gender)
+            <= n
+        )
     assert sum(produced.values()) == 3
 
     assert value(second, "edge_mqtt_connected") == 1
@@ -116,8 +126,10 @@ state_dir: {tmp_path / 'state'}
     assert "python_info" in second and "python_gc_collections_total" in second
     assert value(second, "edge_build_info", version="0.1.0") == 1
     assert f"metrics: http://127.0.0.1:{port}/metrics" in err
-    assert f"OK    metrics: http://127.0.0.1:{port}/metrics is served by a running edge " \
-           f"service" in checked.stdout
+    assert (
+        f"OK    metrics: http://127.0.0.1:{port}/metrics is served by a running edge "
+        f"service" in checked.stdout
+    )
 
 
 def test_own_registry_per_service_and_the_plays_hook(tmp_path):
@@ -130,17 +142,43 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     config.write_text("cameras:\n  - {id: door, source: /dev/video0}\n")
     cfg = config_mod.load(config)
     one, two = Metrics(cfg), Metrics(cfg)  # the default registry would refuse the second
-    from edge.pipeline.audience import empty_counts
     from edge.events import CameraEvent, IntervalEvent, PlayEvent
+    from edge.pipeline.audience import empty_counts
 
     for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/pipeline/plays.py emits them
         viewers = empty_counts()
         viewers["adult"].update(female=women, male=men)
-        one.emit(PlayEvent(f"window/{women}", "window", "door", "spring-collection", "Spring",
-                           "targeting", "s", "e", 10.0, viewers, empty_counts(), 0, 0.0))
+        one.emit(
+            PlayEvent(
+                f"window/{women}",
+                "window",
+                "door",
+                "spring-collection",
+                "Spring",
+                "targeting",
+                "s",
+                "e",
+                10.0,
+                viewers,
+                empty_counts(),
+                0,
+                0.0,
+            )
+        )
     unsure = {"child": 0, "adult": 1, "old": 0}
-    one.emit(IntervalEvent("door", "s", "e", empty_counts(), unsure, watchers=0,
-                           unclassified=0, dwell_s=0.0, attention_s=0.0))
+    one.emit(
+        IntervalEvent(
+            "door",
+            "s",
+            "e",
+            empty_counts(),
+            unsure,
+            watchers=0,
+            unclassified=0,
+            dwell_s=0.0,
+            attention_s=0.0,
+        )
+    )
     for online in (True, False, True):
         one.emit(CameraEvent("door", "", online, None, 0))
     samples = {}
@@ -162,9 +200,11 @@ def test_check_says_when_the_port_is_taken(tmp_path, group_photo):
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "config.yaml"
-        config.write_text(f"models: {{dir: {ROOT / 'models'}}}\n"
-                          f"cameras:\n  - {{id: door, source: \"{group_photo}\"}}\n"
-                          f"metrics: {{port: {port}}}\n")
+        config.write_text(
+            f"models: {{dir: {ROOT / 'models'}}}\n"
+            f'cameras:\n  - {{id: door, source: "{group_photo}"}}\n'
+            f"metrics: {{port: {port}}}\n"
+        )
         result = run_edge("check", "--config", str(config))
     line = next(l for l in result.stdout.splitlines() if "metrics:" in l)
     assert line.startswith("FAIL  metrics: port 127.0.0.1:") and "in use by another program" in line

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from edge.inference import modelstore
 from edge.errors import EX_CONFIG, ModelError
+from edge.inference import modelstore
 
 from conftest import ROOT, run_edge
 
@@ -24,8 +24,14 @@ def models_copy(tmp_path):
 
 def test_fetched_models_verify():
     specs = modelstore.load_manifest(MODELS)
-    assert set(specs) == {"centerface", "age", "gender", "faceapi-weights-manifest",
-                          "faceapi-weights", "faceapi"}
+    assert set(specs) == {
+        "centerface",
+        "age",
+        "gender",
+        "faceapi-weights-manifest",
+        "faceapi-weights",
+        "faceapi",
+    }
     paths = modelstore.verify_all(specs, MODELS)
     assert all(p.is_file() for p in paths.values())
 

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.pipeline.capture import SourceEnded
 from edge.config import CameraConfig
+from edge.pipeline.capture import SourceEnded
 from edge.pipeline.motion import MotionDetector
 from edge.service import Service
 
@@ -63,9 +63,10 @@ class FrameList:
 def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
     """Summaries of a gated camera and an always-detecting one on the same frames."""
     config.displays = []
-    config.cameras = [CameraConfig(id="gated", source="memory"),  # defaults: gating on
-                      CameraConfig(id="every", source="memory", motion=False,
-                                   tracked_detect_fps=None)]
+    config.cameras = [
+        CameraConfig(id="gated", source="memory"),  # defaults: gating on
+        CameraConfig(id="every", source="memory", motion=False, tracked_detect_fps=None),
+    ]
     events = []
 
     class Sink:
@@ -78,13 +79,15 @@ def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
 
 
 def visitors(summary: dict) -> dict:
-    return {(c, g): n for c, by_g in summary["unique_visitors"].items()
-            for g, n in by_g.items() if n}
+    return {
+        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
+    }
 
 
 @pytest.fixture()
 def fresh_config():
     from edge import config as config_mod
+
     from conftest import ROOT
 
     return config_mod.load(ROOT / "config.yaml")
@@ -104,7 +107,7 @@ def test_sensor_noise_is_not_motion_and_a_moving_patch_is():
     moved = [scene.copy() for _ in range(2)]
     for k, frame in enumerate(moved):
         x = 600 + 20 * k
-        frame[300:360, x:x + 60] = (40, 60, 200)
+        frame[300:360, x : x + 60] = (40, 60, 200)
         moved[k] = noisy(frame, rng, sd=6)
     assert motion.update(moved[0], 2.0) and motion.update(moved[1], 2.07)
 
@@ -119,12 +122,17 @@ def test_a_new_frame_size_is_motion():
 # --------------------------------------------------------------- the service
 
 
-@pytest.mark.parametrize("clip, expected", [
-    ("face-demographics-walking-and-pause.gif", {("adult", "female"): 2, ("adult", "male"): 1}),
-    ("head-pose-face-detection-female-and-male.gif",
-     {("adult", "female"): 1, ("adult", "male"): 1}),
-    ("store-aisle-detection.gif", {}),
-])
+@pytest.mark.parametrize(
+    "clip, expected",
+    [
+        ("face-demographics-walking-and-pause.gif", {("adult", "female"): 2, ("adult", "male"): 1}),
+        (
+            "head-pose-face-detection-female-and-male.gif",
+            {("adult", "female"): 1, ("adult", "male"): 1},
+        ),
+        ("store-aisle-detection.gif", {}),
+    ],
+)
 def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
     frames = clip_frames(clip)
     result = gated_and_every_frame(fresh_config, frames)
@@ -133,8 +141,7 @@ def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
     assert result["gated"]["unclassified"] == result["every"]["unclassified"]
 
 
-def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skipped(
-        fresh_config):
+def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skipped(fresh_config):
     walk = clip_frames("face-demographics-walking-and-pause.gif")
     aisle = clip_frames("store-aisle-detection.gif")[0]
     empty = cv2.resize(aisle, (walk[0].shape[1], walk[0].shape[0]))
@@ -142,8 +149,14 @@ def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skippe
     # Two visits of the three people: each walks in, then stands perfectly still for
     # seconds (longer than tracker.max_age_s, so a dropped track would end the visit and
     # a new one would count them twice); between and after, an empty, still aisle.
-    frames = (walk + held(walk[-1], 5.0, rng) + held(empty, 6.0, rng)
-              + walk[:20] + held(walk[19], 4.0, rng) + held(empty, 5.0, rng))
+    frames = (
+        walk
+        + held(walk[-1], 5.0, rng)
+        + held(empty, 6.0, rng)
+        + walk[:20]
+        + held(walk[19], 4.0, rng)
+        + held(empty, 5.0, rng)
+    )
     result = gated_and_every_frame(fresh_config, frames)
     gated, every = result["gated"], result["every"]
     assert every["frames_detected"] == len(frames) == gated["frames"]
@@ -164,8 +177,10 @@ def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config
     # The three fade in over 20 s (a slow entry or a light coming up): at most about
     # half a grey level per frame, so the background keeps up within the motion
     # test's threshold and it never fires.
-    fade = [noisy((empty + (people - empty) * k / (20 * FPS)).astype(np.uint8), rng)
-            for k in range(round(20 * FPS))]
+    fade = [
+        noisy((empty + (people - empty) * k / (20 * FPS)).astype(np.uint8), rng)
+        for k in range(round(20 * FPS))
+    ]
     frames = held(empty.astype(np.uint8), 2.0, rng) + fade + held(walk[-1], 3.0, rng)
     motion = MotionDetector()
     moving = [motion.update(f, i / FPS) for i, f in enumerate(frames)]
@@ -176,7 +191,10 @@ def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config
     # label: on a face still fading in, the label depends on the frames sampled, and
     # the gated camera's first look comes up to idle_detect_s later.
     for summary in result.values():
-        assert (sum(visitors(summary).values()) + sum(summary["gender_unknown"].values())
-                + summary["unclassified"]) == 3, summary
+        assert (
+            sum(visitors(summary).values())
+            + sum(summary["gender_unknown"].values())
+            + summary["unclassified"]
+        ) == 3, summary
     assert result["gated"]["unclassified"] == result["every"]["unclassified"]
     assert result["gated"]["frames_detected"] < result["every"]["frames_detected"] / 2

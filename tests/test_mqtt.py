@@ -3,8 +3,8 @@ audience, interval counts (none lost across broker outages or restarts), decisio
 and their reasons, stats, and clear connection errors."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,19 +18,29 @@ from broker import Subscriber
 from conftest import ROOT, need
 
 
-
 def store_id(tmp_path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", tmp_path.name)[-60:]
 
 
-def write_config(tmp_path, port, *, source, extra="", loop=False, interval_s=60,
-                 catalog=None, displays=True, keepalive=5):
+def write_config(
+    tmp_path,
+    port,
+    *,
+    source,
+    extra="",
+    loop=False,
+    interval_s=60,
+    catalog=None,
+    displays=True,
+    keepalive=5,
+):
     """A config for one test, and the root of its topics (a store of its own, so
     retained messages of other tests on the session broker don't interfere)."""
     store = store_id(tmp_path)
     catalog = catalog or ROOT / "ads" / "catalog.yaml"
-    text = f"""
-models: {{dir: {ROOT / 'models'}}}
+    text = (
+        f"""
+models: {{dir: {ROOT / "models"}}}
 cameras:
   - {{id: door, name: Door, source: "{source}", loop: {str(loop).lower()}}}
 audience: {{interval_s: {interval_s}}}
@@ -45,18 +55,25 @@ mqtt:
 selector: {{catalog: "{catalog}"}}
 player: {{port: 0}}
 metrics: {{port: 0}}
-state_dir: {tmp_path / 'state'}
-""" + ("displays:\n  - {id: window, camera: door}\n" if displays else "") + extra
+state_dir: {tmp_path / "state"}
+"""
+        + ("displays:\n  - {id: window, camera: door}\n" if displays else "")
+        + extra
+    )
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path, f"edge/{store}"
 
 
 def start(config, *args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run",
-                             "--jsonl", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "run", "--jsonl", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def stop(proc, timeout=15):
@@ -87,8 +104,9 @@ def test_availability_retained_audience_stats_and_last_will(broker, tmp_path, gr
     proc = start(config)
     try:
         sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"online")
-        _, payload, _ = sub.wait_for(lambda t, p, r: t == f"{root}/cameras/door/audience"
-                                     and json.loads(p)["present"] == 6)
+        _, payload, _ = sub.wait_for(
+            lambda t, p, r: t == f"{root}/cameras/door/audience" and json.loads(p)["present"] == 6
+        )
         audience = json.loads(payload)
         assert audience["schema"] == 1 and "T" in audience["time"] and audience["time"][-6] in "+-"
         assert total(audience["counts"]) + audience["unclassified"] == 6
@@ -106,8 +124,7 @@ def test_availability_retained_audience_stats_and_last_will(broker, tmp_path, gr
         # Killed hard: the broker publishes the last will.
         proc.kill()
         proc.wait()
-        sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"offline",
-                     timeout=15)
+        sub.wait_for(lambda t, p, r: t == f"{root}/availability" and p == b"offline", timeout=15)
     finally:
         proc.kill()
         sub.close()
@@ -135,24 +152,27 @@ def test_clean_stop_says_offline_and_delivers_the_last_interval(broker, tmp_path
 
 
 def received_intervals(sub):
-    return [{k: v for k, v in m.items() if k not in ("schema", "time", "id")}
-            for m in sub.reports("/cameras/door/counts")]
+    return [
+        {k: v for k, v in m.items() if k not in ("schema", "time", "id")}
+        for m in sub.reports("/cameras/door/counts")
+    ]
 
 
 def produced_intervals(events):
-    return [{k: v for k, v in e.items() if k != "type"} for e in events
-            if e["type"] == "interval"]
+    return [{k: v for k, v in e.items() if k != "type"} for e in events if e["type"] == "interval"]
 
 
 def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     broker = make_broker()
-    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=1,
-                                displays=False)
+    config, root = write_config(
+        tmp_path, broker.port, source=clip, loop=True, interval_s=1, displays=False
+    )
     # A persistent session: the broker keeps our messages while this test client is
     # away too (the broker restarts with its persistence file).
-    sub = Subscriber(broker.port, f"{root}/cameras/door/counts", client_id="outage-test",
-                     persistent=True)
+    sub = Subscriber(
+        broker.port, f"{root}/cameras/door/counts", client_id="outage-test", persistent=True
+    )
     proc = start(config)
     try:
         sub.wait_for(lambda t, p, r: True, timeout=30)
@@ -179,8 +199,9 @@ def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_brok
     broker = make_broker()
     port = broker.port
     broker.stop()  # the broker is away for the whole first run
-    config, root = write_config(tmp_path, port, source=clip, loop=True, interval_s=1,
-                                displays=False)
+    config, root = write_config(
+        tmp_path, port, source=clip, loop=True, interval_s=1, displays=False
+    )
     first, err = run_for(config, 8)
     assert f"127.0.0.1:{port}: Connection refused" in err  # said once, not per retry
     assert err.count("Connection refused") <= 2
@@ -202,11 +223,13 @@ def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_brok
 
 
 def test_wrong_password_is_reported_clearly_and_the_pipeline_keeps_running(
-        make_broker, tmp_path, group_photo):
+    make_broker, tmp_path, group_photo
+):
     broker = make_broker(users={"edge": "right"})
     config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
-    events, err = run_for(config, 6, env={"EDGE_MQTT_USERNAME": "edge",
-                                           "EDGE_MQTT_PASSWORD": "wrong"})
+    events, err = run_for(
+        config, 6, env={"EDGE_MQTT_USERNAME": "edge", "EDGE_MQTT_PASSWORD": "wrong"}
+    )
     assert "broker refused the connection" in err and "EDGE_MQTT_PASSWORD" in err
     assert err.count("broker refused") == 1  # once, not once per retry
     assert any(e["type"] == "audience" and len(e["present"]) == 6 for e in events)
@@ -218,8 +241,7 @@ def test_wrong_password_is_reported_clearly_and_the_pipeline_keeps_running(
 def test_right_password_from_the_environment_connects(make_broker, tmp_path, group_photo):
     broker = make_broker(users={"edge": "s3cret"})
     config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
-    _, err = run_for(config, 4, env={"EDGE_MQTT_USERNAME": "edge",
-                                      "EDGE_MQTT_PASSWORD": "s3cret"})
+    _, err = run_for(config, 4, env={"EDGE_MQTT_USERNAME": "edge", "EDGE_MQTT_PASSWORD": "s3cret"})
     assert f"connected as 'edge-{root[5:]}'" in err and "broker refused" not in err
     assert "s3cret" not in err  # never logged
 
@@ -251,8 +273,13 @@ ads:
     assert proc.returncode == 0, err
     sub.wait_for(lambda t, p, r: t.endswith("/counts"), timeout=5)
     counts = sub.json("/cameras/door/counts")
-    visitors = {(c, g): n for m in counts for c, by_g in m["unique_visitors"].items()
-                for g, n in by_g.items() if n}
+    visitors = {
+        (c, g): n
+        for m in counts
+        for c, by_g in m["unique_visitors"].items()
+        for g, n in by_g.items()
+        if n
+    }
     assert visitors == {("adult", "female"): 2, ("adult", "male"): 1}
     decisions = sub.json("/displays/window/content")
     assert decisions[0]["ad"] == "welcome" and decisions[0]["reason"]["rule"] == "nobody"
@@ -270,12 +297,16 @@ ads:
     sub.close()
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ("displays:\n  - {id: lobby, camera: till}\n", "'displays[0].camera' is 'till'"),
-    ("mqtt: {store_id: 'a/b'}\n", "'mqtt.store_id' is 'a/b'"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ("displays:\n  - {id: lobby, camera: till}\n", "'displays[0].camera' is 'till'"),
+        ("mqtt: {store_id: 'a/b'}\n", "'mqtt.store_id' is 'a/b'"),
+    ],
+)
 def test_mqtt_and_display_config_errors(tmp_path, extra, needle):
     from edge.errors import EX_CONFIG
+
     from conftest import run_edge
 
     config = tmp_path / "config.yaml"
@@ -288,12 +319,12 @@ def test_catalog_error_stops_start_up_with_the_ad_and_field(tmp_path, group_phot
     import shutil
 
     from edge.errors import EX_CONFIG
+
     from conftest import run_edge
 
     shutil.copytree(ROOT / "ads", tmp_path / "ads")
     catalog = tmp_path / "ads" / "catalog.yaml"
-    catalog.write_text(catalog.read_text().replace("creatives/men-adult.html",
-                                                   "creatives/men.mp4"))
+    catalog.write_text(catalog.read_text().replace("creatives/men-adult.html", "creatives/men.mp4"))
     config, root = write_config(tmp_path, 1, source=group_photo, catalog=catalog)
     result = run_edge("--config", str(config), "run", "--duration", "1")
     assert result.returncode == EX_CONFIG
@@ -301,7 +332,8 @@ def test_catalog_error_stops_start_up_with_the_ad_and_field(tmp_path, group_phot
 
 
 def test_state_is_published_again_after_a_broker_restart_without_persistence(
-        make_broker, tmp_path, group_photo):
+    make_broker, tmp_path, group_photo
+):
     broker = make_broker(persistence=False)  # forgets every retained message when stopped
     config, root = write_config(tmp_path, broker.port, source=group_photo)
     proc = start(config)
@@ -318,7 +350,7 @@ def test_state_is_published_again_after_a_broker_restart_without_persistence(
         deadline = time.monotonic() + 10
         while len(retained) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
-            retained = {t[len(root) + 1:]: p for t, p, r in late.seen if r}
+            retained = {t[len(root) + 1 :]: p for t, p, r in late.seen if r}
         late.close()
         stop(proc)
     finally:
@@ -331,8 +363,9 @@ def test_state_is_published_again_after_a_broker_restart_without_persistence(
 
 def test_mqtt_v5(broker, tmp_path, group_photo):
     config, root = write_config(tmp_path, broker.port, source=group_photo)
-    config.write_text(config.read_text().replace("  enabled: true\n",
-                                                 "  enabled: true\n  protocol: '5'\n"))
+    config.write_text(
+        config.read_text().replace("  enabled: true\n", "  enabled: true\n  protocol: '5'\n")
+    )
     sub = Subscriber(broker.port, f"{root}/#")
     proc = start(config)
     try:
@@ -348,27 +381,70 @@ def test_mqtt_v5(broker, tmp_path, group_photo):
 
 def make_certificates(folder):
     """A CA, a broker certificate for 127.0.0.1 and a client certificate, with openssl."""
+
     def ssl(*args):
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")
-    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]),
-                        ("client", [])):
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout",
-            f"{name}.key", "-out", f"{name}.csr", *extra)
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-copy_extensions", "copy", "-out", f"{name}.crt")
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    for name, extra in (("server", ["-addext", "subjectAltName=IP:127.0.0.1"]), ("client", [])):
+        ssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            *extra,
+        )
+        ssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            f"{name}.crt",
+        )
     return folder
 
 
 def test_tls_with_a_ca_file_and_a_client_certificate(make_broker, tmp_path, group_photo):
     certs = make_certificates(tmp_path)
-    broker = make_broker(extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
-                               f"keyfile {certs / 'server.key'}\nrequire_certificate true\n")
+    broker = make_broker(
+        extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+        f"keyfile {certs / 'server.key'}\nrequire_certificate true\n"
+    )
     config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
-    tls = (f"  tls: {{enabled: true, ca_file: {certs / 'ca.crt'}, "
-           f"cert_file: {certs / 'client.crt'}, key_file: {certs / 'client.key'}}}\n")
+    tls = (
+        f"  tls: {{enabled: true, ca_file: {certs / 'ca.crt'}, "
+        f"cert_file: {certs / 'client.crt'}, key_file: {certs / 'client.key'}}}\n"
+    )
     config.write_text(config.read_text().replace("  enabled: true\n", "  enabled: true\n" + tls))
     _, err = run_for(config, 4)
     assert f"connected as 'edge-{root[5:]}'" in err, err
@@ -379,11 +455,17 @@ def test_tls_with_the_wrong_ca_is_reported(make_broker, tmp_path, group_photo):
     certs = make_certificates(tmp_path)
     (tmp_path / "other").mkdir()
     other = make_certificates(tmp_path / "other")  # a CA that did not sign the broker
-    broker = make_broker(extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
-                               f"keyfile {certs / 'server.key'}\n")
+    broker = make_broker(
+        extra=f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\n"
+        f"keyfile {certs / 'server.key'}\n"
+    )
     config, root = write_config(tmp_path, broker.port, source=group_photo, displays=False)
-    config.write_text(config.read_text().replace(
-        "  enabled: true\n", f"  enabled: true\n  tls: {{enabled: true, ca_file: {other / 'ca.crt'}}}\n"))
+    config.write_text(
+        config.read_text().replace(
+            "  enabled: true\n",
+            f"  enabled: true\n  tls: {{enabled: true, ca_file: {other / 'ca.crt'}}}\n",
+        )
+    )
     events, err = run_for(config, 4)
     assert "cannot connect" in err and "TLS" in err, err
     assert any(e["type"] == "audience" and len(e["present"]) == 6 for e in events)
@@ -399,8 +481,9 @@ def test_outbox_bound_drops_the_oldest_waiting_report(tmp_path):
     assert outbox.dropped == 2
     outbox.save()
     again = Outbox(tmp_path / "outbox.jsonl", limit=3)
-    assert again.load() == 3 and [r.payload for r in again.reports] == \
-        [r.payload for r in outbox.reports]
+    assert again.load() == 3 and [r.payload for r in again.reports] == [
+        r.payload for r in outbox.reports
+    ]
     outbox.reports.clear()
     outbox.save()
     assert not (tmp_path / "outbox.jsonl").exists()
@@ -414,13 +497,18 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
     broker = make_broker()
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where the state folder's parent should be\n")
-    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=1,
-                                displays=False)
-    config.write_text(config.read_text().replace(f"state_dir: {tmp_path / 'state'}",
-                                                 f"state_dir: {blocker / 'state'}"))
+    config, root = write_config(
+        tmp_path, broker.port, source=clip, loop=True, interval_s=1, displays=False
+    )
+    config.write_text(
+        config.read_text().replace(
+            f"state_dir: {tmp_path / 'state'}", f"state_dir: {blocker / 'state'}"
+        )
+    )
     outbox = blocker / "state" / f"mqtt-outbox-{root[5:]}.jsonl"
-    sub = Subscriber(broker.port, f"{root}/cameras/door/counts", client_id="disk-test",
-                     persistent=True)
+    sub = Subscriber(
+        broker.port, f"{root}/cameras/door/counts", client_id="disk-test", persistent=True
+    )
     proc = start(config)
     try:
         sub.wait_for(lambda t, p, r: True, timeout=30)
@@ -462,10 +550,10 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
     the callbacks only ask the publisher's own thread to save."""
     import threading
 
-    from broker import free_port
-
     from edge import config as config_mod
     from edge.outputs.publish import MqttPublisher, Outbox
+
+    from broker import free_port
 
     threads = []
     real_save = Outbox.save
@@ -482,8 +570,11 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
     publisher.start()
     try:
         publisher.emit(IntervalEvent("door", "t0", "t1", {}, {}, 0, 0, 0.0, 0.0))
-        callback = threading.Thread(target=publisher._on_disconnect, name="paho-callback",
-                                    args=(publisher.client, None, None, "test", None))
+        callback = threading.Thread(
+            target=publisher._on_disconnect,
+            name="paho-callback",
+            args=(publisher.client, None, None, "test", None),
+        )
         callback.start()
         callback.join()
         deadline = time.monotonic() + 5
@@ -493,6 +584,8 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
         publisher.close(timeout=0.1)
     assert "paho-callback" not in threads and "mqtt-outbox" in threads, threads
     assert len((tmp_path / "state" / "mqtt-outbox-store1.jsonl").read_text().splitlines()) == 1
+
+
 def in_process_config(tmp_path, port):
     from edge import config as config_mod
 
@@ -506,8 +599,14 @@ def test_a_raising_callback_never_ends_the_network_loop(broker, tmp_path, caplog
 
     config, root = in_process_config(tmp_path, broker.port)
     client = mqttclient.make_client(config, f"guard-{root[5:]}")
-    errors = [RecursionError("deep"), TypeError("type"), KeyError("key"), MemoryError(),
-              UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), RuntimeError("x")]
+    errors = [
+        RecursionError("deep"),
+        TypeError("type"),
+        KeyError("key"),
+        MemoryError(),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+        RuntimeError("x"),
+    ]
     got = []
     subscribed = []
 
@@ -583,8 +682,8 @@ def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkey
 
     from edge.commands import check
     from edge.outputs import mqttclient, publish
-    from edge.pipeline.catalog import load_catalog
     from edge.outputs.player_server import DisplayServer
+    from edge.pipeline.catalog import load_catalog
 
     made = []
     original = mqtt.Client.__init__

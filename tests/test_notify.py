@@ -26,8 +26,12 @@ def test_messages_arrive_as_systemd_expects(manager_socket):
     notifier.status("door: 15 fps")
     notifier.stopping()
     got = [sock.recv(4096).decode() for _ in range(4)]
-    assert got == ["READY=1\nSTATUS=running 1 camera(s)", "WATCHDOG=1", "STATUS=door: 15 fps",
-                   "STOPPING=1\nSTATUS=stopping"]
+    assert got == [
+        "READY=1\nSTATUS=running 1 camera(s)",
+        "WATCHDOG=1",
+        "STATUS=door: 15 fps",
+        "STOPPING=1\nSTATUS=stopping",
+    ]
 
 
 def test_abstract_namespace_address():

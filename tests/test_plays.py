@@ -8,9 +8,10 @@ import json
 import time
 from pathlib import Path
 
+from test_mqtt import start, stop, write_config
+
 from broker import Subscriber
 from conftest import ROOT, need, run_edge
-from test_mqtt import start, stop, write_config
 
 WALKING = "media/face-demographics-walking-and-pause.gif"
 SEGMENTS = {("adult", "female"): 2, ("adult", "male"): 1}  # the walking clip's visitors
@@ -30,29 +31,40 @@ def write_catalog(folder: Path, ads: str, default: str = "welcome") -> Path:
 
 def one_ad_config(tmp_path: Path) -> Path:
     """One ad for the whole clip: the default, shown for an hour at least."""
-    catalog = write_catalog(tmp_path / "ads", "  - {id: only, title: Only ad, "
-                            "creative: creatives/page.html, duration_s: 3600}\n", "only")
+    catalog = write_catalog(
+        tmp_path / "ads",
+        "  - {id: only, title: Only ad, creative: creatives/page.html, duration_s: 3600}\n",
+        "only",
+    )
     config = tmp_path / "config.yaml"
-    config.write_text(f"models: {{dir: {ROOT / 'models'}}}\n"
-                      "cameras: [{id: door, source: /dev/video0}]\n"
-                      "displays: [{id: window, camera: door}]\n"
-                      f"selector: {{catalog: {catalog}}}\n"
-                      f"state_dir: {tmp_path / 'state'}\n")
+    config.write_text(
+        f"models: {{dir: {ROOT / 'models'}}}\n"
+        "cameras: [{id: door, source: /dev/video0}]\n"
+        "displays: [{id: window, camera: door}]\n"
+        f"selector: {{catalog: {catalog}}}\n"
+        f"state_dir: {tmp_path / 'state'}\n"
+    )
     return config
 
 
 def test_one_ad_over_the_walking_clip_played_to_its_three_visitors(tmp_path):
     clip = need(WALKING)
-    result = run_edge("--config", str(one_ad_config(tmp_path)), "run", "--source", str(clip),
-                      "--jsonl")
+    result = run_edge(
+        "--config", str(one_ad_config(tmp_path)), "run", "--source", str(clip), "--jsonl"
+    )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     plays = [e for e in events if e["type"] == "play"]
     assert len(plays) == 1
     play = plays[0]
     assert nonzero(play["viewers"]) == SEGMENTS
-    assert (play["ad"], play["title"], play["display"], play["camera"], play["rule"]) == \
-        ("only", "Only ad", "window", "door", "nobody")
+    assert (play["ad"], play["title"], play["display"], play["camera"], play["rule"]) == (
+        "only",
+        "Only ad",
+        "window",
+        "door",
+        "nobody",
+    )
     assert play["id"] == f"window/{play['start']}"
     assert play["duration_s"] > 3.0  # the clip is 41 frames at 12.5 fps, 3.2 s
     assert play["start"].endswith("+00:00") or play["start"][-6] in "+-"
@@ -62,8 +74,9 @@ def test_one_ad_over_the_walking_clip_played_to_its_three_visitors(tmp_path):
     assert "track" not in json.dumps(play)  # counts only
     summary = events[-1]
     assert summary["type"] == "summary"
-    assert summary["plays"] == {"only": {"plays": 1, "viewers": 3, "watchers": 3,
-                                         "duration_s": play["duration_s"]}}
+    assert summary["plays"] == {
+        "only": {"plays": 1, "viewers": 3, "watchers": 3, "duration_s": play["duration_s"]}
+    }
     # The play is finished before the summary, and after the last decision.
     kinds = [e["type"] for e in events]
     assert kinds.index("play") < kinds.index("summary")
@@ -79,7 +92,7 @@ def test_ad_changes_split_the_audience_between_plays(tmp_path):
     decisions = [e for e in events if e["type"] == "decision"]
     plays = [e for e in events if e["type"] == "play"]
     assert [p["ad"] for p in plays] == [d["ad"] for d in decisions]
-    for play, decision, following in zip(plays, decisions, decisions[1:] + [None]):
+    for play, decision, following in zip(plays, decisions, decisions[1:] + [None], strict=False):
         assert play["start"] == decision["time"] and play["rule"] == decision["reason"]["rule"]
         if following is not None:
             assert play["end"] == following["time"]  # back to back, no gap
@@ -90,8 +103,10 @@ def test_ad_changes_split_the_audience_between_plays(tmp_path):
 
 
 def received_plays(sub):
-    return [{k: v for k, v in m.items() if k not in ("schema", "time")}
-            for m in sub.reports("/displays/window/plays")]
+    return [
+        {k: v for k, v in m.items() if k not in ("schema", "time")}
+        for m in sub.reports("/displays/window/plays")
+    ]
 
 
 def produced_plays(events):
@@ -102,14 +117,20 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
     clip = need(WALKING)
     # Two untargeted ads of 1 s take turns while anyone is there, the default when
     # nobody is: a play ends about every second.
-    catalog = write_catalog(tmp_path / "ads", "".join(
-        f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
-        for ad in ("welcome", "ad-a", "ad-b")))
+    catalog = write_catalog(
+        tmp_path / "ads",
+        "".join(
+            f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+            for ad in ("welcome", "ad-a", "ad-b")
+        ),
+    )
     broker = make_broker()
-    config, root = write_config(tmp_path, broker.port, source=clip, loop=True, interval_s=60,
-                                catalog=catalog)
-    sub = Subscriber(broker.port, f"{root}/displays/window/plays", client_id="plays-test",
-                     persistent=True)
+    config, root = write_config(
+        tmp_path, broker.port, source=clip, loop=True, interval_s=60, catalog=catalog
+    )
+    sub = Subscriber(
+        broker.port, f"{root}/displays/window/plays", client_id="plays-test", persistent=True
+    )
     proc = start(config)
     try:
         sub.wait_for(lambda t, p, r: True, timeout=30)
@@ -128,8 +149,9 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
         # every one, once (repeats dropped by id), in order; the last one ended at stop
         assert received_plays(sub) == produced
         assert len({p["id"] for p in produced}) == len(produced)
-        assert any(sum(n for by_g in p["viewers"].values() for n in by_g.values())
-                   for p in produced)
+        assert any(
+            sum(n for by_g in p["viewers"].values() for n in by_g.values()) for p in produced
+        )
     finally:
         proc.kill()
         sub.close()
@@ -139,9 +161,13 @@ def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp
     from test_mqtt import run_for
 
     clip = need(WALKING)
-    catalog = write_catalog(tmp_path / "ads", "".join(
-        f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
-        for ad in ("welcome", "ad-a", "ad-b")))
+    catalog = write_catalog(
+        tmp_path / "ads",
+        "".join(
+            f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+            for ad in ("welcome", "ad-a", "ad-b")
+        ),
+    )
     broker = make_broker()
     port = broker.port
     broker.stop()  # away for the whole first run

@@ -13,7 +13,7 @@ from conftest import ROOT, run_edge
 def write_config(tmp_path, source):
     path = tmp_path / "config.yaml"
     path.write_text(f"""
-models: {{dir: "{ROOT / 'models'}"}}
+models: {{dir: "{ROOT / "models"}"}}
 cameras:
   - {{id: entrance, name: Entrance, source: "{source}"}}
   - {{id: aisle, source: /dev/video9}}
@@ -26,8 +26,7 @@ def test_preview_of_the_group_photo(tmp_path, group_photo):
     out.write_bytes(b"an older preview")
     out.chmod(0o644)  # replaced, and no longer readable by others
     config = write_config(tmp_path, group_photo)
-    result = run_edge("--config", str(config), "preview", "--camera", "entrance",
-                      "--out", str(out))
+    result = run_edge("--config", str(config), "preview", "--camera", "entrance", "--out", str(out))
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -43,8 +42,15 @@ def test_preview_of_the_group_photo(tmp_path, group_photo):
 
 def test_unknown_camera_names_the_known_ones(tmp_path, group_photo):
     out = tmp_path / "aim.jpg"
-    result = run_edge("--config", str(write_config(tmp_path, group_photo)), "preview",
-                      "--camera", "door", "--out", str(out))
+    result = run_edge(
+        "--config",
+        str(write_config(tmp_path, group_photo)),
+        "preview",
+        "--camera",
+        "door",
+        "--out",
+        str(out),
+    )
     assert result.returncode == EX_CONFIG
     assert "no camera 'door'; configured cameras: entrance, aisle" in result.stderr
     assert not out.exists()

@@ -10,10 +10,10 @@ import urllib.parse
 import pytest
 import yaml
 
+from edge.redact import redact, redact_url, safe_name, without_credentials
+
 from broker import Subscriber, free_port
 from conftest import ROOT, run_edge
-
-from edge.redact import redact, redact_url, safe_name, without_credentials
 
 # Every character that means something in a URL, between two markers: any fragment of
 # the password that gets through (raw, %-encoded, cut at a special character) carries
@@ -27,10 +27,12 @@ ENCODED = urllib.parse.quote(PASSWORD, safe="")
 def sources(port: int) -> list[str]:
     """A password written raw, %-encoded, without a user name, and in a query string."""
     host = f"127.0.0.1:{port}"
-    return [f"rtsp://cam:{PASSWORD}@{host}/stream",
-            f"rtsp://:{ENCODED}@{host}/live",
-            f"http://admin:{ENCODED}@{host}/video.mjpg",
-            f"http://{host}/snapshot.cgi?user=admin&pwd={ENCODED}"]
+    return [
+        f"rtsp://cam:{PASSWORD}@{host}/stream",
+        f"rtsp://:{ENCODED}@{host}/live",
+        f"http://admin:{ENCODED}@{host}/video.mjpg",
+        f"http://{host}/snapshot.cgi?user=admin&pwd={ENCODED}",
+    ]
 
 
 def assert_no_password(text: str, where: str) -> None:
@@ -38,20 +40,25 @@ def assert_no_password(text: str, where: str) -> None:
         assert marker not in text, f"password fragment {marker!r} in {where}:\n{text}"
 
 
-@pytest.mark.parametrize("url, shown", [
-    ("rtsp://admin:p@ss/w:rd@10.0.0.5/stream", "rtsp://admin:***@10.0.0.5/stream"),
-    ("rtsp://:secret@cam.local:554/h264", "rtsp://:***@cam.local:554/h264"),
-    ("rtsp://u:a%40b%2Fc@[fe80::1]:554/x", "rtsp://u:***@[fe80::1]:554/x"),
-    ("rtsp://u:pw@host", "rtsp://u:***@host"),
-    ("http://cam/cgi?user=a&password=x&ch=1", "http://cam/cgi?user=a&password=***&ch=1"),
-    ("http://cam/snap@2x.jpg", "http://cam/snap@2x.jpg"),  # an '@' in a path only
-    ("rtsp://user@cam/stream", "rtsp://user@cam/stream"),   # no password
-    ("/dev/video0", "/dev/video0"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("rtsp://admin:p@ss/w:rd@10.0.0.5/stream", "rtsp://admin:***@10.0.0.5/stream"),
+        ("rtsp://:secret@cam.local:554/h264", "rtsp://:***@cam.local:554/h264"),
+        ("rtsp://u:a%40b%2Fc@[fe80::1]:554/x", "rtsp://u:***@[fe80::1]:554/x"),
+        ("rtsp://u:pw@host", "rtsp://u:***@host"),
+        ("http://cam/cgi?user=a&password=x&ch=1", "http://cam/cgi?user=a&password=***&ch=1"),
+        ("http://cam/snap@2x.jpg", "http://cam/snap@2x.jpg"),  # an '@' in a path only
+        ("rtsp://user@cam/stream", "rtsp://user@cam/stream"),  # no password
+        ("/dev/video0", "/dev/video0"),
+    ],
+)
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
-    assert redact(f"camera x: cannot open {url}; retrying") == \
-        f"camera x: cannot open {shown}; retrying"
+    assert (
+        redact(f"camera x: cannot open {url}; retrying")
+        == f"camera x: cannot open {shown}; retrying"
+    )
 
 
 def test_every_source_form_is_masked_and_named_safely():
@@ -61,8 +68,9 @@ def test_every_source_form_is_masked_and_named_safely():
         name = safe_name(source)
         assert_no_password(name, "the camera id")
         assert "127" not in name and "admin" not in name and "cam" != name
-        assert without_credentials(source).startswith(("rtsp://127.0.0.1:554/",
-                                                       "http://127.0.0.1:554/"))
+        assert without_credentials(source).startswith(
+            ("rtsp://127.0.0.1:554/", "http://127.0.0.1:554/")
+        )
     assert safe_name("rtsp://user:pw@10.0.0.5") == "cam1"  # no path: nothing safe to use
     assert safe_name("/media/entrance.mp4") == "entrance"
 
@@ -73,21 +81,33 @@ def test_no_command_or_topic_shows_a_password(tmp_path, broker):
     port = free_port()  # nothing listens: every camera fails, and says why
     urls = sources(port)
     store = "leaktest"
-    common = {"models": {"dir": str(ROOT / "models")}, "stats": {"interval_s": 1},
-              "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port,
-                       "store_id": store},
-              "player": {"port": 0}, "state_dir": str(tmp_path / "state")}
+    common = {
+        "models": {"dir": str(ROOT / "models")},
+        "stats": {"interval_s": 1},
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": broker.port, "store_id": store},
+        "player": {"port": 0},
+        "state_dir": str(tmp_path / "state"),
+    }
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({**common, "cameras": [
-        {"id": f"c{i}", "source": url} for i, url in enumerate(urls)]}))
+    config.write_text(
+        yaml.safe_dump(
+            {**common, "cameras": [{"id": f"c{i}", "source": url} for i, url in enumerate(urls)]}
+        )
+    )
     bare = tmp_path / "bare.yaml"  # no cameras: --source names the camera
     bare.write_text(yaml.safe_dump(common))
     sub = Subscriber(broker.port, f"edge/{store}/#")
     outputs = {}
     try:
+
         def service(name, *args, seconds=5.0):
-            proc = subprocess.Popen([sys.executable, "-m", "edge", *args], cwd=ROOT,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge", *args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
                 time.sleep(seconds)
                 proc.send_signal(signal.SIGTERM)
@@ -99,17 +119,45 @@ def test_no_command_or_topic_shows_a_password(tmp_path, broker):
         service("run", "--config", str(config), "run")
         service("run --jsonl", "--config", str(config), "run", "--jsonl", seconds=3)
         for i, url in enumerate(urls[:2]):
-            service(f"run --source {i} --realtime", "--config", str(bare), "run", "--source",
-                    url, "--realtime", seconds=3)
-            service(f"run --source {i} --jsonl", "--config", str(bare), "run", "--source",
-                    url, "--jsonl", seconds=3)
+            service(
+                f"run --source {i} --realtime",
+                "--config",
+                str(bare),
+                "run",
+                "--source",
+                url,
+                "--realtime",
+                seconds=3,
+            )
+            service(
+                f"run --source {i} --jsonl",
+                "--config",
+                str(bare),
+                "run",
+                "--source",
+                url,
+                "--jsonl",
+                seconds=3,
+            )
         for name, args in [
-                ("check", ["check", "--config", str(config)]),
-                ("preview", ["--config", str(config), "preview", "--camera", "c0",
-                             "--out", str(tmp_path / "p.jpg"), "--seconds", "1"]),
-                ("bench", ["--config", str(config), "bench", "--source", urls[0],
-                           "--seconds", "1"]),
-                ("analyze", ["--config", str(config), "analyze", urls[0], urls[1]])]:
+            ("check", ["check", "--config", str(config)]),
+            (
+                "preview",
+                [
+                    "--config",
+                    str(config),
+                    "preview",
+                    "--camera",
+                    "c0",
+                    "--out",
+                    str(tmp_path / "p.jpg"),
+                    "--seconds",
+                    "1",
+                ],
+            ),
+            ("bench", ["--config", str(config), "bench", "--source", urls[0], "--seconds", "1"]),
+            ("analyze", ["--config", str(config), "analyze", urls[0], urls[1]]),
+        ]:
             result = run_edge(*args)
             outputs[name] = result.stdout + result.stderr
         time.sleep(1)
@@ -125,6 +173,9 @@ def test_no_command_or_topic_shows_a_password(tmp_path, broker):
     for topic, payload, _ in sub.seen:
         assert_no_password(topic, "a topic")
         assert_no_password(payload.decode(errors="replace"), f"a message on {topic}")
-    assert_no_password("\n".join(p.read_text(errors="replace")
-                                 for p in (tmp_path / "state").rglob("*") if p.is_file()),
-                       "the state folder")
+    assert_no_password(
+        "\n".join(
+            p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()
+        ),
+        "the state folder",
+    )

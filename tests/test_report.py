@@ -13,10 +13,19 @@ import pytest
 
 from conftest import ROOT, need, run_edge
 
-CLIPS = ("face-demographics-walking-and-pause.gif", "head-pose-face-detection-female-and-male.gif",
-         "store-aisle-detection.gif")
-SEGMENT_KEYS = ("child_female", "child_male", "adult_female", "adult_male", "old_female",
-                "old_male")
+CLIPS = (
+    "face-demographics-walking-and-pause.gif",
+    "head-pose-face-detection-female-and-male.gif",
+    "store-aisle-detection.gif",
+)
+SEGMENT_KEYS = (
+    "child_female",
+    "child_male",
+    "adult_female",
+    "adult_male",
+    "old_female",
+    "old_male",
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,24 +34,26 @@ def filled(tmp_path_factory):
     camera followed by the window display with the repository's ad catalog."""
     tmp = tmp_path_factory.mktemp("report")
     config = tmp / "config.yaml"
-    config.write_text(f"models: {{dir: {ROOT / 'models'}}}\n"
-                      "cameras: [{id: entrance, source: /dev/video0}]\n"
-                      "displays: [{id: window, camera: entrance}]\n"
-                      f"selector: {{catalog: {ROOT / 'ads' / 'catalog.yaml'}}}\n"
-                      f"state_dir: {tmp / 'state'}\n")
+    config.write_text(
+        f"models: {{dir: {ROOT / 'models'}}}\n"
+        "cameras: [{id: entrance, source: /dev/video0}]\n"
+        "displays: [{id: window, camera: entrance}]\n"
+        f"selector: {{catalog: {ROOT / 'ads' / 'catalog.yaml'}}}\n"
+        f"state_dir: {tmp / 'state'}\n"
+    )
     summaries = []
     for clip in CLIPS:
         path = need(f"media/{clip}")
-        result = run_edge("--config", str(config), "run", "--source", str(path), "--jsonl",
-                          "--store")
+        result = run_edge(
+            "--config", str(config), "run", "--source", str(path), "--jsonl", "--store"
+        )
         assert result.returncode == 0, result.stderr
         summaries.append(json.loads(result.stdout.splitlines()[-1]))
     return config, summaries
 
 
 def report(config, *args, env=None):
-    result = run_edge("--config", str(config), "report", *args,
-                      env={**os.environ, **(env or {})})
+    result = run_edge("--config", str(config), "report", *args, env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -50,8 +61,10 @@ def report(config, *args, env=None):
 def test_report_totals_equal_the_runs_summaries(filled):
     config, summaries = filled
     data = json.loads(report(config, "--format", "json"))
-    expected = {k: sum(s["unique_visitors"][k.split("_")[0]][k.split("_")[1]] for s in summaries)
-                for k in SEGMENT_KEYS}
+    expected = {
+        k: sum(s["unique_visitors"][k.split("_")[0]][k.split("_")[1]] for s in summaries)
+        for k in SEGMENT_KEYS
+    }
     assert data["totals"]["visitors"] == expected
     assert expected["adult_female"] == 3 and expected["adult_male"] == 2  # 2+1, 1+1, 0
     assert data["totals"]["watchers"] == sum(s["watchers"] for s in summaries)
@@ -62,11 +75,18 @@ def test_report_totals_equal_the_runs_summaries(filled):
             mine = per_ad.setdefault(ad, {"plays": 0, "viewers": 0, "watchers": 0})
             for key in mine:
                 mine[key] += totals[key]
-    assert {a["ad"]: {"plays": a["plays"], "viewers": a["viewers_total"],
-                      "watchers": a["watchers_total"]} for a in data["ads"]} == per_ad
+    assert {
+        a["ad"]: {
+            "plays": a["plays"],
+            "viewers": a["viewers_total"],
+            "watchers": a["watchers_total"],
+        }
+        for a in data["ads"]
+    } == per_ad
     for ad in data["ads"]:
-        assert ad["watch_rate"] == (round(ad["watchers_total"] / ad["viewers_total"], 3)
-                                    if ad["viewers_total"] else None)
+        assert ad["watch_rate"] == (
+            round(ad["watchers_total"] / ad["viewers_total"], 3) if ad["viewers_total"] else None
+        )
         assert ad["screen_time_s"] > 0
     assert sum(a["plays"] for a in data["ads"]) == data["totals"]["plays"] >= 3
     # All of it happened just now, in the box's time zone (a run near midnight: two days).
@@ -96,19 +116,26 @@ def test_filters_and_time_zone(filled):
     assert data["ads"]
     assert "no counts or plays for display lobby" in report(config, "--display", "lobby")
     assert "no counts or plays for camera till" in report(config, "--camera", "till")
-    assert "no counts or plays from 2001-01-01" in report(config, "--from", "2001-01-01",
-                                                             "--to", "2001-01-31")
+    assert "no counts or plays from 2001-01-01" in report(
+        config, "--from", "2001-01-01", "--to", "2001-01-31"
+    )
     # Hours are the box's: the same store read with the clock fourteen hours ahead.
-    local = json.loads(report(config, "--format", "json", "--by", "hour",
-                              env={"TZ": "UTC"}))["periods"][0]["period"]
-    ahead = json.loads(report(config, "--format", "json", "--by", "hour",
-                              env={"TZ": "Etc/GMT-14"}))["periods"][0]["period"]
+    local = json.loads(report(config, "--format", "json", "--by", "hour", env={"TZ": "UTC"}))[
+        "periods"
+    ][0]["period"]
+    ahead = json.loads(
+        report(config, "--format", "json", "--by", "hour", env={"TZ": "Etc/GMT-14"})
+    )["periods"][0]["period"]
     shift = dt.datetime.fromisoformat(ahead) - dt.datetime.fromisoformat(local)
     assert shift == dt.timedelta(hours=14)
     # --to a date includes that whole day
     today = dt.date.today().isoformat()
-    assert json.loads(report(config, "--format", "json", "--from", today, "--to", today,
-                             env={"TZ": "UTC"}))["totals"]["visitors_total"] == 5
+    assert (
+        json.loads(
+            report(config, "--format", "json", "--from", today, "--to", today, env={"TZ": "UTC"})
+        )["totals"]["visitors_total"]
+        == 5
+    )
 
 
 def test_missing_or_empty_store_is_one_clear_line(tmp_path):
@@ -124,7 +151,8 @@ def test_missing_or_empty_store_is_one_clear_line(tmp_path):
     result = run_edge("--config", str(config), "report", "--format", "json")
     assert result.returncode == 0
     assert result.stdout.strip().splitlines() == [
-        f"{tmp_path / 'state' / 'audience.db'}: no counts or plays"]
+        f"{tmp_path / 'state' / 'audience.db'}: no counts or plays"
+    ]
 
 
 def test_bad_date_is_one_line(tmp_path):

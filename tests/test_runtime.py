@@ -23,8 +23,10 @@ def test_cuda_request_without_gpu_falls_back_in_one_line(caplog):
         runtime.choose_providers(("cuda", "cpu"))  # asked again: no second line
     assert chosen == ("CPUExecutionProvider",)
     assert len(caplog.records) == 1
-    assert "cuda (" in caplog.records[0].getMessage() and "using CPUExecutionProvider" in \
-        caplog.records[0].getMessage()
+    assert (
+        "cuda (" in caplog.records[0].getMessage()
+        and "using CPUExecutionProvider" in caplog.records[0].getMessage()
+    )
 
 
 def test_cpu_only_request_logs_nothing(caplog):
@@ -47,23 +49,27 @@ def tiny_genderage(path):
     """An ONNX model with InsightFace genderage's interface (N,3,96,96 -> N,3):
     real ONNX Runtime execution of our backend's pre/post-processing, since no
     genderage.onnx may be shipped or downloaded here."""
-    weights = np.array([[0.01, -0.01, 0.002], [-0.01, 0.01, 0.003], [0.0, 0.0, 0.001]],
-                       np.float32)
-    nodes = [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w"], ["fc1"])]
+    weights = np.array([[0.01, -0.01, 0.002], [-0.01, 0.01, 0.003], [0.0, 0.0, 0.001]], np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["fc1"]),
+    ]
     graph = helper.make_graph(
-        nodes, "genderage",
+        nodes,
+        "genderage",
         [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 96, 96])],
         [helper.make_tensor_value_info("fc1", TensorProto.FLOAT, ["N", 3])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [3, 3], weights.flatten())])
+        [helper.make_tensor("w", TensorProto.FLOAT, [3, 3], weights.flatten())],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
 
 
 def test_insightface_genderage_backend_batches_and_reports_probabilities(
-        tmp_path, analyzer, group_photo):
+    tmp_path, analyzer, group_photo
+):
     import cv2
 
     path = tmp_path / "genderage.onnx"

@@ -7,10 +7,10 @@ from collections import Counter
 
 import yaml
 
-from edge.pipeline.catalog import load_catalog
 from edge.config import SelectorConfig
-from edge.records import Viewer
+from edge.pipeline.catalog import load_catalog
 from edge.pipeline.select import Selector
+from edge.records import Viewer
 
 from conftest import ROOT
 
@@ -19,36 +19,54 @@ THURSDAY = dt.datetime(2026, 11, 26, 9, 0)  # senior-tuesdays is off
 TUESDAY = dt.datetime(2026, 11, 24, 9, 0)
 
 
-def viewer(age_class: str = "adult", gender: str = "female", *, watching: bool = True,
-           attention_s: float | None = None, age_conf: float = 1.0,
-           gender_conf: float = 1.0, dwell_s: float = 3.0,
-           child_prob: float | None = None) -> Viewer:
+def viewer(
+    age_class: str = "adult",
+    gender: str = "female",
+    *,
+    watching: bool = True,
+    attention_s: float | None = None,
+    age_conf: float = 1.0,
+    gender_conf: float = 1.0,
+    dwell_s: float = 3.0,
+    child_prob: float | None = None,
+) -> Viewer:
     if attention_s is None:
         attention_s = 2.0 if watching else 0.0
     if child_prob is None:  # the class's confidence for a child, else nothing left for child
         child_prob = age_conf if age_class == "child" else 0.0
-    return Viewer(age_class, gender, age_conf, gender_conf, dwell_s=dwell_s,
-                  attention_s=attention_s, watching=watching, child_prob=child_prob)
+    return Viewer(
+        age_class,
+        gender,
+        age_conf,
+        gender_conf,
+        dwell_s=dwell_s,
+        attention_s=attention_s,
+        watching=watching,
+        child_prob=child_prob,
+    )
 
 
 def selector(catalog=SHIPPED, **settings) -> Selector:
-    return Selector("window", load_catalog(catalog), SelectorConfig(**settings),
-                    min_attention_s=1.0)
+    return Selector(
+        "window", load_catalog(catalog), SelectorConfig(**settings), min_attention_s=1.0
+    )
 
 
 def write_catalog(tmp_path, *ads: dict):
     """A catalog with welcome/family plus `ads`, their creatives written beside it."""
-    base = [{"id": "welcome", "title": "Welcome", "creative": "c/welcome.html", "duration_s": 10},
-            {"id": "family", "title": "Family", "creative": "c/family.html", "duration_s": 10}]
-    entries = base + [{"title": ad["id"], "creative": f"c/{ad['id']}.html", "duration_s": 10,
-                       **ad} for ad in ads]
+    base = [
+        {"id": "welcome", "title": "Welcome", "creative": "c/welcome.html", "duration_s": 10},
+        {"id": "family", "title": "Family", "creative": "c/family.html", "duration_s": 10},
+    ]
+    entries = base + [
+        {"title": ad["id"], "creative": f"c/{ad['id']}.html", "duration_s": 10, **ad} for ad in ads
+    ]
     (tmp_path / "c").mkdir()
     for entry in entries:
         if not entry["creative"].startswith("https://"):
             (tmp_path / entry["creative"]).write_text("<html></html>")
     path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump({"default": "welcome", "family_safe": "family",
-                                    "ads": entries}))
+    path.write_text(yaml.safe_dump({"default": "welcome", "family_safe": "family", "ads": entries}))
     return path
 
 
@@ -67,8 +85,7 @@ def test_nobody_gets_the_default_ad_at_once():
     decision = selector().decide([], 100.0, THURSDAY)
     assert (decision.ad, decision.rule, decision.segment) == ("welcome", "nobody", None)
     assert decision.display == "window" and decision.time == 100.0
-    assert decision.audience == {"people": 0, "watchers": 0, "weights": {},
-                                 "children_share": 0.0}
+    assert decision.audience == {"people": 0, "watchers": 0, "weights": {}, "children_share": 0.0}
 
 
 def test_adult_women_get_the_women_ad():
@@ -133,8 +150,11 @@ def test_the_children_share_weighs_each_person_by_their_child_probability():
     # Two people read as adults who are nearly as likely children, and one likely child:
     # by most-likely class only 0.6 of 1.7 is child (0.35), by probability (0.48 + 0.48
     # + 0.6) / 3 = 0.52, more than child_share: the family-safe ad.
-    audience = [viewer(age_conf=0.52, child_prob=0.48), viewer(age_conf=0.52, child_prob=0.48),
-                viewer("child", age_conf=0.6)]
+    audience = [
+        viewer(age_conf=0.52, child_prob=0.48),
+        viewer(age_conf=0.52, child_prob=0.48),
+        viewer("child", age_conf=0.6),
+    ]
     decision = selector(child_guard=1.0).decide(audience, 0.0, THURSDAY)
     assert (decision.ad, decision.rule) == ("family", "children")
     assert decision.audience["children_share"] == 0.52
@@ -143,8 +163,11 @@ def test_the_children_share_weighs_each_person_by_their_child_probability():
 def test_the_children_weight_follows_attention():
     # The same probabilities, but the likely child only walks past (weight 0.3):
     # (0.48 + 0.48 + 0.3 x 0.6) / 2.3 = 0.50, not more than child_share.
-    audience = [viewer(age_conf=0.52, child_prob=0.48), viewer(age_conf=0.52, child_prob=0.48),
-                viewer("child", age_conf=0.6, watching=False)]
+    audience = [
+        viewer(age_conf=0.52, child_prob=0.48),
+        viewer(age_conf=0.52, child_prob=0.48),
+        viewer("child", age_conf=0.6, watching=False),
+    ]
     decision = selector(child_guard=1.0).decide(audience, 0.0, THURSDAY)
     assert decision.rule == "targeting" and decision.audience["children_share"] == 0.5
 
@@ -165,14 +188,17 @@ def test_a_possible_child_is_never_counted_in_an_adult_segment():
 def test_only_possible_children_get_the_family_ad():
     for policy in ("family_safe", "target"):
         decision = selector(children=policy).decide(
-            [viewer(gender="male", age_conf=0.55, child_prob=0.4)], 0.0, THURSDAY)
+            [viewer(gender="male", age_conf=0.55, child_prob=0.4)], 0.0, THURSDAY
+        )
         assert (decision.ad, decision.rule, decision.segment) == ("family", "children", None)
 
 
 def test_children_are_never_targeted_under_family_safe(tmp_path):
-    catalog = write_catalog(tmp_path, {"id": "toys", "targeting": {"age_classes": ["child"]}},
-                            {"id": "women", "targeting": {"age_classes": ["adult"],
-                                                          "genders": ["female"]}})
+    catalog = write_catalog(
+        tmp_path,
+        {"id": "toys", "targeting": {"age_classes": ["child"]}},
+        {"id": "women", "targeting": {"age_classes": ["adult"], "genders": ["female"]}},
+    )
     audience = [viewer("child"), viewer("child"), viewer()]  # children the largest segment
     decision = selector(catalog, child_share=0.9).decide(audience, 0.0, THURSDAY)
     assert decision.ad == "women"
@@ -204,40 +230,51 @@ def test_wall_defaults_to_local_time_of_now():
 
 def test_highest_priority_wins_and_general_ads_match_anyone(tmp_path):
     women = {"age_classes": ["adult"], "genders": ["female"]}
-    catalog = write_catalog(tmp_path, {"id": "sale"},
-                            {"id": "women", "targeting": women},
-                            {"id": "vip", "targeting": women, "priority": 2})
+    catalog = write_catalog(
+        tmp_path,
+        {"id": "sale"},
+        {"id": "women", "targeting": women},
+        {"id": "vip", "targeting": women, "priority": 2},
+    )
     shown, _ = turns(selector(catalog), [viewer()], 4)
     assert shown == ["vip"] * 4  # no rotation into lower priorities
     assert selector(catalog).decide([viewer(gender="male")], 0.0, THURSDAY).ad == "sale"
 
 
 def test_rotation_alternates_between_equal_ads(tmp_path):
-    catalog = write_catalog(tmp_path, {"id": "a", "targeting": {"genders": ["female"]}},
-                            {"id": "b", "targeting": {"genders": ["female"]}})
+    catalog = write_catalog(
+        tmp_path,
+        {"id": "a", "targeting": {"genders": ["female"]}},
+        {"id": "b", "targeting": {"genders": ["female"]}},
+    )
     shown, published = turns(selector(catalog), [viewer()], 6)
     assert shown == published == ["a", "b", "a", "b", "a", "b"]
 
 
 def test_rotation_follows_weights(tmp_path):
     female = {"genders": ["female"]}
-    catalog = write_catalog(tmp_path, {"id": "a", "weight": 2, "targeting": female},
-                            {"id": "b", "targeting": female})
+    catalog = write_catalog(
+        tmp_path, {"id": "a", "weight": 2, "targeting": female}, {"id": "b", "targeting": female}
+    )
     shown, published = turns(selector(catalog), [viewer()], 6)
     assert Counter(shown) == {"a": 4, "b": 2}
     # a keeps the screen for its second turn: republishing it would restart the creative
-    assert all(x != y for x, y in zip(published, published[1:]))
+    assert all(x != y for x, y in zip(published, published[1:], strict=False))
     assert len(published) == 5
 
 
 def test_rotation_never_repeats_when_weights_allow(tmp_path):
     # Plain smooth round-robin gives a,b,c,a,a,b,c,a here; the on-screen ad steps aside.
     female = {"genders": ["female"]}
-    catalog = write_catalog(tmp_path, {"id": "a", "weight": 2, "targeting": female},
-                            {"id": "b", "targeting": female}, {"id": "c", "targeting": female})
+    catalog = write_catalog(
+        tmp_path,
+        {"id": "a", "weight": 2, "targeting": female},
+        {"id": "b", "targeting": female},
+        {"id": "c", "targeting": female},
+    )
     shown, published = turns(selector(catalog), [viewer()], 8)
     assert Counter(shown) == {"a": 4, "b": 2, "c": 2}
-    assert shown == published and all(x != y for x, y in zip(shown, shown[1:]))
+    assert shown == published and all(x != y for x, y in zip(shown, shown[1:], strict=False))
 
 
 def test_hold_keeps_the_ad_for_its_duration():
@@ -268,7 +305,7 @@ def test_the_default_ad_for_no_match_is_held():
 def test_decisions_only_on_change_and_the_hold_restarts():
     sel = selector()
     first = sel.decide([viewer()], 0.0, THURSDAY)
-    assert sel.decide([viewer()], 12.0, THURSDAY) is None   # same ad again: nothing to publish
+    assert sel.decide([viewer()], 12.0, THURSDAY) is None  # same ad again: nothing to publish
     assert sel.decide([viewer(gender="male")], 20.0, THURSDAY) is None  # held until 24
     assert sel.current is first
     assert sel.decide([viewer(gender="male")], 24.0, THURSDAY).ad == "grooming-week"
@@ -276,9 +313,11 @@ def test_decisions_only_on_change_and_the_hold_restarts():
 
 def test_creative_paths_are_relative_and_urls_unchanged(tmp_path):
     url = "https://cdn.example.com/spring.html"
-    catalog = write_catalog(tmp_path, {"id": "web", "creative": url,
-                                       "targeting": {"genders": ["female"]}},
-                            {"id": "local", "targeting": {"genders": ["male"]}})
+    catalog = write_catalog(
+        tmp_path,
+        {"id": "web", "creative": url, "targeting": {"genders": ["female"]}},
+        {"id": "local", "targeting": {"genders": ["male"]}},
+    )
     assert selector(catalog).decide([viewer()], 0.0, THURSDAY).creative == url
     local = selector(catalog).decide([viewer(gender="male")], 0.0, THURSDAY)
     assert local.creative == "c/local.html"
@@ -289,7 +328,6 @@ def test_someone_just_arrived_does_not_switch_the_display_yet():
     sel = selector()
     assert sel.decide([], 0.0, THURSDAY).ad == "welcome"
     # In view for 0.2 s: a label from the first frames, maybe someone walking past.
-    assert sel.decide([viewer("adult", "male", dwell_s=0.2, watching=False)], 0.2,
-                      THURSDAY) is None
+    assert sel.decide([viewer("adult", "male", dwell_s=0.2, watching=False)], 0.2, THURSDAY) is None
     decision = sel.decide([viewer("adult", "male", dwell_s=1.2, watching=False)], 1.2, THURSDAY)
     assert decision.ad == "grooming-week" and decision.rule == "targeting"

@@ -28,8 +28,9 @@ def run_clip(name):
 
 
 def visitors(summary):
-    return {(c, g): n for c, by_g in summary["unique_visitors"].items()
-            for g, n in by_g.items() if n}
+    return {
+        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
+    }
 
 
 def test_walking_clip_three_adults_two_women_one_man():
@@ -59,9 +60,24 @@ def test_store_aisle_clip_creates_no_confident_visitor():
 def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
     config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run",
-                             "--source", str(group_photo), "--realtime", "--jsonl"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "--config",
+            str(config),
+            "run",
+            "--source",
+            str(group_photo),
+            "--realtime",
+            "--jsonl",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = json.loads(proc.stdout.readline())
         while first["type"] != "audience":
@@ -88,20 +104,35 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
     manager.bind(path)
     manager.settimeout(20)
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n"
-                      f"metrics: {{port: 0}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\nmetrics: {{port: 0}}\n"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), "run", "--source",
-         str(group_photo), "--realtime"], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "--config",
+            str(config),
+            "run",
+            "--source",
+            str(group_photo),
+            "--realtime",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+    )
     messages = []
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             messages.append(manager.recv(4096).decode())
             if any("WATCHDOG=1" in m for m in messages) and any(
-                    m.startswith("STATUS=") and "fps" in m for m in messages):
+                m.startswith("STATUS=") and "fps" in m for m in messages
+            ):
                 break
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
@@ -109,7 +140,7 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
         while True:
             try:
                 messages.append(manager.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 break
     finally:
         proc.kill()
@@ -121,10 +152,13 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
     assert proc.returncode == 0
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("cameras:\n  - {id: door}\n", "'cameras[0].source' is missing"),
-    ("", "no cameras configured"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("cameras:\n  - {id: door}\n", "'cameras[0].source' is missing"),
+        ("", "no cameras configured"),
+    ],
+)
 def test_run_config_errors_exit_78(tmp_path, text, needle):
     config = tmp_path / "config.yaml"
     config.write_text(text)
@@ -137,8 +171,10 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
     walk = need("media/face-demographics-walking-and-pause.gif")
     pose = need("media/head-pose-face-detection-female-and-male.gif")
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
-                      f"  - {{id: door, source: {walk}}}\n  - {{id: till, source: {pose}}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
+        f"  - {{id: door, source: {walk}}}\n  - {{id: till, source: {pose}}}\n"
+    )
     from edge import config as config_mod
     from edge.service import Service
 
@@ -154,7 +190,8 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
     batches = []
     original = service.analyzer.classifier.classify_many
     service.analyzer.classifier.classify_many = lambda frames, faces: (
-        batches.append(len(frames)) or original(frames, faces))
+        batches.append(len(frames)) or original(frames, faces)
+    )
     assert service.run() == 0
     summaries = {e["camera"]: e for e in sink.events if e["type"] == "summary"}
     assert visitors(summaries["door"]) == {("adult", "female"): 2, ("adult", "male"): 1}
@@ -175,7 +212,7 @@ def notifications(manager, seconds: float) -> list[tuple[float, bytes]]:
     while time.monotonic() < end:
         try:
             got.append((time.monotonic(), manager.recv(4096)))
-        except socket.timeout:
+        except TimeoutError:
             pass
     return got
 
@@ -187,13 +224,12 @@ def wait_for_ready(manager, seconds: float = 60) -> None:
         try:
             if manager.recv(4096).startswith(b"READY=1"):
                 return
-        except socket.timeout:
+        except TimeoutError:
             pass
     raise AssertionError("no READY=1")
 
 
-def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_path,
-                                                                          group_photo):
+def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_path, group_photo):
     """The camera is offline and retried by its reader: reported as degraded, and the
     watchdog is still fed (a restart would not bring the camera back)."""
     import shutil
@@ -206,13 +242,18 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
     cv2.imwrite(str(folder / "0.jpg"), image)
     path, manager = notify_socket(tmp_path)
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats: {{interval_s: 1}}\n"
-                      f"metrics: {{port: 0}}\n"
-                      f"cameras:\n  - {{id: shelf, source: {folder}, loop: true, fps: 10}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "--config", str(config), "run"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "NOTIFY_SOCKET": path,
-                                 "WATCHDOG_USEC": "1000000"})
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\nstats: {{interval_s: 1}}\n"
+        f"metrics: {{port: 0}}\n"
+        f"cameras:\n  - {{id: shelf, source: {folder}, loop: true, fps: 10}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), "run"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+    )
     try:
         wait_for_ready(manager)
         pets = [t for t, m in notifications(manager, 4) if m == b"WATCHDOG=1"]
@@ -221,7 +262,7 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
         gone = notifications(manager, 4)
         assert any(m.startswith(b"STATUS=degraded: 1 of 1 camera(s) offline") for _, m in gone)
         pets = [t for t, m in gone if m == b"WATCHDOG=1"]
-        assert len(pets) >= 4 and max(b - a for a, b in zip(pets, pets[1:])) < 1.0
+        assert len(pets) >= 4 and max(b - a for a, b in zip(pets, pets[1:], strict=False)) < 1.0
         folder.mkdir()
         cv2.imwrite(str(folder / "0.jpg"), image)
         back = notifications(manager, 8)
@@ -232,8 +273,7 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
         manager.close()
 
 
-def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_photo,
-                                                                 monkeypatch):
+def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_photo, monkeypatch):
     """A stage that hangs (a driver, a deadlock) stops the pets, so systemd restarts the
     service; frames flowing again resumes them. The real service with its real detector,
     held up on purpose after a few frames."""
@@ -244,9 +284,11 @@ def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_
     path, manager = notify_socket(tmp_path)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n"
-                      f"cameras:\n  - {{id: shelf, source: {group_photo}, loop: true, "
-                      f"fps: 10}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n"
+        f"cameras:\n  - {{id: shelf, source: {group_photo}, loop: true, "
+        f"fps: 10}}\n"
+    )
     service = Service(config_mod.load(config), [], notifier=Notifier(path))
     detector = service.analyzer.detector
     real, release = detector.detect_many, threading.Event()
@@ -285,12 +327,14 @@ def test_camera_target_fps_and_detection_width(tmp_path):
 
     clip = need("media/face-demographics-walking-and-pause.gif")  # 12.5 fps
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
-                      f"  - {{id: door, source: {clip}, loop: true, fps: 5, detect_width: 320}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
+        f"  - {{id: door, source: {clip}, loop: true, fps: 5, detect_width: 320}}\n"
+    )
     service = Service(config_mod.load(config), sinks=[])
     service.run(duration_s=3.0)
     stats = service.stats().cameras["door"]
-    assert 3.5 <= stats.processed_fps <= 5.5      # the camera's target, not the file's 12.5
+    assert 3.5 <= stats.processed_fps <= 5.5  # the camera's target, not the file's 12.5
     assert stats.passed_over_fps >= 5 and stats.skipped_fps == 0
     assert (320, 192) in service.analyzer.detector._sessions  # 480x270 frames at 320 wide
 
@@ -311,25 +355,30 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
     manager.settimeout(0.2)
     with HungCamera() as hung1, HungCamera("http") as hung2:
         config = tmp_path / "config.yaml"
-        config.write_text(f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n"
-                          f"cameras:\n"
-                          f"  - {{id: hung1, source: '{hung1.url}', stall_timeout_s: 3}}\n"
-                          f"  - {{id: hung2, source: '{hung2.url}', stall_timeout_s: 3}}\n"
-                          f"  - {{id: door, source: '{clip}', loop: true}}\n")
+        config.write_text(
+            f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\n"
+            f"cameras:\n"
+            f"  - {{id: hung1, source: '{hung1.url}', stall_timeout_s: 3}}\n"
+            f"  - {{id: hung2, source: '{hung2.url}', stall_timeout_s: 3}}\n"
+            f"  - {{id: door, source: '{clip}', loop: true}}\n"
+        )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--jsonl"], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+            [sys.executable, "-m", "edge", "--config", str(config), "run", "--jsonl"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
+        )
         messages = []  # (time, message)
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
                     messages.append((time.monotonic(), manager.recv(4096).decode()))
-                except socket.timeout:
+                except TimeoutError:
                     continue
-                if messages[0][1].startswith("READY=1") and \
-                        messages[-1][0] - messages[0][0] > 10:
+                if messages[0][1].startswith("READY=1") and messages[-1][0] - messages[0][0] > 10:
                     break
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=10)
@@ -351,15 +400,15 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
     status = {e["camera"]: e for e in events if e["type"] == "camera"}
     assert status["hung1"]["online"] is False and "no answer within 3 s" in status["hung1"]["error"]
     assert status["hung2"]["online"] is False
-    assert any(e["type"] == "stats" and e["cameras"]["door"]["processed_fps"] > 5
-               for e in events)
+    assert any(e["type"] == "stats" and e["cameras"]["door"]["processed_fps"] > 5 for e in events)
     assert proc.returncode == 0, err
 
 
 def run_briefly(*args):
     """`edge` with a 60 s limit: these runs used to retry (or repeat a still) forever."""
-    return subprocess.run([sys.executable, "-m", "edge", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def _jpeg(group_photo, size=(320, 220)) -> bytes:
@@ -368,13 +417,17 @@ def _jpeg(group_photo, size=(320, 220)) -> bytes:
     return cv2.imencode(".jpg", cv2.resize(cv2.imread(str(group_photo)), size))[1].tobytes()
 
 
-@pytest.mark.parametrize("name, content, status, why", [
-    ("missing.mp4", None, 66, "no such file"),
-    ("upload.jpg", "truncated", 65, "truncated JPEG"),
-    ("clip.mp4", b"not a video at all\n" * 10, 65, "not a video or image OpenCV can read"),
-])
-def test_offline_run_on_an_unreadable_source_is_one_error_line(tmp_path, group_photo, name,
-                                                               content, status, why):
+@pytest.mark.parametrize(
+    "name, content, status, why",
+    [
+        ("missing.mp4", None, 66, "no such file"),
+        ("upload.jpg", "truncated", 65, "truncated JPEG"),
+        ("clip.mp4", b"not a video at all\n" * 10, 65, "not a video or image OpenCV can read"),
+    ],
+)
+def test_offline_run_on_an_unreadable_source_is_one_error_line(
+    tmp_path, group_photo, name, content, status, why
+):
     path = tmp_path / name
     if content == "truncated":
         data = _jpeg(group_photo)
@@ -388,8 +441,14 @@ def test_offline_run_on_an_unreadable_source_is_one_error_line(tmp_path, group_p
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and str(path) in errors[0] and why in errors[0], result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
-        {"type": "error", "camera": "missing" if content is None else path.stem,
-         "source": str(path), "error": errors[0].split(": ", 2)[2], "exit_status": status}]
+        {
+            "type": "error",
+            "camera": "missing" if content is None else path.stem,
+            "source": str(path),
+            "error": errors[0].split(": ", 2)[2],
+            "exit_status": status,
+        }
+    ]
 
 
 def test_offline_run_on_a_still_photo_is_one_frame(tmp_path, group_photo):
@@ -406,8 +465,10 @@ def offline_service(tmp_path, source, sinks, loop=False):
     from edge.service import Service
 
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
-                      f"  - {{id: door, source: '{source}', loop: {str(loop).lower()}}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\ncameras:\n"
+        f"  - {{id: door, source: '{source}', loop: {str(loop).lower()}}}\n"
+    )
     return Service(config_mod.load(config), sinks, offline=True)
 
 
@@ -468,8 +529,10 @@ def test_repeated_decoder_warnings_are_rate_limited(tmp_path, group_photo):
     (folder / "0.jpg").write_bytes(good)
     (folder / "1.jpg").write_bytes(good[:-2] + b"\x00\x11\x22\x33" + good[-2:])
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {ROOT / 'models'}\n"
-                      f"cameras:\n  - {{id: shelf, source: '{folder}', loop: true, fps: 20}}\n")
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\n"
+        f"cameras:\n  - {{id: shelf, source: '{folder}', loop: true, fps: 20}}\n"
+    )
     result = run_briefly("--config", str(config), "run", "--duration", "4")
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "Corrupt JPEG data" in line]

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from edge.outputs import store as store_mod
 from edge.events import AudienceEvent, IntervalEvent
+from edge.outputs import store as store_mod
 from edge.outputs.store import AudienceStore, StoreError
 
 from conftest import ROOT, need, run_edge
@@ -23,12 +23,21 @@ from conftest import ROOT, need, run_edge
 def interval(camera: str, start: float, women: int = 1, length_s: float = 60) -> IntervalEvent:
     from edge.timefmt import iso
 
-    return IntervalEvent(camera, iso(start), iso(start + length_s),
-                         unique_visitors={"child": {"female": 0, "male": 0},
-                                          "adult": {"female": women, "male": 0},
-                                          "old": {"female": 0, "male": 0}},
-                         gender_unknown={"child": 0, "adult": 0, "old": 0},
-                         watchers=1, unclassified=0, dwell_s=3.5, attention_s=1.5)
+    return IntervalEvent(
+        camera,
+        iso(start),
+        iso(start + length_s),
+        unique_visitors={
+            "child": {"female": 0, "male": 0},
+            "adult": {"female": women, "male": 0},
+            "old": {"female": 0, "male": 0},
+        },
+        gender_unknown={"child": 0, "adult": 0, "old": 0},
+        watchers=1,
+        unclassified=0,
+        dwell_s=3.5,
+        attention_s=1.5,
+    )
 
 
 def rows(path, table: str) -> int:
@@ -41,8 +50,12 @@ def test_inserts_are_idempotent_by_id_and_aggregate_only(tmp_path):
     store = AudienceStore(path).start()
     now = time.time()
     try:
-        for event in (interval("door", now), interval("door", now), interval("door", now + 60),
-                      AudienceEvent("door", "t", present=[], counts={})):
+        for event in (
+            interval("door", now),
+            interval("door", now),
+            interval("door", now + 60),
+            AudienceEvent("door", "t", present=[], counts={}),
+        ):
             store.emit(event)
         assert store.flush()
     finally:
@@ -94,8 +107,11 @@ def test_schema_versions_are_migrated_and_a_newer_store_is_refused(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
         conn.execute(f"PRAGMA user_version = {len(store_mod.MIGRATIONS) + 1}")
-    with pytest.raises(StoreError, match=r"audience.db: the audience store has schema version "
-                                         r"2, newer than this edge knows \(1\)"):
+    with pytest.raises(
+        StoreError,
+        match=r"audience.db: the audience store has schema version "
+        r"2, newer than this edge knows \(1\)",
+    ):
         AudienceStore(path).start()
 
 
@@ -119,8 +135,13 @@ time.sleep(60)
 
 def test_killed_writer_loses_at_most_the_record_in_flight(tmp_path):
     path = tmp_path / "audience.db"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(50):  # well into the batch
             assert proc.stdout.readline(), proc.stderr.read()
@@ -149,15 +170,21 @@ def test_an_offline_run_writes_only_with_store(tmp_path):
     config.write_text(f"models: {{dir: {ROOT / 'models'}}}\nstate_dir: {state}\n")
     result = run_edge("--config", str(config), "run", "--source", str(clip), "--jsonl")
     assert result.returncode == 0 and not (state / "audience.db").exists()
-    result = run_edge("--config", str(config), "run", "--source", str(clip), "--jsonl",
-                      "--store")
+    result = run_edge("--config", str(config), "run", "--source", str(clip), "--jsonl", "--store")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.splitlines()[-1])
     with sqlite3.connect(state / "audience.db") as conn:
-        women, men = conn.execute("SELECT SUM(visitors_adult_female), SUM(visitors_adult_male) "
-                                  "FROM intervals").fetchone()
-    assert (women, men) == (summary["unique_visitors"]["adult"]["female"],
-                            summary["unique_visitors"]["adult"]["male"]) == (2, 1)
+        women, men = conn.execute(
+            "SELECT SUM(visitors_adult_female), SUM(visitors_adult_male) FROM intervals"
+        ).fetchone()
+    assert (
+        (women, men)
+        == (
+            summary["unique_visitors"]["adult"]["female"],
+            summary["unique_visitors"]["adult"]["male"],
+        )
+        == (2, 1)
+    )
 
 
 def test_an_unusable_store_is_one_line_and_the_run_goes_on(tmp_path):
@@ -166,9 +193,9 @@ def test_an_unusable_store_is_one_line_and_the_run_goes_on(tmp_path):
     (state / "audience.db").mkdir(parents=True)  # a folder where the file should be
     config = tmp_path / "config.yaml"
     config.write_text(f"models: {{dir: {ROOT / 'models'}}}\nstate_dir: {state}\n")
-    result = run_edge("--config", str(config), "run", "--source", str(clip), "--jsonl",
-                      "--store")
+    result = run_edge("--config", str(config), "run", "--source", str(clip), "--jsonl", "--store")
     assert result.returncode == 0, result.stderr
-    assert "cannot open the audience store" in result.stderr and "running without it" in \
-        result.stderr
+    assert (
+        "cannot open the audience store" in result.stderr and "running without it" in result.stderr
+    )
     assert json.loads(result.stdout.splitlines()[-1])["type"] == "summary"

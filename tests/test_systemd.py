@@ -35,8 +35,12 @@ def analyze() -> str:
     if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"],
-                       env=env, capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "systemd"],
+            env=env,
+            capture_output=True,
+            timeout=600,
+        )
         found = shutil.which("systemd-analyze")
     if found is None:
         unavailable("systemd-analyze is not installed and could not be (needs root and apt)")
@@ -51,8 +55,13 @@ def verify(analyze: str, tmp_path: Path, text: str, name: str = "edge.service") 
     assert EXEC in text
     unit = tmp_path / name
     unit.write_text(text.replace(EXEC, str(stand_in)))
-    out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "SYSTEMD_LOG_COLOR": "0"})
+    out = subprocess.run(
+        [analyze, "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_COLOR": "0"},
+    )
     return out.returncode, (out.stdout + out.stderr).strip()
 
 
@@ -77,10 +86,13 @@ def test_unit_verifies_cleanly(analyze, tmp_path):
     assert status == 0 and output == "", output
 
 
-@pytest.mark.parametrize("change, complaint", [
-    (("WatchdogSec=30", "WatchdogSec=30\nWatchDogSecs=30"), "Unknown key"),
-    (("Restart=on-failure", "Restart=sometimes"), "restart specifier"),
-])
+@pytest.mark.parametrize(
+    "change, complaint",
+    [
+        (("WatchdogSec=30", "WatchdogSec=30\nWatchDogSecs=30"), "Unknown key"),
+        (("Restart=on-failure", "Restart=sometimes"), "restart specifier"),
+    ],
+)
 def test_verify_catches_a_broken_unit(analyze, tmp_path, change, complaint):
     # Both only warn (exit 0): proof that the empty-output check above can fail.
     text = UNIT.read_text()
@@ -114,12 +126,22 @@ def test_service_hardening():
     d = directives(text)
     one = {key: values[-1] for key, values in d.items()}
     expected = {
-        "DynamicUser": "yes", "StateDirectory": "edge", "ProtectSystem": "strict",
-        "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
-        "DevicePolicy": "closed", "CapabilityBoundingSet": "", "UMask": "0077",
-        "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
-        "ProtectControlGroups": "yes", "RestrictNamespaces": "yes", "LockPersonality": "yes",
-        "SystemCallArchitectures": "native", "EnvironmentFile": "-/etc/edge/edge.env",
+        "DynamicUser": "yes",
+        "StateDirectory": "edge",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "NoNewPrivileges": "yes",
+        "DevicePolicy": "closed",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "SystemCallArchitectures": "native",
+        "EnvironmentFile": "-/etc/edge/edge.env",
     }
     for key, value in expected.items():
         assert one.get(f"Service.{key}") == value, key
@@ -129,12 +151,17 @@ def test_service_hardening():
     assert {"char-nvidia-frontend rw", "char-nvidia-uvm rw"} <= set(allowed)
     assert all(re.fullmatch(r"(char-[\w-]+|/dev/\S+) rw?m?", a) for a in allowed), allowed
     assert set(one["Service.RestrictAddressFamilies"].split()) <= {
-        "AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+    }
     # Secrets live in the EnvironmentFile only (comments may name the variables).
     active = [line for line in text.splitlines() if not line.lstrip().startswith(("#", ";"))]
     assert not [line for line in active if "PASSWORD" in line.upper()]
-    assert "Service.Environment" not in d or not any("EDGE_MQTT" in v
-                                                     for v in d["Service.Environment"])
+    assert "Service.Environment" not in d or not any(
+        "EDGE_MQTT" in v for v in d["Service.Environment"]
+    )
     assert "Service.User" not in d and "Service.Group" not in d  # DynamicUser decides
 
 

@@ -4,10 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.pipeline.detect import CenterFace
 from edge.config import TrackerConfig
-from edge.records import Detections
+from edge.pipeline.detect import CenterFace
 from edge.pipeline.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
+from edge.records import Detections
 
 from conftest import ROOT, need
 
@@ -135,7 +135,7 @@ def test_frames_left_out_by_gating_are_no_misses():
         assert (track.id, track.misses, track.det_index) == (tid, 0, 0)
     # Then standing still for 5 s, still seen every other frame: one track throughout.
     for i in range(20, 20 + round(5 * FPS), 2):
-        track, = tracker.update(dets(face(260, 100)), i / FPS).tracks
+        (track,) = tracker.update(dets(face(260, 100)), i / FPS).tracks
         assert (track.id, track.misses) == (tid, 0)
     # Gone: the track ends by time, after max_age_s, however few updates there were.
     last = track.last_seen
@@ -165,8 +165,10 @@ def test_someone_else_far_from_a_lost_face_starts_a_new_track():
     for i in range(5, 15):
         tracker.update(Detections.empty(), i / FPS)
     tracks = tracker.update(dets(face(300, 100)), 15 / FPS).tracks
-    assert sorted((t.id == tid, t.state) for t in tracks) == [(False, "tentative"),
-                                                              (True, "confirmed")]
+    assert sorted((t.id == tid, t.state) for t in tracks) == [
+        (False, "tentative"),
+        (True, "confirmed"),
+    ]
 
 
 def test_crossing_faces_keep_their_ids():
@@ -190,8 +192,9 @@ def test_nearby_faces_do_not_swap():
     ids_by_side = {"left": set(), "right": set()}
     for i in range(20):
         jitter = 2 * np.sin(i)
-        tracks = tracker.update(dets(face(100 + jitter, 100), face(155 - jitter, 102)),
-                                i / FPS).tracks
+        tracks = tracker.update(
+            dets(face(100 + jitter, 100), face(155 - jitter, 102)), i / FPS
+        ).tracks
         for t in tracks:
             ids_by_side["left" if t.box[0] < 128 else "right"].add(t.id)
     assert len(ids_by_side["left"]) == 1 and len(ids_by_side["right"]) == 1
@@ -266,10 +269,13 @@ def track_clip(path, detector) -> tuple[list[list], int]:
     return frames, len(frames)
 
 
-@pytest.mark.parametrize("clip, people, n_frames", [
-    ("media/face-demographics-walking-and-pause.gif", 3, 41),
-    ("media/head-pose-face-detection-female-and-male.gif", 2, 56),
-])
+@pytest.mark.parametrize(
+    "clip, people, n_frames",
+    [
+        ("media/face-demographics-walking-and-pause.gif", 3, 41),
+        ("media/head-pose-face-detection-female-and-male.gif", 2, 56),
+    ],
+)
 def test_clip_gives_one_id_per_person(clip, people, n_frames, detector):
     frames, count = track_clip(need(clip), detector)
     assert count == n_frames

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -60,17 +59,27 @@ def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
     from tqdm import tqdm
 
     from edge import config as config_mod
+    from edge.commands.evaluate import load_padded, read_labels
     from edge.pipeline import classify
     from edge.pipeline.analyze import FaceAnalyzer
-    from edge.commands.evaluate import load_padded, read_labels
 
     cfg = config_mod.load(ROOT / "config.yaml")
     cfg.classifier.backend, cfg.classifier.members = "ensemble", ["cydral", "faceapi"]
     analyzer = FaceAnalyzer(cfg)
     cydral, face_api = analyzer.classifier.members
     assert isinstance(cydral, classify.CydralAgeGender)
-    out = {k: [] for k in ("age", "male", "found", "cydral_age_probs", "cydral_male",
-                           "faceapi_age", "faceapi_male")}
+    out = {
+        k: []
+        for k in (
+            "age",
+            "male",
+            "found",
+            "cydral_age_probs",
+            "cydral_male",
+            "faceapi_age",
+            "faceapi_male",
+        )
+    }
     for label in tqdm(read_labels(labels_csv), desc="raw outputs", file=sys.stderr):
         frame = load_padded(label.path)
         faces = analyzer.detector(frame)
@@ -97,22 +106,28 @@ def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
 
 # --- predictions from raw outputs and a calibration -------------------------------------
 
+
 def cydral_predict(d, idx, knots, threshold):
     from edge.pipeline.classify import AGE_BINS, RegressionCalibration, class_masks
 
     bin_ages = np.interp(AGE_BINS, [0, knots[0], knots[1], 80], [0, 18, 60, 80])
     probs = d["cydral_age_probs"][idx]
     shift = RegressionCalibration(male_threshold=threshold)
-    return (probs @ bin_ages, probs @ class_masks(bin_ages, 18, 60).T,
-            shift.male_probs(d["cydral_male"][idx]))
+    return (
+        probs @ bin_ages,
+        probs @ class_masks(bin_ages, 18, 60).T,
+        shift.male_probs(d["cydral_male"][idx]),
+    )
 
 
 def faceapi_calibration(knots, spread, threshold):
     from edge.pipeline.classify import RegressionCalibration
 
-    return RegressionCalibration(age_knots=((0.0, 0.0), (knots[0], 18.0), (knots[1], 60.0),
-                                            (80.0, 80.0)),
-                                 age_spread=spread, male_threshold=threshold)
+    return RegressionCalibration(
+        age_knots=((0.0, 0.0), (knots[0], 18.0), (knots[1], 60.0), (80.0, 80.0)),
+        age_spread=spread,
+        male_threshold=threshold,
+    )
 
 
 def faceapi_predict(d, idx, knots, spread, threshold):
@@ -135,12 +150,19 @@ def scores(d, idx, pred) -> dict:
     gender_ok = found & ((np.nan_to_num(male, nan=0.5) >= 0.5) == is_male)
     teen = true_age >= 13
     recall = [float(np.mean(cls[tc == k] == k)) for k in range(3)]
-    return {"gender13": float(np.mean(gender_ok[teen])), "class": float(np.mean(cls == tc)),
-            "balanced": float(np.mean(recall)), "child": recall[0], "adult": recall[1],
-            "old": recall[2], "mae": float(np.mean(np.abs(ages[found] - true_age[found])))}
+    return {
+        "gender13": float(np.mean(gender_ok[teen])),
+        "class": float(np.mean(cls == tc)),
+        "balanced": float(np.mean(recall)),
+        "child": recall[0],
+        "adult": recall[1],
+        "old": recall[2],
+        "mae": float(np.mean(np.abs(ages[found] - true_age[found]))),
+    }
 
 
 # --- fits ----------------------------------------------------------------------------------
+
 
 def fit_knots(raw_class_fn, d, idx):
     """Boundary knots maximising balanced class accuracy (ties: nearest the identity)."""
@@ -162,8 +184,12 @@ def fit_threshold(male_raw, d, idx):
     teen = (d["age"][idx] >= 13) & d["found"][idx]
     is_male = d["male"][idx][teen]
     p = male_raw[teen]
-    return float(max(((np.mean(p[is_male] >= t) + np.mean(p[~is_male] < t)) / 2, -abs(t - 0.5), t)
-                     for t in GENDER_GRID)[2])
+    return float(
+        max(
+            ((np.mean(p[is_male] >= t) + np.mean(p[~is_male] < t)) / 2, -abs(t - 0.5), t)
+            for t in GENDER_GRID
+        )[2]
+    )
 
 
 def fit_cydral(d, idx, gender=True):
@@ -173,8 +199,14 @@ def fit_cydral(d, idx, gender=True):
     cum = np.nan_to_num(probs, nan=0)
 
     def classes(c, o):
-        return np.stack([cum[:, AGE_BINS < c].sum(1), cum[:, (AGE_BINS >= c) & (AGE_BINS < o)].sum(1),
-                         cum[:, AGE_BINS >= o].sum(1)], 1).argmax(1)
+        return np.stack(
+            [
+                cum[:, AGE_BINS < c].sum(1),
+                cum[:, (AGE_BINS >= c) & (AGE_BINS < o)].sum(1),
+                cum[:, AGE_BINS >= o].sum(1),
+            ],
+            1,
+        ).argmax(1)
 
     knots = fit_knots(classes, d, idx)
     t = fit_threshold(d["cydral_male"][idx], d, idx) if gender else 0.5
@@ -195,8 +227,7 @@ def fit_faceapi(d, idx, gender=True):
     # No gender threshold: fitted per fold it came out 0.68 and 0.51 (docs/calibration.md
     # section 8), a sign of noise, not of a bias worth correcting. `--faceapi-threshold`
     # shows what fitting one would do.
-    t = fit_threshold(d["faceapi_male"][idx], d, idx) if gender and FIT_FACEAPI_THRESHOLD \
-        else 0.5
+    t = fit_threshold(d["faceapi_male"][idx], d, idx) if gender and FIT_FACEAPI_THRESHOLD else 0.5
     return knots, spread, t
 
 
@@ -207,16 +238,20 @@ def ensemble_predict(d, idx, parts, weights, gender_weights=None):
 
     w = np.asarray(weights, float) / np.sum(weights)
     gw = w if gender_weights is None else np.asarray(gender_weights, float) / np.sum(gender_weights)
-    ages, probs = (sum(wi * p[k] for wi, p in zip(w, parts)) for k in (0, 1))
-    log_odds = sum(wi * _log_odds(np.nan_to_num(p[2], nan=0.5)) for wi, p in zip(gw, parts))
+    ages, probs = (sum(wi * p[k] for wi, p in zip(w, parts, strict=False)) for k in (0, 1))
+    log_odds = sum(
+        wi * _log_odds(np.nan_to_num(p[2], nan=0.5)) for wi, p in zip(gw, parts, strict=False)
+    )
     return ages, probs, 1 / (1 + np.exp(-log_odds))
 
 
 def member_parts(d, idx, fits):
     """The members' predictions as an ensemble pools them: Cydral's log-odds unshifted."""
     (fa_knots, fa_spread, fa_t), (cy_knots, _) = fits
-    return [faceapi_predict(d, idx, fa_knots, fa_spread, fa_t),
-            cydral_predict(d, idx, cy_knots, 0.5)]
+    return [
+        faceapi_predict(d, idx, fa_knots, fa_spread, fa_t),
+        cydral_predict(d, idx, cy_knots, 0.5),
+    ]
 
 
 def fit_ensemble(d, idx, w, fits):
@@ -236,8 +271,9 @@ def fit_ensemble(d, idx, w, fits):
 
 
 def ensemble_whole_predict(d, idx, w, fits, knots, spread, gw=None):
-    ages, _, male = ensemble_predict(d, idx, member_parts(d, idx, fits), [w, 1 - w],
-                                     None if gw is None else [gw, 1 - gw])
+    ages, _, male = ensemble_predict(
+        d, idx, member_parts(d, idx, fits), [w, 1 - w], None if gw is None else [gw, 1 - gw]
+    )
     cal = faceapi_calibration(knots, spread, 0.5)
     ages = cal.ages(ages)
     return ages, cal.class_probs(ages, 18, 60), male
@@ -252,8 +288,9 @@ def member_logits(d) -> dict[str, np.ndarray]:
     """Each member's raw log-odds of male, as classify.Ensemble clips them."""
     from edge.classify import _log_odds
 
-    return {name: _log_odds(np.nan_to_num(d[f"{name}_male"], nan=0.5))
-            for name in ("faceapi", "cydral")}
+    return {
+        name: _log_odds(np.nan_to_num(d[f"{name}_male"], nan=0.5)) for name in ("faceapi", "cydral")
+    }
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -287,25 +324,29 @@ def pooling_systems():
     shift = np.log(CYDRAL_MALE_THRESHOLD / (1 - CYDRAL_MALE_THRESHOLD))
 
     def raw(w, cydral_shift=0.0):
-        return lambda d, lo, train, test: w * lo["faceapi"][test] + (1 - w) * (
-            lo["cydral"][test] - cydral_shift)
+        return lambda d, lo, train, test: (
+            w * lo["faceapi"][test] + (1 - w) * (lo["cydral"][test] - cydral_shift)
+        )
 
     def calibrated(w):
         def run(d, lo, train, test):
             (a1, b1), (a2, b2) = platt(d, lo["faceapi"], train), platt(d, lo["cydral"], train)
-            return (w * (a1 * lo["faceapi"][test] + b1)
-                    + (1 - w) * (a2 * lo["cydral"][test] + b2))
+            return w * (a1 * lo["faceapi"][test] + b1) + (1 - w) * (a2 * lo["cydral"][test] + b2)
+
         return run
 
     def stacked(d, lo, train, test):
         rows = gender_fit_rows(d, train)
-        w1, w2, b = fit_logistic(np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]),
-                                 d["male"][rows].astype(float))
+        w1, w2, b = fit_logistic(
+            np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]),
+            d["male"][rows].astype(float),
+        )
         return w1 * lo["faceapi"][test] + w2 * lo["cydral"][test] + b
 
     out = {f"raw log-odds, faceapi {w:g}": raw(w) for w in POOL_GRID}
-    out["raw log-odds, faceapi 0.55, Cydral threshold 0.36 in the pool (previous default)"] = \
-        raw(0.55, shift)
+    out["raw log-odds, faceapi 0.55, Cydral threshold 0.36 in the pool (previous default)"] = raw(
+        0.55, shift
+    )
     out.update({f"Platt-calibrated log-odds, faceapi {w:g}": calibrated(w) for w in POOL_GRID})
     out["Platt-calibrated, weights fitted (stacking)"] = stacked
     return out
@@ -325,8 +366,10 @@ def gender_scores(d, z) -> tuple[float, float]:
 def gender_pooling_report(d, folds) -> None:
     lo = member_logits(d)
     every = np.arange(len(d["age"]))
-    print("gender pooling, two-fold cross-validated (out-of-fold):\n"
-          "| pooling | gender 13+ | log loss |\n| --- | --- | --- |")
+    print(
+        "gender pooling, two-fold cross-validated (out-of-fold):\n"
+        "| pooling | gender 13+ | log loss |\n| --- | --- | --- |"
+    )
     for name, fn in pooling_systems().items():
         z = np.zeros(len(every))
         for k in (0, 1):
@@ -336,26 +379,35 @@ def gender_pooling_report(d, folds) -> None:
         print(f"| {name} | {accuracy:.4f} | {loss:.3f} |")
     print()
     for name in ("faceapi", "cydral"):
-        fits = [platt(d, lo[name], idx) for idx in
-                (every, np.flatnonzero(folds != 0), np.flatnonzero(folds != 1))]
+        fits = [
+            platt(d, lo[name], idx)
+            for idx in (every, np.flatnonzero(folds != 0), np.flatnonzero(folds != 1))
+        ]
         (a, b), (a0, b0), (a1, b1) = fits
-        print(f"{name}: Platt a, b on all faces {a:.2f}, {b:+.2f}; "
-              f"folds {a0:.2f}, {b0:+.2f} and {a1:.2f}, {b1:+.2f}")
+        print(
+            f"{name}: Platt a, b on all faces {a:.2f}, {b:+.2f}; "
+            f"folds {a0:.2f}, {b0:+.2f} and {a1:.2f}, {b1:+.2f}"
+        )
     rows = gender_fit_rows(d, every)
-    w1, w2, bias = fit_logistic(np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]),
-                                d["male"][rows].astype(float))
+    w1, w2, bias = fit_logistic(
+        np.column_stack([lo["faceapi"][rows], lo["cydral"][rows]]), d["male"][rows].astype(float)
+    )
     print(f"stacking, all faces: faceapi {w1:.2f}, cydral {w2:.2f}, bias {bias:+.2f}")
     pooled = 1 / (1 + np.exp(-(0.5 * lo["faceapi"] + 0.5 * lo["cydral"])))
-    print("threshold on the default pool (raw, equal): all faces "
-          f"{fit_threshold(pooled, d, every):.2f}; folds "
-          f"{fit_threshold(pooled[folds != 0], d, np.flatnonzero(folds != 0)):.2f} and "
-          f"{fit_threshold(pooled[folds != 1], d, np.flatnonzero(folds != 1)):.2f}")
+    print(
+        "threshold on the default pool (raw, equal): all faces "
+        f"{fit_threshold(pooled, d, every):.2f}; folds "
+        f"{fit_threshold(pooled[folds != 0], d, np.flatnonzero(folds != 0)):.2f} and "
+        f"{fit_threshold(pooled[folds != 1], d, np.flatnonzero(folds != 1)):.2f}"
+    )
 
 
 # --- report ------------------------------------------------------------------------------
 
+
 def systems(gender_fit: bool):
     """name -> function(d, train_idx, test_idx, calibrated) -> predictions on test_idx."""
+
     def cydral(d, train, test, cal):
         knots, t = fit_cydral(d, train, gender_fit) if cal else ((18, 60), 0.5)
         return cydral_predict(d, test, knots, t)
@@ -372,9 +424,14 @@ def systems(gender_fit: bool):
 
     def ensemble(w, gw=None):
         def run(d, train, test, cal):
-            return ensemble_predict(d, test, [face_api(d, train, test, cal),
-                                              cydral_member(d, train, test, cal)], [w, 1 - w],
-                                    None if gw is None else [gw, 1 - gw])
+            return ensemble_predict(
+                d,
+                test,
+                [face_api(d, train, test, cal), cydral_member(d, train, test, cal)],
+                [w, 1 - w],
+                None if gw is None else [gw, 1 - gw],
+            )
+
         return run
 
     def ensemble_whole(w, gw=None):
@@ -384,6 +441,7 @@ def systems(gender_fit: bool):
             fits = (fit_faceapi(d, train, gender_fit), fit_cydral(d, train, gender_fit))
             knots, spread = fit_ensemble(d, train, w, fits)
             return ensemble_whole_predict(d, test, w, fits, knots, spread, gw)
+
         return run
 
     out = {"cydral": cydral, "faceapi": face_api}
@@ -406,19 +464,26 @@ def cross_validated(d, fn, folds):
 
 
 def line(name, s):
-    return (f"| {name} | {s['gender13']:.3f} | {s['class']:.3f} | {s['balanced']:.3f} | "
-            f"{s['child']:.3f} | {s['adult']:.3f} | {s['old']:.3f} | {s['mae']:.2f} |")
+    return (
+        f"| {name} | {s['gender13']:.3f} | {s['class']:.3f} | {s['balanced']:.3f} | "
+        f"{s['child']:.3f} | {s['adult']:.3f} | {s['old']:.3f} | {s['mae']:.2f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels")
-    parser.add_argument("--cache", type=Path, help="raw outputs (.npz): read if present, "
-                                                   "else written")
-    parser.add_argument("--no-gender-threshold", action="store_true",
-                        help="fit no gender threshold (0.5 for every backend)")
-    parser.add_argument("--faceapi-threshold", action="store_true",
-                        help="also fit a gender threshold for faceapi")
+    parser.add_argument(
+        "--cache", type=Path, help="raw outputs (.npz): read if present, else written"
+    )
+    parser.add_argument(
+        "--no-gender-threshold",
+        action="store_true",
+        help="fit no gender threshold (0.5 for every backend)",
+    )
+    parser.add_argument(
+        "--faceapi-threshold", action="store_true", help="also fit a gender threshold for faceapi"
+    )
     args = parser.parse_args()
     global FIT_FACEAPI_THRESHOLD
     FIT_FACEAPI_THRESHOLD = args.faceapi_threshold
@@ -427,11 +492,15 @@ def main() -> None:
     every = np.arange(n)
     folds = np.random.default_rng(0).permutation(n) % 2
     print(f"{n} faces, {int((~d['found']).sum())} missed by the detector\n")
-    header = ("| system | gender 13+ | age class | balanced | child | adult | old | MAE |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for title, mode in (("raw networks (no calibration)", "raw"),
-                        ("calibrated on all faces (in-sample)", "in"),
-                        ("two-fold cross-validated (out-of-fold)", "cv")):
+    header = (
+        "| system | gender 13+ | age class | balanced | child | adult | old | MAE |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    for title, mode in (
+        ("raw networks (no calibration)", "raw"),
+        ("calibrated on all faces (in-sample)", "in"),
+        ("two-fold cross-validated (out-of-fold)", "cv"),
+    ):
         print(f"{title}:\n{header}")
         for name, fn in systems(not args.no_gender_threshold).items():
             if mode == "raw":
@@ -443,21 +512,33 @@ def main() -> None:
             print(line(name, scores(d, every, pred)))
         print()
     knots, t = fit_cydral(d, every, not args.no_gender_threshold)
-    print(f"cydral, all faces: AGE_CALIBRATION knots [0, 0], [{knots[0]:g}, 18], "
-          f"[{knots[1]:g}, 60], [80, 80]; gender threshold {t:.2f}")
+    print(
+        f"cydral, all faces: AGE_CALIBRATION knots [0, 0], [{knots[0]:g}, 18], "
+        f"[{knots[1]:g}, 60], [80, 80]; gender threshold {t:.2f}"
+    )
     for k in (0, 1):
-        print(f"  fold {k}: {fit_cydral(d, np.flatnonzero(folds != k), not args.no_gender_threshold)}")
+        print(
+            f"  fold {k}: {fit_cydral(d, np.flatnonzero(folds != k), not args.no_gender_threshold)}"
+        )
     knots, spread, t = fit_faceapi(d, every, not args.no_gender_threshold)
-    print(f"faceapi, all faces: FACEAPI_CALIBRATION age_knots ((0, 0), ({knots[0]:g}, 18), "
-          f"({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}, male_threshold {t:.2f}")
+    print(
+        f"faceapi, all faces: FACEAPI_CALIBRATION age_knots ((0, 0), ({knots[0]:g}, 18), "
+        f"({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}, male_threshold {t:.2f}"
+    )
     for k in (0, 1):
-        print(f"  fold {k}: {fit_faceapi(d, np.flatnonzero(folds != k), not args.no_gender_threshold)}")
-    fits = (fit_faceapi(d, every, not args.no_gender_threshold),
-            fit_cydral(d, every, not args.no_gender_threshold))
+        print(
+            f"  fold {k}: {fit_faceapi(d, np.flatnonzero(folds != k), not args.no_gender_threshold)}"
+        )
+    fits = (
+        fit_faceapi(d, every, not args.no_gender_threshold),
+        fit_cydral(d, every, not args.no_gender_threshold),
+    )
     for w in WEIGHT_GRID:
         knots, spread = fit_ensemble(d, every, w, fits)
-        print(f"ensemble faceapi {w:g} + cydral {1 - w:g}, all faces: age_knots ((0, 0), "
-              f"({knots[0]:g}, 18), ({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}")
+        print(
+            f"ensemble faceapi {w:g} + cydral {1 - w:g}, all faces: age_knots ((0, 0), "
+            f"({knots[0]:g}, 18), ({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}"
+        )
     print()
     gender_pooling_report(d, folds)
 

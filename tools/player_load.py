@@ -90,15 +90,21 @@ def phase_idle(port: int, n: int, baseline: int, limit_s: float) -> dict:
     for key in list(sel.get_map().values()):
         key.fileobj.close()
     time.sleep(0.3)
-    return {"idle_connections": n, "idle_server_threads_after_1s": threads,
-            "idle_closed": len(closed), "idle_closed_after_min_s": pct(closed, 0.0),
-            "idle_closed_after_max_s": pct(closed, 1.0),
-            "idle_server_threads_after": threading.active_count() - baseline}
+    return {
+        "idle_connections": n,
+        "idle_server_threads_after_1s": threads,
+        "idle_closed": len(closed),
+        "idle_closed_after_min_s": pct(closed, 0.0),
+        "idle_closed_after_max_s": pct(closed, 1.0),
+        "idle_server_threads_after": threading.active_count() - baseline,
+    }
 
 
 def phase_streams(port: int, n: int, baseline: int) -> tuple[dict, list[socket.socket]]:
-    request = (f"GET /display/{DISPLAY}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-               f"Accept: text/event-stream\r\n\r\n").encode()
+    request = (
+        f"GET /display/{DISPLAY}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Accept: text/event-stream\r\n\r\n"
+    ).encode()
     sel = selectors.DefaultSelector()
     sent: dict[socket.socket, float] = {}
     buffers: dict[socket.socket, bytes] = {}
@@ -137,15 +143,21 @@ def phase_streams(port: int, n: int, baseline: int) -> tuple[dict, list[socket.s
     while len(first_event) + len(turned_away) < n and time.monotonic() < deadline:
         read_ready(0.2)
     threads = threading.active_count() - baseline
-    return ({"streams_asked": n, "streams_all_sent_after_s": connecting_s,
-             "streams_served": len(first_event),
-             "streams_turned_away_503": len(turned_away),
-             "first_event_p50_s": pct(first_event, 0.5),
-             "first_event_p95_s": pct(first_event, 0.95),
-             "first_event_max_s": pct(first_event, 1.0),
-             "turned_away_p50_s": pct(turned_away, 0.5),
-             "turned_away_max_s": pct(turned_away, 1.0),
-             "server_threads_with_streams": threads}, open_streams)
+    return (
+        {
+            "streams_asked": n,
+            "streams_all_sent_after_s": connecting_s,
+            "streams_served": len(first_event),
+            "streams_turned_away_503": len(turned_away),
+            "first_event_p50_s": pct(first_event, 0.5),
+            "first_event_p95_s": pct(first_event, 0.95),
+            "first_event_max_s": pct(first_event, 1.0),
+            "turned_away_p50_s": pct(turned_away, 0.5),
+            "turned_away_max_s": pct(turned_away, 1.0),
+            "server_threads_with_streams": threads,
+        },
+        open_streams,
+    )
 
 
 def phase_requests(port: int, n: int) -> dict:
@@ -170,17 +182,25 @@ def phase_requests(port: int, n: int) -> dict:
             else:
                 failures += 1
             s.close()
-    return {"requests": n, "request_failures": failures,
-            "request_p50_s": pct(latencies, 0.5), "request_p95_s": pct(latencies, 0.95),
-            "request_max_s": pct(latencies, 1.0)}
+    return {
+        "requests": n,
+        "request_failures": failures,
+        "request_p50_s": pct(latencies, 0.5),
+        "request_p95_s": pct(latencies, 0.95),
+        "request_max_s": pct(latencies, 1.0),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle", type=int, default=300)
     parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--max-streams", type=int, default=None,
-                        help="player.max_streams (default: the config default)")
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=None,
+        help="player.max_streams (default: the config default)",
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -191,23 +211,31 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(json.dumps({
-            "cameras": [{"id": "door", "source": "/dev/null"}],
-            "displays": [{"id": DISPLAY, "camera": "door"}],
-            "selector": {"catalog": str(ROOT / "ads" / "catalog.yaml")}}))
+        path.write_text(
+            json.dumps(
+                {
+                    "cameras": [{"id": "door", "source": "/dev/null"}],
+                    "displays": [{"id": DISPLAY, "camera": "door"}],
+                    "selector": {"catalog": str(ROOT / "ads" / "catalog.yaml")},
+                }
+            )
+        )
         config = config_mod.load(path)
         if args.max_streams is not None:
             config.player.max_streams = args.max_streams
-        server = player_server.DisplayServer(config, load_catalog(ROOT / "ads" / "catalog.yaml"),
-                                       port=0).start()
+        server = player_server.DisplayServer(
+            config, load_catalog(ROOT / "ads" / "catalog.yaml"), port=0
+        ).start()
         streams: list[socket.socket] = []
         try:
             baseline = threading.active_count()
             # getattr: the same tool measures a player from before these limits existed
             head_timeout = getattr(player_server, "REQUEST_HEAD_TIMEOUT_S", None)
-            figures = {"head_timeout_s": head_timeout,
-                       "max_streams": getattr(config.player, "max_streams", None),
-                       "listen_backlog": getattr(player_server, "LISTEN_BACKLOG", 5)}
+            figures = {
+                "head_timeout_s": head_timeout,
+                "max_streams": getattr(config.player, "max_streams", None),
+                "listen_backlog": getattr(player_server, "LISTEN_BACKLOG", 5),
+            }
             figures |= phase_idle(server.port, args.idle, baseline, (head_timeout or 5) + 5)
             result, streams = phase_streams(server.port, args.streams, baseline)
             figures |= result

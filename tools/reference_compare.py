@@ -40,23 +40,23 @@ def reference(faces_json: str, out: str) -> None:
         face = frontend.extract(image, [[x1, y1, x2 - 1, y2 - 1]])[0]
         age = predictor._engine.age.probabilities([face.age_chip])[0]
         gender = predictor._engine.gender.probabilities([face.gender_chip])[0]
-        results.append({"file": row["file"], "age_probs": age.tolist(),
-                        "male_prob": float(gender[1])})
+        results.append(
+            {"file": row["file"], "age_probs": age.tolist(), "male_prob": float(gender[1])}
+        )
     Path(out).write_text(json.dumps(results))
     print(f"{len(results)} reference predictions written to {out}")
 
 
 def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
     from edge import config as config_mod
+    from edge.commands.evaluate import age_class, load_padded, read_labels
     from edge.inference import modelstore
     from edge.pipeline.classify import AGE_BINS, CydralAgeGender
-    from edge.commands.evaluate import age_class, load_padded, read_labels
 
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models_dir), models_dir)
-    ours = CydralAgeGender(paths["age"], paths["gender"], ["cpu"], flip_tta=False,
-                           calibrated=False)
+    ours = CydralAgeGender(paths["age"], paths["gender"], ["cpu"], flip_tta=False, calibrated=False)
     faces = {r["file"]: r for r in json.loads(Path(faces_json).read_text())}
     ref = {r["file"]: r for r in json.loads(Path(ref_json).read_text())}
     rows = []
@@ -73,17 +73,30 @@ def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
     print(f"mean |age difference|: {age_diff.mean():.2f} years (median {np.median(age_diff):.2f})")
     if labels_csv:
         truth = {str(l.path): l for l in read_labels(Path(labels_csv))}
-        for name, male, ages in (("ours", male_ours, [r[2] for r in rows]),
-                                 ("reference", male_ref, [r[4] for r in rows])):
+        for name, male, ages in (
+            ("ours", male_ours, [r[2] for r in rows]),
+            ("reference", male_ref, [r[4] for r in rows]),
+        ):
             labels = [truth[r[0]] for r in rows]
-            g = np.array([("male" if m else "female") == l.gender for m, l in zip(male, labels)])
+            g = np.array(
+                [
+                    ("male" if m else "female") == l.gender
+                    for m, l in zip(male, labels, strict=False)
+                ]
+            )
             teen = np.array([l.age >= 13 for l in labels])
-            c = np.array([age_class(a, 18, 60) == age_class(l.age, 18, 60)
-                          for a, l in zip(ages, labels)])
+            c = np.array(
+                [
+                    age_class(a, 18, 60) == age_class(l.age, 18, 60)
+                    for a, l in zip(ages, labels, strict=False)
+                ]
+            )
             old = np.array([age_class(l.age, 18, 60) == 2 for l in labels])
-            mae = np.mean([abs(a - l.age) for a, l in zip(ages, labels)])
-            print(f"{name:9s}: gender_13plus {g[teen].mean():.4f}  age_class {c.mean():.4f}  "
-                  f"old recall {c[old].mean():.4f}  age MAE {mae:.2f}  (detected faces only)")
+            mae = np.mean([abs(a - l.age) for a, l in zip(ages, labels, strict=False)])
+            print(
+                f"{name:9s}: gender_13plus {g[teen].mean():.4f}  age_class {c.mean():.4f}  "
+                f"old recall {c[old].mean():.4f}  age MAE {mae:.2f}  (detected faces only)"
+            )
 
 
 if __name__ == "__main__":

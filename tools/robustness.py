@@ -33,10 +33,14 @@ EDGE = [sys.executable, "-m", "edge"]
 
 # ../shared/media/README.md: who is in each clip.
 CLIPS = {
-    "walk": ("face-demographics-walking-and-pause.gif", {("adult", "female"): 2,
-                                                         ("adult", "male"): 1}),
-    "pose": ("head-pose-face-detection-female-and-male.gif", {("adult", "female"): 1,
-                                                              ("adult", "male"): 1}),
+    "walk": (
+        "face-demographics-walking-and-pause.gif",
+        {("adult", "female"): 2, ("adult", "male"): 1},
+    ),
+    "pose": (
+        "head-pose-face-detection-female-and-male.gif",
+        {("adult", "female"): 1, ("adult", "male"): 1},
+    ),
 }
 FACE_PX = 80
 
@@ -78,33 +82,49 @@ def clip_variants(frames: list[np.ndarray], fps: float) -> dict:
     slow = [f for f in frames for _ in range(3)]
     return {
         "original": (frames, fps),
-        "1280x720": ([cv2.resize(f, (1280, 720), interpolation=cv2.INTER_CUBIC)
-                      for f in frames], fps),
-        "1920x1080": ([cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_CUBIC)
-                       for f in frames], fps),
+        "1280x720": (
+            [cv2.resize(f, (1280, 720), interpolation=cv2.INTER_CUBIC) for f in frames],
+            fps,
+        ),
+        "1920x1080": (
+            [cv2.resize(f, (1920, 1080), interpolation=cv2.INTER_CUBIC) for f in frames],
+            fps,
+        ),
         "half-fps": (frames[::2], fps / 2),
         "third-fps": (frames[::3], fps / 3),
         "mirrored": ([cv2.flip(f, 1) for f in frames], fps),
         "dark-x0.45": ([(f * 0.45).astype(np.uint8) for f in frames], fps),
-        "noise-sd12": ([np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8)
-                        for f in frames], fps),
+        "noise-sd12": (
+            [np.clip(f + rng.normal(0, 12, f.shape), 0, 255).astype(np.uint8) for f in frames],
+            fps,
+        ),
         "slow-x3": (slow, fps),
         "hidden-0.6s": (hide_left_third(frames, 0.64, fps), fps),
         "slow-hidden-1.5s": (hide_left_third(slow, 1.5, fps), fps),
         "slow-hidden-2.5s": (hide_left_third(slow, 2.5, fps), fps),
-        "slow-blank-2s": (slow[: len(slow) // 2] + [np.full_like(frames[0], 100)] * int(2 * fps)
-                          + slow[len(slow) // 2:], fps),
+        "slow-blank-2s": (
+            slow[: len(slow) // 2]
+            + [np.full_like(frames[0], 100)] * int(2 * fps)
+            + slow[len(slow) // 2 :],
+            fps,
+        ),
     }
 
 
 def visitors(config: Path, source: Path) -> dict:
     """Counts from the summary event of `edge run --jsonl` on one file."""
-    run = subprocess.run([*EDGE, "--config", str(config), "run", "--source", str(source),
-                          "--jsonl"], cwd=ROOT, capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [*EDGE, "--config", str(config), "run", "--source", str(source), "--jsonl"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     summary = [e for e in events if e["type"] == "summary"][-1]
-    counts = {(c, g): n for c, by_g in summary["unique_visitors"].items()
-              for g, n in by_g.items() if n}
+    counts = {
+        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
+    }
     return {"counts": counts, "unclassified": summary["unclassified"]}
 
 
@@ -122,8 +142,11 @@ def cmd_clips(out: Path, config: Path) -> int:
             exact += ok
             total += 1
             line = ", ".join(f"{c} {g}: {n}" for (c, g), n in sorted(got["counts"].items()))
-            print(f"{short:5} {variant:17} {line:44} {got['unclassified']:>12}  "
-                  f"{'yes' if ok else 'NO'}", flush=True)
+            print(
+                f"{short:5} {variant:17} {line:44} {got['unclassified']:>12}  "
+                f"{'yes' if ok else 'NO'}",
+                flush=True,
+            )
     print(f"exact counts: {exact} of {total} variants")
     return 0
 
@@ -131,10 +154,12 @@ def cmd_clips(out: Path, config: Path) -> int:
 FACE_VARIANTS = {
     "small": lambda im, rng: im,
     "small-dark-x0.45": lambda im, rng: (im * 0.45).astype(np.uint8),
-    "small-noise-sd12": lambda im, rng: np.clip(im + rng.normal(0, 12, im.shape), 0, 255
-                                                ).astype(np.uint8),
+    "small-noise-sd12": lambda im, rng: np.clip(im + rng.normal(0, 12, im.shape), 0, 255).astype(
+        np.uint8
+    ),
     "small-jpeg-q25": lambda im, rng: cv2.imdecode(
-        cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 25])[1], cv2.IMREAD_COLOR),
+        cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 25])[1], cv2.IMREAD_COLOR
+    ),
 }
 
 
@@ -156,8 +181,20 @@ def cmd_faces(out: Path, config: Path, labels: Path) -> int:
                 cv2.imwrite(str(folder / name), degrade(small, rng))
                 writer.writerow([name, row["age"], row["gender"]])
         result_file = folder / "results.json"
-        subprocess.run([*EDGE, "--config", str(config), "eval", str(folder / "labels.csv"),
-                        "--out", str(result_file)], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(
+            [
+                *EDGE,
+                "--config",
+                str(config),
+                "eval",
+                str(folder / "labels.csv"),
+                "--out",
+                str(result_file),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
         result = json.loads(result_file.read_text())
         print(f"{variant:18} " + " ".join(f"{result[k]:>22}" for k in keys), flush=True)
     return 0
@@ -168,8 +205,9 @@ def main() -> int:
     parser.add_argument("what", choices=("clips", "faces"))
     parser.add_argument("out", type=Path, help="scratch folder for the variants")
     parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
-    parser.add_argument("--labels", type=Path,
-                        default=SHARED / "faces" / "utkface-dev" / "labels.csv")
+    parser.add_argument(
+        "--labels", type=Path, default=SHARED / "faces" / "utkface-dev" / "labels.csv"
+    )
     args = parser.parse_args()
     if args.what == "clips":
         return cmd_clips(args.out, args.config.resolve())

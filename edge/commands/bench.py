@@ -41,9 +41,9 @@ import numpy as np
 import onnxruntime
 
 from edge import __version__
-from edge.inference import runtime
 from edge.config import CameraConfig
 from edge.errors import EdgeError, InputError
+from edge.inference import runtime
 from edge.redact import redact
 from edge.service import Service
 
@@ -70,8 +70,7 @@ def load_frames(source: str, size: tuple[int, int] | None) -> list[np.ndarray]:
     return frames
 
 
-def with_idle_share(frames: list[np.ndarray], idle_share: float,
-                    seed: int = 0) -> list[np.ndarray]:
+def with_idle_share(frames: list[np.ndarray], idle_share: float, seed: int = 0) -> list[np.ndarray]:
     """The source followed by an empty, still scene for a share `idle_share` of the frames.
 
     The scene is the first frame blurred (sigma 1/30 of its width: no face survives)
@@ -82,8 +81,9 @@ def with_idle_share(frames: list[np.ndarray], idle_share: float,
     h, w = frames[0].shape[:2]
     empty = cv2.GaussianBlur(frames[0], (0, 0), w / 30).astype(np.float32)
     rng = np.random.default_rng(seed)
-    still = [np.clip(empty + rng.normal(0, 2, empty.shape), 0, 255).astype(np.uint8)
-             for _ in range(8)]
+    still = [
+        np.clip(empty + rng.normal(0, 2, empty.shape), 0, 255).astype(np.uint8) for _ in range(8)
+    ]
     idle = round(len(frames) * idle_share / (1 - idle_share))
     return list(frames) + [still[i % len(still)] for i in range(idle)]
 
@@ -131,18 +131,35 @@ def side_by_side(frames: list[np.ndarray], cameras: int) -> list[list[np.ndarray
 
 def summary(latencies_ms: list[float], elapsed_s: float) -> dict:
     lat = np.array(latencies_ms)
-    return {"fps": round(len(lat) / elapsed_s, 2), "frames": len(lat),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p95_ms": round(float(np.percentile(lat, 95)), 2)}
+    return {
+        "fps": round(len(lat) / elapsed_s, 2),
+        "frames": len(lat),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+    }
 
 
-def memory_service(config, frames: list[np.ndarray], fps: float, cameras: int,
-                   gating: bool = True, stagger: bool = False) -> Service:
+def memory_service(
+    config,
+    frames: list[np.ndarray],
+    fps: float,
+    cameras: int,
+    gating: bool = True,
+    stagger: bool = False,
+) -> Service:
     """The service with `cameras` cameras, each looping over the same decoded frames
     (with `stagger`, camera i starts i/cameras of the way into them)."""
     ungated = {} if gating else {"motion": False, "tracked_detect_fps": None}
-    config.cameras = [CameraConfig(id=f"bench{i}" if cameras > 1 else "bench", source="memory",
-                                   fps=fps, loop=True, **ungated) for i in range(cameras)]
+    config.cameras = [
+        CameraConfig(
+            id=f"bench{i}" if cameras > 1 else "bench",
+            source="memory",
+            fps=fps,
+            loop=True,
+            **ungated,
+        )
+        for i in range(cameras)
+    ]
     starts = iter(range(cameras))  # the service opens its cameras in order
 
     def opener(*_):
@@ -170,13 +187,16 @@ def bench_full(service: Service, seconds: float) -> dict:
             cam.reader.stop()
     result = summary(latencies, elapsed)
     result["cpu_ms"] = round(cpu_used * 1000 / max(len(latencies), 1), 2)
-    per_camera = {cid: round((cam.frames - done_before[cid]) / elapsed, 2)
-                  for cid, cam in service.cameras.items()}
+    per_camera = {
+        cid: round((cam.frames - done_before[cid]) / elapsed, 2)
+        for cid, cam in service.cameras.items()
+    }
     result["fps"] = round(float(np.mean(list(per_camera.values()))), 2)
     result["per_camera_fps"] = per_camera
     frames = sum(cam.frames - done_before[cid] for cid, cam in service.cameras.items())
-    detected = sum(cam.frames_detected - detected_before[cid]
-                   for cid, cam in service.cameras.items())
+    detected = sum(
+        cam.frames_detected - detected_before[cid] for cid, cam in service.cameras.items()
+    )
     result["detected_share"] = round(detected / frames, 3) if frames else None
     result["classifier_calls"] = service.classifier_calls
     result["mean_batch"] = service.stats().classifier_batch or 0
@@ -192,7 +212,7 @@ def bench_classifier(classifier, detector, frames: list[np.ndarray], seconds: fl
     """Faces/s of the networks alone at each batch size, on chips of the source's faces."""
     if not hasattr(classifier, "classify_chips"):
         return {}  # the insightface backend crops inside its own call
-    sample = frames[::max(1, len(frames) // 32)]  # faces from across the clip, cut once
+    sample = frames[:: max(1, len(frames) // 32)]  # faces from across the clip, cut once
     faces = [detector(frame) for frame in sample]
     if not any(len(f) for f in faces):
         return {}
@@ -201,10 +221,14 @@ def bench_classifier(classifier, detector, frames: list[np.ndarray], seconds: fl
     results = {}
     for batch in CLASSIFIER_BATCHES:
         chips = take_rows(cut, index[:batch])
-        r = timed(lambda c: classifier.classify_chips(*c), [chips],
-                  seconds / len(CLASSIFIER_BATCHES))
-        results[str(batch)] = {"faces_per_s": round(r["fps"] * batch, 1),
-                               "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"]}
+        r = timed(
+            lambda c: classifier.classify_chips(*c), [chips], seconds / len(CLASSIFIER_BATCHES)
+        )
+        results[str(batch)] = {
+            "faces_per_s": round(r["fps"] * batch, 1),
+            "p50_ms": r["p50_ms"],
+            "p95_ms": r["p95_ms"],
+        }
     return results
 
 
@@ -213,9 +237,13 @@ def nvidia_smi(query: str) -> str | None:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}",
-                              "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     lines = out.strip().splitlines()
@@ -237,9 +265,16 @@ def require_gpu(config) -> None:
     config.runtime.providers = gpu_first + ["cuda", "cpu"]
 
 
-def run(config, source: str, size: tuple[int, int] | None, seconds: float,
-        cameras: int = 1, gpu: bool = False, idle_share: float = 0.0,
-        gating: bool = True) -> dict:
+def run(
+    config,
+    source: str,
+    size: tuple[int, int] | None,
+    seconds: float,
+    cameras: int = 1,
+    gpu: bool = False,
+    idle_share: float = 0.0,
+    gating: bool = True,
+) -> dict:
     if gpu:
         require_gpu(config)
     clip = load_frames(source, size)
@@ -249,9 +284,11 @@ def run(config, source: str, size: tuple[int, int] | None, seconds: float,
     detector, classifier = service.analyzer.detector, service.analyzer.classifier
     providers = {"detector": detector.provider, "classifier": classifier.provider}
     if gpu and not set(providers.values()) <= {"cuda", "tensorrt"}:
-        raise GpuUnavailable(f"bench --gpu: detector on {providers['detector']}, classifier "
-                             f"on {providers['classifier']}: onnxruntime did not take the GPU "
-                             f"(its messages above say why)")
+        raise GpuUnavailable(
+            f"bench --gpu: detector on {providers['detector']}, classifier "
+            f"on {providers['classifier']}: onnxruntime did not take the GPU "
+            f"(its messages above say why)"
+        )
     full = bench_full(service, seconds)
     steps = side_by_side(frames, cameras)
     detector_only = timed(detector.detect_many, steps, seconds)
@@ -272,20 +309,31 @@ def run(config, source: str, size: tuple[int, int] | None, seconds: float,
         "detector_only": detector_only,
         "naive": naive_result,
         "classifier": classifier_alone,
-        "ratios": {"full_over_naive": round(full["fps"] / naive_result["fps"], 2),
-                   "full_over_detector_only": round(full["fps"] / detector_only["fps"], 2)},
+        "ratios": {
+            "full_over_naive": round(full["fps"] / naive_result["fps"], 2),
+            "full_over_detector_only": round(full["fps"] / detector_only["fps"], 2),
+        },
         "peak_rss_mb": pipeline_rss_mb,  # the pipeline measures
         "peak_rss_with_classifier_alone_mb": round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        ),
         "gpu_memory_used_mib": gpu_memory_used_mib(),
         "settings": {
-            "source": redact(source), "frames": len(frames), "idle_share": idle_share,
+            "source": redact(source),
+            "frames": len(frames),
+            "idle_share": idle_share,
             "gating": gating,
-            "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}", "cameras": cameras,
-            "detector": config.detector.backend, "detector_input_width": config.detector.input_width,
-            "classifier": config.classifier.backend, "flip_tta": config.classifier.flip_tta,
-            "faces_per_frame": round(faces_per_frame, 2), "seconds_per_measure": seconds,
-            "provider": detector.provider, "providers": providers, "gpu": gpu,
+            "frame_size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
+            "cameras": cameras,
+            "detector": config.detector.backend,
+            "detector_input_width": config.detector.input_width,
+            "classifier": config.classifier.backend,
+            "flip_tta": config.classifier.flip_tta,
+            "faces_per_frame": round(faces_per_frame, 2),
+            "seconds_per_measure": seconds,
+            "provider": detector.provider,
+            "providers": providers,
+            "gpu": gpu,
             "batch_buckets": list(config.runtime.batch_buckets),
         },
         "machine": machine(),
@@ -301,51 +349,79 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model or platform.processor(), "cores": os.cpu_count(),
-            "gpu": nvidia_smi("name,driver_version"),
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "opencv": cv2.__version__, "edge": __version__, "platform": platform.platform()}
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "gpu": nvidia_smi("name,driver_version"),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "opencv": cv2.__version__,
+        "edge": __version__,
+        "platform": platform.platform(),
+    }
 
 
 def table(result: dict) -> str:
     rows = [f"{'measure':15s} {'frames/s':>9s} {'p50 ms':>8s} {'p95 ms':>8s} {'CPU ms':>8s}"]
     for key in ("full", "detector_only", "naive"):
         r = result[key]
-        rows.append(f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} "
-                    f"{r['cpu_ms']:8.1f}")
+        rows.append(
+            f"{key:15s} {r['fps']:9.1f} {r['p50_ms']:8.1f} {r['p95_ms']:8.1f} {r['cpu_ms']:8.1f}"
+        )
     ratios = result["ratios"]
-    rows.append("(latency and CPU time per step: one frame from every camera; CPU time counts "
-                "every core, so unlike frames/s it barely moves when other programs load the "
-                "machine)")
-    rows.append(f"full / naive = {ratios['full_over_naive']:.2f}   "
-                f"full / detector only = {ratios['full_over_detector_only']:.2f}   "
-                f"peak RSS {result['peak_rss_mb']:.0f} MB "
-                f"({result['peak_rss_with_classifier_alone_mb']:.0f} MB after the batch-128 "
-                f"classifier measure)")
+    rows.append(
+        "(latency and CPU time per step: one frame from every camera; CPU time counts "
+        "every core, so unlike frames/s it barely moves when other programs load the "
+        "machine)"
+    )
+    rows.append(
+        f"full / naive = {ratios['full_over_naive']:.2f}   "
+        f"full / detector only = {ratios['full_over_detector_only']:.2f}   "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB "
+        f"({result['peak_rss_with_classifier_alone_mb']:.0f} MB after the batch-128 "
+        f"classifier measure)"
+    )
     s = result["settings"]
-    rows.append(f"detector ran on {result['full']['detected_share']:.0%} of the full pipeline's "
-                f"frames (gating {'on' if s['gating'] else 'off'}"
-                + (f", nobody present {s['idle_share']:.0%} of the time)" if s["idle_share"]
-                   else ")"))
+    rows.append(
+        f"detector ran on {result['full']['detected_share']:.0%} of the full pipeline's "
+        f"frames (gating {'on' if s['gating'] else 'off'}"
+        + (f", nobody present {s['idle_share']:.0%} of the time)" if s["idle_share"] else ")")
+    )
     if s["cameras"] > 1:
-        rows.append(f"{s['cameras']} cameras, frames/s each: " + ", ".join(
-            f"{fps:.1f}" for fps in result["full"]["per_camera_fps"].values()))
+        rows.append(
+            f"{s['cameras']} cameras, frames/s each: "
+            + ", ".join(f"{fps:.1f}" for fps in result["full"]["per_camera_fps"].values())
+        )
     if result["classifier"]:
-        rows.append("classifier alone, faces/s: " + ", ".join(
-            f"batch {b} {r['faces_per_s']:.0f}" for b, r in result["classifier"].items()))
+        rows.append(
+            "classifier alone, faces/s: "
+            + ", ".join(
+                f"batch {b} {r['faces_per_s']:.0f}" for b, r in result["classifier"].items()
+            )
+        )
     memory = result["gpu_memory_used_mib"]
-    rows.append(f"{s['frame_size']} frames, detection at {s['detector_input_width']} px wide, "
-                f"{s['faces_per_frame']} faces/frame, detector on {s['providers']['detector']}, "
-                f"classifier on {s['providers']['classifier']}"
-                + (f", GPU memory used {memory} MiB" if memory is not None else ""))
+    rows.append(
+        f"{s['frame_size']} frames, detection at {s['detector_input_width']} px wide, "
+        f"{s['faces_per_frame']} faces/frame, detector on {s['providers']['detector']}, "
+        f"classifier on {s['providers']['classifier']}"
+        + (f", GPU memory used {memory} MiB" if memory is not None else "")
+    )
     m = result["machine"]
     rows.append(f"{m['cores']} cores ({m['cpu']})" + (f", {m['gpu']}" if m["gpu"] else ""))
     return "\n".join(rows)
 
 
-def main(config, source: str, size: str | None, seconds: float, json_path: str | None,
-         cameras: int = 1, gpu: bool = False, idle_share: float = 0.0,
-         gating: bool = True) -> int:
+def main(
+    config,
+    source: str,
+    size: str | None,
+    seconds: float,
+    json_path: str | None,
+    cameras: int = 1,
+    gpu: bool = False,
+    idle_share: float = 0.0,
+    gating: bool = True,
+) -> int:
     wh = None
     if size:
         try:
@@ -356,8 +432,7 @@ def main(config, source: str, size: str | None, seconds: float, json_path: str |
     if cameras < 1:
         raise InputError(f"--cameras {cameras}: expected 1 or more")
     if not 0 <= idle_share < 1:
-        raise InputError(f"--idle-share {idle_share}: expected a share from 0 to below 1, "
-                         f"e.g. 0.7")
+        raise InputError(f"--idle-share {idle_share}: expected a share from 0 to below 1, e.g. 0.7")
     result = run(config, source, wh, seconds, cameras, gpu, idle_share, gating)
     print(table(result))
     if json_path:

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge import config as config_mod
+from edge.config import CameraConfig, Config
+from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 from edge.inference import modelstore, runtime
 from edge.outputs import hass, mqttclient
 from edge.pipeline.capture import SourceEnded, device_node, open_source, source_kind
 from edge.pipeline.catalog import load_catalog
 from edge.redact import redact, without_credentials
-from edge.config import CameraConfig, Config
-from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time
 # out side by side. Counted from the start of `edge check`, so that slow imports on a
@@ -83,8 +83,13 @@ def check_catalog(config: Config) -> list[Result]:
     try:
         catalog = load_catalog(path)
     except ConfigError as exc:  # names the catalog, every ad and field at fault
-        return [fail("ad catalog", str(exc), f"correct what is named (the format is described "
-                                             f"at the top of {path.name})")]
+        return [
+            fail(
+                "ad catalog",
+                str(exc),
+                f"correct what is named (the format is described at the top of {path.name})",
+            )
+        ]
     # Each display's camera exists: config validation has checked it already.
     displays = ", ".join(f"{d.id} (camera {d.camera})" for d in config.displays)
     return [ok("ad catalog", f"{path}: {len(catalog.ads)} ads valid; displays {displays}")]
@@ -96,8 +101,13 @@ def check_models(config: Config, fetch: str = modelstore.FIX_COMMAND) -> list[Re
     try:
         specs = modelstore.load_manifest(models_dir)
     except ModelError as exc:
-        return [fail("models", str(exc), f"set models.dir to the folder holding "
-                                         f"{modelstore.MANIFEST_NAME}")]
+        return [
+            fail(
+                "models",
+                str(exc),
+                f"set models.dir to the folder holding {modelstore.MANIFEST_NAME}",
+            )
+        ]
     results = []
     for spec in specs.values():
         try:
@@ -108,11 +118,19 @@ def check_models(config: Config, fetch: str = modelstore.FIX_COMMAND) -> list[Re
             results.append(fail(f"model {spec.name}", problem, f"run '{fetch}'"))
         else:
             results.append(ok(f"model {spec.name}", f"{path} (sha256 ok)"))
-    classifier = [n for n in modelstore.configured_models(config) if n in specs
-                  and specs[n].role != "detector"]
+    classifier = [
+        n
+        for n in modelstore.configured_models(config)
+        if n in specs and specs[n].role != "detector"
+    ]
     if classifier:
-        results.append(ok("classifier provenance", f"{config.classifier.backend}: " + "; ".join(
-            f"{n}: {modelstore.provenance(specs[n])}" for n in classifier)))
+        results.append(
+            ok(
+                "classifier provenance",
+                f"{config.classifier.backend}: "
+                + "; ".join(f"{n}: {modelstore.provenance(specs[n])}" for n in classifier),
+            )
+        )
     return results + _own_models(config)
 
 
@@ -120,15 +138,21 @@ def _own_models(config: Config) -> list[Result]:
     """Model files the operator brings for the optional backends (not in the manifest)."""
     results = []
     for key, file, used in (
-            ("detector.model", config.detector.model, config.detector.backend != "centerface"),
-            ("classifier.model", config.classifier.model,
-             config.classifier.backend == "insightface")):
+        ("detector.model", config.detector.model, config.detector.backend != "centerface"),
+        ("classifier.model", config.classifier.model, config.classifier.backend == "insightface"),
+    ):
         if not (used and file):
             continue
         path = config.resolve(file)
-        results.append(ok(f"model {key}", f"{path} (your own file)") if path.is_file() else
-                       fail(f"model {key}", f"{path} does not exist",
-                            f"copy the model file there, or correct {key}"))
+        results.append(
+            ok(f"model {key}", f"{path} (your own file)")
+            if path.is_file()
+            else fail(
+                f"model {key}",
+                f"{path} does not exist",
+                f"copy the model file there, or correct {key}",
+            )
+        )
     return results
 
 
@@ -138,11 +162,13 @@ def check_cameras(config: Config, started: float | None = None) -> list[Result]:
     if not config.cameras:
         return [fail("cameras", "none configured", "add 'cameras' to the config")]
     now = time.monotonic()
-    deadline = max(now + CAMERA_MIN_WAIT_S, (now if started is None else started)
-                   + CAMERA_TIMEOUT_S)
-    grabs = [(camera, Background(functools.partial(grab_frame, camera,
-                                                   timeout_s=deadline - now)))
-             for camera in config.cameras]
+    deadline = max(
+        now + CAMERA_MIN_WAIT_S, (now if started is None else started) + CAMERA_TIMEOUT_S
+    )
+    grabs = [
+        (camera, Background(functools.partial(grab_frame, camera, timeout_s=deadline - now)))
+        for camera in config.cameras
+    ]
     return [_camera_result(camera, grab, deadline, deadline - now) for camera, grab in grabs]
 
 
@@ -166,14 +192,18 @@ def grab_frame(camera: CameraConfig, timeout_s: float = CAMERA_TIMEOUT_S) -> tup
     return image.shape[1], image.shape[0]
 
 
-def _camera_result(camera: CameraConfig, grab: "Background", deadline: float,
-                   waited_s: float) -> Result:
+def _camera_result(
+    camera: CameraConfig, grab: Background, deadline: float, waited_s: float
+) -> Result:
     name = f"camera {camera.id}"
     try:
         width, height = grab.result(max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        return fail(name, f"{redact(camera.source)}: no frame within {waited_s:.0f} s",
-                    _camera_fix(camera.source))
+        return fail(
+            name,
+            f"{redact(camera.source)}: no frame within {waited_s:.0f} s",
+            _camera_fix(camera.source),
+        )
     except OSError as exc:
         return fail(name, redact(str(exc)), _camera_fix(camera.source))
     return ok(name, f"{redact(camera.source)}: {width}x{height} frame")
@@ -196,11 +226,15 @@ _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
 def _camera_fix(source: str) -> str:
     kind = source_kind(source)
     if kind == "device":
-        return ("check the camera's cable and the device name (ls /dev/video*); the service "
-                "user must be in the 'video' group")
+        return (
+            "check the camera's cable and the device name (ls /dev/video*); the service "
+            "user must be in the 'video' group"
+        )
     if kind == "stream":
-        return ("check the URL, that the camera is on the network (ping it), and its user "
-                "name and password")
+        return (
+            "check the URL, that the camera is on the network (ping it), and its user "
+            "name and password"
+        )
     return "check the path, and that the service user can read it"
 
 
@@ -215,8 +249,9 @@ def check_broker(config: Config) -> list[Result]:
     try:
         client = mqttclient.make_client(config, f"{mqttclient.service_client_id(config)}-check")
     except (OSError, ValueError, ConfigError) as exc:  # unreadable or mismatched TLS files
-        return [fail("broker", f"TLS set-up: {exc}",
-                     "check mqtt.tls.ca_file, cert_file and key_file")]
+        return [
+            fail("broker", f"TLS set-up: {exc}", "check mqtt.tls.ca_file, cert_file and key_file")
+        ]
     answers: queue.Queue = queue.Queue()
     client.on_connect = lambda _c, _u, _flags, reason, _props: answers.put(reason)
     try:
@@ -227,10 +262,15 @@ def check_broker(config: Config) -> list[Result]:
     try:
         reason = answers.get(timeout=BROKER_TIMEOUT_S)
     except queue.Empty:
-        return [fail("broker", f"{where} accepted the connection but sent no MQTT answer within "
-                               f"{BROKER_TIMEOUT_S:g} s",
-                     "check that this port is the broker's MQTT port and whether it expects "
-                     "TLS (mqtt.tls.enabled)")]
+        return [
+            fail(
+                "broker",
+                f"{where} accepted the connection but sent no MQTT answer within "
+                f"{BROKER_TIMEOUT_S:g} s",
+                "check that this port is the broker's MQTT port and whether it expects "
+                "TLS (mqtt.tls.enabled)",
+            )
+        ]
     finally:
         client.disconnect()
         client.loop_stop()
@@ -244,17 +284,25 @@ def check_broker(config: Config) -> list[Result]:
 def _connect_problem(exc: OSError, host: str, where: str) -> tuple[str, str]:
     """(problem, fix) for a connection that failed below MQTT."""
     if isinstance(exc, socket.gaierror):
-        return (f"unknown host '{host}'",
-                "correct mqtt.host (a name DNS or /etc/hosts knows, or an address)")
+        return (
+            f"unknown host '{host}'",
+            "correct mqtt.host (a name DNS or /etc/hosts knows, or an address)",
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return (f"{where} refused the connection: no broker listens there",
-                "start the broker (systemctl status mosquitto) or correct mqtt.host/mqtt.port")
+        return (
+            f"{where} refused the connection: no broker listens there",
+            "start the broker (systemctl status mosquitto) or correct mqtt.host/mqtt.port",
+        )
     if isinstance(exc, TimeoutError):
-        return (f"no answer from {where} within {BROKER_TIMEOUT_S:g} s",
-                "check the network and firewall, and mqtt.host/mqtt.port")
+        return (
+            f"no answer from {where} within {BROKER_TIMEOUT_S:g} s",
+            "check the network and firewall, and mqtt.host/mqtt.port",
+        )
     if isinstance(exc, ssl.SSLError):
-        return (f"TLS handshake with {where} failed: {exc.reason or exc}",
-                "check mqtt.tls.ca_file and that this port speaks TLS")
+        return (
+            f"TLS handshake with {where} failed: {exc.reason or exc}",
+            "check mqtt.tls.ca_file and that this port speaks TLS",
+        )
     return f"{where}: {exc.strerror or exc}", "check mqtt.host and mqtt.port"
 
 
@@ -267,10 +315,15 @@ def check_execution_provider(config: Config) -> list[Result]:
     usable = [p for p in preferred if not problems[p]]
     skipped = "; ".join(f"{p}: {why}" for p, why in problems.items() if why)
     if not usable:
-        return [fail(name, f"none of runtime.providers ({', '.join(preferred) or 'empty'}) can "
-                           f"run here ({skipped or 'none listed'}); the service would fall "
-                           f"back to cpu", "add cpu to runtime.providers, or install the "
-                                           "NVIDIA driver and CUDA libraries")]
+        return [
+            fail(
+                name,
+                f"none of runtime.providers ({', '.join(preferred) or 'empty'}) can "
+                f"run here ({skipped or 'none listed'}); the service would fall "
+                f"back to cpu",
+                "add cpu to runtime.providers, or install the NVIDIA driver and CUDA libraries",
+            )
+        ]
     if usable[0] == preferred[0]:
         return [ok(name, usable[0])]
     gpus, why = runtime.gpu_probe()
@@ -290,8 +343,13 @@ def check_state_dir(config: Config) -> list[Result]:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        return [fail("state dir", f"{existing} is not writable ({exc.strerror})",
-                     "let the service user write there (chown), or set state_dir")]
+        return [
+            fail(
+                "state dir",
+                f"{existing} is not writable ({exc.strerror})",
+                "let the service user write there (chown), or set state_dir",
+            )
+        ]
     created = "" if existing == path else f" (created on first use, in {existing})"
     return [ok("state dir", f"{path} is writable{created}")]
 
@@ -304,16 +362,31 @@ def check_home_assistant(config: Config) -> list[Result]:
         return [ok(name, "not used (mqtt.enabled is false)")]
     # config validation already refuses a bad prefix; said here so the line is complete
     if not config_mod.TOPIC_PREFIX.fullmatch(ha.prefix):
-        return [fail(name, f"discovery prefix {ha.prefix!r} is not a valid topic prefix",
-                     "set mqtt.home_assistant.prefix to Home Assistant's discovery prefix "
-                     "(homeassistant unless changed there)")]
+        return [
+            fail(
+                name,
+                f"discovery prefix {ha.prefix!r} is not a valid topic prefix",
+                "set mqtt.home_assistant.prefix to Home Assistant's discovery prefix "
+                "(homeassistant unless changed there)",
+            )
+        ]
     where = f"{ha.prefix}/<component>/{hass.node_id(config)}/"
     if not ha.enabled:
-        return [ok(name, f"discovery off; configs announced earlier under {where} are removed "
-                         f"at the next connect")]
+        return [
+            ok(
+                name,
+                f"discovery off; configs announced earlier under {where} are removed "
+                f"at the next connect",
+            )
+        ]
     entities = len(hass.discovery_configs(config))
-    return [ok(name, f"discovery prefix '{ha.prefix}' valid: {entities} entities under "
-                     f"{where} (Home Assistant's MQTT discovery prefix must be the same)")]
+    return [
+        ok(
+            name,
+            f"discovery prefix '{ha.prefix}' valid: {entities} entities under "
+            f"{where} (Home Assistant's MQTT discovery prefix must be the same)",
+        )
+    ]
 
 
 def check_metrics(config: Config) -> list[Result]:
@@ -325,17 +398,32 @@ def check_metrics(config: Config) -> list[Result]:
     where = f"{cfg.listen}:{cfg.port}"
     exc = _bind_error(cfg.listen, cfg.port)
     if isinstance(exc, socket.gaierror):
-        return [fail(name, f"unknown listen address '{cfg.listen}'",
-                     "set metrics.listen to an address of this box, or 0.0.0.0 for all")]
+        return [
+            fail(
+                name,
+                f"unknown listen address '{cfg.listen}'",
+                "set metrics.listen to an address of this box, or 0.0.0.0 for all",
+            )
+        ]
     if exc is not None:
         if exc.errno == errno.EADDRINUSE:
             if _serves_edge_metrics(cfg.listen, cfg.port):
                 return [ok(name, f"http://{where}/metrics is served by a running edge service")]
-            return [fail(name, f"port {where} is in use by another program",
-                         "set metrics.port to a free port (ss -ltnp shows who holds it), "
-                         "or 0 to turn metrics off")]
-        return [fail(name, f"cannot listen on {where}: {exc.strerror or exc}",
-                     "set metrics.listen to an address of this box, or 0.0.0.0 for all")]
+            return [
+                fail(
+                    name,
+                    f"port {where} is in use by another program",
+                    "set metrics.port to a free port (ss -ltnp shows who holds it), "
+                    "or 0 to turn metrics off",
+                )
+            ]
+        return [
+            fail(
+                name,
+                f"cannot listen on {where}: {exc.strerror or exc}",
+                "set metrics.listen to an address of this box, or 0.0.0.0 for all",
+            )
+        ]
     return [ok(name, f"port {where} is free for http://{where}/metrics")]
 
 
@@ -347,12 +435,15 @@ def _serves_edge_metrics(host: str, port: int) -> bool:
             return b"edge_build_info" in answer.read(1 << 20)
     except (OSError, ValueError):
         return False
+
+
 def _bind_error(host: str, port: int) -> OSError | None:
     """Why a server could not listen on host:port (None: it could). Bound and released
     at once, as our servers bind (address reuse on), so a port in TIME_WAIT is free."""
     try:
         family, _, _, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
@@ -369,21 +460,46 @@ def check_player(config: Config) -> list[Result]:
     where = f"{cfg.listen}:{cfg.port}"
     exc = _bind_error(cfg.listen, cfg.port)
     if isinstance(exc, socket.gaierror):
-        return [fail("player", f"player.listen '{cfg.listen}' is not a known host name",
-                     "set player.listen to 127.0.0.1, 0.0.0.0 or an address of this box")]
+        return [
+            fail(
+                "player",
+                f"player.listen '{cfg.listen}' is not a known host name",
+                "set player.listen to 127.0.0.1, 0.0.0.0 or an address of this box",
+            )
+        ]
     if exc is not None:
         if exc.errno == errno.EADDRINUSE:
-            return [warn("player", f"{where} is in use: by the running service (fine), or "
-                                   f"by another program (then the player cannot start)")]
+            return [
+                warn(
+                    "player",
+                    f"{where} is in use: by the running service (fine), or "
+                    f"by another program (then the player cannot start)",
+                )
+            ]
         if exc.errno == errno.EADDRNOTAVAIL:
-            return [fail("player", f"{cfg.listen} is not an address of this box",
-                         "set player.listen to 127.0.0.1, 0.0.0.0 or one of this box's "
-                         "addresses (ip addr)")]
+            return [
+                fail(
+                    "player",
+                    f"{cfg.listen} is not an address of this box",
+                    "set player.listen to 127.0.0.1, 0.0.0.0 or one of this box's "
+                    "addresses (ip addr)",
+                )
+            ]
         if exc.errno == errno.EACCES:
-            return [fail("player", f"cannot listen on {where}: ports below 1024 need "
-                                   f"privileges", "set player.port to 1024 or more, e.g. 8080")]
-        return [fail("player", f"cannot listen on {where}: {exc.strerror or exc}",
-                     "check player.listen and player.port")]
+            return [
+                fail(
+                    "player",
+                    f"cannot listen on {where}: ports below 1024 need privileges",
+                    "set player.port to 1024 or more, e.g. 8080",
+                )
+            ]
+        return [
+            fail(
+                "player",
+                f"cannot listen on {where}: {exc.strerror or exc}",
+                "check player.listen and player.port",
+            )
+        ]
     return [ok("player", f"can listen on {where}")]
 
 
@@ -394,7 +510,7 @@ class Background:
     """fn() on a daemon thread: a camera or broker that hangs cannot hold up the exit
     (a ThreadPoolExecutor joins its threads at exit)."""
 
-    unfinished: set["Background"] = set()
+    unfinished: set[Background] = set()
     _lock = threading.Lock()
 
     def __init__(self, fn: Callable):
@@ -430,8 +546,11 @@ def run_checks(config: Config, checks: list[Check]) -> Iterator[Result]:
         try:
             yield from job.result(CHECK_TIMEOUT_S)
         except TimeoutError:
-            yield fail(name, f"did not finish within {CHECK_TIMEOUT_S:g} s",
-                       "run the check again; report it if it keeps hanging")
+            yield fail(
+                name,
+                f"did not finish within {CHECK_TIMEOUT_S:g} s",
+                "run the check again; report it if it keeps hanging",
+            )
         except Exception as exc:  # a bug in one check must not hide the others
             yield fail(name, f"the check itself failed: {exc!r}", "report this as a bug")
 
@@ -457,19 +576,30 @@ def main(config_path: str | None, started: float | None = None) -> int:
     try:
         config = config_mod.load(config_path)
     except ConfigError as exc:
-        emit(fail("config", str(exc), "correct the config where named, or give the right "
-                                      "--config path (`edge config --reference` lists every "
-                                      "key)"))
+        emit(
+            fail(
+                "config",
+                str(exc),
+                "correct the config where named, or give the right "
+                "--config path (`edge config --reference` lists every "
+                "key)",
+            )
+        )
         print(summary(results, time.monotonic() - started))
         return EX_CONFIG
     emit(ok("config", f"{config_path or '(defaults)'} is valid"))
-    fetch = f"edge --config {config_path} models fetch" if config_path \
-        else modelstore.FIX_COMMAND
-    checks: list[Check] = [check_catalog, functools.partial(check_models, fetch=fetch),
-                           functools.partial(check_cameras, started=started), check_broker,
-                           check_home_assistant,
-                           check_execution_provider, check_state_dir, check_player,
-                           check_metrics]
+    fetch = f"edge --config {config_path} models fetch" if config_path else modelstore.FIX_COMMAND
+    checks: list[Check] = [
+        check_catalog,
+        functools.partial(check_models, fetch=fetch),
+        functools.partial(check_cameras, started=started),
+        check_broker,
+        check_home_assistant,
+        check_execution_provider,
+        check_state_dir,
+        check_player,
+        check_metrics,
+    ]
     for result in run_checks(config, checks):
         emit(result)
     print(summary(results, time.monotonic() - started))

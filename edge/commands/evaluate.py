@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.pipeline.analyze import read_image
 from edge.errors import InputError
+from edge.pipeline.analyze import read_image
 from edge.records import AGE_CLASSES, GENDERS
 
 PAD_FRACTION = 0.3  # of the crop's side, each way; tight crops hide the face outline
@@ -39,8 +39,10 @@ def read_labels(csv_path: Path) -> list[Label]:
         reader = csv.DictReader(handle)
         missing = {"file", "age", "gender"} - set(reader.fieldnames or [])
         if missing:
-            raise InputError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
-                             f"expected header file,age,gender")
+            raise InputError(
+                f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
+                f"expected header file,age,gender"
+            )
         labels = []
         for line, row in enumerate(reader, start=2):
             try:
@@ -49,8 +51,9 @@ def read_labels(csv_path: Path) -> list[Label]:
                 raise InputError(f"{csv_path}:{line}: age {row['age']!r} is not a number") from None
             gender = (row["gender"] or "").strip().lower()
             if gender not in GENDERS:
-                raise InputError(f"{csv_path}:{line}: gender {row['gender']!r} is not "
-                                 f"female or male")
+                raise InputError(
+                    f"{csv_path}:{line}: gender {row['gender']!r} is not female or male"
+                )
             labels.append(Label(csv_path.parent / row["file"], age, gender))
     if not labels:
         raise InputError(f"{csv_path}: no rows")
@@ -64,16 +67,18 @@ def load_padded(path: Path) -> np.ndarray:
 def pad(image: np.ndarray) -> np.ndarray:
     """A tight face crop with a mid-grey border of PAD_FRACTION of its side."""
     border = int(round(PAD_FRACTION * max(image.shape[:2])))
-    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT,
-                              value=(127, 127, 127))
+    return cv2.copyMakeBorder(
+        image, border, border, border, border, cv2.BORDER_CONSTANT, value=(127, 127, 127)
+    )
 
 
 def age_class(age: float, child_below: float, old_from: float) -> int:
     return 0 if age < child_below else 2 if age >= old_from else 1
 
 
-def score(labels: list[Label], predictions: list[dict | None], child_below: float,
-          old_from: float) -> dict:
+def score(
+    labels: list[Label], predictions: list[dict | None], child_below: float, old_from: float
+) -> dict:
     """Metrics from per-image predictions ({'age', 'class', 'male_prob'} or None = miss)."""
     n = len(labels)
     confusion = np.zeros((3, 3), int)
@@ -81,7 +86,7 @@ def score(labels: list[Label], predictions: list[dict | None], child_below: floa
     class_ok = np.zeros(n, bool)
     errors = []
     truth_class = np.array([age_class(l.age, child_below, old_from) for l in labels])
-    for i, (label, pred) in enumerate(zip(labels, predictions)):
+    for i, (label, pred) in enumerate(zip(labels, predictions, strict=False)):
         if pred is None:
             continue
         gender_ok[i] = GENDERS[int(pred["male_prob"] >= 0.5)] == label.gender
@@ -98,11 +103,14 @@ def score(labels: list[Label], predictions: list[dict | None], child_below: floa
         "age_class_accuracy": _ratio(class_ok.sum(), n),
         "confusion": confusion.tolist(),
         "confusion_rows": "true child, adult, old; columns predicted (misses not counted)",
-        "recall": {c: _ratio(class_ok[truth_class == k].sum(), (truth_class == k).sum())
-                   for k, c in enumerate(AGE_CLASSES)},
+        "recall": {
+            c: _ratio(class_ok[truth_class == k].sum(), (truth_class == k).sum())
+            for k, c in enumerate(AGE_CLASSES)
+        },
         "gender_accuracy_by_class": {
             c: _ratio(gender_ok[truth_class == k].sum(), (truth_class == k).sum())
-            for k, c in enumerate(AGE_CLASSES)},
+            for k, c in enumerate(AGE_CLASSES)
+        },
         "class_boundaries": {"child_below": child_below, "old_from": old_from},
     }
     return result
@@ -120,9 +128,13 @@ def predict(analyzer, labels: list[Label], progress: bool = True) -> list[dict |
             continue
         best = faces[int(np.argmax(faces.areas))]
         demo = analyzer.classifier(frame, best)
-        predictions.append({"age": float(demo.ages[0]),
-                            "class": int(demo.class_probs[0].argmax()),
-                            "male_prob": float(demo.male_probs[0])})
+        predictions.append(
+            {
+                "age": float(demo.ages[0]),
+                "class": int(demo.class_probs[0].argmax()),
+                "male_prob": float(demo.male_probs[0]),
+            }
+        )
     return predictions
 
 

@@ -16,17 +16,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.pipeline.audience import Person
-from edge.pipeline.capture import Frame
 from edge.config import Config
 from edge.errors import ConfigError, EdgeError
+from edge.pipeline.audience import Person
+from edge.pipeline.capture import Frame
+from edge.pipeline.track import Track
 from edge.redact import redact
 from edge.service import Service
 from edge.timefmt import iso
-from edge.pipeline.track import Track
 
-CLASSIFIED = (80, 200, 60)   # BGR: box of a face with a label
-PENDING = (0, 170, 255)      # BGR: tracked, not classified yet
+CLASSIFIED = (80, 200, 60)  # BGR: box of a face with a label
+PENDING = (0, 170, 255)  # BGR: tracked, not classified yet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Snapshot:
     """What the pipeline saw in the last frame it processed."""
 
     frame: Frame
-    faces: list[Track]         # tracks matched to a detection in this frame
+    faces: list[Track]  # tracks matched to a detection in this frame
     people: dict[int, Person]  # track id -> the audience stage's label so far
 
 
@@ -45,18 +45,18 @@ def capture(config: Config, camera_id: str, seconds: float) -> Snapshot:
 
     def keep(cid, frame, tracks, audience) -> None:
         # Copied now: the audience stage forgets its people when the service stops.
-        last[:] = [Snapshot(frame, [t for t in tracks if t.det_index >= 0],
-                            dict(audience.people))]
+        last[:] = [Snapshot(frame, [t for t in tracks if t.det_index >= 0], dict(audience.people))]
 
     # No displays: the preview chooses no ads and publishes nothing.
-    service = Service(dataclasses.replace(config, cameras=[camera], displays=[]), [],
-                      on_frame=keep)
+    service = Service(dataclasses.replace(config, cameras=[camera], displays=[]), [], on_frame=keep)
     service.run(duration_s=seconds)
     if not last:
         error = service.cameras[camera_id].reader.status.last_error or "no frame"
-        raise EdgeError(f"camera {camera_id} ({redact(camera.source)}) delivered no frame in "
-                        f"{seconds:g} s: {error} (`edge check` says more; a camera the "
-                        f"running service holds may not open twice)")
+        raise EdgeError(
+            f"camera {camera_id} ({redact(camera.source)}) delivered no frame in "
+            f"{seconds:g} s: {error} (`edge check` says more; a camera the "
+            f"running service holds may not open twice)"
+        )
     return last[0]
 
 
@@ -65,8 +65,11 @@ def label(track: Track, person: Person | None) -> list[str]:
     if person is None or person.samples == 0:
         return [f"#{track.id}", "not classified yet"]
     s = person.summary()
-    return [f"#{track.id}", f"{s['age_class']} {s['age_class_confidence']:.0%}",
-            f"{s['gender']} {s['gender_confidence']:.0%}"]
+    return [
+        f"#{track.id}",
+        f"{s['age_class']} {s['age_class_confidence']:.0%}",
+        f"{s['gender']} {s['gender_confidence']:.0%}",
+    ]
 
 
 def annotate(snapshot: Snapshot, caption: str) -> np.ndarray:
@@ -85,8 +88,14 @@ def annotate(snapshot: Snapshot, caption: str) -> np.ndarray:
     return image
 
 
-def _text(image: np.ndarray, lines: list[str], at: tuple[int, int], background: tuple,
-          scale: float, thickness: int) -> None:
+def _text(
+    image: np.ndarray,
+    lines: list[str],
+    at: tuple[int, int],
+    background: tuple,
+    scale: float,
+    thickness: int,
+) -> None:
     """White lines on a filled band whose top left is `at`, kept inside the frame."""
     font = cv2.FONT_HERSHEY_SIMPLEX
     sizes = [cv2.getTextSize(line, font, scale, thickness) for line in lines]
@@ -97,9 +106,17 @@ def _text(image: np.ndarray, lines: list[str], at: tuple[int, int], background: 
     x = min(max(at[0], 0), max(image.shape[1] - width, 0))
     y = min(max(at[1], 0), max(image.shape[0] - height, 0))
     cv2.rectangle(image, (x, y), (x + width, y + height), background, cv2.FILLED)
-    for i, (line, ((_, h), _)) in enumerate(zip(lines, sizes)):
-        cv2.putText(image, line, (x + pad, y + pad + i * line_h + h), font, scale,
-                    (255, 255, 255), thickness, cv2.LINE_AA)
+    for i, (line, ((_, h), _)) in enumerate(zip(lines, sizes, strict=False)):
+        cv2.putText(
+            image,
+            line,
+            (x + pad, y + pad + i * line_h + h),
+            font,
+            scale,
+            (255, 255, 255),
+            thickness,
+            cv2.LINE_AA,
+        )
 
 
 def write_private_jpeg(path: Path, image: np.ndarray) -> None:
@@ -119,8 +136,9 @@ def write_private_jpeg(path: Path, image: np.ndarray) -> None:
 def main(config: Config, camera_id: str, out: Path, seconds: float, where: str) -> int:
     known = [c.id for c in config.cameras]
     if camera_id not in known:
-        raise ConfigError(f"{where}: no camera '{camera_id}'; configured cameras: "
-                          f"{', '.join(known) or 'none'}")
+        raise ConfigError(
+            f"{where}: no camera '{camera_id}'; configured cameras: {', '.join(known) or 'none'}"
+        )
     if not out.parent.is_dir():  # before the camera runs, not after
         raise EdgeError(f"cannot write {out}: folder {out.parent} does not exist")
     snapshot = capture(config, camera_id, seconds)

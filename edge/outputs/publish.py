@@ -26,13 +26,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.outputs import hass, mqttclient
 from edge.config import Config
-from edge.events import (AudienceEvent, CameraEvent, DecisionEvent, Event, IntervalEvent,
-                         PlayEvent, StatsEvent)
 from edge.errors import tcp_problem
-from edge.timefmt import iso
+from edge.events import (
+    AudienceEvent,
+    CameraEvent,
+    DecisionEvent,
+    Event,
+    IntervalEvent,
+    PlayEvent,
+    StatsEvent,
+)
+from edge.outputs import hass, mqttclient
 from edge.outputs.topics import SCHEMA_VERSION, Topics
+from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +69,11 @@ class Outbox:
                 return 0
             text = self.path.read_text(errors="replace")
         except OSError as exc:
-            log.error("mqtt outbox %s cannot be read (%s): reports saved by the last run are "
-                      "not sent", self.path, exc.strerror or exc)
+            log.error(
+                "mqtt outbox %s cannot be read (%s): reports saved by the last run are not sent",
+                self.path,
+                exc.strerror or exc,
+            )
             return 0
         loaded = 0
         for n, line in enumerate(text.splitlines(), 1):
@@ -81,15 +91,17 @@ class Outbox:
             if waiting is not None:  # handed ones are paho's already; drop the oldest other
                 self.reports.remove(waiting)
                 self.dropped += 1
-                log.error("mqtt outbox full (%d reports, mqtt.outbox_max): dropped the oldest, "
-                          "%s", self.limit, waiting.payload[:120])
+                log.error(
+                    "mqtt outbox full (%d reports, mqtt.outbox_max): dropped the oldest, %s",
+                    self.limit,
+                    waiting.payload[:120],
+                )
         self.reports.append(report)
 
     def lines(self) -> list[str]:
         """The reports as the file holds them (taken under the publisher's lock, written
         without it)."""
-        return [json.dumps({"topic": r.topic, "payload": r.payload}) + "\n"
-                for r in self.reports]
+        return [json.dumps({"topic": r.topic, "payload": r.payload}) + "\n" for r in self.reports]
 
     def save(self, lines: list[str] | None = None) -> None:
         """Write the unacknowledged reports (atomically), or remove the file if none.
@@ -131,8 +143,9 @@ class MqttPublisher:
         self.client.on_publish = self._on_publish
         self.discovery = hass.Discovery(config)  # Home Assistant's configs for this box
         self.discovery.attach(self.client)
-        self.outbox = Outbox(config.state_path() / f"mqtt-outbox-{cfg.store_id}.jsonl",
-                             cfg.outbox_max)
+        self.outbox = Outbox(
+            config.state_path() / f"mqtt-outbox-{cfg.store_id}.jsonl", cfg.outbox_max
+        )
         self._lock = threading.Lock()
         self._state: dict[str, str] = {}  # retained topic -> latest payload
         self._early_acks: set[int] = set()
@@ -149,8 +162,11 @@ class MqttPublisher:
     def start(self) -> None:
         loaded = self.outbox.load()
         if loaded:
-            log.info("mqtt: %d interval report(s) from the last run still to deliver (%s)",
-                     loaded, self.outbox.path)
+            log.info(
+                "mqtt: %d interval report(s) from the last run still to deliver (%s)",
+                loaded,
+                self.outbox.path,
+            )
         self._saver.start()
         self.client.connect_async(**mqttclient.connect_kwargs(self.config))
         self.client.loop_start()
@@ -178,13 +194,20 @@ class MqttPublisher:
         try:
             self.outbox.save(lines)
         except OSError as exc:
-            log.error("mqtt: %d interval report(s) not yet delivered could not be saved to "
-                      "%s (%s): they are lost", len(lines), self.outbox.path,
-                      exc.strerror or exc)
+            log.error(
+                "mqtt: %d interval report(s) not yet delivered could not be saved to "
+                "%s (%s): they are lost",
+                len(lines),
+                self.outbox.path,
+                exc.strerror or exc,
+            )
             return
         if lines:
-            log.warning("mqtt: %d interval report(s) not yet delivered, kept in %s for the "
-                        "next start", len(lines), self.outbox.path)
+            log.warning(
+                "mqtt: %d interval report(s) not yet delivered, kept in %s for the next start",
+                len(lines),
+                self.outbox.path,
+            )
 
     @property
     def connected(self) -> bool:
@@ -192,8 +215,12 @@ class MqttPublisher:
 
     def status(self) -> dict:
         with self._lock:
-            return {"connected": self._connected, "outbox": len(self.outbox.reports),
-                    "dropped": self.outbox.dropped, "outbox_saved": not self._save_failing}
+            return {
+                "connected": self._connected,
+                "outbox": len(self.outbox.reports),
+                "dropped": self.outbox.dropped,
+                "outbox_saved": not self._save_failing,
+            }
 
     # -- events in -----------------------------------------------------------------
 
@@ -203,23 +230,29 @@ class MqttPublisher:
         now = iso(time.time())
         match event:
             case CameraEvent():
-                self._set_state(self.topics.camera_status(event.camera),
-                                {"time": now, **_fields(event)})
+                self._set_state(
+                    self.topics.camera_status(event.camera), {"time": now, **_fields(event)}
+                )
             case AudienceEvent():
-                self._set_state(self.topics.camera_audience(event.camera),
-                                event.counts_only().to_json())
+                self._set_state(
+                    self.topics.camera_audience(event.camera), event.counts_only().to_json()
+                )
             case DecisionEvent():
                 self._set_state(self.topics.display_content(event.display), _fields(event))
             case IntervalEvent():
-                self._add_report(self.topics.camera_counts(event.camera), {
-                    "time": now, "id": f"{event.camera}/{event.start}", **_fields(event)})
+                self._add_report(
+                    self.topics.camera_counts(event.camera),
+                    {"time": now, "id": f"{event.camera}/{event.start}", **_fields(event)},
+                )
             case PlayEvent():  # an id of its own already (display/start)
-                self._add_report(self.topics.display_plays(event.display),
-                                 {"time": now, **_fields(event)})
+                self._add_report(
+                    self.topics.display_plays(event.display), {"time": now, **_fields(event)}
+                )
             case StatsEvent():
                 if self._connected:
-                    self.client.publish(self.topics.stats, _json(
-                        {**_fields(event), "mqtt": self.status()}), qos=0)
+                    self.client.publish(
+                        self.topics.stats, _json({**_fields(event), "mqtt": self.status()}), qos=0
+                    )
         # SummaryEvent and ErrorEvent end an offline file analysis, which never publishes
 
     def _set_state(self, topic: str, payload: dict) -> None:
@@ -250,7 +283,7 @@ class MqttPublisher:
             if not self._connected:
                 return
             in_flight = sum(r.mid is not None for r in self.outbox.reports)
-            batch = [r for r in self.outbox.reports if r.mid is None][:max(0, WINDOW - in_flight)]
+            batch = [r for r in self.outbox.reports if r.mid is None][: max(0, WINDOW - in_flight)]
             for r in batch:
                 r.mid = -1
         for r in batch:  # never publish holding our lock: paho calls on_publish holding its own
@@ -295,22 +328,32 @@ class MqttPublisher:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if reason != self._save_failing:  # once, and when the cause changes
-                log.error("mqtt outbox %s cannot be saved (%s): %d interval report(s) kept "
-                          "in memory (up to mqtt.outbox_max) and saving retried every %g s",
-                          self.outbox.path, reason, len(lines), SAVE_RETRY_S)
+                log.error(
+                    "mqtt outbox %s cannot be saved (%s): %d interval report(s) kept "
+                    "in memory (up to mqtt.outbox_max) and saving retried every %g s",
+                    self.outbox.path,
+                    reason,
+                    len(lines),
+                    SAVE_RETRY_S,
+                )
             self._save_failing = reason
             return
         if self._save_failing:
-            log.info("mqtt outbox %s saved again (%d report(s)); was: %s", self.outbox.path,
-                     len(lines), self._save_failing)
+            log.info(
+                "mqtt outbox %s saved again (%d report(s)); was: %s",
+                self.outbox.path,
+                len(lines),
+                self._save_failing,
+            )
         self._save_failing = ""
 
     # -- paho callbacks (network thread) ---------------------------------------------
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
-            self._problems.problem(f"broker refused the connection as '{self.client_id}': "
-                                   f"{mqttclient.explain(reason)}")
+            self._problems.problem(
+                f"broker refused the connection as '{self.client_id}': {mqttclient.explain(reason)}"
+            )
             return
         self._problems.ok(f"connected as '{self.client_id}'")
         self.discovery.on_connect(client)  # before "online": Home Assistant's recommended order
@@ -325,7 +368,9 @@ class MqttPublisher:
             self._hand_over()
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._problems.problem(f"cannot connect: {_probe(self.config.mqtt.host, self.config.mqtt.port)}")
+        self._problems.problem(
+            f"cannot connect: {_probe(self.config.mqtt.host, self.config.mqtt.port)}"
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         with self._lock:

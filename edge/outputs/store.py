@@ -48,7 +48,7 @@ MIGRATIONS: tuple[str, ...] = (
         camera TEXT NOT NULL,
         start_ts REAL NOT NULL,           -- epoch seconds
         end_ts REAL NOT NULL,
-        {_segment_columns('visitors')},
+        {_segment_columns("visitors")},
         watchers INTEGER NOT NULL,
         unclassified INTEGER NOT NULL,
         dwell_s REAL NOT NULL,
@@ -65,8 +65,8 @@ MIGRATIONS: tuple[str, ...] = (
         start_ts REAL NOT NULL,
         end_ts REAL NOT NULL,
         duration_s REAL NOT NULL,
-        {_segment_columns('viewers')},
-        {_segment_columns('watchers')},
+        {_segment_columns("viewers")},
+        {_segment_columns("watchers")},
         unclassified INTEGER NOT NULL,
         attention_s REAL NOT NULL
     );
@@ -86,12 +86,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the store's settings; read-only ones for report and dashboard."""
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, timeout=5, check_same_thread=False
+            )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=5, check_same_thread=False,
-                                   isolation_level=None)  # transactions are explicit
+            conn = sqlite3.connect(
+                path, timeout=5, check_same_thread=False, isolation_level=None
+            )  # transactions are explicit
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
         conn.execute("PRAGMA busy_timeout=5000")
@@ -104,17 +106,21 @@ def migrate(conn: sqlite3.Connection, path: Path) -> int:
     """Bring the schema up to SCHEMA_VERSION; returns the version found."""
     found = conn.execute("PRAGMA user_version").fetchone()[0]
     if found > SCHEMA_VERSION:
-        raise StoreError(f"{path}: the audience store has schema version {found}, newer than "
-                         f"this edge knows ({SCHEMA_VERSION}); upgrade edge or move the file")
+        raise StoreError(
+            f"{path}: the audience store has schema version {found}, newer than "
+            f"this edge knows ({SCHEMA_VERSION}); upgrade edge or move the file"
+        )
     for version in range(found + 1, SCHEMA_VERSION + 1):
         try:
-            conn.executescript(f"BEGIN;\n{MIGRATIONS[version - 1]}\n"
-                               f"PRAGMA user_version = {version};\nCOMMIT;")
+            conn.executescript(
+                f"BEGIN;\n{MIGRATIONS[version - 1]}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"{path}: migrating the audience store to schema version "
-                             f"{version} failed: {exc}") from exc
+            raise StoreError(
+                f"{path}: migrating the audience store to schema version {version} failed: {exc}"
+            ) from exc
         log.info("audience store %s: schema version %d", path, version)
     return found
 
@@ -128,16 +134,35 @@ def _segments(counts: dict) -> list[int]:
 
 
 def interval_row(event: IntervalEvent) -> tuple:
-    return (record_id(event), event.camera, epoch(event.start), epoch(event.end),
-            *_segments(event.unique_visitors), int(event.watchers), int(event.unclassified),
-            float(event.dwell_s), float(event.attention_s))
+    return (
+        record_id(event),
+        event.camera,
+        epoch(event.start),
+        epoch(event.end),
+        *_segments(event.unique_visitors),
+        int(event.watchers),
+        int(event.unclassified),
+        float(event.dwell_s),
+        float(event.attention_s),
+    )
 
 
 def play_row(event: PlayEvent) -> tuple:
-    return (event.id, event.display, event.camera, event.ad, event.title, event.rule,
-            epoch(event.start), epoch(event.end), float(event.duration_s),
-            *_segments(event.viewers), *_segments(event.watchers), int(event.unclassified),
-            float(event.attention_s))
+    return (
+        event.id,
+        event.display,
+        event.camera,
+        event.ad,
+        event.title,
+        event.rule,
+        epoch(event.start),
+        epoch(event.end),
+        float(event.duration_s),
+        *_segments(event.viewers),
+        *_segments(event.watchers),
+        int(event.unclassified),
+        float(event.attention_s),
+    )
 
 
 def record_id(event: IntervalEvent | PlayEvent) -> str:
@@ -168,7 +193,7 @@ class AudienceStore:
         """Call listener(kind, event) after each record is committed (writer thread)."""
         self._listeners.append(listener)
 
-    def start(self) -> "AudienceStore":
+    def start(self) -> AudienceStore:
         """Open (and migrate) now, so a problem stops start-up with one clear line."""
         self._conn = connect(self.path)
         try:
@@ -177,8 +202,7 @@ class AudienceStore:
             self._conn.close()
             raise
         self.prune()
-        self._thread = threading.Thread(target=self._write_loop, name="audience-store",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._write_loop, name="audience-store", daemon=True)
         self._thread.start()
         return self
 
@@ -193,8 +217,11 @@ class AudienceStore:
         self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("audience store: %d record(s) not written within %.0f s at stop",
-                      self._queue.qsize(), timeout)
+            log.error(
+                "audience store: %d record(s) not written within %.0f s at stop",
+                self._queue.qsize(),
+                timeout,
+            )
         else:
             self._conn.close()
         self._thread = None
@@ -212,13 +239,17 @@ class AudienceStore:
         try:
             with _transaction(self._conn):
                 for table in ("intervals", "plays"):
-                    removed += self._conn.execute(f"DELETE FROM {table} WHERE end_ts < ?",
-                                                  (cutoff,)).rowcount
+                    removed += self._conn.execute(
+                        f"DELETE FROM {table} WHERE end_ts < ?", (cutoff,)
+                    ).rowcount
         except sqlite3.Error as exc:
             log.error("audience store %s: pruning failed: %s", self.path, exc)
         if removed:
-            log.info("audience store: %d record(s) older than %g days removed", removed,
-                     self.retention_days)
+            log.info(
+                "audience store: %d record(s) older than %g days removed",
+                removed,
+                self.retention_days,
+            )
         return removed
 
     def _write_loop(self) -> None:
@@ -247,8 +278,9 @@ class AudienceStore:
         except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:
             # One bad record (or a full disk) is logged and the rest still go in.
             self.failed += 1
-            log.error("audience store %s: %s %s not written: %s", self.path, kind,
-                      record_id(event), exc)
+            log.error(
+                "audience store %s: %s %s not written: %s", self.path, kind, record_id(event), exc
+            )
             return
         self.written += inserted
         for listener in self._listeners:

@@ -17,7 +17,7 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Topic:
-    pattern: str   # below <prefix>/<store>/
+    pattern: str  # below <prefix>/<store>/
     qos: int
     retain: bool
     payload: type | str  # the record it carries (events.py), or what a plain payload says
@@ -33,42 +33,78 @@ class Topic:
 
 
 AVAILABILITY = Topic(
-    "availability", 1, True, "`online` or `offline` (plain text)",
+    "availability",
+    1,
+    True,
+    "`online` or `offline` (plain text)",
     "The service's availability. The broker publishes `offline` as the last will when the "
-    "connection is lost; `online` is sent again after every reconnect.")
+    "connection is lost; `online` is sent again after every reconnect.",
+)
 CAMERA_STATUS = Topic(
-    "cameras/<camera>/status", 1, True, events.CameraEvent,
-    "A camera went online or offline (and the reason).", added=("time",))
+    "cameras/<camera>/status",
+    1,
+    True,
+    events.CameraEvent,
+    "A camera went online or offline (and the reason).",
+    added=("time",),
+)
 CAMERA_AUDIENCE = Topic(
-    "cameras/<camera>/audience", 1, True, events.AudienceCounts,
+    "cameras/<camera>/audience",
+    1,
+    True,
+    events.AudienceCounts,
     "Who is in front of the camera now, as counts only; published when it changes, retained "
-    "so a dashboard that connects later sees it at once.")
+    "so a dashboard that connects later sees it at once.",
+)
 CAMERA_COUNTS = Topic(
-    "cameras/<camera>/counts", 1, False, events.IntervalEvent,
+    "cameras/<camera>/counts",
+    1,
+    False,
+    events.IntervalEvent,
     "Visitors per reporting interval (`audience.interval_s`): each visit counted once, in "
     "the interval in which it ended. Kept while the broker is away and delivered in order "
     "after reconnect; `id` (camera/start) is unique, for de-duplicating QoS 1 redeliveries.",
-    added=("time", "id"))
+    added=("time", "id"),
+)
 DISPLAY_CONTENT = Topic(
-    "displays/<display>/content", 1, True, events.DecisionEvent,
+    "displays/<display>/content",
+    1,
+    True,
+    events.DecisionEvent,
     "What the display shows, and why. `creative` is a path relative to the ad catalog's "
-    "folder (the player serves it) or an http(s) URL. Published only when it changes.")
+    "folder (the player serves it) or an http(s) URL. Published only when it changes.",
+)
 DISPLAY_PLAYS = Topic(
-    "displays/<display>/plays", 1, False, events.PlayEvent,
+    "displays/<display>/plays",
+    1,
+    False,
+    events.PlayEvent,
     "One finished play (proof of play): an ad on the display from `start` until the next "
     "replaced it or the service stopped. `viewers`: people in front of the display's camera "
     "who counted for ad selection (in view `selector.min_dwell_s`), each once per play; "
     "`watchers`: viewers who looked for `audience.min_attention_s` during the play; "
     "`attention_s`: looking time during the play. Delivered like the counts (kept, in order, "
     "across outages and restarts); `id` (display/start) is unique, for de-duplication.",
-    added=("time",))
+    added=("time",),
+)
 STATS = Topic(
-    "stats", 0, False, events.StatsEvent,
+    "stats",
+    0,
+    False,
+    events.StatsEvent,
     "Pipeline statistics every `stats.interval_s`; dropped while the broker is away.",
-    added_last=("mqtt: {connected, outbox, dropped, outbox_saved}",))
+    added_last=("mqtt: {connected, outbox, dropped, outbox_saved}",),
+)
 
-TOPICS = (AVAILABILITY, CAMERA_STATUS, CAMERA_AUDIENCE, CAMERA_COUNTS, DISPLAY_CONTENT,
-          DISPLAY_PLAYS, STATS)
+TOPICS = (
+    AVAILABILITY,
+    CAMERA_STATUS,
+    CAMERA_AUDIENCE,
+    CAMERA_COUNTS,
+    DISPLAY_CONTENT,
+    DISPLAY_PLAYS,
+    STATS,
+)
 
 
 class Topics:
@@ -109,10 +145,11 @@ class Topics:
 
 def reference() -> str:
     """The README table."""
-    rows = ["| topic (below `<topic_prefix>/<store_id>/`) | QoS | retained | payload | meaning |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| topic (below `<topic_prefix>/<store_id>/`) | QoS | retained | payload | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for t in TOPICS:
         retained = "yes" if t.retain else "no"
-        rows.append(f"| `{t.pattern}` | {t.qos} | {retained} | {t.payload_doc()} "
-                    f"| {t.doc} |")
+        rows.append(f"| `{t.pattern}` | {t.qos} | {retained} | {t.payload_doc()} | {t.doc} |")
     return "\n".join(rows)

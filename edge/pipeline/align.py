@@ -19,13 +19,16 @@ import numpy as np
 # image-left mouth corner, image-right mouth corner) in dlib's padded face chip,
 # as fractions of the chip side (padding 0.2). Derived by
 # tools/derive_chip_template.py; see docs/calibration.md.
-CHIP_TEMPLATE = np.array([
-    [0.2873, 0.3131],
-    [0.6826, 0.3006],
-    [0.4793, 0.5234],
-    [0.3229, 0.6923],
-    [0.6594, 0.6793],
-], dtype=np.float64)
+CHIP_TEMPLATE = np.array(
+    [
+        [0.2873, 0.3131],
+        [0.6826, 0.3006],
+        [0.4793, 0.5234],
+        [0.3229, 0.6923],
+        [0.6594, 0.6793],
+    ],
+    dtype=np.float64,
+)
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -43,7 +46,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         sign[1, 1] = -1
     rot = u @ sign @ vt
-    var = (s ** 2).sum() / len(src)
+    var = (s**2).sum() / len(src)
     scale = (sig * np.diag(sign)).sum() / var if var > 0 else 1.0
     matrix = np.empty((2, 3))
     matrix[:, :2] = scale * rot
@@ -51,8 +54,9 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def chip_transform(landmarks: np.ndarray, size: int,
-                   template: np.ndarray = CHIP_TEMPLATE) -> np.ndarray:
+def chip_transform(
+    landmarks: np.ndarray, size: int, template: np.ndarray = CHIP_TEMPLATE
+) -> np.ndarray:
     """2x3 matrix taking frame pixels to chip pixels for a `size` chip."""
     # dlib's chip pixel i covers template coordinate i / (size - 1).
     return similarity(landmarks, template * (size - 1))
@@ -69,12 +73,18 @@ def extract_chip(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # chip px per frame px
     levels = max(0, int(np.floor(np.log2(1.0 / scale)))) if scale < 1 else 0
     if levels == 0:
-        return cv2.warpAffine(frame, matrix, (size, size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return cv2.warpAffine(
+            frame,
+            matrix,
+            (size, size),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
     region = corners @ inverse.T
-    margin = 4 * 2 ** levels  # room for the pyramid filter's support
+    margin = 4 * 2**levels  # room for the pyramid filter's support
     x0 = max(0, int(np.floor(region[:, 0].min())) - margin)
     y0 = max(0, int(np.floor(region[:, 1].min())) - margin)
     x1 = min(frame.shape[1], int(np.ceil(region[:, 0].max())) + margin)
@@ -90,12 +100,19 @@ def extract_chip(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
             break
         image = cv2.pyrDown(image)
         local[:, :2] *= 2.0
-    return cv2.warpAffine(image, local, (size, size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.warpAffine(
+        image,
+        local,
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
-def face_chips(frame: np.ndarray, landmarks: np.ndarray, size: int,
-               template: np.ndarray = CHIP_TEMPLATE) -> np.ndarray:
+def face_chips(
+    frame: np.ndarray, landmarks: np.ndarray, size: int, template: np.ndarray = CHIP_TEMPLATE
+) -> np.ndarray:
     """(N, size, size, C) chips, one per face's (5, 2) landmarks."""
     chips = np.empty((len(landmarks), size, size) + frame.shape[2:], frame.dtype)
     for i, points in enumerate(landmarks):

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge.inference import modelstore
 from edge.pipeline import classify, detect, images
-from edge.redact import redact
 from edge.records import AGE_CLASSES, Demographics, Detections
+from edge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,13 @@ class FaceAnalyzer:
         paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
         self.detector = detect.create(config, paths, detect_threshold)
         self.classifier = classify.create(config, paths)
-        log.info("models ready: detector %s on %s, classifier %s on %s",
-                 config.detector.backend, self.detector.provider,
-                 config.classifier.backend, self.classifier.provider)
+        log.info(
+            "models ready: detector %s on %s, classifier %s on %s",
+            config.detector.backend,
+            self.detector.provider,
+            config.classifier.backend,
+            self.classifier.provider,
+        )
 
     def __call__(self, frame: np.ndarray) -> tuple[Detections, Demographics]:
         faces = self.detector(frame)
@@ -55,17 +59,23 @@ def face_records(faces: Detections, demo: Demographics) -> list[dict]:
     rows = []
     classes, genders = demo.age_classes, demo.genders
     for i in range(len(faces)):
-        rows.append({
-            "box": [round(float(v), 1) for v in faces.boxes[i]],
-            "score": round(float(faces.scores[i]), 4),
-            "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in faces.landmarks[i]],
-            "age": round(float(demo.ages[i]), 1),
-            "age_class": classes[i],
-            "age_class_probs": {c: round(float(p), 4)
-                                for c, p in zip(AGE_CLASSES, demo.class_probs[i])},
-            "gender": genders[i],
-            "gender_prob": round(float(demo.gender_probs[i]), 4),
-        })
+        rows.append(
+            {
+                "box": [round(float(v), 1) for v in faces.boxes[i]],
+                "score": round(float(faces.scores[i]), 4),
+                "landmarks": [
+                    [round(float(x), 1), round(float(y), 1)] for x, y in faces.landmarks[i]
+                ],
+                "age": round(float(demo.ages[i]), 1),
+                "age_class": classes[i],
+                "age_class_probs": {
+                    c: round(float(p), 4)
+                    for c, p in zip(AGE_CLASSES, demo.class_probs[i], strict=False)
+                },
+                "gender": genders[i],
+                "gender_prob": round(float(demo.gender_probs[i]), 4),
+            }
+        )
     return rows
 
 
@@ -75,8 +85,13 @@ class Claim:
     gender: str | None
 
 
-def check_claim(claim: Claim, faces: list[dict], child_below: float, old_from: float,
-                min_confidence: float = 0.8) -> dict:
+def check_claim(
+    claim: Claim,
+    faces: list[dict],
+    child_below: float,
+    old_from: float,
+    min_confidence: float = 0.8,
+) -> dict:
     """Is the photo consistent with a claimed age and gender?
 
     A mismatch is flagged only when the model is confident (class or gender
@@ -86,23 +101,38 @@ def check_claim(claim: Claim, faces: list[dict], child_below: float, old_from: f
     if len(faces) == 0:
         return {"consistent": False, "mismatch": True, "reasons": ["no face found in the photo"]}
     if len(faces) > 1:
-        return {"consistent": False, "mismatch": True,
-                "reasons": [f"{len(faces)} faces found; a profile photo should show one person"]}
+        return {
+            "consistent": False,
+            "mismatch": True,
+            "reasons": [f"{len(faces)} faces found; a profile photo should show one person"],
+        }
     face = faces[0]
     reasons, uncertain = [], []
     if claim.age is not None:
-        claimed_class = ("child" if claim.age < child_below
-                         else "old" if claim.age >= old_from else "adult")
+        claimed_class = (
+            "child" if claim.age < child_below else "old" if claim.age >= old_from else "adult"
+        )
         p = face["age_class_probs"][claimed_class]
         if face["age_class"] != claimed_class:
-            message = (f"claimed age {claim.age:g} ({claimed_class}) but the face looks "
-                       f"{face['age_class']} (estimated age {face['age']:g}, "
-                       f"P({claimed_class}) = {p:.2f})")
-            (reasons if face["age_class_probs"][face["age_class"]] >= min_confidence
-             else uncertain).append(message)
+            message = (
+                f"claimed age {claim.age:g} ({claimed_class}) but the face looks "
+                f"{face['age_class']} (estimated age {face['age']:g}, "
+                f"P({claimed_class}) = {p:.2f})"
+            )
+            (
+                reasons
+                if face["age_class_probs"][face["age_class"]] >= min_confidence
+                else uncertain
+            ).append(message)
     if claim.gender is not None and face["gender"] != claim.gender:
-        message = (f"claimed gender {claim.gender} but the face looks {face['gender']} "
-                   f"(P = {face['gender_prob']:.2f})")
+        message = (
+            f"claimed gender {claim.gender} but the face looks {face['gender']} "
+            f"(P = {face['gender_prob']:.2f})"
+        )
         (reasons if face["gender_prob"] >= min_confidence else uncertain).append(message)
-    return {"consistent": not reasons and not uncertain, "mismatch": bool(reasons),
-            "reasons": reasons, "uncertain": uncertain}
+    return {
+        "consistent": not reasons and not uncertain,
+        "mismatch": bool(reasons),
+        "reasons": reasons,
+        "uncertain": uncertain,
+    }

@@ -82,8 +82,9 @@ class Person:
     def confident(self, min_confidence: float) -> bool:
         return self.samples > 0 and float(self.class_probs.max()) >= min_confidence
 
-    def add_sample(self, class_probs: np.ndarray, male_prob: float, quality: float,
-                   now: float) -> None:
+    def add_sample(
+        self, class_probs: np.ndarray, male_prob: float, quality: float, now: float
+    ) -> None:
         self.class_log_sum += np.log(np.clip(class_probs, _EPS, 1.0))
         p = min(max(male_prob, _EPS), 1 - _EPS)
         self.male_logit_sum += math.log(p / (1 - p))
@@ -92,11 +93,17 @@ class Person:
         self.last_classified = now
 
     def summary(self) -> dict:
-        return {"track": self.track_id, "age_class": self.age_class, "gender": self.gender,
-                "age_class_confidence": round(float(self.class_probs.max()), 3),
-                "gender_confidence": round(max(self.male_prob, 1 - self.male_prob), 3),
-                "dwell_s": round(self.dwell_s, 2), "attention_s": round(self.attention_s, 2),
-                "watching": self.watching, "samples": self.samples}
+        return {
+            "track": self.track_id,
+            "age_class": self.age_class,
+            "gender": self.gender,
+            "age_class_confidence": round(float(self.class_probs.max()), 3),
+            "gender_confidence": round(max(self.male_prob, 1 - self.male_prob), 3),
+            "dwell_s": round(self.dwell_s, 2),
+            "attention_s": round(self.attention_s, 2),
+            "watching": self.watching,
+            "samples": self.samples,
+        }
 
 
 def empty_counts() -> dict:
@@ -142,17 +149,26 @@ class Audience:
         s = self.settings
         for track in tracks:
             person = self.people.get(track.id)
-            if track.det_index >= 0 and person is not None and (
+            if (
+                track.det_index >= 0
+                and person is not None
+                and (
                     person.samples < s.max_samples
-                    and now - person.last_classified >= s.reclassify_interval_s):
+                    and now - person.last_classified >= s.reclassify_interval_s
+                )
+            ):
                 return True
         return False
 
     def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
         for i, track in enumerate(tracks):
             person = self._person(track)
-            person.add_sample(demographics.class_probs[i], float(demographics.male_probs[i]),
-                              face_quality(track), now)
+            person.add_sample(
+                demographics.class_probs[i],
+                float(demographics.male_probs[i]),
+                face_quality(track),
+                now,
+            )
 
     # -- per-frame update ----------------------------------------------------------
 
@@ -187,14 +203,25 @@ class Audience:
 
     def viewers(self) -> list[Viewer]:
         """The classified people present now, for the select stage."""
-        return [Viewer(p.age_class, p.gender, float(p.class_probs.max()),
-                       max(p.male_prob, 1 - p.male_prob), p.dwell_s, p.attention_s, p.watching,
-                       child_prob=float(p.class_probs[AGE_CLASSES.index("child")]))
-                for p in self.people.values() if p.samples > 0]
+        return [
+            Viewer(
+                p.age_class,
+                p.gender,
+                float(p.class_probs.max()),
+                max(p.male_prob, 1 - p.male_prob),
+                p.dwell_s,
+                p.attention_s,
+                p.watching,
+                child_prob=float(p.class_probs[AGE_CLASSES.index("child")]),
+            )
+            for p in self.people.values()
+            if p.samples > 0
+        ]
 
     def present_key(self) -> list[tuple]:
-        return sorted((p.track_id, p.age_class, p.gender) for p in self.people.values()
-                      if p.samples > 0)
+        return sorted(
+            (p.track_id, p.age_class, p.gender) for p in self.people.values() if p.samples > 0
+        )
 
     def present_counts(self) -> dict:
         counts = empty_counts()
@@ -247,9 +274,15 @@ class Audience:
 
     @staticmethod
     def _new_interval() -> dict:
-        return {"start": None, "unique_visitors": empty_counts(),
-                "gender_unknown": {c: 0 for c in AGE_CLASSES}, "watchers": 0,
-                "unclassified": 0, "dwell_s": 0.0, "attention_s": 0.0}
+        return {
+            "start": None,
+            "unique_visitors": empty_counts(),
+            "gender_unknown": {c: 0 for c in AGE_CLASSES},
+            "watchers": 0,
+            "unclassified": 0,
+            "dwell_s": 0.0,
+            "attention_s": 0.0,
+        }
 
 
 def face_quality(track) -> float:

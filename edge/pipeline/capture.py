@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.pipeline import images
 from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, InputError
+from edge.pipeline import images
 from edge.pipeline.images import jpeg_truncated  # noqa: F401 (kept importable from here)
 from edge.redact import redact
 
@@ -49,9 +49,9 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 @dataclass(frozen=True, slots=True)
 class Frame:
     camera: str
-    index: int          # frames delivered by this camera so far (0-based)
-    timestamp: float    # capture time, seconds (wall clock; file time in every_frame mode)
-    image: np.ndarray   # BGR
+    index: int  # frames delivered by this camera so far (0-based)
+    timestamp: float  # capture time, seconds (wall clock; file time in every_frame mode)
+    image: np.ndarray  # BGR
 
 
 @dataclass
@@ -62,7 +62,7 @@ class CameraStatus:
     skipped: int = 0
     last_error: str = ""
     exit_status: int = 0  # offline: why the source ended (65 bad data, 66 unreadable), 0 fine
-    bad_files: int = 0    # images a folder camera skipped
+    bad_files: int = 0  # images a folder camera skipped
 
 
 class SourceEnded(Exception):
@@ -138,8 +138,9 @@ class ImageSequence:
                 if not self.loop:
                     raise SourceEnded()
                 if len(self._bad) == len(self.paths):
-                    raise BadSourceData(f"{self.folder}: none of its {len(self.paths)} "
-                                        f"image(s) is readable")
+                    raise BadSourceData(
+                        f"{self.folder}: none of its {len(self.paths)} image(s) is readable"
+                    )
                 self._next = 0
             path = self.paths[self._next]
             self._next += 1
@@ -180,8 +181,9 @@ class VideoSource:
         if not self.is_file:
             raise OSError(f"{redact(str(self._source))}: no frame")
         if not self._frames:
-            raise BadSourceData(f"{self._source}: no frame could be decoded (truncated or "
-                                f"not a video)")
+            raise BadSourceData(
+                f"{self._source}: no frame could be decoded (truncated or not a video)"
+            )
         if not self.loop:
             raise SourceEnded()
         self._cap.release()
@@ -222,8 +224,9 @@ def device_node(source: str) -> str | None:
     return f"/dev/video{source}" if source.isdigit() else source
 
 
-def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10.0, *,
-                repeat_still: bool = True):
+def open_source(
+    source: str, loop: bool, still_fps: float, timeout_s: float = 10.0, *, repeat_still: bool = True
+):
     """The right reader for a config `source` string. A still photo is shown again and
     again at still_fps as a live camera (`repeat_still`), or once for offline analysis."""
     kind = source_kind(source)
@@ -238,8 +241,9 @@ def open_source(source: str, loop: bool, still_fps: float, timeout_s: float = 10
         try:
             images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         except OSError as exc:
-            raise SourceUnreadable(f"{path}: cannot list the folder "
-                                   f"({exc.strerror or exc})") from None
+            raise SourceUnreadable(
+                f"{path}: cannot list the folder ({exc.strerror or exc})"
+            ) from None
         if not images:
             raise BadSourceData(f"{path}: folder has no images")
         return ImageSequence(images, still_fps, loop, folder=path)
@@ -272,17 +276,30 @@ class Backoff:
 class CameraReader:
     """Reads one camera on its own thread; `latest()` hands over the newest frame."""
 
-    def __init__(self, camera_id: str, source: str, *, fps: float = 15.0, loop: bool = False,
-                 mode: str = "live", stall_timeout_s: float = 10.0,
-                 backoff: Backoff | None = None, opener=None):
+    def __init__(
+        self,
+        camera_id: str,
+        source: str,
+        *,
+        fps: float = 15.0,
+        loop: bool = False,
+        mode: str = "live",
+        stall_timeout_s: float = 10.0,
+        backoff: Backoff | None = None,
+        opener=None,
+    ):
         assert mode in ("live", "paced", "every_frame")
         self.camera_id, self.source, self.fps, self.loop, self.mode = (
-            camera_id, source, fps, loop, mode)
+            camera_id,
+            source,
+            fps,
+            loop,
+            mode,
+        )
         self.stall_timeout_s = stall_timeout_s
         self._backoff = backoff or Backoff()
         # Offline, a still photo is one frame; as a camera it is shown again and again.
-        self._opener = opener or functools.partial(open_source,
-                                                   repeat_still=mode != "every_frame")
+        self._opener = opener or functools.partial(open_source, repeat_still=mode != "every_frame")
         self.status = CameraStatus()
         self._reconnects: collections.deque[float] = collections.deque()
         self._online_since = 0.0
@@ -292,7 +309,7 @@ class CameraReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera_id}", daemon=True)
 
-    def start(self) -> "CameraReader":
+    def start(self) -> CameraReader:
         self._thread.start()
         return self
 
@@ -316,8 +333,10 @@ class CameraReader:
         """Take the newest unread frame, waiting up to `timeout` seconds for one."""
         with self._cond:
             if self._slot is None and timeout > 0:
-                self._cond.wait_for(lambda: self._slot is not None or self.status.ended
-                                    or self._stop.is_set(), timeout)
+                self._cond.wait_for(
+                    lambda: self._slot is not None or self.status.ended or self._stop.is_set(),
+                    timeout,
+                )
             frame, self._slot = self._slot, None
             self._cond.notify_all()  # an every_frame reader waits for the slot to empty
             return frame
@@ -360,8 +379,14 @@ class CameraReader:
                 if reader is not None:
                     _release(reader, self.camera_id)
             if self.mode == "every_frame":  # offline: retrying cannot make the input readable
-                self._failed(reason, getattr(error, "exit_status", EX_NOINPUT
-                                             if isinstance(error, OSError) else EX_SOFTWARE))
+                self._failed(
+                    reason,
+                    getattr(
+                        error,
+                        "exit_status",
+                        EX_NOINPUT if isinstance(error, OSError) else EX_SOFTWARE,
+                    ),
+                )
                 return
             self._went_offline(reason)
 
@@ -373,9 +398,13 @@ class CameraReader:
                 image = reader.read()
             except SourceEnded:
                 skipped = getattr(reader, "skipped_files", 0)
-                log.info("camera %s: end of %s after %d frames%s", self.camera_id,
-                         redact(self.source), self._delivered,
-                         f" ({skipped} bad file(s) skipped)" if skipped else "")
+                log.info(
+                    "camera %s: end of %s after %d frames%s",
+                    self.camera_id,
+                    redact(self.source),
+                    self._delivered,
+                    f" ({skipped} bad file(s) skipped)" if skipped else "",
+                )
                 with self._cond:
                     self.status.ended, self.status.online = True, False
                     self.status.bad_files = skipped
@@ -421,8 +450,7 @@ class CameraReader:
             self._backoff.reset()
         delay = self._backoff.next_delay()
         if self.status.online or self.status.last_error != reason:
-            log.warning("camera %s offline: %s; retrying in %.1f s", self.camera_id, reason,
-                        delay)
+            log.warning("camera %s offline: %s; retrying in %.1f s", self.camera_id, reason, delay)
         self.status.online, self.status.last_error = False, reason
         self._stop.wait(delay)
 

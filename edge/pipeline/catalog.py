@@ -20,19 +20,26 @@ from edge.errors import ConfigError
 from edge.records import AGE_CLASSES, GENDERS
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule",
-           "priority"}
+AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule", "priority"}
 _HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 AD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-TITLE_MAX_CHARS = 200   # a title names the ad in logs, messages and reports, it is no text body
+TITLE_MAX_CHARS = 200  # a title names the ad in logs, messages and reports, it is no text body
 URL_MAX_CHARS = 2048
 # What a creative file may be: what the player page can show (an image, a video, an HTML
 # page in a sandboxed frame), with the Content-Type the player serves it as.
 CREATIVE_TYPES = {
-    ".html": "text/html; charset=utf-8", ".htm": "text/html; charset=utf-8",
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-    ".webp": "image/webp", ".svg": "image/svg+xml",
-    ".mp4": "video/mp4", ".webm": "video/webm", ".ogg": "video/ogg", ".ogv": "video/ogg",
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+    ".ogg": "video/ogg",
+    ".ogv": "video/ogg",
 }
 
 
@@ -53,7 +60,7 @@ class Schedule:
 class Ad:
     id: str
     title: str
-    creative: str          # absolute file path, or an http(s) URL
+    creative: str  # absolute file path, or an http(s) URL
     duration_s: float
     age_classes: tuple[str, ...] = ()  # empty: anyone
     genders: tuple[str, ...] = ()
@@ -62,8 +69,9 @@ class Ad:
     priority: int = 0
 
     def targets(self, age_class: str, gender: str) -> bool:
-        return ((not self.age_classes or age_class in self.age_classes)
-                and (not self.genders or gender in self.genders))
+        return (not self.age_classes or age_class in self.age_classes) and (
+            not self.genders or gender in self.genders
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,11 @@ class Catalog:
 
     def local_creatives(self) -> dict[str, Path]:
         """The files the display player serves: creative_ref -> file, nothing else."""
-        return {self.creative_ref(ad): Path(ad.creative) for ad in self.ads.values()
-                if not is_url(ad.creative)}
+        return {
+            self.creative_ref(ad): Path(ad.creative)
+            for ad in self.ads.values()
+            if not is_url(ad.creative)
+        }
 
 
 def creative_file(folder: Path, creative: str) -> tuple[Path | None, str | None]:
@@ -101,19 +112,24 @@ def creative_file(folder: Path, creative: str) -> tuple[Path | None, str | None]
     except (OSError, ValueError, RuntimeError):  # a NUL byte, undecodable bytes, a loop
         return None, f"{creative!r} is not a usable file name"
     if not file.is_relative_to(folder):
-        return None, (f"file {file} is outside the catalog's folder {folder}; the display "
-                      f"player serves only files in that folder")
+        return None, (
+            f"file {file} is outside the catalog's folder {folder}; the display "
+            f"player serves only files in that folder"
+        )
     relative = file.relative_to(folder)
     if any(part.startswith(".") for part in relative.parts):
-        return None, (f"file {file}: hidden files and folders (a name starting with '.') "
-                      f"are not served")
+        return None, (
+            f"file {file}: hidden files and folders (a name starting with '.') are not served"
+        )
     if not file.exists():
         return None, f"file {file} does not exist"
     if not file.is_file():
         return None, f"{file} is not a file"
     if file.suffix.lower() not in CREATIVE_TYPES:
-        return None, (f"file {file}: the player shows {', '.join(CREATIVE_TYPES)} files, "
-                      f"not '{file.suffix or file.name}'")
+        return None, (
+            f"file {file}: the player shows {', '.join(CREATIVE_TYPES)} files, "
+            f"not '{file.suffix or file.name}'"
+        )
     try:
         with file.open("rb") as f:
             if not f.read(1):
@@ -153,8 +169,11 @@ def load_catalog(path: str | Path) -> Catalog:
     ads: dict[str, Ad] = {}
     for i, entry in enumerate(data["ads"]):
         ad, errors = _parse_ad(entry, i, path.parent)
-        label = f"ad '{entry.get('id')}'" if isinstance(entry, dict) and entry.get("id") \
+        label = (
+            f"ad '{entry.get('id')}'"
+            if isinstance(entry, dict) and entry.get("id")
             else f"ads[{i}]"
+        )
         problems += [f"{label}: {e}" for e in errors]
         if ad is not None:
             if ad.id in ads:
@@ -163,10 +182,15 @@ def load_catalog(path: str | Path) -> Catalog:
     for key in ("default", "family_safe"):
         value = data.get(key)
         if value is None or not isinstance(value, str):
-            problems.append(f"'{key}' must name the ad to show "
-                            + ("when nobody is in view" if key == "default"
-                               else "when children dominate the audience")
-                            + ("" if value is None else f", got {value!r}"))
+            problems.append(
+                f"'{key}' must name the ad to show "
+                + (
+                    "when nobody is in view"
+                    if key == "default"
+                    else "when children dominate the audience"
+                )
+                + ("" if value is None else f", got {value!r}")
+            )
         elif value not in ads:
             problems.append(f"'{key}' names ad '{value}', which is not in the catalog")
         elif ads[value].age_classes or ads[value].genders:
@@ -212,8 +236,17 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
     schedule = _parse_schedule(entry.get("schedule") or {}, errors)
     if errors:
         return None, errors
-    return Ad(ad_id, title.strip(), creative, float(duration), classes, genders, float(weight),
-              schedule, priority), []
+    return Ad(
+        ad_id,
+        title.strip(),
+        creative,
+        float(duration),
+        classes,
+        genders,
+        float(weight),
+        schedule,
+        priority,
+    ), []
 
 
 def _parse_targeting(targeting, errors: list[str]) -> tuple[tuple, tuple]:
@@ -227,8 +260,10 @@ def _parse_targeting(targeting, errors: list[str]) -> tuple[tuple, tuple]:
         values = _names(targeting.get(key), f"targeting.{key}", allowed, errors)
         bad = [v for v in values if v not in allowed]
         if bad:
-            errors.append(f"field 'targeting.{key}' has {', '.join(map(repr, bad))}; "
-                          f"choose from {', '.join(allowed)}")
+            errors.append(
+                f"field 'targeting.{key}' has {', '.join(map(repr, bad))}; "
+                f"choose from {', '.join(allowed)}"
+            )
         result.append(tuple(v for v in values if v in allowed))
     return result[0], result[1]
 
@@ -241,8 +276,7 @@ def _names(value, field: str, allowed: tuple[str, ...], errors: list[str]) -> li
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    errors.append(f"field '{field}' is {value!r}; give a list of names from "
-                  f"{', '.join(allowed)}")
+    errors.append(f"field '{field}' is {value!r}; give a list of names from {', '.join(allowed)}")
     return []
 
 
@@ -255,8 +289,9 @@ def _parse_schedule(schedule, errors: list[str]) -> Schedule:
     days = _names(schedule.get("days"), "schedule.days", DAYS, errors) or list(DAYS)
     bad = [d for d in days if d not in DAYS]
     if bad:
-        errors.append(f"field 'schedule.days' has {', '.join(map(repr, bad))}; "
-                      f"use {', '.join(DAYS)}")
+        errors.append(
+            f"field 'schedule.days' has {', '.join(map(repr, bad))}; use {', '.join(DAYS)}"
+        )
     hours = schedule.get("hours", "00:00-24:00")
     match = _HOURS.match(str(hours))
     start = end = None
@@ -268,7 +303,6 @@ def _parse_schedule(schedule, errors: list[str]) -> Schedule:
             if end is not None and end <= start:
                 errors.append(f"field 'schedule.hours' {hours!r} ends before it starts")
     if start is None:
-        errors.append(f"field 'schedule.hours' is {hours!r}; write HH:MM-HH:MM, "
-                      f"e.g. 08:00-20:00")
+        errors.append(f"field 'schedule.hours' is {hours!r}; write HH:MM-HH:MM, e.g. 08:00-20:00")
         return Schedule()
     return Schedule(tuple(d for d in days if d in DAYS), start, end)

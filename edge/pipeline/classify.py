@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import ModelError
 from edge.inference import faceapi, runtime
 from edge.pipeline.align import face_chips
-from edge.errors import ModelError
 from edge.records import Demographics, Detections
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,15 @@ CHANNEL_MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)  # RG
 # knots for np.interp. The network under-estimates older faces ("calls most people
 # over 60 adults"); the knots were fitted once on the development set with two-fold
 # cross-validation (tools/calibrate.py, docs/calibration.md). Identity outside knots.
-AGE_CALIBRATION = np.array([
-    [0.0, 0.0],
-    [18.5, 18.0],
-    [53.0, 60.0],
-    [80.0, 80.0],
-], np.float64)
+AGE_CALIBRATION = np.array(
+    [
+        [0.0, 0.0],
+        [18.5, 18.0],
+        [53.0, 60.0],
+        [80.0, 80.0],
+    ],
+    np.float64,
+)
 # The gender network's P(male) that is even odds when it decides alone: it calls too
 # many men female (elderly men most). Both cross-validation folds fitted 0.36, and it
 # lifted held-out gender 13+ from 0.934 to 0.940 (docs/calibration.md section 8). It is
@@ -64,7 +67,7 @@ def lift_exposure(chips_bgr: np.ndarray, floor: float) -> np.ndarray:
     if floor <= 0 or len(chips_bgr) == 0:
         return chips_bgr
     s = chips_bgr.shape[1]
-    centre = chips_bgr[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4].reshape(len(chips_bgr), -1, 3)
+    centre = chips_bgr[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].reshape(len(chips_bgr), -1, 3)
     luma = centre.mean(axis=1, dtype=np.float32) @ LUMA_BGR
     gain = floor / np.maximum(luma, 1.0)
     dark = np.flatnonzero(gain > 1)
@@ -86,16 +89,33 @@ def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np
 class CydralAgeGender:
     AGE_SIZE, GENDER_SIZE = 64, 32
 
-    def __init__(self, age_model: Path, gender_model: Path, providers, threads: int = 0,
-                 child_below: float = 18, old_from: float = 60, flip_tta: bool = True,
-                 calibrated: bool = True, exposure_floor: float = 0.0,
-                 gpu: runtime.GpuOptions = runtime.GpuOptions(),
-                 gender_threshold: bool = True):
+    def __init__(
+        self,
+        age_model: Path,
+        gender_model: Path,
+        providers,
+        threads: int = 0,
+        child_below: float = 18,
+        old_from: float = 60,
+        flip_tta: bool = True,
+        calibrated: bool = True,
+        exposure_floor: float = 0.0,
+        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+        gender_threshold: bool = True,
+    ):
         runners = []
-        for path, size, label in ((age_model, self.AGE_SIZE, "age"),
-                                  (gender_model, self.GENDER_SIZE, "gender")):
-            sess = runtime.session(path, tuple(providers), threads, label=label, gpu=gpu,
-                                   batch_inputs={"images": (3, size, size)})
+        for path, size, label in (
+            (age_model, self.AGE_SIZE, "age"),
+            (gender_model, self.GENDER_SIZE, "gender"),
+        ):
+            sess = runtime.session(
+                path,
+                tuple(providers),
+                threads,
+                label=label,
+                gpu=gpu,
+                batch_inputs={"images": (3, size, size)},
+            )
             shape = sess.get_inputs()[0].shape
             if list(shape[1:]) != [3, size, size]:
                 raise ModelError(f"{path}: input shape {shape}, expected [N, 3, {size}, {size}]")
@@ -108,7 +128,8 @@ class CydralAgeGender:
         self._masks = class_masks(self.bin_ages, child_below, old_from)
         # gender_threshold: False for an ensemble member (CYDRAL_MALE_THRESHOLD).
         self._gender_calibration = RegressionCalibration(
-            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated and gender_threshold else 0.5)
+            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated and gender_threshold else 0.5
+        )
         self.provider = runtime.active_provider(self._age.sess)
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
@@ -117,11 +138,14 @@ class CydralAgeGender:
     def classify_landmarks(self, frame: np.ndarray, landmarks: np.ndarray) -> Demographics:
         """Batch of faces in a BGR frame, given only their (N, 5, 2) landmarks."""
         n = len(landmarks)
-        faces = Detections(np.zeros((n, 4), np.float32), np.ones(n, np.float32),
-                           np.asarray(landmarks, np.float32))
+        faces = Detections(
+            np.zeros((n, 4), np.float32), np.ones(n, np.float32), np.asarray(landmarks, np.float32)
+        )
         return self(frame, faces)
 
-    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+    def classify_many(
+        self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]:
         """Faces from several frames (cameras) in one model call per network."""
         counts = [len(f) for f in faces]
         if sum(counts) == 0:
@@ -130,11 +154,14 @@ class CydralAgeGender:
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]):
         """(age chips, gender chips) of every face, frame by frame, BGR uint8."""
-        pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces) if len(f)]
-        return tuple(lift_exposure(np.concatenate([face_chips(frame, lm, size)
-                                                   for frame, lm in pairs]),
-                                   self.exposure_floor)
-                     for size in (self.AGE_SIZE, self.GENDER_SIZE))
+        pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces, strict=False) if len(f)]
+        return tuple(
+            lift_exposure(
+                np.concatenate([face_chips(frame, lm, size) for frame, lm in pairs]),
+                self.exposure_floor,
+            )
+            for size in (self.AGE_SIZE, self.GENDER_SIZE)
+        )
 
     def classify_chips(self, age_chips: np.ndarray, gender_chips: np.ndarray) -> Demographics:
         """The networks alone, on chips already cut (edge bench times this)."""
@@ -146,8 +173,9 @@ class CydralAgeGender:
         ages = age_probs.astype(np.float64) @ self.bin_ages
         class_probs = age_probs @ self._masks.T
         male_probs = self._gender_calibration.male_probs(male_probs)
-        return Demographics(ages.astype(np.float32), class_probs.astype(np.float32),
-                            male_probs.astype(np.float32))
+        return Demographics(
+            ages.astype(np.float32), class_probs.astype(np.float32), male_probs.astype(np.float32)
+        )
 
     def _run(self, runner: runtime.BatchRunner, chips_bgr: np.ndarray) -> np.ndarray:
         """One inference call for all chips (and their mirrors with flip TTA)."""
@@ -167,8 +195,9 @@ def chip_tensor(chips_bgr: np.ndarray, flip_tta: bool) -> np.ndarray:
     views = (rgb, rgb[..., ::-1]) if flip_tta else (rgb,)
     tensor = np.empty((n * len(views), *rgb.shape[1:]), np.float32)
     for k, view in enumerate(views):
-        np.subtract(view, CHANNEL_MEANS[:, None, None], out=tensor[k * n:(k + 1) * n],
-                    casting="unsafe")
+        np.subtract(
+            view, CHANNEL_MEANS[:, None, None], out=tensor[k * n : (k + 1) * n], casting="unsafe"
+        )
     tensor *= np.float32(1 / 256)  # a power of two: the same as dividing
     return tensor
 
@@ -225,7 +254,8 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
 # (tools/calibrate.py; docs/calibration.md section 8): the network calls late teens
 # children and sixty-year-olds adults, a little.
 FACEAPI_CALIBRATION = RegressionCalibration(
-    age_knots=((0.0, 0.0), (17.5, 18.0), (58.5, 60.0), (80.0, 80.0)), age_spread=0.19)
+    age_knots=((0.0, 0.0), (17.5, 18.0), (58.5, 60.0), (80.0, 80.0)), age_spread=0.19
+)
 
 # Ensembles calibrated as a whole: the weighted mean of the members' calibrated ages
 # mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
@@ -233,7 +263,8 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 # members' mean class probabilities instead.
 ENSEMBLE_CALIBRATIONS = {
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
-        age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20),
+        age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20
+    ),
 }
 # Weights when classifier.weights / classifier.gender_weights are not set: those chosen
 # for the member set (docs/calibration.md section 8), else equal. face-api's network
@@ -255,17 +286,32 @@ class FaceApiAgeGender:
 
     SIZE = faceapi.INPUT_SIZE
 
-    def __init__(self, model: Path, providers, threads: int = 0, child_below: float = 18,
-                 old_from: float = 60, flip_tta: bool = True, calibrated: bool = True,
-                 exposure_floor: float = 0.0, gpu: runtime.GpuOptions = runtime.GpuOptions()):
-        sess = runtime.session(model, tuple(providers), threads, label="faceapi", gpu=gpu,
-                               batch_inputs={faceapi.INPUT_NAME: (3, self.SIZE, self.SIZE)})
+    def __init__(
+        self,
+        model: Path,
+        providers,
+        threads: int = 0,
+        child_below: float = 18,
+        old_from: float = 60,
+        flip_tta: bool = True,
+        calibrated: bool = True,
+        exposure_floor: float = 0.0,
+        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+    ):
+        sess = runtime.session(
+            model,
+            tuple(providers),
+            threads,
+            label="faceapi",
+            gpu=gpu,
+            batch_inputs={faceapi.INPUT_NAME: (3, self.SIZE, self.SIZE)},
+        )
         shape = sess.get_inputs()[0].shape
         if list(shape[1:]) != [3, self.SIZE, self.SIZE]:
-            raise ModelError(f"{model}: input shape {shape}, expected "
-                             f"[N, 3, {self.SIZE}, {self.SIZE}]")
-        self._runner = runtime.BatchRunner(sess, gpu, (faceapi.AGE_OUTPUT,
-                                                       faceapi.GENDER_OUTPUT))
+            raise ModelError(
+                f"{model}: input shape {shape}, expected [N, 3, {self.SIZE}, {self.SIZE}]"
+            )
+        self._runner = runtime.BatchRunner(sess, gpu, (faceapi.AGE_OUTPUT, faceapi.GENDER_OUTPUT))
         self.flip_tta = flip_tta
         self.exposure_floor = exposure_floor
         self.child_below, self.old_from = child_below, old_from
@@ -275,7 +321,9 @@ class FaceApiAgeGender:
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
         return self.classify_many([frame], [faces])[0]
 
-    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+    def classify_many(
+        self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]:
         counts = [len(f) for f in faces]
         if sum(counts) == 0:
             return [empty_demographics() for _ in frames]
@@ -283,8 +331,13 @@ class FaceApiAgeGender:
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
         """(chips,): every face's (112, 112, 3) float32 RGB chip, frame by frame."""
-        chips = np.stack([faceapi.face_chip(frame, points) for frame, f in zip(frames, faces)
-                          for points in f.landmarks])
+        chips = np.stack(
+            [
+                faceapi.face_chip(frame, points)
+                for frame, f in zip(frames, faces, strict=False)
+                for points in f.landmarks
+            ]
+        )
         return (lift_exposure_rgb(chips, self.exposure_floor),)
 
     def raw(self, chips_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,10 +357,11 @@ class FaceApiAgeGender:
 
     def demographics(self, raw_ages: np.ndarray, raw_male: np.ndarray) -> Demographics:
         ages = self.calibration.ages(raw_ages)
-        return Demographics(ages.astype(np.float32),
-                            self.calibration.class_probs(ages, self.child_below,
-                                                         self.old_from).astype(np.float32),
-                            self.calibration.male_probs(raw_male).astype(np.float32))
+        return Demographics(
+            ages.astype(np.float32),
+            self.calibration.class_probs(ages, self.child_below, self.old_from).astype(np.float32),
+            self.calibration.male_probs(raw_male).astype(np.float32),
+        )
 
 
 # ITU-R BT.601 luma weights in RGB order.
@@ -319,7 +373,7 @@ def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
     if floor <= 0 or len(chips_rgb) == 0:
         return chips_rgb
     s = chips_rgb.shape[1]
-    centre = chips_rgb[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4].reshape(len(chips_rgb), -1, 3)
+    centre = chips_rgb[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].reshape(len(chips_rgb), -1, 3)
     luma = centre.mean(axis=1, dtype=np.float32) @ LUMA_RGB
     gain = floor / np.maximum(luma, 1.0)
     dark = np.flatnonzero(gain > 1)
@@ -364,25 +418,38 @@ class Ensemble:
     plain mean of P(male) called her a man. On the dev faces it is also a little
     better (docs/calibration.md section 8)."""
 
-    def __init__(self, members: list, names: list[str], weights: list[float] | None = None,
-                 child_below: float = 18, old_from: float = 60, calibrated: bool = True,
-                 gender_weights: list[float] | None = None):
+    def __init__(
+        self,
+        members: list,
+        names: list[str],
+        weights: list[float] | None = None,
+        child_below: float = 18,
+        old_from: float = 60,
+        calibrated: bool = True,
+        gender_weights: list[float] | None = None,
+    ):
         self.members = members
         self.weights = _normalised(weights, names, DEFAULT_WEIGHTS)
         self.gender_weights = _normalised(gender_weights, names, {})
-        key = tuple(sorted((n, round(float(x), 3)) for n, x in zip(names, self.weights)))
+        key = tuple(
+            sorted((n, round(float(x), 3)) for n, x in zip(names, self.weights, strict=False))
+        )
         self.calibration = ENSEMBLE_CALIBRATIONS.get(key) if calibrated else None
         if calibrated and self.calibration is None:
-            log.info("ensemble %s: no calibration fitted for these members and weights; "
-                     "class probabilities are the members' weighted mean",
-                     ", ".join(f"{n} {x:.2f}" for n, x in zip(names, self.weights)))
+            log.info(
+                "ensemble %s: no calibration fitted for these members and weights; "
+                "class probabilities are the members' weighted mean",
+                ", ".join(f"{n} {x:.2f}" for n, x in zip(names, self.weights, strict=False)),
+            )
         self.child_below, self.old_from = child_below, old_from
         self.provider = members[0].provider
 
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
         return self.classify_many([frame], [faces])[0]
 
-    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+    def classify_many(
+        self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]:
         counts = [len(f) for f in faces]
         if sum(counts) == 0:
             return [empty_demographics() for _ in frames]
@@ -393,20 +460,26 @@ class Ensemble:
         return tuple(m.chips(frames, faces) for m in self.members)
 
     def classify_chips(self, *member_chips) -> Demographics:
-        return self.combine([m.classify_chips(*c) for m, c in zip(self.members, member_chips)])
+        return self.combine(
+            [m.classify_chips(*c) for m, c in zip(self.members, member_chips, strict=False)]
+        )
 
     def combine(self, results: list[Demographics]) -> Demographics:
         w = self.weights
-        ages = sum(wi * r.ages.astype(np.float64) for wi, r in zip(w, results))
-        log_odds = sum(wi * _log_odds(r.male_probs) for wi, r in zip(self.gender_weights, results))
+        ages = sum(wi * r.ages.astype(np.float64) for wi, r in zip(w, results, strict=False))
+        log_odds = sum(
+            wi * _log_odds(r.male_probs)
+            for wi, r in zip(self.gender_weights, results, strict=False)
+        )
         male = 1 / (1 + np.exp(-log_odds))
         if self.calibration is None:
-            class_probs = sum(wi * r.class_probs for wi, r in zip(w, results))
+            class_probs = sum(wi * r.class_probs for wi, r in zip(w, results, strict=False))
         else:
             ages = self.calibration.ages(ages)
             class_probs = self.calibration.class_probs(ages, self.child_below, self.old_from)
-        return Demographics(ages.astype(np.float32), np.asarray(class_probs, np.float32),
-                            male.astype(np.float32))
+        return Demographics(
+            ages.astype(np.float32), np.asarray(class_probs, np.float32), male.astype(np.float32)
+        )
 
 
 class InsightFaceGenderAge:
@@ -418,11 +491,20 @@ class InsightFaceGenderAge:
 
     AGE_SIGMA = 6.0
 
-    def __init__(self, model: Path, providers, threads: int = 0, child_below: float = 18,
-                 old_from: float = 60, gpu: runtime.GpuOptions = runtime.GpuOptions()):
+    def __init__(
+        self,
+        model: Path,
+        providers,
+        threads: int = 0,
+        child_below: float = 18,
+        old_from: float = 60,
+        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+    ):
         if not Path(model).is_file():
-            raise ModelError(f"model file {model} (config 'classifier.model') does not exist; "
-                             f"the insightface backend uses a genderage.onnx you provide")
+            raise ModelError(
+                f"model file {model} (config 'classifier.model') does not exist; "
+                f"the insightface backend uses a genderage.onnx you provide"
+            )
         # Its input size is read from the file after loading, so no TensorRT profile.
         sess = runtime.session(model, tuple(providers), threads, label="genderage", gpu=gpu)
         shape = sess.get_inputs()[0].shape
@@ -435,15 +517,23 @@ class InsightFaceGenderAge:
     def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
         return self.classify_many([frame], [faces])[0]
 
-    def classify_many(self, frames: list[np.ndarray], faces: list[Detections]) -> list[Demographics]:
+    def classify_many(
+        self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]:
         counts = [len(f) for f in faces]
         if sum(counts) == 0:
             return [empty_demographics() for _ in frames]
-        chips = np.stack([self._crop(frame, box) for frame, f in zip(frames, faces)
-                          for box in f.boxes])
+        chips = np.stack(
+            [
+                self._crop(frame, box)
+                for frame, f in zip(frames, faces, strict=False)
+                for box in f.boxes
+            ]
+        )
         # insightface's Attribute model: BGR->RGB, (x - 0) / 1, as in model_zoo/attribute.py
-        tensor = cv2.dnn.blobFromImages(list(chips), 1.0, (self.size, self.size),
-                                        (0.0, 0.0, 0.0), swapRB=True)
+        tensor = cv2.dnn.blobFromImages(
+            list(chips), 1.0, (self.size, self.size), (0.0, 0.0, 0.0), swapRB=True
+        )
         out = self._runner(tensor)[0]
         logits = out[:, :2].astype(np.float64)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -451,30 +541,40 @@ class InsightFaceGenderAge:
         ages = out[:, 2].astype(np.float64) * 100
         spread = np.exp(-0.5 * ((self._years[None, :] - ages[:, None]) / self.AGE_SIGMA) ** 2)
         spread /= spread.sum(axis=1, keepdims=True)
-        return split(Demographics(ages.astype(np.float32),
-                                  (spread @ self._masks.T).astype(np.float32),
-                                  male.astype(np.float32)), counts)
+        return split(
+            Demographics(
+                ages.astype(np.float32),
+                (spread @ self._masks.T).astype(np.float32),
+                male.astype(np.float32),
+            ),
+            counts,
+        )
 
     def _crop(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
         # Same framing as insightface's Attribute.get: box centre, side * 1.5.
         w, h = box[2] - box[0], box[3] - box[1]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         scale = self.size / (max(w, h) * 1.5)
-        m = np.array([[scale, 0, self.size / 2 - cx * scale],
-                      [0, scale, self.size / 2 - cy * scale]], np.float64)
+        m = np.array(
+            [[scale, 0, self.size / 2 - cx * scale], [0, scale, self.size / 2 - cy * scale]],
+            np.float64,
+        )
         return cv2.warpAffine(frame, m, (self.size, self.size), borderValue=0)
 
 
 def empty_demographics() -> Demographics:
-    return Demographics(np.zeros(0, np.float32), np.zeros((0, 3), np.float32),
-                        np.zeros(0, np.float32))
+    return Demographics(
+        np.zeros(0, np.float32), np.zeros((0, 3), np.float32), np.zeros(0, np.float32)
+    )
 
 
 def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
     """Cut one batch's rows back into per-frame records."""
     edges = np.cumsum([0] + counts)
-    return [Demographics(batch.ages[a:b], batch.class_probs[a:b], batch.male_probs[a:b])
-            for a, b in zip(edges[:-1], edges[1:])]
+    return [
+        Demographics(batch.ages[a:b], batch.class_probs[a:b], batch.male_probs[a:b])
+        for a, b in zip(edges[:-1], edges[1:], strict=False)
+    ]
 
 
 # Manifest models each backend loads (the insightface backend's file is the operator's).
@@ -491,9 +591,15 @@ def model_names(config) -> set[str]:
 def create(config, model_paths: dict[str, Path]):
     c = config.classifier
     if c.backend == "ensemble":
-        return Ensemble([_create(config, b, model_paths, member=True) for b in c.members],
-                        c.members,
-                        c.weights, c.child_below, c.old_from, c.calibrated, c.gender_weights)
+        return Ensemble(
+            [_create(config, b, model_paths, member=True) for b in c.members],
+            c.members,
+            c.weights,
+            c.child_below,
+            c.old_from,
+            c.calibrated,
+            c.gender_weights,
+        )
     return _create(config, c.backend, model_paths)
 
 
@@ -501,13 +607,36 @@ def _create(config, backend: str, model_paths: dict[str, Path], member: bool = F
     c = config.classifier
     gpu = runtime.GpuOptions.from_config(config)
     if backend == "cydral":
-        return CydralAgeGender(model_paths["age"], model_paths["gender"],
-                               config.runtime.providers, config.runtime.threads,
-                               c.child_below, c.old_from, c.flip_tta, c.calibrated,
-                               c.exposure_floor, gpu=gpu, gender_threshold=not member)
+        return CydralAgeGender(
+            model_paths["age"],
+            model_paths["gender"],
+            config.runtime.providers,
+            config.runtime.threads,
+            c.child_below,
+            c.old_from,
+            c.flip_tta,
+            c.calibrated,
+            c.exposure_floor,
+            gpu=gpu,
+            gender_threshold=not member,
+        )
     if backend == "faceapi":
-        return FaceApiAgeGender(model_paths["faceapi"], config.runtime.providers,
-                                config.runtime.threads, c.child_below, c.old_from, c.flip_tta,
-                                c.calibrated, c.exposure_floor, gpu=gpu)
-    return InsightFaceGenderAge(config.resolve(c.model), config.runtime.providers,
-                                config.runtime.threads, c.child_below, c.old_from, gpu=gpu)
+        return FaceApiAgeGender(
+            model_paths["faceapi"],
+            config.runtime.providers,
+            config.runtime.threads,
+            c.child_below,
+            c.old_from,
+            c.flip_tta,
+            c.calibrated,
+            c.exposure_floor,
+            gpu=gpu,
+        )
+    return InsightFaceGenderAge(
+        config.resolve(c.model),
+        config.runtime.providers,
+        config.runtime.threads,
+        c.child_below,
+        c.old_from,
+        gpu=gpu,
+    )

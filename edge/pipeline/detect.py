@@ -21,8 +21,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge.inference import runtime
 from edge.errors import ModelError
+from edge.inference import runtime
 from edge.records import Detections
 
 log = logging.getLogger(__name__)
@@ -33,16 +33,21 @@ class FaceDetector(Protocol):
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections: ...
 
-    def detect_many(self, frames: list[np.ndarray],
-                    widths: list[int | None] | None = None) -> list[Detections]: ...
+    def detect_many(
+        self, frames: list[np.ndarray], widths: list[int | None] | None = None
+    ) -> list[Detections]: ...
 
 
 class OneByOne:
     """detect_many for backends that cannot batch: one frame at a time."""
 
-    def detect_many(self, frames: list[np.ndarray],
-                    widths: list[int | None] | None = None) -> list[Detections]:
-        return [self(frame, width) for frame, width in zip(frames, widths or [None] * len(frames))]
+    def detect_many(
+        self, frames: list[np.ndarray], widths: list[int | None] | None = None
+    ) -> list[Detections]:
+        return [
+            self(frame, width)
+            for frame, width in zip(frames, widths or [None] * len(frames), strict=False)
+        ]
 
 
 def input_size(frame_w: int, frame_h: int, width: int) -> tuple[int, int]:
@@ -69,8 +74,9 @@ def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, flo
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     resized = cv2.resize(frame, (nw, nh), interpolation=interp)
-    canvas = cv2.copyMakeBorder(resized, 0, size[1] - nh, 0, size[0] - nw,
-                                cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    canvas = cv2.copyMakeBorder(
+        resized, 0, size[1] - nh, 0, size[0] - nw, cv2.BORDER_CONSTANT, value=(0, 0, 0)
+    )
     return canvas, scale
 
 
@@ -83,8 +89,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, np.int64).reshape(-1)
 
 
-def finish(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, frame_shape,
-           nms_iou: float, min_face_px: int) -> Detections:
+def finish(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    landmarks: np.ndarray,
+    frame_shape,
+    nms_iou: float,
+    min_face_px: int,
+) -> Detections:
     """Shared tail of every backend: NMS, clip to frame, drop tiny faces, sort by score."""
     keep = nms(boxes, scores, nms_iou)
     boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
@@ -92,8 +104,11 @@ def finish(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray, frame_s
     boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
     big = (boxes[:, 2] - boxes[:, 0]) >= min_face_px
     order = np.argsort(-scores[big], kind="stable")
-    return Detections(boxes[big][order], scores[big][order].astype(np.float32),
-                      landmarks[big][order].astype(np.float32))
+    return Detections(
+        boxes[big][order],
+        scores[big][order].astype(np.float32),
+        landmarks[big][order].astype(np.float32),
+    )
 
 
 class CenterFace:
@@ -101,9 +116,17 @@ class CenterFace:
 
     OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks
 
-    def __init__(self, model_path: Path, providers, threads: int = 0, input_width: int = 640,
-                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20,
-                 gpu: runtime.GpuOptions = runtime.GpuOptions()):
+    def __init__(
+        self,
+        model_path: Path,
+        providers,
+        threads: int = 0,
+        input_width: int = 640,
+        score_threshold: float = 0.5,
+        nms_iou: float = 0.3,
+        min_face_px: int = 20,
+        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+    ):
         import onnx  # only needed at load, to rewrite the graph
 
         try:
@@ -121,7 +144,8 @@ class CenterFace:
         # Build the session for a 720p camera now: fails fast on a bad model and
         # is the size the service will use.
         self.provider = runtime.active_provider(
-            self._runner(input_size(1280, 720, input_width)).sess)
+            self._runner(input_size(1280, 720, input_width)).sess
+        )
 
     def _runner(self, size: tuple[int, int]) -> runtime.BatchRunner:
         # The file's input dims are static (10x3x32x32); ORT plans best with
@@ -132,13 +156,23 @@ class CenterFace:
             w, h = size
             graph = _copy(self._graph)
             _set_dims(graph.graph.input, {"input.1": ("N", 3, h, w)})
-            _set_dims(graph.graph.output, {"537": ("N", 1, h // 4, w // 4),
-                                           "538": ("N", 2, h // 4, w // 4),
-                                           "539": ("N", 2, h // 4, w // 4),
-                                           "540": ("N", 10, h // 4, w // 4)})
-            sess = runtime.session(graph.SerializeToString(), self._providers, self._threads,
-                                   label="centerface", gpu=self._gpu,
-                                   batch_inputs={"input.1": (3, h, w)})
+            _set_dims(
+                graph.graph.output,
+                {
+                    "537": ("N", 1, h // 4, w // 4),
+                    "538": ("N", 2, h // 4, w // 4),
+                    "539": ("N", 2, h // 4, w // 4),
+                    "540": ("N", 10, h // 4, w // 4),
+                },
+            )
+            sess = runtime.session(
+                graph.SerializeToString(),
+                self._providers,
+                self._threads,
+                label="centerface",
+                gpu=self._gpu,
+                batch_inputs={"input.1": (3, h, w)},
+            )
             if len(self._sessions) >= 4:  # frames of many sizes (analyze): keep a few
                 self._sessions.pop(next(iter(self._sessions)))
             runner = self._sessions[size] = runtime.BatchRunner(sess, self._gpu, self.OUTPUTS)
@@ -147,12 +181,15 @@ class CenterFace:
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
         return self.detect_many([frame], [width])[0]
 
-    def detect_many(self, frames: list[np.ndarray],
-                    widths: list[int | None] | None = None) -> list[Detections]:
+    def detect_many(
+        self, frames: list[np.ndarray], widths: list[int | None] | None = None
+    ) -> list[Detections]:
         """Faces in several frames (one per camera, each with its detection width)."""
         widths = widths or [None] * len(frames)
-        sizes = [input_size(f.shape[1], f.shape[0], w or self.input_width)
-                 for f, w in zip(frames, widths)]
+        sizes = [
+            input_size(f.shape[1], f.shape[0], w or self.input_width)
+            for f, w in zip(frames, widths, strict=False)
+        ]
         results: list[Detections] = [Detections.empty()] * len(frames)
         for size in dict.fromkeys(sizes):
             runner = self._runner(size)
@@ -161,23 +198,33 @@ class CenterFace:
             # measured about 10% faster than a batch of four 640x384 canvases.
             for group in [same] if runner.device else [[i] for i in same]:
                 found = self._detect(runner, size, [frames[i] for i in group])
-                for i, faces in zip(group, found):
+                for i, faces in zip(group, found, strict=False):
                     results[i] = faces
         return results
 
-    def _detect(self, runner: runtime.BatchRunner, size: tuple[int, int],
-                frames: list[np.ndarray]) -> list[Detections]:
+    def _detect(
+        self, runner: runtime.BatchRunner, size: tuple[int, int], frames: list[np.ndarray]
+    ) -> list[Detections]:
         """Frames of one canvas size through the network in one run."""
-        canvases, scales = zip(*(letterbox(frame, size) for frame in frames))
+        canvases, scales = zip(*(letterbox(frame, size) for frame in frames), strict=False)
         blob = cv2.dnn.blobFromImages(canvases, 1.0, swapRB=True)  # BGR -> RGB, NCHW float32
         heat, box_sizes, offsets, marks = runner(blob)
         results = []
-        for k, (frame, scale) in enumerate(zip(frames, scales)):
+        for k, (frame, scale) in enumerate(zip(frames, scales, strict=False)):
             one = slice(k, k + 1)
-            boxes, scores, landmarks = self.decode(heat[one], box_sizes[one], offsets[one],
-                                                   marks[one], self.score_threshold)
-            results.append(finish(boxes / scale, scores, landmarks / scale, frame.shape,
-                                  self.nms_iou, self.min_face_px))
+            boxes, scores, landmarks = self.decode(
+                heat[one], box_sizes[one], offsets[one], marks[one], self.score_threshold
+            )
+            results.append(
+                finish(
+                    boxes / scale,
+                    scores,
+                    landmarks / scale,
+                    frame.shape,
+                    self.nms_iou,
+                    self.min_face_px,
+                )
+            )
         return results
 
     @staticmethod
@@ -192,16 +239,28 @@ class CenterFace:
         x1, y1 = cx - box_w / 2, cy - box_h / 2
         boxes = np.stack([x1, y1, x1 + box_w, y1 + box_h], axis=1)
         lm = marks[0][:, ys, xs].T.reshape(-1, 5, 2)  # (N, 5, [dy, dx]) relative to box
-        landmarks = np.stack([lm[:, :, 1] * box_w[:, None] + x1[:, None],
-                              lm[:, :, 0] * box_h[:, None] + y1[:, None]], axis=2)
+        landmarks = np.stack(
+            [
+                lm[:, :, 1] * box_w[:, None] + x1[:, None],
+                lm[:, :, 0] * box_h[:, None] + y1[:, None],
+            ],
+            axis=2,
+        )
         return boxes.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32)
 
 
 class SCRFD(OneByOne):
     """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input."""
 
-    def __init__(self, model_path: Path, providers, input_width: int = 640,
-                 score_threshold: float = 0.5, nms_iou: float = 0.3, min_face_px: int = 20):
+    def __init__(
+        self,
+        model_path: Path,
+        providers,
+        input_width: int = 640,
+        score_threshold: float = 0.5,
+        nms_iou: float = 0.3,
+        min_face_px: int = 20,
+    ):
         _require_file(model_path, "detector.model")
         # insightface is a heavy import, only for this backend. Its albumentations
         # would check for updates over the network at import, and get_model
@@ -237,14 +296,21 @@ class YuNet(OneByOne):
 
     provider = "cpu (opencv)"
 
-    def __init__(self, model_path: Path, input_width: int = 640, score_threshold: float = 0.5,
-                 nms_iou: float = 0.3, min_face_px: int = 20):
+    def __init__(
+        self,
+        model_path: Path,
+        input_width: int = 640,
+        score_threshold: float = 0.5,
+        nms_iou: float = 0.3,
+        min_face_px: int = 20,
+    ):
         _require_file(model_path, "detector.model")
         # OpenCV 5 warns on every create that its new engine ignores targets.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
-            self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320),
-                                                  score_threshold, nms_iou, 5000)
+            self._net = cv2.FaceDetectorYN.create(
+                str(model_path), "", (320, 320), score_threshold, nms_iou, 5000
+            )
         except cv2.error as exc:
             raise ModelError(f"{model_path}: OpenCV cannot load it as YuNet: {exc}") from exc
         self.input_width = input_width
@@ -260,21 +326,29 @@ class YuNet(OneByOne):
             return Detections.empty()
         boxes = np.column_stack([faces[:, :2], faces[:, :2] + faces[:, 2:4]]) / scale
         landmarks = faces[:, 4:14].reshape(-1, 5, 2) / scale
-        return finish(boxes, faces[:, 14], landmarks, frame.shape, self.nms_iou,
-                      self.min_face_px)
+        return finish(boxes, faces[:, 14], landmarks, frame.shape, self.nms_iou, self.min_face_px)
 
 
-def create(config, model_paths: dict[str, Path],
-           score_threshold: float | None = None) -> FaceDetector:
+def create(
+    config, model_paths: dict[str, Path], score_threshold: float | None = None
+) -> FaceDetector:
     """The detector the config asks for (optionally with another score threshold)."""
     d = config.detector
     threshold = d.score_threshold if score_threshold is None else score_threshold
-    common = dict(input_width=d.input_width, score_threshold=threshold,
-                  nms_iou=d.nms_iou, min_face_px=d.min_face_px)
+    common = dict(
+        input_width=d.input_width,
+        score_threshold=threshold,
+        nms_iou=d.nms_iou,
+        min_face_px=d.min_face_px,
+    )
     if d.backend == "centerface":
-        return CenterFace(model_paths["centerface"], config.runtime.providers,
-                          config.runtime.threads, gpu=runtime.GpuOptions.from_config(config),
-                          **common)
+        return CenterFace(
+            model_paths["centerface"],
+            config.runtime.providers,
+            config.runtime.threads,
+            gpu=runtime.GpuOptions.from_config(config),
+            **common,
+        )
     if d.backend == "scrfd":
         return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
     return YuNet(config.resolve(d.model), **common)
@@ -282,8 +356,10 @@ def create(config, model_paths: dict[str, Path],
 
 def _require_file(path: Path, key: str) -> None:
     if not Path(path).is_file():
-        raise ModelError(f"model file {path} (config '{key}') does not exist; this backend "
-                         f"uses a file you provide, see README 'Models'")
+        raise ModelError(
+            f"model file {path} (config '{key}') does not exist; this backend "
+            f"uses a file you provide, see README 'Models'"
+        )
 
 
 def _copy(model):
@@ -298,7 +374,7 @@ def _set_dims(values, dims: dict[str, tuple[int | str, ...]]) -> None:
     """Set tensor dims: a number fixes one, a name (dim_param) leaves it free."""
     for value in values:
         if value.name in dims:
-            for dim, size in zip(value.type.tensor_type.shape.dim, dims[value.name]):
+            for dim, size in zip(value.type.tensor_type.shape.dim, dims[value.name], strict=False):
                 if isinstance(size, str):
                     dim.dim_param = size
                 else:

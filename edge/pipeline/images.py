@@ -21,8 +21,8 @@ import numpy as np
 
 from edge.errors import InputError
 
-MAX_PIXELS = 64_000_000   # 64 megapixels: above any phone or camera still (8K is 33 MP)
-MAX_ASPECT = 20.0         # longer side / shorter side; beyond it no face fits anyway
+MAX_PIXELS = 64_000_000  # 64 megapixels: above any phone or camera still (8K is 33 MP)
+MAX_ASPECT = 20.0  # longer side / shorter side; beyond it no face fits anyway
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
@@ -38,8 +38,10 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
         kind = data[12:16]
         if kind == b"VP8X":
-            return (int.from_bytes(data[24:27], "little") + 1,
-                    int.from_bytes(data[27:30], "little") + 1)
+            return (
+                int.from_bytes(data[24:27], "little") + 1,
+                int.from_bytes(data[27:30], "little") + 1,
+            )
         if kind == b"VP8L":
             bits = int.from_bytes(data[21:25], "little")
             return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
@@ -62,9 +64,9 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
             return width, height
         i += 2 + length
     return None
@@ -99,11 +101,15 @@ def check_size(width: int, height: int, shown: str) -> None:
     if width <= 0 or height <= 0:
         raise InputError(f"{shown}: image declares {width}x{height} pixels")
     if width * height > MAX_PIXELS:
-        raise InputError(f"{shown}: image is {width}x{height} pixels, more than the "
-                         f"{MAX_PIXELS / 1e6:g} megapixels allowed; scale it down")
+        raise InputError(
+            f"{shown}: image is {width}x{height} pixels, more than the "
+            f"{MAX_PIXELS / 1e6:g} megapixels allowed; scale it down"
+        )
     if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise InputError(f"{shown}: image is {width}x{height} pixels, too narrow to "
-                         f"analyse (sides more than {MAX_ASPECT:g}:1); crop it")
+        raise InputError(
+            f"{shown}: image is {width}x{height} pixels, too narrow to "
+            f"analyse (sides more than {MAX_ASPECT:g}:1); crop it"
+        )
 
 
 def read_image(path: str | Path, shown: str | None = None) -> np.ndarray:
@@ -129,14 +135,16 @@ def read_image(path: str | Path, shown: str | None = None) -> np.ndarray:
     if not data:
         raise InputError(f"{shown}: empty file (0 bytes)")
     if jpeg_truncated(data):
-        raise InputError(f"{shown}: truncated JPEG (no end-of-image marker): the file is "
-                         f"incomplete")
+        raise InputError(
+            f"{shown}: truncated JPEG (no end-of-image marker): the file is incomplete"
+        )
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) \
-            if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     except cv2.error:  # OpenCV's own pixel cap, for formats not checked above
-        raise InputError(f"{shown}: image is larger than {MAX_PIXELS / 1e6:g} megapixels, "
-                         f"or its header is damaged") from None
+        raise InputError(
+            f"{shown}: image is larger than {MAX_PIXELS / 1e6:g} megapixels, "
+            f"or its header is damaged"
+        ) from None
     if image is None:
         raise InputError(f"{shown}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
     check_size(image.shape[1], image.shape[0], shown)

@@ -45,8 +45,13 @@ BACKGROUND_TAU_S = 1.0
 class MotionDetector:
     """Motion in one camera's frames, one call per frame, in time order."""
 
-    def __init__(self, width_px: int = WIDTH_PX, pixel_threshold: float = PIXEL_THRESHOLD,
-                 min_changed: float = MIN_CHANGED, background_tau_s: float = BACKGROUND_TAU_S):
+    def __init__(
+        self,
+        width_px: int = WIDTH_PX,
+        pixel_threshold: float = PIXEL_THRESHOLD,
+        min_changed: float = MIN_CHANGED,
+        background_tau_s: float = BACKGROUND_TAU_S,
+    ):
         self.width_px = width_px
         self.pixel_threshold = pixel_threshold
         self.min_changed = min_changed

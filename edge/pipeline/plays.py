@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.pipeline.audience import Person, empty_counts
 from edge.events import PlayEvent
+from edge.pipeline.audience import Person, empty_counts
 from edge.records import Decision
 from edge.timefmt import iso
 
@@ -31,11 +31,11 @@ class _Seen:
     """One person during one play (in memory only)."""
 
     baseline_attention_s: float  # their looking time before the play began
-    attention_s: float           # their looking time, latest
+    attention_s: float  # their looking time, latest
     age_class: str
     gender: str
     confident: bool
-    viewer: bool                 # counted for ad selection at some moment of the play
+    viewer: bool  # counted for ad selection at some moment of the play
 
 
 class Play:
@@ -47,8 +47,7 @@ class Play:
         self.start = start
         self._seen: dict[int, _Seen] = {}
 
-    def observe(self, people: dict[int, Person], min_dwell_s: float,
-                min_confidence: float) -> None:
+    def observe(self, people: dict[int, Person], min_dwell_s: float, min_confidence: float) -> None:
         """Take in the camera's audience after one frame (only people with a label)."""
         for track_id, person in people.items():
             if person.samples == 0:
@@ -57,9 +56,9 @@ class Play:
             if seen is None:
                 # Present when the ad came on: only what they look at from now counts.
                 baseline = person.attention_s if person.first_seen < self.start else 0.0
-                seen = self._seen[track_id] = _Seen(baseline, person.attention_s,
-                                                    person.age_class, person.gender,
-                                                    False, False)
+                seen = self._seen[track_id] = _Seen(
+                    baseline, person.attention_s, person.age_class, person.gender, False, False
+                )
             seen.attention_s = person.attention_s
             seen.age_class, seen.gender = person.age_class, person.gender
             seen.confident = person.confident(min_confidence)
@@ -83,18 +82,30 @@ class Play:
                 watchers[seen.age_class][seen.gender] += 1
         d = self.decision
         start = iso(self.start)
-        return PlayEvent(f"{d.display}/{start}", d.display, self.camera, d.ad, d.title, d.rule,
-                         start, iso(end), duration_s=round(max(0.0, end - self.start), 3),
-                         viewers=viewers, watchers=watchers, unclassified=unclassified,
-                         attention_s=round(attention, 3))
+        return PlayEvent(
+            f"{d.display}/{start}",
+            d.display,
+            self.camera,
+            d.ad,
+            d.title,
+            d.rule,
+            start,
+            iso(end),
+            duration_s=round(max(0.0, end - self.start), 3),
+            viewers=viewers,
+            watchers=watchers,
+            unclassified=unclassified,
+            attention_s=round(attention, 3),
+        )
 
 
 class PlayLog:
     """The running plays of the displays that follow one camera, and the totals per ad
     (for the offline summary)."""
 
-    def __init__(self, camera: str, min_dwell_s: float, min_attention_s: float,
-                 min_confidence: float):
+    def __init__(
+        self, camera: str, min_dwell_s: float, min_attention_s: float, min_confidence: float
+    ):
         self.camera = camera
         self.min_dwell_s = min_dwell_s
         self.min_attention_s = min_attention_s
@@ -121,8 +132,9 @@ class PlayLog:
         if play is None:
             return None
         event = play.finish(now, self.min_attention_s)
-        totals = self.per_ad.setdefault(event.ad, {"plays": 0, "viewers": 0, "watchers": 0,
-                                                   "duration_s": 0.0})
+        totals = self.per_ad.setdefault(
+            event.ad, {"plays": 0, "viewers": 0, "watchers": 0, "duration_s": 0.0}
+        )
         totals["plays"] += 1
         totals["viewers"] += count(event.viewers)
         totals["watchers"] += count(event.watchers)

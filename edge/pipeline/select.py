@@ -34,8 +34,8 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
-from edge.pipeline.catalog import Ad, Catalog
 from edge.config import SelectorConfig
+from edge.pipeline.catalog import Ad, Catalog
 from edge.records import AGE_CLASSES, GENDERS, Decision, Viewer
 
 SEGMENTS = tuple((age, gender) for age in AGE_CLASSES for gender in GENDERS)  # tie order
@@ -47,23 +47,31 @@ class AudienceWeights:
 
     people: int
     watchers: int
-    total: float                             # summed viewer (attention) weight
-    children_share: float                    # summed P(child) x weight, over total
-    segments: dict[tuple[str, str], float]   # (age class, gender) -> weight
+    total: float  # summed viewer (attention) weight
+    children_share: float  # summed P(child) x weight, over total
+    segments: dict[tuple[str, str], float]  # (age class, gender) -> weight
 
     def summary(self) -> dict:
         """Counts only, never anything about one person."""
-        weights = {f"{age}/{gender}": round(self.segments[(age, gender)], 2)
-                   for age, gender in SEGMENTS if (age, gender) in self.segments}
-        return {"people": self.people, "watchers": self.watchers, "weights": weights,
-                "children_share": round(self.children_share, 2)}
+        weights = {
+            f"{age}/{gender}": round(self.segments[(age, gender)], 2)
+            for age, gender in SEGMENTS
+            if (age, gender) in self.segments
+        }
+        return {
+            "people": self.people,
+            "watchers": self.watchers,
+            "weights": weights,
+            "children_share": round(self.children_share, 2),
+        }
 
 
 class Selector:
     """Chooses what one display shows from the audience in front of its camera."""
 
-    def __init__(self, display_id: str, catalog: Catalog, settings: SelectorConfig,
-                 min_attention_s: float) -> None:
+    def __init__(
+        self, display_id: str, catalog: Catalog, settings: SelectorConfig, min_attention_s: float
+    ) -> None:
         self.display_id = display_id
         self.catalog = catalog
         self.settings = settings
@@ -81,13 +89,15 @@ class Selector:
         """What is on screen now."""
         return self._current
 
-    def decide(self, viewers: list[Viewer], now: float,
-               wall: dt.datetime | None = None) -> Decision | None:
+    def decide(
+        self, viewers: list[Viewer], now: float, wall: dt.datetime | None = None
+    ) -> Decision | None:
         """Called every frame (cheap!). Returns a Decision when what the display should
         show changes; None otherwise. `now` is epoch seconds (frame time), `wall` the
         local datetime used for schedules (default: datetime.fromtimestamp(now))."""
         if now < self._held_until and not (
-                self._filler and any(self._attention_weight(v) > 0 for v in viewers)):
+            self._filler and any(self._attention_weight(v) > 0 for v in viewers)
+        ):
             return None
         audience = self._weigh(viewers)
         ad, rule, segment = self._choose(audience, wall or dt.datetime.fromtimestamp(now))
@@ -96,11 +106,16 @@ class Selector:
         if self._current is not None and ad.id == self._current.ad:
             return None
         self._current = Decision(
-            display=self.display_id, ad=ad.id, title=ad.title,
-            creative=self._creatives[ad.id], duration_s=ad.duration_s, rule=rule,
-            segment=None if segment is None else {"age_class": segment[0],
-                                                  "gender": segment[1]},
-            audience=audience.summary(), time=now)
+            display=self.display_id,
+            ad=ad.id,
+            title=ad.title,
+            creative=self._creatives[ad.id],
+            duration_s=ad.duration_s,
+            rule=rule,
+            segment=None if segment is None else {"age_class": segment[0], "gender": segment[1]},
+            audience=audience.summary(),
+            time=now,
+        )
         return self._current
 
     def _weigh(self, viewers: list[Viewer]) -> AudienceWeights:
@@ -119,10 +134,17 @@ class Selector:
                 continue  # perhaps a child: never in an adult or old segment
             # An unsure class or gender guess counts less toward its segment.
             key = (viewer.age_class, viewer.gender)
-            segments[key] = (segments.get(key, 0.0)
-                             + weight * viewer.age_class_confidence * viewer.gender_confidence)
-        return AudienceWeights(len(viewers), sum(v.watching for v in viewers), total,
-                               children / total if total else 0.0, segments)
+            segments[key] = (
+                segments.get(key, 0.0)
+                + weight * viewer.age_class_confidence * viewer.gender_confidence
+            )
+        return AudienceWeights(
+            len(viewers),
+            sum(v.watching for v in viewers),
+            total,
+            children / total if total else 0.0,
+            segments,
+        )
 
     def _attention_weight(self, viewer: Viewer) -> float:
         """How much one viewer counts: 0 before min_dwell_s, passerby_weight for someone
@@ -136,17 +158,20 @@ class Selector:
             attention = min(1.0, viewer.attention_s / self.min_attention_s)
         return passerby + (1 - passerby) * attention
 
-    def _choose(self, audience: AudienceWeights,
-                wall: dt.datetime) -> tuple[Ad, str, tuple[str, str] | None]:
+    def _choose(
+        self, audience: AudienceWeights, wall: dt.datetime
+    ) -> tuple[Ad, str, tuple[str, str] | None]:
         ads = self.catalog.ads
         if audience.total <= 0:
             return ads[self.catalog.default], "nobody", None
         family_safe = self.settings.children == "family_safe"
-        if family_safe and (audience.children_share > self.settings.child_share
-                            or audience.children_share >= 1):
+        if family_safe and (
+            audience.children_share > self.settings.child_share or audience.children_share >= 1
+        ):
             return ads[self.catalog.family_safe], "children", None
-        ranked = [s for s in SEGMENTS
-                  if s in audience.segments and not (family_safe and s[0] == "child")]
+        ranked = [
+            s for s in SEGMENTS if s in audience.segments and not (family_safe and s[0] == "child")
+        ]
         if not ranked:  # everyone present is perhaps a child (child_guard)
             return ads[self.catalog.family_safe], "children", None
         segment = max(ranked, key=audience.segments.__getitem__)  # first of equals wins
@@ -157,17 +182,18 @@ class Selector:
 
     def _candidates(self, segment: tuple[str, str], wall: dt.datetime) -> list[Ad]:
         reserved = (self.catalog.default, self.catalog.family_safe)
-        matching = [ad for ad in self.catalog.ads.values()
-                    if ad.id not in reserved and ad.targets(*segment)
-                    and ad.schedule.allows(wall)]
+        matching = [
+            ad
+            for ad in self.catalog.ads.values()
+            if ad.id not in reserved and ad.targets(*segment) and ad.schedule.allows(wall)
+        ]
         top = max((ad.priority for ad in matching), default=0)
         return [ad for ad in matching if ad.priority == top]
 
     def _rotate(self, group: list[Ad]) -> Ad:
         """Smooth weighted round-robin (as nginx): every ad earns its weight each turn,
         the richest is shown and pays the group's total weight."""
-        credit = self._credit.setdefault(tuple(ad.id for ad in group),
-                                         {ad.id: 0.0 for ad in group})
+        credit = self._credit.setdefault(tuple(ad.id for ad in group), {ad.id: 0.0 for ad in group})
         for ad in group:
             credit[ad.id] += ad.weight
         pick = max(group, key=lambda ad: credit[ad.id])
@@ -179,4 +205,3 @@ class Selector:
             pick = max(owed, key=lambda ad: credit[ad.id])
         credit[pick.id] -= sum(ad.weight for ad in group)
         return pick
-

@@ -56,18 +56,25 @@ class StreamProcess:
         self._timeout_s = timeout_s
         self._messages: collections.deque[str] = collections.deque(maxlen=5)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "edge.pipeline.streamproc"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-            env={**os.environ, "PYTHONPATH": _package_root()})
-        self._stderr_reader = threading.Thread(target=self._collect_stderr,
-                                               name="stream-stderr", daemon=True)
+            [sys.executable, "-m", "edge.pipeline.streamproc"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            env={**os.environ, "PYTHONPATH": _package_root()},
+        )
+        self._stderr_reader = threading.Thread(
+            target=self._collect_stderr, name="stream-stderr", daemon=True
+        )
         self._stderr_reader.start()
         try:
-            self._proc.stdin.write(json.dumps({"url": url, "timeout_ms": int(timeout_s * 1000)})
-                                   .encode() + b"\n")
+            self._proc.stdin.write(
+                json.dumps({"url": url, "timeout_ms": int(timeout_s * 1000)}).encode() + b"\n"
+            )
             self._proc.stdin.close()
-            kind, _a, _b, _c, value = self._header(time.monotonic() + timeout_s + START_GRACE_S,
-                                                   "no answer")
+            kind, _a, _b, _c, value = self._header(
+                time.monotonic() + timeout_s + START_GRACE_S, "no answer"
+            )
             if kind != _OPENED:
                 raise OSError(f"{shown_as}: unexpected message from the reader process")
             self.fps = value
@@ -78,12 +85,14 @@ class StreamProcess:
     def read(self) -> np.ndarray:
         # The child's own read timeout is timeout_s; one second more covers the pipe.
         kind, height, width, channels, _ = self._header(
-            time.monotonic() + self._timeout_s + 1.0, "no frame")
+            time.monotonic() + self._timeout_s + 1.0, "no frame"
+        )
         if kind != _FRAME:
             raise OSError(f"{self._shown_as}: unexpected message from the reader process")
         image = np.empty((height, width, channels), np.uint8)
-        self._read_into(memoryview(image).cast("B"), time.monotonic() + self._timeout_s,
-                        "frame cut off")
+        self._read_into(
+            memoryview(image).cast("B"), time.monotonic() + self._timeout_s, "frame cut off"
+        )
         return image
 
     def release(self) -> None:
@@ -114,14 +123,18 @@ class StreamProcess:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 self.release()
-                raise OSError(self._with_reason(
-                    f"{self._shown_as}: {what} within {self._timeout_s:g} s"))
+                raise OSError(
+                    self._with_reason(f"{self._shown_as}: {what} within {self._timeout_s:g} s")
+                )
             n = os.readv(fd, [view[got:]])
             if n == 0:  # the child ended without saying why (killed, crashed)
                 self._proc.wait(timeout=2.0)
-                raise OSError(self._with_reason(
-                    f"{self._shown_as}: reader process ended (exit status "
-                    f"{self._proc.returncode})"))
+                raise OSError(
+                    self._with_reason(
+                        f"{self._shown_as}: reader process ended (exit status "
+                        f"{self._proc.returncode})"
+                    )
+                )
             got += n
 
     def _collect_stderr(self) -> None:
@@ -174,8 +187,14 @@ def _child() -> int:
     spec = json.loads(sys.stdin.readline())
     out = sys.stdout.buffer
 
-    def send(kind: int, a: int = 0, b: int = 0, c: int = 0, value: float = 0.0,
-             payload: bytes | memoryview = b"") -> None:
+    def send(
+        kind: int,
+        a: int = 0,
+        b: int = 0,
+        c: int = 0,
+        value: float = 0.0,
+        payload: bytes | memoryview = b"",
+    ) -> None:
         out.write(_HEADER.pack(kind, a, b, c, value))
         if payload:
             out.write(payload)
@@ -190,8 +209,11 @@ def _child() -> int:
     shown = _redact(spec["url"])
     ms = spec["timeout_ms"]
     started = time.monotonic()
-    cap = cv2.VideoCapture(spec["url"], cv2.CAP_FFMPEG,
-                           [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    cap = cv2.VideoCapture(
+        spec["url"],
+        cv2.CAP_FFMPEG,
+        [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms],
+    )
     if not cap.isOpened():
         if time.monotonic() - started >= ms / 1000 - 0.1:  # FFmpeg gave up waiting
             return failed(f"{shown}: no answer within {ms / 1000:g} s")
@@ -206,8 +228,13 @@ def _child() -> int:
             image = np.ascontiguousarray(image)
             if image.ndim == 2:
                 image = image[:, :, None]
-            send(_FRAME, image.shape[0], image.shape[1], image.shape[2],
-                 payload=memoryview(image).cast("B"))
+            send(
+                _FRAME,
+                image.shape[0],
+                image.shape[1],
+                image.shape[2],
+                payload=memoryview(image).cast("B"),
+            )
     except BrokenPipeError:  # the parent has gone, or gave up on this stream
         return 0
     finally:

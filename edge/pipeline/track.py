@@ -55,22 +55,22 @@ TrackState = Literal["tentative", "confirmed"]
 class Track:
     """One tracked face as of the latest update."""
 
-    id: int                   # random per run, unique within the run
-    box: np.ndarray           # (4,) float32 x1, y1, x2, y2: filtered (or predicted if missed)
-    score: float              # score of the last matched detection
-    landmarks: np.ndarray     # (5, 2) float32 of the last matched detection
-    first_seen: float         # timestamp of the detection that started the track
-    last_seen: float          # timestamp of the last matched detection
-    hits: int                 # frames in which a detection was matched
-    misses: int               # consecutive updates without a match (0 if matched now)
+    id: int  # random per run, unique within the run
+    box: np.ndarray  # (4,) float32 x1, y1, x2, y2: filtered (or predicted if missed)
+    score: float  # score of the last matched detection
+    landmarks: np.ndarray  # (5, 2) float32 of the last matched detection
+    first_seen: float  # timestamp of the detection that started the track
+    last_seen: float  # timestamp of the last matched detection
+    hits: int  # frames in which a detection was matched
+    misses: int  # consecutive updates without a match (0 if matched now)
     state: TrackState
-    det_index: int            # row of this update's Detections it matched, or -1
+    det_index: int  # row of this update's Detections it matched, or -1
 
 
 class TrackerUpdate(NamedTuple):
     """What one `FaceTracker.update` returns."""
 
-    tracks: list[Track]   # the live tracks
+    tracks: list[Track]  # the live tracks
     removed: list[Track]  # tracks that ended in this update (the audience closes their visits)
 
 
@@ -148,9 +148,16 @@ class BoxKalman:
         z = _to_xyah(box)
         self.mean = np.concatenate([z, np.zeros(4)])
         h = z[3]
-        std = [2 * self.POS * h, 2 * self.POS * h, 1e-2, 2 * self.POS * h,
-               10 * self.VEL * h * self.FPS_REF, 10 * self.VEL * h * self.FPS_REF, 1e-5,
-               10 * self.VEL * h * self.FPS_REF]
+        std = [
+            2 * self.POS * h,
+            2 * self.POS * h,
+            1e-2,
+            2 * self.POS * h,
+            10 * self.VEL * h * self.FPS_REF,
+            10 * self.VEL * h * self.FPS_REF,
+            1e-5,
+            10 * self.VEL * h * self.FPS_REF,
+        ]
         self.cov = np.diag(np.square(std))
 
     def predict(self, dt: float) -> None:
@@ -189,8 +196,7 @@ class BoxKalman:
 class _Live:
     """Mutable bookkeeping for one track; callers only ever see `Track` snapshots."""
 
-    def __init__(self, track_id: int, det: Detections, row: int, timestamp: float,
-                 min_hits: int):
+    def __init__(self, track_id: int, det: Detections, row: int, timestamp: float, min_hits: int):
         self.id = track_id
         self.kalman = BoxKalman(det.boxes[row])
         self.last_box = det.boxes[row].copy()  # as measured, for re-finding a lost face
@@ -218,9 +224,18 @@ class _Live:
         self.det_index = -1
 
     def snapshot(self) -> Track:
-        return Track(self.id, self.kalman.box, self.score, self.landmarks, self.first_seen,
-                     self.last_seen, self.hits, self.misses,
-                     "confirmed" if self.confirmed else "tentative", self.det_index)
+        return Track(
+            self.id,
+            self.kalman.box,
+            self.score,
+            self.landmarks,
+            self.first_seen,
+            self.last_seen,
+            self.hits,
+            self.misses,
+            "confirmed" if self.confirmed else "tentative",
+            self.det_index,
+        )
 
 
 class FaceTracker:
@@ -237,8 +252,15 @@ class FaceTracker:
     Build it with `from_config`: the settings' defaults live in edge/config.py.
     """
 
-    def __init__(self, *, high_threshold: float, low_threshold: float, match_iou: float,
-                 min_hits: int, max_age_s: float):
+    def __init__(
+        self,
+        *,
+        high_threshold: float,
+        low_threshold: float,
+        match_iou: float,
+        min_hits: int,
+        max_age_s: float,
+    ):
         if not 0 <= low_threshold <= high_threshold:
             raise ValueError("need 0 <= low_threshold <= high_threshold")
         if min_hits < 1 or max_age_s < 0:
@@ -265,9 +287,13 @@ class FaceTracker:
 
     @classmethod
     def from_config(cls, config: TrackerConfig) -> FaceTracker:
-        return cls(high_threshold=config.high_threshold, low_threshold=config.low_threshold,
-                   match_iou=config.match_iou, min_hits=config.min_hits,
-                   max_age_s=config.max_age_s)
+        return cls(
+            high_threshold=config.high_threshold,
+            low_threshold=config.low_threshold,
+            match_iou=config.match_iou,
+            min_hits=config.min_hits,
+            max_age_s=config.max_age_s,
+        )
 
     def update(self, detections: Detections, timestamp: float) -> TrackerUpdate:
         """Advance to `timestamp`, associate `detections`; the live tracks, and those
@@ -278,8 +304,9 @@ class FaceTracker:
             t.kalman.predict(dt)
 
         high = np.flatnonzero(detections.scores >= self.high_threshold)
-        low = np.flatnonzero((detections.scores >= self.low_threshold)
-                             & (detections.scores < self.high_threshold))
+        low = np.flatnonzero(
+            (detections.scores >= self.low_threshold) & (detections.scores < self.high_threshold)
+        )
 
         for t in self._tracks:
             t.det_index = -1
@@ -296,8 +323,9 @@ class FaceTracker:
         self._start(detections, new_rows, timestamp)
         return TrackerUpdate([t.snapshot() for t in self._tracks], removed)
 
-    def _associate(self, tracks: list[_Live], det: Detections, rows: np.ndarray,
-                   timestamp: float) -> tuple[list[_Live], np.ndarray]:
+    def _associate(
+        self, tracks: list[_Live], det: Detections, rows: np.ndarray, timestamp: float
+    ) -> tuple[list[_Live], np.ndarray]:
         """Match `rows` of `det` to `tracks` by IoU; return the unmatched tracks and rows."""
         if len(tracks) == 0 or len(rows) == 0:
             return list(tracks), rows
