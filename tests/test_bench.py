@@ -14,6 +14,7 @@ from edge.inference import runtime
 from conftest import need, run_edge
 
 
+@pytest.mark.slow
 def test_bench_reports_every_measure_per_camera(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     out = tmp_path / "bench.json"
@@ -83,6 +84,7 @@ def test_bench_rejects_a_bad_size():
     assert result.returncode == 65 and "expected WIDTHxHEIGHT" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_frame(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     out = tmp_path / "bench.json"
@@ -117,6 +119,7 @@ def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_fr
     )
 
 
+@pytest.mark.slow
 def test_bench_with_idle_share_empty_scene_has_no_face(analyzer):
     from edge.commands.bench import load_frames, with_idle_share
 

@@ -37,6 +37,7 @@ def test_every_frame_mode_delivers_the_whole_clip_in_order():
     assert frames[0].image.shape == (270, 480, 3)
 
 
+@pytest.mark.slow
 def test_live_mode_keeps_only_the_newest_frame_and_counts_skips():
     clip = need("media/store-aisle-detection.gif")
     reader = CameraReader("aisle", str(clip), mode="live").start()
@@ -62,6 +63,7 @@ def test_still_photo_is_a_camera(group_photo):
     assert frames[0].index < frames[1].index < frames[2].index
 
 
+@pytest.mark.slow
 def test_folder_that_disappears_and_comes_back_is_reopened(tmp_path, group_photo):
     folder = tmp_path / "snapshots"
     folder.mkdir()
@@ -198,6 +200,7 @@ def collect(reader, seconds):
     return frames
 
 
+@pytest.mark.slow
 def test_sparse_stream_is_not_restarted():
     camera = MjpegCamera(period_s=1.5)  # a frame every 1.5 s, well inside the 4 s timeout
     reader = CameraReader("ip", camera.url, mode="live", stall_timeout_s=4).start()
@@ -210,6 +213,7 @@ def test_sparse_stream_is_not_restarted():
     assert reader.reconnects_last_hour() == 0 and len(camera.connections) == 1
 
 
+@pytest.mark.slow
 def test_hung_stream_is_reopened_and_flapping_backs_off():
     camera = MjpegCamera(period_s=0.1, frames_per_connection=3)  # 3 frames, then hangs
     reader = CameraReader(
@@ -256,6 +260,7 @@ def small_jpeg(group_photo) -> bytes:
     return cv2.imencode(".jpg", image)[1].tobytes()
 
 
+@pytest.mark.slow
 def test_hung_streams_do_not_hold_up_each_other_or_a_file(tmp_path):
     """Opens of cameras that accept and never answer run side by side (a child process
     each), and a file opens at once meanwhile; in-process FFmpeg opens took turns."""
@@ -296,6 +301,7 @@ def test_hung_streams_do_not_hold_up_each_other_or_a_file(tmp_path):
     assert both_took < 2.0 + 3.0, f"{failed_after}, {both_took:.1f} s in all"
 
 
+@pytest.mark.slow
 def test_folder_skips_bad_files_once_and_ends(tmp_path, group_photo, caplog):
     folder = tmp_path / "snapshots"
     folder.mkdir()
@@ -376,6 +382,7 @@ def test_offline_source_that_cannot_be_read_ends_with_its_status(
     assert str(path) in reader.status.last_error and why in reader.status.last_error
 
 
+@pytest.mark.slow
 def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capfd):
     """No "online" per retry, one offline line, and no libjpeg line per decode."""
     path = tmp_path / "door.jpg"
@@ -396,6 +403,7 @@ def test_unreadable_still_is_retried_quietly(tmp_path, group_photo, caplog, capf
     assert "Premature end of JPEG" not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_refused_stream_retries_without_ffmpeg_lines(capfd, caplog):
     caplog.set_level("INFO", logger="edge.pipeline.capture")
     reader = CameraReader(
@@ -436,6 +444,7 @@ class FlakySource:
         self.inner.release()
 
 
+@pytest.mark.slow
 def test_any_reader_exception_reports_offline_and_reconnects(group_photo):
     opened = []
 
@@ -464,6 +473,7 @@ def test_any_reader_exception_reports_offline_and_reconnects(group_photo):
     assert reader.status.online
 
 
+@pytest.mark.slow
 def test_pacing_starts_over_after_a_stall(group_photo):
     def opener(source, loop, fps, timeout_s):
         return FlakySource(open_source(source, loop, fps, timeout_s), stall_at=5, stall_s=1.0)

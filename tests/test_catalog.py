@@ -118,6 +118,7 @@ def test_catalog_type_mistakes_name_the_ad_and_field(catalog_dir, old, new, need
     assert str(info.value).startswith(f"{path}: ") and needle in str(info.value)
 
 
+@pytest.mark.slow
 def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalog_dir):
     """The class of problem: every field (and the top-level keys) given values of every
     type; only ConfigError may come out."""

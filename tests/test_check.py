@@ -139,6 +139,7 @@ def test_missing_creative(tmp_path, group_photo):
     assert_ok(lines, *(ALL_CHECKS - {"ad catalog"}))
 
 
+@pytest.mark.slow
 def test_corrupt_model(tmp_path, group_photo):
     models = tmp_path / "models"
     models.mkdir()
@@ -176,6 +177,7 @@ def test_unplugged_camera(tmp_path, group_photo):
     assert_ok(lines, *(ALL_CHECKS - {"camera entrance"}))
 
 
+@pytest.mark.slow
 def test_unreachable_stream_camera_says_why_as_the_publisher_does(tmp_path):
     """One wording for a failed TCP connection (errors.tcp_problem): `edge check` on a
     camera URL nobody listens at, and the publisher on its broker (tests/test_mqtt.py)."""
@@ -232,6 +234,7 @@ def test_player_listen_address_and_port(tmp_path, broker, group_photo):
     assert lines["player"].startswith(f"WARN  player: 127.0.0.1:{port} is in use")
 
 
+@pytest.mark.slow
 def test_hung_network_cameras_fail_alone_and_quickly(tmp_path):
     """Two cameras that accept a connection and never answer: each fails within the
     camera timeout, side by side; the healthy camera listed after them passes; and

@@ -29,6 +29,7 @@ def by_position(result):
     return sorted(result["faces"], key=lambda f: (f["box"][0] + f["box"][2]) / 2)
 
 
+@pytest.mark.slow
 def test_t1_six_adults_with_full_records(t1_result, group_photo):
     assert t1_result["image"] == str(group_photo)
     faces = t1_result["faces"]
@@ -56,6 +57,7 @@ def test_t1_three_women_three_men(t1_result):
     assert [f["gender"] for f in by_position(t1_result)] == T1_TRUTH
 
 
+@pytest.mark.slow
 def test_bad_files_are_reported_and_the_rest_analysed(tmp_path, group_photo):
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
@@ -102,11 +104,13 @@ def claim(path, *args):
     return json.loads(result.stdout)["claim"]
 
 
+@pytest.mark.slow
 def test_claim_consistent(one_woman):
     verdict = claim(one_woman, "--claimed-age", "30", "--claimed-gender", "female")
     assert verdict["consistent"] and not verdict["mismatch"] and verdict["reasons"] == []
 
 
+@pytest.mark.slow
 def test_claim_mismatch_on_age_and_gender(one_woman):
     verdict = claim(one_woman, "--claimed-age", "72", "--claimed-gender", "male")
     assert verdict["mismatch"] and not verdict["consistent"]
@@ -115,6 +119,7 @@ def test_claim_mismatch_on_age_and_gender(one_woman):
     assert "claimed gender male but the face looks female" in reasons
 
 
+@pytest.mark.slow
 def test_claim_on_group_photo_flags_several_faces(group_photo):
     verdict = claim(group_photo, "--claimed-gender", "female")
     assert verdict["mismatch"] and "6 faces found" in verdict["reasons"][0]

@@ -232,6 +232,7 @@ def _nested(key: str, value):
     return {head: _nested(rest, value) if rest else value}
 
 
+@pytest.mark.slow
 def test_any_value_of_any_type_gives_a_config_error_or_a_config(tmp_path):
     """The class of problem, not the examples: every key with values of every type. Only
     ConfigError may come out (exit 78), never a TypeError or AttributeError."""

@@ -98,6 +98,7 @@ def test_yunet_backend_agrees_with_centerface(analyzer, group_photo):
     assert (faces.landmarks[:, 0, 0] < faces.landmarks[:, 1, 0]).all()
 
 
+@pytest.mark.slow
 def test_scrfd_backend_through_insightface_agrees_with_centerface(analyzer, group_photo):
     model = need("models/det_2.5g.onnx")
     frame = cv2.imread(str(group_photo))
@@ -119,6 +120,7 @@ def test_blank_frame_has_no_faces(analyzer):
     assert len(faces) == 0 and faces.landmarks.shape == (0, 5, 2)
 
 
+@pytest.mark.slow
 def test_scrfd_backend_keeps_stdout_clean(group_photo, tmp_path):
     """insightface print()s on model load; `edge analyze` output must stay pure JSON."""
     import json

@@ -645,6 +645,7 @@ def test_html_creatives_cannot_script_the_player_page(browser, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path, monkeypatch):
     """An idle socket, or one that sends its request head a byte at a time (slowloris),
     must not hold a server thread for longer than the header timeout."""

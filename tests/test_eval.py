@@ -5,6 +5,7 @@ import json
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.errors import EX_DATAERR
 
@@ -27,6 +28,7 @@ def dev_rows(step=100):
     return [(str(root / r["file"]), r["age"], r["gender"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_eval_small_set_with_a_miss(tmp_path):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((200, 200, 3), 127, np.uint8))
@@ -55,6 +57,7 @@ def test_eval_small_set_with_a_miss(tmp_path):
     assert "eval" in result.stderr  # progress bar
 
 
+@pytest.mark.slow
 def test_eval_errors_name_file_and_line(tmp_path):
     bad = subset(tmp_path, [("a.jpg", "30", "female"), ("b.jpg", "forty", "male")])
     result = run_edge("eval", str(bad))
@@ -65,6 +68,7 @@ def test_eval_errors_name_file_and_line(tmp_path):
     assert result.returncode == EX_DATAERR and "missing column(s) gender" in result.stderr
 
 
+@pytest.mark.slow
 def test_dev_set_accuracy_floors(tmp_path):
     """Regression floors on the whole dev set, below the figures measured when
     calibrating (README "Accuracy"): a drop under them means something broke."""

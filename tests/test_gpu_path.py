@@ -162,6 +162,7 @@ def chips(model_paths, photo):
     return cydral.chips([frame], [faces])
 
 
+@pytest.mark.slow
 def test_faceapi_bucketed_batches_equal_per_face_results(model_paths, photo):
     frame, faces = photo
     plain = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"])
@@ -183,6 +184,7 @@ def assert_rows_match(batch, singles, index, atol=1e-4):
         np.testing.assert_allclose(batch.ages[row], singles[face].ages[0], atol=atol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_bucketed_batches_equal_per_face_results(model_paths, chips, flip_tta):
     age, gender = chips
@@ -231,6 +233,7 @@ def test_classifier_chips_preprocessing_matches_the_reference_formula(chips):
 # -- detector: cameras of one frame size share a run ----------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpu", [runtime.GpuOptions(), ON_CPU], ids=["plain", "bucketed"])
 def test_detect_many_equals_single_calls(group_photo, gpu):
     detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], gpu=gpu)

@@ -130,6 +130,7 @@ def peak_rss_mb(*args) -> tuple[float, subprocess.CompletedProcess]:
     return kb / 1024, subprocess.CompletedProcess(args, code, stdout, stderr)
 
 
+@pytest.mark.slow
 def test_bombs_keep_memory_bounded(files):
     """Figures: before the fix the bomb took 2.3 GB and the thin PNG 4.3 GB (issue 12);
     now both stay within a little of analysing an ordinary photo."""
@@ -155,6 +156,7 @@ def test_bombs_keep_memory_bounded(files):
     assert run_peak < baseline + 150, (baseline, run_peak)
 
 
+@pytest.mark.slow
 def test_run_and_analyze_agree_on_a_truncated_jpeg(files):
     config = ["--config", str(ROOT / "config.yaml")]
     _, analyzed = peak_rss_mb(*config, "analyze", str(files["truncated"]))

@@ -5,6 +5,8 @@ import platform
 import subprocess
 import sys
 
+import pytest
+
 ORT_DISTS = {
     "onnxruntime",
     "onnxruntime-gpu",
@@ -45,6 +47,7 @@ def test_exactly_one_opencv():
     assert found == {"opencv-python"}, f"OpenCV distributions installed: {sorted(found)}"
 
 
+@pytest.mark.slow
 def test_insightface_model_zoo_imports_cleanly():
     # In a subprocess: importing insightface is slow and must not touch the network.
     code = "import insightface.model_zoo as z; print(z.get_model.__name__)"

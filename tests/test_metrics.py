@@ -6,6 +6,7 @@ import socket
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_mqtt import start, stop, store_id
 
@@ -194,6 +195,7 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     assert b"edge_plays_total{" not in generate_latest(two.registry)
 
 
+@pytest.mark.slow
 def test_check_says_when_the_port_is_taken(tmp_path, group_photo):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

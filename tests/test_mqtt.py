@@ -315,6 +315,7 @@ def test_mqtt_and_display_config_errors(tmp_path, extra, needle):
     assert result.returncode == EX_CONFIG and needle in result.stderr
 
 
+@pytest.mark.slow
 def test_catalog_error_stops_start_up_with_the_ad_and_field(tmp_path, group_photo):
     import shutil
 
@@ -545,6 +546,7 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         sub.close()
 
 
+@pytest.mark.slow
 def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
     """Disk I/O in a paho callback would stall (or, failing, kill) the network thread:
     the callbacks only ask the publisher's own thread to save."""

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from test_mqtt import start, stop, write_config
 
 from broker import Subscriber
@@ -47,6 +48,7 @@ def one_ad_config(tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.slow
 def test_one_ad_over_the_walking_clip_played_to_its_three_visitors(tmp_path):
     clip = need(WALKING)
     result = run_edge(
@@ -82,6 +84,7 @@ def test_one_ad_over_the_walking_clip_played_to_its_three_visitors(tmp_path):
     assert kinds.index("play") < kinds.index("summary")
 
 
+@pytest.mark.slow
 def test_ad_changes_split_the_audience_between_plays(tmp_path):
     """With targeted ads the default gives way when the three count; they are viewers
     of the ad that replaced it, not of the default shown to nobody."""

@@ -4,6 +4,7 @@ import stat
 
 import cv2
 import numpy as np
+import pytest
 
 from edge.errors import EX_CONFIG
 
@@ -21,6 +22,7 @@ cameras:
     return path
 
 
+@pytest.mark.slow
 def test_preview_of_the_group_photo(tmp_path, group_photo):
     out = tmp_path / "aim.jpg"
     out.write_bytes(b"an older preview")
@@ -40,6 +42,7 @@ def test_preview_of_the_group_photo(tmp_path, group_photo):
     assert "delete it" in result.stdout
 
 
+@pytest.mark.slow
 def test_unknown_camera_names_the_known_ones(tmp_path, group_photo):
     out = tmp_path / "aim.jpg"
     result = run_edge(

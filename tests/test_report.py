@@ -58,6 +58,7 @@ def report(config, *args, env=None):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_report_totals_equal_the_runs_summaries(filled):
     config, summaries = filled
     data = json.loads(report(config, "--format", "json"))
@@ -94,6 +95,7 @@ def test_report_totals_equal_the_runs_summaries(filled):
     assert data["periods"] and {p["period"] for p in data["periods"]} <= days
 
 
+@pytest.mark.slow
 def test_table_csv_and_hours(filled):
     config, _ = filled
     table = report(config)
@@ -110,6 +112,7 @@ def test_table_csv_and_hours(filled):
     assert {r["ad"] for r in ad_rows} >= {"welcome", "spring-collection"}
 
 
+@pytest.mark.slow
 def test_filters_and_time_zone(filled):
     config, _ = filled
     data = json.loads(report(config, "--format", "json", "--display", "window"))

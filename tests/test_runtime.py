@@ -36,6 +36,7 @@ def test_cpu_only_request_logs_nothing(caplog):
     assert caplog.records == []
 
 
+@pytest.mark.slow
 def test_service_start_shows_no_onnxruntime_error_lines(group_photo):
     result = run_edge("--config", "config.yaml", "analyze", str(group_photo))
     assert result.returncode == 0

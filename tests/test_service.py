@@ -33,6 +33,7 @@ def visitors(summary):
     }
 
 
+@pytest.mark.slow
 def test_walking_clip_three_adults_two_women_one_man():
     events, summary = run_clip("face-demographics-walking-and-pause.gif")
     assert summary["frames"] == 41
@@ -46,17 +47,20 @@ def test_walking_clip_three_adults_two_women_one_man():
     assert intervals[0]["end"].endswith("+00:00")  # ISO 8601 with zone
 
 
+@pytest.mark.slow
 def test_head_pose_clip_one_woman_one_man():
     _, summary = run_clip("head-pose-face-detection-female-and-male.gif")
     assert summary["frames"] == 56
     assert visitors(summary) == {("adult", "female"): 1, ("adult", "male"): 1}
 
 
+@pytest.mark.slow
 def test_store_aisle_clip_creates_no_confident_visitor():
     _, summary = run_clip("store-aisle-detection.gif")
     assert summary["frames"] == 67 and visitors(summary) == {}
 
 
+@pytest.mark.slow
 def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
     config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n")
@@ -98,6 +102,7 @@ def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_p
     assert "stopped" in err
 
 
+@pytest.mark.slow
 def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
     path = str(tmp_path / "notify.sock")
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -167,6 +172,7 @@ def test_run_config_errors_exit_78(tmp_path, text, needle):
     assert needle in result.stderr and str(config) in result.stderr
 
 
+@pytest.mark.slow
 def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
     walk = need("media/face-demographics-walking-and-pause.gif")
     pose = need("media/head-pose-face-detection-female-and-male.gif")
@@ -229,6 +235,7 @@ def wait_for_ready(manager, seconds: float = 60) -> None:
     raise AssertionError("no READY=1")
 
 
+@pytest.mark.slow
 def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_path, group_photo):
     """The camera is offline and retried by its reader: reported as degraded, and the
     watchdog is still fed (a restart would not bring the camera back)."""
@@ -273,6 +280,7 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
         manager.close()
 
 
+@pytest.mark.slow
 def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_photo, monkeypatch):
     """A stage that hangs (a driver, a deadlock) stops the pets, so systemd restarts the
     service; frames flowing again resumes them. The real service with its real detector,
@@ -321,6 +329,7 @@ def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_
         manager.close()
 
 
+@pytest.mark.slow
 def test_camera_target_fps_and_detection_width(tmp_path):
     from edge import config as config_mod
     from edge.service import Service
@@ -342,6 +351,7 @@ def test_camera_target_fps_and_detection_width(tmp_path):
 # -- faults (issue 12) ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
     """Two network cameras that accept and never answer, beside a looping file: the file
     delivers within 2 s of READY=1 and the watchdog is fed throughout, while the hung
@@ -425,6 +435,7 @@ def _jpeg(group_photo, size=(320, 220)) -> bytes:
         ("clip.mp4", b"not a video at all\n" * 10, 65, "not a video or image OpenCV can read"),
     ],
 )
+@pytest.mark.slow
 def test_offline_run_on_an_unreadable_source_is_one_error_line(
     tmp_path, group_photo, name, content, status, why
 ):
@@ -451,6 +462,7 @@ def test_offline_run_on_an_unreadable_source_is_one_error_line(
     ]
 
 
+@pytest.mark.slow
 def test_offline_run_on_a_still_photo_is_one_frame(tmp_path, group_photo):
     config = tmp_path / "config.yaml"
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\n")
@@ -495,6 +507,7 @@ def test_offline_folder_with_bad_files_counts_the_rest_and_ends(tmp_path, group_
     assert sink.events[-1]["type"] == "summary" and sink.events[-1]["frames"] == 4
 
 
+@pytest.mark.slow
 def test_an_interrupted_offline_run_still_ends_with_its_summary(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     sink = Collect()
@@ -503,6 +516,7 @@ def test_an_interrupted_offline_run_still_ends_with_its_summary(tmp_path):
     assert sink.events[-1]["type"] == "summary" and sink.events[-1]["frames"] > 0
 
 
+@pytest.mark.slow
 def test_one_failing_sink_does_not_stop_the_others(tmp_path, caplog):
     clip = need("media/face-demographics-walking-and-pause.gif")
 
@@ -520,6 +534,7 @@ def test_one_failing_sink_does_not_stop_the_others(tmp_path, caplog):
     assert len(failed) == 1  # logged once, not once per event
 
 
+@pytest.mark.slow
 def test_repeated_decoder_warnings_are_rate_limited(tmp_path, group_photo):
     """libjpeg prints one warning per decode of a damaged (but complete) JPEG straight to
     stderr; a looping folder camera at 20 fps would repeat it 20 times a second."""

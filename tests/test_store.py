@@ -163,6 +163,7 @@ def test_killed_writer_loses_at_most_the_record_in_flight(tmp_path):
     AudienceStore(path).start().close()  # and the store opens and migrates as usual
 
 
+@pytest.mark.slow
 def test_an_offline_run_writes_only_with_store(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     state = tmp_path / "state"
@@ -187,6 +188,7 @@ def test_an_offline_run_writes_only_with_store(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_an_unusable_store_is_one_line_and_the_run_goes_on(tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     state = tmp_path / "state"

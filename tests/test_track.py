@@ -276,6 +276,7 @@ def track_clip(path, detector) -> tuple[list[list], int]:
         ("media/head-pose-face-detection-female-and-male.gif", 2, 56),
     ],
 )
+@pytest.mark.slow
 def test_clip_gives_one_id_per_person(clip, people, n_frames, detector):
     frames, count = track_clip(need(clip), detector)
     assert count == n_frames
@@ -288,6 +289,7 @@ def test_clip_gives_one_id_per_person(clip, people, n_frames, detector):
         assert all(t.det_index >= 0 for t in tracks)
 
 
+@pytest.mark.slow
 def test_clip_person_hidden_for_two_seconds_keeps_their_id(detector):
     # The walking clip slowed to 9.8 s (each frame shown three times), with the left
     # woman hidden behind a grey panel for 2 s in the middle: still three people.
@@ -310,6 +312,7 @@ def test_clip_person_hidden_for_two_seconds_keeps_their_id(detector):
     assert max(during) == 1  # she really was lost, and only she
 
 
+@pytest.mark.slow
 def test_store_aisle_shoppers_from_behind_start_no_track(detector):
     # Seen from above and behind, CenterFace finds only a few weak (< 0.25) blobs
     # in 4 of 67 frames; none reaches high_threshold, so no track, not even a
