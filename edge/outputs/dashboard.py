@@ -267,11 +267,9 @@ class Dashboard:
     def handle(self, handler, path: str) -> bool:
         """Serve a /dashboard... path; False when the path is not the dashboard's."""
         if path in ("/dashboard", "/dashboard/"):
-            _send(handler, 200, self.page, "text/html; charset=utf-8", "no-cache")
+            handler._send(200, self.page, "text/html; charset=utf-8", cache="no-cache")
         elif path == "/dashboard/state.json":
-            _send(
-                handler, 200, json.dumps(self.snapshot()).encode(), "application/json", "no-store"
-            )
+            handler._send(200, json.dumps(self.snapshot()).encode(), "application/json")
         elif path == "/dashboard/events":
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -283,19 +281,10 @@ class Dashboard:
         elif path.startswith("/dashboard/vendor/") and path.rsplit("/", 1)[1] in VENDOR:
             name = path.rsplit("/", 1)[1]
             body = resources.files("edge.outputs").joinpath(f"player/vendor/{name}").read_bytes()
-            _send(handler, 200, body, VENDOR[name], "max-age=86400")
+            handler._send(200, body, VENDOR[name], cache="max-age=86400")
         else:
             return False
         return True
-
-
-def _send(handler, status: int, body: bytes, content_type: str, cache: str) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", content_type)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.send_header("Cache-Control", cache)
-    handler.end_headers()
-    handler.wfile.write(body)
 
 
 def _sse(event: str, data: dict) -> bytes:
