@@ -35,8 +35,8 @@ def parse_date(text: str, *, end: bool = False) -> float:
     epoch seconds. `end` makes a bare date mean the end of that day."""
     try:
         when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD or YYYY-MM-DDTHH:MM") from err
     if when.tzinfo is None:
         when = when.astimezone()  # local time of the box
     if end and len(text) == 10:
