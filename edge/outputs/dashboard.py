@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge.commands import report
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
@@ -93,7 +94,11 @@ class Dashboard:
             }
             for d in config.displays
         }
-        self._health = {"latency_p95_ms": None, "latency_p50_ms": None, "time": None}
+        self._health: dict[str, Any] = {
+            "latency_p95_ms": None,
+            "latency_p50_ms": None,
+            "time": None,
+        }
         self._today: dict | None = None
         self._today_key: tuple | None = None
         self._history_version = 0
@@ -253,9 +258,11 @@ class Dashboard:
         while True:
             with self._changed:
                 seen = version
-                self._changed.wait_for(
-                    lambda seen=seen: self._closed or self._version != seen, HEARTBEAT_S
-                )
+
+                def moved_on(seen: int = seen) -> bool:
+                    return self._closed or self._version != seen
+
+                self._changed.wait_for(moved_on, HEARTBEAT_S)
                 if self._closed:
                     return
                 changed, version = self._version != seen, self._version
