@@ -107,7 +107,8 @@ def check_claim(
             "reasons": [f"{len(faces)} faces found; a profile photo should show one person"],
         }
     face = faces[0]
-    reasons, uncertain = [], []
+    reasons: list[str] = []
+    uncertain: list[str] = []
     if claim.age is not None:
         claimed_class = (
             "child" if claim.age < child_below else "old" if claim.age >= old_from else "adult"

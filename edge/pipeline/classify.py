@@ -261,7 +261,7 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 # mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
 # section 8), keyed by (member, weight) pairs. Other member sets or weights use the
 # members' mean class probabilities instead.
-ENSEMBLE_CALIBRATIONS = {
+ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration] = {
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
         age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20
     ),

@@ -41,6 +41,9 @@ class FaceDetector(Protocol):
 class OneByOne:
     """detect_many for backends that cannot batch: one frame at a time."""
 
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
+        raise NotImplementedError  # each backend detects in its own way
+
     def detect_many(
         self, frames: list[np.ndarray], widths: list[int | None] | None = None
     ) -> list[Detections]:
