@@ -119,7 +119,7 @@ def score(
 def predict(analyzer, labels: list[Label], progress: bool = True) -> list[dict | None]:
     from tqdm import tqdm
 
-    predictions = []
+    predictions: list[dict | None] = []
     for label in tqdm(labels, desc="eval", unit="img", disable=not progress, file=sys.stderr):
         frame = load_padded(label.path)
         faces = analyzer.detector(frame)

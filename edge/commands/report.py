@@ -57,7 +57,8 @@ def period_of(ts: float, by: str) -> str:
 
 
 def _where(start: float | None, end: float | None, **equal: str | None) -> tuple[str, list]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[float | str] = []
     if start is not None:
         clauses.append("start_ts >= ?")
         args.append(start)

@@ -148,7 +148,7 @@ def provider_options(
 ) -> list[dict]:
     """Options for each chosen ORT provider, in order; `batch_inputs` maps an input name
     to its shape without the batch dimension (pure: tested without a GPU)."""
-    options = []
+    options: list[dict] = []
     for name in chosen:
         if name != _ORT_NAMES["tensorrt"]:
             options.append({})
