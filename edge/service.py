@@ -42,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.config import Config
 from edge.events import (
     AudienceEvent,
     CameraEvent,
@@ -172,7 +173,7 @@ class CameraRuntime:
 class Service:
     def __init__(
         self,
-        config,
+        config: Config,
         sinks: list[EventSink],
         *,
         offline: bool = False,
@@ -229,13 +230,13 @@ class Service:
         if config.displays:
             catalog = load_catalog(config.resolve(config.selector.catalog))
             for display in config.displays:
-                cam = self.cameras.get(display.camera)
-                if cam is None:  # edge bench runs copies of a source under other ids
+                shown = self.cameras.get(display.camera)
+                if shown is None:  # edge bench runs copies of a source under other ids
                     continue
                 self.selectors[display.camera].append(
                     Selector(display.id, catalog, config.selector, config.audience.min_attention_s)
                 )
-                cam.plays = cam.plays or PlayLog(
+                shown.plays = shown.plays or PlayLog(
                     display.camera,
                     config.selector.min_dwell_s,
                     config.audience.min_attention_s,

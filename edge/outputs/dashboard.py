@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.commands import report
+from edge.config import Config
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.store import StoreError, connect
 from edge.pipeline.audience import empty_counts
@@ -49,7 +50,7 @@ class Dashboard:
 
     def __init__(
         self,
-        config,
+        config: Config,
         *,
         live: bool = True,
         mqtt_status: Callable[[], dict] | None = None,
@@ -67,7 +68,7 @@ class Dashboard:
         self._changed = threading.Condition()
         self._version = 0
         self._closed = False
-        self._cameras = {
+        self._cameras: dict[str, dict[str, Any]] = {
             c.id: {
                 "name": c.name or c.id,
                 "online": None,
@@ -81,7 +82,7 @@ class Dashboard:
             }
             for c in config.cameras
         }
-        self._displays = {
+        self._displays: dict[str, dict[str, Any]] = {
             d.id: {
                 "name": d.name or d.id,
                 "camera": d.camera,
