@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from edge import __version__
 from edge import config as config_mod
@@ -101,7 +102,7 @@ def cmd_analyze(args, cfg) -> int:
             print(json.dumps({"image": shown, "error": str(exc)}), flush=True)
             continue
         faces = face_records(*analyzer(frame))
-        result = {"image": shown, "faces": faces}
+        result: dict[str, Any] = {"image": shown, "faces": faces}
         if claim is not None:
             result["claim"] = check_claim(
                 claim, faces, cfg.classifier.child_below, cfg.classifier.old_from
@@ -140,7 +141,7 @@ def cmd_eval(args, cfg) -> int:
 def cmd_run(args, cfg) -> int:
     from edge import nativelog
     from edge.redact import safe_name
-    from edge.service import JsonLines, LogSink, Service
+    from edge.service import EventSink, JsonLines, LogSink, Service
 
     # libjpeg's and FFmpeg's own stderr lines, repeated per frame, are rate-limited; the
     # log handler is set up again so that our lines bypass that filter.
@@ -167,7 +168,7 @@ def cmd_run(args, cfg) -> int:
             f"{args.config or '(defaults)'}: no cameras configured; add "
             f"'cameras' to the config or pass --source"
         )
-    sinks = [JsonLines()] if args.jsonl else [LogSink()]
+    sinks: list[EventSink] = [JsonLines()] if args.jsonl else [LogSink()]
     publisher = player = metrics = store = None
     if cfg.metrics.port and not offline:
         from edge.outputs.metrics import Metrics

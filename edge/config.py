@@ -15,6 +15,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -740,7 +741,7 @@ def build(cls: type, data: Any, problems: Problems, prefix: str) -> Any:
     return cls(**values)
 
 
-def _check_value(value: Any, hint: Any, meta: dict, key: str) -> Any:
+def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str) -> Any:
     """The value, typed; ValueError saying what is wrong with it."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:

@@ -13,7 +13,7 @@ payload column of the MQTT topic table (topics.py) are generated from these clas
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from edge.records import Decision
@@ -31,6 +31,8 @@ def doc(text: str = "", *, shape: str = "", of: type | None = None) -> Any:
 class Payload:
     """A frozen dataclass that becomes one JSON object."""
 
+    # Set by @dataclass on each subclass; declared so type checkers see a dataclass.
+    __dataclass_fields__: ClassVar[dict[str, Any]]
     type: ClassVar[str] = ""  # the event's "type" key; "" for a record that is no event
     when: ClassVar[str] = ""  # when it is emitted, for README's event table
 
@@ -40,7 +42,7 @@ class Payload:
 
 
 def _plain(value: Any) -> Any:
-    if is_dataclass(value):
+    if isinstance(value, Payload):
         return value.to_json()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}

@@ -42,6 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.config import Config
 from edge.events import (
     AudienceEvent,
     CameraEvent,
@@ -63,7 +64,7 @@ from edge.pipeline.catalog import load_catalog
 from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog
 from edge.pipeline.select import Selector
-from edge.pipeline.track import FaceTracker
+from edge.pipeline.track import FaceTracker, Track
 from edge.records import Detections
 from edge.timefmt import iso
 
@@ -172,7 +173,7 @@ class CameraRuntime:
 class Service:
     def __init__(
         self,
-        config,
+        config: Config,
         sinks: list[EventSink],
         *,
         offline: bool = False,
@@ -229,13 +230,13 @@ class Service:
         if config.displays:
             catalog = load_catalog(config.resolve(config.selector.catalog))
             for display in config.displays:
-                cam = self.cameras.get(display.camera)
-                if cam is None:  # edge bench runs copies of a source under other ids
+                shown = self.cameras.get(display.camera)
+                if shown is None:  # edge bench runs copies of a source under other ids
                     continue
                 self.selectors[display.camera].append(
                     Selector(display.id, catalog, config.selector, config.audience.min_attention_s)
                 )
-                cam.plays = cam.plays or PlayLog(
+                shown.plays = shown.plays or PlayLog(
                     display.camera,
                     config.selector.min_dwell_s,
                     config.audience.min_attention_s,
@@ -367,7 +368,7 @@ class Service:
                 time.sleep(0.005)
             return False
         detect = [(cid, cam, frame) for cid, cam, frame in taken if self._must_detect(cam, frame)]
-        batch: list[tuple[str, Frame, list, Detections]] = []
+        batch: list[tuple[str, Frame, list[Track], list[int]]] = []
         removed: dict[str, list] = {}  # per camera the detector ran for: tracks that ended
         if detect:
             # One detector run for all cameras whose frames share a canvas size.
@@ -409,7 +410,7 @@ class Service:
             )
         return moving or since >= cam.idle_detect_s
 
-    def _classify(self, batch) -> None:
+    def _classify(self, batch: list[tuple[str, Frame, list[Track], list[int]]]) -> None:
         frames, faces, targets = [], [], []
         for cid, frame, tracks, wanted in batch:
             if wanted:
@@ -460,6 +461,7 @@ class Service:
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(cam.audience.viewers(), frame.timestamp)
             if decision is not None:
+                assert cam.plays is not None  # set in __init__ with the camera's selectors
                 ended = cam.plays.switch(decision, frame.timestamp)
                 if ended is not None:
                     self.emit(ended)

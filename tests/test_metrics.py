@@ -91,7 +91,7 @@ state_dir: {tmp_path / "state"}
         buckets = {
             dict(k)["le"]: v
             for k, v in second[f"{name}_bucket"].items()
-            if all(dict(k).get(l) == v2 for l, v2 in labels.items())
+            if all(dict(k).get(label) == v2 for label, v2 in labels.items())
         }
         assert buckets["+Inf"] == count
         ordered = sorted(buckets.values())
@@ -208,10 +208,10 @@ def test_check_says_when_the_port_is_taken(tmp_path, group_photo):
             f"metrics: {{port: {port}}}\n"
         )
         result = run_edge("check", "--config", str(config))
-    line = next(l for l in result.stdout.splitlines() if "metrics:" in l)
+    line = next(out for out in result.stdout.splitlines() if "metrics:" in out)
     assert line.startswith("FAIL  metrics: port 127.0.0.1:") and "in use by another program" in line
     assert "metrics.port" in line and result.returncode == 1
     config.write_text(config.read_text().replace(f"port: {port}", f"port: {free_port()}"))
     result = run_edge("check", "--config", str(config))
-    line = next(l for l in result.stdout.splitlines() if "metrics:" in l)
+    line = next(out for out in result.stdout.splitlines() if "metrics:" in out)
     assert line.startswith("OK    metrics: port 127.0.0.1:") and "is free" in line

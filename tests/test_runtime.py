@@ -41,7 +41,7 @@ def test_service_start_shows_no_onnxruntime_error_lines(group_photo):
     result = run_edge("--config", "config.yaml", "analyze", str(group_photo))
     assert result.returncode == 0
     assert "[E:onnxruntime" not in result.stderr and "[W:onnxruntime" not in result.stderr
-    provider_lines = [l for l in result.stderr.splitlines() if "providers skipped" in l]
+    provider_lines = [line for line in result.stderr.splitlines() if "providers skipped" in line]
     assert len(provider_lines) == (1 if NO_GPU else 0)
     assert "models ready: detector centerface on" in result.stderr
 

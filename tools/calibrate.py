@@ -526,9 +526,8 @@ def main() -> None:
         f"({knots[1]:g}, 60), (80, 80)), age_spread {spread:.2f}, male_threshold {t:.2f}"
     )
     for k in (0, 1):
-        print(
-            f"  fold {k}: {fit_faceapi(d, np.flatnonzero(folds != k), not args.no_gender_threshold)}"
-        )
+        fit = fit_faceapi(d, np.flatnonzero(folds != k), not args.no_gender_threshold)
+        print(f"  fold {k}: {fit}")
     fits = (
         fit_faceapi(d, every, not args.no_gender_threshold),
         fit_cydral(d, every, not args.no_gender_threshold),

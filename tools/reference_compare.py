@@ -72,7 +72,7 @@ def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
     print(f"gender agreement: {np.mean(male_ours == male_ref):.4f}")
     print(f"mean |age difference|: {age_diff.mean():.2f} years (median {np.median(age_diff):.2f})")
     if labels_csv:
-        truth = {str(l.path): l for l in read_labels(Path(labels_csv))}
+        truth = {str(label.path): label for label in read_labels(Path(labels_csv))}
         for name, male, ages in (
             ("ours", male_ours, [r[2] for r in rows]),
             ("reference", male_ref, [r[4] for r in rows]),
@@ -80,19 +80,19 @@ def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
             labels = [truth[r[0]] for r in rows]
             g = np.array(
                 [
-                    ("male" if m else "female") == l.gender
-                    for m, l in zip(male, labels, strict=False)
+                    ("male" if m else "female") == label.gender
+                    for m, label in zip(male, labels, strict=False)
                 ]
             )
-            teen = np.array([l.age >= 13 for l in labels])
+            teen = np.array([label.age >= 13 for label in labels])
             c = np.array(
                 [
-                    age_class(a, 18, 60) == age_class(l.age, 18, 60)
-                    for a, l in zip(ages, labels, strict=False)
+                    age_class(a, 18, 60) == age_class(label.age, 18, 60)
+                    for a, label in zip(ages, labels, strict=False)
                 ]
             )
-            old = np.array([age_class(l.age, 18, 60) == 2 for l in labels])
-            mae = np.mean([abs(a - l.age) for a, l in zip(ages, labels, strict=False)])
+            old = np.array([age_class(label.age, 18, 60) == 2 for label in labels])
+            mae = np.mean([abs(a - label.age) for a, label in zip(ages, labels, strict=False)])
             print(
                 f"{name:9s}: gender_13plus {g[teen].mean():.4f}  age_class {c.mean():.4f}  "
                 f"old recall {c[old].mean():.4f}  age MAE {mae:.2f}  (detected faces only)"

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -149,7 +150,7 @@ def memory_service(
 ) -> Service:
     """The service with `cameras` cameras, each looping over the same decoded frames
     (with `stagger`, camera i starts i/cameras of the way into them)."""
-    ungated = {} if gating else {"motion": False, "tracked_detect_fps": None}
+    ungated: dict[str, Any] = {} if gating else {"motion": False, "tracked_detect_fps": None}
     config.cameras = [
         CameraConfig(
             id=f"bench{i}" if cameras > 1 else "bench",

@@ -24,7 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from edge import config as config_mod
 from edge.config import CameraConfig, Config
@@ -515,7 +515,8 @@ class Background:
 
     def __init__(self, fn: Callable):
         self._done = threading.Event()
-        self._value = self._error = None
+        self._value: Any = None
+        self._error: BaseException | None = None
         with Background._lock:
             Background.unfinished.add(self)
         threading.Thread(target=self._run, args=(fn,), daemon=True).start()

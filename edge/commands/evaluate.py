@@ -85,7 +85,7 @@ def score(
     gender_ok = np.zeros(n, bool)
     class_ok = np.zeros(n, bool)
     errors = []
-    truth_class = np.array([age_class(l.age, child_below, old_from) for l in labels])
+    truth_class = np.array([age_class(label.age, child_below, old_from) for label in labels])
     for i, (label, pred) in enumerate(zip(labels, predictions, strict=False)):
         if pred is None:
             continue
@@ -93,7 +93,7 @@ def score(
         class_ok[i] = pred["class"] == truth_class[i]
         confusion[truth_class[i], pred["class"]] += 1
         errors.append(abs(pred["age"] - label.age))
-    teen_up = np.array([l.age >= 13 for l in labels])
+    teen_up = np.array([label.age >= 13 for label in labels])
     result = {
         "n": n,
         "misses": int(sum(p is None for p in predictions)),
@@ -119,7 +119,7 @@ def score(
 def predict(analyzer, labels: list[Label], progress: bool = True) -> list[dict | None]:
     from tqdm import tqdm
 
-    predictions = []
+    predictions: list[dict | None] = []
     for label in tqdm(labels, desc="eval", unit="img", disable=not progress, file=sys.stderr):
         frame = load_padded(label.path)
         faces = analyzer.detector(frame)

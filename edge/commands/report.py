@@ -35,8 +35,8 @@ def parse_date(text: str, *, end: bool = False) -> float:
     epoch seconds. `end` makes a bare date mean the end of that day."""
     try:
         when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD or YYYY-MM-DDTHH:MM") from err
     if when.tzinfo is None:
         when = when.astimezone()  # local time of the box
     if end and len(text) == 10:
@@ -57,7 +57,8 @@ def period_of(ts: float, by: str) -> str:
 
 
 def _where(start: float | None, end: float | None, **equal: str | None) -> tuple[str, list]:
-    clauses, args = [], []
+    clauses: list[str] = []
+    args: list[float | str] = []
     if start is not None:
         clauses.append("start_ts >= ?")
         args.append(start)

@@ -33,10 +33,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.errors import ModelError
+
+if TYPE_CHECKING:  # onnx is imported where a model is built, not at start-up
+    import onnx
 
 INPUT_SIZE = 112
 MEAN_RGB = (122.782, 117.001, 104.298)  # TinyXception.forwardInput
@@ -123,7 +127,8 @@ class _Graph:
         self.helper, self.numpy_helper = helper, numpy_helper
         self.weights = weights
         self.used: set[str] = set()
-        self.nodes, self.initializers = [], []
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
         self.counter = 0
 
     def weight(self, name: str) -> np.ndarray:

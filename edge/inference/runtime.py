@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge.config import bucket_problem
+from edge.config import Config, bucket_problem
 from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class GpuOptions:
         object.__setattr__(self, "buckets", tuple(sorted(set(self.buckets))))
 
     @classmethod
-    def from_config(cls, config) -> GpuOptions:
+    def from_config(cls, config: Config) -> GpuOptions:
         r = config.runtime
         cache = (
             config.resolve(r.trt_cache_dir)
@@ -148,7 +148,7 @@ def provider_options(
 ) -> list[dict]:
     """Options for each chosen ORT provider, in order; `batch_inputs` maps an input name
     to its shape without the batch dimension (pure: tested without a GPU)."""
-    options = []
+    options: list[dict] = []
     for name in chosen:
         if name != _ORT_NAMES["tensorrt"]:
             options.append({})

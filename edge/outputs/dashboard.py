@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from edge.commands import report
+from edge.config import Config
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.store import StoreError, connect
 from edge.pipeline.audience import empty_counts
@@ -48,7 +50,7 @@ class Dashboard:
 
     def __init__(
         self,
-        config,
+        config: Config,
         *,
         live: bool = True,
         mqtt_status: Callable[[], dict] | None = None,
@@ -66,7 +68,7 @@ class Dashboard:
         self._changed = threading.Condition()
         self._version = 0
         self._closed = False
-        self._cameras = {
+        self._cameras: dict[str, dict[str, Any]] = {
             c.id: {
                 "name": c.name or c.id,
                 "online": None,
@@ -80,7 +82,7 @@ class Dashboard:
             }
             for c in config.cameras
         }
-        self._displays = {
+        self._displays: dict[str, dict[str, Any]] = {
             d.id: {
                 "name": d.name or d.id,
                 "camera": d.camera,
@@ -93,7 +95,11 @@ class Dashboard:
             }
             for d in config.displays
         }
-        self._health = {"latency_p95_ms": None, "latency_p50_ms": None, "time": None}
+        self._health: dict[str, Any] = {
+            "latency_p95_ms": None,
+            "latency_p50_ms": None,
+            "time": None,
+        }
         self._today: dict | None = None
         self._today_key: tuple | None = None
         self._history_version = 0
@@ -253,9 +259,11 @@ class Dashboard:
         while True:
             with self._changed:
                 seen = version
-                self._changed.wait_for(
-                    lambda seen=seen: self._closed or self._version != seen, HEARTBEAT_S
-                )
+
+                def moved_on(seen: int = seen) -> bool:
+                    return self._closed or self._version != seen
+
+                self._changed.wait_for(moved_on, HEARTBEAT_S)
                 if self._closed:
                     return
                 changed, version = self._version != seen, self._version

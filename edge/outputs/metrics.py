@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -149,7 +150,7 @@ class Metrics(NoMetrics):
                 for gender in GENDERS:
                     self.visitors.labels(cam.id, age_class, gender)
         self._was_online: dict[str, bool] = {}
-        self._server = None
+        self._server: WSGIServer | None = None
 
     # -- the service's hooks (its loop thread) ---------------------------------------
 
@@ -207,7 +208,7 @@ class Metrics(NoMetrics):
         (the service runs on without metrics)."""
         cfg = self.config.metrics
         try:
-            self._server, _ = start_http_server(cfg.port, cfg.listen, registry=self.registry)
+            server, _ = start_http_server(cfg.port, cfg.listen, registry=self.registry)
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s:%d: %s; the service runs without "
@@ -217,7 +218,8 @@ class Metrics(NoMetrics):
                 exc.strerror or exc,
             )
             return False
-        host, port = self._server.server_address[:2]
+        self._server = server
+        host, port = server.server_address[:2]
         log.info("metrics: http://%s:%d/metrics", host, port)
         return True
 

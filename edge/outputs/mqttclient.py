@@ -126,7 +126,8 @@ class GuardedClient(mqtt.Client):
                     pass
                 return None
 
-        guarded._edge_guarded = True
+        # mypy does not model attributes set on a function
+        guarded._edge_guarded = True  # type: ignore[attr-defined]
         guarded.__name__ = getattr(callback, "__name__", name)
         return guarded
 

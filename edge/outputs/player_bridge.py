@@ -166,7 +166,7 @@ def _reject_constant(name: str):
     raise BadContent(f"{name} is not a number JSON allows")
 
 
-def parse_content(payload: bytes, display: str, served: dict[str, Path]) -> dict:
+def parse_content(payload: bytes | bytearray, display: str, served: dict[str, Path]) -> dict:
     """The fields of a content message the page uses, checked and typed; BadContent for
     anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
     if len(payload) > MAX_CONTENT_BYTES:

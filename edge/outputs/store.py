@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.errors import EX_CONFIG, EdgeError
 from edge.events import Event, IntervalEvent, PlayEvent
@@ -173,7 +174,7 @@ _INSERT = {
     IntervalEvent: f"INSERT OR IGNORE INTO intervals VALUES ({', '.join(['?'] * 14)})",
     PlayEvent: f"INSERT OR IGNORE INTO plays VALUES ({', '.join(['?'] * 23)})",
 }
-_ROW = {IntervalEvent: interval_row, PlayEvent: play_row}
+_ROW: dict[type, Callable[[Any], tuple]] = {IntervalEvent: interval_row, PlayEvent: play_row}
 
 
 class AudienceStore:
@@ -185,7 +186,7 @@ class AudienceStore:
         self._queue: queue.Queue = queue.Queue()
         self._conn: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
-        self._listeners: list[Callable[[str, dict], None]] = []
+        self._listeners: list[Callable[[str, Event], None]] = []
         self.written = 0
         self.failed = 0
 
@@ -223,6 +224,7 @@ class AudienceStore:
                 timeout,
             )
         else:
+            assert self._conn is not None  # opened by start(), which started the thread
             self._conn.close()
         self._thread = None
 
@@ -236,10 +238,12 @@ class AudienceStore:
         """Delete records that ended more than retention_days ago (writer thread or start)."""
         cutoff = (time.time() if now is None else now) - self.retention_days * 86400
         removed = 0
+        conn = self._conn
+        assert conn is not None, "prune() before start()"
         try:
-            with _transaction(self._conn):
+            with _transaction(conn):
                 for table in ("intervals", "plays"):
-                    removed += self._conn.execute(
+                    removed += conn.execute(
                         f"DELETE FROM {table} WHERE end_ts < ?", (cutoff,)
                     ).rowcount
         except sqlite3.Error as exc:
@@ -271,10 +275,12 @@ class AudienceStore:
 
     def _write(self, event: IntervalEvent | PlayEvent) -> None:
         kind = event.type
+        conn = self._conn
+        assert conn is not None  # the writer thread runs only after start() opened it
         try:
             row = _ROW[type(event)](event)
-            with _transaction(self._conn):
-                inserted = self._conn.execute(_INSERT[type(event)], row).rowcount
+            with _transaction(conn):
+                inserted = conn.execute(_INSERT[type(event)], row).rowcount
         except (sqlite3.Error, KeyError, TypeError, ValueError) as exc:
             # One bad record (or a full disk) is logged and the rest still go in.
             self.failed += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.config import Config
 from edge.inference import modelstore
 from edge.pipeline import classify, detect, images
 from edge.records import AGE_CLASSES, Demographics, Detections
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class FaceAnalyzer:
     """Verified models, a detector and a classifier, built from config."""
 
-    def __init__(self, config, detect_threshold: float | None = None):
+    def __init__(self, config: Config, detect_threshold: float | None = None):
         """`detect_threshold` overrides detector.score_threshold (the tracker wants weak
         detections too, for its second association pass)."""
         self.config = config
@@ -107,7 +108,8 @@ def check_claim(
             "reasons": [f"{len(faces)} faces found; a profile photo should show one person"],
         }
     face = faces[0]
-    reasons, uncertain = [], []
+    reasons: list[str] = []
+    uncertain: list[str] = []
     if claim.age is not None:
         claimed_class = (
             "child" if claim.age < child_below else "old" if claim.age >= old_from else "adult"

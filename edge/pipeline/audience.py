@@ -190,9 +190,9 @@ class Audience:
                     person.attention_s += dt
                 person.watching = person.watching or person.attention_s >= s.min_attention_s
         for track in removed:
-            person = self.people.pop(track.id, None)
-            if person is not None:
-                self._close_visit(person)
+            gone = self.people.pop(track.id, None)
+            if gone is not None:
+                self._close_visit(gone)
         present = self.present_key()
         changed = present != self._last_present
         self._last_present = present

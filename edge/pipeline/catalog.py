@@ -236,6 +236,9 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
     schedule = _parse_schedule(entry.get("schedule") or {}, errors)
     if errors:
         return None, errors
+    # No errors: every check above passed, so these hold.
+    assert isinstance(ad_id, str) and isinstance(title, str) and isinstance(creative, str)
+    assert isinstance(duration, (int, float))
     return Ad(
         ad_id,
         title.strip(),

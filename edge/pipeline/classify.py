@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.config import Config
 from edge.errors import ModelError
 from edge.inference import faceapi, runtime
 from edge.pipeline.align import face_chips
@@ -261,7 +262,7 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 # mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
 # section 8), keyed by (member, weight) pairs. Other member sets or weights use the
 # members' mean class probabilities instead.
-ENSEMBLE_CALIBRATIONS = {
+ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration] = {
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
         age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20
     ),
@@ -581,14 +582,14 @@ def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
 BACKEND_MODELS = {"cydral": ("age", "gender"), "faceapi": ("faceapi",), "insightface": ()}
 
 
-def model_names(config) -> set[str]:
+def model_names(config: Config) -> set[str]:
     """Manifest entries the configured classifier needs."""
     c = config.classifier
     backends = c.members if c.backend == "ensemble" else [c.backend]
     return {name for b in backends for name in BACKEND_MODELS[b]}
 
 
-def create(config, model_paths: dict[str, Path]):
+def create(config: Config, model_paths: dict[str, Path]):
     c = config.classifier
     if c.backend == "ensemble":
         return Ensemble(
@@ -603,7 +604,7 @@ def create(config, model_paths: dict[str, Path]):
     return _create(config, c.backend, model_paths)
 
 
-def _create(config, backend: str, model_paths: dict[str, Path], member: bool = False):
+def _create(config: Config, backend: str, model_paths: dict[str, Path], member: bool = False):
     c = config.classifier
     gpu = runtime.GpuOptions.from_config(config)
     if backend == "cydral":
@@ -632,6 +633,8 @@ def _create(config, backend: str, model_paths: dict[str, Path], member: bool = F
             c.exposure_floor,
             gpu=gpu,
         )
+    # config validation requires classifier.model for insightface (alone or a member)
+    assert c.model is not None
     return InsightFaceGenderAge(
         config.resolve(c.model),
         config.runtime.providers,

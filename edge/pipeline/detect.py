@@ -16,11 +16,12 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
+from edge.config import Config
 from edge.errors import ModelError
 from edge.inference import runtime
 from edge.records import Detections
@@ -40,6 +41,9 @@ class FaceDetector(Protocol):
 
 class OneByOne:
     """detect_many for backends that cannot batch: one frame at a time."""
+
+    def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
+        raise NotImplementedError  # each backend detects in its own way
 
     def detect_many(
         self, frames: list[np.ndarray], widths: list[int | None] | None = None
@@ -330,12 +334,12 @@ class YuNet(OneByOne):
 
 
 def create(
-    config, model_paths: dict[str, Path], score_threshold: float | None = None
+    config: Config, model_paths: dict[str, Path], score_threshold: float | None = None
 ) -> FaceDetector:
     """The detector the config asks for (optionally with another score threshold)."""
     d = config.detector
     threshold = d.score_threshold if score_threshold is None else score_threshold
-    common = dict(
+    common: dict[str, Any] = dict(
         input_width=d.input_width,
         score_threshold=threshold,
         nms_iou=d.nms_iou,
@@ -349,6 +353,8 @@ def create(
             gpu=runtime.GpuOptions.from_config(config),
             **common,
         )
+    # config validation requires detector.model for the other backends
+    assert d.model is not None
     if d.backend == "scrfd":
         return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
     return YuNet(config.resolve(d.model), **common)

@@ -55,7 +55,7 @@ class StreamProcess:
         self._shown_as = shown_as  # the URL with its password masked
         self._timeout_s = timeout_s
         self._messages: collections.deque[str] = collections.deque(maxlen=5)
-        self._proc = subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "edge.pipeline.streamproc"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -63,15 +63,19 @@ class StreamProcess:
             bufsize=0,
             env={**os.environ, "PYTHONPATH": _package_root()},
         )
+        # All three are pipes (PIPE above), so none is None.
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self._proc = proc
+        self._stdin, self._stdout, self._stderr = proc.stdin, proc.stdout, proc.stderr
         self._stderr_reader = threading.Thread(
             target=self._collect_stderr, name="stream-stderr", daemon=True
         )
         self._stderr_reader.start()
         try:
-            self._proc.stdin.write(
+            self._stdin.write(
                 json.dumps({"url": url, "timeout_ms": int(timeout_s * 1000)}).encode() + b"\n"
             )
-            self._proc.stdin.close()
+            self._stdin.close()
             kind, _a, _b, _c, value = self._header(
                 time.monotonic() + timeout_s + START_GRACE_S, "no answer"
             )
@@ -90,9 +94,7 @@ class StreamProcess:
         if kind != _FRAME:
             raise OSError(f"{self._shown_as}: unexpected message from the reader process")
         image = np.empty((height, width, channels), np.uint8)
-        self._read_into(
-            memoryview(image).cast("B"), time.monotonic() + self._timeout_s, "frame cut off"
-        )
+        self._read_into(image.data.cast("B"), time.monotonic() + self._timeout_s, "frame cut off")
         return image
 
     def release(self) -> None:
@@ -102,7 +104,7 @@ class StreamProcess:
             self._proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:  # reaped by the OS when we exit; nothing to wait for
             pass
-        self._proc.stdout.close()
+        self._stdout.close()
 
     # -- the pipe ----------------------------------------------------------------
 
@@ -118,7 +120,7 @@ class StreamProcess:
         return kind, a, b, c, value
 
     def _read_into(self, view: memoryview, deadline: float, what: str) -> None:
-        fd, got = self._proc.stdout.fileno(), 0
+        fd, got = self._stdout.fileno(), 0
         while got < len(view):
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
@@ -138,12 +140,12 @@ class StreamProcess:
             got += n
 
     def _collect_stderr(self) -> None:
-        for raw in self._proc.stderr:
+        for raw in self._stderr:
             line = _FFMPEG_PREFIX.sub("", raw.decode("utf-8", "replace").strip())
             if line:
                 self._messages.append(line)
                 log.debug("%s: %s", self._shown_as, _redact(line))
-        self._proc.stderr.close()
+        self._stderr.close()
 
     def _with_reason(self, message: str) -> str:
         # FFmpeg's last line says why (refused, 401, not found); it may quote the URL.
@@ -233,7 +235,7 @@ def _child() -> int:
                 image.shape[0],
                 image.shape[1],
                 image.shape[2],
-                payload=memoryview(image).cast("B"),
+                payload=image.data.cast("B"),
             )
     except BrokenPipeError:  # the parent has gone, or gave up on this stream
         return 0
