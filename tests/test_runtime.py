@@ -92,3 +92,20 @@ def test_insightface_backend_without_its_file_says_so(tmp_path):
 
     with pytest.raises(ModelError, match="classifier.model.*genderage.onnx you provide"):
         classify.InsightFaceGenderAge(tmp_path / "genderage.onnx", ["cpu"])
+
+
+def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, group_photo):
+    """The ensemble cuts and classifies each member's own chips (classify.ChipBackend), so
+    the insightface backend is a member like the others, as config validation allows."""
+    import cv2
+
+    path = tmp_path / "genderage.onnx"
+    tiny_genderage(path)
+    member = classify.InsightFaceGenderAge(path, ["cpu"])
+    ensemble = classify.Ensemble([member, member], ["insightface", "faceapi"])
+    frame = cv2.imread(str(group_photo))
+    faces = analyzer.detector(frame)
+    alone, together = member(frame, faces), ensemble(frame, faces)
+    assert len(together) == 6
+    np.testing.assert_allclose(together.male_probs, alone.male_probs, atol=1e-5)
+    np.testing.assert_allclose(together.ages, alone.ages, atol=1e-3)

@@ -14,6 +14,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -87,7 +88,32 @@ def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np
     return np.stack([child, ~child & ~old, old]).astype(np.float32)
 
 
-class CydralAgeGender:
+class ChipBackend:
+    """What every classifier backend shares: faces of one frame, or of several frames
+    (cameras) in one model call per network, cut into the backend's own chips
+    (`chips`) and classified (`classify_chips`). The ensemble calls the two halves of
+    each member, so any backend can be a member."""
+
+    def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple:
+        raise NotImplementedError
+
+    def classify_chips(self, *chips: Any) -> Demographics:
+        raise NotImplementedError
+
+    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
+        return self.classify_many([frame], [faces])[0]
+
+    def classify_many(
+        self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]:
+        """Faces from several frames (cameras) in one model call per network."""
+        counts = [len(f) for f in faces]
+        if sum(counts) == 0:
+            return [empty_demographics() for _ in frames]
+        return split(self.classify_chips(*self.chips(frames, faces)), counts)
+
+
+class CydralAgeGender(ChipBackend):
     AGE_SIZE, GENDER_SIZE = 64, 32
 
     def __init__(
@@ -133,9 +159,6 @@ class CydralAgeGender:
         )
         self.provider = runtime.active_provider(self._age.sess)
 
-    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_many([frame], [faces])[0]
-
     def classify_landmarks(self, frame: np.ndarray, landmarks: np.ndarray) -> Demographics:
         """Batch of faces in a BGR frame, given only their (N, 5, 2) landmarks."""
         n = len(landmarks)
@@ -143,15 +166,6 @@ class CydralAgeGender:
             np.zeros((n, 4), np.float32), np.ones(n, np.float32), np.asarray(landmarks, np.float32)
         )
         return self(frame, faces)
-
-    def classify_many(
-        self, frames: list[np.ndarray], faces: list[Detections]
-    ) -> list[Demographics]:
-        """Faces from several frames (cameras) in one model call per network."""
-        counts = [len(f) for f in faces]
-        if sum(counts) == 0:
-            return [empty_demographics() for _ in frames]
-        return split(self.classify_chips(*self.chips(frames, faces)), counts)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]):
         """(age chips, gender chips) of every face, frame by frame, BGR uint8."""
@@ -277,7 +291,7 @@ ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration
 DEFAULT_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.7, "cydral": 0.3}}
 
 
-class FaceApiAgeGender:
+class FaceApiAgeGender(ChipBackend):
     """face-api.js's AgeGenderNet (edge/inference/faceapi.py) on face-api's own 112x112 RGB chips.
 
     The network regresses one age; class probabilities come from the calibrated
@@ -318,17 +332,6 @@ class FaceApiAgeGender:
         self.child_below, self.old_from = child_below, old_from
         self.calibration = FACEAPI_CALIBRATION if calibrated else RegressionCalibration()
         self.provider = runtime.active_provider(sess)
-
-    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_many([frame], [faces])[0]
-
-    def classify_many(
-        self, frames: list[np.ndarray], faces: list[Detections]
-    ) -> list[Demographics]:
-        counts = [len(f) for f in faces]
-        if sum(counts) == 0:
-            return [empty_demographics() for _ in frames]
-        return split(self.classify_chips(*self.chips(frames, faces)), counts)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
         """(chips,): every face's (112, 112, 3) float32 RGB chip, frame by frame."""
@@ -404,7 +407,7 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-class Ensemble:
+class Ensemble(ChipBackend):
     """Several backends on the same faces: age is their weighted mean, P(male) their
     weighted mean on the log-odds scale (with its own weights, equal by default; each
     member's log-odds before any decision threshold of its own); class probabilities
@@ -445,17 +448,6 @@ class Ensemble:
         self.child_below, self.old_from = child_below, old_from
         self.provider = members[0].provider
 
-    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_many([frame], [faces])[0]
-
-    def classify_many(
-        self, frames: list[np.ndarray], faces: list[Detections]
-    ) -> list[Demographics]:
-        counts = [len(f) for f in faces]
-        if sum(counts) == 0:
-            return [empty_demographics() for _ in frames]
-        return split(self.classify_chips(*self.chips(frames, faces)), counts)
-
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple:
         """One entry per member: that member's own chips tuple."""
         return tuple(m.chips(frames, faces) for m in self.members)
@@ -483,7 +475,7 @@ class Ensemble:
         )
 
 
-class InsightFaceGenderAge:
+class InsightFaceGenderAge(ChipBackend):
     """Operator-supplied InsightFace genderage.onnx (96x96, outputs female, male, age/100).
 
     It gives one age, not a distribution; class probabilities are spread with a
@@ -515,15 +507,8 @@ class InsightFaceGenderAge:
         self._masks = class_masks(self._years, child_below, old_from)
         self.provider = runtime.active_provider(sess)
 
-    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_many([frame], [faces])[0]
-
-    def classify_many(
-        self, frames: list[np.ndarray], faces: list[Detections]
-    ) -> list[Demographics]:
-        counts = [len(f) for f in faces]
-        if sum(counts) == 0:
-            return [empty_demographics() for _ in frames]
+    def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
+        """(chips,): every face's square crop, frame by frame, BGR uint8."""
         chips = np.stack(
             [
                 self._crop(frame, box)
@@ -531,6 +516,9 @@ class InsightFaceGenderAge:
                 for box in f.boxes
             ]
         )
+        return (chips,)
+
+    def classify_chips(self, chips: np.ndarray) -> Demographics:
         # insightface's Attribute model: BGR->RGB, (x - 0) / 1, as in model_zoo/attribute.py
         tensor = cv2.dnn.blobFromImages(
             list(chips), 1.0, (self.size, self.size), (0.0, 0.0, 0.0), swapRB=True
@@ -542,13 +530,10 @@ class InsightFaceGenderAge:
         ages = out[:, 2].astype(np.float64) * 100
         spread = np.exp(-0.5 * ((self._years[None, :] - ages[:, None]) / self.AGE_SIGMA) ** 2)
         spread /= spread.sum(axis=1, keepdims=True)
-        return split(
-            Demographics(
-                ages.astype(np.float32),
-                (spread @ self._masks.T).astype(np.float32),
-                male.astype(np.float32),
-            ),
-            counts,
+        return Demographics(
+            ages.astype(np.float32),
+            (spread @ self._masks.T).astype(np.float32),
+            male.astype(np.float32),
         )
 
     def _crop(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
