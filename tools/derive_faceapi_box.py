@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from faceapi_fixture import node_workspace  # tools/: the same Node set-up
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-TFJS_VERSION = "4.22.0"
 
 
 def crops(labels_csv: Path, every: int):
@@ -74,23 +75,7 @@ def faceapi_landmarks(images: list[dict]) -> list[dict]:
                 if m.name.startswith("package/model/face_landmark_68_model")
             ]
             archive.extractall(tmp, members=members, filter="data")
-        work = tmp / "node"
-        work.mkdir()
-        (work / "package.json").write_text('{"name": "faceapi-landmarks", "private": true}\n')
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                f"@tensorflow/tfjs@{TFJS_VERSION}",
-                f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}",
-                str(tarball),
-            ],
-            cwd=work,
-            check=True,
-        )
+        work = node_workspace(tmp, "faceapi-landmarks", tarball)
         (work / "in.json").write_text(json.dumps({"images": images}))
         subprocess.run(
             [

@@ -75,6 +75,29 @@ def crop_sha256(crop: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(crop, np.uint8).tobytes()).hexdigest()
 
 
+def node_workspace(tmp: Path, name: str, tarball: Path) -> Path:
+    """A folder under `tmp` with face-api (from its integrity-checked `tarball`) and the
+    pure-JS tfjs it was built against installed by npm, for face-api's own code to run."""
+    work = tmp / "node"
+    work.mkdir()
+    (work / "package.json").write_text(json.dumps({"name": name, "private": True}) + "\n")
+    subprocess.run(
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            f"@tensorflow/tfjs@{TFJS_VERSION}",
+            f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}",
+            str(tarball),
+        ],
+        cwd=work,
+        check=True,
+    )
+    return work
+
+
 def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
     from edge.inference import modelstore
 
@@ -82,23 +105,7 @@ def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="faceapi-ref-") as tmp:
         tmp = Path(tmp)
         tarball = modelstore._npm_pack(spec, tmp)  # integrity-checked, as `models fetch` does
-        work = tmp / "node"
-        work.mkdir()
-        (work / "package.json").write_text('{"name": "faceapi-reference", "private": true}\n')
-        subprocess.run(
-            [
-                "npm",
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--ignore-scripts",
-                f"@tensorflow/tfjs@{TFJS_VERSION}",
-                f"@tensorflow/tfjs-backend-wasm@{TFJS_VERSION}",
-                str(tarball),
-            ],
-            cwd=work,
-            check=True,
-        )
+        work = node_workspace(tmp, "faceapi-reference", tarball)
         request = {
             "images": [
                 {
