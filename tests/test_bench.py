@@ -14,27 +14,22 @@ from edge.inference import runtime
 from conftest import need, run_edge
 
 
-@pytest.mark.slow
-def test_bench_reports_every_measure_per_camera(tmp_path):
+def bench(tmp_path, *extra: str) -> tuple[dict, str]:
+    """`edge bench` on the walking clip, two cameras at 640x360 for 1 s: its JSON and
+    what it printed."""
     clip = need("media/face-demographics-walking-and-pause.gif")
     out = tmp_path / "bench.json"
     result = run_edge(
-        "--config",
-        "config.yaml",
-        "bench",
-        "--source",
-        str(clip),
-        "--size",
-        "640x360",
-        "--seconds",
-        "1",
-        "--cameras",
-        "2",
-        "--json",
-        str(out),
-    )
+        "--config", "config.yaml", "bench", "--source", str(clip), "--size", "640x360",
+        "--seconds", "1", "--cameras", "2", *extra, "--json", str(out),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    return json.loads(out.read_text()), result.stdout
+
+
+@pytest.mark.slow
+def test_bench_reports_every_measure_per_camera(tmp_path):
+    data, printed = bench(tmp_path)
     for key in ("full", "detector_only", "naive"):
         assert set(data[key]) >= {"fps", "p50_ms", "p95_ms"} and data[key]["fps"] > 0
         assert data[key]["cpu_ms"] > 0
@@ -64,7 +59,7 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
         "2 cameras, frames/s each",
         "classifier alone, faces/s: batch 1",
     ):
-        assert line in result.stdout
+        assert line in printed
 
 
 @pytest.mark.skipif(not runtime.unusable("cuda"), reason="CUDA runs here")
@@ -86,28 +81,7 @@ def test_bench_rejects_a_bad_size():
 
 @pytest.mark.slow
 def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_frame(tmp_path):
-    clip = need("media/face-demographics-walking-and-pause.gif")
-    out = tmp_path / "bench.json"
-    result = run_edge(
-        "--config",
-        "config.yaml",
-        "bench",
-        "--source",
-        str(clip),
-        "--size",
-        "640x360",
-        "--seconds",
-        "1",
-        "--cameras",
-        "2",
-        "--idle-share",
-        "0.7",
-        "--no-gating",
-        "--json",
-        str(out),
-    )
-    assert result.returncode == 0, result.stderr
-    data = json.loads(out.read_text())
+    data, printed = bench(tmp_path, "--idle-share", "0.7", "--no-gating")
     settings = data["settings"]
     assert settings["idle_share"] == 0.7 and settings["gating"] is False
     assert settings["frames"] == 41 + round(41 * 0.7 / 0.3)  # the clip, then the empty scene
@@ -115,7 +89,7 @@ def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_fr
     assert data["full"]["detected_share"] == 1.0
     assert (
         "detector ran on 100% of the full pipeline's frames (gating off, nobody present "
-        "70% of the time)" in result.stdout
+        "70% of the time)" in printed
     )
 
 
