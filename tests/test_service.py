@@ -104,9 +104,7 @@ def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_p
 
 @pytest.mark.slow
 def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
-    path = str(tmp_path / "notify.sock")
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    manager.bind(path)
+    path, manager = notify_socket(tmp_path)
     manager.settimeout(20)
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -206,6 +204,7 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
 
 
 def notify_socket(tmp_path):
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
     path = str(tmp_path / "notify.sock")
     manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     manager.bind(path)
@@ -359,10 +358,7 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
     from hung_camera import HungCamera
 
     clip = need("media/face-demographics-walking-and-pause.gif")  # 3.3 s, then reopened
-    path = str(tmp_path / "notify.sock")
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    manager.bind(path)
-    manager.settimeout(0.2)
+    path, manager = notify_socket(tmp_path)
     with HungCamera() as hung1, HungCamera("http") as hung2:
         config = tmp_path / "config.yaml"
         config.write_text(
