@@ -58,6 +58,20 @@ CYDRAL_MALE_THRESHOLD = 0.36
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)
 
 
+def _exposure_gain(
+    chips: np.ndarray, floor: float, luma_weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gain per chip, indices of the chips to brighten): the mean luma of each chip's
+    centre (the face) against `floor`. Nothing to brighten when floor <= 0."""
+    if floor <= 0 or len(chips) == 0:
+        return np.ones(len(chips), np.float32), np.zeros(0, np.int64)
+    s = chips.shape[1]
+    centre = chips[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].reshape(len(chips), -1, 3)
+    luma = centre.mean(axis=1, dtype=np.float32) @ luma_weights
+    gain = floor / np.maximum(luma, 1.0)
+    return gain, np.flatnonzero(gain > 1)
+
+
 def lift_exposure(chips_bgr: np.ndarray, floor: float) -> np.ndarray:
     """Brighten each chip whose centre (the face) has a mean luma below `floor` up to it.
 
@@ -66,13 +80,7 @@ def lift_exposure(chips_bgr: np.ndarray, floor: float) -> np.ndarray:
     guesses. Only the gain is changed, never the contrast, and only for faces
     darker than `floor`; brighter ones are passed through untouched.
     """
-    if floor <= 0 or len(chips_bgr) == 0:
-        return chips_bgr
-    s = chips_bgr.shape[1]
-    centre = chips_bgr[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].reshape(len(chips_bgr), -1, 3)
-    luma = centre.mean(axis=1, dtype=np.float32) @ LUMA_BGR
-    gain = floor / np.maximum(luma, 1.0)
-    dark = np.flatnonzero(gain > 1)
+    gain, dark = _exposure_gain(chips_bgr, floor, LUMA_BGR)
     if len(dark) == 0:
         return chips_bgr
     out = chips_bgr.copy()
@@ -374,13 +382,7 @@ LUMA_RGB = LUMA_BGR[::-1].copy()
 
 def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
     """lift_exposure for float RGB chips (face-api's): same centre, same rule."""
-    if floor <= 0 or len(chips_rgb) == 0:
-        return chips_rgb
-    s = chips_rgb.shape[1]
-    centre = chips_rgb[:, s // 4 : 3 * s // 4, s // 4 : 3 * s // 4].reshape(len(chips_rgb), -1, 3)
-    luma = centre.mean(axis=1, dtype=np.float32) @ LUMA_RGB
-    gain = floor / np.maximum(luma, 1.0)
-    dark = np.flatnonzero(gain > 1)
+    gain, dark = _exposure_gain(chips_rgb, floor, LUMA_RGB)
     if len(dark) == 0:
         return chips_rgb
     out = chips_rgb.copy()
