@@ -399,13 +399,19 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
         hi = np.minimum(n_in - 1, np.ceil(frac)).astype(np.intp)
         return lo, hi, frac - lo
 
-    # JavaScript computes in doubles and stores float32: so do we.
-    image = np.asarray(image, np.float64)
+    # Only the taps are read (not whole rows of a large crop). JavaScript computes in
+    # doubles and stores float32: so do we.
     r0, r1, fr = taps(image.shape[0])
     c0, c1, fc = taps(image.shape[1])
     fc = fc[:, None]
-    top = image[r0][:, c0] + (image[r0][:, c1] - image[r0][:, c0]) * fc
-    bottom = image[r1][:, c0] + (image[r1][:, c1] - image[r1][:, c0]) * fc
+
+    def at(rows, cols):
+        return image.take(rows, axis=0).take(cols, axis=1).astype(np.float64)
+
+    top_left, top_right = at(r0, c0), at(r0, c1)
+    bottom_left, bottom_right = at(r1, c0), at(r1, c1)
+    top = top_left + (top_right - top_left) * fc
+    bottom = bottom_left + (bottom_right - bottom_left) * fc
     return (top + (bottom - top) * fr[:, None, None]).astype(np.float32)
 
 
