@@ -12,12 +12,13 @@ One loop, one tick at a time:
      JSON lines, and the MQTT publisher (publish.py).
 Stats, reporting intervals and the systemd watchdog hang off the same loop.
 
-Detection gating (per camera, `_must_detect`): the detector is the costly stage on a
+Detection gating (per camera, `_detect_need`): the detector is the costly stage on a
 CPU, so it runs only where a face can be:
   - anyone tracked (found, or lost for less than tracker.max_age_s): detect, so a
     person standing still is never dropped for not moving; once every track is
     confirmed, at most `tracked_detect_fps` (the tracker's Kalman filter carries
-    the boxes in between, as DeepStream's detector `interval` does), while a new,
+    the boxes in between, as DeepStream's detector `interval` does; `_to_detect`
+    spreads these looks over the ticks when several cameras are due at once), while a new,
     tentative face is detected in every frame until it is confirmed;
   - nobody tracked: detect when the motion stage (motion.py) sees motion, and
     otherwise still every `idle_detect_s`. Motion tests can miss someone who came
@@ -33,6 +34,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -137,6 +139,18 @@ def _visitor_line(counts: dict, gender_unknown: dict | None = None) -> str:
     return ", ".join(parts) or "none"
 
 
+@dataclass(frozen=True)
+class DueLook:
+    """A detection a tracked camera is due for, that the tick may put off (_to_detect)."""
+
+    late: float  # time since its last detection, in tracked gaps
+    classify: bool  # a reclassification is due: the look also runs the classifier
+
+    @property
+    def rank(self) -> float:
+        return self.late + (100.0 if self.classify else 0.0)
+
+
 @dataclass
 class CameraRuntime:
     """Everything the loop keeps for one camera."""
@@ -150,6 +164,7 @@ class CameraRuntime:
     motion: MotionDetector | None = None  # None: detect every frame the rules allow
     idle_detect_s: float = 1.0
     tracked_gap_s: float = 0.0  # 1 / tracked_detect_fps; 0 detects every frame
+    frame_gap_s: float = 0.0  # time between the last two frames processed
     last_detected: float = -1e18  # timestamp of the last frame the detector ran on
     attention_from: float | None = None  # the audience's attention clock (see _after_frame)
     last_tracks: list = field(default_factory=list)  # as of the last detected frame
@@ -361,13 +376,14 @@ class Service:
                 cam.passed_over += 1  # above the camera's target fps: not a loss
                 self.metrics.passed_over(cid)
                 continue
+            cam.frame_gap_s = max(0.0, frame.timestamp - cam.last_processed)
             cam.last_processed = frame.timestamp
             taken.append((cid, cam, frame))
         if not taken:
             if len(self.cameras) > 1:
                 time.sleep(0.005)
             return False
-        detect = [(cid, cam, frame) for cid, cam, frame in taken if self._must_detect(cam, frame)]
+        detect = self._to_detect(taken)
         batch: list[tuple[str, Frame, list[Track], list[int]]] = []
         removed: dict[str, list] = {}  # per camera the detector ran for: tracks that ended
         if detect:
@@ -385,29 +401,75 @@ class Service:
                 cam.last_detected = frame.timestamp
                 tracks, removed[cid] = cam.tracker.update(faces, frame.timestamp)
                 cam.last_tracks = tracks
-                wanted = cam.audience.wants_classification(tracks, frame.timestamp)
+                # A tick that detects for several cameras leaves better faces for a
+                # lighter one, so its latency stays near that of its detections.
+                wanted = cam.audience.wants_classification(
+                    tracks, frame.timestamp, better_faces=len(detect) < 2
+                )
                 batch.append((cid, frame, tracks, wanted))
             self._classify(batch)
         for cid, cam, frame in taken:
             self._after_frame(cid, cam, frame, removed.get(cid))
         return True
 
-    def _must_detect(self, cam: CameraRuntime, frame: Frame) -> bool:
-        """Whether this frame needs the detector (the module docstring gives the rules)."""
+    def _to_detect(
+        self, taken: list[tuple[str, CameraRuntime, Frame]]
+    ) -> list[tuple[str, CameraRuntime, Frame]]:
+        """The frames of this tick the detector runs on (the module docstring gives the
+        rules). Cameras whose people are all confirmed need a look only every
+        tracked_gap_s, or when a reclassification falls due; those looks are spread over
+        the ticks instead of falling in the same one. Cameras started together (or a
+        bench's copies of one clip) would otherwise all detect in one tick and none in
+        the next, and the slowest tick is what a display waits for.
+
+        A tick has room for the looks its cameras need on average (at least one);
+        required looks use it first, a look that classifies costs two (the ensemble
+        on a few faces takes about as long as a detection on a CPU), reclassifications
+        go before plain looks, then the most overdue. A look put off waits at most
+        two gaps, and a tick with nothing else to do takes the first one."""
+        must: list[tuple[str, CameraRuntime, Frame]] = []
+        due: list[tuple[DueLook, str, CameraRuntime, Frame]] = []
+        for cid, cam, frame in taken:
+            need = self._detect_need(cam, frame)
+            if need is True:
+                must.append((cid, cam, frame))
+            elif isinstance(need, DueLook):
+                due.append((need, cid, cam, frame))
+        if not due:
+            return must
+        share = sum(
+            min(1.0, c.frame_gap_s / c.tracked_gap_s) for _, c, _ in taken if c.tracked_gap_s
+        )
+        # Cameras that detect every frame (no tracked_detect_fps) are outside this.
+        looks = sum(1 for _, cam, _ in must if cam.tracked_gap_s)
+        room = max(1, math.ceil(share - 1e-9)) - looks
+        chosen = list(must)
+        for look, cid, cam, frame in sorted(due, key=lambda d: d[0].rank, reverse=True):
+            cost = 2 if look.classify else 1
+            if cost <= room or look.late >= 2 or not looks:
+                chosen.append((cid, cam, frame))
+                room -= cost
+                looks += 1
+        return chosen
+
+    def _detect_need(self, cam: CameraRuntime, frame: Frame) -> bool | DueLook:
+        """True: this frame needs the detector. A DueLook: a tracked camera's periodic
+        look, or a reclassification, is due (the tick may put it off). False: neither."""
         now = frame.timestamp
         # The motion stage sees every frame, detected or not, so its background
         # stays current (a person who just left is not "motion" for seconds).
         moving = cam.motion.update(frame.image, now) if cam.motion is not None else True
         since = now - cam.last_detected
         if cam.tracker.has_tracks:
-            # A reclassification that falls due is taken on time, so the frames sampled
-            # for a person's label are the same as with detection on every frame.
-            return not (
-                cam.tracked_gap_s
-                and cam.tracker.all_confirmed
-                and since < 0.9 * cam.tracked_gap_s
-                and not cam.audience.classification_due(cam.last_tracks, now)
-            )
+            if not cam.tracked_gap_s or not cam.tracker.all_confirmed:
+                return True
+            late = since / cam.tracked_gap_s
+            # A reclassification that falls due is taken as soon as the tick has room
+            # (at once with one camera), so the frames sampled for a person's label
+            # are those of detection on every frame, or a frame or two later.
+            if cam.audience.classification_due(cam.last_tracks, now):
+                return DueLook(late, classify=True)
+            return DueLook(late, classify=False) if since >= 0.9 * cam.tracked_gap_s else False
         return moving or since >= cam.idle_detect_s
 
     def _classify(self, batch: list[tuple[str, Frame, list[Track], list[int]]]) -> None:

@@ -1,4 +1,4 @@
-"""Motion-gated detection (edge/pipeline/motion.py, Service._must_detect).
+"""Motion-gated detection (edge/pipeline/motion.py, Service._detect_need).
 
 The motion stage alone, then the service on real footage with two cameras fed the
 same frames side by side, one gated (the defaults: motion on, tracked_detect_fps)

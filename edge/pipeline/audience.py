@@ -123,8 +123,10 @@ class Audience:
 
     # -- classification scheduling -------------------------------------------------
 
-    def wants_classification(self, tracks, now: float) -> list[int]:
-        """Indices of the tracks (matched this frame, confirmed) worth classifying now."""
+    def wants_classification(self, tracks, now: float, better_faces: bool = True) -> list[int]:
+        """Indices of the tracks (matched this frame, confirmed) worth classifying now:
+        never classified, due again, or (with `better_faces`) seen with a better face.
+        A better face can wait for a later look: it is still there then."""
         s = self.settings
         wanted = []
         for i, track in enumerate(tracks):
@@ -136,7 +138,9 @@ class Audience:
                 continue
             if person.samples >= s.max_samples:
                 continue
-            better = face_quality(track) >= s.better_face_ratio * person.best_quality
+            better = (
+                better_faces and face_quality(track) >= s.better_face_ratio * person.best_quality
+            )
             due = now - person.last_classified >= s.reclassify_interval_s
             if better or due:
                 wanted.append(i)
