@@ -231,13 +231,13 @@ class CameraConfig:
         high=60,
     )
     tracked_detect_fps: float | None = opt(
-        7.5,
+        5.0,
         "While every face in view is a confirmed track, "
         "detect at most this often; the tracker carries "
         "the faces through the frames in between (a "
-        "reclassification that falls due is detected on "
-        "time). New, unconfirmed faces are detected in every "
-        "frame. null detects every frame.",
+        "reclassification that falls due is detected at the "
+        "next frame with room). New, unconfirmed faces are "
+        "detected in every frame. null detects every frame.",
         low=0.5,
         high=120,
     )
