@@ -3,6 +3,7 @@ showing the page the way a kiosk does (Debian's chromium and chromium-driver).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -406,7 +407,7 @@ def test_event_stream_follows_the_topic(broker, tmp_path, monkeypatch):
 
 def test_player_off_in_config_needs_an_explicit_port(tmp_path):
     config = make_config(tmp_path)
-    config.player.port = 0
+    config = dataclasses.replace(config, player=dataclasses.replace(config.player, port=0))
     with pytest.raises(ValueError, match="player.port"):
         DisplayServer(config, load_catalog(CATALOG))
 
@@ -717,7 +718,7 @@ def test_event_streams_are_capped_with_a_clear_503(tmp_path, monkeypatch):
 
     monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
     config = make_config(tmp_path)
-    config.player.max_streams = 2
+    config = dataclasses.replace(config, player=dataclasses.replace(config.player, max_streams=2))
     server = start_server(config)
     url = f"{server.url}/display/{DISPLAY}/events"
     try:

@@ -2,6 +2,7 @@
 audience, interval counts (none lost across broker outages or restarts), decisions
 and their reasons, stats, and clear connection errors."""
 
+import dataclasses
 import json
 import os
 import re
@@ -565,9 +566,12 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
         return real_save(self, *args)
 
     monkeypatch.setattr(Outbox, "save", save)
-    config = config_mod.Config()
-    config.state_dir = str(tmp_path / "state")
-    config.mqtt.host, config.mqtt.port = "127.0.0.1", free_port()  # nobody there
+    defaults = config_mod.Config()
+    config = dataclasses.replace(
+        defaults,
+        state_dir=str(tmp_path / "state"),
+        mqtt=dataclasses.replace(defaults.mqtt, host="127.0.0.1", port=free_port()),  # nobody there
+    )
     publisher = MqttPublisher(config)
     publisher.start()
     try:
