@@ -163,6 +163,15 @@ def produced_intervals(events):
     return [{k: v for k, v in e.items() if k != "type"} for e in events if e["type"] == "interval"]
 
 
+def wait_received(read, sub, count: int, timeout_s: float) -> list:
+    """read(sub) once it holds `count` reports, or when timeout_s have passed (the
+    caller's comparison then shows what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    while len(read(sub)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return read(sub)
+
+
 def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     broker = make_broker()
@@ -186,10 +195,8 @@ def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_
         assert "connection lost" in err
         produced = produced_intervals(events)
         assert len(produced) >= 7
-        deadline = time.monotonic() + 15
-        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert received_intervals(sub) == produced  # every one, in order (repeats dropped by id)
+        # every one, in order (repeats dropped by id)
+        assert wait_received(received_intervals, sub, len(produced), 15) == produced
     finally:
         proc.kill()
         sub.close()
@@ -215,10 +222,7 @@ def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_brok
     sub = Subscriber(port, f"{root}/cameras/door/counts")
     second, err = run_for(config, 3)
     produced = saved + produced_intervals(second)
-    deadline = time.monotonic() + 10
-    while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert received_intervals(sub) == produced
+    assert wait_received(received_intervals, sub, len(produced), 10) == produced
     assert not outbox.exists()
     sub.close()
 
@@ -527,9 +531,7 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         broker.start()
         # The service reconnects with backoff (up to 16 s after this outage): wait until
         # the reports held through it arrive, then stop.
-        deadline = time.monotonic() + 40
-        while len(received_intervals(sub)) < before + 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_received(received_intervals, sub, before + 5, 40)
         time.sleep(2)
         events, err = stop(proc)
         assert proc.returncode == 0, err
