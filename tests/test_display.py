@@ -108,9 +108,8 @@ def start_server(config: config_mod.Config, port: int = 0) -> DisplayServer:
 
 def publish_content(config: config_mod.Config, content: dict | None) -> None:
     """Publishes as the service does (retained, QoS 1); None clears the retained message."""
-    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
     payload = (
-        ""
+        b""
         if content is None
         else json.dumps(
             {
@@ -120,13 +119,19 @@ def publish_content(config: config_mod.Config, content: dict | None) -> None:
                 **content,
                 "reason": {"rule": "target", "segment": None, "audience": {}},
             }
-        )
+        ).encode()
     )
+    publish_raw(config, payload, retain=True)
+
+
+def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> None:
+    """Any bytes on the display's content topic, as anyone on the broker could send them."""
+    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", config.mqtt.port)
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -420,19 +425,6 @@ def test_a_port_in_use_is_one_clear_error(tmp_path):
             start_server(config, port=server.port)
     finally:
         server.stop()
-
-
-def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> None:
-    """Any bytes on the display's content topic, as anyone on the broker could send them."""
-    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", config.mqtt.port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def hostile_payloads() -> list[bytes]:
