@@ -2,6 +2,7 @@
 audience, interval counts (none lost across broker outages or restarts), decisions
 and their reasons, stats, and clear connection errors."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -172,34 +173,47 @@ def wait_received(read, sub, count: int, timeout_s: float) -> list:
     return read(sub)
 
 
+@contextlib.contextmanager
+def reporting(broker, config, topic: str, client_id: str):
+    """The service started on `config`, and a subscriber to `topic` that has had its
+    first report: (subscriber, process), both ended on the way out. A persistent
+    session: the broker keeps our messages while this test client is away too (the
+    broker restarts with its persistence file)."""
+    sub = Subscriber(broker.port, topic, client_id=client_id, persistent=True)
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: True, timeout=30)
+        yield sub, proc
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def outage(broker, proc) -> list:
+    """The broker away for 4 s, back for 3 s, then the service stopped with SIGTERM:
+    its events, once it has exited cleanly and said it lost the connection."""
+    broker.stop()
+    time.sleep(4)
+    broker.start()
+    time.sleep(3)
+    events, err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "connection lost" in err
+    return events
+
+
 def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     broker = make_broker()
     config, root = write_config(
         tmp_path, broker.port, source=clip, loop=True, interval_s=1, displays=False
     )
-    # A persistent session: the broker keeps our messages while this test client is
-    # away too (the broker restarts with its persistence file).
-    sub = Subscriber(
-        broker.port, f"{root}/cameras/door/counts", client_id="outage-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
-        broker.stop()
-        time.sleep(4)  # about four intervals produced with no broker
-        broker.start()
-        time.sleep(3)
-        events, err = stop(proc)
-        assert proc.returncode == 0, err
-        assert "connection lost" in err
-        produced = produced_intervals(events)
+    topic = f"{root}/cameras/door/counts"
+    with reporting(broker, config, topic, "outage-test") as (sub, proc):
+        produced = produced_intervals(outage(broker, proc))  # about four while it was away
         assert len(produced) >= 7
         # every one, in order (repeats dropped by id)
         assert wait_received(received_intervals, sub, len(produced), 15) == produced
-    finally:
-        proc.kill()
-        sub.close()
 
 
 def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_broker, tmp_path):
@@ -512,12 +526,7 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         )
     )
     outbox = blocker / "state" / f"mqtt-outbox-{root[5:]}.jsonl"
-    sub = Subscriber(
-        broker.port, f"{root}/cameras/door/counts", client_id="disk-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
+    with reporting(broker, config, f"{root}/cameras/door/counts", "disk-test") as (sub, proc):
         broker.stop()
         time.sleep(7)  # several intervals, and more than one save retry, with no disk
         assert proc.poll() is None, proc.communicate()[1]  # still running
@@ -540,13 +549,8 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         assert "saved again" in err
         produced = produced_intervals(events)
         assert len(produced) >= 10
-        deadline = time.monotonic() + 15
-        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert received_intervals(sub) == produced  # every one, in order
-    finally:
-        proc.kill()
-        sub.close()
+        # every one, in order
+        assert wait_received(received_intervals, sub, len(produced), 15) == produced
 
 
 @pytest.mark.slow

@@ -5,11 +5,10 @@ in order, across a broker outage)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from test_mqtt import start, stop, wait_received, write_config
+from test_mqtt import outage, reporting, wait_received, write_config
 
 from broker import Subscriber
 from conftest import ROOT, need, run_edge
@@ -135,20 +134,9 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
     config, root = write_config(
         tmp_path, broker.port, source=clip, loop=True, interval_s=60, catalog=catalog
     )
-    sub = Subscriber(
-        broker.port, f"{root}/displays/window/plays", client_id="plays-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
-        broker.stop()
-        time.sleep(4)  # plays end with no broker
-        broker.start()
-        time.sleep(3)
-        events, err = stop(proc)
-        assert proc.returncode == 0, err
-        assert "connection lost" in err
-        produced = produced_plays(events)
+    topic = f"{root}/displays/window/plays"
+    with reporting(broker, config, topic, "plays-test") as (sub, proc):
+        produced = produced_plays(outage(broker, proc))  # plays end with no broker
         assert len(produced) >= 6
         # every one, once (repeats dropped by id), in order; the last one ended at stop
         assert wait_received(received_plays, sub, len(produced), 15) == produced
@@ -156,9 +144,6 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
         assert any(
             sum(n for by_g in p["viewers"].values() for n in by_g.values()) for p in produced
         )
-    finally:
-        proc.kill()
-        sub.close()
 
 
 def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp_path):
