@@ -96,6 +96,17 @@ def run_for(config, seconds, env=None):
     return events, err
 
 
+def run_to_end(config) -> tuple[str, str]:
+    """Run the service until its file ends and it stops by itself: (stdout, stderr)."""
+    proc = start(config)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return out, err
+
+
 def total(counts):
     return sum(n for by_g in counts.values() for n in by_g.values())
 
@@ -284,12 +295,7 @@ ads:
 """)
     config, root = write_config(tmp_path, broker.port, source=clip, catalog=ads / "catalog.yaml")
     sub = Subscriber(broker.port, f"{root}/#")
-    proc = start(config)
-    try:
-        out, err = proc.communicate(timeout=120)  # the file ends, the service stops
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    run_to_end(config)
     sub.wait_for(lambda t, p, r: t.endswith("/counts"), timeout=5)
     counts = sub.json("/cameras/door/counts")
     visitors = {
