@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -154,15 +155,17 @@ def cmd_run(args, cfg) -> int:
         # (a URL after its path, never its user, password or host: the id is in topics).
         stem = safe_name(args.source)
         first = cfg.cameras[0] if cfg.cameras else None
-        cfg.cameras = [
-            config_mod.CameraConfig(
-                id=first.id if first else stem,
-                name=first.name if first else stem,
-                source=args.source,
-                loop=args.loop,
-            )
-        ]
-        cfg.displays = [d for d in cfg.displays if d.camera == cfg.cameras[0].id]
+        camera = config_mod.CameraConfig(
+            id=first.id if first else stem,
+            name=first.name if first else stem,
+            source=args.source,
+            loop=args.loop,
+        )
+        cfg = dataclasses.replace(
+            cfg,
+            cameras=[camera],
+            displays=[d for d in cfg.displays if d.camera == camera.id],
+        )
     if not cfg.cameras:
         raise ConfigError(
             f"{args.config or '(defaults)'}: no cameras configured; add "

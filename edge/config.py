@@ -4,6 +4,10 @@ Every key, its default and its meaning is documented here once (the `doc`
 metadata), and README's configuration reference is generated from it with
 `edge config --reference`. Loading checks types, choices and ranges and raises
 ConfigError naming the file and the dotted key, so `edge run` can exit 78.
+
+The dataclasses are frozen: a command that needs other settings (a --source
+camera, the bench's cameras) makes a copy with dataclasses.replace, so the
+config that was validated is the one every part holding it still sees.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ def section(cls: type, doc: str) -> Any:
     return field(default_factory=cls, metadata={"doc": doc, "section": True})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelsConfig:
     dir: str = opt(
         "models",
@@ -61,7 +65,7 @@ class ModelsConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetectorConfig:
     backend: str = opt(
         "centerface",
@@ -91,7 +95,7 @@ class DetectorConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassifierConfig:
     backend: str = opt(
         "ensemble",
@@ -149,7 +153,7 @@ class ClassifierConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RuntimeConfig:
     providers: list[str] = opt(
         ["cuda", "cpu"],
@@ -185,7 +189,7 @@ class RuntimeConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CameraConfig:
     id: str = opt("cam1", "Short id used in topics and logs (letters, digits, - and _).")
     name: str = opt("", "Human-readable name, e.g. 'Entrance'.")
@@ -243,7 +247,7 @@ class CameraConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackerConfig:
     high_threshold: float = opt(
         0.5,
@@ -280,7 +284,7 @@ class TrackerConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class AudienceConfig:
     reclassify_interval_s: float = opt(
         2.0,
@@ -335,14 +339,14 @@ class AudienceConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class StatsConfig:
     interval_s: float = opt(
         10.0, "How often pipeline statistics are logged and published.", low=1, high=3600
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TlsConfig:
     enabled: bool = opt(False, "Connect with TLS (port 8883 on most brokers).")
     ca_file: str | None = opt(
@@ -354,7 +358,7 @@ class TlsConfig:
     key_file: str | None = opt(None, "Private key of the client certificate.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class HomeAssistantConfig:
     enabled: bool = opt(
         True,
@@ -370,7 +374,7 @@ class HomeAssistantConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class MqttConfig:
     enabled: bool = opt(
         False,
@@ -418,7 +422,7 @@ class MqttConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DisplayConfig:
     id: str = opt(
         "display1", "Short id used in topics and the player's address (letters, digits, - and _)."
@@ -427,7 +431,7 @@ class DisplayConfig:
     camera: str = opt("", "Id of the camera whose audience this display follows.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SelectorConfig:
     catalog: str = opt(
         "ads/catalog.yaml",
@@ -477,7 +481,7 @@ class SelectorConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlayerConfig:
     listen: str = opt(
         "127.0.0.1",
@@ -498,7 +502,7 @@ class PlayerConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = opt(
         "127.0.0.1",
@@ -515,7 +519,7 @@ class MetricsConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoreConfig:
     enabled: bool = opt(
         True,
@@ -532,7 +536,7 @@ class StoreConfig:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
@@ -593,7 +597,7 @@ def load(path: str | Path | None) -> Config:
     config = build(Config, data, problems, "")
     if config is None:  # not even a mapping at the top
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
-    config.base_dir = path.resolve().parent
+    config = dataclasses.replace(config, base_dir=path.resolve().parent)
     _cross_checks(config, problems)
     if problems.messages:
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")

@@ -34,6 +34,15 @@ def demo(class_probs, male):
     )
 
 
+def one_visitor(config: AudienceConfig, class_probs, male) -> dict:
+    """The interval report after one face, classified once, stayed 2 s and left."""
+    aud = Audience("cam", config)
+    t = track(1, 0.0, 2.0)
+    aud.add_samples([t], demo(class_probs, male), 2.0)
+    aud.update([t], [], 2.0, 0.1)
+    return aud.close_interval(3.0, flush=True)
+
+
 def test_head_pose_of_frontal_and_turned_faces():
     yaw, pitch = head_pose(FRONTAL)
     assert abs(yaw) < 0.01 and abs(pitch) < 0.1
@@ -107,11 +116,7 @@ def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count(
 
 
 def test_unsure_visitors_are_counted_as_unclassified():
-    aud = Audience("cam", AudienceConfig(min_confidence=0.6))
-    t = track(1, 0.0, 2.0)
-    aud.add_samples([t], demo([0.35, 0.4, 0.25], 0.5), 2.0)
-    aud.update([t], [], 2.0, 0.1)
-    report = aud.close_interval(3.0, flush=True)
+    report = one_visitor(AudienceConfig(min_confidence=0.6), [0.35, 0.4, 0.25], 0.5)
     assert report["unclassified"] == 1
     assert sum(n for by_g in report["unique_visitors"].values() for n in by_g.values()) == 0
 
@@ -139,10 +144,6 @@ def test_an_unsure_gender_is_counted_as_gender_unknown():
 
 
 def test_a_zero_gender_margin_always_picks_a_gender():
-    aud = Audience("cam", AudienceConfig(gender_margin=0.0))
-    t = track(1, 0.0, 2.0)
-    aud.add_samples([t], demo([0.05, 0.9, 0.05], 0.52), 2.0)
-    aud.update([t], [], 2.0, 0.1)
-    report = aud.close_interval(3.0, flush=True)
+    report = one_visitor(AudienceConfig(gender_margin=0.0), [0.05, 0.9, 0.05], 0.52)
     assert report["unique_visitors"]["adult"]["male"] == 1
     assert sum(report["gender_unknown"].values()) == 0

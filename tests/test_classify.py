@@ -1,5 +1,7 @@
 """Batched age/gender classification."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -18,14 +20,10 @@ def photo_faces(analyzer, group_photo):
 
 def backend(config, name, **overrides):
     """The configured classifier with another backend (and settings)."""
-    import copy
-
     from edge.inference import modelstore
 
-    cfg = copy.deepcopy(config)
-    cfg.classifier.backend = name
-    for key, value in overrides.items():
-        setattr(cfg.classifier, key, value)
+    classifier = dataclasses.replace(config.classifier, backend=name, **overrides)
+    cfg = dataclasses.replace(config, classifier=classifier)
     models = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models)
     paths = {n: modelstore.verify(specs[n], models) for n in classify.model_names(cfg)}

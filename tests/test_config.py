@@ -1,5 +1,6 @@
 """Config loading: defaults, and errors that name the file and the key."""
 
+import dataclasses
 import re
 
 import pytest
@@ -52,6 +53,21 @@ def test_integer_accepted_for_number_and_relative_paths_resolve(tmp_path):
     cfg = config_mod.load(write(tmp_path, "detector:\n  score_threshold: 1\nmodels:\n  dir: m\n"))
     assert cfg.detector.score_threshold == 1.0
     assert cfg.resolve(cfg.models.dir) == tmp_path / "m"
+
+
+def test_every_config_section_is_frozen():
+    """A loaded config is never changed in place: code that needs other settings
+    copies it (dataclasses.replace), so a new section must be frozen too."""
+    sections = [
+        c
+        for c in vars(config_mod).values()
+        if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == "edge.config"
+    ]
+    assert config_mod.Config in sections and config_mod.CameraConfig in sections
+    assert [c.__name__ for c in sections if not c.__dataclass_params__.frozen] == []
+    cfg = config_mod.load(ROOT / "config.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.cameras[0].source = "/dev/video1"
 
 
 def test_cli_exits_78_on_config_error(tmp_path):

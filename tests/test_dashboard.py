@@ -4,6 +4,7 @@ audience change from the real pipeline reaches the page within 2 s."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -119,11 +120,11 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         assert browser.execute_script("return document.body.dataset.connection") == "open"
 
         # Live: the real pipeline on the group photo (six adults) as the door camera.
-        config.cameras[0].source = str(group_photo)
+        door = dataclasses.replace(config.cameras[0], source=str(group_photo))
         from edge.service import Service
 
         recorder = Recorder()
-        service = Service(config, [recorder, store, dashboard])
+        service = Service(dataclasses.replace(config, cameras=[door]), [recorder, store, dashboard])
         runner = threading.Thread(target=service.run, kwargs={"duration_s": 8}, daemon=True)
         runner.start()
         deadline = time.monotonic() + 60

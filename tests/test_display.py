@@ -3,6 +3,7 @@ showing the page the way a kiosk does (Debian's chromium and chromium-driver).""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -107,9 +108,8 @@ def start_server(config: config_mod.Config, port: int = 0) -> DisplayServer:
 
 def publish_content(config: config_mod.Config, content: dict | None) -> None:
     """Publishes as the service does (retained, QoS 1); None clears the retained message."""
-    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
     payload = (
-        ""
+        b""
         if content is None
         else json.dumps(
             {
@@ -119,13 +119,19 @@ def publish_content(config: config_mod.Config, content: dict | None) -> None:
                 **content,
                 "reason": {"rule": "target", "segment": None, "audience": {}},
             }
-        )
+        ).encode()
     )
+    publish_raw(config, payload, retain=True)
+
+
+def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> None:
+    """Any bytes on the display's content topic, as anyone on the broker could send them."""
+    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     client.connect("127.0.0.1", config.mqtt.port)
     client.loop_start()
     try:
-        client.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -406,7 +412,7 @@ def test_event_stream_follows_the_topic(broker, tmp_path, monkeypatch):
 
 def test_player_off_in_config_needs_an_explicit_port(tmp_path):
     config = make_config(tmp_path)
-    config.player.port = 0
+    config = dataclasses.replace(config, player=dataclasses.replace(config.player, port=0))
     with pytest.raises(ValueError, match="player.port"):
         DisplayServer(config, load_catalog(CATALOG))
 
@@ -419,19 +425,6 @@ def test_a_port_in_use_is_one_clear_error(tmp_path):
             start_server(config, port=server.port)
     finally:
         server.stop()
-
-
-def publish_raw(config: config_mod.Config, payload: bytes, *, retain: bool) -> None:
-    """Any bytes on the display's content topic, as anyone on the broker could send them."""
-    topic = Topics(config.mqtt.topic_prefix, config.mqtt.store_id).display_content(DISPLAY)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    client.connect("127.0.0.1", config.mqtt.port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def hostile_payloads() -> list[bytes]:
@@ -717,7 +710,7 @@ def test_event_streams_are_capped_with_a_clear_503(tmp_path, monkeypatch):
 
     monkeypatch.setattr(player_server, "HEARTBEAT_S", 0.2)  # a closed stream is noticed fast
     config = make_config(tmp_path)
-    config.player.max_streams = 2
+    config = dataclasses.replace(config, player=dataclasses.replace(config.player, max_streams=2))
     server = start_server(config)
     url = f"{server.url}/display/{DISPLAY}/events"
     try:

@@ -141,8 +141,7 @@ def test_published_payloads_have_the_keys_the_topic_table_documents(tmp_path):
     state and in the outbox."""
     from edge.outputs.publish import MqttPublisher
 
-    config = config_mod.Config()
-    config.state_dir = str(tmp_path / "state")
+    config = config_mod.Config(state_dir=str(tmp_path / "state"))
     publisher = MqttPublisher(config)
     for event in one_of_each():
         publisher.emit(event)

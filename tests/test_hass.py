@@ -8,7 +8,7 @@ import time
 
 import jinja2.sandbox
 import pytest
-from test_mqtt import start, stop, store_id
+from test_mqtt import run_to_end, start, stop, store_id
 
 from broker import Subscriber
 from conftest import ROOT, need
@@ -134,12 +134,7 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
         tmp_path, broker.port, [("door", clip, False)], [("window", "door")]
     )
     sub = Subscriber(broker.port, [f"{root}/#", f"homeassistant/+/{node}/+/config"])
-    proc = start(config)
-    try:
-        out, err = proc.communicate(timeout=120)  # the clip ends, the service stops
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    out, _ = run_to_end(config)
     sub.wait_for(lambda t, p, r: t.endswith("/counts"), timeout=5)
     time.sleep(0.5)
     sub.close()

@@ -6,6 +6,7 @@ here; the venv steps are the Makefile's, which `make test` runs anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -123,9 +124,13 @@ def test_installed_config_points_at_installed_paths(installed):
     # Nothing else differs from the repo's config.yaml.
     repo = config_mod.load(REPO / "config.yaml")
     assert cfg.state_dir == "/var/lib/edge"  # the unit's StateDirectory=, for edge check too
-    repo.models.dir, repo.selector.catalog = cfg.models.dir, cfg.selector.catalog
-    repo.base_dir, repo.state_dir = cfg.base_dir, cfg.state_dir
-    assert cfg == repo
+    assert cfg == dataclasses.replace(
+        repo,
+        models=dataclasses.replace(repo.models, dir=cfg.models.dir),
+        selector=dataclasses.replace(repo.selector, catalog=cfg.selector.catalog),
+        base_dir=cfg.base_dir,
+        state_dir=cfg.state_dir,
+    )
 
 
 def test_operator_files_survive_and_code_is_replaced(tmp_path):

@@ -9,6 +9,8 @@ on a person who fades in too slowly for the motion test to fire.
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -62,11 +64,14 @@ class FrameList:
 
 def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
     """Summaries of a gated camera and an always-detecting one on the same frames."""
-    config.displays = []
-    config.cameras = [
-        CameraConfig(id="gated", source="memory"),  # defaults: gating on
-        CameraConfig(id="every", source="memory", motion=False, tracked_detect_fps=None),
-    ]
+    config = dataclasses.replace(
+        config,
+        displays=[],
+        cameras=[
+            CameraConfig(id="gated", source="memory"),  # defaults: gating on
+            CameraConfig(id="every", source="memory", motion=False, tracked_detect_fps=None),
+        ],
+    )
     events = []
 
     class Sink:

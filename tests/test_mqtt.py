@@ -2,6 +2,8 @@
 audience, interval counts (none lost across broker outages or restarts), decisions
 and their reasons, stats, and clear connection errors."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -94,6 +96,17 @@ def run_for(config, seconds, env=None):
     return events, err
 
 
+def run_to_end(config) -> tuple[str, str]:
+    """Run the service until its file ends and it stops by itself: (stdout, stderr)."""
+    proc = start(config)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return out, err
+
+
 def total(counts):
     return sum(n for by_g in counts.values() for n in by_g.values())
 
@@ -162,36 +175,56 @@ def produced_intervals(events):
     return [{k: v for k, v in e.items() if k != "type"} for e in events if e["type"] == "interval"]
 
 
+def wait_received(read, sub, count: int, timeout_s: float) -> list:
+    """read(sub) once it holds `count` reports, or when timeout_s have passed (the
+    caller's comparison then shows what is missing)."""
+    deadline = time.monotonic() + timeout_s
+    while len(read(sub)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return read(sub)
+
+
+@contextlib.contextmanager
+def reporting(broker, config, topic: str, client_id: str):
+    """The service started on `config`, and a subscriber to `topic` that has had its
+    first report: (subscriber, process), both ended on the way out. A persistent
+    session: the broker keeps our messages while this test client is away too (the
+    broker restarts with its persistence file)."""
+    sub = Subscriber(broker.port, topic, client_id=client_id, persistent=True)
+    proc = start(config)
+    try:
+        sub.wait_for(lambda t, p, r: True, timeout=30)
+        yield sub, proc
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def outage(broker, proc) -> list:
+    """The broker away for 4 s, back for 3 s, then the service stopped with SIGTERM:
+    its events, once it has exited cleanly and said it lost the connection."""
+    broker.stop()
+    time.sleep(4)
+    broker.start()
+    time.sleep(3)
+    events, err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "connection lost" in err
+    return events
+
+
 def test_broker_outage_loses_no_interval_and_keeps_their_order(make_broker, tmp_path):
     clip = need("media/face-demographics-walking-and-pause.gif")
     broker = make_broker()
     config, root = write_config(
         tmp_path, broker.port, source=clip, loop=True, interval_s=1, displays=False
     )
-    # A persistent session: the broker keeps our messages while this test client is
-    # away too (the broker restarts with its persistence file).
-    sub = Subscriber(
-        broker.port, f"{root}/cameras/door/counts", client_id="outage-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
-        broker.stop()
-        time.sleep(4)  # about four intervals produced with no broker
-        broker.start()
-        time.sleep(3)
-        events, err = stop(proc)
-        assert proc.returncode == 0, err
-        assert "connection lost" in err
-        produced = produced_intervals(events)
+    topic = f"{root}/cameras/door/counts"
+    with reporting(broker, config, topic, "outage-test") as (sub, proc):
+        produced = produced_intervals(outage(broker, proc))  # about four while it was away
         assert len(produced) >= 7
-        deadline = time.monotonic() + 15
-        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert received_intervals(sub) == produced  # every one, in order (repeats dropped by id)
-    finally:
-        proc.kill()
-        sub.close()
+        # every one, in order (repeats dropped by id)
+        assert wait_received(received_intervals, sub, len(produced), 15) == produced
 
 
 def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_broker, tmp_path):
@@ -214,10 +247,7 @@ def test_reports_waiting_when_stopped_are_saved_and_sent_after_restart(make_brok
     sub = Subscriber(port, f"{root}/cameras/door/counts")
     second, err = run_for(config, 3)
     produced = saved + produced_intervals(second)
-    deadline = time.monotonic() + 10
-    while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert received_intervals(sub) == produced
+    assert wait_received(received_intervals, sub, len(produced), 10) == produced
     assert not outbox.exists()
     sub.close()
 
@@ -265,12 +295,7 @@ ads:
 """)
     config, root = write_config(tmp_path, broker.port, source=clip, catalog=ads / "catalog.yaml")
     sub = Subscriber(broker.port, f"{root}/#")
-    proc = start(config)
-    try:
-        out, err = proc.communicate(timeout=120)  # the file ends, the service stops
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
+    run_to_end(config)
     sub.wait_for(lambda t, p, r: t.endswith("/counts"), timeout=5)
     counts = sub.json("/cameras/door/counts")
     visitors = {
@@ -507,12 +532,7 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         )
     )
     outbox = blocker / "state" / f"mqtt-outbox-{root[5:]}.jsonl"
-    sub = Subscriber(
-        broker.port, f"{root}/cameras/door/counts", client_id="disk-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
+    with reporting(broker, config, f"{root}/cameras/door/counts", "disk-test") as (sub, proc):
         broker.stop()
         time.sleep(7)  # several intervals, and more than one save retry, with no disk
         assert proc.poll() is None, proc.communicate()[1]  # still running
@@ -526,9 +546,7 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         broker.start()
         # The service reconnects with backoff (up to 16 s after this outage): wait until
         # the reports held through it arrive, then stop.
-        deadline = time.monotonic() + 40
-        while len(received_intervals(sub)) < before + 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_received(received_intervals, sub, before + 5, 40)
         time.sleep(2)
         events, err = stop(proc)
         assert proc.returncode == 0, err
@@ -537,13 +555,8 @@ def test_unwritable_state_dir_during_an_outage_loses_nothing(make_broker, tmp_pa
         assert "saved again" in err
         produced = produced_intervals(events)
         assert len(produced) >= 10
-        deadline = time.monotonic() + 15
-        while len(received_intervals(sub)) < len(produced) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert received_intervals(sub) == produced  # every one, in order
-    finally:
-        proc.kill()
-        sub.close()
+        # every one, in order
+        assert wait_received(received_intervals, sub, len(produced), 15) == produced
 
 
 @pytest.mark.slow
@@ -565,9 +578,12 @@ def test_outbox_save_is_never_done_on_pahos_thread(tmp_path, monkeypatch):
         return real_save(self, *args)
 
     monkeypatch.setattr(Outbox, "save", save)
-    config = config_mod.Config()
-    config.state_dir = str(tmp_path / "state")
-    config.mqtt.host, config.mqtt.port = "127.0.0.1", free_port()  # nobody there
+    defaults = config_mod.Config()
+    config = dataclasses.replace(
+        defaults,
+        state_dir=str(tmp_path / "state"),
+        mqtt=dataclasses.replace(defaults.mqtt, host="127.0.0.1", port=free_port()),  # nobody there
+    )
     publisher = MqttPublisher(config)
     publisher.start()
     try:

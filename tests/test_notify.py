@@ -4,15 +4,14 @@ import os
 import socket
 
 import pytest
+from test_service import notify_socket
 
 from edge.outputs.notify import Notifier, watchdog_interval_s
 
 
 @pytest.fixture()
 def manager_socket(tmp_path):
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
+    path, sock = notify_socket(tmp_path)
     sock.settimeout(2)
     yield path, sock
     sock.close()

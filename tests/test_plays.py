@@ -5,11 +5,10 @@ in order, across a broker outage)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from test_mqtt import start, stop, write_config
+from test_mqtt import outage, reporting, wait_received, write_config
 
 from broker import Subscriber
 from conftest import ROOT, need, run_edge
@@ -105,6 +104,18 @@ def test_ad_changes_split_the_audience_between_plays(tmp_path):
     assert sum(a["plays"] for a in per_ad.values()) == len(plays)
 
 
+def rotating_catalog(tmp_path: Path) -> Path:
+    """Two untargeted ads of 1 s take turns while anyone is there, the default when
+    nobody is: a play ends about every second."""
+    return write_catalog(
+        tmp_path / "ads",
+        "".join(
+            f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
+            for ad in ("welcome", "ad-a", "ad-b")
+        ),
+    )
+
+
 def received_plays(sub):
     return [
         {k: v for k, v in m.items() if k not in ("schema", "time")}
@@ -118,59 +129,28 @@ def produced_plays(events):
 
 def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path):
     clip = need(WALKING)
-    # Two untargeted ads of 1 s take turns while anyone is there, the default when
-    # nobody is: a play ends about every second.
-    catalog = write_catalog(
-        tmp_path / "ads",
-        "".join(
-            f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
-            for ad in ("welcome", "ad-a", "ad-b")
-        ),
-    )
+    catalog = rotating_catalog(tmp_path)
     broker = make_broker()
     config, root = write_config(
         tmp_path, broker.port, source=clip, loop=True, interval_s=60, catalog=catalog
     )
-    sub = Subscriber(
-        broker.port, f"{root}/displays/window/plays", client_id="plays-test", persistent=True
-    )
-    proc = start(config)
-    try:
-        sub.wait_for(lambda t, p, r: True, timeout=30)
-        broker.stop()
-        time.sleep(4)  # plays end with no broker
-        broker.start()
-        time.sleep(3)
-        events, err = stop(proc)
-        assert proc.returncode == 0, err
-        assert "connection lost" in err
-        produced = produced_plays(events)
+    topic = f"{root}/displays/window/plays"
+    with reporting(broker, config, topic, "plays-test") as (sub, proc):
+        produced = produced_plays(outage(broker, proc))  # plays end with no broker
         assert len(produced) >= 6
-        deadline = time.monotonic() + 15
-        while len(received_plays(sub)) < len(produced) and time.monotonic() < deadline:
-            time.sleep(0.1)
         # every one, once (repeats dropped by id), in order; the last one ended at stop
-        assert received_plays(sub) == produced
+        assert wait_received(received_plays, sub, len(produced), 15) == produced
         assert len({p["id"] for p in produced}) == len(produced)
         assert any(
             sum(n for by_g in p["viewers"].values() for n in by_g.values()) for p in produced
         )
-    finally:
-        proc.kill()
-        sub.close()
 
 
 def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp_path):
     from test_mqtt import run_for
 
     clip = need(WALKING)
-    catalog = write_catalog(
-        tmp_path / "ads",
-        "".join(
-            f"  - {{id: {ad}, title: {ad}, creative: creatives/page.html, duration_s: 1}}\n"
-            for ad in ("welcome", "ad-a", "ad-b")
-        ),
-    )
+    catalog = rotating_catalog(tmp_path)
     broker = make_broker()
     port = broker.port
     broker.stop()  # away for the whole first run
@@ -182,8 +162,5 @@ def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp
     sub = Subscriber(port, f"{root}/displays/window/plays")
     second, _ = run_for(config, 3)
     produced = saved + produced_plays(second)
-    deadline = time.monotonic() + 10
-    while len(received_plays(sub)) < len(produced) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert received_plays(sub) == produced
+    assert wait_received(received_plays, sub, len(produced), 10) == produced
     sub.close()

@@ -36,6 +36,7 @@ held out by gender 13+ accuracy and log loss.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -64,7 +65,10 @@ def raw_outputs(labels_csv: Path, cache: Path | None) -> dict[str, np.ndarray]:
     from edge.pipeline.analyze import FaceAnalyzer
 
     cfg = config_mod.load(ROOT / "config.yaml")
-    cfg.classifier.backend, cfg.classifier.members = "ensemble", ["cydral", "faceapi"]
+    ensemble = dataclasses.replace(
+        cfg.classifier, backend="ensemble", members=["cydral", "faceapi"]
+    )
+    cfg = dataclasses.replace(cfg, classifier=ensemble)
     analyzer = FaceAnalyzer(cfg)
     cydral, face_api = analyzer.classifier.members
     assert isinstance(cydral, classify.CydralAgeGender)

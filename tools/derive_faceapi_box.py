@@ -18,9 +18,6 @@ not a fit to labels.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceapi_fixture import node_workspace  # tools/: the same Node set-up
+from faceapi_fixture import node_workspace, run_node  # tools/: the same Node set-up
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,19 +46,12 @@ def crops(labels_csv: Path, every: int):
         best = found[int(np.argmax(found.areas))]
         x0, y0, x1, y1 = best.boxes[0]
         x0, y0 = max(0, int(x0)), max(0, int(y0))
-        crop = np.ascontiguousarray(frame[y0 : int(y1), x0 : int(x1), ::-1])
-        images.append(
-            {
-                "height": crop.shape[0],
-                "width": crop.shape[1],
-                "rgb": base64.b64encode(crop.tobytes()).decode(),
-            }
-        )
+        images.append(np.ascontiguousarray(frame[y0 : int(y1), x0 : int(x1), ::-1]))
         faces.append((np.array([x0, y0], float), best.landmarks[0].astype(float)))
     return images, faces
 
 
-def faceapi_landmarks(images: list[dict]) -> list[dict]:
+def faceapi_landmarks(images: list[np.ndarray]) -> list[dict]:
     from edge.inference import modelstore
 
     spec = modelstore.load_manifest(ROOT / "models")["faceapi-weights"]
@@ -76,19 +66,7 @@ def faceapi_landmarks(images: list[dict]) -> list[dict]:
             ]
             archive.extractall(tmp, members=members, filter="data")
         work = node_workspace(tmp, "faceapi-landmarks", tarball)
-        (work / "in.json").write_text(json.dumps({"images": images}))
-        subprocess.run(
-            [
-                "node",
-                str(ROOT / "tools" / "faceapi_landmarks.mjs"),
-                str(tmp / "package" / "model"),
-                "in.json",
-                "out.json",
-            ],
-            cwd=work,
-            check=True,
-        )
-        return json.loads((work / "out.json").read_text())
+        return run_node(work, "faceapi_landmarks.mjs", tmp / "package" / "model", images)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,29 @@ def node_workspace(tmp: Path, name: str, tarball: Path) -> Path:
     return work
 
 
+def run_node(work: Path, script: str, model_dir: Path, images: list[np.ndarray]) -> Any:
+    """tools/`script` run by Node in `work` (a node_workspace) on `images` (RGB uint8),
+    with face-api's model files from `model_dir`: its output, parsed. The images go in
+    as in.json (size and base64 pixels), the result comes back as out.json."""
+    request = {
+        "images": [
+            {
+                "height": int(i.shape[0]),
+                "width": int(i.shape[1]),
+                "rgb": base64.b64encode(i.tobytes()).decode(),
+            }
+            for i in images
+        ]
+    }
+    (work / "in.json").write_text(json.dumps(request))
+    subprocess.run(
+        ["node", str(ROOT / "tools" / script), str(model_dir.resolve()), "in.json", "out.json"],
+        cwd=work,
+        check=True,
+    )
+    return json.loads((work / "out.json").read_text())
+
+
 def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
     from edge.inference import modelstore
 
@@ -106,29 +130,7 @@ def run_reference(images: list[np.ndarray], model_dir: Path) -> dict:
         tmp = Path(tmp)
         tarball = modelstore._npm_pack(spec, tmp)  # integrity-checked, as `models fetch` does
         work = node_workspace(tmp, "faceapi-reference", tarball)
-        request = {
-            "images": [
-                {
-                    "height": int(i.shape[0]),
-                    "width": int(i.shape[1]),
-                    "rgb": base64.b64encode(i.tobytes()).decode(),
-                }
-                for i in images
-            ]
-        }
-        (work / "in.json").write_text(json.dumps(request))
-        subprocess.run(
-            [
-                "node",
-                str(ROOT / "tools" / "faceapi_reference.mjs"),
-                str(model_dir.resolve()),
-                "in.json",
-                "out.json",
-            ],
-            cwd=work,
-            check=True,
-        )
-        return json.loads((work / "out.json").read_text())
+        return run_node(work, "faceapi_reference.mjs", model_dir, images)
 
 
 def main() -> None:

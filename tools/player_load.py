@@ -24,6 +24,7 @@ with --json, writes them to FILE.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import selectors
@@ -222,7 +223,8 @@ def main() -> int:
         )
         config = config_mod.load(path)
         if args.max_streams is not None:
-            config.player.max_streams = args.max_streams
+            player = dataclasses.replace(config.player, max_streams=args.max_streams)
+            config = dataclasses.replace(config, player=player)
         server = player_server.DisplayServer(
             config, load_catalog(ROOT / "ads" / "catalog.yaml"), port=0
         ).start()

@@ -27,6 +27,7 @@ and reports the GPU memory in use.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -42,7 +43,7 @@ import numpy as np
 import onnxruntime
 
 from edge import __version__
-from edge.config import CameraConfig
+from edge.config import CameraConfig, Config
 from edge.errors import EdgeError, InputError
 from edge.inference import runtime
 from edge.redact import redact
@@ -151,16 +152,19 @@ def memory_service(
     """The service with `cameras` cameras, each looping over the same decoded frames
     (with `stagger`, camera i starts i/cameras of the way into them)."""
     ungated: dict[str, Any] = {} if gating else {"motion": False, "tracked_detect_fps": None}
-    config.cameras = [
-        CameraConfig(
-            id=f"bench{i}" if cameras > 1 else "bench",
-            source="memory",
-            fps=fps,
-            loop=True,
-            **ungated,
-        )
-        for i in range(cameras)
-    ]
+    config = dataclasses.replace(
+        config,
+        cameras=[
+            CameraConfig(
+                id=f"bench{i}" if cameras > 1 else "bench",
+                source="memory",
+                fps=fps,
+                loop=True,
+                **ungated,
+            )
+            for i in range(cameras)
+        ],
+    )
     starts = iter(range(cameras))  # the service opens its cameras in order
 
     def opener(*_):
@@ -257,13 +261,16 @@ def gpu_memory_used_mib() -> int | None:
     return int(used) if used and used.isdigit() else None
 
 
-def require_gpu(config) -> None:
-    """Make CUDA the provider (after tensorrt when configured), or fail in one line."""
+def require_gpu(config: Config) -> Config:
+    """The config with CUDA as the provider (after tensorrt when configured), or fail
+    in one line."""
     reason = runtime.unusable("cuda")
     if reason:
         raise GpuUnavailable(f"bench --gpu: CUDA cannot run here: {reason}")
     gpu_first = [p for p in config.runtime.providers if p == "tensorrt"]
-    config.runtime.providers = gpu_first + ["cuda", "cpu"]
+    return dataclasses.replace(
+        config, runtime=dataclasses.replace(config.runtime, providers=gpu_first + ["cuda", "cpu"])
+    )
 
 
 def run(
@@ -277,7 +284,7 @@ def run(
     gating: bool = True,
 ) -> dict:
     if gpu:
-        require_gpu(config)
+        config = require_gpu(config)
     clip = load_frames(source, size)
     frames = with_idle_share(clip, idle_share)
     fps = cv2.VideoCapture(source).get(cv2.CAP_PROP_FPS) or 15.0

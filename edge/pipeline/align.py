@@ -73,14 +73,7 @@ def extract_chip(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))  # chip px per frame px
     levels = max(0, int(np.floor(np.log2(1.0 / scale)))) if scale < 1 else 0
     if levels == 0:
-        return cv2.warpAffine(
-            frame,
-            matrix,
-            (size, size),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
-        )
+        return _bilinear(frame, matrix, size)
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
     region = corners @ inverse.T
@@ -100,9 +93,14 @@ def extract_chip(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray
             break
         image = cv2.pyrDown(image)
         local[:, :2] *= 2.0
+    return _bilinear(image, local, size)
+
+
+def _bilinear(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The size x size chip through `matrix`, bilinear, black outside the image."""
     return cv2.warpAffine(
         image,
-        local,
+        matrix,
         (size, size),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_CONSTANT,
