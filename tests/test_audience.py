@@ -56,7 +56,10 @@ def test_classified_when_confirmed_then_only_for_better_view_or_interval():
     assert aud.wants_classification([t], 0.1) == [0]
     aud.add_samples([t], demo([0.1, 0.8, 0.1], 0.2), 0.1)
     assert aud.wants_classification([track(1, 0, 0.5)], 0.5) == []  # same view
-    assert aud.wants_classification([track(1, 0, 0.6, width=60)], 0.6) == [0]  # bigger face
+    bigger = [track(1, 0, 0.6, width=60)]
+    assert aud.wants_classification(bigger, 0.6, better_faces=False) == []  # can wait
+    assert aud.wants_classification(bigger, 0.6) == [0]  # bigger face
+    assert aud.wants_classification([track(1, 0, 2.2)], 2.2, better_faces=False) == [0]  # due
     assert aud.wants_classification([track(1, 0, 2.2)], 2.2) == [0]  # interval due
     assert aud.wants_classification([track(1, 0, 0.7, matched=False)], 0.7) == []  # no face now
 

@@ -235,7 +235,8 @@ def test_classifier_chips_preprocessing_matches_the_reference_formula(chips):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu", [runtime.GpuOptions(), ON_CPU], ids=["plain", "bucketed"])
-def test_detect_many_equals_single_calls(group_photo, gpu):
+def test_detect_many_equals_single_calls(group_photo, gpu, monkeypatch):
+    monkeypatch.setattr(detect, "CPU_CORES", 2)  # the plain CPU path as on a 2-core box
     detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], gpu=gpu)
     frame = cv2.imread(str(group_photo))
     small = cv2.resize(frame, (frame.shape[1] // 3, frame.shape[0] // 3))  # another canvas size
@@ -243,12 +244,20 @@ def test_detect_many_equals_single_calls(group_photo, gpu):
     singles = [detector(f) for f in frames]
     size = detect.input_size(frame.shape[1], frame.shape[0], detector.input_width)
     small_size = detect.input_size(small.shape[1], small.shape[0], detector.input_width)
-    (sess,) = record(detector._sessions[size])
+    if gpu.force_device is None:
+        detector._runner(size, threads=1)
+        all_cores, one_core = record(detector._sessions[(size, 0)], detector._sessions[(size, 1)])
+    else:
+        (all_cores,) = record(detector._sessions[(size, 0)])
     many = detector.detect_many(frames)
-    # GPU path: one run for the three copies, padded to the 4 bucket; CPU: one by one
-    assert sess.fed == ([1, 1, 1] if gpu.force_device is None else [4])
-    assert small_size != size and small_size in detector._sessions
-    for got, want in zip(many, singles, strict=False):
+    if gpu.force_device is None:
+        # CPU: two of the three copies side by side on a one-thread session, the one
+        # left over on all cores; the small frame alone, on all cores.
+        assert (one_core.fed, all_cores.fed) == ([1, 1], [1])
+    else:  # GPU path: one run for the three copies, padded to the 4 bucket
+        assert all_cores.fed == [4]
+    assert (small_size, 0) in detector._sessions
+    for got, want in zip(many, singles, strict=True):
         assert len(got) == len(want) == 6
         np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
         np.testing.assert_allclose(got.landmarks, want.landmarks, atol=1e-3)

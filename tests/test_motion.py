@@ -62,16 +62,10 @@ class FrameList:
         pass
 
 
-def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
-    """Summaries of a gated camera and an always-detecting one on the same frames."""
-    config = dataclasses.replace(
-        config,
-        displays=[],
-        cameras=[
-            CameraConfig(id="gated", source="memory"),  # defaults: gating on
-            CameraConfig(id="every", source="memory", motion=False, tracked_detect_fps=None),
-        ],
-    )
+def summaries(config, cameras: list[CameraConfig], frames: list[np.ndarray], spy=None) -> dict:
+    """Each camera's summary, every camera fed the same frames side by side (offline).
+    `spy(taken, chosen)` sees each tick's frames and those the detector ran on."""
+    config = dataclasses.replace(config, displays=[], cameras=cameras)
     events = []
 
     class Sink:
@@ -79,8 +73,26 @@ def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
             events.append(event.to_json())
 
     service = Service(config, [Sink()], offline=True, opener=lambda *_: FrameList(frames))
+    if spy is not None:
+        choose = service._to_detect
+
+        def watched(taken):
+            chosen = choose(taken)
+            spy(taken, chosen)
+            return chosen
+
+        service._to_detect = watched  # type: ignore[method-assign]
     service.run()
     return {e["camera"]: e for e in events if e["type"] == "summary"}
+
+
+def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
+    """Summaries of a gated camera and an always-detecting one on the same frames."""
+    cameras = [
+        CameraConfig(id="gated", source="memory"),  # defaults: gating on
+        CameraConfig(id="every", source="memory", motion=False, tracked_detect_fps=None),
+    ]
+    return summaries(config, cameras, frames)
 
 
 def visitors(summary: dict) -> dict:
@@ -207,3 +219,26 @@ def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config
         ) == 3, summary
     assert result["gated"]["unclassified"] == result["every"]["unclassified"]
     assert result["gated"]["frames_detected"] < result["every"]["frames_detected"] / 2
+
+
+@pytest.mark.slow
+def test_cameras_in_step_spread_their_looks_and_count_the_same(fresh_config):
+    """Four cameras fed the same frames at once: their periodic looks fall due in the
+    same ticks. The service spreads them, so ticks that detect for some of the
+    cameras and not all are common, and each camera still counts the clip's people."""
+    frames = clip_frames("face-demographics-walking-and-pause.gif")
+    cameras = [CameraConfig(id=f"cam{i}", source="memory") for i in range(4)]
+    ticks: list[tuple[int, int]] = []
+    result = summaries(
+        fresh_config,
+        cameras,
+        frames,
+        spy=lambda taken, chosen: ticks.append((len(taken), len(chosen))),
+    )
+    expected = {("adult", "female"): 2, ("adult", "male"): 1}
+    assert {cid: visitors(s) for cid, s in result.items()} == {c.id: expected for c in cameras}
+    partial = sum(1 for n, k in ticks if 0 < k < n)
+    assert partial >= len(ticks) / 4, ticks  # in step and not spread: every tick 0 or 4
+    # Spreading moves looks, it does not add them: no camera detects more than half
+    # its frames (one alone: tests above, under 0.7 with long still stretches).
+    assert all(s["frames_detected"] <= 0.5 * len(frames) for s in result.values()), result
