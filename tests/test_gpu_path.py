@@ -256,7 +256,7 @@ def test_detect_many_equals_single_calls(group_photo, gpu, monkeypatch):
         assert (one_core.fed, all_cores.fed) == ([1, 1], [1])
     else:  # GPU path: one run for the three copies, padded to the 4 bucket
         assert all_cores.fed == [4]
-    assert (small_size, 0) in detector._sessions
+    assert small_size in detector.canvas_sizes
     for got, want in zip(many, singles, strict=True):
         assert len(got) == len(want) == 6
         np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)

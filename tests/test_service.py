@@ -27,6 +27,15 @@ def run_clip(name):
     return events, summary
 
 
+def edge_process(config, *args: str, **kwargs) -> subprocess.Popen:
+    """`python -m edge --config CONFIG ARGS...` started from the repository, text pipes
+    for stdout and stderr unless `kwargs` say otherwise."""
+    options = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", "--config", str(config), *args], **{**options, **kwargs}
+    )
+
+
 def visitors(summary):
     return {
         (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
@@ -64,24 +73,7 @@ def test_store_aisle_clip_creates_no_confident_visitor():
 def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
     config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "--config",
-            str(config),
-            "run",
-            "--source",
-            str(group_photo),
-            "--realtime",
-            "--jsonl",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = edge_process(config, "run", "--source", str(group_photo), "--realtime", "--jsonl")
     try:
         first = json.loads(proc.stdout.readline())
         while first["type"] != "audience":
@@ -110,22 +102,13 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
     config.write_text(
         f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\nmetrics: {{port: 0}}\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edge",
-            "--config",
-            str(config),
-            "run",
-            "--source",
-            str(group_photo),
-            "--realtime",
-        ],
-        cwd=ROOT,
+    proc = edge_process(
+        config,
+        "run",
+        "--source",
+        str(group_photo),
+        "--realtime",
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
         env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
     )
     messages = []
@@ -253,9 +236,9 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
         f"metrics: {{port: 0}}\n"
         f"cameras:\n  - {{id: shelf, source: {folder}, loop: true, fps: 10}}\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), "run"],
-        cwd=ROOT,
+    proc = edge_process(
+        config,
+        "run",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
@@ -344,7 +327,7 @@ def test_camera_target_fps_and_detection_width(tmp_path):
     stats = service.stats().cameras["door"]
     assert 3.5 <= stats.processed_fps <= 5.5  # the camera's target, not the file's 12.5
     assert stats.passed_over_fps >= 5 and stats.skipped_fps == 0
-    assert (320, 192) in service.analyzer.detector._sessions  # 480x270 frames at 320 wide
+    assert (320, 192) in service.analyzer.detector.canvas_sizes  # 480x270 frames at 320 wide
 
 
 # -- faults (issue 12) ---------------------------------------------------------------
@@ -368,12 +351,10 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
             f"  - {{id: hung2, source: '{hung2.url}', stall_timeout_s: 3}}\n"
             f"  - {{id: door, source: '{clip}', loop: true}}\n"
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--config", str(config), "run", "--jsonl"],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        proc = edge_process(
+            config,
+            "run",
+            "--jsonl",
             env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
         )
         messages = []  # (time, message)

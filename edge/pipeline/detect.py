@@ -191,6 +191,11 @@ class CenterFace:
             self._sessions[(size, threads)] = runner
         return runner
 
+    @property
+    def canvas_sizes(self) -> set[tuple[int, int]]:
+        """The canvas sizes (w, h) it has sessions for: the sizes it has detected at."""
+        return {size for size, _ in self._sessions}
+
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
         return self.detect_many([frame], [width])[0]
 
