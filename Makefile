@@ -65,8 +65,10 @@ demo: setup broker
 	$(BIN)/edge --config config.yaml run --duration $(DEMO_SECONDS) \
 	  --source "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')" --realtime
 
+# Four workers (pytest-xdist): the suite mostly waits on brokers, outages and timeouts;
+# the CPU-bound tests (marker `cpu`) run one at a time on one of them.
 test: setup test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup
 
 # The inner loop: everything but the slow, broker and browser tests (pytest markers,
 # tests/conftest.py), in well under a minute.

@@ -28,6 +28,7 @@ def bench(tmp_path, *extra: str) -> tuple[dict, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_bench_reports_every_measure_per_camera(tmp_path):
     data, printed = bench(tmp_path)
     for key in ("full", "detector_only", "naive"):
@@ -80,6 +81,7 @@ def test_bench_rejects_a_bad_size():
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_bench_idle_share_mixes_in_an_empty_scene_and_no_gating_detects_every_frame(tmp_path):
     data, printed = bench(tmp_path, "--idle-share", "0.7", "--no-gating")
     settings = data["settings"]

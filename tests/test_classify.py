@@ -254,6 +254,7 @@ def test_lift_exposure_brightens_only_dark_faces_and_keeps_their_contrast():
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_lift_exposure_recovers_accuracy_on_dim_dev_faces(analyzer, cydral):
     # The 1,200 dev faces at a store camera's size (80 px) and 45% exposure, as
     # `tools/robustness.py faces` makes them, through edge eval's own padding, face

@@ -69,6 +69,7 @@ def test_eval_errors_name_file_and_line(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_dev_set_accuracy_floors(tmp_path):
     """Regression floors on the whole dev set, below the figures measured when
     calibrating (README "Accuracy"): a drop under them means something broke."""

@@ -161,6 +161,7 @@ def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skipped(fresh_config):
     walk = clip_frames("face-demographics-walking-and-pause.gif")
     aisle = clip_frames("store-aisle-detection.gif")[0]
@@ -189,6 +190,7 @@ def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skippe
 
 
 @pytest.mark.slow
+@pytest.mark.cpu
 def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config):
     walk = clip_frames("face-demographics-walking-and-pause.gif")
     aisle = clip_frames("store-aisle-detection.gif")[0]
