@@ -4,8 +4,14 @@ data fails there instead of skipping, so a broken checkout cannot pass."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +63,59 @@ def run_edge(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProc
     )
 
 
+def run_service(
+    *args: str, seconds: float, env: dict | None = None, ready_timeout: float = 120.0
+) -> tuple[str, str, int | None]:
+    """`python -m edge ARGS` run for `seconds` once it is up, then stopped with SIGTERM:
+    (stdout, stderr, exit status).
+
+    "Up" is its READY=1 on a notify socket of our own, as systemd would see it. Loading
+    the models takes seconds and many more on a machine busy with other tests: a fixed
+    sleep from the start let that eat the time a test meant the service to run (or
+    sent SIGTERM before the service had its handler)."""
+    folder = tempfile.mkdtemp(prefix="edge-notify-")  # short: unix socket paths are
+    path = os.path.join(folder, "notify")  # limited to 107 bytes
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)
+    manager.settimeout(0.2)
+    ready, done = threading.Event(), threading.Event()
+
+    def read_notifications():  # all of them, so the service never blocks on a full queue
+        while not done.is_set():
+            try:
+                if b"READY=1" in manager.recv(4096).split(b"\n"):
+                    ready.set()
+            except OSError:  # timeout, or closed at the end
+                continue
+
+    reader = threading.Thread(target=read_notifications, daemon=True)
+    reader.start()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {}), "NOTIFY_SOCKET": path},
+    )
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while not ready.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        if proc.poll() is None:  # an offline run may have ended by itself
+            time.sleep(seconds)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        done.set()
+        reader.join(timeout=2)
+        manager.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return out, err, proc.returncode
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """A private Mosquitto for the whole test session, on a free loopback port."""
@@ -93,6 +152,12 @@ BROWSER_FIXTURES = {"browser"}
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        # `make test` runs the suite on several pytest-xdist workers (most tests wait on
+        # brokers, outages and timeouts, not the CPU). The few that keep the cores busy
+        # share one worker (--dist loadgroup), so at most one of them at a time takes
+        # CPU from the tests that time a reconnect or a watchdog.
+        if item.get_closest_marker("cpu"):
+            item.add_marker(pytest.mark.xdist_group("cpu"))
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & BROKER_FIXTURES:
             item.add_marker(pytest.mark.broker)

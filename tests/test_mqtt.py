@@ -17,7 +17,7 @@ import pytest
 from edge.events import IntervalEvent
 
 from broker import Subscriber
-from conftest import ROOT, need
+from conftest import ROOT, need, run_service
 
 
 def store_id(tmp_path) -> str:
@@ -85,15 +85,12 @@ def stop(proc, timeout=15):
 
 
 def run_for(config, seconds, env=None):
-    """Run the service for a while, stop it with SIGTERM: (events, stderr)."""
-    proc = start(config, env=env)
-    try:
-        time.sleep(seconds)
-        events, err = stop(proc)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    return events, err
+    """Run the service for `seconds` once it is up, stop it with SIGTERM: (events, stderr)."""
+    out, err, status = run_service(
+        "--config", str(config), "run", "--jsonl", seconds=seconds, env=env
+    )
+    assert status == 0, err
+    return [json.loads(line) for line in out.splitlines()], err
 
 
 def run_to_end(config) -> tuple[str, str]:

@@ -1,9 +1,6 @@
 """Camera passwords never leave the box (issue 12 item 3): not in logs, command output,
 JSON lines, MQTT topics or payloads, whatever characters the password holds."""
 
-import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -13,7 +10,7 @@ import yaml
 from edge.redact import redact, redact_url, safe_name, without_credentials
 
 from broker import Subscriber, free_port
-from conftest import ROOT, run_edge
+from conftest import ROOT, run_edge, run_service
 
 # Every character that means something in a URL, between two markers: any fragment of
 # the password that gets through (raw, %-encoded, cut at a special character) carries
@@ -75,6 +72,7 @@ def test_every_source_form_is_masked_and_named_safely():
     assert safe_name("/media/entrance.mp4") == "entrance"
 
 
+@pytest.mark.cpu
 def test_no_command_or_topic_shows_a_password(tmp_path, broker):
     """Every command, with cameras whose URLs carry a password made of every URL-special
     character, and every message on the broker: no fragment of it anywhere."""
@@ -101,19 +99,7 @@ def test_no_command_or_topic_shows_a_password(tmp_path, broker):
     try:
 
         def service(name, *args, seconds=5.0):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "edge", *args],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                time.sleep(seconds)
-                proc.send_signal(signal.SIGTERM)
-                out, err = proc.communicate(timeout=20)
-            finally:
-                proc.kill()
+            out, err, _ = run_service(*args, seconds=seconds)
             outputs[name] = out + err
 
         service("run", "--config", str(config), "run")

