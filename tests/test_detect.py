@@ -57,7 +57,7 @@ def test_centerface_graph_loads_without_runtime_warnings():
     code = (
         "import logging, onnxruntime as ort; ort.set_default_logger_severity(1);"
         "from pathlib import Path; from edge.pipeline.detect import CenterFace;"
-        "d = CenterFace(Path('models/centerface.onnx'), ['cpu']); print(d.provider)"
+        "d = CenterFace(Path('models/centerface.onnx')); print(d.provider)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -102,7 +102,7 @@ def test_yunet_backend_agrees_with_centerface(analyzer, group_photo):
 def test_scrfd_backend_through_insightface_agrees_with_centerface(analyzer, group_photo):
     model = need("models/det_2.5g.onnx")
     frame = cv2.imread(str(group_photo))
-    faces = detect.SCRFD(model, ["cpu"])(frame)
+    faces = detect.SCRFD(model)(frame)
     assert len(faces) == 6
     assert matches(faces, analyzer.detector(frame)) == 6
     assert faces.landmarks.shape == (6, 5, 2)

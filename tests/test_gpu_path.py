@@ -237,7 +237,7 @@ def test_classifier_chips_preprocessing_matches_the_reference_formula(chips):
 @pytest.mark.parametrize("gpu", [runtime.GpuOptions(), ON_CPU], ids=["plain", "bucketed"])
 def test_detect_many_equals_single_calls(group_photo, gpu, monkeypatch):
     monkeypatch.setattr(detect, "CPU_CORES", 2)  # the plain CPU path as on a 2-core box
-    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], gpu=gpu)
+    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", runtime.Placement(gpu=gpu))
     frame = cv2.imread(str(group_photo))
     small = cv2.resize(frame, (frame.shape[1] // 3, frame.shape[0] // 3))  # another canvas size
     frames = [frame, frame, small, frame]

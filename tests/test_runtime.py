@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edge import config as config_mod
 from edge.inference import runtime
 from edge.pipeline import classify
 
@@ -34,6 +35,16 @@ def test_cpu_only_request_logs_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         assert runtime.choose_providers(("cpu",)) == ("CPUExecutionProvider",)
     assert caplog.records == []
+
+
+def test_placement_defaults_to_the_cpu_and_reads_the_runtime_section(tmp_path):
+    assert runtime.Placement() == runtime.Placement(("cpu",), 0, runtime.GpuOptions())
+    path = tmp_path / "config.yaml"
+    path.write_text("runtime:\n  providers: [cuda, cpu]\n  threads: 2\n  batch_buckets: [1, 8]\n")
+    config = config_mod.load(path)
+    placement = runtime.Placement.from_config(config)
+    assert placement.providers == ("cuda", "cpu") and placement.threads == 2
+    assert placement.gpu == runtime.GpuOptions.from_config(config)
 
 
 @pytest.mark.slow

@@ -249,7 +249,7 @@ def test_ids_are_random_per_run():
 @pytest.fixture(scope="module")
 def detector():
     # Below the service default (0.5) so the tracker's second pass sees weak faces.
-    return CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], score_threshold=0.1)
+    return CenterFace(ROOT / "models" / "centerface.onnx", score_threshold=0.1)
 
 
 def track_clip(path, detector) -> tuple[list[list], int]:

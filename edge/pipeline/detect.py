@@ -10,6 +10,7 @@ returning `Detections` in frame pixels with RetinaFace-order landmarks:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -128,13 +129,11 @@ class CenterFace:
     def __init__(
         self,
         model_path: Path,
-        providers,
-        threads: int = 0,
+        placement: runtime.Placement = runtime.Placement(),
         input_width: int = 640,
         score_threshold: float = 0.5,
         nms_iou: float = 0.3,
         min_face_px: int = 20,
-        gpu: runtime.GpuOptions = runtime.GpuOptions(),
     ):
         import onnx  # only needed at load, to rewrite the graph
 
@@ -142,9 +141,7 @@ class CenterFace:
             self._graph = _strip_initializer_inputs(onnx.load(str(model_path)))
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"{model_path}: not a loadable ONNX model: {exc}") from exc
-        self._providers = tuple(providers)
-        self._threads = threads
-        self._gpu = gpu
+        self._placement = placement
         self.input_width = input_width
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
@@ -162,7 +159,7 @@ class CenterFace:
         # The file's input dims are static (10x3x32x32); ORT plans best with
         # concrete spatial dims, so each canvas size gets its own rewritten graph,
         # with a free batch dim so cameras of one size share a run (detect_many).
-        threads = self._threads if threads is None else threads
+        threads = self._placement.threads if threads is None else threads
         runner = self._sessions.get((size, threads))
         if runner is None:
             w, h = size
@@ -177,17 +174,12 @@ class CenterFace:
                     "540": ("N", 10, h // 4, w // 4),
                 },
             )
-            sess = runtime.session(
-                graph.SerializeToString(),
-                self._providers,
-                threads,
-                label="centerface",
-                gpu=self._gpu,
-                batch_inputs={"input.1": (3, h, w)},
+            sess = dataclasses.replace(self._placement, threads=threads).session(
+                graph.SerializeToString(), "centerface", batch_inputs={"input.1": (3, h, w)}
             )
             if len(self._sessions) >= 4:  # frames of many sizes (analyze): keep a few
                 self._sessions.pop(next(iter(self._sessions)))
-            runner = runtime.BatchRunner(sess, self._gpu, self.OUTPUTS)
+            runner = runtime.BatchRunner(sess, self._placement.gpu, self.OUTPUTS)
             self._sessions[(size, threads)] = runner
         return runner
 
@@ -227,7 +219,7 @@ class CenterFace:
         (ONNX Runtime splits each layer, then waits for the slower half), so two frames
         on one core each finish sooner than the same two one after the other on both
         (docs/benchmarks.md). A thread count set in the config is left as it is."""
-        workers = min(len(frames), CPU_CORES) if self._threads == 0 else 1
+        workers = min(len(frames), CPU_CORES) if self._placement.threads == 0 else 1
         # A frame left over on its own (three frames on two cores) runs on all cores.
         alone = frames if workers < 2 else frames[len(frames) - len(frames) % workers :]
         side_by_side = frames[: len(frames) - len(alone)]
@@ -290,12 +282,13 @@ class CenterFace:
 
 
 class SCRFD(OneByOne):
-    """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input."""
+    """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input.
+    insightface builds the session itself: of the placement, only the providers apply."""
 
     def __init__(
         self,
         model_path: Path,
-        providers,
+        placement: runtime.Placement = runtime.Placement(),
         input_width: int = 640,
         score_threshold: float = 0.5,
         nms_iou: float = 0.3,
@@ -311,7 +304,7 @@ class SCRFD(OneByOne):
             warnings.simplefilter("ignore")
             from insightface.model_zoo import get_model
 
-            ort_providers = list(runtime.choose_providers(tuple(providers)))
+            ort_providers = list(runtime.choose_providers(placement.providers))
             model = get_model(str(model_path), providers=ort_providers)
         log.debug("insightface: %s", chatter.getvalue().strip())
         if model is None or not hasattr(model, "detect"):
@@ -381,18 +374,13 @@ def create(
         nms_iou=d.nms_iou,
         min_face_px=d.min_face_px,
     )
+    placement = runtime.Placement.from_config(config)  # YuNet runs on OpenCV: it has none
     if d.backend == "centerface":
-        return CenterFace(
-            model_paths["centerface"],
-            config.runtime.providers,
-            config.runtime.threads,
-            gpu=runtime.GpuOptions.from_config(config),
-            **common,
-        )
+        return CenterFace(model_paths["centerface"], placement, **common)
     # config validation requires detector.model for the other backends
     assert d.model is not None
     if d.backend == "scrfd":
-        return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
+        return SCRFD(config.resolve(d.model), placement, **common)
     return YuNet(config.resolve(d.model), **common)
 
 
