@@ -86,7 +86,7 @@ def test_insightface_genderage_backend_batches_and_reports_probabilities(
 
     path = tmp_path / "genderage.onnx"
     tiny_genderage(path)
-    backend = classify.InsightFaceGenderAge(path, ["cpu"])
+    backend = classify.InsightFaceGenderAge(path)
     frame = cv2.imread(str(group_photo))
     faces = analyzer.detector(frame)
     batch = backend(frame, faces)
@@ -102,7 +102,7 @@ def test_insightface_backend_without_its_file_says_so(tmp_path):
     from edge.errors import ModelError
 
     with pytest.raises(ModelError, match="classifier.model.*genderage.onnx you provide"):
-        classify.InsightFaceGenderAge(tmp_path / "genderage.onnx", ["cpu"])
+        classify.InsightFaceGenderAge(tmp_path / "genderage.onnx")
 
 
 def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, group_photo):
@@ -112,7 +112,7 @@ def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, gro
 
     path = tmp_path / "genderage.onnx"
     tiny_genderage(path)
-    member = classify.InsightFaceGenderAge(path, ["cpu"])
+    member = classify.InsightFaceGenderAge(path)
     ensemble = classify.Ensemble([member, member], ["insightface", "faceapi"])
     frame = cv2.imread(str(group_photo))
     faces = analyzer.detector(frame)
