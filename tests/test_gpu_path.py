@@ -241,8 +241,8 @@ def test_detect_many_equals_single_calls(group_photo, gpu, monkeypatch):
     small = cv2.resize(frame, (frame.shape[1] // 3, frame.shape[0] // 3))  # another canvas size
     frames = [frame, frame, small, frame]
     singles = [detector(f) for f in frames]
-    size = detect.input_size(frame.shape[1], frame.shape[0], detector.input_width)
-    small_size = detect.input_size(small.shape[1], small.shape[0], detector.input_width)
+    size = detect.input_size(frame.shape[1], frame.shape[0], detector.settings.input_width)
+    small_size = detect.input_size(small.shape[1], small.shape[0], detector.settings.input_width)
     if gpu.force_device is None:
         detector._runner(size, threads=1)
         all_cores, one_core = record(detector._sessions[(size, 0)], detector._sessions[(size, 1)])

@@ -35,7 +35,7 @@ def main() -> None:
 
     detector = detect.CenterFace(ROOT / "models" / "centerface.onnx")
     frames = load_frames(str(CLIP), (1280, 720))
-    size = detect.input_size(1280, 720, detector.input_width)
+    size = detect.input_size(1280, 720, detector.settings.input_width)
     all_cores, one_core = detector._runner(size), detector._runner(size, threads=1)
     pool = ThreadPoolExecutor(detect.CPU_CORES)
 
