@@ -222,18 +222,30 @@ def test_calibration_is_monotone_and_hits_its_knots():
     assert mapped[0] == pytest.approx(0.25, abs=0.01) and mapped[-1] == 80
 
 
+def test_chip_settings_read_the_classifier_section(config):
+    c = dataclasses.replace(
+        config.classifier, child_below=16, old_from=65, flip_tta=False, exposure_floor=70
+    )
+    settings = classify.ChipSettings.from_config(dataclasses.replace(config, classifier=c))
+    assert settings == classify.ChipSettings(16, 65, False, c.calibrated, 70)
+
+
 def test_uncalibrated_mode_reports_raw_model_ages(config):
     from edge.inference import modelstore
 
     models = config.resolve(config.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models), models)
-    raw = classify.CydralAgeGender(paths["age"], paths["gender"], ["cpu"], calibrated=False)
+    raw = classify.CydralAgeGender(
+        paths["age"], paths["gender"], settings=classify.ChipSettings(calibrated=False)
+    )
     np.testing.assert_array_equal(raw.bin_ages, classify.AGE_BINS)
     # a distribution all on the 55-year bin: raw says adult, calibrated says old
     probs = np.zeros((1, 81), np.float32)
     probs[0, 55] = 1
     assert raw.demographics(probs, np.array([0.5])).age_classes == ["adult"]
-    cal = classify.CydralAgeGender(paths["age"], paths["gender"], ["cpu"], calibrated=True)
+    cal = classify.CydralAgeGender(
+        paths["age"], paths["gender"], settings=classify.ChipSettings(calibrated=True)
+    )
     assert cal.demographics(probs, np.array([0.5])).age_classes == ["old"]
 
 

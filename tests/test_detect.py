@@ -45,6 +45,18 @@ def test_input_size_is_multiple_of_32_and_never_upscales():
     assert w % 32 == 0 and h % 32 == 0
 
 
+def test_detector_settings_read_the_detector_section_and_size_the_canvas(config):
+    d = config.detector
+    settings = detect.DetectorSettings.from_config(config)
+    assert settings == detect.DetectorSettings(
+        d.input_width, d.score_threshold, d.nms_iou, d.min_face_px
+    )
+    assert detect.DetectorSettings.from_config(config, 0.1).score_threshold == 0.1
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    assert settings.canvas(frame) == detect.input_size(1280, 720, d.input_width)
+    assert settings.canvas(frame, 320) == detect.input_size(1280, 720, 320)
+
+
 def test_letterbox_keeps_aspect_and_scale():
     frame = np.full((100, 200, 3), 255, np.uint8)
     canvas, scale = detect.letterbox(frame, (128, 96))
@@ -57,7 +69,7 @@ def test_centerface_graph_loads_without_runtime_warnings():
     code = (
         "import logging, onnxruntime as ort; ort.set_default_logger_severity(1);"
         "from pathlib import Path; from edge.pipeline.detect import CenterFace;"
-        "d = CenterFace(Path('models/centerface.onnx'), ['cpu']); print(d.provider)"
+        "d = CenterFace(Path('models/centerface.onnx')); print(d.provider)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -102,7 +114,7 @@ def test_yunet_backend_agrees_with_centerface(analyzer, group_photo):
 def test_scrfd_backend_through_insightface_agrees_with_centerface(analyzer, group_photo):
     model = need("models/det_2.5g.onnx")
     frame = cv2.imread(str(group_photo))
-    faces = detect.SCRFD(model, ["cpu"])(frame)
+    faces = detect.SCRFD(model)(frame)
     assert len(faces) == 6
     assert matches(faces, analyzer.detector(frame)) == 6
     assert faces.landmarks.shape == (6, 5, 2)

@@ -158,15 +158,15 @@ def photo(analyzer, group_photo):
 def chips(model_paths, photo):
     """Age and gender chips of the six faces of the group photo."""
     frame, faces = photo
-    cydral = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], ["cpu"])
+    cydral = classify.CydralAgeGender(model_paths["age"], model_paths["gender"])
     return cydral.chips([frame], [faces])
 
 
 @pytest.mark.slow
 def test_faceapi_bucketed_batches_equal_per_face_results(model_paths, photo):
     frame, faces = photo
-    plain = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"])
-    bucketed = classify.FaceApiAgeGender(model_paths["faceapi"], ["cpu"], gpu=ON_CPU)
+    plain = classify.FaceApiAgeGender(model_paths["faceapi"])
+    bucketed = classify.FaceApiAgeGender(model_paths["faceapi"], runtime.Placement(gpu=ON_CPU))
     (chips,) = plain.chips([frame], [faces])
     singles = [plain.classify_chips(chips[i : i + 1]) for i in range(len(chips))]
     (sess,) = record(bucketed._runner)
@@ -188,11 +188,10 @@ def assert_rows_match(batch, singles, index, atol=1e-4):
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_bucketed_batches_equal_per_face_results(model_paths, chips, flip_tta):
     age, gender = chips
-    plain = classify.CydralAgeGender(
-        model_paths["age"], model_paths["gender"], ["cpu"], flip_tta=flip_tta
-    )
+    settings = classify.ChipSettings(flip_tta=flip_tta)
+    plain = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], settings=settings)
     bucketed = classify.CydralAgeGender(
-        model_paths["age"], model_paths["gender"], ["cpu"], flip_tta=flip_tta, gpu=ON_CPU
+        model_paths["age"], model_paths["gender"], runtime.Placement(gpu=ON_CPU), settings
     )
     singles = [plain.classify_chips(age[i : i + 1], gender[i : i + 1]) for i in range(len(age))]
     sessions = record(bucketed._age, bucketed._gender)
@@ -212,7 +211,7 @@ def test_binding_path_and_plain_path_give_identical_results(model_paths, chips):
     index = np.arange(16) % len(age)  # 32 rows with flip TTA: padded to the 64 bucket
     results = [
         classify.CydralAgeGender(
-            model_paths["age"], model_paths["gender"], ["cpu"], gpu=gpu
+            model_paths["age"], model_paths["gender"], runtime.Placement(gpu=gpu)
         ).classify_chips(age[index], gender[index])
         for gpu in (runtime.GpuOptions(), ON_CPU)
     ]
@@ -237,13 +236,13 @@ def test_classifier_chips_preprocessing_matches_the_reference_formula(chips):
 @pytest.mark.parametrize("gpu", [runtime.GpuOptions(), ON_CPU], ids=["plain", "bucketed"])
 def test_detect_many_equals_single_calls(group_photo, gpu, monkeypatch):
     monkeypatch.setattr(detect, "CPU_CORES", 2)  # the plain CPU path as on a 2-core box
-    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], gpu=gpu)
+    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", runtime.Placement(gpu=gpu))
     frame = cv2.imread(str(group_photo))
     small = cv2.resize(frame, (frame.shape[1] // 3, frame.shape[0] // 3))  # another canvas size
     frames = [frame, frame, small, frame]
     singles = [detector(f) for f in frames]
-    size = detect.input_size(frame.shape[1], frame.shape[0], detector.input_width)
-    small_size = detect.input_size(small.shape[1], small.shape[0], detector.input_width)
+    size = detect.input_size(frame.shape[1], frame.shape[0], detector.settings.input_width)
+    small_size = detect.input_size(small.shape[1], small.shape[0], detector.settings.input_width)
     if gpu.force_device is None:
         detector._runner(size, threads=1)
         all_cores, one_core = record(detector._sessions[(size, 0)], detector._sessions[(size, 1)])

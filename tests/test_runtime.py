@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edge import config as config_mod
 from edge.inference import runtime
 from edge.pipeline import classify
 
@@ -34,6 +35,16 @@ def test_cpu_only_request_logs_nothing(caplog):
     with caplog.at_level(logging.WARNING, logger="edge.inference.runtime"):
         assert runtime.choose_providers(("cpu",)) == ("CPUExecutionProvider",)
     assert caplog.records == []
+
+
+def test_placement_defaults_to_the_cpu_and_reads_the_runtime_section(tmp_path):
+    assert runtime.Placement() == runtime.Placement(("cpu",), 0, runtime.GpuOptions())
+    path = tmp_path / "config.yaml"
+    path.write_text("runtime:\n  providers: [cuda, cpu]\n  threads: 2\n  batch_buckets: [1, 8]\n")
+    config = config_mod.load(path)
+    placement = runtime.Placement.from_config(config)
+    assert placement.providers == ("cuda", "cpu") and placement.threads == 2
+    assert placement.gpu == runtime.GpuOptions.from_config(config)
 
 
 @pytest.mark.slow
@@ -75,7 +86,7 @@ def test_insightface_genderage_backend_batches_and_reports_probabilities(
 
     path = tmp_path / "genderage.onnx"
     tiny_genderage(path)
-    backend = classify.InsightFaceGenderAge(path, ["cpu"])
+    backend = classify.InsightFaceGenderAge(path)
     frame = cv2.imread(str(group_photo))
     faces = analyzer.detector(frame)
     batch = backend(frame, faces)
@@ -91,7 +102,7 @@ def test_insightface_backend_without_its_file_says_so(tmp_path):
     from edge.errors import ModelError
 
     with pytest.raises(ModelError, match="classifier.model.*genderage.onnx you provide"):
-        classify.InsightFaceGenderAge(tmp_path / "genderage.onnx", ["cpu"])
+        classify.InsightFaceGenderAge(tmp_path / "genderage.onnx")
 
 
 def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, group_photo):
@@ -101,7 +112,7 @@ def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, gro
 
     path = tmp_path / "genderage.onnx"
     tiny_genderage(path)
-    member = classify.InsightFaceGenderAge(path, ["cpu"])
+    member = classify.InsightFaceGenderAge(path)
     ensemble = classify.Ensemble([member, member], ["insightface", "faceapi"])
     frame = cv2.imread(str(group_photo))
     faces = analyzer.detector(frame)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edge.config import TrackerConfig
-from edge.pipeline.detect import CenterFace
+from edge.pipeline.detect import CenterFace, DetectorSettings
 from edge.pipeline.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
 from edge.records import Detections
 
@@ -249,7 +249,9 @@ def test_ids_are_random_per_run():
 @pytest.fixture(scope="module")
 def detector():
     # Below the service default (0.5) so the tracker's second pass sees weak faces.
-    return CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"], score_threshold=0.1)
+    return CenterFace(
+        ROOT / "models" / "centerface.onnx", settings=DetectorSettings(score_threshold=0.1)
+    )
 
 
 def track_clip(path, detector) -> tuple[list[list], int]:

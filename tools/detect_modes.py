@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, nargs="+", default=[2, 4, 8])
     args = parser.parse_args()
 
-    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx", ["cpu"])
+    detector = detect.CenterFace(ROOT / "models" / "centerface.onnx")
     frames = load_frames(str(CLIP), (1280, 720))
-    size = detect.input_size(1280, 720, detector.input_width)
+    size = detect.input_size(1280, 720, detector.settings.input_width)
     all_cores, one_core = detector._runner(size), detector._runner(size, threads=1)
     pool = ThreadPoolExecutor(detect.CPU_CORES)
 

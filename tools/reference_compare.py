@@ -51,12 +51,13 @@ def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
     from edge import config as config_mod
     from edge.commands.evaluate import age_class, load_padded, read_labels
     from edge.inference import modelstore
-    from edge.pipeline.classify import AGE_BINS, CydralAgeGender
+    from edge.pipeline.classify import AGE_BINS, ChipSettings, CydralAgeGender
 
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models_dir), models_dir)
-    ours = CydralAgeGender(paths["age"], paths["gender"], ["cpu"], flip_tta=False, calibrated=False)
+    raw = ChipSettings(flip_tta=False, calibrated=False)
+    ours = CydralAgeGender(paths["age"], paths["gender"], settings=raw)
     faces = {r["file"]: r for r in json.loads(Path(faces_json).read_text())}
     ref = {r["file"]: r for r in json.loads(Path(ref_json).read_text())}
     rows = []

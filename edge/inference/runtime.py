@@ -65,6 +65,36 @@ class GpuOptions:
         return cls(tuple(r.batch_buckets), cache, r.trt_fp16)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's sessions run: ONNX Runtime providers in order of preference,
+    CPU threads per session (0 = ONNX Runtime decides), GpuOptions. `Placement()` is
+    the CPU with ONNX Runtime's own thread count."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int = 0
+    gpu: GpuOptions = GpuOptions()
+
+    def __post_init__(self):
+        object.__setattr__(self, "providers", tuple(self.providers))  # a list from a caller
+
+    @classmethod
+    def from_config(cls, config: Config) -> Placement:
+        r = config.runtime
+        return cls(tuple(r.providers), r.threads, GpuOptions.from_config(config))
+
+    def session(
+        self,
+        model: Path | bytes,
+        label: str,
+        batch_inputs: dict[str, tuple[int, ...]] | None = None,
+    ) -> ort.InferenceSession:
+        """`session` on these providers, with this thread count and these GPU options."""
+        return session(
+            model, self.providers, self.threads, label, gpu=self.gpu, batch_inputs=batch_inputs
+        )
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_probe() -> tuple[int, str]:
     """(number of CUDA devices, reason when none) from the driver API."""

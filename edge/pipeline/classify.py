@@ -96,6 +96,24 @@ def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np
     return np.stack([child, ~child & ~old, old]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ChipSettings:
+    """The config's classifier settings the chip backends share: age classes (child
+    below `child_below`, old from `old_from`), flip TTA, calibration, and the exposure
+    floor (0: chips are not brightened)."""
+
+    child_below: float = 18
+    old_from: float = 60
+    flip_tta: bool = True
+    calibrated: bool = True
+    exposure_floor: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> ChipSettings:
+        c = config.classifier
+        return cls(c.child_below, c.old_from, c.flip_tta, c.calibrated, c.exposure_floor)
+
+
 class ChipBackend:
     """What every classifier backend shares: faces of one frame, or of several frames
     (cameras) in one model call per network, cut into the backend's own chips
@@ -128,14 +146,9 @@ class CydralAgeGender(ChipBackend):
         self,
         age_model: Path,
         gender_model: Path,
-        providers,
-        threads: int = 0,
-        child_below: float = 18,
-        old_from: float = 60,
-        flip_tta: bool = True,
-        calibrated: bool = True,
-        exposure_floor: float = 0.0,
-        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+        placement: runtime.Placement = runtime.Placement(),
+        settings: ChipSettings = ChipSettings(),
+        *,
         gender_threshold: bool = True,
     ):
         runners = []
@@ -143,27 +156,19 @@ class CydralAgeGender(ChipBackend):
             (age_model, self.AGE_SIZE, "age"),
             (gender_model, self.GENDER_SIZE, "gender"),
         ):
-            sess = runtime.session(
-                path,
-                tuple(providers),
-                threads,
-                label=label,
-                gpu=gpu,
-                batch_inputs={"images": (3, size, size)},
-            )
+            sess = placement.session(path, label, batch_inputs={"images": (3, size, size)})
             shape = sess.get_inputs()[0].shape
             if list(shape[1:]) != [3, size, size]:
                 raise ModelError(f"{path}: input shape {shape}, expected [N, 3, {size}, {size}]")
-            runners.append(runtime.BatchRunner(sess, gpu))
+            runners.append(runtime.BatchRunner(sess, placement.gpu))
         self._age, self._gender = runners
-        self.flip_tta = flip_tta
-        self.exposure_floor = exposure_floor
-        calibration = AGE_CALIBRATION if calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
+        self.settings = s = settings
+        calibration = AGE_CALIBRATION if s.calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
-        self._masks = class_masks(self.bin_ages, child_below, old_from)
+        self._masks = class_masks(self.bin_ages, s.child_below, s.old_from)
         # gender_threshold: False for an ensemble member (CYDRAL_MALE_THRESHOLD).
         self._gender_calibration = RegressionCalibration(
-            male_threshold=CYDRAL_MALE_THRESHOLD if calibrated and gender_threshold else 0.5
+            male_threshold=CYDRAL_MALE_THRESHOLD if s.calibrated and gender_threshold else 0.5
         )
         self.provider = runtime.active_provider(self._age.sess)
 
@@ -181,7 +186,7 @@ class CydralAgeGender(ChipBackend):
         return tuple(
             lift_exposure(
                 np.concatenate([face_chips(frame, lm, size) for frame, lm in pairs]),
-                self.exposure_floor,
+                self.settings.exposure_floor,
             )
             for size in (self.AGE_SIZE, self.GENDER_SIZE)
         )
@@ -202,8 +207,8 @@ class CydralAgeGender(ChipBackend):
 
     def _run(self, runner: runtime.BatchRunner, chips_bgr: np.ndarray) -> np.ndarray:
         """One inference call for all chips (and their mirrors with flip TTA)."""
-        probs = runner(chip_tensor(chips_bgr, self.flip_tta))[0]
-        if self.flip_tta:
+        probs = runner(chip_tensor(chips_bgr, self.settings.flip_tta))[0]
+        if self.settings.flip_tta:
             n = len(chips_bgr)
             probs = (probs[:n] + probs[n:]) / 2
         return probs
@@ -312,33 +317,22 @@ class FaceApiAgeGender(ChipBackend):
     def __init__(
         self,
         model: Path,
-        providers,
-        threads: int = 0,
-        child_below: float = 18,
-        old_from: float = 60,
-        flip_tta: bool = True,
-        calibrated: bool = True,
-        exposure_floor: float = 0.0,
-        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+        placement: runtime.Placement = runtime.Placement(),
+        settings: ChipSettings = ChipSettings(),
     ):
-        sess = runtime.session(
-            model,
-            tuple(providers),
-            threads,
-            label="faceapi",
-            gpu=gpu,
-            batch_inputs={faceapi.INPUT_NAME: (3, self.SIZE, self.SIZE)},
+        sess = placement.session(
+            model, "faceapi", batch_inputs={faceapi.INPUT_NAME: (3, self.SIZE, self.SIZE)}
         )
         shape = sess.get_inputs()[0].shape
         if list(shape[1:]) != [3, self.SIZE, self.SIZE]:
             raise ModelError(
                 f"{model}: input shape {shape}, expected [N, 3, {self.SIZE}, {self.SIZE}]"
             )
-        self._runner = runtime.BatchRunner(sess, gpu, (faceapi.AGE_OUTPUT, faceapi.GENDER_OUTPUT))
-        self.flip_tta = flip_tta
-        self.exposure_floor = exposure_floor
-        self.child_below, self.old_from = child_below, old_from
-        self.calibration = FACEAPI_CALIBRATION if calibrated else RegressionCalibration()
+        self._runner = runtime.BatchRunner(
+            sess, placement.gpu, (faceapi.AGE_OUTPUT, faceapi.GENDER_OUTPUT)
+        )
+        self.settings = settings
+        self.calibration = FACEAPI_CALIBRATION if settings.calibrated else RegressionCalibration()
         self.provider = runtime.active_provider(sess)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
@@ -350,16 +344,16 @@ class FaceApiAgeGender(ChipBackend):
                 for points in f.landmarks
             ]
         )
-        return (lift_exposure_rgb(chips, self.exposure_floor),)
+        return (lift_exposure_rgb(chips, self.settings.exposure_floor),)
 
     def raw(self, chips_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network's (age, P(male)) per chip, averaged with the mirror under flip TTA."""
         tensor = chips_rgb.transpose(0, 3, 1, 2)
-        if self.flip_tta:
+        if self.settings.flip_tta:
             tensor = np.concatenate([tensor, tensor[..., ::-1]])
         age, gender = self._runner(np.ascontiguousarray(tensor, np.float32))
         male = gender[:, 0]
-        if self.flip_tta:
+        if self.settings.flip_tta:
             n = len(chips_rgb)
             age, male = (age[:n] + age[n:]) / 2, (male[:n] + male[n:]) / 2
         return age, male
@@ -369,9 +363,10 @@ class FaceApiAgeGender(ChipBackend):
 
     def demographics(self, raw_ages: np.ndarray, raw_male: np.ndarray) -> Demographics:
         ages = self.calibration.ages(raw_ages)
+        s = self.settings
         return Demographics(
             ages.astype(np.float32),
-            self.calibration.class_probs(ages, self.child_below, self.old_from).astype(np.float32),
+            self.calibration.class_probs(ages, s.child_below, s.old_from).astype(np.float32),
             self.calibration.male_probs(raw_male).astype(np.float32),
         )
 
@@ -489,11 +484,8 @@ class InsightFaceGenderAge(ChipBackend):
     def __init__(
         self,
         model: Path,
-        providers,
-        threads: int = 0,
-        child_below: float = 18,
-        old_from: float = 60,
-        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+        placement: runtime.Placement = runtime.Placement(),
+        settings: ChipSettings = ChipSettings(),
     ):
         if not Path(model).is_file():
             raise ModelError(
@@ -501,12 +493,13 @@ class InsightFaceGenderAge(ChipBackend):
                 f"the insightface backend uses a genderage.onnx you provide"
             )
         # Its input size is read from the file after loading, so no TensorRT profile.
-        sess = runtime.session(model, tuple(providers), threads, label="genderage", gpu=gpu)
+        sess = placement.session(model, "genderage")
         shape = sess.get_inputs()[0].shape
         self.size = int(shape[2]) if isinstance(shape[2], int) else 96
-        self._runner = runtime.BatchRunner(sess, gpu)
+        self._runner = runtime.BatchRunner(sess, placement.gpu)
         self._years = np.arange(0, 101, dtype=np.float64)
-        self._masks = class_masks(self._years, child_below, old_from)
+        # Of the settings only the age classes apply: no flip TTA, calibration or floor.
+        self._masks = class_masks(self._years, settings.child_below, settings.old_from)
         self.provider = runtime.active_provider(sess)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
@@ -592,41 +585,19 @@ def create(config: Config, model_paths: dict[str, Path]):
 
 
 def _create(config: Config, backend: str, model_paths: dict[str, Path], member: bool = False):
-    c = config.classifier
-    gpu = runtime.GpuOptions.from_config(config)
+    placement = runtime.Placement.from_config(config)
+    settings = ChipSettings.from_config(config)
     if backend == "cydral":
         return CydralAgeGender(
             model_paths["age"],
             model_paths["gender"],
-            config.runtime.providers,
-            config.runtime.threads,
-            c.child_below,
-            c.old_from,
-            c.flip_tta,
-            c.calibrated,
-            c.exposure_floor,
-            gpu=gpu,
+            placement,
+            settings,
             gender_threshold=not member,
         )
     if backend == "faceapi":
-        return FaceApiAgeGender(
-            model_paths["faceapi"],
-            config.runtime.providers,
-            config.runtime.threads,
-            c.child_below,
-            c.old_from,
-            c.flip_tta,
-            c.calibrated,
-            c.exposure_floor,
-            gpu=gpu,
-        )
+        return FaceApiAgeGender(model_paths["faceapi"], placement, settings)
     # config validation requires classifier.model for insightface (alone or a member)
-    assert c.model is not None
-    return InsightFaceGenderAge(
-        config.resolve(c.model),
-        config.runtime.providers,
-        config.runtime.threads,
-        c.child_below,
-        c.old_from,
-        gpu=gpu,
-    )
+    model = config.classifier.model
+    assert model is not None
+    return InsightFaceGenderAge(config.resolve(model), placement, settings)

@@ -10,14 +10,16 @@ returning `Detections` in frame pixels with RetinaFace-order landmarks:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -98,20 +100,41 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, np.int64).reshape(-1)
 
 
+@dataclass(frozen=True)
+class DetectorSettings:
+    """The config's detector settings every backend shares: the detection width (a
+    camera may ask for another per call), score threshold, NMS IoU, smallest face kept."""
+
+    input_width: int = 640
+    score_threshold: float = 0.5
+    nms_iou: float = 0.3
+    min_face_px: int = 20
+
+    @classmethod
+    def from_config(cls, config: Config, score_threshold: float | None = None) -> DetectorSettings:
+        """`score_threshold`, when given, in place of the config's."""
+        d = config.detector
+        threshold = d.score_threshold if score_threshold is None else score_threshold
+        return cls(d.input_width, threshold, d.nms_iou, d.min_face_px)
+
+    def canvas(self, frame: np.ndarray, width: int | None = None) -> tuple[int, int]:
+        """The detector canvas (w, h) for `frame` at `width`, by default `input_width`."""
+        return input_size(frame.shape[1], frame.shape[0], width or self.input_width)
+
+
 def finish(
     boxes: np.ndarray,
     scores: np.ndarray,
     landmarks: np.ndarray,
     frame_shape,
-    nms_iou: float,
-    min_face_px: int,
+    settings: DetectorSettings,
 ) -> Detections:
     """Shared tail of every backend: NMS, clip to frame, drop tiny faces, sort by score."""
-    keep = nms(boxes, scores, nms_iou)
+    keep = nms(boxes, scores, settings.nms_iou)
     boxes, scores, landmarks = boxes[keep], scores[keep], landmarks[keep]
     h, w = frame_shape[:2]
     boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-    big = (boxes[:, 2] - boxes[:, 0]) >= min_face_px
+    big = (boxes[:, 2] - boxes[:, 0]) >= settings.min_face_px
     order = np.argsort(-scores[big], kind="stable")
     return Detections(
         boxes[big][order],
@@ -128,13 +151,8 @@ class CenterFace:
     def __init__(
         self,
         model_path: Path,
-        providers,
-        threads: int = 0,
-        input_width: int = 640,
-        score_threshold: float = 0.5,
-        nms_iou: float = 0.3,
-        min_face_px: int = 20,
-        gpu: runtime.GpuOptions = runtime.GpuOptions(),
+        placement: runtime.Placement = runtime.Placement(),
+        settings: DetectorSettings = DetectorSettings(),
     ):
         import onnx  # only needed at load, to rewrite the graph
 
@@ -142,27 +160,22 @@ class CenterFace:
             self._graph = _strip_initializer_inputs(onnx.load(str(model_path)))
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"{model_path}: not a loadable ONNX model: {exc}") from exc
-        self._providers = tuple(providers)
-        self._threads = threads
-        self._gpu = gpu
-        self.input_width = input_width
-        self.score_threshold = score_threshold
-        self.nms_iou = nms_iou
-        self.min_face_px = min_face_px
+        self._placement = placement
+        self.settings = settings
         # Per canvas size and thread count (the CPU's side-by-side path uses one thread).
         self._sessions: dict[tuple[tuple[int, int], int], runtime.BatchRunner] = {}
         self._pool: ThreadPoolExecutor | None = None
         # Build the session for a 720p camera now: fails fast on a bad model and
         # is the size the service will use.
         self.provider = runtime.active_provider(
-            self._runner(input_size(1280, 720, input_width)).sess
+            self._runner(input_size(1280, 720, settings.input_width)).sess
         )
 
     def _runner(self, size: tuple[int, int], threads: int | None = None) -> runtime.BatchRunner:
         # The file's input dims are static (10x3x32x32); ORT plans best with
         # concrete spatial dims, so each canvas size gets its own rewritten graph,
         # with a free batch dim so cameras of one size share a run (detect_many).
-        threads = self._threads if threads is None else threads
+        threads = self._placement.threads if threads is None else threads
         runner = self._sessions.get((size, threads))
         if runner is None:
             w, h = size
@@ -177,17 +190,12 @@ class CenterFace:
                     "540": ("N", 10, h // 4, w // 4),
                 },
             )
-            sess = runtime.session(
-                graph.SerializeToString(),
-                self._providers,
-                threads,
-                label="centerface",
-                gpu=self._gpu,
-                batch_inputs={"input.1": (3, h, w)},
+            sess = dataclasses.replace(self._placement, threads=threads).session(
+                graph.SerializeToString(), "centerface", batch_inputs={"input.1": (3, h, w)}
             )
             if len(self._sessions) >= 4:  # frames of many sizes (analyze): keep a few
                 self._sessions.pop(next(iter(self._sessions)))
-            runner = runtime.BatchRunner(sess, self._gpu, self.OUTPUTS)
+            runner = runtime.BatchRunner(sess, self._placement.gpu, self.OUTPUTS)
             self._sessions[(size, threads)] = runner
         return runner
 
@@ -204,10 +212,7 @@ class CenterFace:
     ) -> list[Detections]:
         """Faces in several frames (one per camera, each with its detection width)."""
         widths = widths or [None] * len(frames)
-        sizes = [
-            input_size(f.shape[1], f.shape[0], w or self.input_width)
-            for f, w in zip(frames, widths, strict=False)
-        ]
+        sizes = [self.settings.canvas(f, w) for f, w in zip(frames, widths, strict=False)]
         results: list[Detections] = [Detections.empty()] * len(frames)
         for size in dict.fromkeys(sizes):
             same = [i for i, s in enumerate(sizes) if s == size]
@@ -227,7 +232,7 @@ class CenterFace:
         (ONNX Runtime splits each layer, then waits for the slower half), so two frames
         on one core each finish sooner than the same two one after the other on both
         (docs/benchmarks.md). A thread count set in the config is left as it is."""
-        workers = min(len(frames), CPU_CORES) if self._threads == 0 else 1
+        workers = min(len(frames), CPU_CORES) if self._placement.threads == 0 else 1
         # A frame left over on its own (three frames on two cores) runs on all cores.
         alone = frames if workers < 2 else frames[len(frames) - len(frames) % workers :]
         side_by_side = frames[: len(frames) - len(alone)]
@@ -253,17 +258,10 @@ class CenterFace:
         for k, (frame, scale) in enumerate(zip(frames, scales, strict=False)):
             one = slice(k, k + 1)
             boxes, scores, landmarks = self.decode(
-                heat[one], box_sizes[one], offsets[one], marks[one], self.score_threshold
+                heat[one], box_sizes[one], offsets[one], marks[one], self.settings.score_threshold
             )
             results.append(
-                finish(
-                    boxes / scale,
-                    scores,
-                    landmarks / scale,
-                    frame.shape,
-                    self.nms_iou,
-                    self.min_face_px,
-                )
+                finish(boxes / scale, scores, landmarks / scale, frame.shape, self.settings)
             )
         return results
 
@@ -290,16 +288,14 @@ class CenterFace:
 
 
 class SCRFD(OneByOne):
-    """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input."""
+    """InsightFace SCRFD (or RetinaFace) through insightface.model_zoo; BGR input.
+    insightface builds the session itself: of the placement, only the providers apply."""
 
     def __init__(
         self,
         model_path: Path,
-        providers,
-        input_width: int = 640,
-        score_threshold: float = 0.5,
-        nms_iou: float = 0.3,
-        min_face_px: int = 20,
+        placement: runtime.Placement = runtime.Placement(),
+        settings: DetectorSettings = DetectorSettings(),
     ):
         _require_file(model_path, "detector.model")
         # insightface is a heavy import, only for this backend. Its albumentations
@@ -311,24 +307,21 @@ class SCRFD(OneByOne):
             warnings.simplefilter("ignore")
             from insightface.model_zoo import get_model
 
-            ort_providers = list(runtime.choose_providers(tuple(providers)))
+            ort_providers = list(runtime.choose_providers(placement.providers))
             model = get_model(str(model_path), providers=ort_providers)
         log.debug("insightface: %s", chatter.getvalue().strip())
         if model is None or not hasattr(model, "detect"):
             raise ModelError(f"{model_path}: insightface does not recognise it as a detector")
-        model.prepare(ctx_id=0, det_thresh=score_threshold, nms_thresh=nms_iou)
+        model.prepare(ctx_id=0, det_thresh=settings.score_threshold, nms_thresh=settings.nms_iou)
         self._model = model
-        self.input_width = input_width
-        self.nms_iou = nms_iou
-        self.min_face_px = min_face_px
+        self.settings = settings
         self.provider = runtime.active_provider(model.session)
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
-        dets, kps = self._model.detect(frame, input_size=size)
+        dets, kps = self._model.detect(frame, input_size=self.settings.canvas(frame, width))
         if kps is None:
             raise ModelError("the SCRFD model has no keypoint outputs; a 5-point model is needed")
-        return finish(dets[:, :4], dets[:, 4], kps, frame.shape, self.nms_iou, self.min_face_px)
+        return finish(dets[:, :4], dets[:, 4], kps, frame.shape, self.settings)
 
 
 class YuNet(OneByOne):
@@ -336,29 +329,20 @@ class YuNet(OneByOne):
 
     provider = "cpu (opencv)"
 
-    def __init__(
-        self,
-        model_path: Path,
-        input_width: int = 640,
-        score_threshold: float = 0.5,
-        nms_iou: float = 0.3,
-        min_face_px: int = 20,
-    ):
+    def __init__(self, model_path: Path, settings: DetectorSettings = DetectorSettings()):
         _require_file(model_path, "detector.model")
         # OpenCV 5 warns on every create that its new engine ignores targets.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         try:
             self._net = cv2.FaceDetectorYN.create(
-                str(model_path), "", (320, 320), score_threshold, nms_iou, 5000
+                str(model_path), "", (320, 320), settings.score_threshold, settings.nms_iou, 5000
             )
         except cv2.error as exc:
             raise ModelError(f"{model_path}: OpenCV cannot load it as YuNet: {exc}") from exc
-        self.input_width = input_width
-        self.nms_iou = nms_iou
-        self.min_face_px = min_face_px
+        self.settings = settings
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
-        size = input_size(frame.shape[1], frame.shape[0], width or self.input_width)
+        size = self.settings.canvas(frame, width)
         canvas, scale = letterbox(frame, size)
         self._net.setInputSize(size)
         _, faces = self._net.detect(canvas)
@@ -366,7 +350,7 @@ class YuNet(OneByOne):
             return Detections.empty()
         boxes = np.column_stack([faces[:, :2], faces[:, :2] + faces[:, 2:4]]) / scale
         landmarks = faces[:, 4:14].reshape(-1, 5, 2) / scale
-        return finish(boxes, faces[:, 14], landmarks, frame.shape, self.nms_iou, self.min_face_px)
+        return finish(boxes, faces[:, 14], landmarks, frame.shape, self.settings)
 
 
 def create(
@@ -374,26 +358,15 @@ def create(
 ) -> FaceDetector:
     """The detector the config asks for (optionally with another score threshold)."""
     d = config.detector
-    threshold = d.score_threshold if score_threshold is None else score_threshold
-    common: dict[str, Any] = dict(
-        input_width=d.input_width,
-        score_threshold=threshold,
-        nms_iou=d.nms_iou,
-        min_face_px=d.min_face_px,
-    )
+    settings = DetectorSettings.from_config(config, score_threshold)
+    placement = runtime.Placement.from_config(config)  # YuNet runs on OpenCV: it has none
     if d.backend == "centerface":
-        return CenterFace(
-            model_paths["centerface"],
-            config.runtime.providers,
-            config.runtime.threads,
-            gpu=runtime.GpuOptions.from_config(config),
-            **common,
-        )
+        return CenterFace(model_paths["centerface"], placement, settings)
     # config validation requires detector.model for the other backends
     assert d.model is not None
     if d.backend == "scrfd":
-        return SCRFD(config.resolve(d.model), config.runtime.providers, **common)
-    return YuNet(config.resolve(d.model), **common)
+        return SCRFD(config.resolve(d.model), placement, settings)
+    return YuNet(config.resolve(d.model), settings)
 
 
 def _require_file(path: Path, key: str) -> None:
