@@ -235,7 +235,7 @@ class CameraConfig:
         high=60,
     )
     tracked_detect_fps: float | None = opt(
-        5.0,
+        3.5,
         "While every face in view is a confirmed track, "
         "detect at most this often; the tracker carries "
         "the faces through the frames in between (a "
