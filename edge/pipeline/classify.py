@@ -338,11 +338,7 @@ class FaceApiAgeGender(ChipBackend):
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
         """(chips,): every face's (112, 112, 3) float32 RGB chip, frame by frame."""
         chips = np.stack(
-            [
-                faceapi.face_chip(frame, points)
-                for frame, f in zip(frames, faces, strict=False)
-                for points in f.landmarks
-            ]
+            [faceapi.face_chip(frame, points) for frame, points in per_face(frames, faces)]
         )
         return (lift_exposure_rgb(chips, self.settings.exposure_floor),)
 
@@ -373,6 +369,14 @@ class FaceApiAgeGender(ChipBackend):
 
 # ITU-R BT.601 luma weights in RGB order.
 LUMA_RGB = LUMA_BGR[::-1].copy()
+
+
+def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"):
+    """(frame, that face's `field` row) for every face, frame by frame: the order of the
+    rows a backend's chips and results come in."""
+    return (
+        (frame, row) for frame, f in zip(frames, faces, strict=True) for row in getattr(f, field)
+    )
 
 
 def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
@@ -505,11 +509,7 @@ class InsightFaceGenderAge(ChipBackend):
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
         """(chips,): every face's square crop, frame by frame, BGR uint8."""
         chips = np.stack(
-            [
-                self._crop(frame, box)
-                for frame, f in zip(frames, faces, strict=False)
-                for box in f.boxes
-            ]
+            [self._crop(frame, box) for frame, box in per_face(frames, faces, "boxes")]
         )
         return (chips,)
 
