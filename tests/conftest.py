@@ -51,16 +51,33 @@ def group_photo() -> Path:
     return group_photo()
 
 
-def run_edge(*args: str, cwd: Path = ROOT, **kwargs) -> subprocess.CompletedProcess:
-    """The real command line, as an operator runs it."""
+EDGE = [sys.executable, "-m", "edge"]  # the real command line, as an operator runs it
+
+
+def run_edge(
+    *args: str, cwd: Path = ROOT, timeout: float = 300, **kwargs
+) -> subprocess.CompletedProcess:
+    """`edge ARGS` to its end: its output and exit status."""
     return subprocess.run(
-        [sys.executable, "-m", "edge", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **kwargs,
+        [*EDGE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs
     )
+
+
+def edge_process(*args: str, **kwargs) -> subprocess.Popen:
+    """`edge ARGS` started from the repository, with text pipes for stdout and stderr
+    unless `kwargs` say otherwise."""
+    options = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen([*EDGE, *args], **{**options, **kwargs})
+
+
+def notify_socket(folder) -> tuple[str, socket.socket]:
+    """A unix datagram socket in `folder` standing in for systemd's NOTIFY_SOCKET:
+    (its path, the socket)."""
+    path = os.path.join(str(folder), "notify.sock")
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager.bind(path)
+    manager.settimeout(0.2)
+    return path, manager
 
 
 def run_service(
@@ -73,11 +90,8 @@ def run_service(
     the models takes seconds and many more on a machine busy with other tests: a fixed
     sleep from the start let that eat the time a test meant the service to run (or
     sent SIGTERM before the service had its handler)."""
-    folder = tempfile.mkdtemp(prefix="edge-notify-")  # short: unix socket paths are
-    path = os.path.join(folder, "notify")  # limited to 107 bytes
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    manager.bind(path)
-    manager.settimeout(0.2)
+    folder = tempfile.mkdtemp(prefix="edge-notify-")  # short: socket paths are limited
+    path, manager = notify_socket(folder)
     ready, done = threading.Event(), threading.Event()
 
     def read_notifications():  # all of them, so the service never blocks on a full queue
@@ -90,14 +104,7 @@ def run_service(
 
     reader = threading.Thread(target=read_notifications, daemon=True)
     reader.start()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {}), "NOTIFY_SOCKET": path},
-    )
+    proc = edge_process(*args, env={**os.environ, **(env or {}), "NOTIFY_SOCKET": path})
     try:
         deadline = time.monotonic() + ready_timeout
         while not ready.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:

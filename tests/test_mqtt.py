@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from edge.events import IntervalEvent
 
 from broker import Subscriber
-from conftest import ROOT, need, run_service
+from conftest import ROOT, edge_process, need, run_service
 
 
 def store_id(tmp_path) -> str:
@@ -68,13 +67,8 @@ state_dir: {tmp_path / "state"}
 
 
 def start(config, *args, env=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), "run", "--jsonl", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **(env or {})},
+    return edge_process(
+        "--config", str(config), "run", "--jsonl", *args, env={**os.environ, **(env or {})}
     )
 
 

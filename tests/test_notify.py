@@ -4,9 +4,10 @@ import os
 import socket
 
 import pytest
-from test_service import notify_socket
 
 from edge.outputs.notify import Notifier, watchdog_interval_s
+
+from conftest import notify_socket
 
 
 @pytest.fixture()

@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +12,7 @@ import pytest
 
 from edge.errors import EX_CONFIG
 
-from conftest import ROOT, need, run_edge
+from conftest import ROOT, edge_process, need, notify_socket, run_edge
 
 
 def run_clip(name):
@@ -25,15 +23,6 @@ def run_clip(name):
     summary = events[-1]
     assert summary["type"] == "summary" and [e["type"] for e in events].count("summary") == 1
     return events, summary
-
-
-def edge_process(config, *args: str, **kwargs) -> subprocess.Popen:
-    """`python -m edge --config CONFIG ARGS...` started from the repository, text pipes
-    for stdout and stderr unless `kwargs` say otherwise."""
-    options = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge", "--config", str(config), *args], **{**options, **kwargs}
-    )
 
 
 def visitors(summary):
@@ -73,7 +62,9 @@ def test_store_aisle_clip_creates_no_confident_visitor():
 def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_photo):
     config = tmp_path / "config.yaml"  # no broker: tests/test_mqtt.py covers publishing
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\n")
-    proc = edge_process(config, "run", "--source", str(group_photo), "--realtime", "--jsonl")
+    proc = edge_process(
+        "--config", str(config), "run", "--source", str(group_photo), "--realtime", "--jsonl"
+    )
     try:
         first = json.loads(proc.stdout.readline())
         while first["type"] != "audience":
@@ -103,7 +94,8 @@ def test_systemd_notify_ready_watchdog_status_stopping(tmp_path, group_photo):
         f"models:\n  dir: {ROOT / 'models'}\nstats:\n  interval_s: 1\nmetrics: {{port: 0}}\n"
     )
     proc = edge_process(
-        config,
+        "--config",
+        str(config),
         "run",
         "--source",
         str(group_photo),
@@ -186,15 +178,6 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
     assert max(batches) == 2  # faces from both cameras went to the model together
 
 
-def notify_socket(tmp_path):
-    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
-    path = str(tmp_path / "notify.sock")
-    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    manager.bind(path)
-    manager.settimeout(0.2)
-    return path, manager
-
-
 def notifications(manager, seconds: float) -> list[tuple[float, bytes]]:
     got, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
@@ -237,7 +220,8 @@ def test_a_camera_that_goes_away_makes_the_service_degraded_not_restarted(tmp_pa
         f"cameras:\n  - {{id: shelf, source: {folder}, loop: true, fps: 10}}\n"
     )
     proc = edge_process(
-        config,
+        "--config",
+        str(config),
         "run",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -354,7 +338,8 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
             f"  - {{id: door, source: '{clip}', loop: true}}\n"
         )
         proc = edge_process(
-            config,
+            "--config",
+            str(config),
             "run",
             "--jsonl",
             env={**os.environ, "NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"},
@@ -395,9 +380,7 @@ def test_hung_cameras_do_not_stall_the_healthy_one_or_the_watchdog(tmp_path):
 
 def run_briefly(*args):
     """`edge` with a 60 s limit: these runs used to retry (or repeat a still) forever."""
-    return subprocess.run(
-        [sys.executable, "-m", "edge", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
+    return run_edge(*args, timeout=60)
 
 
 def _jpeg(group_photo, size=(320, 220)) -> bytes:
