@@ -146,10 +146,6 @@ class DueLook:
     late: float  # time since its last detection, in tracked gaps
     classify: bool  # a reclassification is due: the look also runs the classifier
 
-    @property
-    def rank(self) -> float:
-        return self.late + (100.0 if self.classify else 0.0)
-
 
 @dataclass
 class CameraRuntime:
@@ -444,7 +440,8 @@ class Service:
         looks = sum(1 for _, cam, _ in must if cam.tracked_gap_s)
         room = max(1, math.ceil(share - 1e-9)) - looks
         chosen = list(must)
-        for look, cid, cam, frame in sorted(due, key=lambda d: d[0].rank, reverse=True):
+        by_rank = sorted(due, key=lambda d: (d[0].classify, d[0].late), reverse=True)
+        for look, cid, cam, frame in by_rank:
             cost = 2 if look.classify else 1
             if cost <= room or look.late >= 2 or not looks:
                 chosen.append((cid, cam, frame))

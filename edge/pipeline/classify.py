@@ -114,6 +114,14 @@ class ChipSettings:
         return cls(c.child_below, c.old_from, c.flip_tta, c.calibrated, c.exposure_floor)
 
 
+def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"):
+    """(frame, that face's `field` row) for every face, frame by frame: the order of the
+    rows a backend's chips and results come in."""
+    return (
+        (frame, row) for frame, f in zip(frames, faces, strict=False) for row in getattr(f, field)
+    )
+
+
 class ChipBackend:
     """What every classifier backend shares: faces of one frame, or of several frames
     (cameras) in one model call per network, cut into the backend's own chips
@@ -369,14 +377,6 @@ class FaceApiAgeGender(ChipBackend):
 
 # ITU-R BT.601 luma weights in RGB order.
 LUMA_RGB = LUMA_BGR[::-1].copy()
-
-
-def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"):
-    """(frame, that face's `field` row) for every face, frame by frame: the order of the
-    rows a backend's chips and results come in."""
-    return (
-        (frame, row) for frame, f in zip(frames, faces, strict=True) for row in getattr(f, field)
-    )
 
 
 def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
