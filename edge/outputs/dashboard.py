@@ -30,6 +30,7 @@ from typing import Any
 from edge.commands import report
 from edge.config import Config
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
+from edge.outputs.player_server import sse
 from edge.outputs.store import StoreError, connect
 from edge.pipeline.audience import empty_counts
 
@@ -255,7 +256,7 @@ class Dashboard:
         """The page's stream: the picture now, then after each change; pings meanwhile."""
         with self._changed:
             version = self._version
-        yield _sse("state", self.snapshot())
+        yield sse("state", self.snapshot())
         while True:
             with self._changed:
                 seen = version
@@ -267,7 +268,7 @@ class Dashboard:
                 if self._closed:
                     return
                 changed, version = self._version != seen, self._version
-            yield _sse("state", self.snapshot()) if changed else _sse("ping", {})
+            yield sse("state", self.snapshot()) if changed else sse("ping", {})
             time.sleep(MIN_GAP_S)  # several changes in a burst become one event
 
     # -- HTTP (called from the player's handler) ------------------------------------
@@ -293,7 +294,3 @@ class Dashboard:
         else:
             return False
         return True
-
-
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()

@@ -160,13 +160,13 @@ class DisplayServer:
         ends when the server stops."""
         board = self.bridge.board
         version, content = board.get(display)
-        yield _sse("content", self._for_page(display, content))
+        yield sse("content", self._for_page(display, content))
         while (changed := board.wait(display, version, HEARTBEAT_S)) is not None:
             if changed[0] == version:
-                yield _sse("ping", {})
+                yield sse("ping", {})
             else:
                 version, content = changed
-                yield _sse("content", self._for_page(display, content))
+                yield sse("content", self._for_page(display, content))
 
     def _for_page(self, display: str, content: dict | None) -> dict:
         """Content with the `url` the page loads; the catalog's default until a message came."""
@@ -386,7 +386,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     return max(0, size - int(match[2])), size - 1  # the last N bytes
 
 
-def _sse(event: str, data: dict) -> bytes:
+def sse(event: str, data: dict) -> bytes:
+    """One server-sent event (the page's and the dashboard's streams)."""
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
