@@ -30,6 +30,13 @@ def need(relative: str) -> Path:
     return path
 
 
+def clip_frames(relative: str) -> list:
+    """Every frame of a clip under ../shared, decoded (BGR)."""
+    from edge.commands.bench import load_frames
+
+    return load_frames(str(need(relative)), None)
+
+
 @pytest.fixture(scope="session")
 def config():
     from edge import config as config_mod
@@ -49,6 +56,18 @@ def group_photo() -> Path:
     from edge.samples import group_photo
 
     return group_photo()
+
+
+def total(counts: dict) -> int:
+    """Everyone in an age class x gender table (an event's counts, visitors, viewers)."""
+    return sum(n for by_g in counts.values() for n in by_g.values())
+
+
+def visitors(summary: dict) -> dict:
+    """A summary's or interval's unique visitors as {(age class, gender): n}, nonzero only."""
+    return {
+        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
+    }
 
 
 EDGE = [sys.executable, "-m", "edge"]  # the real command line, as an operator runs it

@@ -7,6 +7,8 @@ from edge.pipeline.audience import Audience, head_pose
 from edge.pipeline.track import Track
 from edge.records import Demographics
 
+from conftest import total
+
 FRONTAL = np.array([[40, 50], [60, 50], [50, 61], [42, 70], [58, 70]], np.float32)
 TURNED = np.array([[40, 50], [60, 50], [62, 61], [44, 70], [60, 70]], np.float32)
 
@@ -121,7 +123,7 @@ def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count(
 def test_unsure_visitors_are_counted_as_unclassified():
     report = one_visitor(AudienceConfig(min_confidence=0.6), [0.35, 0.4, 0.25], 0.5)
     assert report["unclassified"] == 1
-    assert sum(n for by_g in report["unique_visitors"].values() for n in by_g.values()) == 0
+    assert total(report["unique_visitors"]) == 0
 
 
 def test_an_unsure_gender_is_counted_as_gender_unknown():

@@ -11,7 +11,7 @@ import pytest
 from test_mqtt import run_to_end, start, stop, store_id
 
 from broker import Subscriber
-from conftest import ROOT, need
+from conftest import ROOT, need, total
 
 REQUIRED = {
     "name",
@@ -174,9 +174,7 @@ def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, t
     assert any(sum(v[i] for v in segments.values()) == 3 for i in range(len(audience)))
 
     visitors, counts = values("visitors_door")
-    assert [int(v) for v in visitors] == [
-        sum(n for by_g in r["unique_visitors"].values() for n in by_g.values()) for r in counts
-    ]
+    assert [int(v) for v in visitors] == [total(r["unique_visitors"]) for r in counts]
     # The clip's three people: labelled, or (a live run on a loaded machine samples
     # fewer frames) counted as unsure of gender or unclassified, never lost.
     unsure = sum(sum(r["gender_unknown"].values()) + r["unclassified"] for r in counts)

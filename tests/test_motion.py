@@ -20,20 +20,9 @@ from edge.pipeline.capture import SourceEnded
 from edge.pipeline.motion import MotionDetector
 from edge.service import Service
 
-from conftest import need
+from conftest import clip_frames, visitors
 
 FPS = 12.5  # the walking clip's own rate
-
-
-def clip_frames(name: str) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(need(f"media/{name}")))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    return frames
 
 
 def noisy(frame: np.ndarray, rng: np.random.Generator, sd: float = 2.0) -> np.ndarray:
@@ -95,12 +84,6 @@ def gated_and_every_frame(config, frames: list[np.ndarray]) -> dict[str, dict]:
     return summaries(config, cameras, frames)
 
 
-def visitors(summary: dict) -> dict:
-    return {
-        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
-    }
-
-
 @pytest.fixture()
 def fresh_config():
     from edge import config as config_mod
@@ -153,7 +136,7 @@ def test_a_new_frame_size_is_motion():
 )
 @pytest.mark.slow
 def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
-    frames = clip_frames(clip)
+    frames = clip_frames(f"media/{clip}")
     result = gated_and_every_frame(fresh_config, frames)
     assert result["every"]["frames_detected"] == len(frames)
     assert visitors(result["gated"]) == visitors(result["every"]) == expected
@@ -163,8 +146,8 @@ def test_shared_clips_count_the_same_with_gating(fresh_config, clip, expected):
 @pytest.mark.slow
 @pytest.mark.cpu
 def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skipped(fresh_config):
-    walk = clip_frames("face-demographics-walking-and-pause.gif")
-    aisle = clip_frames("store-aisle-detection.gif")[0]
+    walk = clip_frames("media/face-demographics-walking-and-pause.gif")
+    aisle = clip_frames("media/store-aisle-detection.gif")[0]
     empty = cv2.resize(aisle, (walk[0].shape[1], walk[0].shape[0]))
     rng = np.random.default_rng(7)
     # Two visits of the three people: each walks in, then stands perfectly still for
@@ -192,8 +175,8 @@ def test_people_standing_still_for_seconds_are_kept_and_an_empty_aisle_is_skippe
 @pytest.mark.slow
 @pytest.mark.cpu
 def test_someone_fading_in_without_motion_is_found_by_the_idle_look(fresh_config):
-    walk = clip_frames("face-demographics-walking-and-pause.gif")
-    aisle = clip_frames("store-aisle-detection.gif")[0]
+    walk = clip_frames("media/face-demographics-walking-and-pause.gif")
+    aisle = clip_frames("media/store-aisle-detection.gif")[0]
     empty = cv2.resize(aisle, (walk[0].shape[1], walk[0].shape[0])).astype(np.float32)
     people = walk[-1].astype(np.float32)
     rng = np.random.default_rng(3)
@@ -228,7 +211,7 @@ def test_cameras_in_step_spread_their_looks_and_count_the_same(fresh_config):
     """Four cameras fed the same frames at once: their periodic looks fall due in the
     same ticks. The service spreads them, so ticks that detect for some of the
     cameras and not all are common, and each camera still counts the clip's people."""
-    frames = clip_frames("face-demographics-walking-and-pause.gif")
+    frames = clip_frames("media/face-demographics-walking-and-pause.gif")
     cameras = [CameraConfig(id=f"cam{i}", source="memory") for i in range(4)]
     ticks: list[tuple[int, int]] = []
     result = summaries(

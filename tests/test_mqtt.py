@@ -16,7 +16,7 @@ import pytest
 from edge.events import IntervalEvent
 
 from broker import Subscriber
-from conftest import ROOT, edge_process, need, run_service
+from conftest import ROOT, edge_process, need, run_service, total
 
 
 def store_id(tmp_path) -> str:
@@ -96,10 +96,6 @@ def run_to_end(config) -> tuple[str, str]:
         proc.kill()
     assert proc.returncode == 0, err
     return out, err
-
-
-def total(counts):
-    return sum(n for by_g in counts.values() for n in by_g.values())
 
 
 def test_availability_retained_audience_stats_and_last_will(broker, tmp_path, group_photo):

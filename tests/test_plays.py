@@ -11,7 +11,7 @@ import pytest
 from test_mqtt import outage, reporting, wait_received, write_config
 
 from broker import Subscriber
-from conftest import ROOT, need, run_edge
+from conftest import ROOT, need, run_edge, total
 
 WALKING = "media/face-demographics-walking-and-pause.gif"
 SEGMENTS = {("adult", "female"): 2, ("adult", "male"): 1}  # the walking clip's visitors
@@ -141,9 +141,7 @@ def test_broker_outage_loses_no_play_and_keeps_their_order(make_broker, tmp_path
         # every one, once (repeats dropped by id), in order; the last one ended at stop
         assert wait_received(received_plays, sub, len(produced), 15) == produced
         assert len({p["id"] for p in produced}) == len(produced)
-        assert any(
-            sum(n for by_g in p["viewers"].values() for n in by_g.values()) for p in produced
-        )
+        assert any(total(p["viewers"]) for p in produced)
 
 
 def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from edge.errors import EX_CONFIG
 
-from conftest import ROOT, edge_process, need, notify_socket, run_edge
+from conftest import ROOT, edge_process, need, notify_socket, run_edge, total, visitors
 
 
 def run_clip(name):
@@ -23,12 +23,6 @@ def run_clip(name):
     summary = events[-1]
     assert summary["type"] == "summary" and [e["type"] for e in events].count("summary") == 1
     return events, summary
-
-
-def visitors(summary):
-    return {
-        (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
-    }
 
 
 @pytest.mark.slow
@@ -81,7 +75,7 @@ def test_sigterm_stops_within_5s_and_flushes_the_last_interval(tmp_path, group_p
     assert took < 5, f"shutdown took {took:.1f} s"
     last = [json.loads(line) for line in out.splitlines()][-1]
     assert last["type"] == "interval"
-    assert sum(n for by_g in last["unique_visitors"].values() for n in by_g.values()) == 6
+    assert total(last["unique_visitors"]) == 6
     assert "stopped" in err
 
 

@@ -9,7 +9,7 @@ from edge.pipeline.detect import CenterFace, DetectorSettings
 from edge.pipeline.track import BoxKalman, FaceTracker, greedy_match, iou_matrix
 from edge.records import Detections
 
-from conftest import ROOT, need
+from conftest import ROOT, clip_frames, need
 
 FPS = 12.5
 
@@ -295,11 +295,8 @@ def test_clip_gives_one_id_per_person(clip, people, n_frames, detector):
 def test_clip_person_hidden_for_two_seconds_keeps_their_id(detector):
     # The walking clip slowed to 9.8 s (each frame shown three times), with the left
     # woman hidden behind a grey panel for 2 s in the middle: still three people.
-    cap = cv2.VideoCapture(str(need("media/face-demographics-walking-and-pause.gif")))
-    frames = []
-    while (ok_frame := cap.read())[0]:
-        frames += [ok_frame[1]] * 3
-    cap.release()
+    walk = clip_frames("media/face-demographics-walking-and-pause.gif")
+    frames = [frame for frame in walk for _ in range(3)]
     hidden = range(len(frames) // 2 - 12, len(frames) // 2 + 13)  # 25 frames = 2 s
     tracker, ever, during = make_tracker(max_age_s=3.0), set(), []
     for i, frame in enumerate(frames):
