@@ -119,11 +119,24 @@ def cmd_eval(args, cfg) -> int:
     from edge.commands import evaluate
     from edge.pipeline.analyze import FaceAnalyzer
 
-    labels = evaluate.read_labels(Path(args.labels))
+    csv_path = Path(args.labels)
+    labels = evaluate.read_labels(csv_path)
+    where = [evaluate.parse_selector(text, "--where") for text in args.where]
+    exclude = [evaluate.parse_selector(text, "--exclude") for text in args.exclude]
+    labels = evaluate.select(labels, csv_path, where, exclude)
+    by = [c.strip() for text in args.by for c in text.split(",") if c.strip()]
+    balance_by = [c.strip() for c in (args.balance_by or "").split(",") if c.strip()]
+    for column in (*by, *balance_by):
+        evaluate.check_column(labels, column, csv_path)
     analyzer = FaceAnalyzer(cfg)
     predictions = evaluate.predict(analyzer, labels, progress=not args.no_progress)
-    result = evaluate.score(
-        labels, predictions, cfg.classifier.child_below, cfg.classifier.old_from
+    result = evaluate.fairness(
+        labels,
+        predictions,
+        cfg.classifier.child_below,
+        cfg.classifier.old_from,
+        by=by,
+        balance_by=balance_by,
     )
     result["settings"] = {
         "detector": cfg.detector.backend,
@@ -131,6 +144,8 @@ def cmd_eval(args, cfg) -> int:
         "flip_tta": cfg.classifier.flip_tta,
         "calibrated": cfg.classifier.calibrated,
         "labels": args.labels,
+        "where": args.where,
+        "exclude": args.exclude,
     }
     text = json.dumps(result, indent=2)
     print(text)
@@ -380,6 +395,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("labels", metavar="LABELS.csv")
     p.add_argument("--out", help="also write the metrics JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COL=V[,V]",
+        help="only rows whose column has one of these values (e.g. split=val); repeatable",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="COL=V[,V]",
+        help="leave out rows whose column has one of these values (e.g. age_group=10-19)",
+    )
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="metrics per value of a label column (e.g. race, age_group) and the spread "
+        "between the best and worst group; repeatable or comma-separated",
+    )
+    p.add_argument(
+        "--balance-by",
+        metavar="COL[,COL]",
+        help="weigh every cell of these columns the same (e.g. age_group,gender) and "
+        "report the worst cell",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(

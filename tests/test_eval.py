@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,3 +85,110 @@ def test_dev_set_accuracy_floors(tmp_path):
     assert m["recall"]["child"] >= 0.90 and m["recall"]["old"] >= 0.86
     assert m["gender_accuracy_13plus"] >= 0.96
     assert m["age_mae"] <= 5.2
+
+
+def fake_labels(rows):
+    """Labels from (age, gender, age_group, race) with no image behind them."""
+    from edge.commands.evaluate import Label
+
+    return [
+        Label(Path(f"{i}.jpg"), age, gender, {"age_group": group, "race": race})
+        for i, (age, gender, group, race) in enumerate(rows)
+    ]
+
+
+def test_balance_weighs_every_cell_the_same():
+    from edge.commands.evaluate import balance_weights, score
+
+    # three women 70+ (one called a man), nine men 20-29 (all right): by image 11/12,
+    # by cell (1 + 2/3) / 2
+    labels = fake_labels([(75, "female", "70+", "A")] * 3 + [(25, "male", "20-29", "B")] * 9)
+    predictions = [{"age": 70.0, "class": 2, "male_prob": p} for p in (0.9, 0.1, 0.1)] + [
+        {"age": 25.0, "class": 1, "male_prob": 0.9}
+    ] * 9
+    weights = balance_weights(labels, ["age_group", "gender"])
+    assert weights[:3].sum() == pytest.approx(weights[3:].sum())
+    assert score(labels, predictions, 18, 60)["gender_accuracy"] == round(11 / 12, 4)
+    balanced = score(labels, predictions, 18, 60, weights)
+    assert balanced["gender_accuracy"] == round((2 / 3 + 1) / 2, 4)
+    assert balanced["confusion"] == [[0, 0, 0], [0, 9, 0], [0, 0, 3]]  # counts, not weights
+
+
+def test_fairness_by_group_names_worst_and_spread():
+    from edge.commands.evaluate import fairness
+
+    labels = fake_labels(
+        [(35, "female", "30-39", "A")] * 4
+        + [(35, "male", "30-39", "A")] * 4
+        + [(35, "female", "30-39", "B")] * 4
+        + [(35, "male", "30-39", "B")] * 4
+    )
+    right = {"age": 35.0, "class": 1}
+    predictions = (
+        [{**right, "male_prob": 0.2}] * 4
+        + [{**right, "male_prob": 0.8}] * 4
+        + [{**right, "male_prob": 0.2}] * 2
+        + [{**right, "male_prob": 0.8}] * 2  # two women of B called men
+        + [None] * 4  # group B's men: missed
+    )
+    m = fairness(labels, predictions, 18, 60, by=["race"], balance_by=["age_group", "gender"])
+    groups = m["by"]["race"]["groups"]
+    assert groups["A"]["gender_accuracy_13plus"] == 1.0
+    assert groups["B"]["gender_accuracy_13plus"] == 0.25 and groups["B"]["miss_rate"] == 0.5
+    spread = m["by"]["race"]["spread"]["gender_accuracy_13plus"]
+    assert (spread["worst"], spread["best"], spread["spread"]) == ("B", "A", 0.75)
+    assert m["by"]["race"]["spread"]["miss_rate"]["worst"] == "B"
+    # cells of age group x gender: 30-39 / female is 6 of 8 right, 30-39 / male 4 of 8
+    assert m["cells"]["30-39 / female"]["gender_accuracy_13plus"] == 0.75
+    assert m["worst_cell"]["gender_accuracy_13plus"]["worst"] == "30-39 / male"
+
+
+def test_select_rows_and_bad_selectors(tmp_path):
+    from edge.commands.evaluate import parse_selector, select
+    from edge.errors import InputError
+
+    labels = fake_labels([(15, "female", "10-19", "A"), (35, "male", "30-39", "B")])
+    kept = select(labels, tmp_path, exclude=[parse_selector("age_group=10-19", "--exclude")])
+    assert [label.age for label in kept] == [35]
+    kept = select(labels, tmp_path, where=[("race", {"A", "C"})])
+    assert [label.age for label in kept] == [15]
+    with pytest.raises(InputError, match=r"--where 'race': expected COLUMN=VALUE"):
+        parse_selector("race", "--where")
+    with pytest.raises(InputError, match=r"no column 'skin' \(columns: gender, age_group, race\)"):
+        select(labels, tmp_path, where=[("skin", {"x"})])
+    with pytest.raises(InputError, match="no rows left"):
+        select(labels, tmp_path, where=[("race", {"Z"})])
+
+
+@pytest.mark.slow
+def test_eval_by_race_balanced_on_fairface(tmp_path):
+    """The fairness report on real FairFace val photos: every race group and cell
+    present, the spread the gap between the named best and worst group."""
+    root = need("faces/fairface")
+    with open(root / "labels.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "val"]
+    picked = []
+    for race in ("Black", "East Asian"):
+        for group in ("30-39", "60-69"):
+            picked += [r for r in rows if r["race"] == race and r["age_group"] == group][:4]
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in picked:
+            writer.writerow({**r, "file": str(root / r["file"])})
+    result = run_edge(
+        "--config", "config.yaml", "eval", str(labels), "--no-progress",
+        "--by", "race", "--balance-by", "age_group,gender", "--exclude", "age_group=10-19",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    m = json.loads(result.stdout)
+    assert m["n"] == 16 and m["balanced_by"] == ["age_group", "gender"]
+    groups = m["by"]["race"]["groups"]
+    assert set(groups) == {"Black", "East Asian"} and groups["Black"]["n"] == 8
+    spread = m["by"]["race"]["spread"]["gender_accuracy_13plus"]
+    values = [g["gender_accuracy_13plus"] for g in groups.values()]
+    assert spread["spread"] == pytest.approx(max(values) - min(values), abs=1e-4)
+    assert {name.split(" / ")[0] for name in m["cells"]} == {"30-39", "60-69"}
+    bad = run_edge("eval", str(labels), "--by", "skin")
+    assert bad.returncode == EX_DATAERR and "no column 'skin'" in bad.stderr

@@ -1,15 +1,23 @@
-"""Accuracy on a labelled face set (`edge eval LABELS.csv`).
+"""Accuracy on a labelled face set (`edge eval LABELS.csv`), and how evenly it holds.
 
-CSV columns `file,age,gender`, paths relative to the CSV. Crops may be tight,
+CSV columns `file,age,gender`, paths relative to the CSV; any other column (FairFace's
+`age_group`, `race`, `split`) may select rows (`--where`, `--exclude`), split the
+metrics by its values (`--by`) or be balanced (`--balance-by`). Crops may be tight,
 so every image is padded before detection; the largest face is scored and an
 image without a face counts as a miss (wrong on every metric).
+
+Balancing weighs every cell of the named columns (say age group x gender) the same:
+the audience in front of a screen is not the data set's mix, and a metric dominated by
+the biggest cells hides the worst ones. Columns used to split or balance only measure;
+they are never an input of the product (race above all).
 """
 
 from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -27,6 +35,12 @@ class Label:
     path: Path
     age: float
     gender: str
+    columns: dict[str, str] = field(default_factory=dict)  # the CSV's other columns
+
+    def value(self, column: str) -> str:
+        if column == "gender":
+            return self.gender
+        return self.columns[column]
 
 
 def read_labels(csv_path: Path) -> list[Label]:
@@ -54,10 +68,48 @@ def read_labels(csv_path: Path) -> list[Label]:
                 raise InputError(
                     f"{csv_path}:{line}: gender {row['gender']!r} is not female or male"
                 )
-            labels.append(Label(csv_path.parent / row["file"], age, gender))
+            extra = {k: (v or "").strip() for k, v in row.items() if k not in _CORE and k}
+            labels.append(Label(csv_path.parent / row["file"], age, gender, extra))
     if not labels:
         raise InputError(f"{csv_path}: no rows")
     return labels
+
+
+_CORE = ("file", "age", "gender")
+
+
+def parse_selector(text: str, option: str) -> tuple[str, set[str]]:
+    """`COLUMN=VALUE[,VALUE...]` of --where / --exclude."""
+    column, sep, values = text.partition("=")
+    if not sep or not column.strip() or not values.strip():
+        raise InputError(f"{option} {text!r}: expected COLUMN=VALUE[,VALUE...]")
+    return column.strip(), {v.strip() for v in values.split(",")}
+
+
+def select(
+    labels: list[Label],
+    csv_path: Path,
+    where: Sequence[tuple[str, set[str]]] = (),
+    exclude: Sequence[tuple[str, set[str]]] = (),
+) -> list[Label]:
+    """The rows whose columns match every --where and no --exclude."""
+    for column, _ in (*where, *exclude):
+        check_column(labels, column, csv_path)
+    kept = [
+        label
+        for label in labels
+        if all(label.value(c) in vs for c, vs in where)
+        and not any(label.value(c) in vs for c, vs in exclude)
+    ]
+    if not kept:
+        raise InputError(f"{csv_path}: no rows left after --where/--exclude")
+    return kept
+
+
+def check_column(labels: list[Label], column: str, csv_path: Path) -> None:
+    if column != "gender" and column not in labels[0].columns:
+        known = ", ".join(["gender", *labels[0].columns])
+        raise InputError(f"{csv_path}: no column {column!r} (columns: {known})")
 
 
 def load_padded(path: Path) -> np.ndarray:
@@ -77,14 +129,24 @@ def age_class(age: float, child_below: float, old_from: float) -> int:
 
 
 def score(
-    labels: list[Label], predictions: list[dict | None], child_below: float, old_from: float
+    labels: list[Label],
+    predictions: list[dict | None],
+    child_below: float,
+    old_from: float,
+    weights: np.ndarray | None = None,
 ) -> dict:
-    """Metrics from per-image predictions ({'age', 'class', 'male_prob'} or None = miss)."""
+    """Metrics from per-image predictions ({'age', 'class', 'male_prob'} or None = miss).
+
+    `weights` (one per image; default all 1) weigh every ratio and the age error; the
+    confusion matrix stays a count of images.
+    """
     n = len(labels)
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
     confusion = np.zeros((3, 3), int)
     gender_ok = np.zeros(n, bool)
     class_ok = np.zeros(n, bool)
-    errors = []
+    found = np.array([p is not None for p in predictions], bool)
+    error = np.zeros(n)
     truth_class = np.array([age_class(label.age, child_below, old_from) for label in labels])
     for i, (label, pred) in enumerate(zip(labels, predictions, strict=False)):
         if pred is None:
@@ -92,28 +154,126 @@ def score(
         gender_ok[i] = GENDERS[int(pred["male_prob"] >= 0.5)] == label.gender
         class_ok[i] = pred["class"] == truth_class[i]
         confusion[truth_class[i], pred["class"]] += 1
-        errors.append(abs(pred["age"] - label.age))
+        error[i] = abs(pred["age"] - label.age)
     teen_up = np.array([label.age >= 13 for label in labels])
+
+    def share(ok: np.ndarray, among: np.ndarray | None = None) -> float | None:
+        mask = np.ones(n, bool) if among is None else among
+        return _ratio((w * ok)[mask].sum(), w[mask].sum())
+
     result = {
         "n": n,
-        "misses": int(sum(p is None for p in predictions)),
-        "gender_accuracy": _ratio(gender_ok.sum(), n),
-        "gender_accuracy_13plus": _ratio(gender_ok[teen_up].sum(), teen_up.sum()),
-        "age_mae": round(float(np.mean(errors)), 3) if errors else None,
-        "age_class_accuracy": _ratio(class_ok.sum(), n),
+        "misses": int(n - found.sum()),
+        "miss_rate": share(~found),
+        "gender_accuracy": share(gender_ok),
+        "gender_accuracy_13plus": share(gender_ok, teen_up),
+        "age_mae": round(float((w * error)[found].sum() / w[found].sum()), 3)
+        if found.any()
+        else None,
+        "age_class_accuracy": share(class_ok),
         "confusion": confusion.tolist(),
         "confusion_rows": "true child, adult, old; columns predicted (misses not counted)",
-        "recall": {
-            c: _ratio(class_ok[truth_class == k].sum(), (truth_class == k).sum())
-            for k, c in enumerate(AGE_CLASSES)
-        },
+        "recall": {c: share(class_ok, truth_class == k) for k, c in enumerate(AGE_CLASSES)},
         "gender_accuracy_by_class": {
-            c: _ratio(gender_ok[truth_class == k].sum(), (truth_class == k).sum())
-            for k, c in enumerate(AGE_CLASSES)
+            c: share(gender_ok, truth_class == k) for k, c in enumerate(AGE_CLASSES)
         },
         "class_boundaries": {"child_below": child_below, "old_from": old_from},
     }
     return result
+
+
+# The metrics compared between groups (--by) and cells (--balance-by): one number each.
+GROUP_METRICS = {
+    "gender_accuracy_13plus": lambda m: m["gender_accuracy_13plus"],
+    "age_class_accuracy": lambda m: m["age_class_accuracy"],
+    "child_recall": lambda m: m["recall"]["child"],
+    "old_recall": lambda m: m["recall"]["old"],
+    "age_mae": lambda m: m["age_mae"],
+    "miss_rate": lambda m: m["miss_rate"],
+}
+_LOWER_IS_BETTER = {"age_mae", "miss_rate"}
+
+
+def balance_weights(labels: list[Label], columns: Sequence[str]) -> np.ndarray:
+    """One weight per image so that every cell of `columns` weighs the same in total."""
+    keys = [tuple(label.value(c) for c in columns) for label in labels]
+    counts: dict[tuple, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return np.array([len(labels) / (len(counts) * counts[key]) for key in keys])
+
+
+def fairness(
+    labels: list[Label],
+    predictions: list[dict | None],
+    child_below: float,
+    old_from: float,
+    *,
+    by: Sequence[str] = (),
+    balance_by: Sequence[str] = (),
+) -> dict:
+    """The overall metrics (balanced when asked), then per value of each --by column
+    with the spread between its best and worst group, and the worst --balance-by cell."""
+    weights = balance_weights(labels, balance_by) if balance_by else None
+    result = score(labels, predictions, child_below, old_from, weights)
+    if balance_by:
+        result["balanced_by"] = list(balance_by)
+        cells = _groups(labels, balance_by)
+        result["cells"] = {
+            name: _compact(score(*_take(labels, predictions, idx), child_below, old_from))
+            for name, idx in cells.items()
+        }
+        result["worst_cell"] = _extremes(result["cells"])
+    for column in by:
+        groups = _groups(labels, [column])
+        per_group = {}
+        for name, idx in groups.items():
+            sub_labels, sub_predictions = _take(labels, predictions, idx)
+            sub_weights = None if weights is None else weights[idx]
+            per_group[name] = _compact(
+                score(sub_labels, sub_predictions, child_below, old_from, sub_weights)
+            )
+        result.setdefault("by", {})[column] = {
+            "groups": per_group,
+            "spread": _extremes(per_group),
+        }
+    return result
+
+
+def _groups(labels: list[Label], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    names: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        names.setdefault(" / ".join(label.value(c) for c in columns), []).append(i)
+    return {name: np.array(idx) for name, idx in sorted(names.items())}
+
+
+def _take(labels, predictions, idx: np.ndarray) -> tuple[list[Label], list[dict | None]]:
+    return [labels[i] for i in idx], [predictions[i] for i in idx]
+
+
+def _compact(metrics: dict) -> dict:
+    out: dict = {"n": metrics["n"]}
+    out.update({name: get(metrics) for name, get in GROUP_METRICS.items()})
+    return out
+
+
+def _extremes(groups: dict[str, dict]) -> dict:
+    """Per metric: the worst and the best group and the gap between them."""
+    spread = {}
+    for name in GROUP_METRICS:
+        scored = [(g[name], key) for key, g in groups.items() if g[name] is not None]
+        if not scored:
+            continue
+        low, high = min(scored), max(scored)
+        worst, best = (high, low) if name in _LOWER_IS_BETTER else (low, high)
+        spread[name] = {
+            "worst": worst[1],
+            "worst_value": worst[0],
+            "best": best[1],
+            "best_value": best[0],
+            "spread": round(abs(high[0] - low[0]), 4),
+        }
+    return spread
 
 
 def predict(analyzer, labels: list[Label], progress: bool = True) -> list[dict | None]:
