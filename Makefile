@@ -92,3 +92,14 @@ install:
 
 uninstall:
 	tools/uninstall.sh
+
+# Training is a development tool (tools/train_classifier.py): PyTorch 2.13 CPU in a
+# venv of its own, so the service's venv and CI never install it.
+TRAIN_VENV := .venv-train
+$(TRAIN_VENV)/.installed: requirements/runtime.txt requirements/train.txt
+	$(PYTHON) -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/runtime.txt -r requirements/train.txt
+	touch $@
+
+.PHONY: train-env
+train-env: $(TRAIN_VENV)/.installed models

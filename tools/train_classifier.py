@@ -1,0 +1,558 @@
+"""Fine-tune face-api's age/gender network on FairFace's train split, choose on val, export ONNX.
+
+  make train-env                                   # .venv-train: the runtime + PyTorch 2.13 CPU
+  .venv-train/bin/python tools/train_classifier.py check
+  .venv-train/bin/python tools/train_classifier.py chips [--limit N]
+  .venv-train/bin/python tools/train_classifier.py train --out models/faceapi-fairface.onnx
+
+A development tool only: the service runs the exported ONNX on ONNX Runtime and never
+imports PyTorch, trains or downloads.
+
+- `check`: our PyTorch port of AgeGenderNet (built straight from face-api's TF.js
+  weights, as edge/inference/faceapi.py builds the ONNX graph) gives the pinned ONNX
+  model's outputs on random chips; prints the largest difference.
+- `chips`: the 112x112 chip the service would classify for each FairFace photo: the
+  photo padded as `edge eval` pads it, CenterFace (the default detector), the largest
+  face, face-api's crop (faceapi.face_chip) and the exposure floor of config.yaml. Cached
+  outside the repository (--cache, default ~/.cache/edge-train), keyed by the labels
+  file and the crop code, since the detector pass is the slow part (about 30 ms a photo).
+  Photos without a face are kept as misses: training skips them, selection counts them.
+- `train`: the chips of split `train`, every age group x gender cell drawn equally often
+  (old faces are rare in FairFace, and the audience in front of a screen is not its mix),
+  horizontal flips and small shifts, scale and brightness changes; the first blocks stay
+  frozen (--train-from), the rest learn with AdamW. Gender: cross-entropy on the
+  network's two logits. Age: FairFace gives a group, not an age, so the loss is zero
+  inside the group's bounds and grows (smooth L1) outside them. After each epoch the
+  model is scored on split `val` (balanced by age group x gender, flip TTA as the service
+  runs it) and the best epoch is exported, deterministic, with the input and output
+  names the service expects (FaceApiAgeGender loads it unchanged). Fixed seed; single
+  process; torch's deterministic algorithms: the same command gives the same weights.
+
+Race is read by nothing here: cells are age group x gender only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FAIRFACE = ROOT.parent / "shared" / "faces" / "fairface" / "labels.csv"
+CACHE = Path.home() / ".cache" / "edge-train"
+SEED = 20261206
+# FairFace's groups as (low, high) ages: the loss is zero for an age inside them.
+AGE_GROUPS = {
+    "0-2": (0, 2.99),
+    "3-9": (3, 9.99),
+    "10-19": (10, 19.99),
+    "20-29": (20, 29.99),
+    "30-39": (30, 39.99),
+    "40-49": (40, 49.99),
+    "50-59": (50, 59.99),
+    "60-69": (60, 69.99),
+    "70+": (70, 90),
+}
+# AgeGenderNet's blocks in forward order; --train-from names the first that learns.
+BLOCKS = (
+    "entry_flow/conv_in",
+    "entry_flow/reduction_block_0",
+    "entry_flow/reduction_block_1",
+    "middle_flow/main_block_0",
+    "middle_flow/main_block_1",
+    "exit_flow/reduction_block",
+    "exit_flow/separable_conv",
+    "fc",
+)
+
+
+# --- the network in PyTorch -------------------------------------------------------------
+
+
+def build_torch(weights: dict[str, np.ndarray]):
+    """AgeGenderNet as a torch.nn.Module whose parameters are face-api's (dequantised)
+    weights, laid out exactly as edge/inference/faceapi.py lays out the ONNX graph."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from edge.inference import faceapi
+
+    def same(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
+        return faceapi.same_pads(size, kernel, stride)
+
+    class Conv(nn.Module):
+        def __init__(self, prefix: str, stride: int):
+            super().__init__()
+            self.prefix = prefix
+            filters = weights[f"{prefix}/filters"]  # HWIO
+            self.weight = nn.Parameter(torch.from_numpy(filters.transpose(3, 2, 0, 1).copy()))
+            self.bias = nn.Parameter(torch.from_numpy(weights[f"{prefix}/bias"].copy()))
+            self.stride, self.kernel = stride, filters.shape[0]
+
+        def forward(self, x):
+            before, after, _ = same(x.shape[-1], self.kernel, self.stride)
+            x = F.pad(x, (before, after, before, after))
+            return F.conv2d(x, self.weight, self.bias, stride=self.stride)
+
+    class Separable(nn.Module):
+        def __init__(self, prefix: str):
+            super().__init__()
+            self.prefix = prefix
+            depthwise = weights[f"{prefix}/depthwise_filter"]  # (kh, kw, C, 1)
+            pointwise = weights[f"{prefix}/pointwise_filter"]  # (1, 1, C, O)
+            self.depthwise = nn.Parameter(torch.from_numpy(depthwise.transpose(2, 3, 0, 1).copy()))
+            self.pointwise = nn.Parameter(torch.from_numpy(pointwise.transpose(3, 2, 0, 1).copy()))
+            self.bias = nn.Parameter(torch.from_numpy(weights[f"{prefix}/bias"].copy()))
+            self.kernel, self.channels = depthwise.shape[0], depthwise.shape[2]
+
+        def forward(self, x):
+            before, after, _ = same(x.shape[-1], self.kernel, 1)
+            x = F.pad(x, (before, after, before, after))
+            x = F.conv2d(x, self.depthwise, groups=self.channels)
+            return F.conv2d(x, self.pointwise, self.bias)
+
+    class Reduction(nn.Module):
+        def __init__(self, prefix: str, activate_input: bool = True):
+            super().__init__()
+            self.activate_input = activate_input
+            self.sep0 = Separable(f"{prefix}/separable_conv0")
+            self.sep1 = Separable(f"{prefix}/separable_conv1")
+            self.expansion = Conv(f"{prefix}/expansion_conv", 2)
+
+        def forward(self, x):
+            out = F.relu(x) if self.activate_input else x
+            out = self.sep1(F.relu(self.sep0(out)))
+            before, after, _ = same(out.shape[-1], 3, 2)
+            # TensorFlow's 'same' max pooling ignores the padding: pad with -inf
+            out = F.pad(out, (before, after, before, after), value=float("-inf"))
+            out = F.max_pool2d(out, 3, 2)
+            return out + self.expansion(x)
+
+    class Main(nn.Module):
+        def __init__(self, prefix: str):
+            super().__init__()
+            self.seps = nn.ModuleList(Separable(f"{prefix}/separable_conv{i}") for i in range(3))
+
+        def forward(self, x):
+            out = x
+            for sep in self.seps:
+                out = sep(F.relu(out))
+            return out + x
+
+    class Dense(nn.Module):
+        def __init__(self, prefix: str):
+            super().__init__()
+            self.prefix = prefix
+            self.weight = nn.Parameter(torch.from_numpy(weights[f"{prefix}/weights"].copy()))
+            self.bias = nn.Parameter(torch.from_numpy(weights[f"{prefix}/bias"].copy()))
+
+        def forward(self, x):
+            return x @ self.weight + self.bias
+
+    class AgeGenderNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer(
+                "mean", torch.tensor(faceapi.MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1)
+            )
+            self.blocks = nn.ModuleDict(
+                {
+                    "entry_flow/conv_in": Conv("entry_flow/conv_in", 2),
+                    "entry_flow/reduction_block_0": Reduction(
+                        "entry_flow/reduction_block_0", activate_input=False
+                    ),
+                    "entry_flow/reduction_block_1": Reduction("entry_flow/reduction_block_1"),
+                    **{
+                        f"middle_flow/main_block_{i}": Main(f"middle_flow/main_block_{i}")
+                        for i in range(faceapi.NUM_MAIN_BLOCKS)
+                    },
+                    "exit_flow/reduction_block": Reduction("exit_flow/reduction_block"),
+                    "exit_flow/separable_conv": Separable("exit_flow/separable_conv"),
+                }
+            )
+            self.fc_age = Dense("fc/age")
+            self.fc_gender = Dense("fc/gender")
+
+        def features(self, images):
+            x = (images - self.mean) / 255.0
+            x = F.relu(self.blocks["entry_flow/conv_in"](x))
+            for name in BLOCKS[1:-2]:
+                x = self.blocks[name](x)
+            x = F.relu(self.blocks["exit_flow/separable_conv"](x))
+            return F.avg_pool2d(x, 7, 2).flatten(1)
+
+        def logits(self, images):
+            """(age in years, the two gender logits [male, female])."""
+            pooled = self.features(images)
+            return self.fc_age(pooled).squeeze(1), self.fc_gender(pooled)
+
+        def forward(self, images):
+            age, gender = self.logits(images)
+            return age, torch.softmax(gender, dim=1)
+
+    return AgeGenderNet()
+
+
+def load_base_weights() -> dict[str, np.ndarray]:
+    from edge.inference import faceapi
+
+    models = ROOT / "models"
+    manifest = models / "age_gender_model-weights_manifest.json"
+    weights_bin = models / "age_gender_model.bin"
+    for path in (manifest, weights_bin):
+        if not path.is_file():
+            sys.exit(f"{path}: missing; run `make setup` (edge models fetch) first")
+    return faceapi.read_weights(manifest.read_bytes(), weights_bin.read_bytes())
+
+
+def cmd_check(args) -> int:
+    """The PyTorch port against the ONNX model the service runs."""
+    import onnxruntime as ort
+    import torch
+
+    net = build_torch(load_base_weights()).eval()
+    rng = np.random.default_rng(SEED)
+    chips = rng.uniform(0, 255, (8, 3, 112, 112)).astype(np.float32)
+    session = ort.InferenceSession(
+        str(ROOT / "models" / "faceapi-age-gender.onnx"), providers=["CPUExecutionProvider"]
+    )
+    want_age, want_gender = session.run(None, {"images": chips})
+    with torch.no_grad():
+        age, gender = net(torch.from_numpy(chips))
+    diff_age = float(np.abs(age.numpy() - want_age).max())
+    diff_gender = float(np.abs(gender.numpy() - want_gender).max())
+    print(f"max |torch - onnx|: age {diff_age:.2e} years, P(male) {diff_gender:.2e}")
+    # and back: the weights the export writes rebuild the same ONNX bytes
+    from edge.inference import faceapi
+
+    rebuilt = faceapi.build_onnx(tfjs_weights(net)).SerializeToString(deterministic=True)
+    pinned = (ROOT / "models" / "faceapi-age-gender.onnx").read_bytes()
+    print(f"export of the unchanged port: {'same bytes' if rebuilt == pinned else 'DIFFERENT'}")
+    ok = diff_age < 1e-3 and diff_gender < 1e-5 and rebuilt == pinned
+    print("OK" if ok else "FAIL: the port differs from the ONNX graph")
+    return 0 if ok else 1
+
+
+# --- chips --------------------------------------------------------------------------------
+
+
+def chip_cache_path(labels_csv: Path, cache_dir: Path, limit: int | None) -> Path:
+    """One file per labels file, crop code and limit: a change to any makes a new one."""
+    from edge.inference import faceapi
+
+    digest = hashlib.sha256(labels_csv.read_bytes())
+    digest.update(Path(faceapi.__file__).read_bytes())
+    digest.update(str(limit).encode())
+    return cache_dir / f"fairface-chips-{digest.hexdigest()[:16]}.npz"
+
+
+def read_rows(labels_csv: Path, limit: int | None) -> list[dict]:
+    with open(labels_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if limit:  # a spread-out subset (every k-th row), for trying the tool quickly
+        step = max(1, len(rows) // limit)
+        rows = rows[::step][:limit]
+    return rows
+
+
+def build_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[str, np.ndarray]:
+    path = chip_cache_path(labels_csv, cache_dir, limit)
+    if path.is_file():
+        return dict(np.load(path))
+    from tqdm import tqdm
+
+    from edge import config as config_mod
+    from edge.commands.evaluate import load_padded
+    from edge.inference import faceapi, modelstore
+    from edge.pipeline import detect
+    from edge.pipeline.classify import lift_exposure_rgb
+
+    cfg = config_mod.load(ROOT / "config.yaml")
+    models = cfg.resolve(cfg.models.dir)
+    specs = modelstore.load_manifest(models)
+    detector = detect.create(cfg, {"centerface": modelstore.verify(specs["centerface"], models)})
+    rows = read_rows(labels_csv, limit)
+    chips = np.zeros((len(rows), 112, 112, 3), np.uint8)
+    found = np.zeros(len(rows), bool)
+    for i, row in enumerate(tqdm(rows, desc="chips", unit="img", file=sys.stderr)):
+        frame = load_padded(labels_csv.parent / row["file"])
+        faces = detector(frame)
+        if len(faces) == 0:
+            continue
+        best = faces[int(np.argmax(faces.areas))]
+        chip = faceapi.face_chip(frame, best.landmarks[0])
+        chip = lift_exposure_rgb(chip[None], cfg.classifier.exposure_floor)[0]
+        chips[i] = np.clip(np.rint(chip), 0, 255).astype(np.uint8)
+        found[i] = True
+    data = {
+        "chips": chips,
+        "found": found,
+        "split": np.array([r["split"] for r in rows]),
+        "age_group": np.array([r["age_group"] for r in rows]),
+        "male": np.array([r["gender"] == "male" for r in rows]),
+        "age": np.array([float(r["age"]) for r in rows], np.float32),
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **data)
+    print(f"{path}: {len(rows)} photos, {int(found.sum())} with a face", file=sys.stderr)
+    return data
+
+
+def cmd_chips(args) -> int:
+    data = build_chips(Path(args.labels), Path(args.cache), args.limit)
+    print(f"{len(data['chips'])} chips, {int(data['found'].sum())} with a face")
+    return 0
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+def augment(batch, generator):
+    """Flips, shifts of up to 4 px, scale 0.93-1.07, brightness 0.8-1.2 and contrast
+    0.85-1.15, per chip (torch, NCHW float 0..255)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = batch.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    scale = 0.93 + 0.14 * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) - 0.5) * (8 / 56)  # in [-1, 1] units
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    batch = F.grid_sample(batch, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    mean = batch.mean(dim=(1, 2, 3), keepdim=True)
+    contrast = 0.85 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = 0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=generator)
+    return ((batch - mean) * contrast + mean * brightness).clamp(0, 255)
+
+
+def age_interval_loss(age, low, high):
+    """Zero inside [low, high], smooth L1 (in decades) outside."""
+    import torch
+    import torch.nn.functional as F
+
+    below = F.relu(low - age)
+    above = F.relu(age - high)
+    return F.smooth_l1_loss((below + above) / 10, torch.zeros_like(age), reduction="none")
+
+
+def predict(net, chips: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(age, P(male)) per chip with flip TTA, as FaceApiAgeGender.raw computes them."""
+    import torch
+
+    ages, males = [], []
+    with torch.no_grad():
+        for start in range(0, len(chips), batch):
+            x = torch.from_numpy(chips[start : start + batch]).permute(0, 3, 1, 2).float()
+            age, gender = net(torch.cat([x, x.flip(-1)]))
+            n = len(x)
+            ages.append(((age[:n] + age[n:]) / 2).numpy())
+            males.append(((gender[:n, 0] + gender[n:, 0]) / 2).numpy())
+    return np.concatenate(ages), np.concatenate(males)
+
+
+def val_score(data: dict, idx: np.ndarray, ages: np.ndarray, males: np.ndarray) -> dict:
+    """Balanced (age group x gender) gender 13+ accuracy and age-group hit rate on val;
+    a photo without a face is wrong on both."""
+    groups = data["age_group"][idx]
+    male = data["male"][idx]
+    found = data["found"][idx]
+    gender_ok = found & ((males >= 0.5) == male)
+    low = np.array([AGE_GROUPS[g][0] for g in groups])
+    high = np.array([AGE_GROUPS[g][1] for g in groups])
+    # the age class line the service draws: under 18 child, 60 and over old
+    truth = np.select([data["age"][idx] < 18, data["age"][idx] >= 60], [0, 2], 1)
+    pred = np.select([ages < 18, ages >= 60], [0, 2], 1)
+    class_ok = found & (pred == truth)
+    cells = sorted({(g, m) for g, m in zip(groups, male, strict=True)})
+    teen_cells = [c for c in cells if AGE_GROUPS[c[0]][0] >= 13]
+    per_cell = {}
+    for g, m in cells:
+        mask = (groups == g) & (male == m)
+        per_cell[f"{g} {'male' if m else 'female'}"] = float(gender_ok[mask].mean())
+    gender_13 = float(
+        np.mean([per_cell[f"{g} {'male' if m else 'female'}"] for g, m in teen_cells])
+    )
+    class_acc = float(np.mean([class_ok[(groups == g) & (male == m)].mean() for g, m in cells]))
+    in_group = float(np.mean(found & (ages >= low) & (ages <= high)))
+    worst = min((v, k) for k, v in per_cell.items() if AGE_GROUPS[k.split()[0]][0] >= 13)
+    return {
+        "gender_13plus_balanced": round(gender_13, 4),
+        "age_class_balanced": round(class_acc, 4),
+        "age_in_group": round(in_group, 4),
+        "worst_gender_cell": [worst[1], round(worst[0], 4)],
+        "objective": round(gender_13 + class_acc, 4),
+    }
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(args.threads)
+    data = build_chips(Path(args.labels), Path(args.cache), args.limit)
+    train = np.flatnonzero((data["split"] == "train") & data["found"])
+    val = np.flatnonzero(data["split"] == "val")
+    if args.exclude_val_group:
+        val = val[data["age_group"][val] != args.exclude_val_group]
+    net = build_torch(load_base_weights())
+    start = BLOCKS.index(args.train_from)
+    learning = set(BLOCKS[start:])
+    params = []
+    for name, module in net.blocks.items():
+        module.requires_grad_(name in learning)
+        if name in learning:
+            params += list(module.parameters())
+    params += list(net.fc_age.parameters()) + list(net.fc_gender.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * (len(train) // args.batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=max(steps, 1))
+
+    # every age group x gender cell drawn equally often
+    cells = [f"{g}|{m}" for g, m in zip(data["age_group"][train], data["male"][train], strict=True)]
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c] = counts.get(c, 0) + 1
+    weights = torch.tensor([1.0 / counts[c] for c in cells], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(SEED)
+    low = torch.tensor([AGE_GROUPS[g][0] for g in data["age_group"]], dtype=torch.float32)
+    high = torch.tensor([AGE_GROUPS[g][1] for g in data["age_group"]], dtype=torch.float32)
+    male = torch.from_numpy(data["male"].astype(np.int64))
+    chips = torch.from_numpy(data["chips"])
+
+    net.eval()
+    base = val_score(data, val, *predict(net, data["chips"][val]))
+    print(json.dumps({"epoch": 0, **base}), flush=True)
+    best, best_state, history = base["objective"], None, [{"epoch": 0, **base}]
+    began = time.monotonic()
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        # frozen blocks keep running statistics out of it: there is no batch norm here
+        order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
+        total = 0.0
+        for b in range(len(train) // args.batch):
+            pick = torch.from_numpy(train)[order[b * args.batch : (b + 1) * args.batch]]
+            x = augment(chips[pick].permute(0, 3, 1, 2).float(), generator)
+            age, gender_logits = net.logits(x)
+            loss = (
+                torch.nn.functional.cross_entropy(gender_logits, 1 - male[pick])
+                + args.age_weight * age_interval_loss(age, low[pick], high[pick]).mean()
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        net.eval()
+        scored = val_score(data, val, *predict(net, data["chips"][val]))
+        row = {
+            "epoch": epoch,
+            "loss": round(total / max(1, len(train) // args.batch), 4),
+            "minutes": round((time.monotonic() - began) / 60, 1),
+            **scored,
+        }
+        history.append(row)
+        print(json.dumps(row), flush=True)
+        if scored["objective"] > best:
+            best = scored["objective"]
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+    if best_state is None:
+        print("no epoch beat the base network on val; nothing exported", file=sys.stderr)
+        return 1
+    net.load_state_dict(best_state)
+    net.eval()
+    out = Path(args.out)
+    export_onnx(net, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    report = {
+        "out": str(out),
+        "sha256": digest,
+        "seed": SEED,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "history": history,
+        "minutes": round((time.monotonic() - began) / 60, 1),
+    }
+    Path(str(out) + ".train.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{out}: sha256 {digest}")
+    return 0
+
+
+def tfjs_weights(net) -> dict[str, np.ndarray]:
+    """The network's parameters under face-api's TF.js names and layouts (HWIO filters,
+    (in, out) dense weights): the inverse of build_torch."""
+    weights: dict[str, np.ndarray] = {}
+
+    def put(name: str, tensor, axes: tuple[int, ...] | None = None) -> None:
+        value = tensor.detach().numpy()
+        weights[name] = np.ascontiguousarray(value if axes is None else value.transpose(axes))
+
+    for module in net.modules():
+        kind, name = type(module).__name__, getattr(module, "prefix", "")
+        if kind == "Conv":
+            put(f"{name}/filters", module.weight, (2, 3, 1, 0))
+            put(f"{name}/bias", module.bias)
+        elif kind == "Separable":
+            put(f"{name}/depthwise_filter", module.depthwise, (2, 3, 0, 1))
+            put(f"{name}/pointwise_filter", module.pointwise, (2, 3, 1, 0))
+            put(f"{name}/bias", module.bias)
+        elif kind == "Dense":
+            put(f"{name}/weights", module.weight)
+            put(f"{name}/bias", module.bias)
+    return weights
+
+
+def export_onnx(net, out: Path) -> None:
+    """The ONNX file the service loads, written by the same converter as the base model
+    (faceapi.build_onnx: same graph, names and opset; deterministic bytes), from the
+    fine-tuned weights."""
+    from edge.inference import faceapi
+
+    model = faceapi.build_onnx(tfjs_weights(net))
+    out.write_bytes(model.SerializeToString(deterministic=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", default=str(FAIRFACE), help="FairFace labels.csv")
+    parser.add_argument("--cache", default=str(CACHE), help="where chips are cached")
+    parser.add_argument("--limit", type=int, help="use a spread-out subset of N photos")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="the PyTorch port against the ONNX model").set_defaults(
+        func=cmd_check
+    )
+    sub.add_parser("chips", help="cache the service's chips of every photo").set_defaults(
+        func=cmd_chips
+    )
+    p = sub.add_parser("train", help="fine-tune, choose the best epoch on val, export ONNX")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--age-weight", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--train-from", default="middle_flow/main_block_0", choices=BLOCKS)
+    p.add_argument(
+        "--exclude-val-group",
+        default="10-19",
+        help="age group left out of selection (10-19 straddles the child/adult line)",
+    )
+    p.set_defaults(func=cmd_train)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
