@@ -151,6 +151,17 @@ class ClassifierConfig:
         low=0,
         high=255,
     )
+    turned_yaw: float = opt(
+        2.0,
+        "How far a head may be turned before face-api's network gets a crop from the "
+        "detector's box instead of from the eye line (edge/pipeline/pose.py: 0 is "
+        "frontal, 1 the nose tip below an eye; 2, the default, is never). The eye-line "
+        "crop zooms into or shows half of a turned face; the box crop helps a network "
+        "trained on such crops. face-api's own network was not, and on FairFace val 0.5 "
+        "moved it little (docs/calibration.md section 11).",
+        low=0,
+        high=2,
+    )
 
 
 @dataclass(frozen=True)

@@ -224,10 +224,15 @@ def test_calibration_is_monotone_and_hits_its_knots():
 
 def test_chip_settings_read_the_classifier_section(config):
     c = dataclasses.replace(
-        config.classifier, child_below=16, old_from=65, flip_tta=False, exposure_floor=70
+        config.classifier,
+        child_below=16,
+        old_from=65,
+        flip_tta=False,
+        exposure_floor=70,
+        turned_yaw=0.7,
     )
     settings = classify.ChipSettings.from_config(dataclasses.replace(config, classifier=c))
-    assert settings == classify.ChipSettings(16, 65, False, c.calibrated, 70)
+    assert settings == classify.ChipSettings(16, 65, False, c.calibrated, 70, 0.7)
 
 
 def test_uncalibrated_mode_reports_raw_model_ages(config):
@@ -307,3 +312,59 @@ def test_lift_exposure_recovers_accuracy_on_dim_dev_faces(analyzer, cydral):
     )
     assert len(kept) >= 1190
     assert scores[90][0] > scores[0][0] + 0.01 and scores[90][1] > scores[0][1] + 0.01
+
+
+def test_yaw_from_five_points():
+    from edge.pipeline import pose
+
+    frontal = [[40, 50], [80, 50], [60, 70], [45, 90], [75, 90]]
+    half = [[40, 50], [80, 50], [70, 70], [45, 90], [75, 90]]  # nose halfway to an eye
+    profile = [[50, 50], [60, 50], [75, 70], [52, 90], [62, 90]]  # nose past the far eye
+    flat = [[50, 50], [50, 50], [40, 70], [45, 90], [55, 90]]  # eyes on one spot
+    turn = pose.yaw(np.array([frontal, half, profile, flat], float))
+    assert turn[0] == pytest.approx(0) and turn[1] == pytest.approx(0.5)
+    assert turn[2] == pose.YAW_LIMIT and turn[3] == pose.YAW_LIMIT
+    mirrored = np.array(half, float) * [-1, 1] + [120, 0]
+    assert pose.yaw(mirrored[[1, 0, 2, 4, 3]])[0] == pytest.approx(-0.5)
+    assert pose.frontality(np.array([frontal, half, profile], float)).tolist() == [1, 0.5, 0]
+
+
+def test_faceapi_crops_a_turned_head_from_the_detector_box(config, photo_faces):
+    """Past classifier.turned_yaw a face's chip is cut from the detector's box
+    (faceapi.box_chip); below it from the eye line, as face-api itself does."""
+    from edge.inference import faceapi
+    from edge.pipeline import pose
+
+    frame, faces = photo_faces
+    turn = np.abs(pose.yaw(faces.landmarks))
+    settings = classify.ChipSettings(turned_yaw=float(np.median(turn)))
+    chips = classify.faceapi_chips([frame], [faces], settings)
+    for i, (box, points) in enumerate(zip(faces.boxes, faces.landmarks, strict=True)):
+        cut = faceapi.box_chip(frame, box) if turn[i] > settings.turned_yaw else None
+        want = cut if cut is not None else faceapi.face_chip(frame, points)
+        np.testing.assert_array_equal(chips[i], want)
+    assert 0 < (turn > settings.turned_yaw).sum() < len(faces)  # both crops were used
+    never = classify.faceapi_chips([frame], [faces], classify.ChipSettings(turned_yaw=9))
+    np.testing.assert_array_equal(
+        never, np.stack([faceapi.face_chip(frame, p) for p in faces.landmarks])
+    )
+
+
+def test_box_chip_of_a_frontal_face_is_close_to_the_eye_line_chip(photo_faces):
+    """BOX_TO_ALIGNED maps a frontal face's detector box onto about the box face-api
+    cuts from its landmarks (the group photo's frontal faces)."""
+    from edge.inference import faceapi
+    from edge.pipeline import pose
+
+    frame, faces = photo_faces
+    frontal = faces[np.abs(pose.yaw(faces.landmarks)) < 0.25]
+    assert len(frontal) >= 2  # of six
+    for box, points in zip(frontal.boxes, frontal.landmarks, strict=True):
+        aligned = faceapi.aligned_box(points)
+        x1, y1, x2, y2 = box
+        w, h = x2 - x1, y2 - y1
+        dx, dy, sw, sh = faceapi.BOX_TO_ALIGNED
+        centre = ((x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h)
+        assert abs(centre[0] - (aligned[0] + aligned[2] / 2)) < 0.15 * aligned[2]
+        assert abs(centre[1] - (aligned[1] + aligned[3] / 2)) < 0.15 * aligned[3]
+        assert 0.8 < sw * w / aligned[2] < 1.25 and 0.8 < sh * h / aligned[3] < 1.25

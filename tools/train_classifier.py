@@ -2,7 +2,7 @@
 
   make train-env                                   # .venv-train: the runtime + PyTorch 2.13 CPU
   .venv-train/bin/python tools/train_classifier.py check
-  .venv-train/bin/python tools/train_classifier.py chips [--limit N]
+  .venv-train/bin/python tools/train_classifier.py faces [--limit N]
   .venv-train/bin/python tools/train_classifier.py train --out models/faceapi-fairface.onnx
 
 A development tool only: the service runs the exported ONNX on ONNX Runtime and never
@@ -11,11 +11,14 @@ imports PyTorch, trains or downloads.
 - `check`: our PyTorch port of AgeGenderNet (built straight from face-api's TF.js
   weights, as edge/inference/faceapi.py builds the ONNX graph) gives the pinned ONNX
   model's outputs on random chips; prints the largest difference.
-- `chips`: the 112x112 chip the service would classify for each FairFace photo: the
-  photo padded as `edge eval` pads it, CenterFace (the default detector), the largest
-  face, face-api's crop (faceapi.face_chip) and the exposure floor of config.yaml. Cached
+- `faces`: the face the service would find in each FairFace photo: the photo padded as
+  `edge eval` pads it, CenterFace (the default detector), the largest face. Cached
   outside the repository (--cache, default ~/.cache/edge-train), keyed by the labels
-  file and the crop code, since the detector pass is the slow part (about 30 ms a photo).
+  file and the detector's code, since the detector is the slow part (about 25 ms a
+  photo). `train` runs it first when there is no cache. Each run then cuts the 112x112
+  chips as the service does (classify.faceapi_chips with config.yaml's settings and
+  --turned-yaw: the eye-line crop, or the box crop for a turned head, and the exposure
+  floor), in memory.
   Photos without a face are kept as misses: training skips them, selection counts them.
 - `train`: the chips of split `train`, every age group x gender cell drawn equally often
   (old faces are rare in FairFace, and the audience in front of a screen is not its mix),
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 import sys
@@ -245,14 +249,14 @@ def cmd_check(args) -> int:
 # --- chips --------------------------------------------------------------------------------
 
 
-def chip_cache_path(labels_csv: Path, cache_dir: Path, limit: int | None) -> Path:
-    """One file per labels file, crop code and limit: a change to any makes a new one."""
-    from edge.inference import faceapi
+def detection_cache_path(labels_csv: Path, cache_dir: Path, limit: int | None) -> Path:
+    """One file per labels file, detector code and limit: a change to any makes a new one."""
+    from edge.pipeline import detect
 
     digest = hashlib.sha256(labels_csv.read_bytes())
-    digest.update(Path(faceapi.__file__).read_bytes())
+    digest.update(Path(detect.__file__).read_bytes())
     digest.update(str(limit).encode())
-    return cache_dir / f"fairface-chips-{digest.hexdigest()[:16]}.npz"
+    return cache_dir / f"fairface-faces-{digest.hexdigest()[:16]}.npz"
 
 
 def read_rows(labels_csv: Path, limit: int | None) -> list[dict]:
@@ -264,37 +268,42 @@ def read_rows(labels_csv: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def build_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[str, np.ndarray]:
-    path = chip_cache_path(labels_csv, cache_dir, limit)
+def load_config():
+    from edge import config as config_mod
+
+    return config_mod.load(ROOT / "config.yaml")
+
+
+def detect_faces(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[str, np.ndarray]:
+    """The largest face CenterFace finds in each padded photo (box, landmarks), cached:
+    the detector is the slow part (about 25 ms a photo); crops are cut afresh each run."""
+    path = detection_cache_path(labels_csv, cache_dir, limit)
     if path.is_file():
         return dict(np.load(path))
     from tqdm import tqdm
 
-    from edge import config as config_mod
     from edge.commands.evaluate import load_padded
-    from edge.inference import faceapi, modelstore
+    from edge.inference import modelstore
     from edge.pipeline import detect
-    from edge.pipeline.classify import lift_exposure_rgb
 
-    cfg = config_mod.load(ROOT / "config.yaml")
+    cfg = load_config()
     models = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models)
     detector = detect.create(cfg, {"centerface": modelstore.verify(specs["centerface"], models)})
     rows = read_rows(labels_csv, limit)
-    chips = np.zeros((len(rows), 112, 112, 3), np.uint8)
+    boxes = np.zeros((len(rows), 4), np.float32)
+    landmarks = np.zeros((len(rows), 5, 2), np.float32)
     found = np.zeros(len(rows), bool)
-    for i, row in enumerate(tqdm(rows, desc="chips", unit="img", file=sys.stderr)):
-        frame = load_padded(labels_csv.parent / row["file"])
-        faces = detector(frame)
+    for i, row in enumerate(tqdm(rows, desc="faces", unit="img", file=sys.stderr)):
+        faces = detector(load_padded(labels_csv.parent / row["file"]))
         if len(faces) == 0:
             continue
-        best = faces[int(np.argmax(faces.areas))]
-        chip = faceapi.face_chip(frame, best.landmarks[0])
-        chip = lift_exposure_rgb(chip[None], cfg.classifier.exposure_floor)[0]
-        chips[i] = np.clip(np.rint(chip), 0, 255).astype(np.uint8)
-        found[i] = True
+        best = int(np.argmax(faces.areas))
+        boxes[i], landmarks[i], found[i] = faces.boxes[best], faces.landmarks[best], True
     data = {
-        "chips": chips,
+        "file": np.array([r["file"] for r in rows]),
+        "boxes": boxes,
+        "landmarks": landmarks,
         "found": found,
         "split": np.array([r["split"] for r in rows]),
         "age_group": np.array([r["age_group"] for r in rows]),
@@ -307,9 +316,33 @@ def build_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[st
     return data
 
 
-def cmd_chips(args) -> int:
-    data = build_chips(Path(args.labels), Path(args.cache), args.limit)
-    print(f"{len(data['chips'])} chips, {int(data['found'].sum())} with a face")
+def build_chips(
+    labels_csv: Path, cache_dir: Path, limit: int | None, turned_yaw: float
+) -> dict[str, np.ndarray]:
+    """Every photo's chip as the service cuts it (classify.faceapi_chips: the eye-line or,
+    for a turned head, the box crop, and the exposure floor), uint8, in memory."""
+    from tqdm import tqdm
+
+    from edge.commands.evaluate import load_padded
+    from edge.pipeline.classify import ChipSettings, faceapi_chips
+    from edge.records import Detections
+
+    data = detect_faces(labels_csv, cache_dir, limit)
+    settings = dataclasses.replace(ChipSettings.from_config(load_config()), turned_yaw=turned_yaw)
+    chips = np.zeros((len(data["file"]), 112, 112, 3), np.uint8)
+    for i in tqdm(np.flatnonzero(data["found"]), desc="chips", unit="img", file=sys.stderr):
+        frame = load_padded(labels_csv.parent / str(data["file"][i]))
+        face = Detections(
+            data["boxes"][i : i + 1], np.ones(1, np.float32), data["landmarks"][i : i + 1]
+        )
+        chip = faceapi_chips([frame], [face], settings)[0]
+        chips[i] = np.clip(np.rint(chip), 0, 255).astype(np.uint8)
+    return {**data, "chips": chips}
+
+
+def cmd_faces(args) -> int:
+    data = detect_faces(Path(args.labels), Path(args.cache), args.limit)
+    print(f"{len(data['found'])} photos, {int(data['found'].sum())} with a face")
     return 0
 
 
@@ -403,7 +436,7 @@ def cmd_train(args) -> int:
     torch.manual_seed(SEED)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(args.threads)
-    data = build_chips(Path(args.labels), Path(args.cache), args.limit)
+    data = build_chips(Path(args.labels), Path(args.cache), args.limit, args.turned_yaw)
     train = np.flatnonzero((data["split"] == "train") & data["found"])
     val = np.flatnonzero(data["split"] == "val")
     if args.exclude_val_group:
@@ -533,9 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="the PyTorch port against the ONNX model").set_defaults(
         func=cmd_check
     )
-    sub.add_parser("chips", help="cache the service's chips of every photo").set_defaults(
-        func=cmd_chips
-    )
+    sub.add_parser("faces", help="detect and cache every photo's face").set_defaults(func=cmd_faces)
     p = sub.add_parser("train", help="fine-tune, choose the best epoch on val, export ONNX")
     p.add_argument("--out", required=True)
     p.add_argument("--epochs", type=int, default=6)
@@ -548,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         "--exclude-val-group",
         default="10-19",
         help="age group left out of selection (10-19 straddles the child/adult line)",
+    )
+    p.add_argument(
+        "--turned-yaw",
+        type=float,
+        default=0.5,
+        help="heads turned past this get the box crop (classifier.turned_yaw); the model "
+        "must be run with the same setting",
     )
     p.set_defaults(func=cmd_train)
     args = parser.parse_args(argv)

@@ -228,8 +228,11 @@ def fairness(
         groups = _groups(labels, [column])
         per_group = {}
         for name, idx in groups.items():
+            # Balanced within the group (each of its cells weighs the same), so groups are
+            # compared on one and the same audience mix (direct standardisation), not on
+            # their own mixes of age and gender.
             sub_labels, sub_predictions = _take(labels, predictions, idx)
-            sub_weights = None if weights is None else weights[idx]
+            sub_weights = balance_weights(sub_labels, balance_by) if balance_by else None
             per_group[name] = _compact(
                 score(sub_labels, sub_predictions, child_below, old_from, sub_weights)
             )

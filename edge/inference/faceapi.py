@@ -425,8 +425,32 @@ def chip_from_crop(crop_rgb: np.ndarray) -> np.ndarray:
 
 def face_chip(frame_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """The 112x112 float32 RGB chip face-api would classify for this face."""
+    return _chip(frame_bgr, aligned_box(landmarks))
+
+
+# For a turned head the five points no longer fit the frontal template: the eye line
+# foreshortens and the box shrinks onto half the face. The detector's box still holds
+# the whole face; this maps it to the box aligned_box gives for a frontal face: centre
+# shift (x, y) and size (width, height) as fractions of the detector box's width and
+# height, the medians over 711 frontal faces (|yaw| < 0.25) of FairFace's train split
+# (CenterFace on the padded photo; docs/calibration.md section 11; x set to 0 by
+# symmetry, measured -0.014).
+BOX_TO_ALIGNED = (0.0, 0.081, 1.199, 0.98)
+
+
+def box_chip(frame_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The chip for a turned face: the detector's (x1, y1, x2, y2) box mapped to the
+    frontal aligned box's placement and size (BOX_TO_ALIGNED), then face-api's crop."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = x2 - x1, y2 - y1
+    dx, dy, sw, sh = BOX_TO_ALIGNED
+    cx, cy = (x1 + x2) / 2 + dx * w, (y1 + y2) / 2 + dy * h
+    return _chip(frame_bgr, np.array([cx - sw * w / 2, cy - sh * h / 2, sw * w, sh * h]))
+
+
+def _chip(frame_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
     height, width = frame_bgr.shape[:2]
-    x, y, w, h = clip_box(aligned_box(landmarks), width, height)
+    x, y, w, h = clip_box(box, width, height)
     if w <= 0 or h <= 0:  # face-api drops such boxes; a black chip keeps rows aligned
         return np.zeros((INPUT_SIZE, INPUT_SIZE, 3), np.float32)
     return chip_from_crop(frame_bgr[y : y + h, x : x + w, ::-1])

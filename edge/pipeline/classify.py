@@ -22,6 +22,7 @@ import numpy as np
 from edge.config import Config
 from edge.errors import ModelError
 from edge.inference import faceapi, runtime
+from edge.pipeline import pose
 from edge.pipeline.align import face_chips
 from edge.records import Demographics, Detections
 
@@ -107,11 +108,14 @@ class ChipSettings:
     flip_tta: bool = True
     calibrated: bool = True
     exposure_floor: float = 0.0
+    turned_yaw: float = 2.0  # classifier.turned_yaw (2: never)
 
     @classmethod
     def from_config(cls, config: Config) -> ChipSettings:
         c = config.classifier
-        return cls(c.child_below, c.old_from, c.flip_tta, c.calibrated, c.exposure_floor)
+        return cls(
+            c.child_below, c.old_from, c.flip_tta, c.calibrated, c.exposure_floor, c.turned_yaw
+        )
 
 
 def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"):
@@ -345,10 +349,7 @@ class FaceApiAgeGender(ChipBackend):
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
         """(chips,): every face's (112, 112, 3) float32 RGB chip, frame by frame."""
-        chips = np.stack(
-            [faceapi.face_chip(frame, points) for frame, points in per_face(frames, faces)]
-        )
-        return (lift_exposure_rgb(chips, self.settings.exposure_floor),)
+        return (faceapi_chips(frames, faces, self.settings),)
 
     def raw(self, chips_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The network's (age, P(male)) per chip, averaged with the mirror under flip TTA."""
@@ -373,6 +374,22 @@ class FaceApiAgeGender(ChipBackend):
             self.calibration.class_probs(ages, s.child_below, s.old_from).astype(np.float32),
             self.calibration.male_probs(raw_male).astype(np.float32),
         )
+
+
+def faceapi_chips(
+    frames: list[np.ndarray], faces: list[Detections], settings: ChipSettings
+) -> np.ndarray:
+    """face-api's chips, frame by frame, as the network sees them: cut from the eye line
+    (face-api's own aligned box), or from the detector's box when the head is turned
+    past settings.turned_yaw (pose.py), then brightened to the exposure floor. The
+    training tool (tools/train_classifier.py) cuts its chips here too."""
+    chips = []
+    for frame, f in zip(frames, faces, strict=False):
+        turned = np.abs(pose.yaw(f.landmarks)) > settings.turned_yaw
+        for box, points, side in zip(f.boxes, f.landmarks, turned, strict=True):
+            chip = faceapi.box_chip(frame, box) if side else faceapi.face_chip(frame, points)
+            chips.append(chip)
+    return lift_exposure_rgb(np.stack(chips), settings.exposure_floor)
 
 
 # ITU-R BT.601 luma weights in RGB order.
