@@ -301,7 +301,7 @@ def detect_faces(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[s
         best = int(np.argmax(faces.areas))
         boxes[i], landmarks[i], found[i] = faces.boxes[best], faces.landmarks[best], True
     data = {
-        "file": np.array([r["file"] for r in rows]),
+        "paths": np.array([r["file"] for r in rows]),
         "boxes": boxes,
         "landmarks": landmarks,
         "found": found,
@@ -329,9 +329,9 @@ def build_chips(
 
     data = detect_faces(labels_csv, cache_dir, limit)
     settings = dataclasses.replace(ChipSettings.from_config(load_config()), turned_yaw=turned_yaw)
-    chips = np.zeros((len(data["file"]), 112, 112, 3), np.uint8)
+    chips = np.zeros((len(data["paths"]), 112, 112, 3), np.uint8)
     for i in tqdm(np.flatnonzero(data["found"]), desc="chips", unit="img", file=sys.stderr):
-        frame = load_padded(labels_csv.parent / str(data["file"][i]))
+        frame = load_padded(labels_csv.parent / str(data["paths"][i]))
         face = Detections(
             data["boxes"][i : i + 1], np.ones(1, np.float32), data["landmarks"][i : i + 1]
         )
