@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -87,16 +89,85 @@ def test_retention_prunes_old_records(tmp_path):
     day = 86400
     try:
         store.emit(interval("door", time.time() - 100 * day))
-        store.emit(interval("door", time.time() - 10 * day))
+        store.emit(interval("door", time.time() - 1 * day))
         assert store.flush()
         assert store.prune() == 1
     finally:
         store.close()
     assert rows(path, "intervals") == 1
-    # At start too: a box that was off for months comes back within its retention.
+    # At start too, counted back from the newest record (the wall clock may be wrong,
+    # docs/metrics.md): a box that was off for weeks keeps what is within its retention
+    # of its last record, and the rest ages out as new records come in.
+    path = tmp_path / "off-for-weeks.db"
+    store = AudienceStore(path, retention_days=90).start()
+    try:
+        store.emit(interval("door", time.time() - 30 * day))
+        store.emit(interval("door", time.time() - 20 * day))
+        assert store.flush()
+    finally:
+        store.close()
     store = AudienceStore(path, retention_days=5).start()
     store.close()
-    assert rows(path, "intervals") == 0
+    assert rows(path, "intervals") == 1  # the one of 20 days ago, the newest
+    with sqlite3.connect(path) as conn:  # the pruned record's segment rows went with it
+        assert conn.execute("SELECT COUNT(*) FROM interval_segments").fetchone()[0] == 1
+
+
+def fill_like_a_day(path, now: float, count: int = 22) -> None:
+    """`count` intervals of 20 minutes up to `now`, as a day's run writes them."""
+    store = AudienceStore(path).start()
+    try:
+        for i in range(count):
+            store.emit(interval("door", now - (count - i) * 1200, length_s=1200))
+        assert store.flush()
+    finally:
+        store.close()
+
+
+def test_a_clock_100_days_ahead_deletes_nothing(tmp_path, caplog):
+    """Injected clock: the store started with the wall clock 100 days ahead (on main it
+    pruned 21 of 22 intervals) keeps everything and says why in one line."""
+    path = tmp_path / "audience.db"
+    now = time.time()
+    fill_like_a_day(path, now)
+    store = AudienceStore(path, clock=lambda: now + 100 * 86400).start()
+    try:
+        assert store.prune() == 0
+    finally:
+        store.close()
+    assert rows(path, "intervals") == 22
+    ahead = [r for r in caplog.records if "days ahead of the newest record" in r.message]
+    assert len(ahead) == 2 and "100 days ahead" in ahead[0].message  # start, and prune()
+
+
+FAKETIME_START = """
+import sys
+from pathlib import Path
+from edge.outputs.store import AudienceStore
+AudienceStore(Path(sys.argv[1]), retention_days=90).start().close()
+"""
+
+
+def test_a_store_started_under_faketime_100_days_ahead_deletes_nothing(tmp_path):
+    """The real wall clock moved with libfaketime (Debian's faketime, TEST_DEBS), in a
+    process of its own, as a box whose clock jumped would start."""
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("faketime is missing (make test-deps installs it)")
+        pytest.skip("faketime is missing (make test-deps installs it)")
+    path = tmp_path / "audience.db"
+    fill_like_a_day(path, time.time())
+    result = subprocess.run(
+        [faketime, "-f", "+100d", sys.executable, "-c", FAKETIME_START, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "days ahead of the newest record" in result.stderr
+    assert rows(path, "intervals") == 22
 
 
 def test_schema_versions_are_migrated_and_a_newer_store_is_refused(tmp_path):
@@ -107,12 +178,100 @@ def test_schema_versions_are_migrated_and_a_newer_store_is_refused(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
         conn.execute(f"PRAGMA user_version = {len(store_mod.MIGRATIONS) + 1}")
+    newest = store_mod.SCHEMA_VERSION
     with pytest.raises(
         StoreError,
-        match=r"audience.db: the audience store has schema version "
-        r"2, newer than this edge knows \(1\)",
+        match=rf"audience.db: the audience store has schema version "
+        rf"{newest + 1}, newer than this edge knows \({newest}\)",
     ):
         AudienceStore(path).start()
+
+
+def test_a_schema_1_store_migrates_and_reports_the_same_totals_plus_the_new_figures(
+    tmp_path,
+):
+    """A store as main (schema 1) wrote it: its totals survive migration 2, and the
+    records written after it carry what schema 1 dropped (gender unknown in a segment,
+    reach, per-segment figures)."""
+    from edge.commands.report import summarize
+    from edge.events import PlayEvent
+    from edge.timefmt import iso
+
+    path = tmp_path / "audience.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(f"BEGIN;\n{store_mod.MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    now = time.time()
+    wide = ", ".join(["?"] * 14)
+    # two intervals of main's: 3 adult women + 1 unclassified, 2 old men
+    conn.execute(
+        f"INSERT INTO intervals VALUES ({wide})",
+        ("door/a", "door", now - 600, now - 300, 0, 0, 3, 0, 0, 0, 2, 1, 9.0, 4.0),
+    )
+    conn.execute(
+        f"INSERT INTO intervals VALUES ({wide})",
+        ("door/b", "door", now - 300, now - 240, 0, 0, 0, 0, 0, 2, 1, 0, 5.0, 2.0),
+    )
+    play = ", ".join(["?"] * 23)
+    conn.execute(
+        f"INSERT INTO plays VALUES ({play})",
+        (
+            "window/a", "window", "door", "spring", "Spring", "targeting", now - 600,
+            now - 588, 12.0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 3.0,
+        ),
+    )  # fmt: skip
+    conn.close()
+    store = AudienceStore(path).start()
+    try:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
+            after = summarize(conn, by="day")
+        # main's report said: 5 visitors by segment and 1 unclassified, 3 watchers,
+        # 14 s dwell; one play with 2 viewers by segment, 1 unclassified, 1 watcher.
+        # The same people, now all counted as visitors and impressions:
+        totals = after["totals"]
+        assert (totals["visitors"], totals["watchers"], totals["dwell_s"]) == (6, 3, 14.0)
+        assert {k: v["visitors"] for k, v in totals["segments"].items() if v["visitors"]} == {
+            "adult_female": 3,
+            "old_male": 2,
+            "unclassified": 1,
+        }
+        assert totals["segments"]["adult_female"]["watchers"] is None  # not split in schema 1
+        spring = after["ads"][0]
+        assert (spring["plays"], spring["impressions"], spring["watchers"]) == (1, 3, 1)
+        assert spring["screen_time_s"] == 12.0
+        assert spring["reach"] is None  # schema 1 did not count it: unknown, not 0
+        # A record of today's code: the gender-unsure visitor and reach are kept.
+        seg = {"visitors": 1, "watchers": 1, "dwell_s": 4.0, "attention_s": 2.0}
+        store.emit(
+            dataclasses.replace(
+                interval("door", now - 200),
+                unique_visitors={"adult": {"female": 0, "male": 0}},
+                gender_unknown={"child": 0, "adult": 0, "old": 1},
+                segments={"old_unknown": seg},
+            )
+        )
+        store.emit(
+            PlayEvent(
+                "window/b", "window", "door", "spring", "Spring", "targeting",
+                iso(now - 200), iso(now - 188), 12.0,
+                viewers={"old": {"female": 0, "male": 0, "unknown": 1}},
+                watchers={"old": {"female": 0, "male": 0, "unknown": 1}},
+                unclassified=0, attention_s=2.0,
+                segments={"old_unknown": {"impressions": 1, "reach": 1, "watchers": 1,
+                                          "attention_s": 2.0, "dwell_s": 9.0}},
+                campaign="spring-26", advertiser="Acme",
+            )
+        )  # fmt: skip
+        assert store.flush()
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        last = summarize(conn, by="day")
+    assert last["totals"]["visitors"] == 7
+    assert last["totals"]["segments"]["old_unknown"]["visitors"] == 1
+    spring = last["ads"][0]
+    assert (spring["plays"], spring["impressions"], spring["reach"]) == (2, 4, 1)
+    assert spring["segments"]["old_unknown"]["watch_rate"] == 1.0
 
 
 WRITER = """
