@@ -289,7 +289,6 @@ def test_a_campaign_report_groups_two_ads(tmp_path):
 
 
 def test_the_autumn_change_gives_two_0200_rows_with_their_offsets(tmp_path):
-    from edge.outputs.store import AudienceStore  # noqa: F401 (store_config uses it)
     from test_store import interval
 
     # Europe/Berlin, night of 25 October 2026: 02:00-03:00 happens twice, first at
