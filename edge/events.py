@@ -88,6 +88,10 @@ class CameraStats(Payload):
     )
     tracks: int = doc()
     reconnects_last_hour: int = doc()
+    error: str | None = doc(
+        "while offline: the latest error (it changes as reconnects fail)",
+        default_factory=lambda: None,
+    )
 
 
 # -- events ----------------------------------------------------------------------------

@@ -619,6 +619,7 @@ class Service:
                 detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
                 tracks=len(cam.audience.people),
                 reconnects_last_hour=cam.reader.reconnects_last_hour(),
+                error=None if status.online else (status.last_error or None),
             )
         latencies = np.array(self._latency_ms) if self._latency_ms else None
         p50, p95 = (

@@ -110,14 +110,21 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
             "return [...document.querySelectorAll('#ads tr[data-ad=only] td')]"
             ".map(td => td.textContent)"
         )
-        assert row[0] == "Only ad" and row[1] == "1" and row[3:] == ["3", "3", "100%"]
+        # title, plays, screen time, impressions, reach, watchers, watch rate, attention
+        assert row[0] == "Only ad" and row[1] == "1" and row[3:7] == ["3", "3", "3", "100%"]
+        segment = browser.execute_script(
+            "return [...document.querySelectorAll("
+            "'#ads tr[data-ad=only][data-segment=adult_female] td')].map(td => td.textContent)"
+        )
+        assert segment[0] == "adult F" and segment[3:7] == ["2", "2", "2", "100%"]
         assert painted_pixels(browser) > 1000  # the stacked bars and axes were drawn
         assert browser.execute_script(
             "return Chart.getChart('hours').data.datasets"
             ".map(d => d.data.reduce((a, b) => a + b, 0))"
-        ) == [0, 0, 2, 1, 0, 0]
+        ) == [0, 0, 0, 2, 1, 0, 0, 0, 0, 0]  # every segment of docs/metrics.md
         assert fits(browser)
-        assert browser.execute_script("return document.body.dataset.connection") == "open"
+        # A page that no service feeds (edge display) is open, but not live: not green.
+        assert browser.execute_script("return document.body.dataset.connection") == "live"
 
         # Live: the real pipeline on the group photo (six adults) as the door camera.
         door = dataclasses.replace(config.cameras[0], source=str(group_photo))
@@ -208,7 +215,7 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
                     state["cameras"]["door"]["present"] == 6
                     and state["health"]["mqtt"]["connected"]
                     and state["health"]["latency_p95_ms"] is not None
-                    and "hours" in state["today"]
+                    and "periods" in state["today"]
                     and state["displays"]["window"]["ad"] != "welcome"
                 ):
                     break
@@ -232,4 +239,4 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
     # Visits end at stop: the last interval went into the store on the way out.
     result = run_edge("--config", str(config), "report", "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["totals"]["visitors_total"] == 6
+    assert json.loads(result.stdout)["totals"]["visitors"] == 6
