@@ -36,9 +36,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.commands import report
 from edge.config import Config
+from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.player_server import sse
-from edge.errors import EdgeError
 from edge.pipeline.audience import empty_counts
 
 log = logging.getLogger(__name__)
