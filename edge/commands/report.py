@@ -297,12 +297,12 @@ def summarize(
         info.update(title=row[3], campaign=row[4], advertiser=row[5])  # the latest
         info["ads"].add(row[2])
         period = period_of(row[1], period_by)
-        for bucket in (
+        for figures in (
             ads.setdefault(key, _Ads()),
             ad_periods.setdefault((*period, key), _Ads()),
             plays,
         ):
-            bucket.add(row[0], row[6], row[7], row[8:13])
+            figures.add(row[0], row[6], row[7], row[8:13])
 
     def label(key: str) -> dict:
         info = names[key]

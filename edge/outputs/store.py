@@ -304,6 +304,7 @@ def record_id(event: IntervalEvent | PlayEvent) -> str:
 def _insert(conn: sqlite3.Connection, event: IntervalEvent | PlayEvent) -> int:
     """Insert one record and its segment rows (in the caller's transaction); 0 when a
     record of that id is there already."""
+    figures: tuple[str, ...]
     if isinstance(event, IntervalEvent):
         table, columns, row = "intervals", _INTERVAL_COLUMNS, interval_row(event)
         seg_table, figures = "interval_segments", INTERVAL_FIGURES
