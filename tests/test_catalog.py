@@ -133,15 +133,11 @@ def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalo
         [{"a": 1}],
         "🙂",
     ]
+    from edge.pipeline.catalog import AD_KEYS
+
+    # Every field the loader knows (a new one is tried too), and the nested ones.
     fields = [
-        "id",
-        "title",
-        "creative",
-        "duration_s",
-        "targeting",
-        "weight",
-        "schedule",
-        "priority",
+        *sorted(AD_KEYS),
         "targeting.age_classes",
         "targeting.genders",
         "schedule.days",

@@ -393,6 +393,14 @@ def fill(folder) -> None:
         os.close(fd)
 
 
+def retried(store: AudienceStore, timeout: float) -> bool:
+    """Wait until the records that failed to write are written (back-off up to 30 s)."""
+    deadline = time.monotonic() + timeout
+    while store.pending and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return store.pending == 0
+
+
 def test_a_full_disk_loses_nothing_once_space_returns(small_disk):
     """On main, with the state folder full for 30 s, 9 intervals and 2 plays of 23 were
     never written. Here every one is written exactly once after space comes back, and
@@ -419,10 +427,7 @@ def test_a_full_disk_loses_nothing_once_space_returns(small_disk):
         time.sleep(1.5)  # still full: retried, still waiting
         assert store.pending == len(records) - 1
         (small_disk / "filler").unlink()  # space comes back
-        deadline = time.monotonic() + 20
-        while store.pending and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert store.pending == 0 and store.failed == 0
+        assert retried(store, 20) and store.failed == 0
     finally:
         store.close()
     with sqlite3.connect(path) as conn:
@@ -473,10 +478,7 @@ def test_a_locked_store_is_retried_and_counted_in_metrics(tmp_path):
         )
         assert "edge_store_pending_records 1.0" in text
         blocker.execute("COMMIT")
-        deadline = time.monotonic() + 10
-        while store.pending and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert store.pending == 0 and store.written == 1
+        assert retried(store, 10) and store.written == 1
     finally:
         blocker.close()
         store.close()
