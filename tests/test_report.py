@@ -280,6 +280,7 @@ def test_a_campaign_report_groups_two_ads(tmp_path):
     assert spring["store"] == "berlin-7"
     table = report(config, "--by", "campaign")
     assert "Campaigns" in table and "spring-26" in table and "Acme" in table
+    assert "Campaigns per day" in table
     _, ads, _ = report(config, "--by", "campaign", "--format", "csv").split("\n\n")
     rows = list(csv.DictReader(io.StringIO(ads)))
     assert [(r["store"], r["campaign"], r["segment"], r["plays"]) for r in rows][:2] == [

@@ -430,6 +430,25 @@ def as_table(report: dict) -> str:
                 )
     if len(segment_rows) > 1:
         out += ["", f"{group.capitalize()}s by segment", _grid(segment_rows, 2)]
+    period_rows = [
+        ["period", "offset", group, "plays", "impressions", "reach", "watchers", "watch rate"]
+    ]
+    for a in report["ad_periods"]:
+        period_rows.append(
+            [
+                a["period"],
+                a["utc_offset"],
+                a[group] or "(none)",
+                str(a["plays"]),
+                str(a["impressions"]),
+                _num(a["reach"]),
+                _num(a["watchers"]),
+                _pct(a["watch_rate"]),
+            ]
+        )
+    if len(period_rows) > 1:
+        per = "day" if by == "campaign" else by
+        out += ["", f"{group.capitalize()}s per {per}", _grid(period_rows, 3)]
     return "\n".join(out)
 
 
