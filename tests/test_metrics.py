@@ -189,6 +189,10 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     play = (("ad", "spring-collection"), ("display", "window"))
     assert samples["edge_plays_total", play] == 2
     assert samples["edge_play_viewers_total", play] == 5
+    # docs/metrics.md's names: impressions as many as viewers; reach not known here
+    assert samples["edge_impressions_total", play] == 5
+    assert samples["edge_play_watchers_total", play] == 0
+    assert samples["edge_reach_total", play] == 0
     assert samples["edge_camera_reconnects_total", (("camera", "door"),)] == 1
     unknown = (("age_class", "adult"), ("camera", "door"), ("gender", "unknown"))
     assert samples["edge_visitors_total", unknown] == 1

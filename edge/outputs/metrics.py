@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edge import __version__
 from edge.config import Config
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
+from edge.outputs.store import play_segments
 from edge.records import AGE_CLASSES, GENDERS
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,14 @@ class Metrics(NoMetrics):
                     sum(n for by_g in event.viewers.values() for n in by_g.values()),
                 )
                 labels = (event.display, event.ad)
+                segments = play_segments(event)  # derived when an older producer sent none
                 for counter, figure in (
                     (self.impressions, "impressions"),
                     (self.reach, "reach"),
                     (self.play_watchers, "watchers"),
                 ):
                     counter.labels(*labels).inc(
-                        sum(f.get(figure) or 0 for f in event.segments.values())
+                        sum(f.get(figure) or 0 for f in segments.values())
                     )
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
