@@ -220,9 +220,7 @@ class Metrics(NoMetrics):
                     (self.reach, "reach"),
                     (self.play_watchers, "watchers"),
                 ):
-                    counter.labels(*labels).inc(
-                        sum(f.get(figure) or 0 for f in segments.values())
-                    )
+                    counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
                     self.reconnects.labels(cam).inc()
