@@ -35,7 +35,7 @@ from edge import __version__
 from edge.config import Config
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
 from edge.outputs.store import play_segments
-from edge.records import AGE_CLASSES, GENDERS
+from edge.records import AGE_CLASSES, SEGMENT_GENDERS
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Metrics(NoMetrics):
             self.unclassified.labels(cam.id)
             self.watchers.labels(cam.id)
             for age_class in AGE_CLASSES:
-                for gender in GENDERS:
+                for gender in SEGMENT_GENDERS:  # "unknown": gender unsure (docs/metrics.md)
                     self.visitors.labels(cam.id, age_class, gender)
         self._was_online: dict[str, bool] = {}
         self._server: WSGIServer | None = None
