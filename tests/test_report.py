@@ -313,3 +313,19 @@ def test_the_autumn_change_gives_two_0200_rows_with_their_offsets(tmp_path):
     # By day it is one day of 25 hours.
     days = json.loads(report(config, "--format", "json", env=berlin))["periods"]
     assert [(p["period"], p["visitors"]) for p in days] == [("2026-10-25", 3)]
+
+
+def test_a_store_not_yet_migrated_is_one_line_saying_what_to_do(tmp_path):
+    import sqlite3
+
+    from edge.outputs import store as store_mod
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    (tmp_path / "state").mkdir()
+    conn = sqlite3.connect(tmp_path / "state" / "audience.db", isolation_level=None)
+    conn.executescript(f"BEGIN;\n{store_mod.MIGRATIONS[0]}\nPRAGMA user_version = 1;\nCOMMIT;")
+    conn.close()
+    result = run_edge("--config", str(config), "report")
+    assert result.returncode == 78 and len(result.stderr.strip().splitlines()) == 1
+    assert "schema version 1" in result.stderr and "start `edge run` once" in result.stderr

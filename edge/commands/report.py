@@ -29,7 +29,7 @@ import sqlite3
 from pathlib import Path
 
 from edge.errors import EX_NOINPUT, EX_USAGE, EdgeError
-from edge.outputs.store import StoreError, connect
+from edge.outputs.store import SCHEMA_VERSION, StoreError, connect
 from edge.records import SEGMENTS
 
 SEGMENT_KEYS = SEGMENTS
@@ -559,6 +559,13 @@ def read(path: Path, **query) -> dict:
     conn = connect(path, readonly=True)
     try:
         try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: the audience store has schema version {version}; this edge "
+                    f"reads version {SCHEMA_VERSION}: start `edge run` once (it migrates the "
+                    f"store at start) and report again"
+                )
             check_ids(
                 conn,
                 path,
