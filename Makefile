@@ -16,7 +16,7 @@ setup: $(STAMP) models
 # Debian's package, unless an npm (say, NodeSource's) is already on the PATH.
 # The tests also drive the display player in a real headless Chromium.
 RUN_DEBS  := mosquitto mosquitto-clients
-TEST_DEBS := chromium chromium-driver shellcheck
+TEST_DEBS := chromium chromium-driver shellcheck faketime
 apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing from Debian:" $$missing; apt-get update -qq \
@@ -60,9 +60,13 @@ models: $(STAMP)
 # Main job on an embedded default: the group photo that insightface ships, shown
 # as the entrance camera of config.yaml; the service publishes to the local broker
 # and serves the display player (http://127.0.0.1:8080/display/window).
+# Its state (audience store, MQTT outbox) goes to a folder of its own, emptied on each
+# run, so the demo's six people never land in a real store's counts.
 DEMO_SECONDS ?= 15
+DEMO_STATE := $(RUN_DIR)/demo-state
 demo: setup broker
-	$(BIN)/edge --config config.yaml run --duration $(DEMO_SECONDS) \
+	rm -rf $(DEMO_STATE) && mkdir -p $(DEMO_STATE)
+	STATE_DIRECTORY=$(DEMO_STATE) $(BIN)/edge --config config.yaml run --duration $(DEMO_SECONDS) \
 	  --source "$$($(BIN)/python -c 'import edge.samples as s; print(s.group_photo())')" --realtime
 
 # Four workers (pytest-xdist): the suite mostly waits on brokers, outages and timeouts;

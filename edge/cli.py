@@ -214,7 +214,7 @@ def cmd_run(args, cfg) -> int:
                 player = start_player(cfg)
                 player.dashboard = _dashboard(cfg, sinks, store, publisher)
         if metrics is not None:
-            metrics.watch(service, publisher)
+            metrics.watch(service, publisher, store)
             metrics.serve()
         service.install_signal_handlers()
         return service.run(duration_s=args.duration)
@@ -329,6 +329,8 @@ def cmd_report(args, cfg) -> int:
         camera=args.camera,
         display=args.display,
         fmt=args.format,
+        ad=args.ad,
+        store=cfg.mqtt.store_id,
     )
 
 
@@ -557,9 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATE",
         help="up to this date, inclusive (a date and time: exclusive)",
     )
-    p.add_argument("--by", choices=("hour", "day"), default="day", help="period (day)")
+    p.add_argument(
+        "--by",
+        choices=("hour", "day", "campaign"),
+        default="day",
+        help="period (day); campaign: plays per campaign of the catalog, visitors per day",
+    )
     p.add_argument("--camera", metavar="ID", help="only this camera")
     p.add_argument("--display", metavar="ID", help="only this display's plays")
+    p.add_argument("--ad", metavar="ID", help="only this ad's plays")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_report)
 

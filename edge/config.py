@@ -327,7 +327,11 @@ class AudienceConfig:
         1.0, "Looking for at least this long makes a visitor a watcher.", low=0, high=3600
     )
     min_visit_s: float = opt(
-        0.5, "Visits shorter than this are not counted as visitors.", low=0, high=3600
+        0.5,
+        "Visits shorter than this are counted as unclassified visitors (in no age class "
+        "or gender).",
+        low=0,
+        high=3600,
     )
     min_confidence: float = opt(
         0.5,

@@ -6,6 +6,7 @@ stops a restart loop on configuration problems that a restart cannot fix.
 
 import socket
 
+EX_USAGE = 64  # a command-line argument names something that does not exist
 EX_DATAERR = 65
 EX_NOINPUT = 66  # an input file is missing or cannot be read
 EX_SOFTWARE = 70

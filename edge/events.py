@@ -20,12 +20,21 @@ from edge.records import Decision
 from edge.timefmt import iso
 
 COUNTS = "{child|adult|old: {female, male}}"  # age class x gender: a number of people
+PLAY_COUNTS = "{child|adult|old: {female, male, unknown}}"  # plays: with unsure genders
+# Per segment (records.SEGMENTS), the segment's figures; names as in docs/metrics.md.
+SEGMENT_FIGURES = "{<age class>_<gender>|unclassified: {...}}"
 
 
-def doc(text: str = "", *, shape: str = "", of: type | None = None) -> Any:
+def doc(
+    text: str = "", *, shape: str = "", of: type | None = None, default_factory: Any = None
+) -> Any:
     """A field with its documentation. `shape`: its JSON shape in the topic table;
-    `of`: the record class of its value(s), whose own fields the tables list."""
-    return field(metadata={"doc": text, "shape": shape, "of": of})
+    `of`: the record class of its value(s), whose own fields the tables list;
+    `default_factory`: for a field added later, so older constructors still work."""
+    meta = {"doc": text, "shape": shape, "of": of}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(metadata=meta)
 
 
 class Payload:
@@ -79,6 +88,10 @@ class CameraStats(Payload):
     )
     tracks: int = doc()
     reconnects_last_hour: int = doc()
+    error: str | None = doc(
+        "while offline: the latest error (it changes as reconnects fail)",
+        default_factory=lambda: None,
+    )
 
 
 # -- events ----------------------------------------------------------------------------
@@ -146,10 +159,15 @@ class IntervalEvent(Payload):
     gender_unknown: dict = doc(
         "per age class: visitors whose gender stayed unsure", shape="{child|adult|old}"
     )
-    watchers: int = doc()
-    unclassified: int = doc()
-    dwell_s: float = doc()
-    attention_s: float = doc()
+    watchers: int = doc("visitors who looked for `audience.min_attention_s`")
+    unclassified: int = doc("visitors whose age class stayed unknown (or whose visit was short)")
+    dwell_s: float = doc("all visitors' time in view")
+    attention_s: float = doc("all visitors' looking time")
+    segments: dict = doc(
+        "per segment (docs/metrics.md): `visitors`, `watchers`, `dwell_s`, `attention_s`",
+        shape=SEGMENT_FIGURES.replace("...", "visitors, watchers, dwell_s, attention_s"),
+        default_factory=dict,
+    )
 
 
 @dataclass(frozen=True)
@@ -204,11 +222,21 @@ class PlayEvent(Payload):
     rule: str = doc()
     start: str = doc()
     end: str = doc()
-    duration_s: float = doc()
-    viewers: dict = doc('age class × gender, see README "Plays"', shape=COUNTS)
-    watchers: dict = doc("age class × gender", shape=COUNTS)
-    unclassified: int = doc()
-    attention_s: float = doc()
+    duration_s: float = doc("screen time of this play (at most the ad's `duration_s`)")
+    viewers: dict = doc(
+        'the play\'s impressions, age class × gender, see README "Plays"', shape=PLAY_COUNTS
+    )
+    watchers: dict = doc("age class × gender", shape=PLAY_COUNTS)
+    unclassified: int = doc("viewers whose age class stayed unknown")
+    attention_s: float = doc("the viewers' looking time during the play")
+    segments: dict = doc(
+        "per segment (docs/metrics.md): `impressions`, `reach`, `watchers`, "
+        "`attention_s`, `dwell_s`",
+        shape=SEGMENT_FIGURES.replace("...", "impressions, reach, watchers, attention_s, dwell_s"),
+        default_factory=dict,
+    )
+    campaign: str = doc("the ad's campaign in the catalog, or empty", default_factory=str)
+    advertiser: str = doc("the ad's advertiser in the catalog, or empty", default_factory=str)
 
 
 @dataclass(frozen=True)

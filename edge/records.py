@@ -14,6 +14,20 @@ import numpy as np
 
 AGE_CLASSES = ("child", "adult", "old")
 GENDERS = ("female", "male")
+# The audience segments every count is split by (docs/metrics.md): age class x gender,
+# where a gender that stayed unsure (audience.gender_margin) is "unknown", and one
+# segment for the people whose age class is unknown. Everyone falls in exactly one.
+SEGMENT_GENDERS = (*GENDERS, "unknown")
+UNCLASSIFIED = "unclassified"
+SEGMENTS = (*(f"{c}_{g}" for c in AGE_CLASSES for g in SEGMENT_GENDERS), UNCLASSIFIED)
+
+
+def segment_parts(key: str) -> tuple[str, str]:
+    """(age class, gender) of a segment key; ("unknown", "unknown") for unclassified."""
+    if key == UNCLASSIFIED:
+        return "unknown", "unknown"
+    age_class, gender = key.split("_")
+    return age_class, gender
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +117,5 @@ class Decision:
     segment: dict | None  # {"age_class", "gender"} targeted, None when nobody / family-safe
     audience: dict  # the audience summary the decision was based on
     time: float  # epoch seconds of the decision
+    campaign: str = ""  # the ad's campaign and advertiser in the catalog (reports group by them)
+    advertiser: str = ""

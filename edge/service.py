@@ -64,7 +64,7 @@ from edge.pipeline.audience import Audience, empty_counts
 from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
 from edge.pipeline.catalog import load_catalog
 from edge.pipeline.motion import MotionDetector
-from edge.pipeline.plays import PlayLog
+from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
 from edge.records import Detections
@@ -249,9 +249,12 @@ class Service:
                 )
                 shown.plays = shown.plays or PlayLog(
                     display.camera,
-                    config.selector.min_dwell_s,
-                    config.audience.min_attention_s,
-                    config.audience.min_confidence,
+                    PlaySettings(
+                        config.selector.min_dwell_s,
+                        config.audience.min_attention_s,
+                        config.audience.min_confidence,
+                        config.audience.gender_margin,
+                    ),
                 )
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
@@ -526,7 +529,8 @@ class Service:
                     self.emit(ended)
                 self.emit(DecisionEvent.of(decision))
         if cam.plays is not None:  # after the switch: this frame is the new ad's audience
-            cam.plays.observe(cam.audience.people)
+            for looped in cam.plays.observe(cam.audience.people, frame.timestamp):
+                self.emit(looped)  # an ad held past its duration_s: each loop is a play
         if not self.offline:
             self._latency_ms.append((time.time() - frame.timestamp) * 1000)
             self.metrics.decided(cid, self._latency_ms[-1] / 1000)
@@ -549,6 +553,7 @@ class Service:
                 report["unclassified"],
                 report["dwell_s"],
                 report["attention_s"],
+                report["segments"],
             )
         )
 
@@ -614,6 +619,7 @@ class Service:
                 detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
                 tracks=len(cam.audience.people),
                 reconnects_last_hour=cam.reader.reconnects_last_hour(),
+                error=None if status.online else (status.last_error or None),
             )
         latencies = np.array(self._latency_ms) if self._latency_ms else None
         p50, p95 = (

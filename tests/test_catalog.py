@@ -19,6 +19,8 @@ def test_shipped_catalog_is_valid():
     women = catalog.ads["spring-collection"]
     assert women.targets("adult", "female") and not women.targets("adult", "male")
     assert not women.targets("child", "female")
+    assert (women.campaign, women.advertiser) == ("spring-2026", "Store fashion")
+    assert catalog.ads["welcome"].campaign == ""  # optional
     seniors = catalog.ads["senior-tuesdays"]
     assert seniors.schedule.allows(dt.datetime(2026, 11, 24, 9, 0))  # a Tuesday
     assert not seniors.schedule.allows(dt.datetime(2026, 11, 24, 21, 0))  # after hours
@@ -131,15 +133,11 @@ def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalo
         [{"a": 1}],
         "🙂",
     ]
+    from edge.pipeline.catalog import AD_KEYS
+
+    # Every field the loader knows (a new one is tried too), and the nested ones.
     fields = [
-        "id",
-        "title",
-        "creative",
-        "duration_s",
-        "targeting",
-        "weight",
-        "schedule",
-        "priority",
+        *sorted(AD_KEYS),
         "targeting.age_classes",
         "targeting.genders",
         "schedule.days",
@@ -258,4 +256,12 @@ def test_every_catalog_creative_is_served_by_the_player(catalog_dir):
 def test_title_length_is_capped(catalog_dir):
     path = edit(catalog_dir, "title: Senior Tuesdays", "title: " + "T" * 201)
     with pytest.raises(ConfigError, match="ad 'senior-tuesdays': field 'title' is longer than 200"):
+        load_catalog(path)
+
+
+def test_campaign_and_advertiser_must_be_short_names(catalog_dir):
+    path = edit(catalog_dir, "campaign: spring-2026", "campaign: [spring]")
+    with pytest.raises(
+        ConfigError, match=r"ad 'spring-collection': field 'campaign' is \['spring'\]"
+    ):
         load_catalog(path)

@@ -110,14 +110,21 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
             "return [...document.querySelectorAll('#ads tr[data-ad=only] td')]"
             ".map(td => td.textContent)"
         )
-        assert row[0] == "Only ad" and row[1] == "1" and row[3:] == ["3", "3", "100%"]
+        # title, plays, screen time, impressions, reach, watchers, watch rate, attention
+        assert row[0] == "Only ad" and row[1] == "1" and row[3:7] == ["3", "3", "3", "100%"]
+        segment = browser.execute_script(
+            "return [...document.querySelectorAll("
+            "'#ads tr[data-ad=only][data-segment=adult_female] td')].map(td => td.textContent)"
+        )
+        assert segment[0] == "adult F" and segment[3:7] == ["2", "2", "2", "100%"]
         assert painted_pixels(browser) > 1000  # the stacked bars and axes were drawn
         assert browser.execute_script(
             "return Chart.getChart('hours').data.datasets"
             ".map(d => d.data.reduce((a, b) => a + b, 0))"
-        ) == [0, 0, 2, 1, 0, 0]
+        ) == [0, 0, 0, 2, 1, 0, 0, 0, 0, 0]  # every segment of docs/metrics.md
         assert fits(browser)
-        assert browser.execute_script("return document.body.dataset.connection") == "open"
+        # A page that no service feeds (edge display) is open, but not live: not green.
+        assert browser.execute_script("return document.body.dataset.connection") == "live"
 
         # Live: the real pipeline on the group photo (six adults) as the door camera.
         door = dataclasses.replace(config.cameras[0], source=str(group_photo))
@@ -208,7 +215,7 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
                     state["cameras"]["door"]["present"] == 6
                     and state["health"]["mqtt"]["connected"]
                     and state["health"]["latency_p95_ms"] is not None
-                    and "hours" in state["today"]
+                    and "periods" in state["today"]
                     and state["displays"]["window"]["ad"] != "welcome"
                 ):
                     break
@@ -232,4 +239,99 @@ def test_edge_run_serves_the_dashboard_with_mqtt_health(broker, tmp_path, group_
     # Visits end at stop: the last interval went into the store on the way out.
     result = run_edge("--config", str(config), "report", "--format", "json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["totals"]["visitors_total"] == 6
+    assert json.loads(result.stdout)["totals"]["visitors"] == 6
+
+
+def test_ranges_export_and_states_that_agree(browser, tmp_path):  # noqa: F811
+    """A range read from the store (yesterday, the last 7 days, from-to), its CSV export
+    equal to `edge report --format csv` for the same days, and a camera that goes offline
+    showing nobody in view and its latest error, not the first."""
+    import csv
+    import datetime as dt
+    import io
+
+    from test_report import play_event, store_config
+    from test_store import interval
+
+    from edge.commands.report import day_range
+    from edge.events import AudienceEvent, CameraEvent, CameraStats, StatsEvent
+
+    today_start, _ = day_range("today")
+    yesterday_start, _ = day_range("yesterday")
+    config_path = store_config(
+        tmp_path,
+        [
+            interval("door", yesterday_start + 10 * 3600, women=4),
+            play_event("spring", yesterday_start + 10 * 3600 + 60, campaign="spring-26"),
+            interval("door", today_start + 60, women=1),
+        ],
+    )
+    config = config_mod.load(config_path)
+    config = dataclasses.replace(
+        config, cameras=[config_mod.CameraConfig(id="door", source="/dev/video0")]
+    )
+    dashboard = Dashboard(config)
+    server = DisplayServer(config, load_catalog(ROOT / "ads" / "catalog.yaml"), port=0)
+    server.dashboard = dashboard
+    server.start()
+    try:
+        browser.get(f"{server.url}/dashboard")
+        wait_text(browser, "#today-total", "1")
+        assert text(browser, "#today-watchers + .dim") == "watchers today"
+        assert browser.execute_script("return document.body.dataset.connection") == "live"
+
+        browser.execute_script(
+            "const r = document.getElementById('range'); r.value = 'yesterday';"
+            "r.dispatchEvent(new Event('change'))"
+        )
+        wait_text(browser, "#today-total", "4")
+        assert text(browser, "#today-watchers + .dim") == "watchers yesterday"
+        assert text(browser, "#today-plays") == "1" and text(browser, "#today-reach") == "1"
+        row = browser.execute_script(
+            "return [...document.querySelectorAll('#ads tr[data-ad=spring]:not(.seg) td')]"
+            ".map(td => td.textContent)"
+        )
+        assert row[0] == "Spring" and row[3:7] == ["1", "1", "1", "100%"]
+        # The chart of one day has the hour of yesterday's visitors.
+        assert browser.execute_script(
+            "return Chart.getChart('hours').data.labels.includes('10:00')"
+        )
+        href = browser.execute_script("return document.getElementById('export').href")
+        assert href.endswith("/dashboard/export.csv?range=yesterday")
+        status, headers, body = get(href)
+        assert status == 200 and headers["Content-Type"] == "text/csv; charset=utf-8"
+        day = dt.date.fromtimestamp(yesterday_start).isoformat()
+        result = run_edge(
+            "--config", str(config_path), "report", "--format", "csv", "--by", "hour",
+            "--from", day, "--to", day,
+        )  # fmt: skip
+        assert result.returncode == 0 and body.decode() == result.stdout.rstrip("\n")
+        visitors = list(csv.DictReader(io.StringIO(body.decode().split("\n\n")[0])))
+        assert [r["visitors"] for r in visitors if r["segment"] == "all"] == ["4"]
+
+        browser.execute_script(
+            "const r = document.getElementById('range'); r.value = '7days';"
+            "r.dispatchEvent(new Event('change'))"
+        )
+        wait_text(browser, "#today-total", "5")
+        assert browser.execute_script("return Chart.getChart('hours').data.labels.length") == 7
+        history = json.loads(get(f"{server.url}/dashboard/history.json?range=custom&from={day}")[2])
+        assert history["totals"]["visitors"] == 4 and history["from"] == history["to"] == day
+
+        # Now: three people in view, then the camera fails twice with different errors.
+        counts = {"child": {"female": 0, "male": 0}, "adult": {"female": 3, "male": 0},
+                  "old": {"female": 0, "male": 0}}  # fmt: skip
+        present = [{"watching": True}] * 3
+        dashboard.emit(CameraEvent("door", "Door", True, None, 0))
+        dashboard.emit(AudienceEvent("door", "t", present=present, counts=counts))
+        wait_text(browser, "[data-camera=door] .present", "3")
+        assert "3 watching now" in text(browser, "[data-camera=door] .dim")
+        dashboard.emit(CameraEvent("door", "Door", False, "connection refused", 0))
+        wait_text(browser, "[data-camera=door] .present", "0")
+        assert text(browser, "[data-camera=door] .error") == "connection refused"
+        stats = CameraStats(False, 0, 0, 0, 0, None, None, 0, 1, error="no route to host")
+        dashboard.emit(StatsEvent("t", {"door": stats}, None, None, None, None))
+        wait_text(browser, "[data-camera=door] .error", "no route to host")
+        assert "offline" in text(browser, "[data-camera=door] .badge")
+    finally:
+        server.stop()

@@ -101,13 +101,19 @@ state_dir: {tmp_path / "state"}
     )
     assert {"0.001", "0.2"} <= {dict(k)["le"] for k in second["edge_latency_seconds_bucket"]}
 
-    # The walk clip's three visitors, counted when it ended, as every interval event says.
+    # The walk clip's three visitors, counted when it ended, as every interval event says:
+    # everyone (docs/metrics.md), gender unknown (a loaded machine samples fewer frames)
+    # and unclassified included.
     produced = {}
+    unclassified = 0
     for e in events:
         if e["type"] == "interval" and e["camera"] == "walk":
             for c, by_g in e["unique_visitors"].items():
                 for g, n in by_g.items():
                     produced[c, g] = produced.get((c, g), 0) + n
+            for c, n in e["gender_unknown"].items():
+                produced[c, "unknown"] = produced.get((c, "unknown"), 0) + n
+            unclassified += e["unclassified"]
     for (age_class, gender), n in produced.items():
         assert (
             value(second, "edge_visitors_total", camera="walk", age_class=age_class, gender=gender)
@@ -117,7 +123,8 @@ state_dir: {tmp_path / "state"}
             value(first, "edge_visitors_total", camera="walk", age_class=age_class, gender=gender)
             <= n
         )
-    assert sum(produced.values()) == 3
+    assert sum(produced.values()) + unclassified == 3
+    assert value(second, "edge_unclassified_visitors_total", camera="walk") == unclassified
 
     assert value(second, "edge_mqtt_connected") == 1
     assert value(second, "edge_mqtt_outbox_reports") >= 0
@@ -189,6 +196,10 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     play = (("ad", "spring-collection"), ("display", "window"))
     assert samples["edge_plays_total", play] == 2
     assert samples["edge_play_viewers_total", play] == 5
+    # docs/metrics.md's names: impressions as many as viewers; reach not known here
+    assert samples["edge_impressions_total", play] == 5
+    assert samples["edge_play_watchers_total", play] == 0
+    assert samples["edge_reach_total", play] == 0
     assert samples["edge_camera_reconnects_total", (("camera", "door"),)] == 1
     unknown = (("age_class", "adult"), ("camera", "door"), ("gender", "unknown"))
     assert samples["edge_visitors_total", unknown] == 1

@@ -34,9 +34,11 @@ def write_config(
     catalog=None,
     displays=True,
     keepalive=5,
+    audience="",
 ):
     """A config for one test, and the root of its topics (a store of its own, so
-    retained messages of other tests on the session broker don't interfere)."""
+    retained messages of other tests on the session broker don't interfere).
+    `audience`: more audience keys, e.g. ", gender_margin: 0.4"."""
     store = store_id(tmp_path)
     catalog = catalog or ROOT / "ads" / "catalog.yaml"
     text = (
@@ -44,7 +46,7 @@ def write_config(
 models: {{dir: {ROOT / "models"}}}
 cameras:
   - {{id: door, name: Door, source: "{source}", loop: {str(loop).lower()}}}
-audience: {{interval_s: {interval_s}}}
+audience: {{interval_s: {interval_s}{audience}}}
 stats: {{interval_s: 1}}
 mqtt:
   enabled: true

@@ -162,3 +162,61 @@ def test_plays_waiting_when_stopped_are_delivered_after_restart(make_broker, tmp
     produced = saved + produced_plays(second)
     assert wait_received(received_plays, sub, len(produced), 10) == produced
     sub.close()
+
+
+# -- loops and reach, on the plays stage itself --------------------------------------
+
+
+def held_ad(seconds: float, duration_s: float = 10.0, people: int = 1):
+    """One ad of `duration_s` held on a display for `seconds` while `people` adult women
+    stand in front, looking, the whole time: the plays the stage reports."""
+    import numpy as np
+
+    from edge.pipeline.audience import Person
+    from edge.pipeline.plays import PlayLog, PlaySettings
+    from edge.records import Decision
+
+    log = PlayLog("door", PlaySettings(1.0, 1.0, 0.5, 0.15))
+    decision = Decision(
+        "window", "spring", "Spring", "creatives/page.html", duration_s, "targeting",
+        None, {}, 0.0, campaign="spring-26", advertiser="Acme",
+    )  # fmt: skip
+    crowd = {i: Person(i, 0.0, 0.0) for i in range(1, people + 1)}
+    for person in crowd.values():
+        person.add_sample(np.array([0.05, 0.9, 0.05]), 0.05, 40.0, 0.0)
+    plays = [] if log.switch(decision, 0.0) is None else ["unexpected"]
+    now = 0.0
+    while now < seconds - 1e-9:
+        now = round(now + 0.5, 3)
+        for person in crowd.values():
+            person.last_seen = now
+            person.attention_s = now  # looking all along
+        plays += log.observe(crowd, now)
+    return plays + log.finish_all(now)
+
+
+def test_an_ad_held_three_times_its_duration_is_three_plays():
+    plays = held_ad(30.0, duration_s=10.0)
+    assert [(p.start[11:19], p.end[11:19], p.duration_s) for p in plays] == [
+        (plays[0].start[11:19], plays[1].start[11:19], 10.0),
+        (plays[1].start[11:19], plays[2].start[11:19], 10.0),
+        (plays[2].start[11:19], plays[2].end[11:19], 10.0),
+    ]
+    assert len({p.id for p in plays}) == 3 and {p.ad for p in plays} == {"spring"}
+    assert {(p.campaign, p.advertiser) for p in plays} == {("spring-26", "Acme")}
+    # A partial last loop is a play too, with its own screen time.
+    assert [p.duration_s for p in held_ad(25.0)] == [10.0, 10.0, 5.0]
+
+
+def test_one_person_in_front_of_three_plays_is_reach_1_and_impressions_3():
+    plays = held_ad(30.0)
+    figures = [p.segments["adult_female"] for p in plays]
+    assert sum(f["impressions"] for f in figures) == 3
+    assert sum(f["reach"] for f in figures) == 1 and figures[0]["reach"] == 1
+    assert all(f["watchers"] == 1 for f in figures)  # looked through each loop
+    assert [total(p.viewers) for p in plays] == [1, 1, 1]
+    # Two people: reach 2, impressions 6; nothing in a play names a track.
+    two = held_ad(30.0, people=2)
+    assert sum(p.segments["adult_female"]["impressions"] for p in two) == 6
+    assert sum(p.segments["adult_female"]["reach"] for p in two) == 2
+    assert "track" not in json.dumps([p.to_json() for p in two])

@@ -1,12 +1,17 @@
 """The store dashboard at http://<box>:<player.port>/dashboard, served by the player's
 web server (player_server.py routes /dashboard... here).
 
-- now: per camera who is present (counts by segment), online or not, fps; per display
+- now: per camera who is in view (counts by segment) and watching now, online or not
+  (an offline camera shows nobody in view, and its current error), fps; per display
   the ad on screen and why. Fed by the service itself (the Dashboard is an event sink),
   so it works whether or not the broker is up.
-- today: visitors per hour by segment and the ads' plays, viewers, watchers and watch
-  rate, read from the audience store (edge/commands/report.py's summary) whenever the store
-  commits a record.
+- history: for a range of days (today, yesterday, the last 7 days, or from-to):
+  visitors per hour (one day) or per day by segment, and per ad and segment the plays,
+  impressions, reach, watchers, watch rate and attention, read from the audience store
+  with edge/commands/report.py's summarize (the definitions of docs/metrics.md); today's
+  is in every state event and re-read whenever the store commits a record, other ranges
+  are asked for (/dashboard/history.json?range=...); /dashboard/export.csv?range=...
+  is the same as `edge report --format csv`.
 - health: latency p95, skipped frames, MQTT connected and outbox depth.
 
 The page (edge/outputs/player/dashboard.html) gets all of it over one Server-Sent Events stream:
@@ -17,6 +22,7 @@ The chart library (Chart.js) is vendored under edge/outputs/player/vendor/ and s
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sqlite3
@@ -26,12 +32,13 @@ from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from edge.commands import report
 from edge.config import Config
+from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.player_server import sse
-from edge.outputs.store import StoreError, connect
 from edge.pipeline.audience import empty_counts
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,51 @@ HEARTBEAT_S = 15.0
 MIN_GAP_S = 0.25  # between two state events of one stream: a busy entrance
 RETRY_MS = 3000
 VENDOR = {"chart.umd.min.js": "text/javascript; charset=utf-8"}
+
+
+def nobody() -> dict[str, Any]:
+    """A camera's "now" with no one in view."""
+    return {"present": 0, "watching": 0, "unclassified": 0, "counts": empty_counts()}
+
+
+def _date(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d")
+
+
+def _bars(periods: list[dict], start: float, end: float, now: float, by_hour: bool) -> list:
+    """The chart's bars: every hour of one day from opening (8:00, or the first visitor)
+    to now or the last visitor, or every day of a longer range; each with its
+    visitors by segment. The two 02:00 hours of an autumn change stay two bars."""
+    bars: list[dict] = []
+    if by_hour:
+        found = {(p["period"][-5:], p["utc_offset"]): p for p in periods}
+        hours = [int(h[:2]) for h, _ in found]
+        last_ts = min(now, end - 1)
+        first = min([8, *hours])
+        last = max([*hours, dt.datetime.fromtimestamp(max(start, last_ts)).hour])
+        seen = set()
+        for h in range(first, last + 1):
+            matches = [k for k in found if k[0] == f"{h:02d}:00"] or [(f"{h:02d}:00", "")]
+            for key in matches:
+                if key not in seen:
+                    seen.add(key)
+                    bars.append(_bar(key[0], found.get(key)))
+        return bars
+    found_days = {p["period"]: p for p in periods}
+    day = dt.date.fromisoformat(_date(start))
+    while report.day_start(day) < end:
+        bars.append(_bar(day.isoformat(), found_days.get(day.isoformat())))
+        day += dt.timedelta(days=1)
+    return bars
+
+
+def _bar(label: str, period: dict | None) -> dict:
+    segments = period["segments"] if period else {}
+    return {
+        "label": label,
+        "visitors": {k: segments.get(k, {}).get("visitors", 0) for k in report.SEGMENT_KEYS},
+        "watchers": period["watchers"] if period else 0,
+    }
 
 
 class Dashboard:
@@ -113,6 +165,8 @@ class Dashboard:
             match event:
                 case CameraEvent(camera=cid) if cid in self._cameras:
                     self._cameras[cid].update(online=event.online, error=event.error or "")
+                    if not event.online:  # nobody is in view of a camera that sees nothing
+                        self._cameras[cid].update(nobody())
                 case AudienceEvent(camera=cid) if cid in self._cameras:
                     now = event.counts_only()
                     self._cameras[cid].update(
@@ -136,6 +190,8 @@ class Dashboard:
                             self._cameras[cid].update(
                                 fps=stats.processed_fps, skipped_fps=stats.skipped_fps
                             )
+                            if stats.online is False and stats.error:  # the current one
+                                self._cameras[cid]["error"] = stats.error
                     self._health.update(
                         latency_p95_ms=event.latency_p95_ms,
                         latency_p50_ms=event.latency_p50_ms,
@@ -184,73 +240,80 @@ class Dashboard:
             "cameras": cameras,
             "displays": displays,
             "health": health,
+            "history_version": history_version,
             "today": self.today(history_version),
         }
 
     def today(self, history_version: int | None = None) -> dict:
-        """Today's visitors per hour and ads, from the store; cached until it commits
-        again (or the day or hour turns)."""
+        """Today's history, from the store; cached until it commits again (or the day
+        or hour turns)."""
         now = self._clock()
-        start, end = report.today(now)
-        key = (history_version, start, int(now // 3600))
+        key = (history_version, report.today(now)[0], int(now // 3600))
         if self._today is not None and key == self._today_key and history_version is not None:
             return self._today
-        self._today = self._read_today(start, end, now)
+        self._today = self.history("today")
         self._today_key = key
         return self._today
 
-    def _read_today(self, start: float, end: float, now: float) -> dict:
+    def history(self, name: str = "today", start: str = "", end: str = "") -> dict:
+        """The history of a range: `name` today, yesterday or 7days, or `start`..`end`
+        (YYYY-MM-DD, inclusive). {range, from, to, periods (hours of one day, or days),
+        totals, ads} or {error}."""
+        summary, bounds = self._summary(name, start, end)
+        if "error" in summary:
+            return summary
+        start_ts, end_ts = bounds
+        one_day = end_ts - start_ts <= 25 * 3600
+        periods = _bars(summary["periods"], start_ts, end_ts, self._clock(), one_day)
+        return {
+            "range": name if not start else "custom",
+            "from": _date(start_ts),
+            "to": _date(end_ts - 1),
+            "by": "hour" if one_day else "day",
+            "periods": periods,
+            "totals": summary["totals"],
+            "ads": summary["ads"],
+        }
+
+    def export_csv(self, name: str = "today", start: str = "", end: str = "") -> str | None:
+        """`edge report --format csv` for a range (None with an error to show instead)."""
+        summary, _ = self._summary(name, start, end, by="hour")
+        return None if "error" in summary else report.as_csv(summary)
+
+    def _summary(
+        self, name: str, start: str, end: str, by: str | None = None
+    ) -> tuple[dict, tuple[float, float]]:
+        now = self._clock()
+        try:
+            if start or end:
+                bounds = (
+                    report.parse_date(start or end),
+                    report.parse_date(end or start, end=True),
+                )
+            else:
+                bounds = report.day_range(name, now)
+        except ValueError as exc:
+            return {"error": str(exc)}, (0.0, 0.0)
         if not self.store_enabled:
-            return {"error": "the audience store is off (store.enabled: false)"}
+            return {"error": "the audience store is off (store.enabled: false)"}, bounds
         if not self.store_path.is_file():
             return {
                 "error": "no history yet: the audience store is written when the first "
                 "interval or play ends"
-            }
+            }, bounds
+        one_day = bounds[1] - bounds[0] <= 25 * 3600
         try:
-            conn = connect(self.store_path, readonly=True)
-            try:
-                summary = report.summarize(conn, start=start, end=end, by="hour")
-            finally:
-                conn.close()
-        except (StoreError, sqlite3.Error) as exc:
-            log.warning("dashboard: cannot read %s: %s", self.store_path, exc)
-            return {"error": f"cannot read the audience store: {exc}"}
-        # One bar per hour from opening (or the first visitor) to now.
-        by_hour = {p["period"][-5:-3]: p for p in summary["periods"]}
-        current = int(time.strftime("%H", time.localtime(now)))
-        first = min([8, current] + [int(h) for h in by_hour])
-        last = max([current] + [int(h) for h in by_hour])
-        hours = []
-        for h in range(first, last + 1):
-            p = by_hour.get(f"{h:02d}")
-            hours.append(
-                {
-                    "hour": f"{h:02d}:00",
-                    "visitors": p["visitors"] if p else dict.fromkeys(report.SEGMENT_KEYS, 0),
-                    "watchers": p["watchers"] if p else 0,
-                }
+            summary = report.read(
+                self.store_path,
+                start=bounds[0],
+                end=bounds[1],
+                by=by or ("hour" if one_day else "day"),
+                store=self.store_id,
             )
-        return {
-            "date": time.strftime("%Y-%m-%d", time.localtime(now)),
-            "hours": hours,
-            "totals": summary["totals"],
-            "ads": [
-                {
-                    k: a[k]
-                    for k in (
-                        "ad",
-                        "title",
-                        "plays",
-                        "screen_time_s",
-                        "viewers_total",
-                        "watchers_total",
-                        "watch_rate",
-                    )
-                }
-                for a in summary["ads"]
-            ],
-        }
+        except (EdgeError, sqlite3.Error) as exc:
+            log.warning("dashboard: cannot read %s: %s", self.store_path, exc)
+            return {"error": f"cannot read the audience store: {exc}"}, bounds
+        return summary, bounds
 
     def events(self) -> Iterator[bytes]:
         """The page's stream: the picture now, then after each change; pings meanwhile."""
@@ -279,6 +342,19 @@ class Dashboard:
             handler._send(200, self.page, "text/html; charset=utf-8", cache="no-cache")
         elif path == "/dashboard/state.json":
             handler._send(200, json.dumps(self.snapshot()).encode(), "application/json")
+        elif path in ("/dashboard/history.json", "/dashboard/export.csv"):
+            query = parse_qs(urlsplit(handler.path).query)
+            args = [query.get(k, [""])[0] for k in ("range", "from", "to")]
+            args[0] = args[0] or "today"
+            if path.endswith(".json"):
+                body = json.dumps(self.history(*args)).encode()
+                handler._send(200, body, "application/json")
+            elif (text := self.export_csv(*args)) is None:
+                handler._send(
+                    404, (self.history(*args)["error"] + "\n").encode(), "text/plain; charset=utf-8"
+                )
+            else:
+                handler._send(200, text.encode(), "text/csv; charset=utf-8")
         elif path == "/dashboard/events":
             handler.send_response(200)
             handler.send_header("Content-Type", "text/event-stream; charset=utf-8")

@@ -124,7 +124,8 @@ def discovery_configs(config: Config) -> dict[str, dict]:
             json_attributes_template="{{ {'start': value_json.start, 'end': value_json.end, "
             "'watchers': value_json.watchers, 'unclassified': "
             "value_json.unclassified, 'unique_visitors': "
-            "value_json.unique_visitors} | tojson }}",
+            "value_json.unique_visitors, 'gender_unknown': "
+            "value_json.gender_unknown} | tojson }}",
             icon="mdi:account-multiple-check",
             **people,
         )
@@ -167,9 +168,12 @@ def discovery_configs(config: Config) -> dict[str, dict]:
 
 
 def visitors_template() -> str:
-    """The interval's visitors: the sum over every age class x gender."""
-    terms = " + ".join(f"value_json.unique_visitors.{c}.{g}" for c in AGE_CLASSES for g in GENDERS)
-    return f"{{{{ {terms} }}}}"
+    """The interval's visitors (docs/metrics.md): everyone, so the sum over every age
+    class x gender, those whose gender stayed unsure, and the unclassified."""
+    terms = [f"value_json.unique_visitors.{c}.{g}" for c in AGE_CLASSES for g in GENDERS]
+    terms += [f"value_json.gender_unknown.{c}" for c in AGE_CLASSES]
+    terms.append("value_json.unclassified")
+    return f"{{{{ {' + '.join(terms)} }}}}"
 
 
 class Discovery:

@@ -34,7 +34,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edge import __version__
 from edge.config import Config
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
-from edge.records import AGE_CLASSES, GENDERS
+from edge.outputs.store import play_segments
+from edge.records import AGE_CLASSES, SEGMENT_GENDERS
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,26 @@ class Metrics(NoMetrics):
             ["display", "ad"],
             registry=registry,
         )
+        # docs/metrics.md's names: impressions (a viewer of one play; the same count as
+        # edge_play_viewers, kept for dashboards built on it), reach, watchers of plays.
+        self.impressions = Counter(
+            "edge_impressions",
+            "Impressions: viewers of each play (docs/metrics.md), by display and ad.",
+            ["display", "ad"],
+            registry=registry,
+        )
+        self.reach = Counter(
+            "edge_reach",
+            "Reach: viewers of an ad not counted for it before in their visit.",
+            ["display", "ad"],
+            registry=registry,
+        )
+        self.play_watchers = Counter(
+            "edge_play_watchers",
+            "Watchers of plays: viewers who looked for audience.min_attention_s.",
+            ["display", "ad"],
+            registry=registry,
+        )
         # Every camera's series from the start, at 0: rate() and increase() need the 0.
         for cam in config.cameras:
             self.passed_over_frames.labels(cam.id)
@@ -147,7 +168,7 @@ class Metrics(NoMetrics):
             self.unclassified.labels(cam.id)
             self.watchers.labels(cam.id)
             for age_class in AGE_CLASSES:
-                for gender in GENDERS:
+                for gender in SEGMENT_GENDERS:  # "unknown": gender unsure (docs/metrics.md)
                     self.visitors.labels(cam.id, age_class, gender)
         self._was_online: dict[str, bool] = {}
         self._server: WSGIServer | None = None
@@ -192,6 +213,14 @@ class Metrics(NoMetrics):
                     event.ad,
                     sum(n for by_g in event.viewers.values() for n in by_g.values()),
                 )
+                labels = (event.display, event.ad)
+                segments = play_segments(event)  # derived when an older producer sent none
+                for counter, figure in (
+                    (self.impressions, "impressions"),
+                    (self.reach, "reach"),
+                    (self.play_watchers, "watchers"),
+                ):
+                    counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
                     self.reconnects.labels(cam).inc()
@@ -199,9 +228,10 @@ class Metrics(NoMetrics):
 
     # -- the endpoint --------------------------------------------------------------
 
-    def watch(self, service, publisher=None) -> None:
-        """Read the service's (and publisher's) own counters at every scrape."""
-        self.registry.register(_StateCollector(service, publisher))
+    def watch(self, service, publisher=None, store=None) -> None:
+        """Read the service's (and publisher's, and audience store's) own counters at
+        every scrape."""
+        self.registry.register(_StateCollector(service, publisher, store))
 
     def serve(self) -> bool:
         """Start the endpoint; False, with one log line, when the port cannot be had
@@ -243,9 +273,10 @@ class Metrics(NoMetrics):
 class _StateCollector:
     """Counters and gauges the service keeps anyway, read when Prometheus scrapes."""
 
-    def __init__(self, service, publisher):
+    def __init__(self, service, publisher, store=None):
         self.service = service
         self.publisher = publisher
+        self.store = store
 
     def collect(self):
         captured = CounterMetricFamily(
@@ -270,6 +301,24 @@ class _StateCollector:
             skipped.add_metric([cid], status.skipped)
             online.add_metric([cid], 1.0 if status.online else 0.0)
         yield from (captured, processed, skipped, online)
+        if self.store is not None:
+            yield CounterMetricFamily(
+                "edge_store_write_failures",
+                "Failed writes to the audience store (disk full, locked, I/O error); "
+                "the record is kept and tried again.",
+                value=self.store.failures,
+            )
+            yield GaugeMetricFamily(
+                "edge_store_pending_records",
+                "Records waiting to be written to the audience store after a failed write.",
+                value=self.store.pending,
+            )
+            yield CounterMetricFamily(
+                "edge_store_dropped_records",
+                "Records the audience store could never write (bad data, or the retry "
+                "queue was full).",
+                value=self.store.failed,
+            )
         if self.publisher is None:
             return
         mqtt = self.publisher.status()

@@ -80,11 +80,14 @@ DISPLAY_PLAYS = Topic(
     False,
     events.PlayEvent,
     "One finished play (proof of play): an ad on the display from `start` until the next "
-    "replaced it or the service stopped. `viewers`: people in front of the display's camera "
-    "who counted for ad selection (in view `selector.min_dwell_s`), each once per play; "
-    "`watchers`: viewers who looked for `audience.min_attention_s` during the play; "
-    "`attention_s`: looking time during the play. Delivered like the counts (kept, in order, "
-    "across outages and restarts); `id` (display/start) is unique, for de-duplication.",
+    "replaced it, the service stopped, or its `duration_s` passed (an ad held longer loops: "
+    "each loop is a play). `viewers` (the play's impressions): people in front of the "
+    "display's camera who counted for ad selection (in view `selector.min_dwell_s`), each "
+    "once per play; `watchers`: viewers who looked for `audience.min_attention_s` during the "
+    "play; `attention_s`: their looking time during the play; `segments`: per segment "
+    "`impressions`, `reach`, `watchers`, `attention_s`, `dwell_s` (docs/metrics.md). "
+    "Delivered like the counts (kept, in order, across outages and restarts); `id` "
+    "(display/start) is unique, for de-duplication.",
     added=("time",),
 )
 STATS = Topic(

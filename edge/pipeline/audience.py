@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import AudienceConfig
-from edge.records import AGE_CLASSES, GENDERS, Demographics, Viewer
+from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED, Demographics, Viewer
 
 _EPS = 1e-6
 
@@ -81,6 +81,15 @@ class Person:
 
     def confident(self, min_confidence: float) -> bool:
         return self.samples > 0 and float(self.class_probs.max()) >= min_confidence
+
+    def segment(self, min_confidence: float, gender_margin: float) -> str:
+        """Their segment (records.SEGMENTS, docs/metrics.md): age class x gender, the
+        gender "unknown" while P(male) stays within gender_margin of 0.5 (a coin toss
+        would skew the split), "unclassified" while the age class is unsure."""
+        if not self.confident(min_confidence):
+            return UNCLASSIFIED
+        sure = abs(self.male_prob - 0.5) >= gender_margin
+        return f"{self.age_class}_{self.gender if sure else 'unknown'}"
 
     def add_sample(
         self, class_probs: np.ndarray, male_prob: float, quality: float, now: float
@@ -255,20 +264,32 @@ class Audience:
         return self._totals
 
     def _close_visit(self, person: Person) -> None:
+        """Count a visit that ended: everyone counts, in exactly one segment; watchers,
+        dwell and attention of every visitor, unclassified ones included
+        (docs/metrics.md)."""
         s = self.settings
-        if person.dwell_s < s.min_visit_s or not person.confident(s.min_confidence):
-            for bucket in (self._interval, self._totals):
-                bucket["unclassified"] += 1
-            return
-        sure_of_gender = abs(person.male_prob - 0.5) >= s.gender_margin
+        if person.dwell_s < s.min_visit_s:
+            key = UNCLASSIFIED  # too short for its label to mean anything
+        else:
+            key = person.segment(s.min_confidence, s.gender_margin)
         for bucket in (self._interval, self._totals):
-            if sure_of_gender:
-                bucket["unique_visitors"][person.age_class][person.gender] += 1
-            else:  # a coin toss would skew the split: counted, but not as a gender
+            if key == UNCLASSIFIED:
+                bucket["unclassified"] += 1
+            elif key.endswith("_unknown"):  # counted, but not as a gender
                 bucket["gender_unknown"][person.age_class] += 1
+            else:
+                bucket["unique_visitors"][person.age_class][person.gender] += 1
             bucket["watchers"] += int(person.watching)
             bucket["dwell_s"] = round(bucket["dwell_s"] + person.dwell_s, 3)
             bucket["attention_s"] = round(bucket["attention_s"] + person.attention_s, 3)
+            add_to_segment(
+                bucket["segments"],
+                key,
+                visitors=1,
+                watchers=int(person.watching),
+                dwell_s=person.dwell_s,
+                attention_s=person.attention_s,
+            )
 
     def _person(self, track) -> Person:
         person = self.people.get(track.id)
@@ -286,7 +307,17 @@ class Audience:
             "unclassified": 0,
             "dwell_s": 0.0,
             "attention_s": 0.0,
+            "segments": {},
         }
+
+
+def add_to_segment(segments: dict, key: str, **figures: float) -> None:
+    """Add figures to one segment of a {segment: {metric: value}} table (times to 3
+    decimals, so sums stay exact in JSON)."""
+    row = segments.setdefault(key, {})
+    for name, value in figures.items():
+        total = row.get(name, 0) + value
+        row[name] = round(total, 3) if isinstance(total, float) else total
 
 
 def face_quality(track) -> float:

@@ -20,7 +20,18 @@ from edge.errors import ConfigError
 from edge.records import AGE_CLASSES, GENDERS
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-AD_KEYS = {"id", "title", "creative", "duration_s", "targeting", "weight", "schedule", "priority"}
+AD_KEYS = {
+    "id",
+    "title",
+    "creative",
+    "duration_s",
+    "targeting",
+    "weight",
+    "schedule",
+    "priority",
+    "campaign",
+    "advertiser",
+}
 _HOURS = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 AD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TITLE_MAX_CHARS = 200  # a title names the ad in logs, messages and reports, it is no text body
@@ -67,6 +78,8 @@ class Ad:
     weight: float = 1.0
     schedule: Schedule = Schedule()
     priority: int = 0
+    campaign: str = ""  # optional: reports group plays by them (`edge report --by campaign`)
+    advertiser: str = ""
 
     def targets(self, age_class: str, gender: str) -> bool:
         return (not self.age_classes or age_class in self.age_classes) and (
@@ -232,6 +245,15 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
     priority = entry.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int):
         errors.append(f"field 'priority' is {priority!r}; give a whole number")
+    names = {}
+    for key in ("campaign", "advertiser"):
+        value = entry.get(key, "")
+        if not isinstance(value, str) or len(value.strip()) > TITLE_MAX_CHARS:
+            errors.append(
+                f"field '{key}' is {value!r}; give a name of at most {TITLE_MAX_CHARS} characters"
+            )
+        else:
+            names[key] = value.strip()
     classes, genders = _parse_targeting(entry.get("targeting") or {}, errors)
     schedule = _parse_schedule(entry.get("schedule") or {}, errors)
     if errors:
@@ -249,6 +271,7 @@ def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
         float(weight),
         schedule,
         priority,
+        **names,
     ), []
 
 

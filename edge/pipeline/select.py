@@ -115,6 +115,8 @@ class Selector:
             segment=None if segment is None else {"age_class": segment[0], "gender": segment[1]},
             audience=audience.summary(),
             time=now,
+            campaign=ad.campaign,
+            advertiser=ad.advertiser,
         )
         return self._current
 
