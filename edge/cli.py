@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from edge import __version__
 from edge import config as config_mod
@@ -85,7 +84,7 @@ def cmd_models(args, cfg) -> int:
 
 
 def cmd_analyze(args, cfg) -> int:
-    from edge.pipeline.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+    from edge.pipeline.analyze import Claim, FaceAnalyzer, photo_result, read_image
     from edge.redact import redact
 
     claim = None
@@ -102,12 +101,7 @@ def cmd_analyze(args, cfg) -> int:
             log.error("%s", exc)
             print(json.dumps({"image": shown, "error": str(exc)}), flush=True)
             continue
-        faces = face_records(*analyzer(frame))
-        result: dict[str, Any] = {"image": shown, "faces": faces}
-        if claim is not None:
-            result["claim"] = check_claim(
-                claim, faces, cfg.classifier.child_below, cfg.classifier.old_from
-            )
+        result = {"image": shown, **photo_result(*analyzer(frame), claim, cfg)}
         print(json.dumps(result), flush=True)
     if failed:
         log.error("%d of %d image(s) could not be analysed", failed, len(args.images))
