@@ -264,6 +264,37 @@ def cmd_display(args, cfg) -> int:
     return 0
 
 
+def cmd_serve(args, cfg) -> int:
+    import signal
+    import threading
+
+    from edge.outputs.notify import Notifier
+    from edge.outputs.photo_server import PhotoService, load_key, require_key_off_loopback
+    from edge.pipeline.analyze import FaceAnalyzer
+
+    key = load_key(cfg)
+    require_key_off_loopback(cfg.serve.listen, key)  # before the models take seconds to load
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service = PhotoService(cfg, FaceAnalyzer(cfg), port=args.port, key=key).start()
+    notifier = Notifier()
+    log.info(
+        "photo check API: %s/api/v1/analyze, page %s/check (%s)",
+        service.url,
+        service.url,
+        "API key required" if key else "no API key: loopback only",
+    )
+    notifier.ready(f"serving photo checks on port {service.port}")
+    try:
+        stop.wait()
+    finally:
+        notifier.stopping()
+        service.stop()
+        notifier.close()
+    return 0
+
+
 def cmd_bench(args, cfg) -> int:
     from edge.commands import bench
 
@@ -422,6 +453,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help="listen on this port instead of player.port (0: any free port)"
     )
     p.set_defaults(func=cmd_display)
+
+    p = sub.add_parser(
+        "serve", help="the photo check API and its page (POST /api/v1/analyze, /check)"
+    )
+    p.add_argument(
+        "--port", type=int, help="listen on this port instead of serve.port (0: any free port)"
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
     p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
