@@ -209,6 +209,29 @@ def test_a_batch_of_three_photos_gives_three_results(service, photos):
     assert results[1]["faces"][0]["gender"] == results[2]["faces"][0]["gender"] == "female"
 
 
+def test_a_batch_is_detected_together_and_classified_in_one_call(analyzer, photos, monkeypatch):
+    """FaceAnalyzer.many, which the API calls once per request: one classifier call for
+    the faces of every photo, with the results of photo-by-photo analysis."""
+    from edge.pipeline.images import decode_image
+
+    frames = [decode_image(photos[k], k) for k in ("group", "woman", "woman_png")]
+    one_by_one = [analyzer(frame) for frame in frames]
+    calls = []
+    classify = analyzer.classifier.classify_chips
+    monkeypatch.setattr(
+        analyzer.classifier,
+        "classify_chips",
+        lambda *chips: calls.append(1) or classify(*chips),
+    )
+    together = analyzer.many(frames)
+    assert len(calls) == 1
+    assert [len(faces) for faces, _ in together] == [6, 1, 1]
+    for (faces, demo), (faces1, demo1) in zip(together, one_by_one, strict=True):
+        assert (faces.boxes == faces1.boxes).all()
+        assert abs(demo.ages - demo1.ages).max() < 0.05
+        assert list(demo.genders) == list(demo1.genders)
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 BAD = {  # name: (content type, query, expected status, code, words in the message)

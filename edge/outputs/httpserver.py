@@ -10,6 +10,7 @@ import io
 import logging
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
@@ -56,6 +57,24 @@ def bind(server_class: type[Server], listen: tuple[str, int], handler: type, key
             f"{server_class.label}: cannot listen on {host}:{port}: "
             f"{exc.strerror or exc} (check {keys})"
         ) from exc
+
+
+def serve(server: HardenedServer, thread_name: str) -> int:
+    """Serves on a daemon thread of its own; the port it listens on."""
+    threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        name=thread_name,
+        daemon=True,
+    ).start()
+    return server.server_address[1]
+
+
+def close(server: HardenedServer) -> None:
+    """Stops serving and closes the listening socket (open connections end by themselves:
+    their threads are daemons)."""
+    server.shutdown()
+    server.server_close()
 
 
 def url(host: str, port: int) -> str:

@@ -44,7 +44,7 @@ from urllib.parse import parse_qsl, urlsplit
 from edge import __version__
 from edge.config import Config
 from edge.errors import ConfigError
-from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, url
+from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, close, serve, url
 from edge.pipeline import images
 from edge.pipeline.analyze import Claim, FaceAnalyzer, photo_result
 from edge.records import AGE_CLASSES
@@ -315,19 +315,12 @@ class PhotoService:
     def start(self) -> PhotoService:
         self._http = bind(_HttpServer, self._listen, _Handler, "serve.listen and serve.port")
         self._http.app = self
-        self.port = self._http.server_address[1]
-        threading.Thread(
-            target=self._http.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="photo-http",
-            daemon=True,
-        ).start()
+        self.port = serve(self._http, "photo-http")
         return self
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            close(self._http)
             self._http = None
 
     def take_slot(self) -> bool:

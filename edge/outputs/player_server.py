@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from edge.config import Config
-from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, url
+from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, close, serve, url
 from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
@@ -81,13 +81,7 @@ class DisplayServer:
     def start(self) -> DisplayServer:
         self._http = bind(_HttpServer, self._listen, _Handler, "player.listen and player.port")
         self._http.app = self
-        self.port = self._http.server_address[1]
-        threading.Thread(
-            target=self._http.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="display-http",
-            daemon=True,
-        ).start()
+        self.port = serve(self._http, "display-http")
         self.bridge.start()
         return self
 
@@ -96,8 +90,7 @@ class DisplayServer:
         if self.dashboard is not None:
             self.dashboard.close()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            close(self._http)
             self._http = None
 
     def __enter__(self) -> DisplayServer:
