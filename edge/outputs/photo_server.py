@@ -431,7 +431,7 @@ class _Handler(HardenedHandler):
 
     def _analyze(self) -> None:
         app = self.server.app
-        counts, code = {"bytes": 0, "photos": 0, "faces": 0}, "ok"
+        counts, code = {"size": 0, "photos": 0, "faces": 0}, "ok"
         try:
             if not key_accepted(app.key, self.headers):
                 raise ApiError(
@@ -456,23 +456,26 @@ class _Handler(HardenedHandler):
             code = "internal_error"
             raise
         finally:
-            # The request's one log line: no name, claim, address or image.
-            log.info(
-                "photo check API: %s, %d bytes, %d photo(s), %d face(s), %.0f ms",
-                code,
-                counts["bytes"],
-                counts["photos"],
-                counts["faces"],
-                (time.monotonic() - self._started) * 1000,
-            )
+            self._log(code, **counts)
+
+    def _log(self, code: str, size: int = 0, photos: int = 0, faces: int = 0) -> None:
+        """The request's one log line: no name, claim, address or image."""
+        log.info(
+            "photo check API: %s, %d bytes, %d photo(s), %d face(s), %.0f ms",
+            code,
+            size,
+            photos,
+            faces,
+            (time.monotonic() - self._started) * 1000,
+        )
 
     def _analyze_body(self, counts: dict[str, int]) -> None:
         """Reads, checks and analyses the photos and answers; notes the body's size and
         the photos and faces in `counts`."""
         app = self.server.app
         content_type, params = self._check_head()
-        counts["bytes"] = int(self.headers.get("Content-Length", "0"))
-        body = self._read_body(counts["bytes"], self._started + app.limits.deadline_s)
+        counts["size"] = int(self.headers.get("Content-Length", "0"))
+        body = self._read_body(counts["size"], self._started + app.limits.deadline_s)
         query = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
         if content_type == "multipart/form-data":
             if not params.get("boundary"):
@@ -534,6 +537,7 @@ class _Handler(HardenedHandler):
                 self._check_head()
             except ApiError as exc:
                 self._error(exc)
+                self._log(exc.code)
                 return False
         return super().handle_expect_100()
 
