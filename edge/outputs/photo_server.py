@@ -44,7 +44,15 @@ from urllib.parse import parse_qsl, urlsplit
 from edge import __version__
 from edge.config import Config
 from edge.errors import ConfigError
-from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, close, serve, url
+from edge.outputs.httpserver import (
+    SEND_TIMEOUT_S,
+    HardenedHandler,
+    HardenedServer,
+    bind,
+    close,
+    serve,
+    url,
+)
 from edge.pipeline import images
 from edge.pipeline.analyze import Claim, FaceAnalyzer, photo_result
 from edge.records import AGE_CLASSES
@@ -569,6 +577,8 @@ class _Handler(HardenedHandler):
             ) from None
         finally:
             self._reader.deadline = None
+            # the reads shortened the socket's timeout to what was left of the deadline
+            self.connection.settimeout(SEND_TIMEOUT_S)
         self._unread = None
         if len(body) < size:
             raise ConnectionError("the client closed before sending its body")
