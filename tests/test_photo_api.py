@@ -398,7 +398,31 @@ def test_unknown_paths_and_methods_are_json_errors(service):
     response = conn.getresponse()
     assert response.status == 404
     assert json.loads(response.read())["error"]["code"] == "not_found"
+    conn.request("TRACE", "/api/v1/analyze")  # not the stock 501 page
+    response = conn.getresponse()
+    assert response.status == 405 and json.loads(response.read())["error"]["code"]
+    conn.request("HEAD", "/healthz")
+    response = conn.getresponse()
+    assert response.status == 200 and int(response.getheader("Content-Length")) > 10
+    assert response.read() == b""
+    conn.request("GET", "/healthz")  # the connection is still in step
+    response = conn.getresponse()
+    assert json.loads(response.read())["status"] == "ok"
     conn.close()
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_mid_body_is_logged_and_the_rest_served(service, photos):
+    lines_before = len(service.lines)
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
+        s.sendall(
+            b"POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 50000\r\n\r\n" + photos["woman"][:1000]
+        )
+    [line] = service.request_lines(lines_before, 1)
+    assert "client_gone, 50000 bytes" in line
+    assert post(service, photos["woman"])[0] == 200
+    assert not any("Traceback" in line for line in service.lines)
 
 
 # -- privacy -----------------------------------------------------------------------------

@@ -137,7 +137,8 @@ class HardenedHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # a HEAD answer has the GET answer's headers only
+            self.wfile.write(body)
 
     def end_headers(self) -> None:
         self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says

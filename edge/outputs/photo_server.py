@@ -460,6 +460,9 @@ class _Handler(HardenedHandler):
         except ApiError as exc:
             code = exc.code
             raise
+        except (ConnectionError, TimeoutError):
+            code = "client_gone"  # closed, or stopped reading the answer
+            raise
         except Exception:
             code = "internal_error"
             raise
@@ -556,11 +559,6 @@ class _Handler(HardenedHandler):
         error = ApiError("bad_request", message or "malformed request")
         error.status = code
         self._error(error)
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
-    ) -> None:
-        super()._send(status, body if self.command != "HEAD" else b"", content_type, cache=cache)
 
     # -- bodies and answers ----------------------------------------------------------
 
