@@ -553,16 +553,20 @@ def test_the_served_spec_is_the_code_s_and_lists_every_error(service):
 def test_schemathesis_finds_no_server_error(service, tmp_path):
     """Schemathesis generates requests from the served spec (valid and invalid ones) and
     checks each answer: no 5xx, status codes, content types, headers and bodies as the
-    spec says. Bounded: a fixed seed and a few examples per phase."""
+    spec says, invalid input refused, the key's absence noticed, unknown methods
+    refused. Bounded: a fixed seed and 30 examples per phase (about 10 s)."""
     cli = Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
         [
             str(cli),
             "run",
             f"{service.url}/api/v1/openapi.json",
+            # Every check but one: a body that fits the schema (any bytes, for an
+            # image/jpeg body) is not always a photo, and is rightly refused with 422.
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,"
-            "response_headers_conformance,response_schema_conformance",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
             "--max-examples",
             "30",
             "--seed",
