@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from edge import __version__
 from edge import config as config_mod
@@ -85,7 +84,7 @@ def cmd_models(args, cfg) -> int:
 
 
 def cmd_analyze(args, cfg) -> int:
-    from edge.pipeline.analyze import Claim, FaceAnalyzer, check_claim, face_records, read_image
+    from edge.pipeline.analyze import Claim, FaceAnalyzer, photo_result, read_image
     from edge.redact import redact
 
     claim = None
@@ -102,12 +101,7 @@ def cmd_analyze(args, cfg) -> int:
             log.error("%s", exc)
             print(json.dumps({"image": shown, "error": str(exc)}), flush=True)
             continue
-        faces = face_records(*analyzer(frame))
-        result: dict[str, Any] = {"image": shown, "faces": faces}
-        if claim is not None:
-            result["claim"] = check_claim(
-                claim, faces, cfg.classifier.child_below, cfg.classifier.old_from
-            )
+        result = {"image": shown, **photo_result(*analyzer(frame), claim, cfg)}
         print(json.dumps(result), flush=True)
     if failed:
         log.error("%d of %d image(s) could not be analysed", failed, len(args.images))
@@ -282,6 +276,37 @@ def cmd_display(args, cfg) -> int:
         stop.wait()
     finally:
         player.stop()
+    return 0
+
+
+def cmd_serve(args, cfg) -> int:
+    import signal
+    import threading
+
+    from edge.outputs.notify import Notifier
+    from edge.outputs.photo_server import PhotoService, load_key, require_key_off_loopback
+    from edge.pipeline.analyze import FaceAnalyzer
+
+    key = load_key(cfg)
+    require_key_off_loopback(cfg.serve.listen, key)  # before the models take seconds to load
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service = PhotoService(cfg, FaceAnalyzer(cfg), port=args.port, key=key).start()
+    notifier = Notifier()
+    log.info(
+        "photo check API: %s/api/v1/analyze, page %s/check (%s)",
+        service.url,
+        service.url,
+        "API key required" if key else "no API key: loopback only",
+    )
+    notifier.ready(f"serving photo checks on port {service.port}")
+    try:
+        stop.wait()
+    finally:
+        notifier.stopping()
+        service.stop()
+        notifier.close()
     return 0
 
 
@@ -473,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help="listen on this port instead of player.port (0: any free port)"
     )
     p.set_defaults(func=cmd_display)
+
+    p = sub.add_parser(
+        "serve", help="the photo check API and its page (POST /api/v1/analyze, /check)"
+    )
+    p.add_argument(
+        "--port", type=int, help="listen on this port instead of serve.port (0: any free port)"
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
     p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")

@@ -552,6 +552,48 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    listen: str = opt(
+        "127.0.0.1",
+        "Address the photo check API (`edge serve`) listens on. Off the "
+        "loopback interface it requires an API key: EDGE_API_KEY, "
+        "'serve.api_key_file', or the credential photo-api-key (systemd's "
+        "LoadCredential=).",
+        nonempty=True,
+    )
+    port: int = opt(8090, "Port of the photo check API.", low=0, high=65535)
+    api_key_file: str | None = opt(
+        None,
+        "File holding the API key (one line). Default: "
+        "$CREDENTIALS_DIRECTORY/photo-api-key when systemd provides it; "
+        "EDGE_API_KEY in the environment comes first.",
+    )
+    max_body_mb: float = opt(
+        20,
+        "Largest request body (all photos of a request together), in MB; a "
+        "larger one is answered 413 before it is read.",
+        low=0.01,
+        high=256,
+    )
+    max_photos: int = opt(8, "Photos one request may carry (multipart).", low=1, high=64)
+    max_requests: int = opt(
+        4,
+        "Requests handled at once (reading, decoding, waiting for or running "
+        "the models); one more is answered 503 with Retry-After.",
+        low=1,
+        high=256,
+    )
+    deadline_s: float = opt(
+        30,
+        "Seconds a request may take from its headers to the start of its "
+        "analysis: the body must arrive (else 408) and the models be free "
+        "(else 503) within it.",
+        low=1,
+        high=600,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     models: ModelsConfig = section(ModelsConfig, "Model files.")
     detector: DetectorConfig = section(DetectorConfig, "Face detection.")
@@ -576,6 +618,7 @@ class Config:
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
     store: StoreConfig = section(StoreConfig, "The local audience store.")
+    serve: ServeConfig = section(ServeConfig, "The photo check API (`edge serve`).")
     state_dir: str | None = opt(
         None,
         "Folder for state kept across restarts (the MQTT outbox, "
@@ -822,7 +865,11 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     if config.classifier.backend == "insightface" and not config.classifier.model:
         add("'classifier.model' must name genderage.onnx for backend 'insightface'")
     _check_ensemble(config.classifier, add)
-    for key, host in (("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)):
+    for key, host in (
+        ("mqtt.host", config.mqtt.host),
+        ("player.listen", config.player.listen),
+        ("serve.listen", config.serve.listen),
+    ):
         problem = host_problem(host)
         if problem:
             add(f"'{key}' is {redact(host)!r}: {problem}")

@@ -170,3 +170,31 @@ def test_env_template_holds_no_secret():
     names = {line.lstrip("#").split("=")[0] for line in lines if "=" in line}
     assert {"EDGE_MQTT_USERNAME", "EDGE_MQTT_PASSWORD"} <= names
     assert all(line.startswith("#") or not line.strip() for line in lines)  # all commented
+
+
+PHOTO_UNIT = ROOT / "systemd" / "edge-photo.service"
+
+
+def test_photo_unit_verifies_and_is_hardened_like_the_service(analyze, tmp_path):
+    """systemd/edge-photo.service (`edge serve`): verified by systemd's parser, and the
+    service's hardening minus cameras and the state folder."""
+    status, output = verify(analyze, tmp_path, PHOTO_UNIT.read_text(), "edge-photo.service")
+    assert status == 0 and output == "", output
+    photo = {k: v[-1] for k, v in directives(PHOTO_UNIT.read_text()).items()}
+    service = {k: v[-1] for k, v in directives(UNIT.read_text()).items()}
+    assert photo["Service.ExecStart"] == f"{EXEC} --config /etc/edge/config.yaml serve"
+    assert photo["Service.Type"] == "notify" and photo["Service.RestartPreventExitStatus"] == "78"
+    assert "Service.StateDirectory" not in photo and "Service.SupplementaryGroups" not in photo
+    assert "char-video4linux rw" not in directives(PHOTO_UNIT.read_text())["Service.DeviceAllow"]
+    for key, value in service.items():
+        if (
+            key.startswith("Service.")
+            and key.split(".")[1]
+            in (
+                "DynamicUser ProtectSystem ProtectHome PrivateTmp NoNewPrivileges DevicePolicy "
+                "CapabilityBoundingSet UMask ProtectKernelTunables ProtectKernelModules "
+                "ProtectControlGroups RestrictNamespaces LockPersonality SystemCallArchitectures "
+                "SystemCallFilter RestrictAddressFamilies EnvironmentFile"
+            ).split()
+        ):
+            assert photo[key] == value, key

@@ -5,29 +5,25 @@ page (edge/outputs/player/index.html) gets its content over Server-Sent Events f
 server, which takes it from the MQTT bridge (edge/outputs/player_bridge.py: it follows the
 displays' content topics on the broker). The server also serves the creatives the
 catalog names, /healthz, and the dashboard (edge/outputs/dashboard.py) when one is plugged
-in; its limits (request-head deadline, send timeout, event-stream cap) keep one bad
-client from holding the rest up.
+in; its limits (request-head deadline and send timeout from edge/outputs/httpserver.py,
+the event-stream cap) keep one bad client from holding the rest up.
 """
 
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 import re
-import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from edge.config import Config
-from edge.errors import EdgeError
+from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, close, serve, url
 from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
@@ -37,9 +33,6 @@ from edge.timefmt import iso
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # the page reopens its event stream after 45 s without a word
-REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
-SEND_TIMEOUT_S = 30.0  # a client that stops reading frees its thread after this
-LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
 STREAM_RETRY_AFTER_S = 10  # told to a page turned away for too many streams
 RETRY_MS = 3000  # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
@@ -77,12 +70,7 @@ class DisplayServer:
 
     @property
     def url(self) -> str:
-        host = self._listen[0]
-        if host in ("", "0.0.0.0", "::"):
-            host = socket.gethostname()
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return url(self._listen[0], self.port)
 
     @property
     def mqtt_connected(self) -> bool:
@@ -91,23 +79,9 @@ class DisplayServer:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> DisplayServer:
-        server_class = _HttpServer6 if ":" in self._listen[0] else _HttpServer
-        try:
-            self._http = server_class(self._listen, _Handler)
-        except OSError as exc:
-            host, port = self._listen
-            raise EdgeError(
-                f"display player: cannot listen on {host}:{port}: "
-                f"{exc.strerror or exc} (check player.listen and player.port)"
-            ) from exc
+        self._http = bind(_HttpServer, self._listen, _Handler, "player.listen and player.port")
         self._http.app = self
-        self.port = self._http.server_address[1]
-        threading.Thread(
-            target=self._http.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="display-http",
-            daemon=True,
-        ).start()
+        self.port = serve(self._http, "display-http")
         self.bridge.start()
         return self
 
@@ -116,8 +90,7 @@ class DisplayServer:
         if self.dashboard is not None:
             self.dashboard.close()
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            close(self._http)
             self._http = None
 
     def __enter__(self) -> DisplayServer:
@@ -196,64 +169,14 @@ class DisplayServer:
         return creative_file(self.ads_dir, relative)[0]
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
+class _HttpServer(HardenedServer):
     app: DisplayServer
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            # a display went away mid-response, or stopped reading
-            log.debug("display player: %s disconnected", client_address[0])
-        else:
-            log.exception("display player: error serving %s", client_address[0])
+    label = "display player"
 
 
-class _HttpServer6(_HttpServer):
-    address_family = socket.AF_INET6
-
-
-class _DeadlineReader(io.RawIOBase):
-    """The socket's input, with one deadline for a stretch of reading (the request line
-    and headers): the socket timeout alone restarts with every byte, so a client sending
-    a byte every few seconds would hold its thread forever."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.deadline: float | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("request line and headers took too long")
-            self.sock.settimeout(left)
-        return self.sock.recv_into(buffer)
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HardenedHandler):
     server: _HttpServer
     server_version = "edge-player"
-
-    def setup(self) -> None:
-        super().setup()
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
-
-    def handle_one_request(self) -> None:
-        # The whole request head within REQUEST_HEAD_TIMEOUT_S; BaseHTTPRequestHandler
-        # answers a TimeoutError by closing the connection.
-        self._reader.deadline = time.monotonic() + REQUEST_HEAD_TIMEOUT_S
-        super().handle_one_request()
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # has read the headers
-        self._reader.deadline = None
-        self.connection.settimeout(SEND_TIMEOUT_S)
-        return ok
 
     def do_GET(self) -> None:
         app = self.server.app
@@ -292,20 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_file(self.server.app.ad_file(path.removeprefix("/ads/")), body=False)
         else:
             self._send(405, b"", "text/plain; charset=utf-8")
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def end_headers(self) -> None:
-        self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says
-        super().end_headers()
 
     def _send_events(self, display: str) -> None:
         app = self.server.app

@@ -48,6 +48,12 @@ class FaceAnalyzer:
         faces = self.detector(frame)
         return faces, self.classifier(frame, faces)
 
+    def many(self, frames: list[np.ndarray]) -> list[tuple[Detections, Demographics]]:
+        """Several photos: detected together, and the faces of all of them classified in
+        one classifier call (the photo check API's batches)."""
+        faces = self.detector.detect_many(frames)
+        return list(zip(faces, self.classifier.classify_many(frames, faces), strict=True))
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """BGR image, or InputError naming the file and what is wrong with it (size, shape,
@@ -86,6 +92,19 @@ class Claim:
     gender: str | None
 
 
+def photo_result(
+    faces: Detections, demo: Demographics, claim: Claim | None, config: Config
+) -> dict:
+    """One photo's answer, as `edge analyze` prints it and the photo check API returns
+    it: its faces, and with a claim, the check of that claim."""
+    rows = face_records(faces, demo)
+    result: dict = {"faces": rows}
+    if claim is not None:
+        c = config.classifier
+        result["claim"] = check_claim(claim, rows, c.child_below, c.old_from)
+    return result
+
+
 def check_claim(
     claim: Claim,
     faces: list[dict],
@@ -100,12 +119,18 @@ def check_claim(
     'uncertain', never as a mismatch, so honest users are not flagged on noise.
     """
     if len(faces) == 0:
-        return {"consistent": False, "mismatch": True, "reasons": ["no face found in the photo"]}
+        return {
+            "consistent": False,
+            "mismatch": True,
+            "reasons": ["no face found in the photo"],
+            "uncertain": [],
+        }
     if len(faces) > 1:
         return {
             "consistent": False,
             "mismatch": True,
             "reasons": [f"{len(faces)} faces found; a profile photo should show one person"],
+            "uncertain": [],
         }
     face = faces[0]
     reasons: list[str] = []

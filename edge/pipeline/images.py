@@ -96,19 +96,30 @@ def jpeg_truncated(data: bytes) -> bool:
     return True  # the headers themselves are cut off
 
 
+class ImageError(InputError):
+    """An image that cannot be analysed; `code` says why in a word (the photo check API
+    answers with it: edge/outputs/photo_server.py)."""
+
+    def __init__(self, message: str, code: str = "not_an_image"):
+        super().__init__(message)
+        self.code = code
+
+
 def check_size(width: int, height: int, shown: str) -> None:
-    """InputError naming the file when an image is too large or too thin to analyse."""
+    """ImageError naming the file when an image is too large or too thin to analyse."""
     if width <= 0 or height <= 0:
-        raise InputError(f"{shown}: image declares {width}x{height} pixels")
+        raise ImageError(f"{shown}: image declares {width}x{height} pixels")
     if width * height > MAX_PIXELS:
-        raise InputError(
+        raise ImageError(
             f"{shown}: image is {width}x{height} pixels, more than the "
-            f"{MAX_PIXELS / 1e6:g} megapixels allowed; scale it down"
+            f"{MAX_PIXELS / 1e6:g} megapixels allowed; scale it down",
+            "image_too_large",
         )
     if max(width, height) / min(width, height) > MAX_ASPECT:
-        raise InputError(
+        raise ImageError(
             f"{shown}: image is {width}x{height} pixels, too narrow to "
-            f"analyse (sides more than {MAX_ASPECT:g}:1); crop it"
+            f"analyse (sides more than {MAX_ASPECT:g}:1); crop it",
+            "image_too_narrow",
         )
 
 
@@ -127,25 +138,41 @@ def read_image(path: str | Path, shown: str | None = None) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    return decode_image(data, shown)
+
+
+def check_header(data: bytes, shown: str) -> tuple[int, int] | None:
+    """What can be judged before decoding: the size the header declares (None for a
+    format whose header is not read here), a damaged PNG header, an empty or truncated
+    file. ImageError naming `shown` otherwise."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] != b"IHDR":
-        raise InputError(f"{shown}: not a readable image (PNG header damaged)")
+        raise ImageError(f"{shown}: not a readable image (PNG header damaged)")
     size = header_size(data)
     if size is not None:
         check_size(*size, shown)
     if not data:
-        raise InputError(f"{shown}: empty file (0 bytes)")
+        raise ImageError(f"{shown}: empty file (0 bytes)", "empty_image")
     if jpeg_truncated(data):
-        raise InputError(
-            f"{shown}: truncated JPEG (no end-of-image marker): the file is incomplete"
+        raise ImageError(
+            f"{shown}: truncated JPEG (no end-of-image marker): the file is incomplete",
+            "truncated_image",
         )
+    return size
+
+
+def decode_image(data: bytes, shown: str) -> np.ndarray:
+    """BGR image from a file's bytes, in memory, or ImageError naming `shown`: the checks
+    of check_header first, then the decoder."""
+    check_header(data, shown)
     try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:  # OpenCV's own pixel cap, for formats not checked above
-        raise InputError(
+        raise ImageError(
             f"{shown}: image is larger than {MAX_PIXELS / 1e6:g} megapixels, "
-            f"or its header is damaged"
+            f"or its header is damaged",
+            "image_too_large",
         ) from None
     if image is None:
-        raise InputError(f"{shown}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
+        raise ImageError(f"{shown}: not a readable image (JPEG, PNG, BMP, WebP, TIFF)")
     check_size(image.shape[1], image.shape[0], shown)
     return image
