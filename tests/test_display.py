@@ -645,9 +645,9 @@ def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path,
     import socket
     import threading
 
-    from edge.outputs import player_server
+    from edge.outputs import web
 
-    monkeypatch.setattr(player_server, "REQUEST_HEAD_TIMEOUT_S", 0.6, raising=False)
+    monkeypatch.setattr(web, "REQUEST_HEAD_TIMEOUT_S", 0.6)
     server = start_server(make_config(tmp_path))
     try:
         before = threading.active_count()

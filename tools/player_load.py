@@ -9,7 +9,7 @@ thread counted is the server's:
 
   1. idle: opens --idle connections that never send a byte; reports the server's
      threads a second later and how long until the server has closed them all
-     (the request-head timeout, player_server.REQUEST_HEAD_TIMEOUT_S);
+     (the request-head timeout, web.REQUEST_HEAD_TIMEOUT_S);
   2. streams: opens --streams event streams at once, as that many display pages
      would; reports how many were served and how many turned away with 503
      (player.max_streams), and the time to the first event / to the 503;

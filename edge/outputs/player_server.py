@@ -12,16 +12,13 @@ client from holding the rest up.
 from __future__ import annotations
 
 import html
-import io
 import json
 import logging
 import re
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -31,15 +28,13 @@ from edge.errors import EdgeError
 from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
+from edge.outputs.web import Handler, HttpServer, HttpServer6
 from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
 from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # the page reopens its event stream after 45 s without a word
-REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
-SEND_TIMEOUT_S = 30.0  # a client that stops reading frees its thread after this
-LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
 STREAM_RETRY_AFTER_S = 10  # told to a page turned away for too many streams
 RETRY_MS = 3000  # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
@@ -69,7 +64,7 @@ class DisplayServer:
             resources.files("edge.outputs").joinpath("player/index.html").read_bytes()
         )
         self.bridge = PlayerBridge(config, self.displays, self._served)
-        self._http: _HttpServer | None = None
+        self._http: HttpServer | None = None
         self._streams = threading.BoundedSemaphore(config.player.max_streams)
         self._turned_away = RepeatLimiter()
         self.port = 0
@@ -91,7 +86,7 @@ class DisplayServer:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> DisplayServer:
-        server_class = _HttpServer6 if ":" in self._listen[0] else _HttpServer
+        server_class = HttpServer6 if ":" in self._listen[0] else HttpServer
         try:
             self._http = server_class(self._listen, _Handler)
         except OSError as exc:
@@ -196,64 +191,9 @@ class DisplayServer:
         return creative_file(self.ads_dir, relative)[0]
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = LISTEN_BACKLOG
-    app: DisplayServer
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            # a display went away mid-response, or stopped reading
-            log.debug("display player: %s disconnected", client_address[0])
-        else:
-            log.exception("display player: error serving %s", client_address[0])
-
-
-class _HttpServer6(_HttpServer):
-    address_family = socket.AF_INET6
-
-
-class _DeadlineReader(io.RawIOBase):
-    """The socket's input, with one deadline for a stretch of reading (the request line
-    and headers): the socket timeout alone restarts with every byte, so a client sending
-    a byte every few seconds would hold its thread forever."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        self.deadline: float | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self.deadline is not None:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("request line and headers took too long")
-            self.sock.settimeout(left)
-        return self.sock.recv_into(buffer)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _HttpServer
+class _Handler(Handler):
+    server: HttpServer
     server_version = "edge-player"
-
-    def setup(self) -> None:
-        super().setup()
-        self._reader = _DeadlineReader(self.connection)
-        self.rfile = io.BufferedReader(self._reader)
-
-    def handle_one_request(self) -> None:
-        # The whole request head within REQUEST_HEAD_TIMEOUT_S; BaseHTTPRequestHandler
-        # answers a TimeoutError by closing the connection.
-        self._reader.deadline = time.monotonic() + REQUEST_HEAD_TIMEOUT_S
-        super().handle_one_request()
-
-    def parse_request(self) -> bool:
-        ok = super().parse_request()  # has read the headers
-        self._reader.deadline = None
-        self.connection.settimeout(SEND_TIMEOUT_S)
-        return ok
 
     def do_GET(self) -> None:
         app = self.server.app
@@ -292,20 +232,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_file(self.server.app.ad_file(path.removeprefix("/ads/")), body=False)
         else:
             self._send(405, b"", "text/plain; charset=utf-8")
-
-    def _send(
-        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", cache)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def end_headers(self) -> None:
-        self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says
-        super().end_headers()
 
     def _send_events(self, display: str) -> None:
         app = self.server.app

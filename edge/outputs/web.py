@@ -1,0 +1,97 @@
+"""The pieces every web server of the box shares (display player, dashboard): a
+threading HTTP server whose handler reads the request head against one deadline and
+stops waiting for a client that stops reading, so one bad client cannot hold a thread
+for long.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+REQUEST_HEAD_TIMEOUT_S = 10.0  # for the request line and headers, all of them together
+SEND_TIMEOUT_S = 30.0  # a client that stops reading frees its thread after this
+LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net.core.somaxconn)
+
+
+class HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+    name = "display player"  # for log lines
+    app: Any
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            # a client went away mid-response, or stopped reading
+            log.debug("%s: %s disconnected", self.name, client_address[0])
+        else:
+            log.exception("%s: error serving %s", self.name, client_address[0])
+
+
+class HttpServer6(HttpServer):
+    address_family = socket.AF_INET6
+
+
+class DeadlineReader(io.RawIOBase):
+    """The socket's input, with one deadline for a stretch of reading (the request line
+    and headers): the socket timeout alone restarts with every byte, so a client sending
+    a byte every few seconds would hold its thread forever."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("request line and headers took too long")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Reads the request head within REQUEST_HEAD_TIMEOUT_S, then sends with SEND_TIMEOUT_S."""
+
+    server: HttpServer
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The whole request head within REQUEST_HEAD_TIMEOUT_S; BaseHTTPRequestHandler
+        # answers a TimeoutError by closing the connection.
+        self._reader.deadline = time.monotonic() + REQUEST_HEAD_TIMEOUT_S
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # has read the headers
+        self._reader.deadline = None
+        self.connection.settimeout(SEND_TIMEOUT_S)
+        return ok
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", cache)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")  # a type is what it says
+        super().end_headers()
