@@ -500,6 +500,53 @@ class PlayerConfig:
         low=1,
         high=10000,
     )
+    max_streams_per_client: int = opt(
+        4,
+        "Display pages one address may hold open at once: one machine "
+        "cannot take every slot and lock the other displays out.",
+        low=1,
+        high=10000,
+    )
+    allowed_hosts: list[str] = opt(
+        [],
+        "Hosts whose http(s) URLs a content message may name although the "
+        "ad catalog does not (e.g. head office's ad server for overrides); "
+        "exact names, or '.example.com' for its subdomains. Anything else "
+        "that is not one of the catalog's creatives is rejected and counted. "
+        "Loopback, private and link-local addresses are allowed only when "
+        "listed here one by one.",
+    )
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = opt(True, "Serve the store dashboard (/dashboard); false turns it off.")
+    listen: str | None = opt(
+        None,
+        "Address the dashboard listens on; default player.listen. Off "
+        "loopback it asks for a key: EDGE_DASHBOARD_KEY in the environment, "
+        "or the credential file dashboard-key (systemd's LoadCredential=); "
+        "without one it stays off, with one log line.",
+    )
+    port: int | None = opt(
+        None,
+        "Port of a server of the dashboard's own; default: served by the "
+        "display player's server (player.port). Give one to keep the "
+        "dashboard on 127.0.0.1 while the displays' player listens on the "
+        "store network.",
+        low=1,
+        high=65535,
+    )
+    max_streams: int = opt(
+        16,
+        "Dashboard pages served at once (each holds one event stream and "
+        "one thread); one more is answered 503.",
+        low=1,
+        high=1000,
+    )
+    max_streams_per_client: int = opt(
+        4, "Dashboard pages one address may hold open at once.", low=1, high=1000
+    )
 
 
 @dataclass(frozen=True)
@@ -516,6 +563,13 @@ class MetricsConfig:
         "(not by offline file analysis).",
         low=0,
         high=65535,
+    )
+    max_connections: int = opt(
+        16,
+        "Connections the metrics endpoint serves at once; more are "
+        "closed at once (a scrape takes one, briefly).",
+        low=1,
+        high=1000,
     )
 
 
@@ -559,6 +613,7 @@ class Config:
     )
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
+    dashboard: DashboardConfig = section(DashboardConfig, "The store dashboard.")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
     store: StoreConfig = section(StoreConfig, "The local audience store.")
     state_dir: str | None = opt(
@@ -569,6 +624,13 @@ class Config:
         "'state' beside the config file.",
     )
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))
+    host_names: list[str] = opt(
+        [],
+        "Host names the box's web servers (display player, dashboard, "
+        "metrics) answer to besides its own host name, localhost and the "
+        "address a request arrived on, e.g. a DNS name the displays use; "
+        "requests naming any other host get 421 (DNS rebinding).",
+    )
 
     # Where the config came from; relative paths resolve against its folder.
     base_dir: Path = field(default=PROJECT_ROOT, repr=False, metadata={"internal": True})
@@ -807,7 +869,22 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     if config.classifier.backend == "insightface" and not config.classifier.model:
         add("'classifier.model' must name genderage.onnx for backend 'insightface'")
     _check_ensemble(config.classifier, add)
-    for key, host in (("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)):
+    for key, names in (
+        ("player.allowed_hosts", config.player.allowed_hosts),
+        ("host_names", config.host_names),
+    ):
+        for name in names:
+            if not isinstance(name, str) or host_problem(name.removeprefix(".")):
+                add(f"'{key}' has {name!r}: give host names or addresses, without scheme or port")
+    hosts = [("mqtt.host", config.mqtt.host), ("player.listen", config.player.listen)]
+    if config.dashboard.listen is not None:
+        hosts.append(("dashboard.listen", config.dashboard.listen))
+        if config.dashboard.port is None and config.dashboard.listen != config.player.listen:
+            add(
+                "'dashboard.listen' differs from 'player.listen' without a "
+                "'dashboard.port': give the dashboard a port of its own"
+            )
+    for key, host in hosts:
         problem = host_problem(host)
         if problem:
             add(f"'{key}' is {redact(host)!r}: {problem}")

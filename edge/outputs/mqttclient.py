@@ -42,11 +42,14 @@ def service_client_id(config: Config) -> str:
 
 class RepeatLimiter:
     """Says whether to log something seen under a key: the first time, then at most every
-    REPEAT_S with the number of repeats left out, so a flood is a line every 10 minutes."""
+    REPEAT_S (10 minutes unless given) with the number of repeats left out, so a flood
+    is one line per period."""
 
     REPEAT_S = 600.0
 
-    def __init__(self):
+    def __init__(self, repeat_s: float | None = None):
+        if repeat_s is not None:
+            self.REPEAT_S = repeat_s
         self._lock = threading.Lock()
         self._seen: dict[object, tuple[float, int]] = {}  # key -> (last logged, left out)
 

@@ -237,7 +237,9 @@ class MqttPublisher:
                 self._set_state(
                     self.topics.camera_audience(event.camera), event.counts_only().to_json()
                 )
-            case DecisionEvent():
+            case DecisionEvent(reason=reason) if reason.rule != "override":
+                # an override came from the broker: publishing it again would put our
+                # copy in place of its sender's
                 self._set_state(self.topics.display_content(event.display), _fields(event))
             case IntervalEvent():
                 self._add_report(

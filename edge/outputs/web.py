@@ -10,9 +10,13 @@ import io
 import logging
 import socket
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from edge.outputs.access import HostCheck
+from edge.outputs.mqttclient import RepeatLimiter
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +26,45 @@ LISTEN_BACKLOG = socket.SOMAXCONN  # queued connections (the kernel caps it: net
 
 
 class HttpServer(ThreadingHTTPServer):
+    """`hosts`: the Host names it answers to (others get 421); `max_connections`: more
+    connections than this at once are closed as they come, before taking a thread."""
+
     daemon_threads = True
     request_queue_size = LISTEN_BACKLOG
     name = "display player"  # for log lines
     app: Any
+
+    def __init__(self, address, handler, *, hosts: HostCheck, max_connections: int | None = None):
+        self.hosts = hosts
+        self.max_connections = max_connections
+        self._connections = threading.BoundedSemaphore(max_connections or 1)
+        self.turned_away = 0  # connections closed at once: over max_connections
+        self.wrong_host = 0  # requests answered 421
+        self._turned_away_log = RepeatLimiter(60.0)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if self.max_connections and not self._connections.acquire(blocking=False):
+            self.turned_away += 1
+            show, left_out = self._turned_away_log.check("connections")
+            if show:
+                log.warning(
+                    "%s: %d connections open already; closed one from %s%s",
+                    self.name,
+                    self.max_connections,
+                    client_address[0],
+                    f" and {left_out} more since the last line" if left_out else "",
+                )
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if self.max_connections:
+                self._connections.release()
 
     def handle_error(self, request, client_address) -> None:
         if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
@@ -80,12 +119,33 @@ class Handler(BaseHTTPRequestHandler):
         ok = super().parse_request()  # has read the headers
         self._reader.deadline = None
         self.connection.settimeout(SEND_TIMEOUT_S)
+        if ok and not self.server.hosts.allows(
+            self.headers.get("Host"), self.connection.getsockname()[0]
+        ):
+            # A page elsewhere whose name was rebound to this box's address (DNS
+            # rebinding) sends its own name: it must not read what is served here.
+            self.server.wrong_host += 1
+            self._send(
+                421,
+                b"misdirected request: this server answers to the box's names and "
+                b"addresses (add others to host_names)\n",
+                "text/plain; charset=utf-8",
+            )
+            return False
         return ok
 
     def _send(
-        self, status: int, body: bytes, content_type: str, *, cache: str = "no-store"
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        cache: str = "no-store",
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)
