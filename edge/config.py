@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from edge.errors import ConfigError
-from edge.redact import redact
+from edge.redact import password, redact, remember
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 # Without a config file, relative paths (models/) resolve against the checkout.
@@ -656,6 +656,7 @@ def load(path: str | Path | None) -> Config:
     if data is None:
         data = {}
     problems = Problems()
+    data = resolve_references(data, problems, "")
     config = build(Config, data, problems, "")
     if config is None:  # not even a mapping at the top
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
@@ -664,6 +665,42 @@ def load(path: str | Path | None) -> Config:
     if problems.messages:
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     return config
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_references(data: Any, problems: Problems, key: str) -> Any:
+    """Every `${NAME}` in a string value replaced by the secret NAME: the environment
+    variable (edge.env, the unit's EnvironmentFile) or the systemd credential of that
+    name (LoadCredential=NAME:...). Camera URLs with passwords and the broker's password
+    can so stay out of config.yaml. A name with no value is a problem naming the key
+    and the name; the values are never part of a message."""
+    from edge.outputs.access import load_secret
+
+    if isinstance(data, dict):
+        return {k: resolve_references(v, problems, _join(key, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_references(v, problems, f"{key}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def value(match: re.Match) -> str:
+        secret = load_secret(match[1], match[1])
+        if secret is None:
+            problems.add(
+                f"'{key}' refers to ${{{match[1]}}}, which is not set: set it in edge.env "
+                f"or as a systemd credential (LoadCredential={match[1]}:...)",
+                key,
+            )
+            return ""
+        # masked wherever it may be printed: a camera URL's password, or a password
+        hidden = password(secret) or (secret if key.endswith("password") else None)
+        if hidden:
+            remember(hidden)
+        return secret
+
+    return _REFERENCE.sub(value, data)
 
 
 class _Rejected(yaml.constructor.ConstructorError):

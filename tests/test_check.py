@@ -25,10 +25,12 @@ ALL_CHECKS = {
     "classifier provenance",
     "camera entrance",
     "broker",
+    "broker access",
     "home assistant",
     "execution provider",
     "player",
     "metrics",
+    "secrets",
 }
 
 

@@ -86,6 +86,7 @@ class PlayerBridge:
             f"display player: MQTT broker {config.mqtt.host}:{config.mqtt.port}"
         )
         self._client: GuardedClient | None = None
+        self._client_id = ""
         self._stopping = False
         self._rejects = RepeatLimiter(REJECT_LOG_S)
         self.mqtt_connected = False
@@ -131,7 +132,8 @@ class PlayerBridge:
         )
 
     def _start_mqtt(self) -> None:
-        client = make_client(self.config, client_id=f"{service_client_id(self.config)}-player")
+        self._client_id = f"{service_client_id(self.config)}-player"
+        client = make_client(self.config, client_id=self._client_id)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -160,7 +162,7 @@ class PlayerBridge:
         # A refused login ends in a disconnect too: that is the same problem, already
         # logged, not a lost connection (README promises it once).
         if was and not self._stopping:
-            self._problems.problem(f"connection lost ({explain(reason)})")
+            self._problems.lost(reason, self._client_id)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.last_message = time.time()

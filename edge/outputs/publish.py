@@ -380,7 +380,7 @@ class MqttPublisher:
             if self.outbox.reports:
                 self._save_wanted.set()
         if was and not self._closing:
-            self._problems.problem(f"connection lost ({reason})")
+            self._problems.lost(reason, self.client_id)
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._lock:
