@@ -195,7 +195,10 @@ if ! grep -q '^  dir: /opt/edge/models' "$TMP/config.yaml" \
     die "config.yaml no longer has models.dir / selector.catalog where expected; update step 6"
 fi
 put "$TMP/config.yaml" "$OPT/config.example.yaml" 0644
-put_once "$OPT/config.example.yaml" "$ETC/config.yaml" 0644
+# Root's alone: camera URLs may carry passwords. The unit hands the service a copy
+# (LoadCredential=config.yaml), so the dynamic user needs no read access here.
+put_once "$OPT/config.example.yaml" "$ETC/config.yaml" 0600
+chmod 0600 "$ETC/config.yaml"  # an earlier install left it readable by everyone
 if [ -e "$ETC/ads" ]; then
     say "kept existing $ETC/ads"
 else
