@@ -248,8 +248,23 @@ def check_broker(config: Config) -> list[Result]:
     """The broker's connection, and who else it lets write (`broker access`)."""
     results = _check_connection(config)
     if len(results) == 1:
-        results.append(ok("broker access", "not checked: no connection as the service"))
+        results.append(
+            _in_clear(config) or ok("broker access", "not checked: no connection as the service")
+        )
     return results
+
+
+def _in_clear(config: Config) -> Result | None:
+    """A warning when the password would cross the network without TLS."""
+    cfg = config.mqtt
+    if mqttclient.credentials(cfg)[1] and not cfg.tls.enabled and not _on_this_box(cfg.host):
+        return warn(
+            "broker access",
+            f"the MQTT password travels in clear to {cfg.host}, off this box: anyone on "
+            f"the way can read it — fix: mqtt.tls.enabled: true (port 8883), or a broker "
+            f"on this box",
+        )
+    return None
 
 
 def _check_connection(config: Config) -> list[Result]:
@@ -302,17 +317,9 @@ def _broker_access(config: Config, user: str | None) -> Result:
     """Whether the broker checks who writes: anyone it lets in anonymously can put any
     content on the screens (within the catalog) and mark the service offline; and
     whether a password would cross the network in clear."""
-    cfg = config.mqtt
-    anonymous = not user or _accepts_anonymous(config)
-    password = mqttclient.credentials(cfg)[1]
-    if password and not cfg.tls.enabled and not _on_this_box(cfg.host):
-        return warn(
-            "broker access",
-            f"the MQTT password travels in clear to {cfg.host}, off this box: anyone on "
-            f"the way can read it — fix: mqtt.tls.enabled: true (port 8883), or a broker "
-            f"on this box",
-        )
-    if anonymous:
+    if (in_clear := _in_clear(config)) is not None:
+        return in_clear
+    if not user or _accepts_anonymous(config):
         return warn(
             "broker access",
             "the broker lets anonymous clients in: anyone who can reach it can publish "
