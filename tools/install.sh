@@ -91,6 +91,18 @@ put_dir() {
 }
 
 pip_install() { "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"; }
+# pip for third-party packages: as nobody where we are root, so no package's build
+# script (insightface compiles an extension) runs as root. Only the files the lock
+# names, hash-checked, go into the venv, which is root's again afterwards.
+pip_locked() {
+    if [ "$(id -u)" -eq 0 ]; then
+        setpriv --reuid=nobody --regid=nogroup --clear-groups \
+            env HOME="$PIPHOME" PIP_CACHE_DIR="$PIPHOME/cache" \
+            "$VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes "$@"
+    else
+        pip_install --require-hashes "$@"
+    fi
+}
 
 # 1. Debian packages, only those missing: the local broker (and its clients,
 # for `mosquitto_sub` checks), and what the Makefile's system-deps installs
@@ -122,25 +134,30 @@ mkdir -p "$OPT"
 for d in edge requirements ads; do put_dir "$d"; done
 for f in pyproject.toml README.md; do put "$SRC/$f" "$OPT/$f" 0644; done
 
-# 3. The venv, as the Makefile's $(STAMP) rule builds it but without the
-# test tools (requirements/dev.txt). Editable, like the checkout's: the code
+# 3. The venv, as the Makefile's $(STAMP) rule builds it (from the hash-checked
+# lock files) but without the test tools (requirements/dev.lock). Editable, like the checkout's: the code
 # runs from /opt/edge/edge, which makes /opt/edge the project root (models in
-# /opt/edge/models by default). Rebuilt only when a requirements file changes.
+# /opt/edge/models by default). Rebuilt only when a lock file changes.
 if [ -n "$NO_DEPS" ]; then
     say "venv: skipped (--no-deps)"
 else
     case $(readlink -f "$PYTHON") in
         /root/*|/home/*|/run/user/*) die "$PYTHON lives in a home directory, which the unit hides (ProtectHome=yes); set PYTHON=/usr/bin/python3" ;;
     esac
-    stamp=$(cat "$OPT/requirements/"*.txt "$OPT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    stamp=$(cat "$OPT/requirements/"*.lock "$OPT/pyproject.toml" | sha256sum | cut -d' ' -f1)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.installed" 2>/dev/null)" = "$stamp" ]; then
         say "unchanged $VENV"
     else
         [ -z "$ROOT" ] || say "venv: note, built for $VENV; it runs only from that path"
         "$PYTHON" -m venv "$VENV"
-        pip_install -r "$OPT/requirements/runtime.txt"
-        pip_install --no-deps -r "$OPT/requirements/insightface.txt"
-        pip_install --no-deps -e "$OPT"
+        PIPHOME=$(mktemp -d)
+        if [ "$(id -u)" -eq 0 ]; then chown -R nobody:nogroup "$VENV" "$PIPHOME"; fi
+        pip_locked -r "$OPT/requirements/runtime.lock"
+        pip_locked --no-deps -r "$OPT/requirements/insightface.lock"
+        rm -rf "$PIPHOME"
+        if [ "$(id -u)" -eq 0 ]; then chown -R root:root "$VENV"; fi
+        # Our own code, editable, by the venv's own setuptools: nothing downloaded.
+        pip_install --no-deps --no-build-isolation -e "$OPT"
         echo "$stamp" > "$VENV/.installed"
         say "installed $VENV"
         CHANGED=1
