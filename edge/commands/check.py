@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
 import yaml
 
 from edge import config as config_mod
@@ -330,19 +329,13 @@ def _broker_access(config: Config, user: str | None) -> Result:
 
 def _accepts_anonymous(config: Config) -> bool:
     """Whether the broker accepts a connection without a user name (own client id)."""
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{mqttclient.service_client_id(config)}-check-anonymous",
-    )
-    if config.mqtt.tls.enabled:
-        try:
-            client.tls_set(
-                ca_certs=str(config.resolve(config.mqtt.tls.ca_file))
-                if config.mqtt.tls.ca_file
-                else None
-            )
-        except (OSError, ValueError):
-            return False
+    try:
+        client = mqttclient.make_client(
+            config, f"{mqttclient.service_client_id(config)}-check-anonymous"
+        )
+    except (OSError, ValueError, ConfigError):
+        return False
+    client.username_pw_set(None, None)  # the same client, TLS included, without a login
     answers: queue.Queue = queue.Queue()
     client.on_connect = lambda _c, _u, _flags, reason, _props: answers.put(reason)
     try:

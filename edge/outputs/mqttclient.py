@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -198,6 +199,15 @@ def explain(reason) -> str:
     return text
 
 
+def _accepts(address: tuple[str, int], timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at (host, port) now."""
+    try:
+        socket.create_connection(address, timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 class ProblemLog:
     """Logs a connection problem once when it starts or changes, then every 10 minutes:
     an operator reading journald sees the cause without a line per retry.
@@ -227,13 +237,15 @@ class ProblemLog:
             )
             self._last = (message, now)
 
-    def lost(self, reason, client_id: str) -> None:
+    def lost(self, reason, client_id: str, address: tuple[str, int]) -> None:
         """The connection was lost (on_disconnect): a takeover when the broker says so
-        (MQTT 5: 142) or closed it within TAKEOVER_S of connecting."""
+        (MQTT 5: 142), or closed it within TAKEOVER_S of connecting while it still
+        accepts connections (MQTT 3.1.1 says nothing: a broker that stops looks the
+        same, except that its port is closed then)."""
         now = time.monotonic()
         quick = self._connected_at is not None and now - self._connected_at < self.TAKEOVER_S
         self._connected_at = None
-        if getattr(reason, "value", None) != 142 and not quick:
+        if getattr(reason, "value", None) != 142 and not (quick and _accepts(address)):
             self.problem(f"connection lost ({explain(reason)})")
             return
         if self._taken_over is None or now - self._taken_over >= self.REPEAT_S:

@@ -4,8 +4,8 @@ for the player's web server (edge/outputs/player_server.py) to stream to its pag
 
 Why a bridge here rather than Mosquitto's websockets listener on the store
 network: displays need one plain-HTTP endpoint that also serves the player and
-the creatives; the broker can stay on localhost, so no device on the store LAN
-can publish fake decisions; and no MQTT client has to be written or vendored in
+the creatives; the broker can stay on localhost (who may write there is its ACL's
+business: mosquitto/edge.acl); and no MQTT client has to be written or vendored in
 JavaScript. Because the bridge follows the retained content topics (it does not
 take decisions from the pipeline directly), the broker stays the source of
 truth: an override published there, e.g. by HQ, reaches the screens too.
@@ -162,7 +162,9 @@ class PlayerBridge:
         # A refused login ends in a disconnect too: that is the same problem, already
         # logged, not a lost connection (README promises it once).
         if was and not self._stopping:
-            self._problems.lost(reason, self._client_id)
+            self._problems.lost(
+                reason, self._client_id, (self.config.mqtt.host, self.config.mqtt.port)
+            )
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.last_message = time.time()

@@ -380,7 +380,9 @@ class MqttPublisher:
             if self.outbox.reports:
                 self._save_wanted.set()
         if was and not self._closing:
-            self._problems.lost(reason, self.client_id)
+            self._problems.lost(
+                reason, self.client_id, (self.config.mqtt.host, self.config.mqtt.port)
+            )
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._lock:
