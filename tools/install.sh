@@ -91,16 +91,16 @@ put_dir() {
 }
 
 pip_install() { "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"; }
-# pip for third-party packages: as nobody where we are root, so no package's build
-# script (insightface compiles an extension) runs as root. Only the files the lock
-# names, hash-checked, go into the venv, which is root's again afterwards.
-pip_locked() {
+# pip as nobody where we are root: no package's build script (insightface compiles an
+# extension, setuptools builds our own) runs as root. The venv and /opt/edge are
+# nobody's only while pip runs, and root's again afterwards (the service only reads them).
+pip_unprivileged() {
     if [ "$(id -u)" -eq 0 ]; then
         setpriv --reuid=nobody --regid=nogroup --clear-groups \
             env HOME="$PIPHOME" PIP_CACHE_DIR="$PIPHOME/cache" \
-            "$VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes "$@"
+            "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
     else
-        pip_install --require-hashes "$@"
+        pip_install "$@"
     fi
 }
 
@@ -151,13 +151,22 @@ else
         [ -z "$ROOT" ] || say "venv: note, built for $VENV; it runs only from that path"
         "$PYTHON" -m venv "$VENV"
         PIPHOME=$(mktemp -d)
-        if [ "$(id -u)" -eq 0 ]; then chown -R nobody:nogroup "$VENV" "$PIPHOME"; fi
-        pip_locked -r "$OPT/requirements/runtime.lock"
-        pip_locked --no-deps -r "$OPT/requirements/insightface.lock"
+        if [ "$(id -u)" -eq 0 ]; then
+            chown -R nobody:nogroup "$VENV" "$PIPHOME"
+            chown nobody:nogroup "$OPT"  # the folder alone, for the egg-info below
+        fi
+        # Only the files the locks name, each checked against its hash.
+        pip_unprivileged --require-hashes -r "$OPT/requirements/runtime.lock"
+        pip_unprivileged --require-hashes --no-deps -r "$OPT/requirements/insightface.lock"
+        # Our own code, editable (it writes /opt/edge/*.egg-info). Its build backend
+        # (setuptools, pyproject.toml) comes unhashed: pip cannot hash-check build
+        # dependencies, one more reason not to run it as root.
+        pip_unprivileged --no-deps -e "$OPT"
         rm -rf "$PIPHOME"
-        if [ "$(id -u)" -eq 0 ]; then chown -R root:root "$VENV"; fi
-        # Our own code, editable, by the venv's own setuptools: nothing downloaded.
-        pip_install --no-deps --no-build-isolation -e "$OPT"
+        if [ "$(id -u)" -eq 0 ]; then
+            chown root:root "$OPT"
+            chown -R root:root "$VENV" "$OPT"/*.egg-info
+        fi
         echo "$stamp" > "$VENV/.installed"
         say "installed $VENV"
         CHANGED=1
