@@ -29,6 +29,7 @@ ALL_CHECKS = {
     "home assistant",
     "execution provider",
     "player",
+    "dashboard",
     "metrics",
     "secrets",
 }

@@ -348,6 +348,17 @@ def test_dashboard_off_the_box_needs_its_key(tmp_path, monkeypatch):
         server.stop()
 
 
+def test_edge_check_says_when_the_dashboard_is_off_the_box_without_a_key(tmp_path):
+    from test_check import check, write_config
+
+    path = write_config(tmp_path, source=ROOT / "README.md")
+    path.write_text(path.read_text() + "player: {listen: 0.0.0.0}\n")
+    _, lines, _ = check(path)
+    assert lines["dashboard"].startswith("WARN") and "EDGE_DASHBOARD_KEY" in lines["dashboard"]
+    _, lines, _ = check(path, EDGE_DASHBOARD_KEY="k")
+    assert lines["dashboard"].startswith("OK") and "behind its key" in lines["dashboard"]
+
+
 def test_dashboard_can_be_off_or_on_a_loopback_port_of_its_own(tmp_path):
     config = make_config(tmp_path, dashboard={"enabled": False})
     server = start_server(config)

@@ -35,7 +35,7 @@ from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 from edge.inference import modelstore, runtime
 from edge.outputs import hass, mqttclient
-from edge.outputs.access import is_loopback
+from edge.outputs.access import is_loopback, load_secret
 from edge.pipeline.capture import SourceEnded, device_node, open_source, source_kind
 from edge.pipeline.catalog import load_catalog
 from edge.redact import password, redact, without_credentials
@@ -624,6 +624,30 @@ def check_player(config: Config) -> list[Result]:
     return [ok("player", f"can listen on {where}")]
 
 
+def check_dashboard(config: Config) -> list[Result]:
+    """Where the dashboard listens, and whether it has the key it needs off this box."""
+    from edge.outputs.player_server import DASHBOARD_KEY_CREDENTIAL, DASHBOARD_KEY_ENV
+
+    dash = config.dashboard
+    if not dash.enabled or not config.player.port:
+        return [ok("dashboard", "off")]
+    listen = dash.listen or config.player.listen
+    where = f"{listen}:{dash.port or config.player.port}"
+    if is_loopback(listen):
+        return [ok("dashboard", f"on {where}, this box only")]
+    if load_secret(DASHBOARD_KEY_ENV, DASHBOARD_KEY_CREDENTIAL):
+        return [ok("dashboard", f"on {where}, off this box, behind its key")]
+    return [
+        warn(
+            "dashboard",
+            f"listens on {where}, off this box, and no key is set: it answers 403 — fix: "
+            f"set {DASHBOARD_KEY_ENV} in edge.env (or the credential "
+            f"{DASHBOARD_KEY_CREDENTIAL}), or keep it on the box: dashboard.listen: "
+            f"127.0.0.1 with a dashboard.port of its own",
+        )
+    ]
+
+
 # -- running and printing ----------------------------------------------------------
 
 
@@ -720,6 +744,7 @@ def main(config_path: str | None, started: float | None = None) -> int:
         check_execution_provider,
         check_state_dir,
         check_player,
+        check_dashboard,
         check_metrics,
         functools.partial(check_secrets, config_path=config_path),
     ]
