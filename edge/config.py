@@ -526,7 +526,7 @@ class DashboardConfig:
         "Address the dashboard listens on; default player.listen. Off "
         "loopback it asks for a key: EDGE_DASHBOARD_KEY in the environment, "
         "or the credential file dashboard-key (systemd's LoadCredential=); "
-        "without one it stays off, with one log line.",
+        "without one it answers 403, with one log line at start.",
     )
     port: int | None = opt(
         None,
