@@ -548,3 +548,19 @@ def test_access_helpers(monkeypatch, tmp_path):
     assert slots.take("b") is None and slots.take("c") == "total"
     slots.give_back("a")
     assert slots.take("c") is None
+
+
+def test_a_browser_with_the_key_gets_the_live_dashboard(browser, tmp_path, monkeypatch):  # noqa: F811
+    """Basic auth, asked once: the page and its event stream both pass (same origin)."""
+    from test_dashboard import text
+
+    monkeypatch.setenv("EDGE_DASHBOARD_KEY", "k3y")
+    config = make_config(tmp_path, player={"listen": "0.0.0.0"})
+    server = start_server(config)
+    server.dashboard = Dashboard(config, live=False)
+    try:
+        browser.get(f"http://manager:k3y@127.0.0.1:{server.port}/dashboard")
+        wait_until(lambda: text(browser, "#store") == config.mqtt.store_id, 10, "the page's state")
+        wait_until(lambda: text(browser, "#conn") == "live", 10, "the event stream open")
+    finally:
+        server.stop()
