@@ -46,13 +46,29 @@ broker: system-deps
 broker-stop:
 	@[ -f $(RUN_DIR)/mosquitto.pid ] && kill $$(cat $(RUN_DIR)/mosquitto.pid) && rm -f $(RUN_DIR)/mosquitto.pid || true
 
-# The venv is rebuilt whenever a requirements file changes.
-$(STAMP): requirements/runtime.txt requirements/insightface.txt requirements/dev.txt pyproject.toml | system-deps
+# The venv is rebuilt whenever a lock file changes. Installed from the lock files
+# (requirements/*.lock, `make lock`): every file's hash is checked (--require-hashes),
+# so a replaced upload on the index cannot slip in.
+LOCKS := requirements/runtime.lock requirements/dev.lock requirements/insightface.lock
+PIP_LOCKED := $(BIN)/pip install --quiet --disable-pip-version-check --require-hashes
+$(STAMP): $(LOCKS) pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements/runtime.txt -r requirements/dev.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements/insightface.txt
+	$(PIP_LOCKED) -r requirements/runtime.lock -r requirements/dev.lock
+	$(PIP_LOCKED) --no-deps -r requirements/insightface.lock
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
+
+# Regenerate the lock files from requirements/*.txt (after editing one of them):
+# uv resolves for every platform (--universal) and writes each file's hashes; the dev
+# tools are resolved against the runtime's versions; insightface's set as listed
+# (--no-deps, as it is installed: see requirements/insightface.txt).
+UV_COMPILE := $(BIN)/uv pip compile --quiet --universal --generate-hashes \
+	--python-version 3.11 --custom-compile-command "make lock"
+.PHONY: lock
+lock: $(STAMP)
+	$(UV_COMPILE) requirements/runtime.txt -o requirements/runtime.lock
+	$(UV_COMPILE) requirements/dev.txt -c requirements/runtime.lock -o requirements/dev.lock
+	$(UV_COMPILE) --no-deps requirements/insightface.txt -o requirements/insightface.lock
 
 models: $(STAMP)
 	$(BIN)/edge models fetch

@@ -206,9 +206,13 @@ def cmd_run(args, cfg) -> int:
             publisher.start()
             if cfg.player.port and cfg.displays:
                 player = start_player(cfg)
-                player.dashboard = _dashboard(cfg, sinks, store, publisher)
+                # first of the sinks: it learns each decision before the publisher sends it
+                sinks.insert(0, player)
+                player.bridge.on_override = service.overridden
+                if cfg.dashboard.enabled:
+                    player.dashboard = _dashboard(cfg, sinks, store, publisher)
         if metrics is not None:
-            metrics.watch(service, publisher, store)
+            metrics.watch(service, publisher, store=store, player=player)
             metrics.serve()
         service.install_signal_handlers()
         return service.run(duration_s=args.duration)
@@ -241,9 +245,9 @@ def start_player(cfg, port: int | None = None):
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()
     log.info(
-        "display player: %s; dashboard: %s/dashboard",
+        "display player: %s; dashboard: %s",
         ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays),
-        player.url,
+        player.dashboard_url if cfg.dashboard.enabled else "off (dashboard.enabled: false)",
     )
     return player
 
@@ -271,7 +275,8 @@ def cmd_display(args, cfg) -> int:
     player = start_player(cfg, port=args.port)
     from edge.outputs.dashboard import Dashboard
 
-    player.dashboard = Dashboard(cfg, live=False)  # history only: no pipeline here
+    if cfg.dashboard.enabled:
+        player.dashboard = Dashboard(cfg, live=False)  # history only: no pipeline here
     try:
         stop.wait()
     finally:

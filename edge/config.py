@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from edge.errors import ConfigError
-from edge.redact import redact
+from edge.redact import password, redact, remember
 
 PROVIDERS = ("tensorrt", "cuda", "cpu")
 # Without a config file, relative paths (models/) resolve against the checkout.
@@ -515,6 +515,53 @@ class PlayerConfig:
         low=1,
         high=10000,
     )
+    max_streams_per_client: int = opt(
+        4,
+        "Display pages one address may hold open at once: one machine "
+        "cannot take every slot and lock the other displays out.",
+        low=1,
+        high=10000,
+    )
+    allowed_hosts: list[str] = opt(
+        [],
+        "Hosts whose http(s) URLs a content message may name although the "
+        "ad catalog does not (e.g. head office's ad server for overrides); "
+        "exact names, or '.example.com' for its subdomains. Anything else "
+        "that is not one of the catalog's creatives is rejected and counted. "
+        "Loopback, private and link-local addresses are allowed only when "
+        "listed here one by one.",
+    )
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    enabled: bool = opt(True, "Serve the store dashboard (/dashboard); false turns it off.")
+    listen: str | None = opt(
+        None,
+        "Address the dashboard listens on; default player.listen. Off "
+        "loopback it asks for a key: EDGE_DASHBOARD_KEY in the environment, "
+        "or the credential file dashboard-key (systemd's LoadCredential=); "
+        "without one it answers 403, with one log line at start.",
+    )
+    port: int | None = opt(
+        None,
+        "Port of a server of the dashboard's own; default: served by the "
+        "display player's server (player.port). Give one to keep the "
+        "dashboard on 127.0.0.1 while the displays' player listens on the "
+        "store network.",
+        low=1,
+        high=65535,
+    )
+    max_streams: int = opt(
+        16,
+        "Dashboard pages served at once (each holds one event stream and "
+        "one thread); one more is answered 503.",
+        low=1,
+        high=1000,
+    )
+    max_streams_per_client: int = opt(
+        4, "Dashboard pages one address may hold open at once.", low=1, high=1000
+    )
 
 
 @dataclass(frozen=True)
@@ -531,6 +578,13 @@ class MetricsConfig:
         "(not by offline file analysis).",
         low=0,
         high=65535,
+    )
+    max_connections: int = opt(
+        16,
+        "Connections the metrics endpoint serves at once; more are "
+        "closed at once (a scrape takes one, briefly).",
+        low=1,
+        high=1000,
     )
 
 
@@ -616,6 +670,7 @@ class Config:
     )
     selector: SelectorConfig = section(SelectorConfig, "Ad selection.")
     player: PlayerConfig = section(PlayerConfig, "The display player's web server.")
+    dashboard: DashboardConfig = section(DashboardConfig, "The store dashboard.")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics endpoint.")
     store: StoreConfig = section(StoreConfig, "The local audience store.")
     serve: ServeConfig = section(ServeConfig, "The photo check API (`edge serve`).")
@@ -627,6 +682,13 @@ class Config:
         "'state' beside the config file.",
     )
     log_level: str = opt("info", "Logging level.", choices=("debug", "info", "warning", "error"))
+    host_names: list[str] = opt(
+        [],
+        "Host names the box's web servers (display player, dashboard, "
+        "metrics) answer to besides its own host name, localhost and the "
+        "address a request arrived on, e.g. a DNS name the displays use; "
+        "requests naming any other host get 421 (DNS rebinding).",
+    )
 
     # Where the config came from; relative paths resolve against its folder.
     base_dir: Path = field(default=PROJECT_ROOT, repr=False, metadata={"internal": True})
@@ -652,6 +714,7 @@ def load(path: str | Path | None) -> Config:
     if data is None:
         data = {}
     problems = Problems()
+    data = resolve_references(data, problems, "")
     config = build(Config, data, problems, "")
     if config is None:  # not even a mapping at the top
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
@@ -660,6 +723,42 @@ def load(path: str | Path | None) -> Config:
     if problems.messages:
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     return config
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_references(data: Any, problems: Problems, key: str) -> Any:
+    """Every `${NAME}` in a string value replaced by the secret NAME: the environment
+    variable (edge.env, the unit's EnvironmentFile) or the systemd credential of that
+    name (LoadCredential=NAME:...). Camera URLs with passwords and the broker's password
+    can so stay out of config.yaml. A name with no value is a problem naming the key
+    and the name; the values are never part of a message."""
+    from edge.outputs.access import load_secret
+
+    if isinstance(data, dict):
+        return {k: resolve_references(v, problems, _join(key, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_references(v, problems, f"{key}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def value(match: re.Match) -> str:
+        secret = load_secret(match[1], match[1])
+        if secret is None:
+            problems.add(
+                f"'{key}' refers to ${{{match[1]}}}, which is not set: set it in edge.env "
+                f"or as a systemd credential (LoadCredential={match[1]}:...)",
+                key,
+            )
+            return ""
+        # masked wherever it may be printed: a camera URL's password, or a password
+        hidden = password(secret) or (secret if key.endswith("password") else None)
+        if hidden:
+            remember(hidden)
+        return secret
+
+    return _REFERENCE.sub(value, data)
 
 
 class _Rejected(yaml.constructor.ConstructorError):
@@ -865,11 +964,26 @@ def _cross_checks(config: Config, problems: Problems) -> None:
     if config.classifier.backend == "insightface" and not config.classifier.model:
         add("'classifier.model' must name genderage.onnx for backend 'insightface'")
     _check_ensemble(config.classifier, add)
-    for key, host in (
+    for key, names in (
+        ("player.allowed_hosts", config.player.allowed_hosts),
+        ("host_names", config.host_names),
+    ):
+        for name in names:
+            if not isinstance(name, str) or host_problem(name.removeprefix(".")):
+                add(f"'{key}' has {name!r}: give host names or addresses, without scheme or port")
+    hosts = [
         ("mqtt.host", config.mqtt.host),
         ("player.listen", config.player.listen),
         ("serve.listen", config.serve.listen),
-    ):
+    ]
+    if config.dashboard.listen is not None:
+        hosts.append(("dashboard.listen", config.dashboard.listen))
+        if config.dashboard.port is None and config.dashboard.listen != config.player.listen:
+            add(
+                "'dashboard.listen' differs from 'player.listen' without a "
+                "'dashboard.port': give the dashboard a port of its own"
+            )
+    for key, host in hosts:
         problem = host_problem(host)
         if problem:
             add(f"'{key}' is {redact(host)!r}: {problem}")

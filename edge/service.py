@@ -67,7 +67,7 @@ from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
-from edge.records import Detections
+from edge.records import Decision, Detections
 from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,7 @@ class Service:
         self._stats_at = time.monotonic()
         self._last_processed_at = 0.0
         self._failing_sinks: set[tuple[int, str]] = set()  # (sink, error type) logged once
+        self._overrides: collections.deque[Decision] = collections.deque(maxlen=100)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -355,8 +356,38 @@ class Service:
 
     # -- one tick ------------------------------------------------------------------
 
+    def overridden(self, display: str, content: dict) -> None:
+        """A display shows content the pipeline did not decide (the player saw an allowed
+        override on the broker); any thread. Taken in by the next tick."""
+        self._overrides.append(
+            Decision(
+                display,
+                content["ad"],
+                content.get("title") or "",
+                content["creative"],
+                content.get("duration_s") or 0.0,
+                "override",
+                None,
+                {},
+                time.time(),
+            )
+        )
+
+    def _take_overrides(self) -> None:
+        """Proof of play and the dashboard say what is really on screen: the running play
+        ends and an `override` one starts; its decision event is not published again."""
+        while self._overrides:
+            decision = self._overrides.popleft()
+            for cid, selectors in self.selectors.items():
+                plays = self.cameras[cid].plays
+                if plays is not None and any(s.display_id == decision.display for s in selectors):
+                    if (ended := plays.switch(decision, decision.time)) is not None:
+                        self.emit(ended)
+                    self.emit(DecisionEvent.of(decision))
+
     def tick(self) -> bool:
         """Process the newest frame of each camera; False when none had one."""
+        self._take_overrides()
         taken: list[tuple[str, CameraRuntime, Frame]] = []
         # Offline, files are read in lockstep (the reader is never far behind), which
         # keeps results independent of thread timing; live, one camera may block briefly.

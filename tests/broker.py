@@ -130,6 +130,8 @@ class Subscriber:
         *,
         client_id: str = "",
         persistent: bool = False,
+        username: str | None = None,
+        password: str | None = None,
     ):
         self.messages: queue.Queue = queue.Queue()
         self.seen: list[tuple[str, bytes, bool]] = []
@@ -137,6 +139,8 @@ class Subscriber:
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not persistent
         )
         self.client.reconnect_delay_set(0.2, 1)
+        if username:
+            self.client.username_pw_set(username, password)
         topics = [topics] if isinstance(topics, str) else topics
         connected = queue.Queue()
 

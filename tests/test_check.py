@@ -25,10 +25,13 @@ ALL_CHECKS = {
     "classifier provenance",
     "camera entrance",
     "broker",
+    "broker access",
     "home assistant",
     "execution provider",
     "player",
+    "dashboard",
     "metrics",
+    "secrets",
 }
 
 

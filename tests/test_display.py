@@ -77,9 +77,14 @@ def browser():
 
 
 def make_config(
-    tmp_path: Path, *, broker_port: int | None = None, catalog: Path = CATALOG
+    tmp_path: Path,
+    *,
+    broker_port: int | None = None,
+    catalog: Path = CATALOG,
+    **sections: dict,
 ) -> config_mod.Config:
-    """A config as an operator writes it; a fresh store id keeps retained topics apart."""
+    """A config as an operator writes it; a fresh store id keeps retained topics apart.
+    `sections` add top-level keys (player={...}, dashboard={...})."""
     mqtt = (
         {"enabled": True, "host": "127.0.0.1", "port": broker_port}
         if broker_port
@@ -94,6 +99,7 @@ def make_config(
                 "cameras": [{"id": "door", "source": "/dev/null"}],
                 "displays": [{"id": DISPLAY, "name": "Window screen", "camera": "door"}],
                 "selector": {"catalog": str(catalog)},
+                **sections,
             }
         )
     )
@@ -188,7 +194,9 @@ def test_page_shows_the_catalog_default_before_any_message(browser, broker, tmp_
             "mqtt_loop_alive": True,
             "mqtt_last_message": None,
             "mqtt_rejected": 0,
+            "mqtt_rejected_creatives": 0,
             "displays": {DISPLAY: None},
+            "http_wrong_host": 0,
         }
     finally:
         server.stop()
@@ -302,7 +310,9 @@ def test_image_creatives_show_as_images(browser, tmp_path):
             "mqtt_loop_alive": False,
             "mqtt_last_message": None,
             "mqtt_rejected": 0,
+            "mqtt_rejected_creatives": 0,
             "displays": {DISPLAY: None},
+            "http_wrong_host": 0,
         }
     finally:
         server.stop()
@@ -357,7 +367,9 @@ def test_http_routes(tmp_path):
             "mqtt_loop_alive": False,
             "mqtt_last_message": None,
             "mqtt_rejected": 0,
+            "mqtt_rejected_creatives": 0,
             "displays": {DISPLAY: None},
+            "http_wrong_host": 0,
         }
     finally:
         server.stop()
@@ -581,7 +593,13 @@ def test_page_swaps_only_to_a_creative_that_loaded(browser, broker, tmp_path):
         tmp_path,
         {"broken.png": b"\x89PNG not really an image", "broken.mp4": b"not a video at all"},
     )
-    config = make_config(tmp_path, broker_port=broker.port, catalog=catalog)
+    # A loopback address is allowed only when listed as it is (player.allowed_hosts).
+    config = make_config(
+        tmp_path,
+        broker_port=broker.port,
+        catalog=catalog,
+        player={"allowed_hosts": ["127.0.0.1"]},
+    )
     server = start_server(config)
     try:
         browser.get(f"{server.url}/display/{DISPLAY}")
@@ -645,9 +663,9 @@ def test_idle_and_slow_connections_are_closed_after_the_header_timeout(tmp_path,
     import socket
     import threading
 
-    from edge.outputs import httpserver
+    from edge.outputs import web
 
-    monkeypatch.setattr(httpserver, "REQUEST_HEAD_TIMEOUT_S", 0.6)
+    monkeypatch.setattr(web, "REQUEST_HEAD_TIMEOUT_S", 0.6)
     server = start_server(make_config(tmp_path))
     try:
         before = threading.active_count()

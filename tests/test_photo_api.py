@@ -329,7 +329,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(service, photos):
     lines_before = len(service.lines)
     huge = MAX_BODY_MB * 1_000_000 + 1
     head = (
-        "POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        "POST /api/v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         f"Content-Length: {huge}\r\n\r\n"
     )
     status, answer = raw_request(service.port, head)  # no body sent: none is read
@@ -363,7 +363,7 @@ def test_a_body_that_does_not_arrive_in_time_and_a_full_house(service, photos):
     """A body that stops coming gets 408 at the deadline; while MAX_REQUESTS of them are
     pending, one more request gets 503 with Retry-After; then all is well again."""
     head = (
-        "POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        "POST /api/v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
         f"Content-Length: {len(photos['woman'])}\r\n\r\n"
     )
     slow: list[socket.socket] = []
@@ -416,7 +416,7 @@ def test_a_client_that_leaves_mid_body_is_logged_and_the_rest_served(service, ph
     lines_before = len(service.lines)
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
         s.sendall(
-            b"POST /api/v1/analyze HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"POST /api/v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 50000\r\n\r\n" + photos["woman"][:1000]
         )
     [line] = service.request_lines(lines_before, 1)
@@ -634,3 +634,19 @@ def test_the_check_page_in_chromium(browser, service, group_photo, tmp_path):  #
     # nothing fetched from elsewhere: the page works offline
     page = browser.page_source
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+
+
+@pytest.mark.slow
+def test_a_page_elsewhere_cannot_use_the_api_through_a_rebound_name(service, photos):
+    """DNS rebinding: a page on another site whose name now points at 127.0.0.1 sends its
+    own name as Host and gets 421, as the box's other servers answer (edge/outputs/web.py)."""
+    connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    connection.request(
+        "POST",
+        "/api/v1/analyze",
+        body=photos["woman"],
+        headers={"Host": "attacker.example", "Content-Type": "image/jpeg"},
+    )
+    assert connection.getresponse().status == 421
+    connection.close()
+    assert post(service, photos["woman"])[0] == 200

@@ -106,7 +106,9 @@ def test_service_behaviour():
     one = {key: values[-1] for key, values in d.items()}
     assert one["Service.Type"] == "notify"
     assert one["Service.NotifyAccess"] == "main"
-    assert one["Service.ExecStart"] == f"{EXEC} --config /etc/edge/config.yaml run"
+    # config.yaml is root's alone (tools/install.sh): the service reads systemd's copy
+    assert one["Service.ExecStart"] == f"{EXEC} --config %d/config.yaml run"
+    assert "config.yaml:/etc/edge/config.yaml" in d["Service.LoadCredential"]
     assert one["Service.WatchdogSec"] == "30"
     assert int(one["Service.TimeoutStartSec"]) >= 60  # model load on a slow box
     assert 5 < int(one["Service.TimeoutStopSec"]) <= 30  # the service stops within 5 s

@@ -91,6 +91,18 @@ put_dir() {
 }
 
 pip_install() { "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"; }
+# pip as nobody where we are root: no package's build script (insightface compiles an
+# extension, setuptools builds our own) runs as root. The venv and /opt/edge are
+# nobody's only while pip runs, and root's again afterwards (the service only reads them).
+pip_unprivileged() {
+    if [ "$(id -u)" -eq 0 ]; then
+        setpriv --reuid=nobody --regid=nogroup --clear-groups \
+            env HOME="$PIPHOME" PIP_CACHE_DIR="$PIPHOME/cache" \
+            "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
+    else
+        pip_install "$@"
+    fi
+}
 
 # 1. Debian packages, only those missing: the local broker (and its clients,
 # for `mosquitto_sub` checks), and what the Makefile's system-deps installs
@@ -122,25 +134,39 @@ mkdir -p "$OPT"
 for d in edge requirements ads; do put_dir "$d"; done
 for f in pyproject.toml README.md; do put "$SRC/$f" "$OPT/$f" 0644; done
 
-# 3. The venv, as the Makefile's $(STAMP) rule builds it but without the
-# test tools (requirements/dev.txt). Editable, like the checkout's: the code
+# 3. The venv, as the Makefile's $(STAMP) rule builds it (from the hash-checked
+# lock files) but without the test tools (requirements/dev.lock). Editable, like the checkout's: the code
 # runs from /opt/edge/edge, which makes /opt/edge the project root (models in
-# /opt/edge/models by default). Rebuilt only when a requirements file changes.
+# /opt/edge/models by default). Rebuilt only when a lock file changes.
 if [ -n "$NO_DEPS" ]; then
     say "venv: skipped (--no-deps)"
 else
     case $(readlink -f "$PYTHON") in
         /root/*|/home/*|/run/user/*) die "$PYTHON lives in a home directory, which the unit hides (ProtectHome=yes); set PYTHON=/usr/bin/python3" ;;
     esac
-    stamp=$(cat "$OPT/requirements/"*.txt "$OPT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    stamp=$(cat "$OPT/requirements/"*.lock "$OPT/pyproject.toml" | sha256sum | cut -d' ' -f1)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.installed" 2>/dev/null)" = "$stamp" ]; then
         say "unchanged $VENV"
     else
         [ -z "$ROOT" ] || say "venv: note, built for $VENV; it runs only from that path"
         "$PYTHON" -m venv "$VENV"
-        pip_install -r "$OPT/requirements/runtime.txt"
-        pip_install --no-deps -r "$OPT/requirements/insightface.txt"
-        pip_install --no-deps -e "$OPT"
+        PIPHOME=$(mktemp -d)
+        if [ "$(id -u)" -eq 0 ]; then
+            chown -R nobody:nogroup "$VENV" "$PIPHOME"
+            chown nobody:nogroup "$OPT"  # the folder alone, for the egg-info below
+        fi
+        # Only the files the locks name, each checked against its hash.
+        pip_unprivileged --require-hashes -r "$OPT/requirements/runtime.lock"
+        pip_unprivileged --require-hashes --no-deps -r "$OPT/requirements/insightface.lock"
+        # Our own code, editable (it writes /opt/edge/*.egg-info). Its build backend
+        # (setuptools, pyproject.toml) comes unhashed: pip cannot hash-check build
+        # dependencies, one more reason not to run it as root.
+        pip_unprivileged --no-deps -e "$OPT"
+        rm -rf "$PIPHOME"
+        if [ "$(id -u)" -eq 0 ]; then
+            chown root:root "$OPT"
+            chown -R root:root "$VENV" "$OPT"/*.egg-info
+        fi
         echo "$stamp" > "$VENV/.installed"
         say "installed $VENV"
         CHANGED=1
@@ -195,7 +221,10 @@ if ! grep -q '^  dir: /opt/edge/models' "$TMP/config.yaml" \
     die "config.yaml no longer has models.dir / selector.catalog where expected; update step 6"
 fi
 put "$TMP/config.yaml" "$OPT/config.example.yaml" 0644
-put_once "$OPT/config.example.yaml" "$ETC/config.yaml" 0644
+# Root's alone: camera URLs may carry passwords. The unit hands the service a copy
+# (LoadCredential=config.yaml), so the dynamic user needs no read access here.
+put_once "$OPT/config.example.yaml" "$ETC/config.yaml" 0600
+chmod 0600 "$ETC/config.yaml"  # an earlier install left it readable by everyone
 if [ -e "$ETC/ads" ]; then
     say "kept existing $ETC/ads"
 else

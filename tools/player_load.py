@@ -9,7 +9,7 @@ thread counted is the server's:
 
   1. idle: opens --idle connections that never send a byte; reports the server's
      threads a second later and how long until the server has closed them all
-     (the request-head timeout, httpserver.REQUEST_HEAD_TIMEOUT_S);
+     (the request-head timeout, web.REQUEST_HEAD_TIMEOUT_S);
   2. streams: opens --streams event streams at once, as that many display pages
      would; reports how many were served and how many turned away with 503
      (player.max_streams), and the time to the first event / to the 503;
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
-from edge.outputs import httpserver, player_server  # noqa: E402
+from edge.outputs import player_server, web  # noqa: E402
 from edge.pipeline.catalog import load_catalog  # noqa: E402
 
 DISPLAY = "window"
@@ -223,7 +223,12 @@ def main() -> int:
         )
         config = config_mod.load(path)
         if args.max_streams is not None:
-            player = dataclasses.replace(config.player, max_streams=args.max_streams)
+            # all streams come from one address here: the per-address cap follows
+            player = dataclasses.replace(
+                config.player,
+                max_streams=args.max_streams,
+                max_streams_per_client=args.max_streams,
+            )
             config = dataclasses.replace(config, player=player)
         server = player_server.DisplayServer(
             config, load_catalog(ROOT / "ads" / "catalog.yaml"), port=0
@@ -232,11 +237,12 @@ def main() -> int:
         try:
             baseline = threading.active_count()
             # getattr: the same tool measures a player from before these limits existed
-            head_timeout = getattr(httpserver, "REQUEST_HEAD_TIMEOUT_S", None)
+            head_timeout = getattr(web, "REQUEST_HEAD_TIMEOUT_S", None)
             figures = {
                 "head_timeout_s": head_timeout,
                 "max_streams": getattr(config.player, "max_streams", None),
-                "listen_backlog": getattr(httpserver, "LISTEN_BACKLOG", 5),
+                "max_streams_per_client": getattr(config.player, "max_streams_per_client", None),
+                "listen_backlog": getattr(web, "LISTEN_BACKLOG", 5),
             }
             figures |= phase_idle(server.port, args.idle, baseline, (head_timeout or 5) + 5)
             result, streams = phase_streams(server.port, args.streams, baseline)

@@ -16,6 +16,7 @@ import os
 import queue
 import socket
 import ssl
+import stat
 import sys
 import tempfile
 import threading
@@ -24,16 +25,20 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from edge import config as config_mod
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 from edge.inference import modelstore, runtime
 from edge.outputs import hass, mqttclient
+from edge.outputs.access import is_loopback, load_secret
 from edge.pipeline.capture import SourceEnded, device_node, open_source, source_kind
 from edge.pipeline.catalog import load_catalog
-from edge.redact import redact, without_credentials
+from edge.redact import password, redact, without_credentials
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time
 # out side by side. Counted from the start of `edge check`, so that slow imports on a
@@ -239,6 +244,29 @@ def _camera_fix(source: str) -> str:
 
 
 def check_broker(config: Config) -> list[Result]:
+    """The broker's connection, and who else it lets write (`broker access`)."""
+    results = _check_connection(config)
+    if len(results) == 1:
+        results.append(
+            _in_clear(config) or ok("broker access", "not checked: no connection as the service")
+        )
+    return results
+
+
+def _in_clear(config: Config) -> Result | None:
+    """A warning when the password would cross the network without TLS."""
+    cfg = config.mqtt
+    if mqttclient.credentials(cfg)[1] and not cfg.tls.enabled and not _on_this_box(cfg.host):
+        return warn(
+            "broker access",
+            f"the MQTT password travels in clear to {cfg.host}, off this box: anyone on "
+            f"the way can read it — fix: mqtt.tls.enabled: true (port 8883), or a broker "
+            f"on this box",
+        )
+    return None
+
+
+def _check_connection(config: Config) -> list[Result]:
     """Connect as the service would (own client id, so the service is not kicked off)."""
     cfg = config.mqtt
     if not cfg.enabled:
@@ -278,7 +306,100 @@ def check_broker(config: Config) -> list[Result]:
         advice = mqttclient.explain(reason).removeprefix(f"{reason}: ")
         return [fail("broker", f"{where} refused the login {as_user}: {reason}", advice)]
     tls = " over TLS" if cfg.tls.enabled else ""
-    return [ok("broker", f"connected to {where} {as_user}{tls}")]
+    return [ok("broker", f"connected to {where} {as_user}{tls}"), _broker_access(config, user)]
+
+
+SECURE_BROKER = 'install mosquitto/edge-store.conf and its ACL (README "Securing the broker")'
+
+
+def _broker_access(config: Config, user: str | None) -> Result:
+    """Whether the broker checks who writes: anyone it lets in anonymously can put any
+    content on the screens (within the catalog) and mark the service offline; and
+    whether a password would cross the network in clear."""
+    if (in_clear := _in_clear(config)) is not None:
+        return in_clear
+    if not user or _accepts_anonymous(config):
+        return warn(
+            "broker access",
+            "the broker lets anonymous clients in: anyone who can reach it can publish "
+            f"display content and mark this box offline — fix: {SECURE_BROKER}",
+        )
+    return ok("broker access", "anonymous clients are refused")
+
+
+def _accepts_anonymous(config: Config) -> bool:
+    """Whether the broker accepts a connection without a user name (own client id)."""
+    try:
+        client = mqttclient.make_client(
+            config, f"{mqttclient.service_client_id(config)}-check-anonymous"
+        )
+    except (OSError, ValueError, ConfigError):
+        return False
+    client.username_pw_set(None, None)  # the same client, TLS included, without a login
+    answers: queue.Queue = queue.Queue()
+    client.on_connect = lambda _c, _u, _flags, reason, _props: answers.put(reason)
+    try:
+        client.connect(**mqttclient.connect_kwargs(config))
+    except OSError:
+        return False
+    client.loop_start()
+    try:
+        return not answers.get(timeout=BROKER_TIMEOUT_S).is_failure
+    except queue.Empty:
+        return False
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _on_this_box(host: str) -> bool:
+    """Whether every address of `host` is a loopback one."""
+    try:
+        addresses = {str(a[4][0]) for a in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(is_loopback(a) for a in addresses)
+
+
+def check_secrets(config: Config, config_path: str | None = None) -> list[Result]:
+    """Files that hold secrets (passwords in the config, edge.env beside it) must not be
+    readable by every user of the box."""
+    files = []
+    if config_path and _holds_secret(Path(config_path)):
+        files.append(Path(config_path))
+    env_file = config.base_dir / "edge.env"
+    if config_path and env_file.is_file():
+        files.append(env_file)
+    readable = [f for f in files if f.stat().st_mode & stat.S_IROTH]
+    if readable:
+        return [
+            warn(
+                "secrets",
+                f"{', '.join(map(str, readable))} holds passwords and every user of this box "
+                f"can read it — fix: chown root:edge and chmod 640 (tools/install.sh does)",
+            )
+        ]
+    return [ok("secrets", f"{len(files)} file(s) with secrets, none readable by others")]
+
+
+def _holds_secret(path: Path) -> bool:
+    """Whether a config file has a password written in it (not a ${NAME} reference)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    if not isinstance(data, dict):
+        return False
+    mqtt_cfg = data["mqtt"] if isinstance(data.get("mqtt"), dict) else {}
+    values = [mqtt_cfg.get("password")]
+    values += [c.get("source") for c in data.get("cameras") or [] if isinstance(c, dict)]
+    return any(
+        isinstance(v, str)
+        and "${" not in v
+        and (v is values[0] or password(v) is not None or "pwd=" in v.lower())
+        for v in values
+        if v
+    )
 
 
 def _connect_problem(exc: OSError, host: str, where: str) -> tuple[str, str]:
@@ -503,6 +624,30 @@ def check_player(config: Config) -> list[Result]:
     return [ok("player", f"can listen on {where}")]
 
 
+def check_dashboard(config: Config) -> list[Result]:
+    """Where the dashboard listens, and whether it has the key it needs off this box."""
+    from edge.outputs.player_server import DASHBOARD_KEY_CREDENTIAL, DASHBOARD_KEY_ENV
+
+    dash = config.dashboard
+    if not dash.enabled or not config.player.port:
+        return [ok("dashboard", "off")]
+    listen = dash.listen or config.player.listen
+    where = f"{listen}:{dash.port or config.player.port}"
+    if is_loopback(listen):
+        return [ok("dashboard", f"on {where}, this box only")]
+    if load_secret(DASHBOARD_KEY_ENV, DASHBOARD_KEY_CREDENTIAL):
+        return [ok("dashboard", f"on {where}, off this box, behind its key")]
+    return [
+        warn(
+            "dashboard",
+            f"listens on {where}, off this box, and no key is set: it answers 403 — fix: "
+            f"set {DASHBOARD_KEY_ENV} in edge.env (or the credential "
+            f"{DASHBOARD_KEY_CREDENTIAL}), or keep it on the box: dashboard.listen: "
+            f"127.0.0.1 with a dashboard.port of its own",
+        )
+    ]
+
+
 # -- running and printing ----------------------------------------------------------
 
 
@@ -599,7 +744,9 @@ def main(config_path: str | None, started: float | None = None) -> int:
         check_execution_provider,
         check_state_dir,
         check_player,
+        check_dashboard,
         check_metrics,
+        functools.partial(check_secrets, config_path=config_path),
     ]
     for result in run_checks(config, checks):
         emit(result)

@@ -153,6 +153,9 @@ class Dashboard:
             "latency_p50_ms": None,
             "time": None,
         }
+        self._serialise = threading.Lock()
+        self._serialised: tuple[int, bytes] | None = None  # (version, its state event)
+        self.snapshots = 0  # pictures built (one per change, whatever the streams)
         self._today: dict | None = None
         self._today_key: tuple | None = None
         self._history_version = 0
@@ -220,6 +223,7 @@ class Dashboard:
     # -- the picture ------------------------------------------------------------------
 
     def snapshot(self) -> dict:
+        self.snapshots += 1
         with self._changed:
             cameras = json.loads(json.dumps(self._cameras))
             displays = json.loads(json.dumps(self._displays))
@@ -315,11 +319,19 @@ class Dashboard:
             return {"error": f"cannot read the audience store: {exc}"}, bounds
         return summary, bounds
 
+    def _state_event(self, version: int) -> bytes:
+        """The `state` event for a version of the picture, built once however many
+        pages stream it (each snapshot reads the store and serialises everything)."""
+        with self._serialise:
+            if self._serialised is None or self._serialised[0] != version:
+                self._serialised = (version, sse("state", self.snapshot()))
+            return self._serialised[1]
+
     def events(self) -> Iterator[bytes]:
         """The page's stream: the picture now, then after each change; pings meanwhile."""
         with self._changed:
             version = self._version
-        yield sse("state", self.snapshot())
+        yield self._state_event(version)
         while True:
             with self._changed:
                 seen = version
@@ -331,7 +343,7 @@ class Dashboard:
                 if self._closed:
                     return
                 changed, version = self._version != seen, self._version
-            yield sse("state", self.snapshot()) if changed else sse("ping", {})
+            yield self._state_event(version) if changed else sse("ping", {})
             time.sleep(MIN_GAP_S)  # several changes in a burst become one event
 
     # -- HTTP (called from the player's handler) ------------------------------------

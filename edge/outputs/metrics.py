@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from wsgiref.simple_server import WSGIServer
+from urllib.parse import urlsplit
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     GCCollector,
@@ -27,14 +28,16 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge import __version__
 from edge.config import Config
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
+from edge.outputs.access import HostCheck
 from edge.outputs.store import play_segments
+from edge.outputs.web import Handler, HttpServer, HttpServer6
 from edge.records import AGE_CLASSES, SEGMENT_GENDERS
 
 log = logging.getLogger(__name__)
@@ -171,7 +174,7 @@ class Metrics(NoMetrics):
                 for gender in SEGMENT_GENDERS:  # "unknown": gender unsure (docs/metrics.md)
                     self.visitors.labels(cam.id, age_class, gender)
         self._was_online: dict[str, bool] = {}
-        self._server: WSGIServer | None = None
+        self._server: HttpServer | None = None
 
     # -- the service's hooks (its loop thread) ---------------------------------------
 
@@ -228,17 +231,26 @@ class Metrics(NoMetrics):
 
     # -- the endpoint --------------------------------------------------------------
 
-    def watch(self, service, publisher=None, store=None) -> None:
-        """Read the service's (and publisher's, and audience store's) own counters at
-        every scrape."""
-        self.registry.register(_StateCollector(service, publisher, store))
+    def watch(self, service, publisher=None, store=None, player=None) -> None:
+        """Read the service's (and publisher's, audience store's and display player's)
+        own counters at every scrape."""
+        self.registry.register(_StateCollector(service, publisher, store, player))
 
     def serve(self) -> bool:
         """Start the endpoint; False, with one log line, when the port cannot be had
-        (the service runs on without metrics)."""
+        (the service runs on without metrics). Served by the box's own HTTP server
+        (edge/outputs/web.py), not prometheus_client's: the request head has a deadline,
+        connections are capped (metrics.max_connections) and the Host header must name
+        this box, so idle sockets cannot pile up threads and a rebound name cannot read it."""
         cfg = self.config.metrics
+        server_class = HttpServer6 if ":" in cfg.listen else HttpServer
         try:
-            server, _ = start_http_server(cfg.port, cfg.listen, registry=self.registry)
+            server = server_class(
+                (cfg.listen, cfg.port),
+                _MetricsHandler,
+                hosts=HostCheck(self.config.host_names),
+                max_connections=cfg.max_connections,
+            )
         except OSError as exc:
             log.error(
                 "metrics: cannot listen on %s:%d: %s; the service runs without "
@@ -248,6 +260,14 @@ class Metrics(NoMetrics):
                 exc.strerror or exc,
             )
             return False
+        server.name = "metrics"
+        server.app = self
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="metrics-http",
+            daemon=True,
+        ).start()
         self._server = server
         host, port = server.server_address[:2]
         log.info("metrics: http://%s:%d/metrics", host, port)
@@ -270,13 +290,28 @@ class Metrics(NoMetrics):
             threading.Thread(target=close, name="metrics-stop", daemon=True).start()
 
 
+class _MetricsHandler(Handler):
+    server_version = "edge-metrics"
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path not in ("/metrics", "/"):
+            self._send(404, b"not found: /metrics\n", "text/plain; charset=utf-8")
+            return
+        self._send(200, generate_latest(self.server.app.registry), CONTENT_TYPE_LATEST)
+
+    def log_message(self, format: str, *args) -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)
+
+
 class _StateCollector:
     """Counters and gauges the service keeps anyway, read when Prometheus scrapes."""
 
-    def __init__(self, service, publisher, store=None):
+    def __init__(self, service, publisher, store=None, player=None):
         self.service = service
         self.publisher = publisher
         self.store = store
+        self.player = player
 
     def collect(self):
         captured = CounterMetricFamily(
@@ -318,6 +353,24 @@ class _StateCollector:
                 "Records the audience store could never write (bad data, or the retry "
                 "queue was full).",
                 value=self.store.failed,
+            )
+        if self.player is not None:
+            bridge = self.player.bridge
+            rejected = CounterMetricFamily(
+                "edge_display_rejected_messages",
+                "Content messages the display player did not show, by reason: invalid "
+                "(not a well-formed decision) or creative (one the ad catalog and "
+                "player.allowed_hosts do not allow).",
+                labels=["reason"],
+            )
+            rejected.add_metric(["invalid"], bridge.rejected - bridge.rejected_creatives)
+            rejected.add_metric(["creative"], bridge.rejected_creatives)
+            yield rejected
+            yield CounterMetricFamily(
+                "edge_http_wrong_host_requests",
+                "Requests to the player or dashboard naming a host that is not this box "
+                "(answered 421: DNS rebinding, or a name missing from host_names).",
+                value=self.player.health()["http_wrong_host"],
             )
         if self.publisher is None:
             return

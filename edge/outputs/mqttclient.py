@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -42,11 +43,14 @@ def service_client_id(config: Config) -> str:
 
 class RepeatLimiter:
     """Says whether to log something seen under a key: the first time, then at most every
-    REPEAT_S with the number of repeats left out, so a flood is a line every 10 minutes."""
+    REPEAT_S (10 minutes unless given) with the number of repeats left out, so a flood
+    is one line per period."""
 
     REPEAT_S = 600.0
 
-    def __init__(self):
+    def __init__(self, repeat_s: float | None = None):
+        if repeat_s is not None:
+            self.REPEAT_S = repeat_s
         self._lock = threading.Lock()
         self._seen: dict[object, tuple[float, int]] = {}  # key -> (last logged, left out)
 
@@ -195,15 +199,31 @@ def explain(reason) -> str:
     return text
 
 
+def _accepts(address: tuple[str, int], timeout_s: float = 1.0) -> bool:
+    """Whether something accepts TCP connections at (host, port) now."""
+    try:
+        socket.create_connection(address, timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 class ProblemLog:
     """Logs a connection problem once when it starts or changes, then every 10 minutes:
-    an operator reading journald sees the cause without a line per retry."""
+    an operator reading journald sees the cause without a line per retry.
+
+    A client-id takeover (another client connecting with our id: the broker closes the
+    older connection, both reconnect, and they take turns) is named once, and neither it
+    nor the reconnects that follow are logged again for 10 minutes."""
 
     REPEAT_S = 600.0
+    TAKEOVER_S = 2.0  # closed this soon after connecting: another client took our id
 
     def __init__(self, what: str):
         self.what = what
         self._last: tuple[str, float] | None = None
+        self._connected_at: float | None = None
+        self._taken_over: float | None = None  # when a takeover was last logged
 
     def problem(self, message: str) -> None:
         now = time.monotonic()
@@ -217,7 +237,34 @@ class ProblemLog:
             )
             self._last = (message, now)
 
+    def lost(self, reason, client_id: str, address: tuple[str, int]) -> None:
+        """The connection was lost (on_disconnect): a takeover when the broker says so
+        (MQTT 5: 142), or closed it within TAKEOVER_S of connecting while it still
+        accepts connections (MQTT 3.1.1 says nothing: a broker that stops looks the
+        same, except that its port is closed then)."""
+        now = time.monotonic()
+        quick = self._connected_at is not None and now - self._connected_at < self.TAKEOVER_S
+        self._connected_at = None
+        if getattr(reason, "value", None) != 142 and not (quick and _accepts(address)):
+            self.problem(f"connection lost ({explain(reason)})")
+            return
+        if self._taken_over is None or now - self._taken_over >= self.REPEAT_S:
+            log.warning(
+                "%s: another client connected as '%s', so the broker closed our connection "
+                "(the two take turns while both run) — fix: give each client its own "
+                "mqtt.client_id (two boxes or two services with one config?), or stop the "
+                "other; logged again in 10 minutes at the earliest",
+                self.what,
+                client_id,
+            )
+            self._taken_over = now
+
     def ok(self, message: str) -> None:
+        now = time.monotonic()
+        self._connected_at = now
+        if self._taken_over is not None and now - self._taken_over < self.REPEAT_S:
+            self._last = None  # reconnected after a takeover: already said
+            return
         if self._last is not None:
             log.info("%s: %s (was: %s)", self.what, message, self._last[0])
         else:

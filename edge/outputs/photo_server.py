@@ -8,7 +8,7 @@ and, off the loopback interface, an API key. So it is a server of its own rather
 a route of the display player's.
 
 Limits, in the order a request meets them: the request head within 10 s
-(edge/outputs/httpserver.py); the key; serve.max_requests requests at once (one more
+(edge/outputs/web.py); the key; serve.max_requests requests at once (one more
 gets 503 and Retry-After); the body at most serve.max_body_mb (413 before reading
 it), of a JPEG, PNG or WebP type or multipart/form-data (415), arriving within
 serve.deadline_s (408); at most serve.max_photos photos, each checked by
@@ -26,11 +26,9 @@ photos, faces found and time only (no file name, claim, address or image).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -38,21 +36,13 @@ from email import policy
 from email.message import Message
 from email.parser import BytesHeaderParser
 from importlib import resources
-from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 from edge import __version__
 from edge.config import Config
 from edge.errors import ConfigError
-from edge.outputs.httpserver import (
-    SEND_TIMEOUT_S,
-    HardenedHandler,
-    HardenedServer,
-    bind,
-    close,
-    serve,
-    url,
-)
+from edge.outputs.access import HostCheck, authorized, is_loopback, load_secret
+from edge.outputs.web import SEND_TIMEOUT_S, Handler, HttpServer, bind, close, serve, url
 from edge.pipeline import images
 from edge.pipeline.analyze import Claim, FaceAnalyzer, photo_result
 from edge.records import AGE_CLASSES
@@ -107,27 +97,22 @@ class ApiError(Exception):
 
 
 # -- access ------------------------------------------------------------------------
-# The key's source and its check, kept together so that they can move onto a shared
-# access module (the dashboard's key) without touching the rest.
+# The key's sources and checks are the box's (edge/outputs/access.py); the API adds an
+# operator's key file (serve.api_key_file) and the X-API-Key header apps often send.
 
 KEY_ENV = "EDGE_API_KEY"
 KEY_CREDENTIAL = "photo-api-key"  # systemd: LoadCredential=photo-api-key:/etc/edge/...
 
 
 def load_key(config: Config) -> str | None:
-    """The API key: EDGE_API_KEY, else serve.api_key_file, else the credential systemd
-    put in $CREDENTIALS_DIRECTORY; None when none is set. A file named but unreadable or
+    """The API key: EDGE_API_KEY or the credential systemd put in $CREDENTIALS_DIRECTORY,
+    else serve.api_key_file; None when none is set. A file named but unreadable or
     empty is a ConfigError, not a silently open API."""
-    if key := os.environ.get(KEY_ENV, "").strip():
+    if key := load_secret(KEY_ENV, KEY_CREDENTIAL):
         return key
-    named = config.serve.api_key_file
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY", "")
-    if named:
-        path = config.resolve(named)
-    elif credentials and (Path(credentials) / KEY_CREDENTIAL).exists():
-        path = Path(credentials) / KEY_CREDENTIAL
-    else:
+    if not config.serve.api_key_file:
         return None
+    path = config.resolve(config.serve.api_key_file)
     try:
         key = path.read_text().strip()
     except OSError as exc:
@@ -135,15 +120,6 @@ def load_key(config: Config) -> str | None:
     if not key:
         raise ConfigError(f"serve.api_key_file: {path} is empty")
     return key
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def require_key_off_loopback(listen: str, key: str | None) -> None:
@@ -156,19 +132,15 @@ def require_key_off_loopback(listen: str, key: str | None) -> None:
         )
 
 
-def presented_key(headers) -> str:
-    """The key a request carries: `Authorization: Bearer KEY` or `X-API-Key: KEY`."""
-    auth = headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return headers.get("X-API-Key", "").strip()
-
-
 def key_accepted(expected: str | None, headers) -> bool:
-    """True without a configured key; else the key compared in constant time."""
+    """True without a configured key; else `Authorization: Bearer KEY` (or Basic) or
+    `X-API-Key: KEY`, compared in constant time."""
     if expected is None:
         return True
-    return hmac.compare_digest(presented_key(headers).encode(), expected.encode())
+    if authorized(headers.get("Authorization"), expected):
+        return True
+    given = headers.get("X-API-Key", "").strip().encode("utf-8", "replace")
+    return hmac.compare_digest(given, expected.encode("utf-8"))
 
 
 # -- the request's content -----------------------------------------------------------
@@ -321,7 +293,13 @@ class PhotoService:
         return url(self._listen[0], self.port)
 
     def start(self) -> PhotoService:
-        self._http = bind(_HttpServer, self._listen, _Handler, "serve.listen and serve.port")
+        self._http = bind(
+            _HttpServer,
+            self._listen,
+            _Handler,
+            "serve.listen and serve.port",
+            hosts=HostCheck(self.config.host_names),
+        )
         self._http.app = self
         self.port = serve(self._http, "photo-http")
         return self
@@ -371,12 +349,12 @@ class PhotoService:
         ]
 
 
-class _HttpServer(HardenedServer):
+class _HttpServer(HttpServer):
     app: PhotoService
-    label = "photo check API"
+    name = "photo check API"
 
 
-class _Handler(HardenedHandler):
+class _Handler(Handler):
     server: _HttpServer
     server_version = "edge-photo"
     protocol_version = "HTTP/1.1"  # keep-alive: an app sends photo after photo

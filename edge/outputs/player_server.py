@@ -5,7 +5,7 @@ page (edge/outputs/player/index.html) gets its content over Server-Sent Events f
 server, which takes it from the MQTT bridge (edge/outputs/player_bridge.py: it follows the
 displays' content topics on the broker). The server also serves the creatives the
 catalog names, /healthz, and the dashboard (edge/outputs/dashboard.py) when one is plugged
-in; its limits (request-head deadline and send timeout from edge/outputs/httpserver.py,
+in; its limits (request-head deadline and send timeout from edge/outputs/web.py,
 the event-stream cap) keep one bad client from holding the rest up.
 """
 
@@ -15,7 +15,6 @@ import html
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -23,17 +22,24 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from edge.config import Config
-from edge.outputs.httpserver import HardenedHandler, HardenedServer, bind, close, serve, url
+from edge.errors import EdgeError
+from edge.events import DecisionEvent, Event
+from edge.outputs.access import HostCheck, Slots, authorized, is_loopback, load_secret
 from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
-from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
+from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
+from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
 from edge.timefmt import iso
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # the page reopens its event stream after 45 s without a word
 STREAM_RETRY_AFTER_S = 10  # told to a page turned away for too many streams
+# The dashboard's key, off loopback: from the environment (edge.env) or a systemd
+# credential (LoadCredential=dashboard-key:...), never from config.yaml or a URL.
+DASHBOARD_KEY_ENV = "EDGE_DASHBOARD_KEY"
+DASHBOARD_KEY_CREDENTIAL = "dashboard-key"
 RETRY_MS = 3000  # how soon a page's EventSource reconnects after the stream ends
 FILE_CHUNK = 1 << 16
 _PAGE = re.compile(r"/display/([^/]+)/?")
@@ -45,11 +51,20 @@ class DisplayServer:
     """Serves the player, its event streams and the creatives; its bridge follows the
     content topics.
 
-    `port` overrides player.port; 0 binds a free port (tests). player.port 0 in the
-    config means the player is off, so the caller should not build one then.
+    `port` overrides player.port, `dashboard_port` dashboard.port; 0 binds a free port
+    (tests). player.port 0 in the config means the player is off, so the caller should
+    not build one then. The dashboard (when `dashboard` is set and dashboard.enabled)
+    is served by the player's server, or by one of its own where dashboard.port is set.
     """
 
-    def __init__(self, config: Config, catalog: Catalog, *, port: int | None = None):
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        *,
+        port: int | None = None,
+        dashboard_port: int | None = None,
+    ):
         if port is None and config.player.port == 0:
             raise ValueError("the display player is off (player.port: 0)")
         self.config = config
@@ -61,12 +76,23 @@ class DisplayServer:
         self.player_page = (
             resources.files("edge.outputs").joinpath("player/index.html").read_bytes()
         )
-        self.bridge = PlayerBridge(config, self.displays, self._served)
-        self._http: _HttpServer | None = None
-        self._streams = threading.BoundedSemaphore(config.player.max_streams)
+        urls = [ad.creative for ad in catalog.ads.values() if is_url(ad.creative)]
+        self.bridge = PlayerBridge(config, self.displays, self._served, urls)
+        self._http: HttpServer | None = None
+        self.hosts = HostCheck(config.host_names)
+        self._streams = Slots(config.player.max_streams, config.player.max_streams_per_client)
         self._turned_away = RepeatLimiter()
         self.port = 0
         self.dashboard = None  # edge/outputs/dashboard.py's Dashboard serves /dashboard when set
+        dash = config.dashboard
+        if dashboard_port is None:
+            dashboard_port = dash.port
+        self._dashboard_listen = (dash.listen or config.player.listen, dashboard_port)
+        self._dashboard_http: HttpServer | None = None
+        self.dashboard_port = 0  # of its own server, once started
+        self._dashboard_streams = Slots(dash.max_streams, dash.max_streams_per_client)
+        self.dashboard_key = load_secret(DASHBOARD_KEY_ENV, DASHBOARD_KEY_CREDENTIAL)
+        self.dashboard_needs_key = not is_loopback(self._dashboard_listen[0])
 
     @property
     def url(self) -> str:
@@ -78,20 +104,51 @@ class DisplayServer:
 
     # -- lifecycle -------------------------------------------------------------
 
+    @property
+    def dashboard_url(self) -> str:
+        if self._dashboard_listen[1] is None:
+            return f"{self.url}/dashboard"
+        return url(self._dashboard_listen[0], self.dashboard_port, "/dashboard")
+
     def start(self) -> DisplayServer:
-        self._http = bind(_HttpServer, self._listen, _Handler, "player.listen and player.port")
-        self._http.app = self
-        self.port = serve(self._http, "display-http")
+        self._http = self._serve(self._listen, "display player", "player.listen and player.port")
+        self.port = self._http.server_address[1]
+        host, port = self._dashboard_listen
+        if port is not None and self.config.dashboard.enabled:
+            try:
+                self._dashboard_http = self._serve(
+                    (host, port), "dashboard", "dashboard.listen and dashboard.port"
+                )
+            except EdgeError:
+                self.stop()
+                raise
+            self.dashboard_port = self._dashboard_http.server_address[1]
+        if self.config.dashboard.enabled and self.dashboard_needs_key and not self.dashboard_key:
+            log.error(
+                "dashboard: it listens on %s, off this box, and no key is set: it answers "
+                "403 until one is — fix: set %s (edge.env) or the credential %s, or "
+                "dashboard.listen: 127.0.0.1",
+                self._dashboard_listen[0],
+                DASHBOARD_KEY_ENV,
+                DASHBOARD_KEY_CREDENTIAL,
+            )
         self.bridge.start()
         return self
+
+    def _serve(self, listen: tuple[str, int], name: str, keys: str) -> HttpServer:
+        http = bind(HttpServer, listen, _Handler, keys, name=name, hosts=self.hosts)
+        http.app = self
+        serve(http, f"{name.replace(' ', '-')}-http")
+        return http
 
     def stop(self) -> None:
         self.bridge.stop()  # closes its board first, which ends the event streams
         if self.dashboard is not None:
             self.dashboard.close()
-        if self._http is not None:
-            close(self._http)
-            self._http = None
+        for http in (self._http, self._dashboard_http):
+            if http is not None:
+                close(http)
+        self._http = self._dashboard_http = None
 
     def __enter__(self) -> DisplayServer:
         return self.start()
@@ -101,32 +158,91 @@ class DisplayServer:
 
     # -- state -----------------------------------------------------------------
 
+    def emit(self, event: Event) -> None:
+        """An event sink of the service (before the publisher, see cli): the pipeline's
+        decisions, so that content it did not decide is shown as an override."""
+        if isinstance(event, DecisionEvent):
+            self.bridge.decided(event.display, event.ad, event.creative)
+
     def health(self) -> dict:
         ads = {d: (c or {}).get("ad") for d, c in self.bridge.board.snapshot().items()}
-        return {**self.bridge.health(), "displays": ads}
+        servers = [h for h in (self._http, self._dashboard_http) if h is not None]
+        return {
+            **self.bridge.health(),
+            "displays": ads,
+            "http_wrong_host": sum(h.wrong_host for h in servers),
+        }
 
     @property
     def healthy(self) -> bool:
         """False when the player should follow the broker and its network loop is gone."""
         return self.bridge.healthy
 
-    def open_stream(self, client: str) -> bool:
-        """Takes one of the player.max_streams event stream slots; False when none is free."""
-        if self._streams.acquire(blocking=False):
-            return True
-        show, left_out = self._turned_away.check("streams")
+    def open_stream(self, client: str) -> str | None:
+        """Takes an event stream slot for `client`; None when taken, else the key of the
+        cap that turned it away (player.max_streams or player.max_streams_per_client)."""
+        refused = self._streams.take(client)
+        if refused is None:
+            return None
+        key = f"player.{'max_streams' if refused == 'total' else 'max_streams_per_client'}"
+        show, left_out = self._turned_away.check(refused)
         if show:
+            cap = self._streams.total if refused == "total" else self._streams.per_client
             log.warning(
-                "display player: %d display pages are open already "
-                "(player.max_streams); turned away %s%s",
-                self.config.player.max_streams,
+                "display player: %d display pages are open already%s (%s); turned away %s%s",
+                cap,
+                "" if refused == "total" else f" from {client}",
+                key,
                 client,
                 f" and {left_out} more since the last line" if left_out else "",
             )
-        return False
+        return key
 
-    def close_stream(self) -> None:
-        self._streams.release()
+    def close_stream(self, client: str) -> None:
+        self._streams.give_back(client)
+
+    def serve_dashboard(self, handler: _Handler, path: str) -> bool:
+        """A /dashboard... request, behind its key where the dashboard listens off this
+        box, its streams capped; False for other paths or with no dashboard."""
+        dashboard = self.dashboard
+        if dashboard is None or not self.config.dashboard.enabled:
+            return False
+        if path != "/dashboard" and not path.startswith("/dashboard/"):
+            return False
+        if self.dashboard_needs_key:
+            if not self.dashboard_key:
+                handler._send(
+                    403,
+                    f"the dashboard listens off this box and no key is set: set "
+                    f"{DASHBOARD_KEY_ENV} or the credential {DASHBOARD_KEY_CREDENTIAL}\n".encode(),
+                    "text/plain; charset=utf-8",
+                )
+                return True
+            if not authorized(handler.headers.get("Authorization"), self.dashboard_key):
+                handler._send(
+                    401,
+                    b"the dashboard needs its key (any user name, the key as password)\n",
+                    "text/plain; charset=utf-8",
+                    headers={"WWW-Authenticate": 'Basic realm="edge dashboard", charset="UTF-8"'},
+                )
+                return True
+        if path != "/dashboard/events":
+            return bool(dashboard.handle(handler, path))
+        client = handler.client_address[0]
+        refused = self._dashboard_streams.take(client)
+        if refused is not None:
+            key = "max_streams" if refused == "total" else "max_streams_per_client"
+            handler._send(
+                503,
+                f"too many dashboard pages open (dashboard.{key}); retrying by itself\n".encode(),
+                "text/plain; charset=utf-8",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+            )
+            return True
+        try:
+            return bool(dashboard.handle(handler, path))
+        finally:
+            self._dashboard_streams.give_back(client)
 
     def events(self, display: str) -> Iterator[bytes]:
         """The display's event stream: its content now, then every change, with heartbeats;
@@ -169,19 +285,17 @@ class DisplayServer:
         return creative_file(self.ads_dir, relative)[0]
 
 
-class _HttpServer(HardenedServer):
-    app: DisplayServer
-    label = "display player"
-
-
-class _Handler(HardenedHandler):
-    server: _HttpServer
+class _Handler(Handler):
+    server: HttpServer
     server_version = "edge-player"
 
     def do_GET(self) -> None:
         app = self.server.app
         path = unquote(urlsplit(self.path).path)
-        if path == "/":
+        if self.server is app._dashboard_http:  # the dashboard's own server: nothing else
+            if not app.serve_dashboard(self, path):
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+        elif path == "/":
             self._send(200, _index(app.displays).encode(), "text/html; charset=utf-8")
         elif path == "/healthz":
             # 503 tells a monitor that the screens no longer follow the broker
@@ -203,7 +317,7 @@ class _Handler(HardenedHandler):
                 self._send_events(display)
             else:
                 self._send(200, app.player_page, "text/html; charset=utf-8", cache="no-cache")
-        elif app.dashboard is not None and app.dashboard.handle(self, path):
+        elif app._dashboard_http is None and app.serve_dashboard(self, path):
             pass
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
@@ -218,18 +332,21 @@ class _Handler(HardenedHandler):
 
     def _send_events(self, display: str) -> None:
         app = self.server.app
-        if not app.open_stream(self.client_address[0]):
-            self.send_response(503)
-            self.send_header("Retry-After", str(STREAM_RETRY_AFTER_S))
+        client = self.client_address[0]
+        refused = app.open_stream(client)
+        if refused is not None:
+            cap = getattr(app.config.player, refused.removeprefix("player."))
             body = (
-                f"too many display pages open: the player serves "
-                f"{app.config.player.max_streams} at once (player.max_streams)\n"
+                f"too many display pages open: the player serves {cap} at once "
+                f"{'in all' if refused == 'player.max_streams' else 'to one address'} "
+                f"({refused})\n"
             ).encode()
-            self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
+            self._send(
+                503,
+                body,
+                "text/plain; charset=utf-8",
+                headers={"Retry-After": str(STREAM_RETRY_AFTER_S)},
+            )
             return
         try:
             self.send_response(200)
@@ -240,7 +357,7 @@ class _Handler(HardenedHandler):
             for event in app.events(display):
                 self.wfile.write(event)
         finally:
-            app.close_stream()
+            app.close_stream(client)
 
     def _send_file(self, path: Path | None, *, body: bool = True) -> None:
         if path is None:

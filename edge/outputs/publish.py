@@ -237,7 +237,9 @@ class MqttPublisher:
                 self._set_state(
                     self.topics.camera_audience(event.camera), event.counts_only().to_json()
                 )
-            case DecisionEvent():
+            case DecisionEvent(reason=reason) if reason.rule != "override":
+                # an override came from the broker: publishing it again would put our
+                # copy in place of its sender's
                 self._set_state(self.topics.display_content(event.display), _fields(event))
             case IntervalEvent():
                 self._add_report(
@@ -378,7 +380,9 @@ class MqttPublisher:
             if self.outbox.reports:
                 self._save_wanted.set()
         if was and not self._closing:
-            self._problems.problem(f"connection lost ({reason})")
+            self._problems.lost(
+                reason, self.client_id, (self.config.mqtt.host, self.config.mqtt.port)
+            )
 
     def _on_publish(self, client, userdata, mid, reason, properties) -> None:
         with self._lock:
