@@ -20,14 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge.errors import InputError
-from edge.pipeline.analyze import read_image
+from edge.pipeline.analyze import pad, read_image
 from edge.records import AGE_CLASSES, GENDERS
-
-PAD_FRACTION = 0.3  # of the crop's side, each way; tight crops hide the face outline
 
 
 @dataclass(frozen=True)
@@ -114,14 +111,6 @@ def check_column(labels: list[Label], column: str, csv_path: Path) -> None:
 
 def load_padded(path: Path) -> np.ndarray:
     return pad(read_image(path))
-
-
-def pad(image: np.ndarray) -> np.ndarray:
-    """A tight face crop with a mid-grey border of PAD_FRACTION of its side."""
-    border = int(round(PAD_FRACTION * max(image.shape[:2])))
-    return cv2.copyMakeBorder(
-        image, border, border, border, border, cv2.BORDER_CONSTANT, value=(127, 127, 127)
-    )
 
 
 def age_class(age: float, child_below: float, old_from: float) -> int:

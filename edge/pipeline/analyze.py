@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.config import Config
@@ -45,14 +46,53 @@ class FaceAnalyzer:
         )
 
     def __call__(self, frame: np.ndarray) -> tuple[Detections, Demographics]:
-        faces = self.detector(frame)
-        return faces, self.classifier(frame, faces)
+        return self.many([frame])[0]
 
     def many(self, frames: list[np.ndarray]) -> list[tuple[Detections, Demographics]]:
         """Several photos: detected together, and the faces of all of them classified in
-        one classifier call (the photo check API's batches)."""
+        one classifier call (the photo check API's batches).
+
+        A tight portrait (the face filling the photo, as profile photos and ID crops
+        often are) hides the face's outline and the detector can miss it: a photo with
+        no face is looked at once more with a border (`pad`), and what is found there is
+        classified on the bordered photo and reported in the photo's own coordinates."""
+        frames = list(frames)
         faces = self.detector.detect_many(frames)
-        return list(zip(faces, self.classifier.classify_many(frames, faces), strict=True))
+        borders = [0] * len(frames)
+        retry = [i for i, f in enumerate(faces) if len(f) == 0]
+        if retry:
+            padded = [pad(frames[i]) for i in retry]
+            for i, bordered, found in zip(
+                retry, padded, self.detector.detect_many(padded), strict=True
+            ):
+                if len(found):
+                    borders[i] = border(frames[i])
+                    frames[i], faces[i] = bordered, found
+        demos = self.classifier.classify_many(frames, faces)
+        return [(moved(f, -by), demo) for f, demo, by in zip(faces, demos, borders, strict=True)]
+
+
+PAD_FRACTION = 0.3  # of a tight photo's longer side, each way
+
+
+def border(image: np.ndarray) -> int:
+    return int(round(PAD_FRACTION * max(image.shape[:2])))
+
+
+def pad(image: np.ndarray) -> np.ndarray:
+    """A tight face crop with a mid-grey border (`border` pixels each way): the detector
+    finds a face whose outline it can see."""
+    width = border(image)
+    return cv2.copyMakeBorder(
+        image, width, width, width, width, cv2.BORDER_CONSTANT, value=(127, 127, 127)
+    )
+
+
+def moved(faces: Detections, by: float) -> Detections:
+    """The same faces with boxes and landmarks moved by `by` pixels on both axes."""
+    if by == 0:
+        return faces
+    return Detections(faces.boxes + by, faces.scores, faces.landmarks + by)
 
 
 def read_image(path: str | Path) -> np.ndarray:
