@@ -68,7 +68,7 @@ from edge.pipeline.plays import PlayLog
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
 from edge.records import Detections
-from edge.timefmt import iso
+from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ class Service:
         last_watchdog = 0.0
         try:
             while not self._stop.is_set():
+                CLOCK.check()  # a step of the wall clock: logged, labels follow it
                 worked = self.tick()
                 now = time.monotonic()
                 if worked:
@@ -332,7 +333,7 @@ class Service:
             cam.reader.request_stop()
         for cam in self.cameras.values():
             cam.reader.stop(timeout=2.0)
-        now = time.time()
+        stopped_at = now()
         for cid, cam in self.cameras.items():
             if not self.offline:  # retained state must not show people to a stopped service
                 if cam.was_online:
@@ -345,9 +346,9 @@ class Service:
                             reconnects_last_hour=cam.reader.reconnects_last_hour(),
                         )
                     )
-                self.emit(AudienceEvent(cid, iso(now), present=[], counts=empty_counts()))
+                self.emit(AudienceEvent(cid, iso(stopped_at), present=[], counts=empty_counts()))
             if not cam.done:  # ended files were flushed already
-                self._flush(cid, cam, cam.last_ts or now)
+                self._flush(cid, cam, cam.last_ts or stopped_at)
         log.info("stopped")
 
     # -- one tick ------------------------------------------------------------------
@@ -365,7 +366,7 @@ class Service:
             frame = cam.reader.latest(timeout=wait)
             if frame is None:
                 if cam.reader.status.ended:
-                    self._flush(cid, cam, cam.last_ts or time.time())
+                    self._flush(cid, cam, cam.last_ts or now())
                     cam.done = True
                 continue
             if frame.timestamp - cam.last_processed < 0.9 * cam.min_gap_s:
@@ -518,7 +519,9 @@ class Service:
                 )
             )
         for selector in self.selectors.get(cid, ()):
-            decision = selector.decide(cam.audience.viewers(), frame.timestamp)
+            decision = selector.decide(
+                cam.audience.viewers(), frame.timestamp, wall=local(frame.timestamp)
+            )
             if decision is not None:
                 assert cam.plays is not None  # set in __init__ with the camera's selectors
                 ended = cam.plays.switch(decision, frame.timestamp)
@@ -528,7 +531,7 @@ class Service:
         if cam.plays is not None:  # after the switch: this frame is the new ad's audience
             cam.plays.observe(cam.audience.people)
         if not self.offline:
-            self._latency_ms.append((time.time() - frame.timestamp) * 1000)
+            self._latency_ms.append((now() - frame.timestamp) * 1000)
             self.metrics.decided(cid, self._latency_ms[-1] / 1000)
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
             self._emit_interval(cid, cam, frame.timestamp, flush=False)
@@ -622,7 +625,7 @@ class Service:
             else (round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
         )
         return StatsEvent(
-            time=iso(time.time()),
+            time=iso(now()),
             cameras=cameras,
             classifier_ms=_mean(self._classify_ms),
             classifier_batch=_mean(self._batch_sizes),

@@ -18,7 +18,6 @@ import logging
 import math
 import re
 import threading
-import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -36,7 +35,7 @@ from edge.outputs.mqttclient import (
 from edge.outputs.topics import SCHEMA_VERSION, Topics
 from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.records import AGE_CLASSES, GENDERS
-from edge.timefmt import iso
+from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ class PlayerBridge:
             self._problems.problem(f"connection lost ({explain(reason)})")
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self.last_message = time.time()
+        self.last_message = now()
         display = msg.topic.split("/")[-2]
         if display not in self.displays:
             log.debug("display player: %s is not a configured display", msg.topic)

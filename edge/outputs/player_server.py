@@ -32,7 +32,7 @@ from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
 from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file
-from edge.timefmt import iso
+from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class DisplayServer:
             ad = self.catalog.ads[self.catalog.default]
             content = {
                 "schema": SCHEMA_VERSION,
-                "time": iso(time.time()),
+                "time": iso(now()),
                 "display": display,
                 "ad": ad.id,
                 "title": ad.title,

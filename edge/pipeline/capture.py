@@ -35,6 +35,7 @@ from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, InputError
 from edge.pipeline import images
 from edge.pipeline.images import jpeg_truncated  # noqa: F401 (kept importable from here)
 from edge.redact import redact
+from edge.timefmt import now
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 class Frame:
     camera: str
     index: int  # frames delivered by this camera so far (0-based)
-    timestamp: float  # capture time, seconds (wall clock; file time in every_frame mode)
+    # capture time, seconds of edge.timefmt.now() (monotonic; file time in every_frame mode)
+    timestamp: float
     image: np.ndarray  # BGR
 
 
@@ -352,7 +354,7 @@ class CameraReader:
             self._cond.notify_all()
 
     def reconnects_last_hour(self) -> int:
-        cutoff = time.time() - 3600
+        cutoff = time.monotonic() - 3600
         while self._reconnects and self._reconnects[0] < cutoff:
             self._reconnects.popleft()
         return len(self._reconnects)
@@ -364,7 +366,7 @@ class CameraReader:
             try:
                 reader = self._opener(self.source, self.loop, self.fps, self.stall_timeout_s)
                 if opened_once:
-                    self._reconnects.append(time.time())
+                    self._reconnects.append(time.monotonic())
                 opened_once = True
                 self._read_frames(reader, getattr(reader, "fps", 0.0) or self.fps)
                 return  # stopped or ended
@@ -392,7 +394,9 @@ class CameraReader:
 
     def _read_frames(self, reader, file_fps: float) -> None:
         interval = 1.0 / file_fps if file_fps > 0 else 0.0
-        started, first = time.time(), self._delivered
+        # Pacing and frame times are monotonic: a step of the wall clock must not make
+        # a paced file sleep for an hour or hand the pipeline frames from the future.
+        started, first = now(), self._delivered
         while not self._stop.is_set():
             try:
                 image = reader.read()
@@ -423,18 +427,18 @@ class CameraReader:
             if self.mode == "every_frame":
                 timestamp = started + n * interval
             else:
-                timestamp = time.time()
+                timestamp = now()
             self._publish(Frame(self.camera_id, self._delivered, timestamp, image))
             self._delivered += 1
             if self.mode == "paced" and interval:
                 # Sleep to the file's own clock, not a fixed gap, so slow reads don't drift.
-                delay = started + (n + 1) * interval - time.time()
+                delay = started + (n + 1) * interval - now()
                 if delay > 0:
                     self._stop.wait(delay)
                 elif delay < -max(2 * interval, 0.25):
                     # A stall (a slow disk, a reopen): catching up would hand over a burst
                     # that the pipeline cannot take and count as skipped. Start the clock over.
-                    started, first = time.time(), self._delivered
+                    started, first = now(), self._delivered
 
     def _failed(self, reason: str, exit_status: int) -> None:
         log.error("camera %s: %s", self.camera_id, reason)
