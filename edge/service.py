@@ -156,7 +156,6 @@ class CameraRuntime:
     audience: Audience
     name: str = ""
     detect_width: int | None = None
-    min_gap_s: float = 0.0  # 1 / target fps; 0 processes every frame (offline)
     motion: MotionDetector | None = None  # None: detect every frame the rules allow
     idle_detect_s: float = 1.0
     tracked_gap_s: float = 0.0  # 1 / tracked_detect_fps; 0 detects every frame
@@ -173,9 +172,9 @@ class CameraRuntime:
     done: bool = False
     # per stats window
     processed: int = 0
-    passed_over: int = 0  # frames newer than the target fps allows, left on purpose
-    captured_mark: int = 0
+    captured_mark: int = 0  # the reader's counts at the window's start
     skipped_mark: int = 0
+    passed_over_mark: int = 0
     detected: int = 0  # processed frames the detector ran on
     detect_ms: list = field(default_factory=list)
     plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
@@ -231,7 +230,6 @@ class Service:
                 Audience(cam.id, config.audience),
                 cam.name,
                 detect_width=cam.detect_width,
-                min_gap_s=0.0 if offline else 1.0 / cam.fps,
                 motion=MotionDetector() if cam.motion else None,
                 idle_detect_s=cam.idle_detect_s,
                 tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0,
@@ -368,10 +366,6 @@ class Service:
                 if cam.reader.status.ended:
                     self._flush(cid, cam, cam.last_ts or now())
                     cam.done = True
-                continue
-            if frame.timestamp - cam.last_processed < 0.9 * cam.min_gap_s:
-                cam.passed_over += 1  # above the camera's target fps: not a loss
-                self.metrics.passed_over(cid)
                 continue
             cam.frame_gap_s = max(0.0, frame.timestamp - cam.last_processed)
             cam.last_processed = frame.timestamp
@@ -612,7 +606,7 @@ class Service:
                 capture_fps=round((status.captured - cam.captured_mark) / window, 2),
                 processed_fps=round(cam.processed / window, 2),
                 skipped_fps=round((status.skipped - cam.skipped_mark) / window, 2),
-                passed_over_fps=round(cam.passed_over / window, 2),
+                passed_over_fps=round((status.passed_over - cam.passed_over_mark) / window, 2),
                 detector_ms=_mean(cam.detect_ms),
                 detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
                 tracks=len(cam.audience.people),
@@ -659,9 +653,10 @@ class Service:
         log.info("stats %s", line)
         self.notifier.status(line)
         for cam in self.cameras.values():
-            cam.processed, cam.passed_over, cam.detected, cam.detect_ms = 0, 0, 0, []
+            cam.processed, cam.detected, cam.detect_ms = 0, 0, []
             cam.captured_mark = cam.reader.status.captured
             cam.skipped_mark = cam.reader.status.skipped
+            cam.passed_over_mark = cam.reader.status.passed_over
         self._classify_ms, self._batch_sizes = [], []
         self._stats_at = time.monotonic()
 

@@ -1,8 +1,11 @@
 """Capture stage: one reader thread per camera, keeping only the newest frame.
 
 Live sources (V4L2 devices, RTSP/HTTP streams) are read as fast as they
-deliver; when processing falls behind, the unread frame is replaced and counted
-as skipped, never queued (Frigate keeps a queue of 2 and counts skipped_fps).
+deliver. Frames that come faster than the camera's target `fps` are passed over
+here (counted, not handed on: a 60 fps camera at fps 15 hands on every fourth);
+when processing falls behind, a due frame that was not taken yet is replaced by
+the next one and counted as skipped, never queued (Frigate keeps a queue of 2 and
+counts skipped_fps). So `skipped` means the pipeline could not keep up, nothing else.
 Files and image folders can instead be read `paced` (at their own frame rate,
 as a stand-in camera) or `every_frame` (offline analysis: the reader waits for
 the pipeline, nothing is dropped, timestamps come from the file's frame rate).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -61,7 +65,8 @@ class CameraStatus:
     online: bool = False
     ended: bool = False
     captured: int = 0
-    skipped: int = 0
+    skipped: int = 0  # due frames replaced before the pipeline took them: it fell behind
+    passed_over: int = 0  # frames faster than the target fps, left on purpose
     last_error: str = ""
     exit_status: int = 0  # offline: why the source ended (65 bad data, 66 unreadable), 0 fine
     bad_files: int = 0  # images a folder camera skipped
@@ -307,6 +312,7 @@ class CameraReader:
         self._online_since = 0.0
         self._delivered = 0  # frames handed over since start, across reopens
         self._slot: Frame | None = None
+        self._last_due = -math.inf  # timestamp of the last frame handed on (not passed over)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera_id}", daemon=True)
@@ -345,12 +351,18 @@ class CameraReader:
 
     def _publish(self, frame: Frame) -> None:
         with self._cond:
+            self.status.captured += 1
             if self.mode == "every_frame":
                 self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
-            elif self._slot is not None:
-                self.status.skipped += 1
+            else:
+                # 0.9: a camera's own jitter must not pass over a frame that is on time.
+                if self.fps > 0 and frame.timestamp - self._last_due < 0.9 / self.fps:
+                    self.status.passed_over += 1
+                    return
+                self._last_due = frame.timestamp
+                if self._slot is not None:
+                    self.status.skipped += 1
             self._slot = frame
-            self.status.captured += 1
             self._cond.notify_all()
 
     def reconnects_last_hour(self) -> int:
