@@ -18,12 +18,25 @@ from edge.errors import EX_DATAERR, ConfigError, EdgeError, InputError
 log = logging.getLogger("edge")
 
 
+def under_journald() -> bool:
+    """stderr goes to the journal: systemd sets JOURNAL_STREAM to its device and inode
+    ("DEV:INODE"). Compared with stderr's own, as systemd advises, so a program started
+    from a service with stderr sent elsewhere (a file, a pipe) is not taken for it."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        info = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or no real stderr
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
 def setup_logging(level: str = "info") -> None:
-    # journald adds its own timestamps; a terminal user gets them from us.
-    under_journald = bool(os.environ.get("JOURNAL_STREAM")) or not sys.stderr.isatty()
+    # journald stamps each line itself; everywhere else (a terminal, a file, nohup, a
+    # container's log) the line carries its own time.
     fmt = (
         "%(levelname)s %(name)s: %(message)s"
-        if under_journald
+        if under_journald()
         else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)

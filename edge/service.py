@@ -254,7 +254,8 @@ class Service:
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
-        self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)  # window
+        self._offline: set[str] = set()  # cameras offline at the last stats line
         self._stats_at = time.monotonic()
         self._last_processed_at = 0.0
         self._failing_sinks: set[tuple[int, str]] = set()  # (sink, error type) logged once
@@ -630,34 +631,35 @@ class Service:
     def emit_stats(self) -> None:
         stats = self.stats()
         self.emit(stats)
-        parts = [
-            f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), "
-            f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames, "
-            f"{c.tracks} people"
-            for cid, c in stats.cameras.items()
-        ]
-        line = "; ".join(parts) + (
-            f"; classify {stats.classifier_ms} ms "
-            f"x{stats.classifier_batch}; p95 {stats.latency_p95_ms} ms"
-        )
-        offline = [
-            f"{cid} ({cam.reader.status.last_error or 'opening'})"
+        line = stats_line(stats)
+        offline = {
+            cid: cam.reader.status.last_error or "opening"
             for cid, cam in self.cameras.items()
-            if not cam.reader.status.online and not cam.done
-        ]
-        if offline:  # the service runs on with the cameras it has
-            line = (
-                f"degraded: {len(offline)} of {len(self.cameras)} camera(s) offline: "
-                f"{', '.join(offline)}; " + line
-            )
+            if not cam.reader.status.online and not cam.reader.status.ended and not cam.done
+        }
+        degraded = (
+            f"{len(offline)} of {len(self.cameras)} camera(s) offline: "
+            + ", ".join(f"{cid} ({why})" for cid, why in offline.items())
+            if offline
+            else ""
+        )
+        # Logged when the set of offline cameras changes (each camera logs its own
+        # reasons as they change); systemd's status line says it every time.
+        if set(offline) != self._offline:
+            if offline:
+                log.warning("degraded: %s", degraded)
+            else:
+                log.info("no longer degraded: every camera delivers frames")
+            self._offline = set(offline)
         log.info("stats %s", line)
-        self.notifier.status(line)
+        self.notifier.status(f"degraded: {degraded}; {line}" if offline else line)
         for cam in self.cameras.values():
             cam.processed, cam.detected, cam.detect_ms = 0, 0, []
             cam.captured_mark = cam.reader.status.captured
             cam.skipped_mark = cam.reader.status.skipped
             cam.passed_over_mark = cam.reader.status.passed_over
         self._classify_ms, self._batch_sizes = [], []
+        self._latency_ms.clear()  # p50/p95 are the window's, never a stale figure
         self._stats_at = time.monotonic()
 
     def emit(self, event: Event) -> None:
@@ -677,6 +679,28 @@ class Service:
                         event.type,
                         exc,
                     )
+
+
+def stats_line(stats: StatsEvent) -> str:
+    """The stats window as one log line; a figure the window has none of is left out
+    (no detection, no classification, no frames), never written as None."""
+    parts = []
+    for cid, c in stats.cameras.items():
+        detect = (
+            f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames"
+            if c.detector_ms is not None
+            else "no detection"
+        )
+        parts.append(
+            f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), {detect}, {c.tracks} people"
+        )
+    if stats.classifier_ms is not None:
+        parts.append(f"classify {stats.classifier_ms} ms x{stats.classifier_batch}")
+    else:
+        parts.append("no classification")
+    if stats.latency_p95_ms is not None:
+        parts.append(f"latency p95 {stats.latency_p95_ms} ms")
+    return "; ".join(parts)
 
 
 def _tracks_as_detections(tracks) -> Detections:
