@@ -296,6 +296,7 @@ def cmd_bench(args, cfg) -> int:
         args.gpu,
         args.idle_share,
         not args.no_gating,
+        args.crowd,
     )
 
 
@@ -443,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_display)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
-    p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
+    p.add_argument("--source", help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -472,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="detect every frame (cameras' motion gating and tracked_detect_fps "
         "off), for comparison",
+    )
+    p.add_argument(
+        "--crowd",
+        type=int,
+        metavar="N",
+        help="instead: N faces (from the sample group photo) come into view at once, "
+        "at --size (1280x720); tick latency and the time until every face is "
+        "classified, within --seconds",
     )
     p.set_defaults(func=cmd_bench)
 

@@ -6,7 +6,9 @@ One loop, one tick at a time:
   2. decide per camera whether the detector must run (motion gating, below), detect
      faces in those frames (detect.py) and update that camera's tracker (track.py),
   3. collect the tracked faces worth classifying, from all cameras, and classify
-     them in one batch (classify.py),
+     them in one batch (classify.py), at most classifier.max_faces_per_tick of them
+     (new faces first, biggest first; the rest at the next detections), so a crowd
+     walking in is classified over a few ticks instead of holding one for seconds,
   4. update each camera's audience (audience.py), let each display that follows the
      camera choose its ad (select.py), and emit events to the sinks: log lines or
      JSON lines, and the MQTT publisher (publish.py).
@@ -399,7 +401,7 @@ class Service:
                     tracks, frame.timestamp, better_faces=len(detect) < 2
                 )
                 batch.append((cid, frame, tracks, wanted))
-            self._classify(batch)
+            self._classify(self._within_budget(batch))
         for cid, cam, frame in taken:
             self._after_frame(cid, cam, frame, removed.get(cid))
         return True
@@ -464,6 +466,31 @@ class Service:
                 return DueLook(late, classify=True)
             return DueLook(late, classify=False) if since >= 0.9 * cam.tracked_gap_s else False
         return moving or since >= cam.idle_detect_s
+
+    def _within_budget(
+        self, batch: list[tuple[str, Frame, list[Track], list[int]]]
+    ) -> list[tuple[str, Frame, list[Track], list[int]]]:
+        """The batch cut to classifier.max_faces_per_tick faces, ranked across cameras
+        by Audience.classification_rank. A face left out is still wanted at the next
+        detection (the audience asks again until it has a sample), so a crowd is
+        classified over a few ticks instead of holding one for seconds."""
+        limit = self.config.classifier.max_faces_per_tick
+        if not limit or sum(len(wanted) for *_, wanted in batch) <= limit:
+            return batch
+        ranked = sorted(
+            (
+                (self.cameras[cid].audience.classification_rank(tracks[i]), n, i)
+                for n, (cid, _, tracks, wanted) in enumerate(batch)
+                for i in wanted
+            ),
+            key=lambda r: r[0],
+            reverse=True,
+        )
+        chosen = {(n, i) for _, n, i in ranked[:limit]}
+        return [
+            (cid, frame, tracks, [i for i in wanted if (n, i) in chosen])
+            for n, (cid, frame, tracks, wanted) in enumerate(batch)
+        ]
 
     def _classify(self, batch: list[tuple[str, Frame, list[Track], list[int]]]) -> None:
         frames, faces, targets = [], [], []

@@ -15,9 +15,9 @@ import pytest
 from edge.events import CameraStats, StatsEvent
 from edge.service import stats_line
 
-from conftest import ROOT, edge_process, notify_socket
+from conftest import LOG_TIME, ROOT, edge_process, notify_socket
 
-STAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
+STAMPED = re.compile(LOG_TIME.pattern + "(DEBUG|INFO|WARNING|ERROR) ")
 LOG_ONE_LINE = (
     "import logging; from edge.cli import setup_logging; setup_logging(); "
     "logging.getLogger('edge').info('hello')"

@@ -21,6 +21,7 @@ from conftest import (
     run_edge,
     run_service,
     total,
+    unstamped,
     visitors,
 )
 
@@ -445,7 +446,8 @@ def test_offline_run_on_an_unreadable_source_is_one_error_line(
     config.write_text(f"models:\n  dir: {ROOT / 'models'}\n")
     result = run_briefly("--config", str(config), "run", "--source", str(path), "--jsonl")
     assert result.returncode == status, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    lines = [unstamped(line) for line in result.stderr.splitlines()]
+    errors = [line for line in lines if line.startswith("ERROR")]
     assert len(errors) == 1 and str(path) in errors[0] and why in errors[0], result.stderr
     assert [json.loads(line) for line in result.stdout.splitlines()] == [
         {
