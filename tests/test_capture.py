@@ -522,28 +522,28 @@ class SixtyFps:
         pass
 
 
-def consume(reader, seconds: float, work_s: float) -> list:
-    """Take frames as the pipeline does, spending `work_s` on each one taken."""
+def sixty_fps_at_15(work_s: float, seconds: float = 2.0) -> tuple[list, object]:
+    """A 60 fps camera read with fps 15, its frames taken as the pipeline does, spending
+    `work_s` on each one taken: (the frames taken, the reader's status)."""
+    reader = CameraReader("door", "sixty", fps=15, mode="paced", opener=lambda *_: SixtyFps())
+    reader.start()
     frames, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
-        frame = reader.latest(timeout=0.2)
-        if frame is not None:
-            frames.append(frame)
-            time.sleep(work_s)
-    return frames
+    try:
+        while time.monotonic() < end:
+            frame = reader.latest(timeout=0.2)
+            if frame is not None:
+                frames.append(frame)
+                time.sleep(work_s)
+    finally:
+        reader.stop()
+    return frames, reader.status
 
 
 def test_frames_faster_than_the_target_fps_are_passed_over_not_skipped():
     """A 60 fps camera at fps 15 whose every due frame is processed in 30 ms (less than
     the 67 ms between due frames, twice the 17 ms between frames): nothing is skipped,
     three frames in four are passed over (issue 23: it reported 5-12 skipped/s)."""
-    reader = CameraReader("door", "sixty", fps=15, mode="paced", opener=lambda *_: SixtyFps())
-    reader.start()
-    try:
-        frames = consume(reader, 2.0, work_s=0.03)
-    finally:
-        reader.stop()
-    status = reader.status
+    frames, status = sixty_fps_at_15(work_s=0.03)
     assert status.skipped == 0, (status.skipped, status.passed_over, status.captured)
     assert 24 <= len(frames) <= 32  # 15 a second
     assert status.passed_over >= 2.5 * len(frames)
@@ -554,10 +554,5 @@ def test_frames_faster_than_the_target_fps_are_passed_over_not_skipped():
 def test_a_pipeline_slower_than_the_target_fps_skips():
     """Processing takes 150 ms, the camera's target is 15 fps: due frames are lost, and
     that is what `skipped` counts."""
-    reader = CameraReader("door", "sixty", fps=15, mode="paced", opener=lambda *_: SixtyFps())
-    reader.start()
-    try:
-        frames = consume(reader, 2.0, work_s=0.15)
-    finally:
-        reader.stop()
-    assert len(frames) <= 15 and reader.status.skipped >= 10
+    frames, status = sixty_fps_at_15(work_s=0.15)
+    assert len(frames) <= 15 and status.skipped >= 10
