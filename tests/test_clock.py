@@ -22,7 +22,7 @@ import pytest
 
 from edge.timefmt import Clock
 
-from conftest import ROOT, clip_frames, edge_process, total
+from conftest import ROOT, clip_frames, edge_process, notify_socket, total
 
 FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -97,6 +97,11 @@ def run_with_step(tmp_path: Path, step: str) -> dict:
     events: list[tuple[float, dict]] = []
     seen = threading.Event()
     started = time.monotonic()
+    # systemd's watchdog, every 0.5 s: a frozen pipeline stops the pets (and systemd
+    # would restart the service, losing the open interval).
+    path, manager = notify_socket(tmp_path)
+    env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    pets: list[float] = []
     log = tmp_path / "stderr.log"
     with log.open("w") as stderr:  # stdout is the reader thread's alone
         proc = edge_process("--config", str(config), "run", "--jsonl", env=env, stderr=stderr)
@@ -109,8 +114,18 @@ def run_with_step(tmp_path: Path, step: str) -> dict:
             if event["type"] == "audience" and event["present"]:
                 seen.set()
 
+    def listen() -> None:
+        while proc.poll() is None:
+            try:
+                if manager.recv(4096) == b"WATCHDOG=1":
+                    pets.append(time.monotonic())
+            except OSError:  # the socket's 0.2 s timeout
+                continue
+
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
     try:
         assert seen.wait(120), "nobody was seen"
         time.sleep(1.5)
@@ -124,9 +139,11 @@ def run_with_step(tmp_path: Path, step: str) -> dict:
         proc.kill()
         proc.wait()
     reader.join(5)
+    listener.join(5)
+    manager.close()
     err = log.read_text()
     assert proc.returncode == 0, err
-    return {"events": events, "stepped": stepped, "elapsed": elapsed, "log": err}
+    return {"events": events, "stepped": stepped, "elapsed": elapsed, "log": err, "pets": pets}
 
 
 def check_time_rules(run: dict, step_s: float) -> None:
@@ -149,6 +166,11 @@ def check_time_rules(run: dict, step_s: float) -> None:
     for _, end, event in windows:
         if end < ended:
             assert event["cameras"]["door"]["processed_fps"] > 0, event
+
+    # The watchdog is fed on after the step (every 0.5 s; a busy box stretches a gap to
+    # ~1.7 s, as in test_service).
+    pets = [t for t in run["pets"] if t >= stepped - 0.5]
+    assert len(pets) >= 4 and all(b - a < 2.5 for a, b in zip(pets, pets[1:], strict=False))
 
     # Nothing outlasts the run: intervals (their labels span the real time they took),
     # dwell per present person, and dwell summed over an interval's visitors.
