@@ -295,9 +295,9 @@ class Service:
             while not self._stop.is_set():
                 CLOCK.check()  # a step of the wall clock: logged, labels follow it
                 worked = self.tick()
-                now = time.monotonic()
+                mono = time.monotonic()
                 if worked:
-                    self._last_processed_at = now
+                    self._last_processed_at = mono
                 # Pet the watchdog while frames are processed, or while every camera
                 # without frames is offline and being retried by its own reader: that
                 # is reported (degraded, in the status line and over MQTT), and a
@@ -306,15 +306,15 @@ class Service:
                 # reopens it first), stops the pets, and systemd restarts the service.
                 if (
                     watchdog_every
-                    and now - last_watchdog >= watchdog_every
+                    and mono - last_watchdog >= watchdog_every
                     and (
-                        now - self._last_processed_at < 2 * watchdog_every
+                        mono - self._last_processed_at < 2 * watchdog_every
                         or all(c.done or c.reader.retrying for c in self.cameras.values())
                     )
                 ):
                     self.notifier.watchdog()
-                    last_watchdog = now
-                if now - self._stats_at >= self.config.stats.interval_s:
+                    last_watchdog = mono
+                if mono - self._stats_at >= self.config.stats.interval_s:
                     self.emit_stats()
                 if all(c.done for c in self.cameras.values()):
                     break
