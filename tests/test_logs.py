@@ -131,7 +131,10 @@ def test_degraded_is_logged_when_it_changes_and_no_line_holds_none(tmp_path, gro
         )
     try:
         wait_for("INFO edge.service: stats ", count=4)  # four windows with till offline
-        shutil.copy(group_photo, later)  # the camera's file appears: retried, online
+        # The camera's file appears, whole (a reader retrying meanwhile must not catch
+        # it half written): retried, online.
+        shutil.copy(group_photo, tmp_path / "later.part")
+        os.replace(tmp_path / "later.part", later)
         wait_for("no longer degraded")
         wait_for("INFO edge.service: stats ", count=text().count("stats ") + 2)
     finally:
