@@ -14,7 +14,8 @@ setup: $(STAMP) models
 # Mosquitto, the local broker the service publishes to (and the tests' broker);
 # npm, whose `npm pack` fetches face-api's age/gender weights (`edge models fetch`):
 # Debian's package, unless an npm (say, NodeSource's) is already on the PATH.
-# The tests also drive the display player in a real headless Chromium.
+# The tests also drive the display player in a real headless Chromium, and step the
+# wall clock of a running service with libfaketime (faketime).
 RUN_DEBS  := mosquitto mosquitto-clients
 TEST_DEBS := chromium chromium-driver shellcheck faketime
 apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \

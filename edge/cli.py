@@ -17,12 +17,25 @@ from edge.errors import EX_DATAERR, ConfigError, EdgeError, InputError
 log = logging.getLogger("edge")
 
 
+def under_journald() -> bool:
+    """stderr goes to the journal: systemd sets JOURNAL_STREAM to its device and inode
+    ("DEV:INODE"). Compared with stderr's own, as systemd advises, so a program started
+    from a service with stderr sent elsewhere (a file, a pipe) is not taken for it."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in stream.split(":"))
+        info = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):  # unset, malformed, or no real stderr
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
+
+
 def setup_logging(level: str = "info") -> None:
-    # journald adds its own timestamps; a terminal user gets them from us.
-    under_journald = bool(os.environ.get("JOURNAL_STREAM")) or not sys.stderr.isatty()
+    # journald stamps each line itself; everywhere else (a terminal, a file, nohup, a
+    # container's log) the line carries its own time.
     fmt = (
         "%(levelname)s %(name)s: %(message)s"
-        if under_journald
+        if under_journald()
         else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
@@ -328,6 +341,7 @@ def cmd_bench(args, cfg) -> int:
         args.gpu,
         args.idle_share,
         not args.no_gating,
+        args.crowd,
     )
 
 
@@ -513,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="frames/s and latency: full pipeline, detector only, naive")
-    p.add_argument("--source", required=True, help="video file or GIF to run on (looped)")
+    p.add_argument("--source", help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -542,6 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="detect every frame (cameras' motion gating and tracked_detect_fps "
         "off), for comparison",
+    )
+    p.add_argument(
+        "--crowd",
+        type=int,
+        metavar="N",
+        help="instead: N faces (from the sample group photo) come into view at once, "
+        "at --size (1280x720); tick latency and the time until every face is "
+        "classified, within --seconds",
     )
     p.set_defaults(func=cmd_bench)
 

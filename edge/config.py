@@ -162,6 +162,15 @@ class ClassifierConfig:
         low=0,
         high=2,
     )
+    max_faces_per_tick: int = opt(
+        6,
+        "Faces classified in one tick at most, all cameras together. When a crowd "
+        "walks in, new faces are classified over the next ticks, biggest and most "
+        "frontal first, and reclassifications wait behind them, so no tick holds the "
+        "loop for seconds (docs/benchmarks.md, crowd). 0: no limit.",
+        low=0,
+        high=1000,
+    )
 
 
 @dataclass(frozen=True)

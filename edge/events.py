@@ -180,7 +180,7 @@ class StatsEvent(Payload):
     classifier_ms: float | None = doc()
     classifier_batch: float | None = doc()
     latency_p50_ms: float | None = doc()
-    latency_p95_ms: float | None = doc("capture to decision")
+    latency_p95_ms: float | None = doc("capture to decision, over the window; null: no frame")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ One loop, one tick at a time:
   2. decide per camera whether the detector must run (motion gating, below), detect
      faces in those frames (detect.py) and update that camera's tracker (track.py),
   3. collect the tracked faces worth classifying, from all cameras, and classify
-     them in one batch (classify.py),
+     them in one batch (classify.py), at most classifier.max_faces_per_tick of them
+     (new faces first, biggest first; the rest at the next detections), so a crowd
+     walking in is classified over a few ticks instead of holding one for seconds,
   4. update each camera's audience (audience.py), let each display that follows the
      camera choose its ad (select.py), and emit events to the sinks: log lines or
      JSON lines, and the MQTT publisher (publish.py).
@@ -68,7 +70,7 @@ from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
 from edge.records import Decision, Detections
-from edge.timefmt import iso
+from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,6 @@ class CameraRuntime:
     audience: Audience
     name: str = ""
     detect_width: int | None = None
-    min_gap_s: float = 0.0  # 1 / target fps; 0 processes every frame (offline)
     motion: MotionDetector | None = None  # None: detect every frame the rules allow
     idle_detect_s: float = 1.0
     tracked_gap_s: float = 0.0  # 1 / tracked_detect_fps; 0 detects every frame
@@ -173,9 +174,9 @@ class CameraRuntime:
     done: bool = False
     # per stats window
     processed: int = 0
-    passed_over: int = 0  # frames newer than the target fps allows, left on purpose
-    captured_mark: int = 0
+    captured_mark: int = 0  # the reader's counts at the window's start
     skipped_mark: int = 0
+    passed_over_mark: int = 0
     detected: int = 0  # processed frames the detector ran on
     detect_ms: list = field(default_factory=list)
     plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
@@ -231,7 +232,6 @@ class Service:
                 Audience(cam.id, config.audience),
                 cam.name,
                 detect_width=cam.detect_width,
-                min_gap_s=0.0 if offline else 1.0 / cam.fps,
                 motion=MotionDetector() if cam.motion else None,
                 idle_detect_s=cam.idle_detect_s,
                 tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0,
@@ -259,7 +259,8 @@ class Service:
         self._classify_ms: list[float] = []
         self._batch_sizes: list[int] = []  # per stats window
         self.classifier_calls = 0  # since start
-        self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)
+        self._latency_ms: collections.deque[float] = collections.deque(maxlen=2000)  # window
+        self._offline: set[str] = set()  # cameras offline at the last stats line
         self._stats_at = time.monotonic()
         self._last_processed_at = 0.0
         self._failing_sinks: set[tuple[int, str]] = set()  # (sink, error type) logged once
@@ -296,10 +297,11 @@ class Service:
         last_watchdog = 0.0
         try:
             while not self._stop.is_set():
+                CLOCK.check()  # a step of the wall clock: logged, labels follow it
                 worked = self.tick()
-                now = time.monotonic()
+                mono = time.monotonic()
                 if worked:
-                    self._last_processed_at = now
+                    self._last_processed_at = mono
                 # Pet the watchdog while frames are processed, or while every camera
                 # without frames is offline and being retried by its own reader: that
                 # is reported (degraded, in the status line and over MQTT), and a
@@ -308,15 +310,15 @@ class Service:
                 # reopens it first), stops the pets, and systemd restarts the service.
                 if (
                     watchdog_every
-                    and now - last_watchdog >= watchdog_every
+                    and mono - last_watchdog >= watchdog_every
                     and (
-                        now - self._last_processed_at < 2 * watchdog_every
+                        mono - self._last_processed_at < 2 * watchdog_every
                         or all(c.done or c.reader.retrying for c in self.cameras.values())
                     )
                 ):
                     self.notifier.watchdog()
-                    last_watchdog = now
-                if now - self._stats_at >= self.config.stats.interval_s:
+                    last_watchdog = mono
+                if mono - self._stats_at >= self.config.stats.interval_s:
                     self.emit_stats()
                 if all(c.done for c in self.cameras.values()):
                     break
@@ -336,7 +338,7 @@ class Service:
             cam.reader.request_stop()
         for cam in self.cameras.values():
             cam.reader.stop(timeout=2.0)
-        now = time.time()
+        stopped_at = now()
         for cid, cam in self.cameras.items():
             if not self.offline:  # retained state must not show people to a stopped service
                 if cam.was_online:
@@ -349,9 +351,9 @@ class Service:
                             reconnects_last_hour=cam.reader.reconnects_last_hour(),
                         )
                     )
-                self.emit(AudienceEvent(cid, iso(now), present=[], counts=empty_counts()))
+                self.emit(AudienceEvent(cid, iso(stopped_at), present=[], counts=empty_counts()))
             if not cam.done:  # ended files were flushed already
-                self._flush(cid, cam, cam.last_ts or now)
+                self._flush(cid, cam, cam.last_ts or stopped_at)
         log.info("stopped")
 
     # -- one tick ------------------------------------------------------------------
@@ -399,12 +401,8 @@ class Service:
             frame = cam.reader.latest(timeout=wait)
             if frame is None:
                 if cam.reader.status.ended:
-                    self._flush(cid, cam, cam.last_ts or time.time())
+                    self._flush(cid, cam, cam.last_ts or now())
                     cam.done = True
-                continue
-            if frame.timestamp - cam.last_processed < 0.9 * cam.min_gap_s:
-                cam.passed_over += 1  # above the camera's target fps: not a loss
-                self.metrics.passed_over(cid)
                 continue
             cam.frame_gap_s = max(0.0, frame.timestamp - cam.last_processed)
             cam.last_processed = frame.timestamp
@@ -437,7 +435,7 @@ class Service:
                     tracks, frame.timestamp, better_faces=len(detect) < 2
                 )
                 batch.append((cid, frame, tracks, wanted))
-            self._classify(batch)
+            self._classify(self._within_budget(batch))
         for cid, cam, frame in taken:
             self._after_frame(cid, cam, frame, removed.get(cid))
         return True
@@ -503,6 +501,31 @@ class Service:
             return DueLook(late, classify=False) if since >= 0.9 * cam.tracked_gap_s else False
         return moving or since >= cam.idle_detect_s
 
+    def _within_budget(
+        self, batch: list[tuple[str, Frame, list[Track], list[int]]]
+    ) -> list[tuple[str, Frame, list[Track], list[int]]]:
+        """The batch cut to classifier.max_faces_per_tick faces, ranked across cameras
+        by Audience.classification_rank. A face left out is still wanted at the next
+        detection (the audience asks again until it has a sample), so a crowd is
+        classified over a few ticks instead of holding one for seconds."""
+        limit = self.config.classifier.max_faces_per_tick
+        if not limit or sum(len(wanted) for *_, wanted in batch) <= limit:
+            return batch
+        ranked = sorted(
+            (
+                (self.cameras[cid].audience.classification_rank(tracks[i]), n, i)
+                for n, (cid, _, tracks, wanted) in enumerate(batch)
+                for i in wanted
+            ),
+            key=lambda r: r[0],
+            reverse=True,
+        )
+        chosen = {(n, i) for _, n, i in ranked[:limit]}
+        return [
+            (cid, frame, tracks, [i for i in wanted if (n, i) in chosen])
+            for n, (cid, frame, tracks, wanted) in enumerate(batch)
+        ]
+
     def _classify(self, batch: list[tuple[str, Frame, list[Track], list[int]]]) -> None:
         frames, faces, targets = [], [], []
         for cid, frame, tracks, wanted in batch:
@@ -552,7 +575,9 @@ class Service:
                 )
             )
         for selector in self.selectors.get(cid, ()):
-            decision = selector.decide(cam.audience.viewers(), frame.timestamp)
+            decision = selector.decide(
+                cam.audience.viewers(), frame.timestamp, wall=local(frame.timestamp)
+            )
             if decision is not None:
                 assert cam.plays is not None  # set in __init__ with the camera's selectors
                 ended = cam.plays.switch(decision, frame.timestamp)
@@ -563,7 +588,7 @@ class Service:
             for looped in cam.plays.observe(cam.audience.people, frame.timestamp):
                 self.emit(looped)  # an ad held past its duration_s: each loop is a play
         if not self.offline:
-            self._latency_ms.append((time.time() - frame.timestamp) * 1000)
+            self._latency_ms.append((now() - frame.timestamp) * 1000)
             self.metrics.decided(cid, self._latency_ms[-1] / 1000)
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
             self._emit_interval(cid, cam, frame.timestamp, flush=False)
@@ -645,7 +670,7 @@ class Service:
                 capture_fps=round((status.captured - cam.captured_mark) / window, 2),
                 processed_fps=round(cam.processed / window, 2),
                 skipped_fps=round((status.skipped - cam.skipped_mark) / window, 2),
-                passed_over_fps=round(cam.passed_over / window, 2),
+                passed_over_fps=round((status.passed_over - cam.passed_over_mark) / window, 2),
                 detector_ms=_mean(cam.detect_ms),
                 detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
                 tracks=len(cam.audience.people),
@@ -659,7 +684,7 @@ class Service:
             else (round(float(np.percentile(latencies, q)), 1) for q in (50, 95))
         )
         return StatsEvent(
-            time=iso(time.time()),
+            time=iso(now()),
             cameras=cameras,
             classifier_ms=_mean(self._classify_ms),
             classifier_batch=_mean(self._batch_sizes),
@@ -670,33 +695,35 @@ class Service:
     def emit_stats(self) -> None:
         stats = self.stats()
         self.emit(stats)
-        parts = [
-            f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), "
-            f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames, "
-            f"{c.tracks} people"
-            for cid, c in stats.cameras.items()
-        ]
-        line = "; ".join(parts) + (
-            f"; classify {stats.classifier_ms} ms "
-            f"x{stats.classifier_batch}; p95 {stats.latency_p95_ms} ms"
-        )
-        offline = [
-            f"{cid} ({cam.reader.status.last_error or 'opening'})"
+        line = stats_line(stats)
+        offline = {
+            cid: cam.reader.status.last_error or "opening"
             for cid, cam in self.cameras.items()
-            if not cam.reader.status.online and not cam.done
-        ]
-        if offline:  # the service runs on with the cameras it has
-            line = (
-                f"degraded: {len(offline)} of {len(self.cameras)} camera(s) offline: "
-                f"{', '.join(offline)}; " + line
-            )
+            if not cam.reader.status.online and not cam.reader.status.ended and not cam.done
+        }
+        degraded = (
+            f"{len(offline)} of {len(self.cameras)} camera(s) offline: "
+            + ", ".join(f"{cid} ({why})" for cid, why in offline.items())
+            if offline
+            else ""
+        )
+        # Logged when the set of offline cameras changes (each camera logs its own
+        # reasons as they change); systemd's status line says it every time.
+        if set(offline) != self._offline:
+            if offline:
+                log.warning("degraded: %s", degraded)
+            else:
+                log.info("no longer degraded: every camera delivers frames")
+            self._offline = set(offline)
         log.info("stats %s", line)
-        self.notifier.status(line)
+        self.notifier.status(f"degraded: {degraded}; {line}" if offline else line)
         for cam in self.cameras.values():
-            cam.processed, cam.passed_over, cam.detected, cam.detect_ms = 0, 0, 0, []
+            cam.processed, cam.detected, cam.detect_ms = 0, 0, []
             cam.captured_mark = cam.reader.status.captured
             cam.skipped_mark = cam.reader.status.skipped
+            cam.passed_over_mark = cam.reader.status.passed_over
         self._classify_ms, self._batch_sizes = [], []
+        self._latency_ms.clear()  # p50/p95 are the window's, never a stale figure
         self._stats_at = time.monotonic()
 
     def emit(self, event: Event) -> None:
@@ -716,6 +743,28 @@ class Service:
                         event.type,
                         exc,
                     )
+
+
+def stats_line(stats: StatsEvent) -> str:
+    """The stats window as one log line; a figure the window has none of is left out
+    (no detection, no classification, no frames), never written as None."""
+    parts = []
+    for cid, c in stats.cameras.items():
+        detect = (
+            f"detect {c.detector_ms} ms on {_percent(c.detected_share)} of frames"
+            if c.detector_ms is not None
+            else "no detection"
+        )
+        parts.append(
+            f"{cid}: {c.processed_fps} fps ({c.skipped_fps} skipped), {detect}, {c.tracks} people"
+        )
+    if stats.classifier_ms is not None:
+        parts.append(f"classify {stats.classifier_ms} ms x{stats.classifier_batch}")
+    else:
+        parts.append("no classification")
+    if stats.latency_p95_ms is not None:
+        parts.append(f"latency p95 {stats.latency_p95_ms} ms")
+    return "; ".join(parts)
 
 
 def _tracks_as_detections(tracks) -> Detections:

@@ -4,6 +4,7 @@ data fails there instead of skipping, so a broken checkout cannot pass."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +69,15 @@ def visitors(summary: dict) -> dict:
     return {
         (c, g): n for c, by_g in summary["unique_visitors"].items() for g, n in by_g.items() if n
     }
+
+
+# The time `edge` writes in front of each log line when journald is not the reader.
+LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+
+
+def unstamped(line: str) -> str:
+    """A log line of `edge` without its time."""
+    return LOG_TIME.sub("", line)
 
 
 EDGE = [sys.executable, "-m", "edge"]  # the real command line, as an operator runs it

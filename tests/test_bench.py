@@ -34,7 +34,8 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     for key in ("full", "detector_only", "naive"):
         assert set(data[key]) >= {"fps", "p50_ms", "p95_ms"} and data[key]["fps"] > 0
         assert data[key]["cpu_ms"] > 0
-        assert data[key]["p50_ms"] <= data[key]["p95_ms"]
+        assert data[key]["p50_ms"] <= data[key]["p95_ms"] <= data[key]["p99_ms"]
+        assert data[key]["p99_ms"] <= data[key]["max_ms"]  # the slowest step, a display waits
     assert set(data["ratios"]) == {"full_over_naive", "full_over_detector_only"}
     assert data["peak_rss_mb"] > 50
     settings = data["settings"]
@@ -53,6 +54,8 @@ def test_bench_reports_every_measure_per_camera(tmp_path):
     if data["machine"]["gpu"] is None:
         assert data["gpu_memory_used_mib"] is None
     for line in (
+        "p99 ms",
+        "max ms",
         "full",
         "detector_only",
         "naive",
@@ -112,3 +115,11 @@ def test_bench_rejects_a_bad_idle_share(share):
     clip = need("media/face-demographics-walking-and-pause.gif")
     result = run_edge("bench", "--source", str(clip), "--idle-share", share)
     assert result.returncode == 65 and "--idle-share" in result.stderr
+
+
+def test_bench_needs_a_source_or_a_crowd():
+    result = run_edge("bench", "--seconds", "1")
+    assert result.returncode == 65
+    assert "give --source FILE (or --crowd N" in result.stderr
+    result = run_edge("bench", "--crowd", "0")
+    assert result.returncode == 65 and "--crowd 0: expected 1 or more" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 from edge import config as config_mod
 from edge.errors import EX_CONFIG, ConfigError
 
-from conftest import ROOT, run_edge
+from conftest import ROOT, run_edge, unstamped
 
 
 def write(tmp_path, text):
@@ -177,8 +177,8 @@ def test_type_mistakes_exit_78_with_file_and_key(tmp_path, text, needle):
     result = run_edge("--config", str(path), "config")
     assert result.returncode == EX_CONFIG, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines  # one line, the file first
+    lines = [unstamped(line) for line in result.stderr.strip().splitlines()]
+    assert len(lines) == 1, lines  # one line, the file first (after the time)
     assert lines[0].startswith(f"ERROR edge: {path}: ")
     assert needle in lines[0]
 

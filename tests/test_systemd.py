@@ -116,7 +116,11 @@ def test_service_behaviour():
     assert 1 <= int(one["Service.RestartSec"]) <= 30
     assert one["Service.RestartPreventExitStatus"] == "78"  # EX_CONFIG, edge/errors.py
     for key in ("Unit.Wants", "Unit.After"):
-        assert set(one[key].split()) == {"network-online.target", "mosquitto.service"}
+        assert set(one[key].split()) == {
+            "network-online.target",
+            "mosquitto.service",
+            "time-sync.target",  # event times are the wall clock's: start once it is set
+        }
     assert "Unit.Requires" not in d  # a remote broker is fine
     assert one["Service.StandardOutput"] == one["Service.StandardError"] == "journal"
     assert one["Service.SyslogIdentifier"] == "edge"

@@ -31,21 +31,42 @@ PENDING = (0, 170, 255)  # BGR: tracked, not classified yet
 
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
-    """What the pipeline saw in the last frame it processed."""
+    """What the pipeline saw in one frame it processed."""
 
     frame: Frame
     faces: list[Track]  # tracks matched to a detection in this frame
     people: dict[int, Person]  # track id -> the audience stage's label so far
 
 
-def capture(config: Config, camera_id: str, seconds: float) -> Snapshot:
-    """Run the pipeline on one camera for `seconds`; its last processed frame."""
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """The preview's few seconds: the frame with the most faces (the last frame when
+    none had one) and how many frames were processed."""
+
+    best: Snapshot
+    frames: int
+
+
+def capture(config: Config, camera_id: str, seconds: float) -> Window:
+    """Run the pipeline on one camera for `seconds`; keep the frame the detector found
+    the most faces in (the later one on a tie: its labels have more samples). People
+    who come and go, or a detector that misses a face now and then, would otherwise
+    leave a frame without them as often as not."""
     camera = next(c for c in config.cameras if c.id == camera_id)
+    best: list[Snapshot] = []
     last: list[Snapshot] = []
+    frames = [0]
 
     def keep(cid, frame, tracks, audience) -> None:
+        frames[0] += 1
+        # Only a frame the detector ran on has boxes that belong to its picture.
+        detected = service.cameras[cid].last_detected == frame.timestamp
+        faces = [t for t in tracks if t.det_index >= 0] if detected else []
         # Copied now: the audience stage forgets its people when the service stops.
-        last[:] = [Snapshot(frame, [t for t in tracks if t.det_index >= 0], dict(audience.people))]
+        snapshot = Snapshot(frame, faces, dict(audience.people))
+        last[:] = [snapshot]
+        if faces and (not best or len(faces) >= len(best[0].faces)):
+            best[:] = [snapshot]
 
     # No displays: the preview chooses no ads and publishes nothing.
     service = Service(dataclasses.replace(config, cameras=[camera], displays=[]), [], on_frame=keep)
@@ -57,7 +78,7 @@ def capture(config: Config, camera_id: str, seconds: float) -> Snapshot:
             f"{seconds:g} s: {error} (`edge check` says more; a camera the "
             f"running service holds may not open twice)"
         )
-    return last[0]
+    return Window((best or last)[0], frames[0])
 
 
 def label(track: Track, person: Person | None) -> list[str]:
@@ -141,12 +162,24 @@ def main(config: Config, camera_id: str, out: Path, seconds: float, where: str) 
         )
     if not out.parent.is_dir():  # before the camera runs, not after
         raise EdgeError(f"cannot write {out}: folder {out.parent} does not exist")
-    snapshot = capture(config, camera_id, seconds)
+    window = capture(config, camera_id, seconds)
+    snapshot = window.best
     n = len(snapshot.faces)
     faces = f"{n} face{'s' if n != 1 else ''}"
     caption = f"camera {camera_id}  {iso(snapshot.frame.timestamp)}  {faces}"
     write_private_jpeg(out, annotate(snapshot, caption))
     height, width = snapshot.frame.image.shape[:2]
-    print(f"{out}: {faces}, camera {camera_id}, {width}x{height}")
+    if n:
+        print(
+            f"{out}: {faces}, camera {camera_id}, {width}x{height} (the frame with the most "
+            f"faces of {window.frames} in {seconds:g} s)"
+        )
+    else:
+        print(
+            f"{out}: no face seen in {window.frames} frame(s) in {seconds:g} s, camera "
+            f"{camera_id}, {width}x{height}; the image is the last frame. Check the aim, "
+            f"the light and the distance (a face needs about 12 px at the detector's "
+            f"width: README, Troubleshooting), or try again with a longer --seconds"
+        )
     print(f"This image shows people: delete it once the camera is aimed (rm {out}).")
     return 0

@@ -57,8 +57,6 @@ class NoMetrics:
 
     def decided(self, camera: str, seconds: float) -> None: ...
 
-    def passed_over(self, camera: str) -> None: ...
-
     def count_play(self, display: str, ad: str, viewers: int) -> None: ...
 
 
@@ -103,12 +101,6 @@ class Metrics(NoMetrics):
             "audience and the displays' choice being updated from it.",
             ["camera"],
             buckets=TIME_BUCKETS_S,
-            registry=registry,
-        )
-        self.passed_over_frames = Counter(
-            "edge_camera_passed_over_frames",
-            "Frames left on purpose: newer than the camera's fps allows.",
-            ["camera"],
             registry=registry,
         )
         self.reconnects = Counter(
@@ -166,7 +158,6 @@ class Metrics(NoMetrics):
         )
         # Every camera's series from the start, at 0: rate() and increase() need the 0.
         for cam in config.cameras:
-            self.passed_over_frames.labels(cam.id)
             self.reconnects.labels(cam.id)
             self.unclassified.labels(cam.id)
             self.watchers.labels(cam.id)
@@ -187,9 +178,6 @@ class Metrics(NoMetrics):
 
     def decided(self, camera: str, seconds: float) -> None:
         self.latency_seconds.labels(camera).observe(seconds)
-
-    def passed_over(self, camera: str) -> None:
-        self.passed_over_frames.labels(camera).inc()
 
     def count_play(self, display: str, ad: str, viewers: int) -> None:
         """For the plays feature: one play of `ad` on `display`, watched by `viewers`."""
@@ -326,6 +314,11 @@ class _StateCollector:
             "newer one replaced them before they were taken).",
             labels=["camera"],
         )
+        passed_over = CounterMetricFamily(
+            "edge_camera_passed_over_frames",
+            "Frames left on purpose: newer than the camera's fps allows.",
+            labels=["camera"],
+        )
         online = GaugeMetricFamily(
             "edge_camera_online", "1 while the camera delivers frames, else 0.", labels=["camera"]
         )
@@ -334,8 +327,9 @@ class _StateCollector:
             captured.add_metric([cid], status.captured)
             processed.add_metric([cid], cam.frames)
             skipped.add_metric([cid], status.skipped)
+            passed_over.add_metric([cid], status.passed_over)
             online.add_metric([cid], 1.0 if status.online else 0.0)
-        yield from (captured, processed, skipped, online)
+        yield from (captured, processed, skipped, passed_over, online)
         if self.store is not None:
             yield CounterMetricFamily(
                 "edge_store_write_failures",

@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,7 +46,7 @@ from edge.outputs.mqttclient import (
 from edge.outputs.topics import SCHEMA_VERSION, Topics
 from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.records import AGE_CLASSES, GENDERS
-from edge.timefmt import iso
+from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ class PlayerBridge:
             )
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self.last_message = time.time()
+        self.last_message = now()
         display = msg.topic.split("/")[-2]
         if display not in self.displays:
             log.debug("display player: %s is not a configured display", msg.topic)

@@ -15,7 +15,6 @@ import html
 import json
 import logging
 import re
-import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -30,7 +29,7 @@ from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
 from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
 from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
-from edge.timefmt import iso
+from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +262,7 @@ class DisplayServer:
             ad = self.catalog.ads[self.catalog.default]
             content = {
                 "schema": SCHEMA_VERSION,
-                "time": iso(time.time()),
+                "time": iso(now()),
                 "display": display,
                 "ad": ad.id,
                 "title": ad.title,

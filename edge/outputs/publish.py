@@ -39,7 +39,7 @@ from edge.events import (
 )
 from edge.outputs import hass, mqttclient
 from edge.outputs.topics import SCHEMA_VERSION, Topics
-from edge.timefmt import iso
+from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +227,11 @@ class MqttPublisher:
     def emit(self, event: Event) -> None:
         """Each payload as topics.py documents it: `schema`, the keys added here (`time`
         when the event has none, `id`, `mqtt`), then the event's own fields."""
-        now = iso(time.time())
+        stamp = iso(now())
         match event:
             case CameraEvent():
                 self._set_state(
-                    self.topics.camera_status(event.camera), {"time": now, **_fields(event)}
+                    self.topics.camera_status(event.camera), {"time": stamp, **_fields(event)}
                 )
             case AudienceEvent():
                 self._set_state(
@@ -244,11 +244,11 @@ class MqttPublisher:
             case IntervalEvent():
                 self._add_report(
                     self.topics.camera_counts(event.camera),
-                    {"time": now, "id": f"{event.camera}/{event.start}", **_fields(event)},
+                    {"time": stamp, "id": f"{event.camera}/{event.start}", **_fields(event)},
                 )
             case PlayEvent():  # an id of its own already (display/start)
                 self._add_report(
-                    self.topics.display_plays(event.display), {"time": now, **_fields(event)}
+                    self.topics.display_plays(event.display), {"time": stamp, **_fields(event)}
                 )
             case StatsEvent():
                 if self._connected:

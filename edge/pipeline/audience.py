@@ -155,6 +155,13 @@ class Audience:
                 wanted.append(i)
         return wanted
 
+    def classification_rank(self, track) -> tuple[bool, float]:
+        """Which of the faces wanted now go first when a tick cannot take them all:
+        people never classified before those due again, then bigger, more frontal faces
+        (the better label, and the face most likely to be in front of the display)."""
+        person = self.people.get(track.id)
+        return (person is None or person.samples == 0, face_quality(track))
+
     def classification_due(self, tracks, now: float) -> bool:
         """A periodic reclassification is due for someone found in the last detection
         (the service detects on such frames). Someone lost cannot be classified until

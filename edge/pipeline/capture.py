@@ -1,8 +1,11 @@
 """Capture stage: one reader thread per camera, keeping only the newest frame.
 
 Live sources (V4L2 devices, RTSP/HTTP streams) are read as fast as they
-deliver; when processing falls behind, the unread frame is replaced and counted
-as skipped, never queued (Frigate keeps a queue of 2 and counts skipped_fps).
+deliver. Frames that come faster than the camera's target `fps` are passed over
+here (counted, not handed on: a 60 fps camera at fps 15 hands on every fourth);
+when processing falls behind, a due frame that was not taken yet is replaced by
+the next one and counted as skipped, never queued (Frigate keeps a queue of 2 and
+counts skipped_fps). So `skipped` means the pipeline could not keep up, nothing else.
 Files and image folders can instead be read `paced` (at their own frame rate,
 as a stand-in camera) or `every_frame` (offline analysis: the reader waits for
 the pipeline, nothing is dropped, timestamps come from the file's frame rate).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -35,6 +39,7 @@ from edge.errors import EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, InputError
 from edge.pipeline import images
 from edge.pipeline.images import jpeg_truncated  # noqa: F401 (kept importable from here)
 from edge.redact import redact
+from edge.timefmt import now
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 class Frame:
     camera: str
     index: int  # frames delivered by this camera so far (0-based)
-    timestamp: float  # capture time, seconds (wall clock; file time in every_frame mode)
+    # capture time, seconds of edge.timefmt.now() (monotonic; file time in every_frame mode)
+    timestamp: float
     image: np.ndarray  # BGR
 
 
@@ -59,7 +65,8 @@ class CameraStatus:
     online: bool = False
     ended: bool = False
     captured: int = 0
-    skipped: int = 0
+    skipped: int = 0  # due frames replaced before the pipeline took them: it fell behind
+    passed_over: int = 0  # frames faster than the target fps, left on purpose
     last_error: str = ""
     exit_status: int = 0  # offline: why the source ended (65 bad data, 66 unreadable), 0 fine
     bad_files: int = 0  # images a folder camera skipped
@@ -305,6 +312,7 @@ class CameraReader:
         self._online_since = 0.0
         self._delivered = 0  # frames handed over since start, across reopens
         self._slot: Frame | None = None
+        self._last_due = -math.inf  # timestamp of the last frame handed on (not passed over)
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera_id}", daemon=True)
@@ -343,16 +351,22 @@ class CameraReader:
 
     def _publish(self, frame: Frame) -> None:
         with self._cond:
+            self.status.captured += 1
             if self.mode == "every_frame":
                 self._cond.wait_for(lambda: self._slot is None or self._stop.is_set())
-            elif self._slot is not None:
-                self.status.skipped += 1
+            else:
+                # 0.9: a camera's own jitter must not pass over a frame that is on time.
+                if self.fps > 0 and frame.timestamp - self._last_due < 0.9 / self.fps:
+                    self.status.passed_over += 1
+                    return
+                self._last_due = frame.timestamp
+                if self._slot is not None:
+                    self.status.skipped += 1
             self._slot = frame
-            self.status.captured += 1
             self._cond.notify_all()
 
     def reconnects_last_hour(self) -> int:
-        cutoff = time.time() - 3600
+        cutoff = time.monotonic() - 3600
         while self._reconnects and self._reconnects[0] < cutoff:
             self._reconnects.popleft()
         return len(self._reconnects)
@@ -364,7 +378,7 @@ class CameraReader:
             try:
                 reader = self._opener(self.source, self.loop, self.fps, self.stall_timeout_s)
                 if opened_once:
-                    self._reconnects.append(time.time())
+                    self._reconnects.append(time.monotonic())
                 opened_once = True
                 self._read_frames(reader, getattr(reader, "fps", 0.0) or self.fps)
                 return  # stopped or ended
@@ -392,7 +406,9 @@ class CameraReader:
 
     def _read_frames(self, reader, file_fps: float) -> None:
         interval = 1.0 / file_fps if file_fps > 0 else 0.0
-        started, first = time.time(), self._delivered
+        # Pacing and frame times are monotonic: a step of the wall clock must not make
+        # a paced file sleep for an hour or hand the pipeline frames from the future.
+        started, first = now(), self._delivered
         while not self._stop.is_set():
             try:
                 image = reader.read()
@@ -423,18 +439,18 @@ class CameraReader:
             if self.mode == "every_frame":
                 timestamp = started + n * interval
             else:
-                timestamp = time.time()
+                timestamp = now()
             self._publish(Frame(self.camera_id, self._delivered, timestamp, image))
             self._delivered += 1
             if self.mode == "paced" and interval:
                 # Sleep to the file's own clock, not a fixed gap, so slow reads don't drift.
-                delay = started + (n + 1) * interval - time.time()
+                delay = started + (n + 1) * interval - now()
                 if delay > 0:
                     self._stop.wait(delay)
                 elif delay < -max(2 * interval, 0.25):
                     # A stall (a slow disk, a reopen): catching up would hand over a burst
                     # that the pipeline cannot take and count as skipped. Start the clock over.
-                    started, first = time.time(), self._delivered
+                    started, first = now(), self._delivered
 
     def _failed(self, reason: str, exit_status: int) -> None:
         log.error("camera %s: %s", self.camera_id, reason)
