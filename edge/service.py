@@ -371,7 +371,7 @@ class Service:
                 "override",
                 None,
                 {},
-                time.time(),
+                now(),
             )
         )
 
