@@ -52,6 +52,24 @@ def faketime_lib() -> str:
     return found
 
 
+def faketime_env(tmp_path: Path, lib: str, offset: Path, start: str = "+0") -> dict:
+    """The environment of a process whose wall clock reads `offset`'s contents (libfaketime
+    syntax: -3600, +1d), re-read on every call so a test can step it; the monotonic
+    clock stays real, and time.sleep is shimmed (SLEEP_SHIM)."""
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SLEEP_SHIM)
+    offset.write_text(f"{start}\n")
+    return {
+        **os.environ,
+        "LD_PRELOAD": lib,
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",  # read the offset on every call: the step is at once
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])),
+    }
+
+
 def parse(label: str) -> float:
     return dt.datetime.fromisoformat(label).timestamp()
 
@@ -81,19 +99,8 @@ def run_with_step(tmp_path: Path, step: str) -> dict:
         "stats: {interval_s: 1}\naudience: {interval_s: 3}\n"
         f"cameras:\n  - {{id: door, source: {folder}, fps: {FPS}}}\n"
     )
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    (shim / "sitecustomize.py").write_text(SLEEP_SHIM)
     offset = tmp_path / "faketime"
-    offset.write_text("+0\n")
-    env = {
-        **os.environ,
-        "LD_PRELOAD": lib,
-        "FAKETIME_TIMESTAMP_FILE": str(offset),
-        "FAKETIME_NO_CACHE": "1",  # read the offset on every call: the step is at once
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")])),
-    }
+    env = faketime_env(tmp_path, lib, offset)
     events: list[tuple[float, dict]] = []
     seen = threading.Event()
     started = time.monotonic()
@@ -191,6 +198,35 @@ def check_time_rules(run: dict, step_s: float) -> None:
     assert people(summary) == 3, summary
     assert total(summary["unique_visitors"]) + sum(summary["gender_unknown"].values()) == 3
     assert f"the wall clock stepped by {step_s:+.1f} s" in run["log"], run["log"]
+
+
+@pytest.mark.slow
+def test_a_service_started_100_days_ahead_deletes_nothing(tmp_path):
+    """The real service, started with its wall clock 100 days ahead (as a box whose RTC
+    jumped), on a store holding a day's intervals: it keeps them all, says why in one
+    line, and adds its own (on main, such a start pruned 21 of 22 for good)."""
+    from test_store import fill_like_a_day, rows
+
+    lib = faketime_lib()
+    state = tmp_path / "state"
+    state.mkdir()
+    fill_like_a_day(state / "audience.db", time.time())
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"models:\n  dir: {ROOT / 'models'}\nmetrics: {{port: 0}}\nstate_dir: {state}\n"
+        "store: {retention_days: 90}\n"
+    )
+    env = faketime_env(tmp_path, lib, tmp_path / "faketime", start="+100d")
+    clip = ROOT.parent / "shared" / "media" / "face-demographics-walking-and-pause.gif"
+    proc = edge_process(
+        "--config", str(config), "run", "--source", str(clip), "--store", "--jsonl", env=env
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "days ahead of the newest record" in err, err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["type"] == "summary" and people(summary) == 3
+    assert rows(state / "audience.db", "intervals") > 22  # the day's 22, and this run's
 
 
 @pytest.mark.slow

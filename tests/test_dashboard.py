@@ -251,10 +251,11 @@ def test_ranges_export_and_states_that_agree(browser, tmp_path):  # noqa: F811
     import io
 
     from test_report import play_event, store_config
-    from test_store import interval
 
     from edge.commands.report import day_range
     from edge.events import AudienceEvent, CameraEvent, CameraStats, StatsEvent
+
+    from test_store import interval
 
     today_start, _ = day_range("today")
     yesterday_start, _ = day_range("yesterday")

@@ -12,10 +12,10 @@ import time
 
 from test_mqtt import run_to_end, write_config
 from test_report import play_event, store_config
-from test_store import interval
 
 from broker import Subscriber
 from conftest import ROOT, need, run_edge
+from test_store import interval
 
 NAME = re.compile(r"`([A-Za-z0-9_]+)`")
 
