@@ -178,6 +178,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # A reply goes out as two writes (head, then body): with Nagle's algorithm the
+        # body waits for the client's delayed ACK of the head, 40 ms on Linux, on every
+        # keep-alive request (measured on the photo API: 64 ms a one-face photo, 24 ms
+        # of it the models).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = DeadlineReader(self.connection)
         self.rfile = io.BufferedReader(self._reader)
 
