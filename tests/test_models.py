@@ -105,3 +105,28 @@ def test_models_list_names_licence_and_training_data_of_the_configured_backend(t
     config.write_text(f"models:\n  dir: {MODELS}\nclassifier:\n  backend: cydral\n")
     cydral = run_edge("--config", str(config), "models", "list").stdout
     assert "faceapi" not in cydral and "Cydral's private" in cydral
+
+
+def test_a_committed_model_is_verified_never_fetched(tmp_path):
+    """A model trained here (tools/train_classifier.py) lives in the repository: fetch
+    leaves it alone, verify checks its pin, and a damaged copy names the git command
+    that restores it."""
+    import hashlib
+
+    data = b"a model trained here"
+    (tmp_path / "trained.onnx").write_bytes(data)
+    (tmp_path / "manifest.yaml").write_text(
+        "models:\n  trained:\n    role: age-gender\n    file: trained.onnx\n"
+        f"    sha256: {hashlib.sha256(data).hexdigest()}\n    committed: true\n"
+        "    license: MIT\n    training_data: FairFace (CC BY 4.0)\n"
+    )
+    specs = modelstore.load_manifest(tmp_path)
+    assert specs["trained"].kind == "committed"
+    assert modelstore.fetch(specs, tmp_path) == []  # nothing downloaded or built
+    assert modelstore.verify(specs["trained"], tmp_path) == tmp_path / "trained.onnx"
+    (tmp_path / "trained.onnx").write_bytes(b"damaged")
+    with pytest.raises(ModelError, match=r"corrupt.*git checkout -- models/trained.onnx"):
+        modelstore.fetch(specs, tmp_path)
+    (tmp_path / "trained.onnx").unlink()
+    with pytest.raises(ModelError, match=r"missing.*git checkout -- models/trained.onnx"):
+        modelstore.verify(specs["trained"], tmp_path)

@@ -53,10 +53,20 @@ class ModelSpec:
     npm_integrity: str = ""
     built_from: tuple[str, ...] = ()  # ... or built by `builder` from other entries
     builder: str = ""
+    committed: bool = False  # ... or trained here and committed beside the manifest
 
     @property
     def kind(self) -> str:
+        if self.committed:
+            return "committed"
         return "build" if self.built_from else "npm" if self.npm_package else "wheel"
+
+    @property
+    def fix(self) -> str:
+        """The command that restores this file."""
+        if self.committed:
+            return f"git checkout -- models/{self.file}"
+        return FIX_COMMAND
 
 
 # What builds a `build:` entry: converter name -> function(input paths, output path).
@@ -84,6 +94,11 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
                 license=entry["license"],
                 training_data=str(entry.get("training_data", "")),
             )
+            if entry.get("committed"):
+                # A model this project trains (tools/train_classifier.py): the file is in
+                # the repository, with its model card; nothing fetches it.
+                specs[name] = ModelSpec(**common, committed=True)
+                continue
             if "build" in entry:
                 build = entry["build"]
                 specs[name] = ModelSpec(
@@ -153,13 +168,13 @@ def verify(spec: ModelSpec, models_dir: Path) -> Path:
     if not path.is_file():
         raise ModelError(
             f"model file {path} is missing (expected sha256 {spec.sha256}); "
-            f"run '{FIX_COMMAND}' to download it"
+            f"run '{spec.fix}' to {'restore' if spec.committed else 'download'} it"
         )
     actual = sha256_file(path)
     if actual != spec.sha256:
         raise ModelError(
             f"model file {path} is corrupt: sha256 {actual}, expected {spec.sha256}; "
-            f"run '{FIX_COMMAND}' to replace it"
+            f"run '{spec.fix}' to replace it"
         )
     return path
 
@@ -169,8 +184,15 @@ def verify_all(specs: dict[str, ModelSpec], models_dir: Path) -> dict[str, Path]
 
 
 def fetch(specs: dict[str, ModelSpec], models_dir: Path, force: bool = False) -> list[Path]:
-    """Download (or build) missing or corrupt model files; return the paths written."""
-    wanted = [s for s in specs.values() if force or not _is_good(s, models_dir)]
+    """Download (or build) missing or corrupt model files; return the paths written.
+    A committed model is never fetched: one that is missing or corrupt is an error
+    naming the git command that restores it."""
+    for spec in specs.values():
+        if spec.committed:
+            verify(spec, models_dir)
+    wanted = [
+        s for s in specs.values() if not s.committed and (force or not _is_good(s, models_dir))
+    ]
     # A built file is rebuilt when any of its inputs is fetched again.
     names = {s.name for s in wanted}
     wanted += [
