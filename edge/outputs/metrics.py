@@ -34,10 +34,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edge import __version__
 from edge.config import Config
+from edge.errors import EdgeError
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
 from edge.outputs.access import HostCheck
 from edge.outputs.store import play_segments
-from edge.outputs.web import Handler, HttpServer, HttpServer6
+from edge.outputs.web import Handler, HttpServer, bind, serve, url
 from edge.records import AGE_CLASSES, SEGMENT_GENDERS
 
 log = logging.getLogger(__name__)
@@ -231,34 +232,27 @@ class Metrics(NoMetrics):
         connections are capped (metrics.max_connections) and the Host header must name
         this box, so idle sockets cannot pile up threads and a rebound name cannot read it."""
         cfg = self.config.metrics
-        server_class = HttpServer6 if ":" in cfg.listen else HttpServer
         try:
-            server = server_class(
+            server = bind(
+                HttpServer,
                 (cfg.listen, cfg.port),
                 _MetricsHandler,
+                "metrics.listen and metrics.port",
+                name="metrics",
                 hosts=HostCheck(self.config.host_names),
                 max_connections=cfg.max_connections,
             )
-        except OSError as exc:
+        except EdgeError as exc:
             log.error(
-                "metrics: cannot listen on %s:%d: %s; the service runs without "
-                "/metrics — fix: set metrics.port to a free port (or 0 to turn it off)",
-                cfg.listen,
-                cfg.port,
-                exc.strerror or exc,
+                "%s; the service runs without /metrics — fix: set metrics.port to a free "
+                "port (or 0 to turn it off)",
+                exc,
             )
             return False
-        server.name = "metrics"
         server.app = self
-        threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="metrics-http",
-            daemon=True,
-        ).start()
+        serve(server, "metrics-http")
         self._server = server
-        host, port = server.server_address[:2]
-        log.info("metrics: http://%s:%d/metrics", host, port)
+        log.info("metrics: %s", url(cfg.listen, server.server_address[1], "/metrics"))
         return True
 
     @property
