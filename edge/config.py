@@ -102,15 +102,18 @@ class ClassifierConfig:
         "Age/gender model: cydral (CC0, dlib-models age and gender "
         "networks, trained on the publisher's own data), faceapi (face-api.js's "
         "AgeGenderNet, MIT weights trained partly on research-only datasets), "
+        "faceapi-fairface (that network fine-tuned here on FairFace, CC BY 4.0: "
+        "models/faceapi-fairface.md), "
         "ensemble (the mean of classifier.members) or insightface (a "
         "genderage.onnx you provide; the InsightFace packs are licensed for "
         "non-commercial use only). Default: the ensemble of faceapi and cydral. "
         'README "Models" lists each one\'s training data.',
-        choices=("cydral", "faceapi", "ensemble", "insightface"),
+        choices=("cydral", "faceapi", "faceapi-fairface", "ensemble", "insightface"),
     )
     members: list = opt(
         ["faceapi", "cydral"],
-        "Backends averaged by backend: ensemble (any of cydral, faceapi, insightface; each once).",
+        "Backends averaged by backend: ensemble (any of cydral, faceapi, "
+        "faceapi-fairface, insightface; each once).",
     )
     weights: list | None = opt(
         None,
@@ -1009,7 +1012,7 @@ def _cross_checks(config: Config, problems: Problems) -> None:
 def _check_ensemble(c, add) -> None:
     if c.backend != "ensemble":
         return
-    members = ("cydral", "faceapi", "insightface")
+    members = ("cydral", "faceapi", "faceapi-fairface", "insightface")
     if (
         not c.members
         or any(m not in members for m in c.members)

@@ -22,6 +22,7 @@ ALL_CHECKS = {
     "model faceapi-weights-manifest",
     "model faceapi-weights",
     "model faceapi",
+    "model faceapi-fairface",
     "classifier provenance",
     "camera entrance",
     "broker",

@@ -368,3 +368,19 @@ def test_box_chip_of_a_frontal_face_is_close_to_the_eye_line_chip(photo_faces):
         assert abs(centre[0] - (aligned[0] + aligned[2] / 2)) < 0.15 * aligned[2]
         assert abs(centre[1] - (aligned[1] + aligned[3] / 2)) < 0.15 * aligned[3]
         assert 0.8 < sw * w / aligned[2] < 1.25 and 0.8 < sh * h / aligned[3] < 1.25
+
+
+def test_the_fairface_fine_tuned_network_runs_as_a_backend_and_a_member(config, photo_faces):
+    """faceapi-fairface (models/faceapi-fairface.md) loads from its committed, pinned file
+    and runs alone and beside Cydral; its chips use the box crop it was trained on."""
+    frame, faces = photo_faces
+    alone = backend(config, "faceapi-fairface")
+    assert alone.settings.turned_yaw == classify.FAIRFACE_TURNED_YAW
+    assert alone.calibration is classify.FAIRFACE_CALIBRATION
+    demo = alone(frame, faces)
+    assert (
+        demo.ages.shape == (len(faces),) and ((demo.male_probs >= 0) & (demo.male_probs <= 1)).all()
+    )
+    assert list(demo.age_classes) == ["adult"] * len(faces)  # the group photo's six adults
+    pair = backend(config, "ensemble", members=["faceapi-fairface", "cydral"])
+    assert pair(frame, faces).ages.shape == (len(faces),)

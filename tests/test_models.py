@@ -31,7 +31,9 @@ def test_fetched_models_verify():
         "faceapi-weights-manifest",
         "faceapi-weights",
         "faceapi",
+        "faceapi-fairface",
     }
+    assert specs["faceapi-fairface"].kind == "committed"
     paths = modelstore.verify_all(specs, MODELS)
     assert all(p.is_file() for p in paths.values())
 

@@ -10,6 +10,7 @@ InsightFace genderage.onnx. All return `Demographics`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -297,6 +298,12 @@ FACEAPI_CALIBRATION = RegressionCalibration(
     age_knots=((0.0, 0.0), (17.5, 18.0), (58.5, 60.0), (80.0, 80.0)), age_spread=0.19
 )
 
+# face-api's network fine-tuned on FairFace's train split (models/faceapi-fairface.md):
+# it learnt ages from FairFace's groups, so no age map; the class spread as face-api's.
+# Its chips were cut with the box crop past this turn (classify.faceapi_chips).
+FAIRFACE_CALIBRATION = RegressionCalibration(age_spread=0.19)
+FAIRFACE_TURNED_YAW = 0.5
+
 # Ensembles calibrated as a whole: the weighted mean of the members' calibrated ages
 # mapped again and spread into classes (tools/calibrate.py, docs/calibration.md
 # section 8), keyed by (member, weight) pairs. Other member sets or weights use the
@@ -331,7 +338,9 @@ class FaceApiAgeGender(ChipBackend):
         model: Path,
         placement: runtime.Placement = runtime.Placement(),
         settings: ChipSettings = ChipSettings(),
+        calibration: RegressionCalibration | None = None,
     ):
+        """`calibration`: the network's own (default: FACEAPI_CALIBRATION, face-api's)."""
         sess = placement.session(
             model, "faceapi", batch_inputs={faceapi.INPUT_NAME: (3, self.SIZE, self.SIZE)}
         )
@@ -344,7 +353,9 @@ class FaceApiAgeGender(ChipBackend):
             sess, placement.gpu, (faceapi.AGE_OUTPUT, faceapi.GENDER_OUTPUT)
         )
         self.settings = settings
-        self.calibration = FACEAPI_CALIBRATION if settings.calibrated else RegressionCalibration()
+        self.calibration = (
+            (calibration or FACEAPI_CALIBRATION) if settings.calibrated else RegressionCalibration()
+        )
         self.provider = runtime.active_provider(sess)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray]:
@@ -576,7 +587,12 @@ def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
 
 
 # Manifest models each backend loads (the insightface backend's file is the operator's).
-BACKEND_MODELS = {"cydral": ("age", "gender"), "faceapi": ("faceapi",), "insightface": ()}
+BACKEND_MODELS = {
+    "cydral": ("age", "gender"),
+    "faceapi": ("faceapi",),
+    "faceapi-fairface": ("faceapi-fairface",),
+    "insightface": (),
+}
 
 
 def model_names(config: Config) -> set[str]:
@@ -614,6 +630,13 @@ def _create(config: Config, backend: str, model_paths: dict[str, Path], member: 
         )
     if backend == "faceapi":
         return FaceApiAgeGender(model_paths["faceapi"], placement, settings)
+    if backend == "faceapi-fairface":
+        # Trained on chips cut with FAIRFACE_TURNED_YAW (tools/train_classifier.py): the
+        # crop is part of the model, whatever classifier.turned_yaw says for face-api's.
+        fairface = dataclasses.replace(settings, turned_yaw=FAIRFACE_TURNED_YAW)
+        return FaceApiAgeGender(
+            model_paths["faceapi-fairface"], placement, fairface, FAIRFACE_CALIBRATION
+        )
     # config validation requires classifier.model for insightface (alone or a member)
     model = config.classifier.model
     assert model is not None
