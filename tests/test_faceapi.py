@@ -227,13 +227,18 @@ def npm_env(tmp_path, monkeypatch):
 
 
 def faceapi_models(tmp_path, pin_tarball: bytes) -> tuple:
-    """A models folder with the face-api entries only, pinned to `pin_tarball`."""
+    """A models folder with the face-api entries only (the npm files and the build; not
+    the fine-tuned network committed beside them), pinned to `pin_tarball`."""
     import yaml
 
     target = tmp_path / "models"
     target.mkdir()
     manifest = yaml.safe_load((MODELS / "manifest.yaml").read_text())
-    entries = {k: v for k, v in manifest["models"].items() if k.startswith("faceapi")}
+    entries = {
+        k: v
+        for k, v in manifest["models"].items()
+        if k.startswith("faceapi") and not v.get("committed")
+    }
     for entry in entries.values():
         if "source" in entry:
             entry["source"]["integrity"] = integrity(pin_tarball)

@@ -71,7 +71,7 @@ def test_models_verify_cli(models_copy, tmp_path):
     config.write_text(f"models:\n  dir: {models_copy}\n")
     ok = run_edge("--config", str(config), "models", "verify")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.count("OK ") == 6
+    assert ok.stdout.count("OK ") == len(modelstore.load_manifest(MODELS))  # every file
     (models_copy / "centerface.onnx").write_bytes(b"x")
     bad = run_edge("--config", str(config), "models", "verify")
     assert bad.returncode == 1
@@ -111,8 +111,8 @@ def test_models_list_names_licence_and_training_data_of_the_configured_backend(t
 
 def test_a_committed_model_is_verified_never_fetched(tmp_path):
     """A model trained here (tools/train_classifier.py) lives in the repository: fetch
-    leaves it alone, verify checks its pin, and a damaged copy names the git command
-    that restores it."""
+    leaves it alone, verify checks its pin and names the git command that restores a
+    damaged or missing copy."""
     import hashlib
 
     data = b"a model trained here"
@@ -127,8 +127,9 @@ def test_a_committed_model_is_verified_never_fetched(tmp_path):
     assert modelstore.fetch(specs, tmp_path) == []  # nothing downloaded or built
     assert modelstore.verify(specs["trained"], tmp_path) == tmp_path / "trained.onnx"
     (tmp_path / "trained.onnx").write_bytes(b"damaged")
+    assert modelstore.fetch(specs, tmp_path) == []  # not fetch's to replace
     with pytest.raises(ModelError, match=r"corrupt.*git checkout -- models/trained.onnx"):
-        modelstore.fetch(specs, tmp_path)
+        modelstore.verify(specs["trained"], tmp_path)
     (tmp_path / "trained.onnx").unlink()
     with pytest.raises(ModelError, match=r"missing.*git checkout -- models/trained.onnx"):
         modelstore.verify(specs["trained"], tmp_path)

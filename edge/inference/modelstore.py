@@ -185,11 +185,8 @@ def verify_all(specs: dict[str, ModelSpec], models_dir: Path) -> dict[str, Path]
 
 def fetch(specs: dict[str, ModelSpec], models_dir: Path, force: bool = False) -> list[Path]:
     """Download (or build) missing or corrupt model files; return the paths written.
-    A committed model is never fetched: one that is missing or corrupt is an error
-    naming the git command that restores it."""
-    for spec in specs.values():
-        if spec.committed:
-            verify(spec, models_dir)
+    A committed model is left alone: it comes with the repository, and `verify` names
+    the git command that restores a missing or damaged one."""
     wanted = [
         s for s in specs.values() if not s.committed and (force or not _is_good(s, models_dir))
     ]
