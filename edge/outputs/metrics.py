@@ -38,7 +38,7 @@ from edge.errors import EdgeError
 from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
 from edge.outputs.access import HostCheck
 from edge.outputs.store import play_segments
-from edge.outputs.web import Handler, HttpServer, bind, serve, url
+from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
 from edge.records import AGE_CLASSES, SEGMENT_GENDERS
 
 log = logging.getLogger(__name__)
@@ -265,11 +265,7 @@ class Metrics(NoMetrics):
 
             # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread
             # so neither that nor a stuck scrape holds up the service's stop.
-            def close():
-                server.shutdown()
-                server.server_close()
-
-            threading.Thread(target=close, name="metrics-stop", daemon=True).start()
+            threading.Thread(target=close, args=(server,), name="metrics-stop", daemon=True).start()
 
 
 class _MetricsHandler(Handler):
