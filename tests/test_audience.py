@@ -83,6 +83,31 @@ def test_samples_combine_into_a_stable_label():
     np.testing.assert_allclose(person.class_probs.sum(), 1)
 
 
+def test_bigger_frontal_looks_weigh_more_and_replace_turned_ones():
+    """Samples are weighed by face quality (size x frontal factor), and a strongly
+    turned head's looks give way to the first frontal look (issue 26: gender was wrong
+    on 1 in 3 turned chips, 1 in 8 frontal ones)."""
+    aud = Audience("cam", AudienceConfig(max_samples=2, reclassify_interval_s=100.0))
+    turned = track(5, 0, 0.0, width=80, landmarks=TURNED)
+    aud.add_samples([turned], demo([0.05, 0.9, 0.05], 0.9), 0.0)  # turned: "male"
+    person = aud.people[5]
+    assert person.gender == "male" and not person.frontal_seen
+    aud.add_samples([turned], demo([0.05, 0.9, 0.05], 0.8), 0.1)
+    # the cap is reached, but only turned looks so far: a frontal look is still wanted,
+    # even a smaller one (its quality beats the turned looks' by far)
+    frontal = track(5, 0, 0.2, width=40)
+    assert aud.wants_classification([frontal], 0.2) == [0]
+    aud.add_samples([frontal], demo([0.05, 0.9, 0.05], 0.2), 0.2)  # frontal: "female"
+    assert person.gender == "female" and person.samples == 3 and person.frontal_seen
+    assert abs(person.male_prob - 0.2) < 1e-6  # the turned looks are gone
+    assert aud.wants_classification([track(5, 0, 0.3, width=200)], 0.3) == []  # cap now holds
+    # a small, later frontal look counts for less than a big one
+    aud2 = Audience("cam")
+    aud2.add_samples([track(6, 0, 0.0, width=120)], demo([0.1, 0.8, 0.1], 0.3), 0.0)
+    aud2.add_samples([track(6, 0, 0.1, width=30)], demo([0.1, 0.8, 0.1], 0.8), 0.1)
+    assert aud2.people[6].gender == "female"  # the big look (P 0.3) outweighs the small one
+
+
 def test_dwell_attention_and_a_counted_visit():
     aud = Audience("cam", AudienceConfig(min_attention_s=1.0, min_visit_s=0.5))
     changed = []

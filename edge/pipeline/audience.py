@@ -3,7 +3,9 @@
 Per confirmed track it decides when a face is worth classifying (first when
 confirmed, then only for a clearly better view or after an interval, up to a
 cap: DeepStream's secondary classifiers re-infer on box growth or interval),
-combines the samples into a stable label (mean log-probabilities), and keeps
+combines the samples into a stable label (log-probabilities averaged with each look's
+quality as its weight: bigger and more frontal faces count for more, and the looks of
+a strongly turned head are dropped once a frontal one comes), and keeps
 dwell time (first to last seen) and attention time (face turned to the camera,
 estimated from the five landmarks; the display sits next to the camera).
 
@@ -50,9 +52,12 @@ class Person:
     first_seen: float
     last_seen: float
     samples: int = 0
+    # quality-weighted sums of the samples' log-probabilities and log-odds, and of the weights
     class_log_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
     male_logit_sum: float = 0.0
+    weight_sum: float = 0.0
     best_quality: float = 0.0
+    frontal_seen: bool = False  # a sample of a head not strongly turned
     last_classified: float = -math.inf
     attention_s: float = 0.0
     watching: bool = False
@@ -63,13 +68,13 @@ class Person:
 
     @property
     def class_probs(self) -> np.ndarray:
-        mean = self.class_log_sum / max(self.samples, 1)
+        mean = self.class_log_sum / max(self.weight_sum, _EPS)
         p = np.exp(mean - mean.max())
         return p / p.sum()
 
     @property
     def male_prob(self) -> float:
-        return 1.0 / (1.0 + math.exp(-self.male_logit_sum / max(self.samples, 1)))
+        return 1.0 / (1.0 + math.exp(-self.male_logit_sum / max(self.weight_sum, _EPS)))
 
     @property
     def age_class(self) -> str:
@@ -92,11 +97,26 @@ class Person:
         return f"{self.age_class}_{self.gender if sure else 'unknown'}"
 
     def add_sample(
-        self, class_probs: np.ndarray, male_prob: float, quality: float, now: float
+        self,
+        class_probs: np.ndarray,
+        male_prob: float,
+        quality: float,
+        now: float,
+        turned: bool = False,
     ) -> None:
-        self.class_log_sum += np.log(np.clip(class_probs, _EPS, 1.0))
+        """One look, weighted by its quality (face_quality). A head turned past TURNED_YAW
+        shows half a face, or a zoomed one: gender was wrong on 1 in 3 such chips against
+        1 in 8 frontal ones (issue 26). Its looks count until the first frontal one,
+        which replaces them all."""
+        if not turned and not self.frontal_seen:
+            self.class_log_sum = np.zeros(3)
+            self.male_logit_sum = self.weight_sum = 0.0
+            self.frontal_seen = True
+        weight = max(quality, _EPS)
+        self.class_log_sum += weight * np.log(np.clip(class_probs, _EPS, 1.0))
         p = min(max(male_prob, _EPS), 1 - _EPS)
-        self.male_logit_sum += math.log(p / (1 - p))
+        self.male_logit_sum += weight * math.log(p / (1 - p))
+        self.weight_sum += weight
         self.samples += 1
         self.best_quality = max(self.best_quality, quality)
         self.last_classified = now
@@ -145,10 +165,12 @@ class Audience:
             if person is None or person.samples == 0:
                 wanted.append(i)
                 continue
-            if person.samples >= s.max_samples:
-                continue
-            better = (
-                better_faces and face_quality(track) >= s.better_face_ratio * person.best_quality
+            if person.samples >= s.max_samples and person.frontal_seen:
+                continue  # (only turned looks so far: a frontal one is still wanted)
+            frontal_now = abs(head_pose(track.landmarks)[0]) <= TURNED_YAW
+            better = better_faces and (
+                face_quality(track) >= s.better_face_ratio * person.best_quality
+                or (frontal_now and not person.frontal_seen)
             )
             due = now - person.last_classified >= s.reclassify_interval_s
             if better or due:
@@ -188,6 +210,7 @@ class Audience:
                 float(demographics.male_probs[i]),
                 face_quality(track),
                 now,
+                turned=abs(head_pose(track.landmarks)[0]) > TURNED_YAW,
             )
 
     # -- per-frame update ----------------------------------------------------------
@@ -327,8 +350,14 @@ def add_to_segment(segments: dict, key: str, **figures: float) -> None:
         row[name] = round(total, 3) if isinstance(total, float) else total
 
 
+# head_pose's yaw past which a look is strongly turned (about 40 degrees): its samples
+# give way to the first frontal one (Person.add_sample).
+TURNED_YAW = 0.45
+
+
 def face_quality(track) -> float:
-    """Bigger and more frontal is better: box width times a frontal factor."""
+    """Bigger and more frontal is better: box width (more pixels of the face) times a
+    frontal factor. It ranks looks for classification and weighs their samples."""
     width = float(track.box[2] - track.box[0])
     yaw, _ = head_pose(track.landmarks)
     return width * max(0.1, 1.0 - abs(yaw) / 0.6)
