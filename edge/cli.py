@@ -54,10 +54,14 @@ def cmd_models(args, cfg) -> int:
             else ""
         )
         print(f"detector {cfg.detector.backend}, classifier {backend}:")
+        if args.all:  # every network the manifest pins (not the files they are built from)
+            names = [n for n, spec in specs.items() if spec.role != "source"]
         for name in names:
             spec = specs[name]
+            used = "" if not args.all or name in modelstore.configured_models(cfg) else "  (unused)"
             print(
-                f"{spec.role:10s} {name:10s} {spec.file}\n           {modelstore.provenance(spec)}"
+                f"{spec.role:10s} {name:10s} {spec.file}{used}\n"
+                f"           {modelstore.provenance(spec)}"
             )
         for key, path in (
             ("detector.model", cfg.detector.model),
@@ -478,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=("fetch", "verify", "list"))
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
+    p.add_argument(
+        "--all", action="store_true", help="list: every model of the manifest, not only the used"
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="the real-time service: cameras in, audience events out")
