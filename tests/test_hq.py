@@ -447,3 +447,36 @@ def test_a_bad_config_is_one_line_naming_file_and_key(tmp_path):
     for needle in ("hq.yaml", "'broker.port' is 99999", "unknown key 'ingest.batch_sise'",
                    "'broker.share_group' is 'a/b'"):  # fmt: skip
         assert needle in lines[0]
+
+
+def test_the_example_hq_yaml_is_valid_and_complete():
+    from edge.hq import config as hq_config
+
+    root = Path(__file__).resolve().parent.parent
+    example = hq_config.load(root / "hq.yaml")
+    assert example.client_id == "edge-hq-1" and example.broker.share_group == "edge-hq"
+    text = (root / "hq.yaml").read_text()
+    sections = {key.split(".")[0] for key, _, _ in config_mod.reference(hq_config.HqConfig)}
+    assert all(f"\n{section}:" in text for section in sections)
+
+
+def test_the_box_names_its_time_zone(monkeypatch):
+    """stats' `timezone` (timefmt.zone_name): the IANA name where the box has one,
+    else its UTC offset now."""
+    import sys
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    assert zone_name() == "Europe/Berlin"
+    monkeypatch.setenv("TZ", ":America/New_York")
+    assert zone_name() == "America/New_York"
+    monkeypatch.setenv("TZ", "/usr/share/zoneinfo/Asia/Tokyo")
+    assert zone_name() == "Asia/Tokyo"
+    # A POSIX rule names no zone: the offset (its sign is POSIX's, reversed).
+    result = subprocess.run(
+        [sys.executable, "-c", "from edge.timefmt import zone_name; print(zone_name())"],
+        env={"TZ": "XYZ-5:30", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.stdout.strip() == "+05:30", result.stderr
