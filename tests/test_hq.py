@@ -225,7 +225,8 @@ def expected(intervals: int, plays: int = 0, visitors: int = 3) -> tuple:
 
 def test_a_box_s_messages_arrive_as_rows(make_broker, pg_url, tmp_path, hqs):
     broker = make_broker()
-    hq = hqs(hq_config(tmp_path, broker.port, pg_url)).start()
+    metrics = free_port()
+    hq = hqs(hq_config(tmp_path, broker.port, pg_url, metrics={"port": metrics})).start()
     box = Box(tmp_path, broker.port, "s1")
     try:
         box.emit(*(interval("door", n) for n in range(30)), *(play("front", n) for n in range(5)))
@@ -260,6 +261,11 @@ def test_a_box_s_messages_arrive_as_rows(make_broker, pg_url, tmp_path, hqs):
     tz, availability, stats = query(pg_url, "SELECT tz, availability, stats FROM stores")[0]
     assert tz == zone_name() and availability == "offline" and stats["timezone"] == zone_name()
     assert query(pg_url, "SELECT count(*) FROM rejected") == [(0,)]
+    # messages/s, lag and batch sizes on /metrics
+    assert hq.metric(metrics, "edge_hq_messages_total") >= 30 + 5 + 2
+    assert hq.metric(metrics, "edge_hq_lag_seconds_count") >= 35
+    assert hq.metric(metrics, "edge_hq_batch_size_sum") >= 35
+    assert hq.metric(metrics, "edge_hq_database_connected") == 1
     assert hq.stop() == 0
 
 
@@ -283,7 +289,9 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     make_broker, pg_url, tmp_path, hqs
 ):
     broker = make_broker()
-    config = hq_config(tmp_path, broker.port, pg_url, ingest={"max_message_bytes": 4096})
+    config = hq_config(
+        tmp_path, broker.port, pg_url, ingest={"max_message_bytes": 4096, "rejected_max_rows": 10}
+    )
     hqs(config).start()
     good = interval("door", 1)
     topic = "edge/s1/cameras/door/counts"
@@ -318,6 +326,12 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     rows = query(pg_url, "SELECT topic, store, payload FROM rejected ORDER BY id LIMIT 1")
     assert rows == [(topic, "s1", "not json at all \\0\ufffd")]
     assert query(pg_url, "SELECT id FROM intervals") == [(f"door/{good.start}",)]
+    # The table is bounded: the newest rejected_max_rows are kept.
+    raw_publish(broker.port, [(topic, f"junk {n}".encode()) for n in range(12)])
+    wait_for(lambda: query(pg_url, "SELECT max(payload) FROM rejected")[0][0] == "junk 9")
+    wait_for(lambda: query(pg_url, "SELECT count(*) FROM rejected")[0][0] == 10)
+    kept = [p for (p,) in query(pg_url, "SELECT payload FROM rejected ORDER BY id")]
+    assert kept == [f"junk {n}" for n in range(2, 12)]
 
 
 def test_a_kill_a_database_restart_and_a_replay_lose_and_double_nothing(

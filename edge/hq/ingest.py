@@ -127,7 +127,7 @@ class Ingest:
         taken in before it can be written. Waits for the database, retrying, unless
         `ready()` says to give up (a stop)."""
         self._reconnect_db(give_up=ready)
-        self._maintain()
+        self._retrying(self._maintain)
         self._writer.start()
         broker = self.config.broker
         props = Properties(PacketTypes.CONNECT)
