@@ -292,7 +292,7 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     config = hq_config(
         tmp_path, broker.port, pg_url, ingest={"max_message_bytes": 4096, "rejected_max_rows": 10}
     )
-    hqs(config).start()
+    hq = hqs(config).start()
     good = interval("door", 1)
     topic = "edge/s1/cameras/door/counts"
     raw_publish(
@@ -346,6 +346,9 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     wait_for(lambda: query(pg_url, "SELECT count(*) FROM rejected")[0][0] == 10)
     kept = [p for (p,) in query(pg_url, "SELECT payload FROM rejected ORDER BY id")]
     assert kept == [f"junk {n}" for n in range(2, 12)]
+    # 13 messages that were not JSON within a minute: one log line
+    lines = [line for line in hq.text().splitlines() if "rejected a message" in line]
+    assert sum("not JSON" in line for line in lines) == 1, lines
 
 
 def test_a_kill_a_database_restart_and_a_replay_lose_and_double_nothing(
