@@ -511,3 +511,41 @@ def test_the_box_names_its_time_zone(monkeypatch):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.stdout.strip() == "+05:30", result.stderr
+
+
+def test_it_waits_for_a_database_that_is_down_at_start(
+    make_broker, postgres, pg_url, tmp_path, hqs
+):
+    broker = make_broker()
+    postgres.stop("fast")
+    try:
+        hq = hqs(hq_config(tmp_path, broker.port, pg_url)).start(subscribed=False)
+        hq.wait_log(r"hq database: .*retrying")
+        assert "subscribed" not in hq.text()  # nothing taken in before it can be written
+    finally:
+        postgres.start()
+    hq.wait_log(r"hq: subscribed")
+    box = Box(tmp_path, broker.port, "s1")
+    try:
+        box.emit(interval("door", 0))
+        wait_for(lambda: totals(pg_url) == expected(1))
+    finally:
+        box.close()
+
+
+def test_secrets_come_from_the_environment_or_credentials(tmp_path, monkeypatch):
+    from edge.hq import config as hq_config_mod
+
+    path = tmp_path / "hq.yaml"
+    path.write_text("broker: {username: from-file}\n")
+    for name in ("EDGE_HQ_DB_PASSWORD", "EDGE_HQ_MQTT_USERNAME", "EDGE_HQ_MQTT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "hq-db-password").write_text("db-secret\n")
+    (tmp_path / "hq-mqtt-password").write_text("mqtt-secret\n")
+    cfg = hq_config_mod.load(path)
+    assert cfg.db_password() == "db-secret"
+    assert cfg.mqtt_credentials() == ("from-file", "mqtt-secret")
+    monkeypatch.setenv("EDGE_HQ_DB_PASSWORD", "env-wins")
+    monkeypatch.setenv("EDGE_HQ_MQTT_USERNAME", "env-user")
+    assert cfg.db_password() == "env-wins" and cfg.mqtt_credentials()[0] == "env-user"

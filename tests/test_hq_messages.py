@@ -75,3 +75,19 @@ def test_stats_availability_and_the_bridge_say_how_a_store_is():
     assert parsed("edge/s1/availability", b"offline").online is False
     assert parsed("edge/s1/bridge/hq", b"0").online is False
     assert parsed("edge/s1/bridge/hq", b"1").online is None  # availability says
+
+
+def test_nothing_of_the_box_imports_edge_hq():
+    """edge hq is the head office's: the box's packages never import it (the command
+    line only, lazily, for `edge hq`)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "edge"
+    importers = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "hq" not in path.relative_to(root).parts[:1]
+        and re.search(r"^\s*(from|import) edge\.hq\b", path.read_text(), re.M)
+    ]
+    assert importers == ["cli.py"]
