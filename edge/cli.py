@@ -362,7 +362,7 @@ def cmd_preview(args, cfg) -> int:
 
 
 def cmd_report(args, cfg) -> int:
-    from edge.commands import report
+    from edge.outputs import reporting as report
     from edge.outputs.store import FILENAME
 
     return report.main(
@@ -380,7 +380,7 @@ def cmd_report(args, cfg) -> int:
 
 def _date_arg(end: bool):
     def parse(text: str) -> float:
-        from edge.commands.report import parse_date
+        from edge.outputs.reporting import parse_date
 
         try:
             return parse_date(text, end=end)
