@@ -362,7 +362,7 @@ def cmd_preview(args, cfg) -> int:
 
 
 def cmd_report(args, cfg) -> int:
-    from edge.outputs import reporting as report
+    from edge.commands import report
     from edge.outputs.store import FILENAME
 
     return report.main(
