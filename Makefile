@@ -17,7 +17,7 @@ setup: $(STAMP) models
 # The tests also drive the display player in a real headless Chromium, and step the
 # wall clock of a running service with libfaketime (faketime).
 RUN_DEBS  := mosquitto mosquitto-clients
-TEST_DEBS := chromium chromium-driver shellcheck faketime
+TEST_DEBS := chromium chromium-driver shellcheck faketime postgresql
 apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing from Debian:" $$missing; apt-get update -qq \

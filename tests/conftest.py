@@ -178,6 +178,24 @@ def make_broker(tmp_path):
         b.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL 15 cluster for the whole test session (of one xdist worker),
+    on a free loopback port (tests/postgres.py). Tests that share it should share an
+    xdist group too (`@pytest.mark.xdist_group("postgres")`), so one worker starts it."""
+    from postgres import Postgres
+
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture()
+def pg_url(postgres) -> str:
+    """A fresh, empty database in the session's cluster, for this test alone: its URL
+    (postgresql://postgres@127.0.0.1:PORT/DB)."""
+    return postgres.create_database()
+
+
 # Markers for a fast inner loop (`make test-fast` leaves these out). `broker` and
 # `browser` follow from the fixtures a test asks for, so a new test is marked without
 # anyone remembering to; `slow` (a whole clip through the service, the dev set) is set
