@@ -1,13 +1,21 @@
 """`edge report`: the audience report (edge/outputs/reporting.py computes it, with the
-definitions of docs/metrics.md) printed as a table, CSV or JSON."""
+definitions of docs/metrics.md) printed as a table, CSV or JSON: of the box's own
+store, or with --db of head office's PostgreSQL, every store or those of --store."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
-from edge.outputs.reporting import SEGMENT_KEYS, as_csv, read
+from edge.outputs.reporting import (
+    SEGMENT_KEYS,
+    Span,
+    UnknownId,
+    as_csv,
+    fleet_source,
+    read,
+    read_db,
+)
 
 # -- output ------------------------------------------------------------------------
 
@@ -29,27 +37,54 @@ def _num(value) -> str:
 
 def as_table(report: dict) -> str:
     by = report["by"]
-    rows = [
-        ["period", "offset", *map(_label, SEGMENT_KEYS), "visitors", "watchers", "mean dwell s"]
-    ]
-    for p in [*report["periods"], {"period": "total", "utc_offset": "", **report["totals"]}]:
-        rows.append(
+    many = len(report.get("stores", [])) > 1  # head office: a store column
+    lead = ["store"] if many else []
+    per = by if by == "hour" else "day"
+    if by == "store":
+        rows = [["store", *map(_label, SEGMENT_KEYS), "visitors", "watchers", "mean dwell s"]]
+        for s in [*report["stores"], {**report["totals"], "store": "total"}]:
+            rows.append(
+                [
+                    s["store"],
+                    *(str(s["segments"][k]["visitors"]) for k in SEGMENT_KEYS),
+                    str(s["visitors"]),
+                    _num(s["watchers"]),
+                    _num(s["mean_dwell_s"]),
+                ]
+            )
+        out = [f"Stores {report['store']}: visitors per store", _grid(rows, 1), ""]
+    else:
+        rows = [
             [
-                p["period"],
-                p["utc_offset"],
-                *(str(p["segments"][k]["visitors"]) for k in SEGMENT_KEYS),
-                str(p["visitors"]),
-                _num(p["watchers"]),
-                _num(p["mean_dwell_s"]),
+                *lead,
+                "period",
+                "offset",
+                *map(_label, SEGMENT_KEYS),
+                "visitors",
+                "watchers",
+                "mean dwell s",
             ]
-        )
-    out = [
-        f"Store {report['store']}: visitors per {'day' if by == 'campaign' else by}",
-        _grid(rows, 2),
-        "",
-    ]
+        ]
+        total = {"store": "", "period": "total", "utc_offset": "", **report["totals"]}
+        for p in [*report["periods"], total]:
+            rows.append(
+                [
+                    *([p["store"] if p is not total else ""] if many else []),
+                    p["period"],
+                    p["utc_offset"],
+                    *(str(p["segments"][k]["visitors"]) for k in SEGMENT_KEYS),
+                    str(p["visitors"]),
+                    _num(p["watchers"]),
+                    _num(p["mean_dwell_s"]),
+                ]
+            )
+        out = [
+            f"{'Stores' if many else 'Store'} {report['store']}: visitors per {per}",
+            _grid(rows, 2 + len(lead)),
+            "",
+        ]
     group = "campaign" if by == "campaign" else "ad"
-    head = ["ad", "title"] if group == "ad" else ["campaign", "advertiser"]
+    head = [*lead, *(["ad", "title"] if group == "ad" else ["campaign", "advertiser"])]
     rows = [
         [
             *head,
@@ -66,6 +101,7 @@ def as_table(report: dict) -> str:
     for a in report["ads"]:
         rows.append(
             [
+                *([a["store"]] if many else []),
                 a[group] or "(none)",
                 a["title"] if group == "ad" else a["advertiser"] or "-",
                 str(a["plays"]),
@@ -79,15 +115,16 @@ def as_table(report: dict) -> str:
             ]
         )
     out += ["Campaigns" if group == "campaign" else "Ads"]
-    out += [_grid(rows, 2) if report["ads"] else "(no plays)"]
+    out += [_grid(rows, 2 + len(lead)) if report["ads"] else "(no plays)"]
     segment_rows = [
-        [group, "segment", "impressions", "reach", "watchers", "watch rate", "attention s"]
+        [*lead, group, "segment", "impressions", "reach", "watchers", "watch rate", "attention s"]
     ]
     for a in report["ads"]:
         for key, s in a["segments"].items():
             if s["impressions"]:
                 segment_rows.append(
                     [
+                        *([a["store"]] if many else []),
                         a[group] or "(none)",
                         _label(key),
                         str(s["impressions"]),
@@ -98,13 +135,24 @@ def as_table(report: dict) -> str:
                     ]
                 )
     if len(segment_rows) > 1:
-        out += ["", f"{group.capitalize()}s by segment", _grid(segment_rows, 2)]
+        out += ["", f"{group.capitalize()}s by segment", _grid(segment_rows, 2 + len(lead))]
     period_rows = [
-        ["period", "offset", group, "plays", "impressions", "reach", "watchers", "watch rate"]
+        [
+            *lead,
+            "period",
+            "offset",
+            group,
+            "plays",
+            "impressions",
+            "reach",
+            "watchers",
+            "watch rate",
+        ]
     ]
     for a in report["ad_periods"]:
         period_rows.append(
             [
+                *([a["store"]] if many else []),
                 a["period"],
                 a["utc_offset"],
                 a[group] or "(none)",
@@ -116,8 +164,7 @@ def as_table(report: dict) -> str:
             ]
         )
     if len(period_rows) > 1:
-        per = "day" if by == "campaign" else by
-        out += ["", f"{group.capitalize()}s per {per}", _grid(period_rows, 3)]
+        out += ["", f"{group.capitalize()}s per {per}", _grid(period_rows, 3 + len(lead))]
     return "\n".join(out)
 
 
@@ -144,26 +191,50 @@ def _grid(rows: list[list[str]], text_columns: int = 1) -> str:
 
 
 def main(
-    path: Path,
+    path: Path | None,
     *,
-    start: float | None,
-    end: float | None,
+    span: Span,
     by: str,
     camera: str | None,
     display: str | None,
     fmt: str,
     ad: str | None = None,
     store: str = "",
+    db: str | None = None,
+    stores: list[str] | None = None,
 ) -> int:
-    report = read(
-        path, start=start, end=end, by=by, camera=camera, display=display, ad=ad, store=store
-    )
+    """The box's report (`path`, its store id `store`), or head office's (`db`, a
+    postgresql:// URL; `stores` limits it to some stores)."""
+    query = {"span": span, "by": by, "camera": camera, "display": display, "ad": ad}
+    if db is not None:
+        source = fleet_source(db)
+        try:
+            report = read_db(source, stores=stores, **query)
+        finally:
+            source.engine.dispose()
+        where = source.where
+    else:
+        assert path is not None
+        for other in stores or []:
+            if other != store:
+                raise UnknownId(f"{path}: no store '{other}' on this box; known: {store}")
+        report = read(path, store=store, **query)
+        where = str(path)
     if not report["periods"] and not report["ads"]:
         what = " and ".join(
-            f"{k} {v}" for k, v in (("camera", camera), ("display", display), ("ad", ad)) if v
+            f"{k} {v}"
+            for k, v in (
+                ("store", ",".join(stores or [])),
+                ("camera", camera),
+                ("display", display),
+                ("ad", ad),
+            )
+            if v
         )
-        span = "" if start is None and end is None else f" from {_when(start)} until {_when(end)}"
-        print(f"{path}: no counts or plays{' for ' + what if what else ''}{span}")
+        bounded = span.start is not None or span.end is not None
+        until = f" until {span.end or 'now'}" if bounded else ""
+        since = f" from {span.start or 'the first record'}{until}" if bounded else ""
+        print(f"{where}: no counts or plays{' for ' + what if what else ''}{since}")
         return 0
     if fmt == "json":
         print(json.dumps(report, indent=2))
@@ -172,9 +243,3 @@ def main(
     else:
         print(as_table(report))
     return 0
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "any time"
-    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="minutes")

@@ -72,6 +72,12 @@ class UnknownId(EdgeError):
     exit_status = EX_USAGE
 
 
+class BadDatabase(EdgeError):
+    """A --db URL that is not head office's PostgreSQL, or that carries a password."""
+
+    exit_status = EX_USAGE
+
+
 # -- time ---------------------------------------------------------------------------
 
 
@@ -324,11 +330,11 @@ def db_url(url: str) -> sa.URL:
     try:
         parsed = sa.make_url(url)
     except sa.exc.ArgumentError as exc:
-        raise ValueError(f"{url!r} is not a database URL (postgresql://user@host/db)") from exc
+        raise BadDatabase(f"{url!r} is not a database URL (postgresql://user@host/db)") from exc
     if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"{url!r}: head office's database is PostgreSQL (postgresql://...)")
+        raise BadDatabase(f"{url!r}: head office's database is PostgreSQL (postgresql://...)")
     if parsed.password:
-        raise ValueError(
+        raise BadDatabase(
             f"the database URL carries a password: leave it out and set {DB_PASSWORD_ENV} "
             f"(or PGPASSWORD, ~/.pgpass, the credential {DB_PASSWORD_CREDENTIAL})"
         )
