@@ -12,6 +12,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
@@ -179,3 +180,15 @@ def test_off_loopback_it_needs_the_key_and_will_not_start_without_one(fleet_db, 
         with pytest.raises(urllib.error.HTTPError) as foreign:
             urllib.request.urlopen(request, timeout=5)
         assert foreign.value.code == 421
+    # Started by `edge hq` from its config: the key's variable is the one it names.
+    hq = SimpleNamespace(
+        database=SimpleNamespace(url=fleet_db),
+        dashboard=SimpleNamespace(listen="0.0.0.0", port=0, token_env="FLEET_TOKEN"),
+    )
+    with pytest.raises(DashboardError, match="set FLEET_TOKEN"):
+        FleetDashboard(hq).start()
+    monkeypatch.setenv("FLEET_TOKEN", "other-key")
+    with FleetDashboard(hq) as dashboard:
+        base = f"http://127.0.0.1:{dashboard.port}"
+        assert get(base + "/", Authorization="Bearer fleet-key-42")[0] == 401
+        assert get(base + "/", Authorization="Bearer other-key")[0] == 200

@@ -38,11 +38,12 @@ from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
 
 log = logging.getLogger(__name__)
 
-# The key, off loopback: from the environment or a systemd credential
-# (LoadCredential=hq-dashboard-key:...), never from a config file or a URL.
-KEY_ENV = "EDGE_HQ_DASHBOARD_KEY"
-KEY_CREDENTIAL = "hq-dashboard-key"
-DEFAULT_PORT = 8090
+# The key (token), off loopback: from the environment or a systemd credential
+# (LoadCredential=hq-dashboard-token:...), never from a config file or a URL. hq.yaml's
+# dashboard.token_env names another variable (and credential) where set.
+KEY_ENV = "EDGE_HQ_DASHBOARD_TOKEN"
+KEY_CREDENTIAL = "hq-dashboard-token"
+DEFAULT_PORT = 8088  # hq.yaml's dashboard.port
 TOP_ADS = 5  # per segment
 VENDOR = {"chart.umd.min.js": "text/javascript; charset=utf-8"}
 
@@ -96,26 +97,38 @@ def top_ads(report: dict, limit: int = TOP_ADS) -> dict[str, list[dict]]:
 
 
 class FleetDashboard:
-    """Head office's dashboard on `listen`:`port` over the database at `database` (a
-    postgresql:// URL without its password, or a reporting.Source). `port` 0 binds a
-    free one (tests); `host_names` are names it answers to beyond this machine's."""
+    """Head office's dashboard over its PostgreSQL. `settings` is `edge hq`'s config
+    (edge/hq/config.py: database.url, dashboard.listen, .port and .token_env), a
+    postgresql:// URL, or a reporting.Source; `listen`, `port` (0: a free one, for
+    tests) and `token` override what the config says. `host_names` are names it answers
+    to beyond this machine's."""
 
     def __init__(
         self,
-        database: str | reporting.Source,
+        settings: Any,
         *,
-        listen: str = "127.0.0.1",
-        port: int = DEFAULT_PORT,
+        listen: str | None = None,
+        port: int | None = None,
+        token: str | None = None,
         host_names: tuple[str, ...] | list[str] = (),
         clock: Callable[[], float] = time.time,
     ):
-        self.source = (
-            database if isinstance(database, reporting.Source) else reporting.fleet_source(database)
-        )
+        section = getattr(settings, "dashboard", None)
+        token_env = getattr(section, "token_env", None) or KEY_ENV
+        if isinstance(settings, reporting.Source):
+            self.source = settings
+        elif isinstance(settings, str):
+            self.source = reporting.fleet_source(settings)
+        else:  # the config file's URL may hold a password (its own keys say better not)
+            self.source = reporting.fleet_source(settings.database.url, password_allowed=True)
+        listen = listen if listen is not None else getattr(section, "listen", "127.0.0.1")
+        port = port if port is not None else getattr(section, "port", DEFAULT_PORT)
         self._listen = (listen, port)
         self._hosts = HostCheck(host_names)
         self._clock = clock
-        self.key = load_secret(KEY_ENV, KEY_CREDENTIAL)
+        self.key_env = token_env
+        self.key_credential = KEY_CREDENTIAL if token_env == KEY_ENV else token_env
+        self.key = token or load_secret(token_env, self.key_credential)
         self.needs_key = not is_loopback(listen)
         self._http: HttpServer | None = None
         self.port = 0
@@ -129,14 +142,14 @@ class FleetDashboard:
         if self.needs_key and not self.key:
             raise DashboardError(
                 f"fleet dashboard: it would listen on {self._listen[0]}, off this machine, "
-                f"and no key is set: set {KEY_ENV} (or the credential {KEY_CREDENTIAL}), or "
-                "listen on 127.0.0.1"
+                f"and no key is set: set {self.key_env} (or the credential "
+                f"{self.key_credential}), or listen on 127.0.0.1"
             )
         self._http = bind(
             HttpServer,
             self._listen,
             _Handler,
-            "the hq dashboard's listen and port",
+            "dashboard.listen and dashboard.port",
             name="fleet dashboard",
             hosts=self._hosts,
         )

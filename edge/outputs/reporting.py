@@ -58,8 +58,9 @@ BUCKET_S = 900  # a quarter hour: every UTC offset in use is a multiple of it
 # Head office's database password, where the URL has none: from the environment or a
 # systemd credential (edge/outputs/access.py), never the command line. libpq's own
 # PGPASSWORD and ~/.pgpass work too.
-DB_PASSWORD_ENV = "EDGE_DB_PASSWORD"
-DB_PASSWORD_CREDENTIAL = "db-password"
+# The same variable as `edge hq`'s (edge/hq/config.py): one database, one password.
+DB_PASSWORD_ENV = "EDGE_HQ_DB_PASSWORD"
+DB_PASSWORD_CREDENTIAL = "hq-db-password"
 
 Tz = dt.tzinfo | None  # None: the box's own zone
 
@@ -320,11 +321,12 @@ def box_source(conn: sqlite3.Connection, store_id: str = "", where: str = "") ->
     return Source(engine, store_id=store_id, where=where)
 
 
-def db_url(url: str) -> sa.URL:
+def db_url(url: str, *, password_allowed: bool = False) -> sa.URL:
     """Head office's database URL for SQLAlchemy, with psycopg 3 as the driver and the
-    password from EDGE_DB_PASSWORD (or the credential db-password) when the URL has none;
-    with neither, libpq's PGPASSWORD or ~/.pgpass. A password in the URL is refused: the
-    command line is in the process list and the shell's history."""
+    password from EDGE_HQ_DB_PASSWORD (or the credential hq-db-password) in place of the
+    URL's; with neither, libpq's PGPASSWORD or ~/.pgpass. A password in a URL given on
+    the command line is refused (`password_allowed` False): the command line shows in
+    the process list and the shell's history."""
     from edge.outputs.access import load_secret
 
     try:
@@ -332,8 +334,9 @@ def db_url(url: str) -> sa.URL:
     except sa.exc.ArgumentError as exc:
         raise BadDatabase(f"{url!r} is not a database URL (postgresql://user@host/db)") from exc
     if parsed.get_backend_name() != "postgresql":
-        raise BadDatabase(f"{url!r}: head office's database is PostgreSQL (postgresql://...)")
-    if parsed.password:
+        shown = parsed.render_as_string(hide_password=True)
+        raise BadDatabase(f"{shown!r}: head office's database is PostgreSQL (postgresql://...)")
+    if parsed.password and not password_allowed:
         raise BadDatabase(
             f"the database URL carries a password: leave it out and set {DB_PASSWORD_ENV} "
             f"(or PGPASSWORD, ~/.pgpass, the credential {DB_PASSWORD_CREDENTIAL})"
@@ -343,9 +346,9 @@ def db_url(url: str) -> sa.URL:
     return parsed.set(password=secret) if secret else parsed
 
 
-def fleet_source(url: str, **engine_options) -> Source:
+def fleet_source(url: str, *, password_allowed: bool = False, **engine_options) -> Source:
     """A Source on head office's PostgreSQL."""
-    parsed = db_url(url)
+    parsed = db_url(url, password_allowed=password_allowed)
     engine = sa.create_engine(parsed, pool_pre_ping=True, **engine_options)
     return Source(engine, fleet=True, where=parsed.render_as_string(hide_password=True))
 
