@@ -467,8 +467,8 @@ def _round(value, digits: int = 1):
 
 
 class _Visitors:
-    """Visitor figures of a period (or a store's, or the total), from the sums per
-    quarter hour: the intervals' own figures, and the figures per segment."""
+    """Visitor figures of a period (or a store's, or the total), from the database's
+    sums per local period: the intervals' own figures, and the figures per segment."""
 
     def __init__(self) -> None:
         self.totals: dict = {}
