@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -19,6 +20,7 @@ import pytest
 from edge.hq.dashboard import KEY_ENV, DashboardError, FleetDashboard, top_ads
 from edge.outputs import reporting
 
+from broker import free_port
 from fleet_records import STORES, fleet
 from test_display import browser, get  # noqa: F401  (browser is a fixture)
 
@@ -185,3 +187,23 @@ def test_off_loopback_it_needs_the_key_and_will_not_start_without_one(fleet_db, 
         base = f"http://127.0.0.1:{dashboard.port}"
         assert get(base + "/", Authorization="Bearer fleet-key-42")[0] == 401
         assert get(base + "/", Authorization="Bearer other-key")[0] == 200
+
+
+def test_edge_hq_starts_it_from_its_config(fleet_db):
+    from edge.hq.config import HqConfig
+    from edge.hq.service import start_dashboard
+
+    defaults = HqConfig()
+    port = free_port()
+    config = dataclasses.replace(
+        defaults,
+        database=dataclasses.replace(defaults.database, url=fleet_db),
+        dashboard=dataclasses.replace(defaults.dashboard, enabled=True, port=port),
+    )
+    dashboard = start_dashboard(config)
+    assert dashboard is not None
+    try:
+        status, _, body = get(f"http://127.0.0.1:{port}/data.json?{RANGE}")
+        assert status == 200 and json.loads(body)["report"]["totals"]["visitors"] == 23
+    finally:
+        dashboard.close()
