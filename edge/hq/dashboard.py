@@ -38,11 +38,10 @@ from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
 
 log = logging.getLogger(__name__)
 
-# The key (token), off loopback: from the environment or a systemd credential
-# (LoadCredential=hq-dashboard-token:...), never from a config file or a URL. hq.yaml's
-# dashboard.token_env names another variable (and credential) where set.
+# The key (token), off loopback: from the environment or the systemd credential of the
+# same name (LoadCredential=EDGE_HQ_DASHBOARD_TOKEN:...), never from a config file or a
+# URL; hq.yaml's dashboard.token_env names another where set.
 KEY_ENV = "EDGE_HQ_DASHBOARD_TOKEN"
-KEY_CREDENTIAL = "hq-dashboard-token"
 DEFAULT_PORT = 8088  # hq.yaml's dashboard.port
 TOP_ADS = 5  # per segment
 VENDOR = {"chart.umd.min.js": "text/javascript; charset=utf-8"}
@@ -127,8 +126,7 @@ class FleetDashboard:
         self._hosts = HostCheck(host_names)
         self._clock = clock
         self.key_env = token_env
-        self.key_credential = KEY_CREDENTIAL if token_env == KEY_ENV else token_env
-        self.key = token or load_secret(token_env, self.key_credential)
+        self.key = token or load_secret(token_env, token_env)
         self.needs_key = not is_loopback(listen)
         self._http: HttpServer | None = None
         self.port = 0
@@ -142,8 +140,8 @@ class FleetDashboard:
         if self.needs_key and not self.key:
             raise DashboardError(
                 f"fleet dashboard: it would listen on {self._listen[0]}, off this machine, "
-                f"and no key is set: set {self.key_env} (or the credential "
-                f"{self.key_credential}), or listen on 127.0.0.1"
+                f"and no key is set: set {self.key_env} (in the environment, or as a systemd "
+                "credential), or listen on 127.0.0.1"
             )
         self._http = bind(
             HttpServer,
