@@ -399,7 +399,8 @@ def fleet_source(url: str, *, password_allowed: bool = False, **engine_options) 
     """A Source on head office's PostgreSQL."""
     parsed = db_url(url, password_allowed=password_allowed)
     engine = sa.create_engine(parsed, pool_pre_ping=True, **engine_options)
-    return Source(engine, fleet=True, where=parsed.render_as_string(hide_password=True))
+    shown = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
+    return Source(engine, fleet=True, where=shown)
 
 
 # -- ids -------------------------------------------------------------------------------
