@@ -143,3 +143,10 @@ def test_the_password_never_goes_on_the_command_line(boxes, postgres):
         "report", "--db", url, "--format", "json", env={**os.environ, "EDGE_HQ_DB_PASSWORD": "x"}
     )
     assert result.returncode == 0 and json.loads(result.stdout)["totals"]["visitors"] > 0
+
+
+def test_a_database_edge_hq_never_set_up_is_one_line(postgres):
+    result = run_edge("report", "--db", postgres.create_database())
+    assert result.returncode == 78 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "`edge hq` creates its tables at start" in result.stderr

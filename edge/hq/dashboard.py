@@ -295,8 +295,8 @@ class _Handler(Handler):
         except (BadQuery, reporting.UnknownId) as exc:
             self._send(400, f"{exc}\n".encode(), text)
         except (sa.exc.DBAPIError, EdgeError) as exc:
-            log.warning("fleet dashboard: %s", exc)
-            reason = getattr(exc, "orig", None) or exc
+            reason = reporting.why(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+            log.warning("fleet dashboard: cannot read head office's database: %s", reason)
             self._send(503, f"cannot read head office's database: {reason}\n".encode(), text)
 
     def do_HEAD(self) -> None:

@@ -1075,5 +1075,12 @@ def read_db(source: Source, **query) -> dict:
             )
         return summarize(source, **query)
     except sa.exc.DBAPIError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreError(f"{source.where}: cannot read head office's database: {reason}") from exc
+        raise StoreError(f"{source.where}: cannot read head office's database: {why(exc)}") from exc
+
+
+def why(exc: sa.exc.DBAPIError) -> str:
+    """The database's own first line, and what to do where the tables are missing."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
+        reason += " (not edge hq's database yet? `edge hq` creates its tables at start)"
+    return reason
