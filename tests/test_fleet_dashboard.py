@@ -16,6 +16,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import pytest
+from test_dashboard import fits
 
 from edge.hq.dashboard import KEY_ENV, DashboardError, FleetDashboard, top_ads
 from edge.outputs import reporting
@@ -108,7 +109,15 @@ def test_the_page_shows_the_query_layers_figures(browser, fleet_db, tmp_path):  
         assert shown_top[:2] == [["spring-dress", "4", "75%"], ["grooming", "4", "50%"]]
         shot = tmp_path / "fleet-dashboard-1600x1000.png"
         browser.save_screenshot(str(shot))
-        print(f"screenshot: {shot}")
+        browser.set_window_size(390, 844)  # a phone: wide tables scroll in their box
+        time.sleep(0.3)
+        assert fits(browser), browser.execute_script(
+            "return [document.documentElement.scrollWidth, innerWidth]"
+        )
+        phone = tmp_path / "fleet-dashboard-phone.png"
+        browser.save_screenshot(str(phone))
+        print(f"screenshots: {shot} {phone}")
+        browser.set_window_size(1600, 1000)
 
         # The filter: two stores, one day; the page's figures follow, and its export
         # link gives edge report --db's CSV for the same view.
