@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from edge.credentials import load_secret
 from edge.errors import ConfigError
 from edge.redact import password, redact, remember
 
@@ -746,8 +747,6 @@ def resolve_references(data: Any, problems: Problems, key: str) -> Any:
     name (LoadCredential=NAME:...). Camera URLs with passwords and the broker's password
     can so stay out of config.yaml. A name with no value is a problem naming the key
     and the name; the values are never part of a message."""
-    from edge.outputs.access import load_secret
-
     if isinstance(data, dict):
         return {k: resolve_references(v, problems, _join(key, str(k))) for k, v in data.items()}
     if isinstance(data, list):

@@ -22,6 +22,17 @@ UNCLASSIFIED = "unclassified"
 SEGMENTS = (*(f"{c}_{g}" for c in AGE_CLASSES for g in SEGMENT_GENDERS), UNCLASSIFIED)
 
 
+# Visitors by age class and gender ({"child": {"female": 0, "male": 0}, ...}): what an
+# interval counts, kept here so the pipeline that counts them and the outputs that
+# show them build the same zeroes without importing each other.
+Counts = dict[str, dict[str, int]]
+
+
+def empty_counts() -> Counts:
+    """Zero visitors in every age class and gender."""
+    return {c: {g: 0 for g in GENDERS} for c in AGE_CLASSES}
+
+
 def segment_parts(key: str) -> tuple[str, str]:
     """(age class, gender) of a segment key; ("unknown", "unknown") for unclassified."""
     if key == UNCLASSIFIED:

@@ -62,14 +62,14 @@ from edge.events import (
 from edge.outputs.metrics import NoMetrics
 from edge.outputs.notify import Notifier, watchdog_interval_s
 from edge.pipeline.analyze import FaceAnalyzer
-from edge.pipeline.audience import Audience, empty_counts
+from edge.pipeline.audience import Audience
 from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
 from edge.pipeline.catalog import load_catalog
 from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
-from edge.records import Decision, Detections
+from edge.records import Decision, Detections, empty_counts
 from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)

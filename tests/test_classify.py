@@ -26,7 +26,7 @@ def backend(config, name, **overrides):
     cfg = dataclasses.replace(config, classifier=classifier)
     models = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models)
-    paths = {n: modelstore.verify(specs[n], models) for n in classify.model_names(cfg)}
+    paths = {n: modelstore.verify(specs[n], models) for n in modelstore.classifier_models(cfg)}
     return classify.create(cfg, paths)
 
 

@@ -39,7 +39,7 @@ from edge.config import Config
 from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs.player_server import sse
-from edge.pipeline.audience import empty_counts
+from edge.records import empty_counts
 
 log = logging.getLogger(__name__)
 

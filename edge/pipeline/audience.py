@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import AudienceConfig
-from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED, Demographics, Viewer
+from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED, Demographics, Viewer, empty_counts
 
 _EPS = 1e-6
 
@@ -113,10 +113,6 @@ class Person:
             "watching": self.watching,
             "samples": self.samples,
         }
-
-
-def empty_counts() -> dict:
-    return {c: {g: 0 for g in GENDERS} for c in AGE_CLASSES}
 
 
 class Audience:

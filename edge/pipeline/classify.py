@@ -586,22 +586,6 @@ def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
     ]
 
 
-# Manifest models each backend loads (the insightface backend's file is the operator's).
-BACKEND_MODELS = {
-    "cydral": ("age", "gender"),
-    "faceapi": ("faceapi",),
-    "faceapi-fairface": ("faceapi-fairface",),
-    "insightface": (),
-}
-
-
-def model_names(config: Config) -> set[str]:
-    """Manifest entries the configured classifier needs."""
-    c = config.classifier
-    backends = c.members if c.backend == "ensemble" else [c.backend]
-    return {name for b in backends for name in BACKEND_MODELS[b]}
-
-
 def create(config: Config, model_paths: dict[str, Path]):
     c = config.classifier
     if c.backend == "ensemble":
