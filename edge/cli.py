@@ -252,8 +252,8 @@ def _dashboard(cfg, sinks: list, store, publisher):
 
 
 def start_player(cfg, port: int | None = None):
+    from edge.catalog import load_catalog
     from edge.outputs.player_server import DisplayServer
-    from edge.pipeline.catalog import load_catalog
 
     player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
     player.start()

@@ -46,6 +46,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edge.catalog import load_catalog
 from edge.config import Config
 from edge.events import (
     AudienceEvent,
@@ -64,7 +65,6 @@ from edge.outputs.notify import Notifier, watchdog_interval_s
 from edge.pipeline.analyze import FaceAnalyzer
 from edge.pipeline.audience import Audience
 from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
-from edge.pipeline.catalog import load_catalog
 from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector

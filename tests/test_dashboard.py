@@ -14,10 +14,10 @@ import urllib.request
 from test_plays import one_ad_config
 
 from edge import config as config_mod
+from edge.catalog import load_catalog
 from edge.outputs.dashboard import Dashboard
 from edge.outputs.player_server import DisplayServer
 from edge.outputs.store import FILENAME, AudienceStore
-from edge.pipeline.catalog import load_catalog
 
 from conftest import ROOT, need, run_edge
 from test_display import browser, get  # noqa: F401  (browser is a fixture)

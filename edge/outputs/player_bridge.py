@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
+from edge.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.config import Config
 from edge.outputs.mqttclient import (
     GuardedClient,
@@ -44,7 +45,6 @@ from edge.outputs.mqttclient import (
     service_client_id,
 )
 from edge.outputs.topics import SCHEMA_VERSION, Topics
-from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.records import AGE_CLASSES, GENDERS
 from edge.timefmt import iso, now
 

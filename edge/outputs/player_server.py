@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from edge.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.events import DecisionEvent, Event
@@ -28,7 +29,6 @@ from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
 from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
-from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
 from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)

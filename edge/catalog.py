@@ -1,5 +1,6 @@
 """The ad catalog (ads/catalog.yaml): its records, and the loader that validates it
-at start-up.
+at start-up. Data, not a stage: the selector (pipeline/select.py) chooses from it and
+the display player (outputs/player_*.py) serves its creatives, so it sits below both.
 
 The catalog is edited by marketing people, so every mistake is reported with the
 catalog file, the ad and the field, and all of them at once rather than one per
