@@ -302,7 +302,7 @@ def cmd_serve(args, cfg) -> int:
     import threading
 
     from edge.outputs.notify import Notifier
-    from edge.outputs.photo_server import PhotoService, load_key, require_key_off_loopback
+    from edge.photo_server import PhotoService, load_key, require_key_off_loopback
     from edge.pipeline.analyze import FaceAnalyzer
 
     key = load_key(cfg)
