@@ -164,7 +164,7 @@ def cmd_eval(args, cfg) -> int:
 def cmd_run(args, cfg) -> int:
     from edge import nativelog
     from edge.redact import safe_name
-    from edge.service import EventSink, JsonLines, LogSink, Service
+    from edge.service import Service
 
     # libjpeg's and FFmpeg's own stderr lines, repeated per frame, are rate-limited; the
     # log handler is set up again so that our lines bypass that filter.
@@ -193,76 +193,24 @@ def cmd_run(args, cfg) -> int:
             f"{args.config or '(defaults)'}: no cameras configured; add "
             f"'cameras' to the config or pass --source"
         )
-    sinks: list[EventSink] = [JsonLines()] if args.jsonl else [LogSink()]
-    publisher = player = metrics = store = None
-    if cfg.metrics.port and not offline:
-        from edge.outputs.metrics import Metrics
+    from edge.outputs.sinks import assemble
 
-        metrics = Metrics(cfg)
-        sinks.append(metrics)
-    service = Service(cfg, sinks, offline=offline, metrics=metrics)
-    try:
-        # An offline analysis is not store traffic: it goes into the history only when asked.
-        if cfg.store.enabled and (not offline or args.store):
-            from edge.outputs.store import FILENAME, AudienceStore, StoreError
-
-            try:
-                store = AudienceStore(cfg.state_path() / FILENAME, cfg.store.retention_days).start()
-                sinks.append(store)
-            except StoreError as exc:  # the displays and MQTT carry on without a history
-                log.error("%s; running without it", exc)
-        if cfg.mqtt.enabled and not offline:
-            from edge.outputs.publish import MqttPublisher
-
-            publisher = MqttPublisher(cfg)
-            sinks.append(publisher)
-            publisher.start()
-            if cfg.player.port and cfg.displays:
-                player = start_player(cfg)
-                # first of the sinks: it learns each decision before the publisher sends it
-                sinks.insert(0, player)
-                player.bridge.on_override = service.overridden
-                if cfg.dashboard.enabled:
-                    player.dashboard = _dashboard(cfg, sinks, store, publisher)
-        if metrics is not None:
-            metrics.watch(service, publisher, store=store, player=player)
-            metrics.serve()
-        service.install_signal_handlers()
-        return service.run(duration_s=args.duration)
-    finally:
-        if publisher is not None:
-            publisher.close()
-        if player is not None:
-            player.stop()
-        if metrics is not None:
-            metrics.stop()
-        if store is not None:
-            store.close()
-
-
-def _dashboard(cfg, sinks: list, store, publisher):
-    """The live dashboard the player serves at /dashboard, fed by the service's events."""
-    from edge.outputs.dashboard import Dashboard
-
-    dashboard = Dashboard(cfg, mqtt_status=publisher.status if publisher else None)
-    sinks.append(dashboard)
-    if store is not None:
-        store.on_commit(dashboard.history_changed)
-    return dashboard
+    service = Service(cfg, [], offline=offline)  # the models first: their errors come first
+    service.sinks = assemble(
+        cfg,
+        jsonl=args.jsonl,
+        offline=offline,
+        keep_history=args.store,
+        on_override=service.overridden,
+    )
+    service.install_signal_handlers()
+    return service.run(duration_s=args.duration)
 
 
 def start_player(cfg, port: int | None = None):
-    from edge.catalog import load_catalog
-    from edge.outputs.player_server import DisplayServer
+    from edge.outputs.sinks import display_player
 
-    player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
-    player.start()
-    log.info(
-        "display player: %s; dashboard: %s",
-        ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays),
-        player.dashboard_url if cfg.dashboard.enabled else "off (dashboard.enabled: false)",
-    )
-    return player
+    return display_player(cfg, port).start()
 
 
 def cmd_display(args, cfg) -> int:

@@ -1,7 +1,7 @@
 """The service's events: what the pipeline reports after the tracker, one frozen
 dataclass per kind.
 
-The service hands every event to every sink (service.EventSink): the log or JSON lines,
+The service hands every event to every sink (outputs/sinks.py): the log or JSON lines,
 the MQTT publisher, the Prometheus metrics, the audience store and the dashboard. A sink
 picks the events it wants by class. `to_json()` is the JSON object of an `edge run
 --jsonl` line, `"type"` first and then the fields in the order written here; the MQTT
@@ -43,6 +43,7 @@ class Payload:
     # Set by @dataclass on each subclass; declared so type checkers see a dataclass.
     __dataclass_fields__: ClassVar[dict[str, Any]]
     type: ClassVar[str] = ""  # the event's "type" key; "" for a record that is no event
+    internal: ClassVar[bool] = False  # the loop's own signal (TickEvent...): never published
     when: ClassVar[str] = ""  # when it is emitted, for README's event table
 
     def to_json(self) -> dict:
@@ -273,6 +274,52 @@ class ErrorEvent(Payload):
     exit_status: int = doc()
 
 
+# -- the main loop's own signals ---------------------------------------------------------
+# Not published and not in README's event table: they carry what the Prometheus metrics
+# and systemd's notify socket need from the loop, so those leave the loop the one way
+# every output does (a sink's emit) instead of through calls of their own. JSON lines
+# and the MQTT publisher pass them over.
+
+
+@dataclass(frozen=True)
+class CameraCounters(Payload):
+    """One camera's running totals as of a tick (the reader's since it started, the
+    loop's since the service started)."""
+
+    online: bool = doc()
+    captured: int = doc()
+    processed: int = doc()
+    skipped: int = doc()
+    passed_over: int = doc()
+
+
+@dataclass(frozen=True)
+class TickEvent(Payload):
+    """What one tick measured, and every camera's counters after it: the snapshot the
+    metrics endpoint serves, so its scrape thread never reads the loop's state."""
+
+    type = "tick"
+    internal: ClassVar[bool] = True
+
+    detect_s: dict[str, float] = doc("per camera the detector ran for: its share, seconds")
+    classify_s: float | None = doc("the classifier call, seconds; None: none this tick")
+    classified: int = doc("faces in that call")
+    latency_s: dict[str, float] = doc("per camera: capture to decision, seconds (live only)")
+    cameras: dict[str, CameraCounters] = doc(of=CameraCounters)
+
+
+@dataclass(frozen=True)
+class HealthEvent(Payload):
+    """The loop's health for a service manager: `ready` once it runs, `alive` while it
+    makes progress (systemd's watchdog), `status` with each stats line, `stopping`."""
+
+    type = "health"
+    internal: ClassVar[bool] = True
+
+    state: str = doc("ready | alive | status | stopping")
+    status: str = doc("one line for `systemctl status`; empty for alive")
+
+
 Event = (
     CameraEvent
     | AudienceEvent
@@ -282,6 +329,8 @@ Event = (
     | PlayEvent
     | SummaryEvent
     | ErrorEvent
+    | TickEvent
+    | HealthEvent
 )
 EVENTS = (
     CameraEvent,

@@ -214,6 +214,9 @@ class Dashboard:
         self._version += 1
         self._changed.notify_all()
 
+    def start(self) -> None:
+        """A sink of the service (outputs/sinks.py); the display player serves it."""
+
     def close(self) -> None:
         """End every event stream (the server stops)."""
         with self._changed:

@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 
+from edge.events import Event, HealthEvent
+
 log = logging.getLogger(__name__)
 
 
@@ -47,6 +49,25 @@ class Notifier:
 
     def stopping(self, status: str = "stopping") -> None:
         self.send("STOPPING=1", f"STATUS={status}")
+
+    # -- as a sink of the service (outputs/sinks.py) ---------------------------------
+
+    def start(self) -> None:
+        pass
+
+    def emit(self, event: Event) -> None:
+        """The loop's health (events.HealthEvent) as the notify protocol's messages."""
+        if not isinstance(event, HealthEvent):
+            return
+        match event.state:
+            case "ready":
+                self.ready(event.status)
+            case "alive":
+                self.watchdog()
+            case "status":
+                self.status(event.status)
+            case "stopping":
+                self.stopping()
 
     def close(self) -> None:
         if self._sock is not None:

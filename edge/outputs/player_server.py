@@ -132,6 +132,13 @@ class DisplayServer:
                 DASHBOARD_KEY_CREDENTIAL,
             )
         self.bridge.start()
+        log.info(
+            "display player: %s; dashboard: %s",
+            ", ".join(f"{self.url}/display/{d.id}" for d in self.config.displays),
+            self.dashboard_url
+            if self.config.dashboard.enabled
+            else "off (dashboard.enabled: false)",
+        )
         return self
 
     def _serve(self, listen: tuple[str, int], name: str, keys: str) -> HttpServer:
@@ -148,6 +155,10 @@ class DisplayServer:
             if http is not None:
                 close(http)
         self._http = self._dashboard_http = None
+
+    def close(self) -> None:
+        """As a sink of the service (outputs/sinks.py): stop."""
+        self.stop()
 
     def __enter__(self) -> DisplayServer:
         return self.start()

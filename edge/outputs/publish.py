@@ -127,7 +127,7 @@ class Outbox:
 
 
 class MqttPublisher:
-    """An event sink (see service.EventSink) that publishes to the configured broker."""
+    """An event sink (outputs/sinks.py) that publishes to the configured broker."""
 
     def __init__(self, config: Config):
         cfg = config.mqtt
