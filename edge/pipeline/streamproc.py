@@ -182,6 +182,11 @@ def _child() -> int:
     _die_with_parent()
     import cv2
 
+    # As capture.py does in the parent: OpenCV's own warnings (a backend that "can't be
+    # used to capture by name", with a timestamp) would otherwise become the reason the
+    # parent reports, a new one on every retry.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
     spec = json.loads(sys.stdin.readline())
     out = sys.stdout.buffer
 
