@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from edge.records import Decision
+from edge.records import Decision, PresentAudience, VisitTally
 from edge.timefmt import iso
 
 COUNTS = "{child|adult|old: {female, male}}"  # age class x gender: a number of people
@@ -123,6 +123,10 @@ class AudienceEvent(Payload):
     )
     counts: dict = doc("present people by age class × gender", shape=COUNTS)
 
+    @classmethod
+    def of(cls, camera: str, time: str, audience: PresentAudience) -> AudienceEvent:
+        return cls(camera, time, [p.to_json() for p in audience.people], audience.counts)
+
     def counts_only(self) -> AudienceCounts:
         """The same moment without the people: what goes over MQTT and to the dashboard."""
         counted = sum(n for by_gender in self.counts.values() for n in by_gender.values())
@@ -169,6 +173,22 @@ class IntervalEvent(Payload):
         shape=SEGMENT_FIGURES.replace("...", "visitors, watchers, dwell_s, attention_s"),
         default_factory=dict,
     )
+
+    @classmethod
+    def of(cls, camera: str, tally: VisitTally, start: str, end: str) -> IntervalEvent:
+        """The audience stage's tally of one interval, its fields as they are."""
+        return cls(
+            camera=camera,
+            start=start,
+            end=end,
+            unique_visitors=tally.unique_visitors,
+            gender_unknown=tally.gender_unknown,
+            watchers=tally.watchers,
+            unclassified=tally.unclassified,
+            dwell_s=tally.dwell_s,
+            attention_s=tally.attention_s,
+            segments=tally.segments,
+        )
 
 
 @dataclass(frozen=True)
@@ -255,6 +275,28 @@ class SummaryEvent(Payload):
     plays: dict | None = doc(
         "per ad: `plays`, `viewers`, `watchers`, `duration_s`; only with displays"
     )
+
+    @classmethod
+    def of(
+        cls,
+        camera: str,
+        *,
+        frames: int,
+        frames_detected: int,
+        totals: VisitTally,
+        plays: dict | None,
+    ) -> SummaryEvent:
+        """The audience stage's tally since the start, its fields as they are."""
+        return cls(
+            camera=camera,
+            frames=frames,
+            frames_detected=frames_detected,
+            unique_visitors=totals.unique_visitors,
+            gender_unknown=totals.gender_unknown,
+            watchers=totals.watchers,
+            unclassified=totals.unclassified,
+            plays=plays,
+        )
 
     def to_json(self) -> dict:
         json = super().to_json()

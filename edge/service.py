@@ -39,6 +39,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,12 +64,19 @@ from edge.outputs.notify import watchdog_interval_s
 from edge.outputs.sinks import JsonLines, LogSink, Sink
 from edge.pipeline.analyze import FaceAnalyzer
 from edge.pipeline.audience import Audience
-from edge.pipeline.capture import CameraReader, CameraStatus, Frame, redact, source_kind
+from edge.pipeline.capture import (
+    CameraReader,
+    CameraStatus,
+    Frame,
+    FrameSource,
+    redact,
+    source_kind,
+)
 from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
-from edge.records import Decision, Detections, empty_counts
+from edge.records import Decision, Detections, PresentAudience
 from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)
@@ -156,8 +164,8 @@ class Service:
         sinks: list[Sink],
         *,
         offline: bool = False,
-        opener=None,
-        on_frame=None,
+        opener: Callable[[str, bool, float, float], FrameSource] | None = None,
+        on_frame: Callable[[str, Frame, list[Track], Audience], None] | None = None,
     ):
         """`sinks` (outputs/sinks.py, `assemble`): every way out of the loop, started by
         `run` in order and closed in reverse. `opener` replaces capture.open_source
@@ -187,7 +195,7 @@ class Service:
                 loop=cam.loop,
                 mode=mode,
                 stall_timeout_s=cam.stall_timeout_s,
-                **({"opener": opener} if opener else {}),
+                opener=opener,
             )
             tracker = FaceTracker.from_config(config.tracker)
             self.cameras[cam.id] = CameraRuntime(
@@ -233,7 +241,7 @@ class Service:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def stop(self, *_args) -> None:
+    def stop(self, *_args: object) -> None:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -340,7 +348,7 @@ class Service:
                             reconnects_last_hour=cam.reader.reconnects_last_hour(),
                         )
                     )
-                self.emit(AudienceEvent(cid, iso(stopped_at), present=[], counts=empty_counts()))
+                self.emit(AudienceEvent.of(cid, iso(stopped_at), PresentAudience()))
             if not cam.done:  # ended files were flushed already
                 self._flush(cid, cam, cam.last_ts or stopped_at)
         log.info("stopped")
@@ -587,11 +595,7 @@ class Service:
         if self.on_frame is not None:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
-            self.emit(
-                AudienceEvent(
-                    cid, iso(frame.timestamp), cam.audience.present(), cam.audience.present_counts()
-                )
-            )
+            self.emit(AudienceEvent.of(cid, iso(frame.timestamp), cam.audience.snapshot()))
         for selector in self.selectors.get(cid, ()):
             decision = selector.decide(
                 cam.audience.viewers(), frame.timestamp, wall=local(frame.timestamp)
@@ -614,22 +618,9 @@ class Service:
     # -- reporting -----------------------------------------------------------------
 
     def _emit_interval(self, cid: str, cam: CameraRuntime, end: float, flush: bool) -> None:
-        report = cam.audience.close_interval(end, flush=flush)
+        tally = cam.audience.close_interval(end, flush=flush)
         cam.interval_start = end
-        self.emit(
-            IntervalEvent(
-                cid,
-                iso(report["start"] or end),
-                iso(end),
-                report["unique_visitors"],
-                report["gender_unknown"],
-                report["watchers"],
-                report["unclassified"],
-                report["dwell_s"],
-                report["attention_s"],
-                report["segments"],
-            )
-        )
+        self.emit(IntervalEvent.of(cid, tally, start=iso(tally.start or end), end=iso(end)))
 
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file or any offline
@@ -646,16 +637,12 @@ class Service:
         for play in cam.plays.finish_all(end) if cam.plays is not None else ():
             self.emit(play)
         if status.ended or self.offline:
-            totals = cam.audience.totals()
             self.emit(
-                SummaryEvent(
+                SummaryEvent.of(
                     cid,
-                    cam.frames,
-                    cam.frames_detected,
-                    totals["unique_visitors"],
-                    totals["gender_unknown"],
-                    totals["watchers"],
-                    totals["unclassified"],
+                    frames=cam.frames,
+                    frames_detected=cam.frames_detected,
+                    totals=cam.audience.totals(),
                     plays=cam.plays.per_ad if cam.plays is not None else None,
                 )
             )
@@ -784,7 +771,7 @@ def stats_line(stats: StatsEvent) -> str:
     return "; ".join(parts)
 
 
-def _tracks_as_detections(tracks) -> Detections:
+def _tracks_as_detections(tracks: list[Track]) -> Detections:
     return Detections(
         np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
         np.array([t.score for t in tracks], np.float32),
@@ -796,5 +783,5 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
 
-def _mean(values) -> float | None:
+def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(values)), 2) if len(values) else None
