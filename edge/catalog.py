@@ -214,7 +214,9 @@ def load_catalog(path: str | Path) -> Catalog:
     return Catalog(ads, data["default"], data["family_safe"], path)
 
 
-def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
+def _parse_ad(  # noqa: C901 (one branch per field, each its own message)
+    entry, index: int, base: Path
+) -> tuple[Ad | None, list[str]]:
     if not isinstance(entry, dict):
         return None, [f"must be a mapping, got {type(entry).__name__}"]
     errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS, key=str)]

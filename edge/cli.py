@@ -281,15 +281,15 @@ def cmd_bench(args, cfg) -> int:
 
     return bench.main(
         cfg,
-        args.source,
-        args.size,
-        args.seconds,
-        args.json,
-        args.cameras,
-        args.gpu,
-        args.idle_share,
-        not args.no_gating,
-        args.crowd,
+        source=args.source,
+        size=args.size,
+        seconds=args.seconds,
+        json_path=args.json,
+        cameras=args.cameras,
+        gpu=args.gpu,
+        idle_share=args.idle_share,
+        gating=not args.no_gating,
+        crowd=args.crowd,
     )
 
 

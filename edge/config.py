@@ -944,7 +944,7 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str) -> An
     return value
 
 
-def _cross_checks(config: Config, problems: Problems) -> None:
+def _cross_checks(config: Config, problems: Problems) -> None:  # noqa: C901 (a flat list of rules)
     add = problems.cross
     for provider in config.runtime.providers:
         if provider not in PROVIDERS:

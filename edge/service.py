@@ -219,10 +219,10 @@ class Service:
                 shown.plays = shown.plays or PlayLog(
                     display.camera,
                     PlaySettings(
-                        config.selector.min_dwell_s,
-                        config.audience.min_attention_s,
-                        config.audience.min_confidence,
-                        config.audience.gender_margin,
+                        min_dwell_s=config.selector.min_dwell_s,
+                        min_attention_s=config.audience.min_attention_s,
+                        min_confidence=config.audience.min_confidence,
+                        gender_margin=config.audience.gender_margin,
                     ),
                 )
         self._classify_ms: list[float] = []
@@ -341,8 +341,8 @@ class Service:
                 if cam.was_online:
                     self.emit(
                         CameraEvent(
-                            cid,
-                            cam.settings.name,
+                            camera=cid,
+                            name=cam.settings.name,
                             online=False,
                             error="service stopped",
                             reconnects_last_hour=cam.reader.reconnects_last_hour(),
@@ -360,15 +360,15 @@ class Service:
         override on the broker); any thread. Taken in by the next tick."""
         self._overrides.append(
             Decision(
-                display,
-                content["ad"],
-                content.get("title") or "",
-                content["creative"],
-                content.get("duration_s") or 0.0,
-                "override",
-                None,
-                {},
-                now(),
+                display=display,
+                ad=content["ad"],
+                title=content.get("title") or "",
+                creative=content["creative"],
+                duration_s=content.get("duration_s") or 0.0,
+                rule="override",
+                segment=None,
+                audience={},
+                time=now(),
             )
         )
 
@@ -596,24 +596,26 @@ class Service:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
             self.emit(AudienceEvent.of(cid, iso(frame.timestamp), cam.audience.snapshot()))
-        for selector in self.selectors.get(cid, ()):
-            decision = selector.decide(
-                cam.audience.viewers(), frame.timestamp, wall=local(frame.timestamp)
-            )
-            if decision is not None:
-                assert cam.plays is not None  # set in __init__ with the camera's selectors
-                ended = cam.plays.switch(decision, frame.timestamp)
-                if ended is not None:
-                    self.emit(ended)
-                self.emit(DecisionEvent.of(decision))
-        if cam.plays is not None:  # after the switch: this frame is the new ad's audience
-            for looped in cam.plays.observe(cam.audience.people, frame.timestamp):
-                self.emit(looped)  # an ad held past its duration_s: each loop is a play
+        self._select(cid, cam, frame.timestamp)
         if not self.offline:
             self._latency_ms.append((now() - frame.timestamp) * 1000)
             self._tick_latency_s[cid] = self._latency_ms[-1] / 1000
         if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
             self._emit_interval(cid, cam, frame.timestamp, flush=False)
+
+    def _select(self, cid: str, cam: CameraRuntime, ts: float) -> None:
+        """Each display that follows the camera chooses its ad; the plays follow."""
+        for selector in self.selectors.get(cid, ()):
+            decision = selector.decide(cam.audience.viewers(), ts, wall=local(ts))
+            if decision is not None:
+                assert cam.plays is not None  # set in __init__ with the camera's selectors
+                ended = cam.plays.switch(decision, ts)
+                if ended is not None:
+                    self.emit(ended)
+                self.emit(DecisionEvent.of(decision))
+        if cam.plays is not None:  # after the switch: this frame is the new ad's audience
+            for looped in cam.plays.observe(cam.audience.people, ts):
+                self.emit(looped)  # an ad held past its duration_s: each loop is a play
 
     # -- reporting -----------------------------------------------------------------
 
@@ -628,7 +630,12 @@ class Service:
         status = cam.reader.status
         if status.exit_status and status.last_error:
             self.emit(
-                ErrorEvent(cid, redact(cam.reader.source), status.last_error, status.exit_status)
+                ErrorEvent(
+                    camera=cid,
+                    source=redact(cam.reader.source),
+                    error=status.last_error,
+                    exit_status=status.exit_status,
+                )
             )
         if cam.frames == 0 and status.exit_status and status.last_error:
             cam.done = True  # nothing was read: the error line is all there is to say
@@ -656,11 +663,11 @@ class Service:
             cam.was_online = status.online
             self.emit(
                 CameraEvent(
-                    cid,
-                    cam.settings.name,
-                    status.online,
-                    status.last_error,
-                    cam.reader.reconnects_last_hour(),
+                    camera=cid,
+                    name=cam.settings.name,
+                    online=status.online,
+                    error=status.last_error,
+                    reconnects_last_hour=cam.reader.reconnects_last_hour(),
                 )
             )
 

@@ -596,6 +596,7 @@ def table(result: dict) -> str:
 
 def main(
     config,
+    *,
     source: str | None,
     size: str | None,
     seconds: float,

@@ -188,38 +188,11 @@ class Metrics:
     def emit(self, event: Event) -> None:
         match event:
             case TickEvent():
-                for camera, seconds in event.detect_s.items():
-                    self.detector_seconds.labels(camera).observe(seconds)
-                if event.classify_s is not None:
-                    self.classifier_seconds.observe(event.classify_s)
-                    self.classifier_batch.observe(event.classified)
-                for camera, seconds in event.latency_s.items():
-                    self.latency_seconds.labels(camera).observe(seconds)
-                self.cameras = {**self.cameras, **event.cameras}
-            case IntervalEvent(camera=cam):
-                for age_class, by_gender in event.unique_visitors.items():
-                    for gender, n in by_gender.items():
-                        if n:
-                            self.visitors.labels(cam, age_class, gender).inc(n)
-                for age_class, n in event.gender_unknown.items():
-                    if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
-                        self.visitors.labels(cam, age_class, "unknown").inc(n)
-                self.unclassified.labels(cam).inc(event.unclassified)
-                self.watchers.labels(cam).inc(event.watchers)
+                self._tick(event)
+            case IntervalEvent():
+                self._interval(event)
             case PlayEvent():
-                self.count_play(
-                    event.display,
-                    event.ad,
-                    sum(n for by_g in event.viewers.values() for n in by_g.values()),
-                )
-                labels = (event.display, event.ad)
-                segments = play_segments(event)  # derived when an older producer sent none
-                for counter, figure in (
-                    (self.impressions, "impressions"),
-                    (self.reach, "reach"),
-                    (self.play_watchers, "watchers"),
-                ):
-                    counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
+                self._play(event)
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
                     self.reconnects.labels(cam).inc()
@@ -227,6 +200,43 @@ class Metrics:
                 if cam in self.cameras:  # offline at once, though no frame ticks meanwhile
                     changed = dataclasses.replace(self.cameras[cam], online=online)
                     self.cameras = {**self.cameras, cam: changed}
+
+    def _tick(self, event: TickEvent) -> None:
+        for camera, seconds in event.detect_s.items():
+            self.detector_seconds.labels(camera).observe(seconds)
+        if event.classify_s is not None:
+            self.classifier_seconds.observe(event.classify_s)
+            self.classifier_batch.observe(event.classified)
+        for camera, seconds in event.latency_s.items():
+            self.latency_seconds.labels(camera).observe(seconds)
+        self.cameras = {**self.cameras, **event.cameras}
+
+    def _interval(self, event: IntervalEvent) -> None:
+        cam = event.camera
+        for age_class, by_gender in event.unique_visitors.items():
+            for gender, n in by_gender.items():
+                if n:
+                    self.visitors.labels(cam, age_class, gender).inc(n)
+        for age_class, n in event.gender_unknown.items():
+            if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
+                self.visitors.labels(cam, age_class, "unknown").inc(n)
+        self.unclassified.labels(cam).inc(event.unclassified)
+        self.watchers.labels(cam).inc(event.watchers)
+
+    def _play(self, event: PlayEvent) -> None:
+        self.count_play(
+            event.display,
+            event.ad,
+            sum(n for by_g in event.viewers.values() for n in by_g.values()),
+        )
+        labels = (event.display, event.ad)
+        segments = play_segments(event)  # derived when an older producer sent none
+        for counter, figure in (
+            (self.impressions, "impressions"),
+            (self.reach, "reach"),
+            (self.play_watchers, "watchers"),
+        ):
+            counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
 
     # -- the endpoint --------------------------------------------------------------
 

@@ -260,7 +260,9 @@ def _reject_constant(name: str):
     raise BadContent(f"{name} is not a number JSON allows")
 
 
-def parse_content(payload: bytes | bytearray, display: str, allowed: Creatives) -> dict:
+def parse_content(  # noqa: C901 (one check per field of the message, each its own reason)
+    payload: bytes | bytearray, display: str, allowed: Creatives
+) -> dict:
     """The fields of a content message the page uses, checked and typed; BadContent for
     anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
     if len(payload) > MAX_CONTENT_BYTES:
