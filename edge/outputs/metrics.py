@@ -1,4 +1,4 @@
-"""Prometheus metrics on http://<metrics.listen>:<metrics.port>/metrics (README
+"""Prometheus metrics on http://<metrics.listen>:<metrics.port>/metrics (docs/reference.md
 "Prometheus metrics"), with prometheus_client.
 
 Everything comes from the service's events: Metrics is an event sink like the log and

@@ -1,6 +1,6 @@
 """The MQTT topic tree: every topic, its payload, QoS and retain flag, in one place.
 
-README's "MQTT topics" table is generated from TOPICS (`edge config --topics`), its
+docs/reference.md's "MQTT topics" table is generated from TOPICS (`edge config --topics`), its
 payload column from the event classes of events.py, so the documentation and the code
 cannot drift apart. Every JSON payload carries `schema` (SCHEMA_VERSION) and `time`
 (ISO 8601 with zone).
