@@ -279,18 +279,8 @@ def cmd_serve(args, cfg) -> int:
 def cmd_bench(args, cfg) -> int:
     from edge.commands import bench
 
-    return bench.main(
-        cfg,
-        source=args.source,
-        size=args.size,
-        seconds=args.seconds,
-        json_path=args.json,
-        cameras=args.cameras,
-        gpu=args.gpu,
-        idle_share=args.idle_share,
-        gating=not args.no_gating,
-        crowd=args.crowd,
-    )
+    # The parser names each option after bench.main's keyword (`dest`).
+    return bench.main(cfg, **{name: getattr(args, name) for name in bench.OPTIONS})
 
 
 def cmd_check(args, cfg) -> int:
@@ -478,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument(
+        "--json", dest="json_path", metavar="FILE", help="also write the figures as JSON"
+    )
     p.add_argument(
         "--cameras",
         type=int,
@@ -501,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-gating",
-        action="store_true",
+        dest="gating",
+        action="store_false",
         help="detect every frame (cameras' motion gating and tracked_detect_fps "
         "off), for comparison",
     )

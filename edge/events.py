@@ -51,6 +51,13 @@ class Payload:
         return {**head, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
 
 
+def _tallied(cls: type, tally: VisitTally) -> dict[str, Any]:
+    """The fields of event class `cls` that a VisitTally holds (the same names), as the
+    tally has them; its own span (float `start`, `end`) the event labels itself."""
+    counted = {f.name for f in fields(VisitTally)} - {"start", "end"}
+    return {f.name: getattr(tally, f.name) for f in fields(cls) if f.name in counted}
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Payload):
         return value.to_json()
@@ -177,18 +184,7 @@ class IntervalEvent(Payload):
     @classmethod
     def of(cls, camera: str, tally: VisitTally, start: str, end: str) -> IntervalEvent:
         """The audience stage's tally of one interval, its fields as they are."""
-        return cls(
-            camera=camera,
-            start=start,
-            end=end,
-            unique_visitors=tally.unique_visitors,
-            gender_unknown=tally.gender_unknown,
-            watchers=tally.watchers,
-            unclassified=tally.unclassified,
-            dwell_s=tally.dwell_s,
-            attention_s=tally.attention_s,
-            segments=tally.segments,
-        )
+        return cls(camera=camera, start=start, end=end, **_tallied(cls, tally))
 
 
 @dataclass(frozen=True)
@@ -291,11 +287,8 @@ class SummaryEvent(Payload):
             camera=camera,
             frames=frames,
             frames_detected=frames_detected,
-            unique_visitors=totals.unique_visitors,
-            gender_unknown=totals.gender_unknown,
-            watchers=totals.watchers,
-            unclassified=totals.unclassified,
             plays=plays,
+            **_tallied(cls, totals),
         )
 
     def to_json(self) -> dict:
@@ -328,11 +321,11 @@ class CameraCounters(Payload):
     """One camera's running totals as of a tick (the reader's since it started, the
     loop's since the service started)."""
 
-    online: bool = doc()
-    captured: int = doc()
-    processed: int = doc()
-    skipped: int = doc()
-    passed_over: int = doc()
+    online: bool
+    captured: int  # frames the camera delivered
+    processed: int  # frames run through the pipeline
+    skipped: int  # due frames lost because processing fell behind
+    passed_over: int  # frames left on purpose, above the camera's fps
 
 
 @dataclass(frozen=True)
@@ -343,11 +336,11 @@ class TickEvent(Payload):
     type = "tick"
     internal: ClassVar[bool] = True
 
-    detect_s: dict[str, float] = doc("per camera the detector ran for: its share, seconds")
-    classify_s: float | None = doc("the classifier call, seconds; None: none this tick")
-    classified: int = doc("faces in that call")
-    latency_s: dict[str, float] = doc("per camera: capture to decision, seconds (live only)")
-    cameras: dict[str, CameraCounters] = doc(of=CameraCounters)
+    detect_s: dict[str, float]  # per camera the detector ran for: its share, seconds
+    classify_s: float | None  # the classifier call, seconds; None: none this tick
+    classified: int  # faces in that call
+    latency_s: dict[str, float]  # per camera: capture to decision, seconds (live only)
+    cameras: dict[str, CameraCounters]
 
 
 @dataclass(frozen=True)
@@ -358,8 +351,8 @@ class HealthEvent(Payload):
     type = "health"
     internal: ClassVar[bool] = True
 
-    state: str = doc("ready | alive | status | stopping")
-    status: str = doc("one line for `systemctl status`; empty for alive")
+    state: str  # ready | alive | status | stopping
+    status: str  # one line for `systemctl status`; empty for alive
 
 
 Event = (

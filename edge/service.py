@@ -106,12 +106,8 @@ class CameraSettings:
 
     @classmethod
     def from_config(cls, cam: CameraConfig) -> CameraSettings:
-        return cls(
-            name=cam.name,
-            detect_width=cam.detect_width,
-            idle_detect_s=cam.idle_detect_s,
-            tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0,
-        )
+        gap = 1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0
+        return cls(cam.name, cam.detect_width, cam.idle_detect_s, tracked_gap_s=gap)
 
 
 @dataclass

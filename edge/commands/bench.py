@@ -594,6 +594,20 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+# main's options, each the `dest` of `edge bench`'s option of that meaning (cli.py)
+OPTIONS = (
+    "source",
+    "size",
+    "seconds",
+    "json_path",
+    "cameras",
+    "gpu",
+    "idle_share",
+    "gating",
+    "crowd",
+)
+
+
 def main(
     config,
     *,

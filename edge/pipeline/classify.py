@@ -115,15 +115,8 @@ class ChipSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> ChipSettings:
-        c = config.classifier
-        return cls(
-            child_below=c.child_below,
-            old_from=c.old_from,
-            flip_tta=c.flip_tta,
-            calibrated=c.calibrated,
-            exposure_floor=c.exposure_floor,
-            turned_yaw=c.turned_yaw,
-        )
+        # Every field is the classifier key of the same name.
+        return cls(**{f.name: getattr(config.classifier, f.name) for f in dataclasses.fields(cls)})
 
     @classmethod
     def defaults(cls) -> ChipSettings:
