@@ -10,9 +10,11 @@ One loop, one tick at a time:
      (new faces first, biggest first; the rest at the next detections), so a crowd
      walking in is classified over a few ticks instead of holding one for seconds,
   4. update each camera's audience (audience.py), let each display that follows the
-     camera choose its ad (select.py), and emit events to the sinks: log lines or
-     JSON lines, and the MQTT publisher (publish.py).
-Stats, reporting intervals and the systemd watchdog hang off the same loop.
+     camera choose its ad (select.py), and emit events to the sinks
+     (outputs/sinks.py: log or JSON lines, the MQTT publisher, the player, the store,
+     the metrics, systemd's notify socket), the loop's only way out.
+Stats, reporting intervals and the systemd watchdog hang off the same loop; the last
+two reach their outputs as events too (TickEvent, HealthEvent).
 
 Detection gating (per camera, `_detect_need`): the detector is the costly stage on a
 CPU, so it runs only where a face can be:
@@ -61,7 +63,7 @@ from edge.events import (
     TickEvent,
 )
 from edge.outputs.notify import watchdog_interval_s
-from edge.outputs.sinks import JsonLines, LogSink, Sink
+from edge.outputs.sinks import Sink
 from edge.pipeline.analyze import FaceAnalyzer
 from edge.pipeline.audience import Audience
 from edge.pipeline.capture import (
@@ -80,11 +82,6 @@ from edge.records import Decision, Detections, PresentAudience
 from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)
-
-
-# Kept importable from here: edge bench, preview and the tests name them so.
-EventSink = Sink
-__all__ = ["EventSink", "JsonLines", "LogSink", "Service", "stats_line"]
 
 
 @dataclass(frozen=True)
