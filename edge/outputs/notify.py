@@ -34,8 +34,12 @@ class Notifier:
         if self._sock is None:
             return
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError as exc:  # the manager went away; the service itself carries on
+            # Never waits: as a sink it runs on the main loop's thread, and a datagram
+            # socket whose reader has fallen behind (a queue of net.unix.max_dgram_qlen,
+            # 10 on some boxes) would block the send, and the loop, until it reads.
+            # A message that does not fit is dropped; the next one says the same again.
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._address)
+        except OSError as exc:  # the manager went away, or is behind; the service carries on
             log.debug("notify failed: %s", exc)
 
     def ready(self, status: str) -> None:
