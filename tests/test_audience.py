@@ -5,7 +5,7 @@ import numpy as np
 from edge.config import AudienceConfig
 from edge.pipeline.audience import Audience, head_pose
 from edge.pipeline.track import Track
-from edge.records import Demographics
+from edge.records import Demographics, VisitTally
 
 from conftest import total
 
@@ -36,7 +36,7 @@ def demo(class_probs, male):
     )
 
 
-def one_visitor(config: AudienceConfig, class_probs, male) -> dict:
+def one_visitor(config: AudienceConfig, class_probs, male) -> VisitTally:
     """The interval report after one face, classified once, stayed 2 s and left."""
     aud = Audience("cam", config)
     t = track(1, 0.0, 2.0)
@@ -119,12 +119,12 @@ def test_dwell_attention_and_a_counted_visit():
         changed.append(aud.update([t], [], now, 0.1 if i else 0.0))
     assert changed[0] and not any(changed[1:])  # one change: the person appeared
     person = aud.present()[0]
-    assert person["dwell_s"] == 3.0 and person["attention_s"] >= 2.9 and person["watching"]
+    assert person.dwell_s == 3.0 and person.attention_s >= 2.9 and person.watching
     assert aud.present_counts()["adult"]["female"] == 1
     assert aud.update([], [track(3, 0.0, 3.0)], 4.0, 0.1)  # track removed: visit ends
     report = aud.close_interval(4.0)
-    assert report["unique_visitors"]["adult"]["female"] == 1 and report["watchers"] == 1
-    assert report["dwell_s"] == 3.0 and aud.present() == []
+    assert report.unique_visitors["adult"]["female"] == 1 and report.watchers == 1
+    assert report.dwell_s == 3.0 and aud.present() == []
 
 
 def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count():
@@ -141,14 +141,14 @@ def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count(
     )
     aud.update([walker, glimpse], [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
-    assert report["unique_visitors"]["adult"]["male"] == 1  # the glimpse lasted 0.2 s
-    assert report["unclassified"] == 1 and report["watchers"] == 0
+    assert report.unique_visitors["adult"]["male"] == 1  # the glimpse lasted 0.2 s
+    assert report.unclassified == 1 and report.watchers == 0
 
 
 def test_unsure_visitors_are_counted_as_unclassified():
     report = one_visitor(AudienceConfig(min_confidence=0.6), [0.35, 0.4, 0.25], 0.5)
-    assert report["unclassified"] == 1
-    assert total(report["unique_visitors"]) == 0
+    assert report.unclassified == 1
+    assert total(report.unique_visitors) == 0
 
 
 def test_an_unsure_gender_is_counted_as_gender_unknown():
@@ -168,12 +168,12 @@ def test_an_unsure_gender_is_counted_as_gender_unknown():
         )
     aud.update(tracks, [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
-    assert report["unique_visitors"]["adult"] == {"female": 0, "male": 1}
-    assert report["gender_unknown"] == {"child": 0, "adult": 2, "old": 0}
-    assert report["unclassified"] == 0 and aud.totals()["gender_unknown"]["adult"] == 2
+    assert report.unique_visitors["adult"] == {"female": 0, "male": 1}
+    assert report.gender_unknown == {"child": 0, "adult": 2, "old": 0}
+    assert report.unclassified == 0 and aud.totals().gender_unknown["adult"] == 2
 
 
 def test_a_zero_gender_margin_always_picks_a_gender():
     report = one_visitor(AudienceConfig(gender_margin=0.0), [0.05, 0.9, 0.05], 0.52)
-    assert report["unique_visitors"]["adult"]["male"] == 1
-    assert sum(report["gender_unknown"].values()) == 0
+    assert report.unique_visitors["adult"]["male"] == 1
+    assert sum(report.gender_unknown.values()) == 0

@@ -82,7 +82,7 @@ BLOCKS = (
 # --- the network in PyTorch -------------------------------------------------------------
 
 
-def build_torch(weights: dict[str, np.ndarray]):
+def build_torch(weights: dict[str, np.ndarray]):  # noqa: C901 (the network, layer by layer)
     """AgeGenderNet as a torch.nn.Module whose parameters are face-api's (dequantised)
     weights, laid out exactly as edge/inference/faceapi.py lays out the ONNX graph."""
     import torch

@@ -32,9 +32,8 @@ class FaceAnalyzer:
         self.config = config
         models_dir = config.resolve(config.models.dir)
         specs = modelstore.load_manifest(models_dir)
-        needed = {"centerface"} if config.detector.backend == "centerface" else set()
-        needed |= classify.model_names(config)
-        paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
+        needed = modelstore.configured_models(config)
+        paths = {n: modelstore.verify(specs[n], models_dir) for n in needed}
         self.detector = detect.create(config, paths, detect_threshold)
         self.classifier = classify.create(config, paths)
         log.info(
