@@ -61,7 +61,7 @@ class FaceAnalyzer:
 
 
 def find_many(
-    detector, frames: list[np.ndarray]
+    detector: detect.FaceDetector, frames: list[np.ndarray]
 ) -> tuple[list[np.ndarray], list[Detections], list[int]]:
     """Stills' faces, detected together: per photo the image its faces are on (the photo,
     or the photo with a border when the photo alone showed none), the faces in that
