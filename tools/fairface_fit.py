@@ -67,23 +67,15 @@ def labels_val(labels_csv: Path):
     return evaluate.select(labels, labels_csv, [("split", {"val"})])
 
 
-def cmd_raw(args) -> int:
-    from tqdm import tqdm
+def build_networks(cfg, paths: dict) -> dict:
+    """Each backend of NETWORKS whose files the manifest has, with config.yaml's chip
+    settings (flip TTA, exposure floor) and, for faceapi-fairface, its own crop rule."""
+    from edge.inference import runtime
+    from edge.pipeline import classify
 
-    from edge import config as config_mod
-    from edge.inference import modelstore, runtime
-    from edge.pipeline import analyze, classify, detect
-    from edge.records import Detections
-
-    cfg = config_mod.load(ROOT / "config.yaml")
-    models_dir = cfg.resolve(cfg.models.dir)
-    specs = modelstore.load_manifest(models_dir)
-    names = {"centerface"} | {m for _, ms in NETWORKS.values() for m in ms if m in specs}
-    paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(names)}
-    detector = detect.create(cfg, paths)
     settings = classify.ChipSettings.from_config(cfg)
     placement = runtime.Placement.from_config(cfg)
-    nets = {}
+    nets: dict = {}
     for name, (kind, entries) in NETWORKS.items():
         if not all(e in paths for e in entries):
             print(f"{name}: not in the manifest, skipped", file=sys.stderr)
@@ -96,6 +88,24 @@ def cmd_raw(args) -> int:
             nets[name] = classify.CydralAgeGender(
                 paths[entries[0]], paths[entries[1]], placement, settings
             )
+    return nets
+
+
+def cmd_raw(args) -> int:
+    from tqdm import tqdm
+
+    from edge import config as config_mod
+    from edge.inference import modelstore
+    from edge.pipeline import analyze, classify, detect
+    from edge.records import Detections
+
+    cfg = config_mod.load(ROOT / "config.yaml")
+    models_dir = cfg.resolve(cfg.models.dir)
+    specs = modelstore.load_manifest(models_dir)
+    names = {"centerface"} | {m for _, ms in NETWORKS.values() for m in ms if m in specs}
+    paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(names)}
+    detector = detect.create(cfg, paths)
+    nets = build_networks(cfg, paths)
     labels = labels_val(Path(args.labels))
     n = len(labels)
     files = np.array([str(label.path.name) for label in labels])

@@ -23,20 +23,6 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-OPS = {
-    "Conv",
-    "Mul",
-    "Add",
-    "Relu",
-    "AveragePool",
-    "MaxPool",
-    "GlobalAveragePool",
-    "Pad",
-    "Flatten",
-    "Gemm",
-    "Softmax",
-}
-
 
 def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -49,7 +35,7 @@ def _key(name: str) -> str:
 class OnnxModule(torch.nn.Module):
     def __init__(self, model: onnx.ModelProto):
         super().__init__()
-        unknown = {n.op_type for n in model.graph.node} - OPS
+        unknown = {n.op_type for n in model.graph.node} - set(OPERATORS)
         if unknown:
             raise ValueError(f"operators this interpreter does not run: {sorted(unknown)}")
         self.nodes = list(model.graph.node)
@@ -69,81 +55,81 @@ class OnnxModule(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, outputs: tuple[str, ...] | None = None):
         values: dict[str, torch.Tensor] = {self.input_name: x}
-
-        def get(name: str) -> torch.Tensor:
-            return values[name] if name in values else self.tensor(name)
-
         for node in self.nodes:
-            a = _attrs(node)
-            ins = [get(i) for i in node.input if i]
-            op = node.op_type
-            if op == "Conv":
-                pads = a.get("pads", [0, 0, 0, 0])
-                if pads[:2] != pads[2:]:
-                    raise ValueError(f"{node.name}: asymmetric padding {pads}")
-                y = F.conv2d(
-                    ins[0],
-                    ins[1],
-                    ins[2] if len(ins) > 2 else None,
-                    stride=a.get("strides", [1, 1]),
-                    padding=pads[:2],
-                    dilation=a.get("dilations", [1, 1]),
-                    groups=a.get("group", 1),
-                )
-            elif op == "Mul":
-                y = ins[0] * ins[1]
-            elif op == "Add":
-                y = ins[0] + ins[1]
-            elif op == "Relu":
-                y = F.relu(ins[0])
-            elif op in ("AveragePool", "MaxPool"):
-                pads = a.get("pads", [0, 0, 0, 0])
-                if any(pads):
-                    raise ValueError(f"{node.name}: pooling with padding {pads}")
-                kwargs = dict(kernel_size=a["kernel_shape"], stride=a.get("strides", 1))
-                if op == "MaxPool":
-                    y = F.max_pool2d(ins[0], ceil_mode=bool(a.get("ceil_mode", 0)), **kwargs)
-                else:
-                    y = F.avg_pool2d(ins[0], ceil_mode=bool(a.get("ceil_mode", 0)), **kwargs)
-            elif op == "GlobalAveragePool":
-                y = ins[0].mean(dim=(2, 3), keepdim=True)
-            elif op == "Pad":
-                pads = [int(p) for p in self._constant(node.input[1])]
-                mode = a.get("mode", b"constant")
-                mode = mode.decode() if isinstance(mode, bytes) else mode
-                if mode != "constant" or len(pads) != 8:
-                    raise ValueError(f"{node.name}: only constant padding of NCHW tensors")
-                # ONNX: [n, c, h, w begins, n, c, h, w ends]; torch: last axis first, pairs
-                # (dlib's residual blocks pad channels, and the odd map's bottom and right)
-                value = float(self._constant(node.input[2])) if len(node.input) > 2 else 0.0
-                torch_pads = (
-                    pads[3],
-                    pads[7],
-                    pads[2],
-                    pads[6],
-                    pads[1],
-                    pads[5],
-                    pads[0],
-                    pads[4],
-                )
-                y = F.pad(ins[0], torch_pads, value=value)
-            elif op == "Flatten":
-                y = ins[0].flatten(a.get("axis", 1))
-            elif op == "Gemm":
-                w = ins[1].T if a.get("transB", 0) else ins[1]
-                x_ = ins[0].T if a.get("transA", 0) else ins[0]
-                y = a.get("alpha", 1.0) * (x_ @ w)
-                if len(ins) > 2:
-                    y = y + a.get("beta", 1.0) * ins[2]
-            elif op == "Softmax":
-                y = torch.softmax(ins[0], dim=a.get("axis", -1))
-            values[node.output[0]] = y
+            ins = [values[i] if i in values else self.tensor(i) for i in node.input if i]
+            values[node.output[0]] = OPERATORS[node.op_type](self, node, _attrs(node), ins)
         if outputs is None:
             return values[self.nodes[-1].output[0]]
         return tuple(values[name] for name in outputs)
 
-    def _constant(self, name: str) -> np.ndarray:
+    def constant(self, name: str) -> np.ndarray:
         return self.tensor(name).detach().numpy()
+
+
+# --- the operators: (module, node, attributes, inputs) -> output ------------------------------
+
+
+def _conv(module, node, a, ins):
+    pads = a.get("pads", [0, 0, 0, 0])
+    if pads[:2] != pads[2:]:
+        raise ValueError(f"{node.name}: asymmetric padding {pads}")
+    return F.conv2d(
+        ins[0],
+        ins[1],
+        ins[2] if len(ins) > 2 else None,
+        stride=a.get("strides", [1, 1]),
+        padding=pads[:2],
+        dilation=a.get("dilations", [1, 1]),
+        groups=a.get("group", 1),
+    )
+
+
+def _pool(module, node, a, ins):
+    pads = a.get("pads", [0, 0, 0, 0])
+    if any(pads):
+        raise ValueError(f"{node.name}: pooling with padding {pads}")
+    pool = F.max_pool2d if node.op_type == "MaxPool" else F.avg_pool2d
+    return pool(
+        ins[0],
+        kernel_size=a["kernel_shape"],
+        stride=a.get("strides", 1),
+        ceil_mode=bool(a.get("ceil_mode", 0)),
+    )
+
+
+def _pad(module, node, a, ins):
+    pads = [int(p) for p in module.constant(node.input[1])]
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode != "constant" or len(pads) != 8:
+        raise ValueError(f"{node.name}: only constant padding of NCHW tensors")
+    # ONNX: [n, c, h, w begins, n, c, h, w ends]; torch: last axis first, in pairs
+    # (dlib's residual blocks pad channels, and an odd map's bottom and right)
+    value = float(module.constant(node.input[2])) if len(node.input) > 2 else 0.0
+    order = (3, 7, 2, 6, 1, 5, 0, 4)
+    return F.pad(ins[0], tuple(pads[k] for k in order), value=value)
+
+
+def _gemm(module, node, a, ins):
+    w = ins[1].T if a.get("transB", 0) else ins[1]
+    x = ins[0].T if a.get("transA", 0) else ins[0]
+    y = a.get("alpha", 1.0) * (x @ w)
+    return y + a.get("beta", 1.0) * ins[2] if len(ins) > 2 else y
+
+
+OPERATORS = {
+    "Conv": _conv,
+    "Mul": lambda m, n, a, ins: ins[0] * ins[1],
+    "Add": lambda m, n, a, ins: ins[0] + ins[1],
+    "Relu": lambda m, n, a, ins: F.relu(ins[0]),
+    "AveragePool": _pool,
+    "MaxPool": _pool,
+    "GlobalAveragePool": lambda m, n, a, ins: ins[0].mean(dim=(2, 3), keepdim=True),
+    "Pad": _pad,
+    "Flatten": lambda m, n, a, ins: ins[0].flatten(a.get("axis", 1)),
+    "Gemm": _gemm,
+    "Softmax": lambda m, n, a, ins: torch.softmax(ins[0], dim=a.get("axis", -1)),
+}
 
 
 def write_back(module: OnnxModule, model: onnx.ModelProto) -> onnx.ModelProto:
