@@ -104,24 +104,34 @@ class ClassifierConfig:
         "networks, trained on the publisher's own data), faceapi (face-api.js's "
         "AgeGenderNet, MIT weights trained partly on research-only datasets), "
         "faceapi-fairface (that network fine-tuned here on FairFace, CC BY 4.0: "
-        "models/faceapi-fairface.md), "
+        "models/faceapi-fairface.md), cydral-fairface (Cydral's networks fine-tuned "
+        "here on FairFace: CC0 weights, CC BY data; models/cydral-fairface.md), "
         "ensemble (the mean of classifier.members) or insightface (a "
         "genderage.onnx you provide; the InsightFace packs are licensed for "
-        "non-commercial use only). Default: the ensemble of faceapi and cydral. "
+        "non-commercial use only). Default: the ensemble of faceapi-fairface and "
+        "cydral-fairface, the best measured on FairFace val (docs/calibration.md "
+        "section 12). "
         'README "Models" lists each one\'s training data.',
-        choices=("cydral", "faceapi", "faceapi-fairface", "ensemble", "insightface"),
+        choices=(
+            "cydral",
+            "faceapi",
+            "faceapi-fairface",
+            "cydral-fairface",
+            "ensemble",
+            "insightface",
+        ),
     )
     members: list = opt(
-        ["faceapi", "cydral"],
+        ["faceapi-fairface", "cydral-fairface"],
         "Backends averaged by backend: ensemble (any of cydral, faceapi, "
-        "faceapi-fairface, insightface; each once).",
+        "faceapi-fairface, cydral-fairface, insightface; each once).",
     )
     weights: list | None = opt(
         None,
         "Ensemble weights for age and age class, one per member. "
-        "Default: those calibrated for the members (faceapi 0.7, "
-        "cydral 0.3; docs/calibration.md), equal for other member "
-        "sets.",
+        "Default: those calibrated for the members (faceapi-fairface 0.6, "
+        "cydral-fairface 0.4; faceapi 0.7, cydral 0.3; docs/calibration.md), "
+        "equal for other member sets.",
     )
     gender_weights: list | None = opt(
         None,
@@ -1011,7 +1021,7 @@ def _cross_checks(config: Config, problems: Problems) -> None:  # noqa: C901 (a 
 def _check_ensemble(c, add) -> None:
     if c.backend != "ensemble":
         return
-    members = ("cydral", "faceapi", "faceapi-fairface", "insightface")
+    members = ("cydral", "faceapi", "faceapi-fairface", "cydral-fairface", "insightface")
     if (
         not c.members
         or any(m not in members for m in c.members)

@@ -148,6 +148,7 @@ BACKEND_MODELS = {
     "cydral": ("age", "gender"),
     "faceapi": ("faceapi",),
     "faceapi-fairface": ("faceapi-fairface",),
+    "cydral-fairface": ("cydral-fairface-age", "cydral-fairface-gender"),
     "insightface": (),
 }
 

@@ -56,6 +56,12 @@ AGE_CALIBRATION = np.array(
 # So an ensemble pools its unshifted log-odds (docs/calibration.md section 10).
 CYDRAL_MALE_THRESHOLD = 0.36
 
+# Cydral's networks fine-tuned on FairFace's train split (models/cydral-fairface.md):
+# the age map and gender threshold fitted on FairFace's val split (tools/fairface_fit.py,
+# docs/calibration.md section 12).
+CYDRAL_FAIRFACE_AGE_CALIBRATION = np.array([[0.0, 0.0], [18.5, 18.0], [57.0, 60.0], [80.0, 80.0]])
+CYDRAL_FAIRFACE_MALE_THRESHOLD = 0.574
+
 
 # ITU-R BT.601 luma weights in OpenCV's BGR order.
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)
@@ -185,7 +191,11 @@ class CydralAgeGender(ChipBackend):
         settings: ChipSettings | None = None,
         *,
         gender_threshold: bool = True,
+        age_calibration: np.ndarray | None = None,
+        male_threshold: float | None = None,
     ):
+        """`age_calibration` and `male_threshold`: the networks' own (default: Cydral's,
+        AGE_CALIBRATION and CYDRAL_MALE_THRESHOLD); the FairFace fine-tune has its own."""
         runners = []
         for path, size, label in (
             (age_model, self.AGE_SIZE, "age"),
@@ -198,12 +208,15 @@ class CydralAgeGender(ChipBackend):
             runners.append(runtime.BatchRunner(sess, placement.gpu))
         self._age, self._gender = runners
         self.settings = s = settings or ChipSettings.defaults()
-        calibration = AGE_CALIBRATION if s.calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
+        identity = np.array([[0.0, 0.0], [80.0, 80.0]])
+        knots = AGE_CALIBRATION if age_calibration is None else age_calibration
+        calibration = knots if s.calibrated else identity
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
         self._masks = class_masks(self.bin_ages, s.child_below, s.old_from)
-        # gender_threshold: False for an ensemble member (CYDRAL_MALE_THRESHOLD).
+        # gender_threshold: False for an ensemble member (a decision rule for one network).
+        threshold = CYDRAL_MALE_THRESHOLD if male_threshold is None else male_threshold
         self._gender_calibration = RegressionCalibration(
-            male_threshold=CYDRAL_MALE_THRESHOLD if s.calibrated and gender_threshold else 0.5
+            male_threshold=threshold if s.calibrated and gender_threshold else 0.5
         )
         self.provider = runtime.active_provider(self._age.sess)
 
@@ -320,10 +333,17 @@ FACEAPI_CALIBRATION = RegressionCalibration(
     age_knots=((0.0, 0.0), (17.5, 18.0), (58.5, 60.0), (80.0, 80.0)), age_spread=0.19
 )
 
-# face-api's network fine-tuned on FairFace's train split (models/faceapi-fairface.md):
-# it learnt ages from FairFace's groups, so no age map; the class spread as face-api's.
-# Its chips were cut with the box crop past this turn (classify.faceapi_chips).
-FAIRFACE_CALIBRATION = RegressionCalibration(age_spread=0.19)
+# face-api's network fine-tuned on FairFace's train split (models/faceapi-fairface.md),
+# calibrated on FairFace's val split (tools/fairface_fit.py, docs/calibration.md section
+# 12): it learnt ages from FairFace's groups, yet calls some 16-17-year-olds adults
+# and the late fifties old less than it should (knots 16 -> 18, 58 -> 60); its P(male)
+# leans male a little (even odds at 0.55). Its chips were cut with the box crop past
+# FAIRFACE_TURNED_YAW (classify.faceapi_chips).
+FAIRFACE_CALIBRATION = RegressionCalibration(
+    age_knots=((0.0, 0.0), (16.0, 18.0), (58.0, 60.0), (80.0, 80.0)),
+    age_spread=0.21,
+    male_threshold=0.55,
+)
 FAIRFACE_TURNED_YAW = 0.5
 
 # Ensembles calibrated as a whole: the weighted mean of the members' calibrated ages
@@ -334,6 +354,15 @@ ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
         age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20
     ),
+    # The default (docs/calibration.md section 12), fitted on FairFace's val split with
+    # tools/fairface_fit.py: the members' calibrated ages mapped again, and the pooled
+    # log-odds' even odds (faceapi-fairface's own threshold already applied, Cydral's
+    # net pooled raw as every member is): the pair leans male by 0.35 on the log-odds.
+    (("cydral-fairface", 0.4), ("faceapi-fairface", 0.6)): RegressionCalibration(
+        age_knots=((0.0, 0.0), (18.0, 18.0), (59.0, 60.0), (80.0, 80.0)),
+        age_spread=0.19,
+        male_threshold=0.587,
+    ),
 }
 # Weights when classifier.weights / classifier.gender_weights are not set: those chosen
 # for the member set (docs/calibration.md section 8), else equal. face-api's network
@@ -342,7 +371,13 @@ ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration
 # likely to be memory (it was trained on UTKFace), so neither a tilt nor weights or
 # Platt scales fitted on that set carry over to other faces (docs/calibration.md
 # section 10).
-DEFAULT_WEIGHTS = {frozenset({"cydral", "faceapi"}): {"faceapi": 0.7, "cydral": 0.3}}
+DEFAULT_WEIGHTS = {
+    frozenset({"cydral", "faceapi"}): {"faceapi": 0.7, "cydral": 0.3},
+    frozenset({"cydral-fairface", "faceapi-fairface"}): {
+        "faceapi-fairface": 0.6,
+        "cydral-fairface": 0.4,
+    },
+}
 
 
 class FaceApiAgeGender(ChipBackend):
@@ -521,6 +556,8 @@ class Ensemble(ChipBackend):
             for wi, r in zip(self.gender_weights, results, strict=False)
         )
         male = 1 / (1 + np.exp(-log_odds))
+        if self.calibration is not None:  # the pair's own even odds (identity when 0.5)
+            male = self.calibration.male_probs(male)
         if self.calibration is None:
             class_probs = sum(wi * r.class_probs for wi, r in zip(w, results, strict=False))
         else:
@@ -642,6 +679,16 @@ def _create(
             placement,
             settings,
             gender_threshold=not member,
+        )
+    if backend == "cydral-fairface":
+        return CydralAgeGender(
+            model_paths["cydral-fairface-age"],
+            model_paths["cydral-fairface-gender"],
+            placement,
+            settings,
+            gender_threshold=not member,
+            age_calibration=CYDRAL_FAIRFACE_AGE_CALIBRATION,
+            male_threshold=CYDRAL_FAIRFACE_MALE_THRESHOLD,
         )
     if backend == "faceapi":
         return FaceApiAgeGender(model_paths["faceapi"], placement, settings)
