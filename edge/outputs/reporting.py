@@ -663,42 +663,87 @@ def _summarize(
     ad: str | None,
     stores: list[str] | None,
 ) -> dict:
-    period_by = "hour" if by == "hour" else "day"
-    group = "campaign" if by == "campaign" else "ad"
-    zones = source.zones(conn)
-    if stores is not None:
-        zones = {s: zones.get(s, dt.UTC) for s in stores}
-    t = source.tables
-    i, iseg, p, pseg = t["intervals"], t["interval_segments"], t["plays"], t["play_segments"]
+    # The steps in the order each needs the one before: which stores and records
+    # count, the offset stretches the local periods are worked out from (the zone
+    # table), then the database's sums (visitors, then plays: the two share the
+    # clock's period names) and the report made of them.
+    zones = _zones_asked(source, conn, stores)
 
     def bounds(tz: Tz) -> tuple[float | None, float | None]:
         return span.bounds(tz) if span is not None else (start, end)
 
-    cameras: dict[str, list[str] | None] = dict.fromkeys(zones)
-    if display is not None and camera is None:
-        # A display's visitors are those of the camera(s) it followed (in its store).
-        followed: dict[str, list[str]] = {s: [] for s in zones}
-        query = sa.select(source.store(p), p.c.camera).where(p.c.display == display).distinct()
-        for store_id, cam in conn.execute(query):
-            if store_id in followed:
-                followed[store_id].append(cam)
-        cameras = {s: sorted(c) for s, c in followed.items()}
+    cameras = _cameras_followed(source, conn, zones, camera, display)
     where = _Filter(
         source, {s: bounds(tz) for s, tz in zones.items()}, cameras, camera, display, ad
     )
+    clock = _Clock(
+        source,
+        zones,
+        "hour" if by == "hour" else "day",
+        _zone_table(source, _stretches(where, zones, _records_range(source, conn, where, zones))),
+    )
+    visitors = _sum_visitors(source, conn, where, clock)
+    played = _sum_ads(source, conn, where, clock, "campaign" if by == "campaign" else "ad")
+    return _report(by, zones, stores, visitors, played)
 
-    # Each store's offset stretches over the range asked for, or over its records.
+
+def _zones_asked(source: Source, conn: sa.Connection, stores: list[str] | None) -> dict[str, Tz]:
+    """Each store's zone: every store the database knows, or the ones asked for (in the
+    order asked; one it has no zone for reads in UTC). The report shows the stores
+    asked for even where they have no records."""
+    zones = source.zones(conn)
+    if stores is not None:
+        zones = {s: zones.get(s, dt.UTC) for s in stores}
+    return zones
+
+
+def _cameras_followed(
+    source: Source,
+    conn: sa.Connection,
+    zones: dict[str, Tz],
+    camera: str | None,
+    display: str | None,
+) -> dict[str, list[str] | None]:
+    """Per store, the cameras whose visitors count (None: all). A display's visitors are
+    those of the camera(s) it followed (in its store), unless --camera names one."""
+    if display is None or camera is not None:
+        return dict.fromkeys(zones)
+    p = source.tables["plays"]
+    followed: dict[str, list[str]] = {s: [] for s in zones}
+    query = sa.select(source.store(p), p.c.camera).where(p.c.display == display).distinct()
+    for store_id, cam in conn.execute(query):
+        if store_id in followed:
+            followed[store_id].append(cam)
+    return {s: sorted(c) for s, c in followed.items()}
+
+
+def _records_range(
+    source: Source, conn: sa.Connection, where: _Filter, zones: dict[str, Tz]
+) -> dict[str, tuple[float, float]]:
+    """Each store's first and last record start (intervals and plays), as epoch
+    seconds: where a range is open at one end, its stretches end at the records. Only
+    read then, as it is one more pass over the tables."""
     seen: dict[str, tuple[float, float]] = {}
-    if any(None in b for b in where.bounds.values()):
-        for table in (i, p):
-            query = sa.select(
-                source.store(table), sa.func.min(table.c.start_ts), sa.func.max(table.c.start_ts)
-            ).group_by(*source.group_store(table))
-            for store_id, low, high in conn.execute(query):
-                if low is not None and store_id in zones:
-                    low, high = source.epoch(low), source.epoch(high)
-                    old = seen.get(store_id, (low, high))
-                    seen[store_id] = (min(old[0], low), max(old[1], high))
+    if not any(None in b for b in where.bounds.values()):
+        return seen
+    for table in (source.tables["intervals"], source.tables["plays"]):
+        query = sa.select(
+            source.store(table), sa.func.min(table.c.start_ts), sa.func.max(table.c.start_ts)
+        ).group_by(*source.group_store(table))
+        for store_id, low, high in conn.execute(query):
+            if low is not None and store_id in zones:
+                low, high = source.epoch(low), source.epoch(high)
+                old = seen.get(store_id, (low, high))
+                seen[store_id] = (min(old[0], low), max(old[1], high))
+    return seen
+
+
+def _stretches(
+    where: _Filter, zones: dict[str, Tz], seen: dict[str, tuple[float, float]]
+) -> list[tuple[str, float, float, int]]:
+    """(store, since, until, UTC offset): each store's offset stretches over the range
+    asked for, or over its records where the range is open; a store with nothing to
+    read has none."""
     stretches = []
     for store_id, (first, last) in where.bounds.items():
         data = seen.get(store_id)
@@ -710,21 +755,15 @@ def _summarize(
             (store_id, since, until, offset)
             for since, until, offset in offset_stretches(zones[store_id], first, last)
         ]
-    length = PERIOD_S[period_by]
-    if stretches:
-        zone_table = sa.union_all(
-            *(
-                sa.select(
-                    sa.literal(store_id, sa.Text).label("store"),
-                    sa.literal(source.ts(since), source.ts_type()).label("since"),
-                    sa.literal(source.ts(until), source.ts_type()).label("until"),
-                    sa.literal(offset, sa.Integer).label("offset_s"),
-                )
-                for store_id, since, until, offset in stretches
-            )
-        ).cte("zones")
-    else:  # no records: a table with no rows
-        zone_table = (
+    return stretches
+
+
+def _zone_table(source: Source, stretches: list[tuple[str, float, float, int]]) -> sa.CTE:
+    """The stretches as a small table (CTE "zones": store, since, until, offset_s) the
+    queries join their records to; with none, a table of the same columns and no rows,
+    so the queries stay the same and return nothing."""
+    if not stretches:
+        return (
             sa.select(
                 sa.literal("", sa.Text).label("store"),
                 sa.literal(source.ts(0), source.ts_type()).label("since"),
@@ -734,65 +773,121 @@ def _summarize(
             .where(sa.false())
             .cte("zones")
         )
-    z = zone_table.c
+    return sa.union_all(
+        *(
+            sa.select(
+                sa.literal(store_id, sa.Text).label("store"),
+                sa.literal(source.ts(since), source.ts_type()).label("since"),
+                sa.literal(source.ts(until), source.ts_type()).label("until"),
+                sa.literal(offset, sa.Integer).label("offset_s"),
+            )
+            for store_id, since, until, offset in stretches
+        )
+    ).cte("zones")
 
-    def in_zone(table: sa.Table) -> sa.ColumnElement:
+
+@dataclass
+class _Clock:
+    """The local periods of one report: the zone table a record is joined to, its
+    period number in SQL, and that number named in Python (store, label, UTC offset),
+    the same for the visitor and the play queries."""
+
+    source: Source
+    zones: dict[str, Tz]
+    by: str  # "hour" or "day"
+    table: sa.CTE
+    keys: dict[tuple[str, int, int], tuple[str, str, str]] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        return PERIOD_S[self.by]
+
+    def in_zone(self, table: sa.Table) -> sa.ColumnElement:
         """A record of `table` joined to its store's stretch of one offset."""
+        z = self.table.c
         return sa.and_(
-            *([z.store == table.c.store] if source.fleet else []),
+            *([z.store == table.c.store] if self.source.fleet else []),
             table.c.start_ts >= z.since,
             table.c.start_ts < z.until,
         )
 
-    keys: dict[tuple[str, int, int], tuple[str, str, str]] = {}
+    def period(self, table: sa.Table | sa.CTE) -> sa.ColumnElement:
+        """The local period number of a record of `table`, from its stretch's offset."""
+        return local_period(table.c.start_ts, self.table.c.offset_s, self.length)
 
-    def key_of(store_id: str, offset: int, number: int) -> tuple[str, str, str]:
+    def key(self, store_id: str, offset: int, number: int) -> tuple[str, str, str]:
         """(store, label, UTC offset) of local period `number` on a clock `offset` ahead:
         its middle as epoch seconds, named by period_of (each worked out once)."""
-        key = keys.get((store_id, offset, number))
+        key = self.keys.get((store_id, offset, number))
         if key is None:
-            middle = number * length + length // 2 - offset
-            key = (store_id, *period_of(middle, period_by, zones[store_id]))
-            keys[(store_id, offset, number)] = key
+            middle = number * self.length + self.length // 2 - offset
+            key = (store_id, *period_of(middle, self.by, self.zones[store_id]))
+            self.keys[(store_id, offset, number)] = key
         return key
 
-    periods: dict[tuple[str, str, str], _Visitors] = {}
-    per_store: dict[str, _Visitors] = {}
-    totals = _Visitors()
 
-    def visitor_buckets(store_id: str, offset: int, number: int) -> tuple[_Visitors, ...]:
+@dataclass
+class _VisitorSums:
+    """Visitor figures per local period, per store and in total."""
+
+    periods: dict[tuple[str, str, str], _Visitors] = field(default_factory=dict)
+    stores: dict[str, _Visitors] = field(default_factory=dict)
+    totals: _Visitors = field(default_factory=_Visitors)
+
+    def buckets(self, clock: _Clock, store_id: str, offset: int, number: int) -> tuple:
+        """The figures a database row adds to: its period's, its store's, the total."""
         return (
-            periods.setdefault(key_of(store_id, offset, number), _Visitors()),
-            per_store.setdefault(store_id, _Visitors()),
-            totals,
+            self.periods.setdefault(clock.key(store_id, offset, number), _Visitors()),
+            self.stores.setdefault(store_id, _Visitors()),
+            self.totals,
         )
 
-    store_i, period_i = source.store(i), local_period(i.c.start_ts, z.offset_s, length)
+
+def _sum_visitors(
+    source: Source, conn: sa.Connection, where: _Filter, clock: _Clock
+) -> _VisitorSums:
+    """Visitors, watchers, dwell and attention: the intervals' own sums, then the
+    sums per segment, each interval in the period in which it started."""
+    sums = _VisitorSums()
+    i = source.tables["intervals"]
+    z = clock.table.c
+    period = clock.period(i)
     query = (
         sa.select(
-            store_i,
+            source.store(i),
             z.offset_s,
-            period_i,
+            period,
             _int(i.c.watchers),
             _float(i.c.dwell_s),
             _float(i.c.attention_s),
         )
-        .select_from(i.join(zone_table, in_zone(i)))
+        .select_from(i.join(clock.table, clock.in_zone(i)))
         .where(where.clause(i, visitors=True))
-        .group_by(*source.group_store(i), z.offset_s, period_i)
+        .group_by(*source.group_store(i), z.offset_s, period)
         .order_by(*source.group_store(i), sa.func.min(i.c.start_ts))
     )
     for store_id, offset, number, *scalars in conn.execute(query):
-        for visitors in visitor_buckets(store_id, offset, number):
+        for visitors in sums.buckets(clock, store_id, offset, number):
             visitors.add_intervals(scalars)
-    if source.fleet and camera is None and display is None:
+    query = _interval_segments_query(source, where, clock)
+    for store_id, offset, number, segment, *figures in conn.execute(query):
+        for visitors in sums.buckets(clock, store_id, offset, number):
+            visitors.add_segment(segment, figures)
+    return sums
+
+
+def _interval_segments_query(source: Source, where: _Filter, clock: _Clock) -> sa.Select:
+    """The interval segments' sums per store, offset, period and segment."""
+    i, iseg = source.tables["intervals"], source.tables["interval_segments"]
+    z = clock.table.c
+    if source.fleet and where.camera is None and where.display is None:
         # Head office's segment rows carry their interval's store and start: with no
         # camera to check, they are summed without reading the intervals again.
-        records, period_s = iseg, local_period(iseg.c.start_ts, z.offset_s, length)
-        join = iseg.join(zone_table, in_zone(iseg))
+        records: sa.Table = iseg
+        join = iseg.join(clock.table, clock.in_zone(iseg))
         condition = where.times(iseg)
     else:
-        records, period_s = i, period_i
+        records = i
         join = iseg.join(
             i,
             sa.and_(
@@ -805,13 +900,14 @@ def _summarize(
                     else []
                 ),
             ),
-        ).join(zone_table, in_zone(i))
+        ).join(clock.table, clock.in_zone(i))
         condition = where.clause(i, visitors=True)
-    query = (
+    period = clock.period(records)
+    return (
         sa.select(
             source.store(records),
             z.offset_s,
-            period_s,
+            period,
             iseg.c.segment,
             _int(iseg.c.visitors),
             _int(iseg.c.watchers),
@@ -820,83 +916,45 @@ def _summarize(
         )
         .select_from(join)
         .where(condition)
-        .group_by(*source.group_store(records), z.offset_s, period_s, iseg.c.segment)
+        .group_by(*source.group_store(records), z.offset_s, period, iseg.c.segment)
     )
-    for store_id, offset, number, segment, *sums in conn.execute(query):
-        for visitors in visitor_buckets(store_id, offset, number):
-            visitors.add_segment(segment, sums)
 
-    # Plays: per local period and ad (with its labels), in the order they first played.
-    ads: dict[tuple[str, str], _Ads] = {}
-    names: dict[tuple[str, str], dict] = {}
-    ad_periods: dict[tuple[str, str, str, str], _Ads] = {}
-    ad_stores: dict[str, _Ads] = {}
-    plays = _Ads()
 
-    def ad_buckets(store_id: str, offset: int, number: int, key: str) -> tuple[_Ads, ...]:
+@dataclass
+class _AdSums:
+    """Play figures per ad (or campaign), per ad and local period, per store and in
+    total, and each ad's labels, in the order they first played."""
+
+    group: str  # "ad" or "campaign"
+    ads: dict[tuple[str, str], _Ads] = field(default_factory=dict)
+    names: dict[tuple[str, str], dict] = field(default_factory=dict)
+    ad_periods: dict[tuple[str, str, str, str], _Ads] = field(default_factory=dict)
+    stores: dict[str, _Ads] = field(default_factory=dict)
+    totals: _Ads = field(default_factory=_Ads)
+
+    def buckets(self, clock: _Clock, store_id: str, offset: int, number: int, key: str) -> tuple:
+        """The figures a database row adds to: its ad's, its ad's in its period, its
+        store's, the total."""
         return (
-            ads.setdefault((store_id, key), _Ads()),
-            ad_periods.setdefault((*key_of(store_id, offset, number), key), _Ads()),
-            ad_stores.setdefault(store_id, _Ads()),
-            plays,
+            self.ads.setdefault((store_id, key), _Ads()),
+            self.ad_periods.setdefault((*clock.key(store_id, offset, number), key), _Ads()),
+            self.stores.setdefault(store_id, _Ads()),
+            self.totals,
         )
 
-    store_p, period_p = source.store(p), local_period(p.c.start_ts, z.offset_s, length)
-    labels = (p.c.ad, p.c.title, p.c.campaign, p.c.advertiser)
-    query = (
-        sa.select(
-            store_p,
-            z.offset_s,
-            period_p,
-            *labels,
-            sa.func.count(),
-            _float(p.c.duration_s),
-            sa.func.max(p.c.start_ts),
-        )
-        .select_from(p.join(zone_table, in_zone(p)))
-        .where(where.clause(p, visitors=False))
-        .group_by(*source.group_store(p), z.offset_s, period_p, *labels)
-        .order_by(*source.group_store(p), sa.func.min(p.c.start_ts))
-    )
-    for row in conn.execute(query):
-        store_id, offset, number, ad_id, title, campaign, advertiser, n, screen, latest = row
-        key = ad_id if group == "ad" else campaign
-        info = names.setdefault((store_id, key), {"ads": set(), "latest": latest})
-        if latest >= info["latest"]:  # the labels of its latest play
-            info.update(title=title, campaign=campaign, advertiser=advertiser, latest=latest)
-        info["ads"].add(ad_id)
-        for played in ad_buckets(store_id, offset, number, key):
-            played.add_plays(n, screen)
-    join = pseg.join(
-        p,
-        sa.and_(
-            pseg.c.play_id == p.c.id,
-            *([pseg.c.store == p.c.store, pseg.c.start_ts == p.c.start_ts] if source.fleet else []),
-        ),
-    ).join(zone_table, in_zone(p))
-    grouping = p.c.ad if group == "ad" else p.c.campaign
-    timed = sa.case((pseg.c.dwell_s.is_not(None), pseg.c.impressions))
-    query = (
-        sa.select(
-            store_p,
-            z.offset_s,
-            period_p,
-            grouping,
-            pseg.c.segment,
-            *(_float(pseg.c[f]) if f.endswith("_s") else _int(pseg.c[f]) for f in AD_FIGURES),
-            _int(timed),
-        )
-        .select_from(join)
-        .where(where.clause(p, visitors=False), *([where.times(pseg)] if source.fleet else []))
-        .group_by(*source.group_store(p), z.offset_s, period_p, grouping, pseg.c.segment)
-    )
-    for store_id, offset, number, key, segment, *sums in conn.execute(query):
-        for played in ad_buckets(store_id, offset, number, key):
-            played.add_segment(segment, tuple(sums))
+    def name(self, store_id: str, key: str, ad: str, latest: Any, **labels: str) -> None:
+        """Remember an ad of `key` (itself, or its campaign) and the labels (title,
+        campaign, advertiser) of its latest play: those the report shows."""
+        info = self.names.setdefault((store_id, key), {"ads": set(), "latest": latest})
+        if latest >= info["latest"]:
+            info.update(labels, latest=latest)
+        info["ads"].add(ad)
 
-    def label(store_id: str, key: str) -> dict:
-        info = names[(store_id, key)]
-        if group == "ad":
+    def label(self, store_id: str, key: str) -> dict:
+        """An ad's labels (ad, title, campaign, advertiser), or a campaign's (campaign,
+        advertiser, its ads)."""
+        info = self.names[(store_id, key)]
+        if self.group == "ad":
             return {
                 "ad": key,
                 "title": info["title"],
@@ -905,18 +963,91 @@ def _summarize(
             }
         return {"campaign": key, "advertiser": info["advertiser"], "ads": sorted(info["ads"])}
 
-    def store_totals(visitors: _Visitors, played: dict) -> dict:
-        return {
-            **visitors.finish(),
-            **{k: played[k] for k in ("plays", "screen_time_s", "impressions", "reach")},
-        }
 
+def _sum_ads(
+    source: Source, conn: sa.Connection, where: _Filter, clock: _Clock, group: str
+) -> _AdSums:
+    """Plays and screen time from the plays, the audience figures from the play
+    segments, each play in the period in which it started."""
+    sums = _AdSums(group)
+    p, pseg = source.tables["plays"], source.tables["play_segments"]
+    z = clock.table.c
+    period = clock.period(p)
+    labels = (p.c.ad, p.c.title, p.c.campaign, p.c.advertiser)
+    query = (
+        sa.select(
+            source.store(p),
+            z.offset_s,
+            period,
+            *labels,
+            sa.func.count(),
+            _float(p.c.duration_s),
+            sa.func.max(p.c.start_ts),
+        )
+        .select_from(p.join(clock.table, clock.in_zone(p)))
+        .where(where.clause(p, visitors=False))
+        .group_by(*source.group_store(p), z.offset_s, period, *labels)
+        .order_by(*source.group_store(p), sa.func.min(p.c.start_ts))
+    )
+    for row in conn.execute(query):
+        store_id, offset, number, ad_id, title, campaign, advertiser, n, screen, latest = row
+        key = ad_id if group == "ad" else campaign
+        sums.name(
+            store_id, key, ad_id, latest, title=title, campaign=campaign, advertiser=advertiser
+        )
+        for played in sums.buckets(clock, store_id, offset, number, key):
+            played.add_plays(n, screen)
+    join = pseg.join(
+        p,
+        sa.and_(
+            pseg.c.play_id == p.c.id,
+            *([pseg.c.store == p.c.store, pseg.c.start_ts == p.c.start_ts] if source.fleet else []),
+        ),
+    ).join(clock.table, clock.in_zone(p))
+    grouping = p.c.ad if group == "ad" else p.c.campaign
+    timed = sa.case((pseg.c.dwell_s.is_not(None), pseg.c.impressions))
+    query = (
+        sa.select(
+            source.store(p),
+            z.offset_s,
+            period,
+            grouping,
+            pseg.c.segment,
+            *(_float(pseg.c[f]) if f.endswith("_s") else _int(pseg.c[f]) for f in AD_FIGURES),
+            _int(timed),
+        )
+        .select_from(join)
+        .where(where.clause(p, visitors=False), *([where.times(pseg)] if source.fleet else []))
+        .group_by(*source.group_store(p), z.offset_s, period, grouping, pseg.c.segment)
+    )
+    for store_id, offset, number, key, segment, *figures in conn.execute(query):
+        for played in sums.buckets(clock, store_id, offset, number, key):
+            played.add_segment(segment, tuple(figures))
+    return sums
+
+
+def _store_totals(visitors: _Visitors, played: dict) -> dict:
+    """A store's (or the total's) visitor figures and its play figures."""
+    return {
+        **visitors.finish(),
+        **{k: played[k] for k in ("plays", "screen_time_s", "impressions", "reach")},
+    }
+
+
+def _report(
+    by: str,
+    zones: dict[str, Tz],
+    stores: list[str] | None,
+    visitors: _VisitorSums,
+    played: _AdSums,
+) -> dict:
+    """The report's fields (docs/metrics.md) from the sums."""
     ad_list = sorted(
-        ({"store": s, **label(s, k), **v.finish()} for (s, k), v in ads.items()),
-        key=lambda a: (a["store"], -a["plays"], a[group]),
+        ({"store": s, **played.label(s, k), **v.finish()} for (s, k), v in played.ads.items()),
+        key=lambda a: (a["store"], -a["plays"], a[played.group]),
     )
     # Head office names the stores asked for, or else those with records in the range.
-    shown = [s for s in zones if stores is not None or s in per_store or s in ad_stores]
+    shown = [s for s in zones if stores is not None or s in visitors.stores or s in played.stores]
     name = ",".join(shown)
     return {
         "store": name,
@@ -924,20 +1055,22 @@ def _summarize(
         "stores": [
             {
                 "store": s,
-                **store_totals(per_store.get(s, _Visitors()), ad_stores.get(s, _Ads()).finish()),
+                **_store_totals(
+                    visitors.stores.get(s, _Visitors()), played.stores.get(s, _Ads()).finish()
+                ),
             }
             for s in sorted(shown)
         ],
         "periods": [
             {"store": s, "period": p, "utc_offset": off, **v.finish()}
-            for (s, p, off), v in periods.items()
+            for (s, p, off), v in visitors.periods.items()
         ],
         "ads": ad_list,
         "ad_periods": [
-            {"store": s, "period": p, "utc_offset": off, **label(s, k), **v.finish()}
-            for (s, p, off, k), v in ad_periods.items()
+            {"store": s, "period": p, "utc_offset": off, **played.label(s, k), **v.finish()}
+            for (s, p, off, k), v in played.ad_periods.items()
         ],
-        "totals": {"store": name, **store_totals(totals, plays.finish())},
+        "totals": {"store": name, **_store_totals(visitors.totals, played.totals.finish())},
     }
 
 
