@@ -363,29 +363,35 @@ def cmd_preview(args, cfg) -> int:
 
 def cmd_report(args, cfg) -> int:
     from edge.commands import report
+    from edge.outputs.reporting import Span
     from edge.outputs.store import FILENAME
 
+    stores = [s for given in args.store or [] for s in given.split(",") if s] or None
     return report.main(
-        cfg.state_path() / FILENAME,
-        start=args.start,
-        end=args.end,
+        None if args.db else cfg.state_path() / FILENAME,
+        span=Span(args.start, args.end),
         by=args.by,
         camera=args.camera,
         display=args.display,
         fmt=args.format,
         ad=args.ad,
         store=cfg.mqtt.store_id,
+        db=args.db,
+        stores=stores,
     )
 
 
 def _date_arg(end: bool):
-    def parse(text: str) -> float:
-        from edge.commands.report import parse_date
+    """The date as given, once it parses: each store reads it in its own zone."""
+
+    def parse(text: str) -> str:
+        from edge.outputs.reporting import parse_date
 
         try:
-            return parse_date(text, end=end)
+            parse_date(text, end=end)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
 
     return parse
 
@@ -610,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="start",
         type=_date_arg(False),
         metavar="DATE",
-        help="from this date (YYYY-MM-DD, or with THH:MM), the box's time zone",
+        help="from this date (YYYY-MM-DD, or with THH:MM), each store's time zone",
     )
     p.add_argument(
         "--to",
@@ -621,14 +627,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--by",
-        choices=("hour", "day", "campaign"),
+        choices=("hour", "day", "campaign", "ad", "store"),
         default="day",
-        help="period (day); campaign: plays per campaign of the catalog, visitors per day",
+        help="period (day); campaign: plays per campaign of the catalog, visitors per day; "
+        "ad: as day; store: visitors per store (with --db)",
     )
     p.add_argument("--camera", metavar="ID", help="only this camera")
     p.add_argument("--display", metavar="ID", help="only this display's plays")
     p.add_argument("--ad", metavar="ID", help="only this ad's plays")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        help="head office's PostgreSQL (postgresql://user@host/db), every store's records; "
+        "its password from EDGE_DB_PASSWORD, PGPASSWORD or ~/.pgpass, never the URL",
+    )
+    p.add_argument(
+        "--store",
+        action="append",
+        metavar="ID",
+        help="only this store (repeat it, or a comma list)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")

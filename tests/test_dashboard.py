@@ -252,8 +252,8 @@ def test_ranges_export_and_states_that_agree(browser, tmp_path):  # noqa: F811
 
     from test_report import play_event, store_config
 
-    from edge.commands.report import day_range
     from edge.events import AudienceEvent, CameraEvent, CameraStats, StatsEvent
+    from edge.outputs.reporting import day_range
 
     from test_store import interval
 

@@ -193,8 +193,8 @@ def test_a_schema_1_store_migrates_and_reports_the_same_totals_plus_the_new_figu
     """A store as main (schema 1) wrote it: its totals survive migration 2, and the
     records written after it carry what schema 1 dropped (gender unknown in a segment,
     reach, per-segment figures)."""
-    from edge.commands.report import summarize
     from edge.events import PlayEvent
+    from edge.outputs.reporting import summarize
     from edge.timefmt import iso
 
     path = tmp_path / "audience.db"

@@ -8,7 +8,7 @@ web server (player_server.py routes /dashboard... here).
 - history: for a range of days (today, yesterday, the last 7 days, or from-to):
   visitors per hour (one day) or per day by segment, and per ad and segment the plays,
   impressions, reach, watchers, watch rate and attention, read from the audience store
-  with edge/commands/report.py's summarize (the definitions of docs/metrics.md); today's
+  with edge/outputs/reporting.py's summarize (the definitions of docs/metrics.md); today's
   is in every state event and re-read whenever the store commits a record, other ranges
   are asked for (/dashboard/history.json?range=...); /dashboard/export.csv?range=...
   is the same as `edge report --format csv`.
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from edge.commands import report
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
+from edge.outputs import reporting as report
 from edge.outputs.player_server import sse
 from edge.pipeline.audience import empty_counts
 

@@ -22,7 +22,7 @@ the dashboard, kept for store.retention_days.
 - Aggregates only, like MQTT: counts per segment, times, ids of cameras, displays, ads.
   Each interval and play has one row, and one row per segment it counted someone in
   (interval_segments, play_segments: segment, age class, gender and the figures that
-  docs/metrics.md defines); edge/commands/report.py holds the queries over them.
+  docs/metrics.md defines); edge/outputs/reporting.py holds the queries over them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,923 @@
+"""The audience report: the records of an audience store summed up per hour or day, per
+ad (or campaign) and per segment, with the definitions of docs/metrics.md. The one
+place those figures are computed, for the box's SQLite store (`edge report`, the
+store dashboard) and for head office's PostgreSQL (`edge report --db`, the fleet
+dashboard, edge/hq/dashboard.py) alike.
+
+- Visitors, watchers, dwell and attention come from the interval counts, each interval
+  in the period in which it started; per segment from interval_segments.
+- Per ad: plays, screen time, impressions, reach, watchers, watch rate, attention time
+  and mean dwell, from the plays and play_segments, each play in the period in which it
+  started. Reach adds up over plays and periods because the service counts a visit in
+  the reach of an ad once, at its first play of that ad (docs/metrics.md).
+- Periods are each store's local time and carry their UTC offset, so the two 02:00
+  hours of an autumn night are two rows; every row carries the store id, so files of
+  many boxes can be merged. The box's zone is its own (TZ, /etc/localtime); head
+  office's is each store's `stores.tz` (an IANA name or a fixed offset).
+
+--camera limits everything to one camera; --display limits the plays to one display and
+the visitors to the camera(s) that display followed; --ad limits the plays to one ad;
+--store (head office) to some stores.
+
+One set of SQLAlchemy Core expressions, compiled for SQLite and for PostgreSQL (no
+ORM): the only difference between the two is how a start time is stored (REAL epoch
+seconds on the box, timestamptz at head office), which `Source` and `epoch_bucket`
+hide. The database sums the figures per store and quarter hour (BUCKET_S) of UTC;
+Python puts each quarter hour into its store's local hour or day with zoneinfo, which
+knows every daylight saving change. That is exact because every UTC offset in use is a
+whole number of quarter hours (+05:45 included), so no local hour or day starts inside
+a quarter hour, and it keeps the rows crossing the wire to a few per hour and store.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import sqlite3
+import zoneinfo
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.pool import StaticPool
+
+from edge.errors import EX_NOINPUT, EX_USAGE, EdgeError
+from edge.outputs.store import SCHEMA_VERSION, StoreError, connect
+from edge.records import SEGMENTS
+
+SEGMENT_KEYS = SEGMENTS
+BY = ("hour", "day", "campaign", "ad", "store")
+# The figures per segment, as docs/metrics.md names them.
+VISITOR_FIGURES = ("visitors", "watchers", "dwell_s", "attention_s")
+AD_FIGURES = ("impressions", "reach", "watchers", "attention_s", "dwell_s")
+BUCKET_S = 900  # a quarter hour: every UTC offset in use is a multiple of it
+# Head office's database password, where the URL has none: from the environment or a
+# systemd credential (edge/outputs/access.py), never the command line. libpq's own
+# PGPASSWORD and ~/.pgpass work too.
+DB_PASSWORD_ENV = "EDGE_DB_PASSWORD"
+DB_PASSWORD_CREDENTIAL = "db-password"
+
+Tz = dt.tzinfo | None  # None: the box's own zone
+
+
+class NoStore(StoreError):
+    exit_status = EX_NOINPUT
+
+
+class UnknownId(EdgeError):
+    exit_status = EX_USAGE
+
+
+class BadDatabase(EdgeError):
+    """A --db URL that is not head office's PostgreSQL, or that carries a password."""
+
+    exit_status = EX_USAGE
+
+
+# -- time ---------------------------------------------------------------------------
+
+
+def zone(name: str | None) -> Tz:
+    """A store's time zone from `stores.tz`: an IANA name (Europe/Berlin) or a fixed
+    offset (+01:00, -0330, UTC); ValueError naming the value when it is neither."""
+    if not name:
+        return dt.UTC
+    text = name.strip()
+    if text[:1] in "+-" and text[1:].replace(":", "").isdigit():
+        digits = text[1:].replace(":", "").zfill(4)
+        minutes = int(digits[:-2]) * 60 + int(digits[-2:])
+        return dt.timezone(dt.timedelta(minutes=minutes if text[0] == "+" else -minutes))
+    try:
+        return zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(
+            f"{text!r} is not a time zone: write an IANA name (Europe/Berlin) or an offset (+01:00)"
+        ) from exc
+
+
+def _local(ts: float, tz: Tz) -> dt.datetime:
+    return (
+        dt.datetime.fromtimestamp(ts, tz)
+        if tz is not None
+        else dt.datetime.fromtimestamp(ts).astimezone()
+    )
+
+
+def parse_date(text: str, *, end: bool = False, tz: Tz = None) -> float:
+    """A date (YYYY-MM-DD: the whole day) or date and time, in the time zone `tz` (the
+    box's by default), as epoch seconds. `end` makes a bare date mean the end of that
+    day."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not a date; write YYYY-MM-DD or YYYY-MM-DDTHH:MM") from err
+    if end and len(text) == 10:
+        when += dt.timedelta(days=1)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=tz) if tz is not None else when.astimezone()
+    return when.timestamp()
+
+
+def day_start(day: dt.date, tz: Tz = None) -> float:
+    """Local midnight at the start of `day`, as epoch seconds (DST-safe)."""
+    if tz is not None:
+        return dt.datetime.combine(day, dt.time(), tzinfo=tz).timestamp()
+    return dt.datetime.combine(day, dt.time()).astimezone().timestamp()
+
+
+def today(now: float | None = None, tz: Tz = None) -> tuple[float, float]:
+    """Local midnight to the next one, as epoch seconds."""
+    return day_range("today", now, tz)
+
+
+RANGES = ("today", "yesterday", "7days")
+
+
+def day_range(name: str, now: float | None = None, tz: Tz = None) -> tuple[float, float]:
+    """(start, end) epoch seconds of a named range of whole local days: today,
+    yesterday, 7days (today and the six days before)."""
+    day = _local(now if now is not None else dt.datetime.now().timestamp(), tz).date()
+    if name == "today":
+        return day_start(day, tz), day_start(day + dt.timedelta(days=1), tz)
+    if name == "yesterday":
+        return day_start(day - dt.timedelta(days=1), tz), day_start(day, tz)
+    if name == "7days":
+        return day_start(day - dt.timedelta(days=6), tz), day_start(day + dt.timedelta(days=1), tz)
+    raise ValueError(f"{name!r} is not a range; use {', '.join(RANGES)}")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A range of local days or times, read in each store's own zone: `start` and `end`
+    as given on the command line or the dashboard (YYYY-MM-DD, inclusive; or with a
+    time, end exclusive), or a named range (`name`: today, yesterday, 7days)."""
+
+    start: str | None = None
+    end: str | None = None
+    name: str | None = None
+    now: float | None = None
+
+    def bounds(self, tz: Tz) -> tuple[float | None, float | None]:
+        if self.name:
+            return day_range(self.name, self.now, tz)
+        return (
+            None if self.start is None else parse_date(self.start, tz=tz),
+            None if self.end is None else parse_date(self.end, end=True, tz=tz),
+        )
+
+
+def period_of(ts: float, by: str, tz: Tz = None) -> tuple[str, str]:
+    """(period label, UTC offset) in local time: "2026-10-25 02:00", "+02:00". A day's
+    offset is that of its midnight (a day with a change has 23 or 25 hours)."""
+    local = _local(ts, tz)
+    label = local.strftime("%Y-%m-%d %H:00" if by == "hour" else "%Y-%m-%d")
+    if by != "hour":
+        local = _local(day_start(local.date(), tz), tz)
+    offset = local.strftime("%z")
+    return label, f"{offset[:3]}:{offset[3:]}"
+
+
+# -- the two databases ----------------------------------------------------------------
+
+
+class epoch_bucket(sa.sql.functions.FunctionElement):  # noqa: N801  (an SQL function)
+    """The quarter hour (BUCKET_S) of UTC in which a start time lies, as an integer:
+    floor(epoch seconds / BUCKET_S). Compiled per dialect, since the box stores epoch
+    seconds and PostgreSQL a timestamptz."""
+
+    type = sa.BigInteger()
+    name = "epoch_bucket"
+    inherit_cache = True
+
+
+@compiles(epoch_bucket, "sqlite")
+def _bucket_sqlite(element, compiler, **kw) -> str:
+    (column,) = element.clauses
+    # epoch seconds are positive, so truncation is floor
+    return f"CAST({compiler.process(column, **kw)} / {BUCKET_S} AS INTEGER)"
+
+
+@compiles(epoch_bucket, "postgresql")
+def _bucket_postgresql(element, compiler, **kw) -> str:
+    (column,) = element.clauses
+    return (
+        f"CAST(floor(extract(epoch FROM {compiler.process(column, **kw)}) / {BUCKET_S}) AS BIGINT)"
+    )
+
+
+def _tables(metadata: sa.MetaData, *, store: bool, ts: sa.types.TypeEngine) -> dict:
+    """The columns the report reads, of edge/outputs/store.py's schema (head office's
+    has a leading `store` and timestamptz start times: edge/hq/schema.py)."""
+    lead = [sa.Column("store", sa.Text)] if store else []
+    return {
+        "intervals": sa.Table(
+            "intervals",
+            metadata,
+            *lead,
+            sa.Column("id", sa.Text),
+            sa.Column("camera", sa.Text),
+            sa.Column("start_ts", ts),
+            sa.Column("watchers", sa.Integer),
+            sa.Column("dwell_s", sa.Double),
+            sa.Column("attention_s", sa.Double),
+        ),
+        "interval_segments": sa.Table(
+            "interval_segments",
+            metadata,
+            *[sa.Column("store", sa.Text)] * store,
+            sa.Column("interval_id", sa.Text),
+            sa.Column("segment", sa.Text),
+            *(sa.Column(f, sa.Double if f.endswith("_s") else sa.Integer) for f in VISITOR_FIGURES),
+            *[sa.Column("start_ts", ts)] * store,  # head office's: its record's
+        ),
+        "plays": sa.Table(
+            "plays",
+            metadata,
+            *[sa.Column("store", sa.Text)] * store,
+            sa.Column("id", sa.Text),
+            sa.Column("display", sa.Text),
+            sa.Column("camera", sa.Text),
+            sa.Column("ad", sa.Text),
+            sa.Column("title", sa.Text),
+            sa.Column("campaign", sa.Text),
+            sa.Column("advertiser", sa.Text),
+            sa.Column("start_ts", ts),
+            sa.Column("duration_s", sa.Double),
+        ),
+        "play_segments": sa.Table(
+            "play_segments",
+            metadata,
+            *[sa.Column("store", sa.Text)] * store,
+            sa.Column("play_id", sa.Text),
+            sa.Column("segment", sa.Text),
+            *(sa.Column(f, sa.Double if f.endswith("_s") else sa.Integer) for f in AD_FIGURES),
+            *[sa.Column("start_ts", ts)] * store,
+        ),
+    }
+
+
+_BOX = _tables(sa.MetaData(), store=False, ts=sa.Double())
+_HQ_METADATA = sa.MetaData()
+_HQ = _tables(_HQ_METADATA, store=True, ts=sa.DateTime(timezone=True))
+STORES = sa.Table(
+    "stores",
+    _HQ_METADATA,
+    sa.Column("store", sa.Text),
+    sa.Column("tz", sa.Text),
+    sa.Column("last_seen", sa.DateTime(timezone=True)),
+    sa.Column("online", sa.Boolean),
+)
+
+
+@dataclass
+class Source:
+    """A database to report on: the box's SQLite store (one store, `store_id`, in the
+    box's own zone) or head office's PostgreSQL (every store, each in its `stores.tz`)."""
+
+    engine: sa.Engine
+    store_id: str = ""  # the box's; "" at head office
+    fleet: bool = False
+    tables: dict = field(default_factory=dict)
+    where: str = ""  # names the database in error lines
+
+    def __post_init__(self) -> None:
+        self.tables = _HQ if self.fleet else _BOX
+
+    def store(self, table: sa.Table) -> sa.ColumnElement:
+        return table.c.store if self.fleet else sa.literal(self.store_id, sa.Text)
+
+    def group_store(self, table: sa.Table) -> list:
+        return [table.c.store] if self.fleet else []
+
+    def ts(self, epoch: float) -> Any:
+        """A bind value for a start time."""
+        return dt.datetime.fromtimestamp(epoch, dt.UTC) if self.fleet else epoch
+
+    def zones(self, conn: sa.Connection) -> dict[str, Tz]:
+        """Each store's time zone: the box's own; head office's from `stores.tz`, UTC
+        for a store with rows but no entry there."""
+        if not self.fleet:
+            return {self.store_id: None}
+        found: dict[str, Tz] = {}
+        for store_id, tz in conn.execute(sa.select(STORES.c.store, STORES.c.tz)):
+            try:
+                found[store_id] = zone(tz)
+            except ValueError as exc:
+                raise StoreError(f"{self.where}: stores.tz of store '{store_id}': {exc}") from exc
+        for name in ("intervals", "plays"):
+            for (store_id,) in conn.execute(sa.select(self.tables[name].c.store).distinct()):
+                found.setdefault(store_id, dt.UTC)
+        return found
+
+
+def box_source(conn: sqlite3.Connection, store_id: str = "", where: str = "") -> Source:
+    """A Source on an open connection to the box's store (the caller closes it)."""
+    engine = sa.create_engine("sqlite://", creator=lambda: conn, poolclass=StaticPool)
+    return Source(engine, store_id=store_id, where=where)
+
+
+def db_url(url: str) -> sa.URL:
+    """Head office's database URL for SQLAlchemy, with psycopg 3 as the driver and the
+    password from EDGE_DB_PASSWORD (or the credential db-password) when the URL has none;
+    with neither, libpq's PGPASSWORD or ~/.pgpass. A password in the URL is refused: the
+    command line is in the process list and the shell's history."""
+    from edge.outputs.access import load_secret
+
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise BadDatabase(f"{url!r} is not a database URL (postgresql://user@host/db)") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise BadDatabase(f"{url!r}: head office's database is PostgreSQL (postgresql://...)")
+    if parsed.password:
+        raise BadDatabase(
+            f"the database URL carries a password: leave it out and set {DB_PASSWORD_ENV} "
+            f"(or PGPASSWORD, ~/.pgpass, the credential {DB_PASSWORD_CREDENTIAL})"
+        )
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    secret = load_secret(DB_PASSWORD_ENV, DB_PASSWORD_CREDENTIAL)
+    return parsed.set(password=secret) if secret else parsed
+
+
+def fleet_source(url: str, **engine_options) -> Source:
+    """A Source on head office's PostgreSQL."""
+    parsed = db_url(url)
+    engine = sa.create_engine(parsed, pool_pre_ping=True, **engine_options)
+    return Source(engine, fleet=True, where=parsed.render_as_string(hide_password=True))
+
+
+# -- ids -------------------------------------------------------------------------------
+
+
+def known_ids(source: Source, conn: sa.Connection, stores: list[str] | None = None) -> dict:
+    """The stores, cameras, displays and ads the database has records of (of `stores`)."""
+    t = source.tables
+
+    def only(table: sa.Table, query: sa.Select) -> sa.Select:
+        return query.where(table.c.store.in_(stores)) if source.fleet and stores else query
+
+    i, p = t["intervals"], t["plays"]
+    cameras = sa.union(
+        only(i, sa.select(i.c.camera)), only(p, sa.select(p.c.camera.label("camera")))
+    )
+    known = {
+        "camera": sorted(r[0] for r in conn.execute(cameras)),
+        "display": sorted(r[0] for r in conn.execute(only(p, sa.select(p.c.display).distinct()))),
+        "ad": sorted(r[0] for r in conn.execute(only(p, sa.select(p.c.ad).distinct()))),
+    }
+    return known
+
+
+def check_ids(
+    source: Source, conn: sa.Connection, stores: list[str] | None = None, **given: str | None
+) -> None:
+    """UnknownId, naming the ids the database knows, for an id it has no record of."""
+    if source.fleet and stores:
+        known_stores = sorted(source.zones(conn))
+        for store_id in stores:
+            if store_id not in known_stores:
+                names = ", ".join(known_stores) or "none yet"
+                raise UnknownId(f"{source.where}: no store '{store_id}'; known: {names}")
+    known = known_ids(source, conn, stores)
+    for kind, value in given.items():
+        if value is not None and value not in known[kind]:
+            names = ", ".join(known[kind]) or "none yet"
+            where = (
+                source.where
+                if not source.fleet
+                else f"{source.where} ({', '.join(stores or ['all stores'])})"
+            )
+            raise UnknownId(f"{where}: no {kind} '{value}' in the audience store; known: {names}")
+
+
+# -- summing -------------------------------------------------------------------------
+
+
+def _add(row: dict, name: str, value) -> None:
+    """Sum that keeps "not known" apart from 0: None + None is None, None + 3 is 3 (as
+    SQL's SUM, so sums of sums keep it too)."""
+    if value is None:
+        row.setdefault(name, None)
+    else:
+        row[name] = (row.get(name) or 0) + value
+
+
+def _rate(part, whole) -> float | None:
+    return round(part / whole, 3) if part is not None and whole else None
+
+
+def _round(value, digits: int = 1):
+    return None if value is None else round(value, digits)
+
+
+class _Visitors:
+    """Visitor figures of a period (or a store's, or the total), from the sums per
+    quarter hour: the intervals' own figures, and the figures per segment."""
+
+    def __init__(self) -> None:
+        self.totals: dict = {}
+        self.segments: dict[str, dict] = {}
+
+    def add_intervals(self, scalars: Iterable) -> None:
+        for name, value in zip(("watchers", "dwell_s", "attention_s"), scalars, strict=True):
+            _add(self.totals, name, value)
+
+    def add_segment(self, segment: str, figures: Iterable) -> None:
+        row = self.segments.setdefault(segment, {})
+        for name, value in zip(VISITOR_FIGURES, figures, strict=True):
+            _add(row, name, value)
+
+    def finish(self) -> dict:
+        visitors = sum(s.get("visitors") or 0 for s in self.segments.values())
+        segments = {}
+        for key in SEGMENT_KEYS:
+            s = self.segments.get(key, {})
+            n = s.get("visitors") or 0
+            segments[key] = {
+                "visitors": n,
+                "watchers": s.get("watchers", 0 if not s else None),
+                "dwell_s": _round(s.get("dwell_s", 0.0 if not s else None)),
+                "mean_dwell_s": _rate(s.get("dwell_s"), n) if n else None,
+                "attention_s": _round(s.get("attention_s", 0.0 if not s else None)),
+            }
+        dwell = self.totals.get("dwell_s", 0.0)
+        return {
+            "visitors": visitors,
+            "watchers": self.totals.get("watchers", 0),
+            "dwell_s": _round(dwell),
+            "mean_dwell_s": _round(dwell / visitors) if visitors and dwell is not None else None,
+            "attention_s": _round(self.totals.get("attention_s", 0.0)),
+            "segments": segments,
+        }
+
+
+class _Ads:
+    """Play figures of an ad, campaign or total: plays and screen time from the plays,
+    the rest per segment."""
+
+    def __init__(self) -> None:
+        self.plays = 0
+        self.screen_time_s = 0.0
+        self.segments: dict[str, dict] = {}
+
+    def add_plays(self, plays: int, screen_time_s: float | None) -> None:
+        self.plays += plays
+        self.screen_time_s += screen_time_s or 0.0
+
+    def add_segment(self, segment: str, figures: tuple) -> None:
+        """`figures`: AD_FIGURES, then the impressions whose dwell is known (for the mean)."""
+        row = self.segments.setdefault(segment, {})
+        for name, value in zip((*AD_FIGURES, "timed"), figures, strict=True):
+            _add(row, name, value)
+
+    @staticmethod
+    def _figures(s: dict) -> dict:
+        impressions = s.get("impressions") or 0
+        return {
+            "impressions": impressions,
+            "reach": s.get("reach", 0 if not s else None),
+            "watchers": s.get("watchers", 0 if not s else None),
+            "watch_rate": _rate(s.get("watchers"), impressions),
+            "attention_s": _round(s.get("attention_s", 0.0 if not s else None)),
+            "mean_dwell_s": _round(_rate(s.get("dwell_s"), s.get("timed"))),
+        }
+
+    def finish(self) -> dict:
+        total: dict = {}
+        for s in self.segments.values():
+            for name in (*AD_FIGURES, "timed"):
+                if name in s:
+                    _add(total, name, s[name])
+        return {
+            "plays": self.plays,
+            "screen_time_s": round(self.screen_time_s, 1),
+            **self._figures(total),
+            "segments": {key: self._figures(self.segments.get(key, {})) for key in SEGMENT_KEYS},
+        }
+
+
+def _sum(column: sa.ColumnElement, kind: type[sa.types.TypeEngine]) -> sa.ColumnElement:
+    """SUM, NULL when every value is NULL (a figure not recorded then), as an integer or
+    a double on both databases (PostgreSQL's SUM of a bigint is a numeric)."""
+    inner = sa.cast(column, sa.Double) if kind is sa.Double else column
+    return sa.cast(sa.func.sum(inner), kind())
+
+
+def _int(column: sa.ColumnElement) -> sa.ColumnElement:
+    return _sum(column, sa.BigInteger)
+
+
+def _float(column: sa.ColumnElement) -> sa.ColumnElement:
+    return _sum(column, sa.Double)
+
+
+@dataclass
+class _Filter:
+    """Which records count: per store (its zone's bounds, the cameras its display
+    followed) and by camera, display and ad."""
+
+    source: Source
+    bounds: dict[str, tuple[float | None, float | None]]  # store -> (start, end)
+    cameras: dict[str, list[str] | None]  # store -> cameras (None: all)
+    camera: str | None = None
+    display: str | None = None
+    ad: str | None = None
+
+    def clause(self, table: sa.Table, *, visitors: bool) -> sa.ColumnElement:
+        # Stores with the same bounds and cameras share one condition.
+        groups: dict[tuple, list[str]] = {}
+        for store_id, (start, end) in self.bounds.items():
+            cams = self.cameras.get(store_id) if visitors else None
+            groups.setdefault((start, end, tuple(cams) if cams is not None else None), []).append(
+                store_id
+            )
+        ors = []
+        for (start, end, cams), store_ids in groups.items():
+            parts = []
+            if self.source.fleet:
+                parts.append(table.c.store.in_(store_ids))
+            if start is not None:
+                parts.append(table.c.start_ts >= self.source.ts(start))
+            if end is not None:
+                parts.append(table.c.start_ts < self.source.ts(end))
+            if cams is not None:
+                parts.append(table.c.camera.in_(cams))
+            ors.append(sa.and_(sa.true(), *parts))
+        clauses = [sa.or_(*ors) if ors else sa.false()]
+        if self.camera is not None:
+            clauses.append(table.c.camera == self.camera)
+        if not visitors:
+            if self.display is not None:
+                clauses.append(table.c.display == self.display)
+            if self.ad is not None:
+                clauses.append(table.c.ad == self.ad)
+        return sa.and_(*clauses)
+
+
+def summarize(
+    source: Source | sqlite3.Connection,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    span: Span | None = None,
+    by: str = "day",
+    camera: str | None = None,
+    display: str | None = None,
+    ad: str | None = None,
+    store: str = "",
+    stores: list[str] | None = None,
+) -> dict:
+    """The report for the records that start in [start, end) (or in `span`, read in
+    each store's zone): {store, by, stores, periods, ads, ad_periods, totals}; field
+    names as docs/metrics.md defines them. `stores` limits head office's to some stores
+    (all by default); `store` names the box's."""
+    if isinstance(source, sqlite3.Connection):
+        source = box_source(source, store)
+    with source.engine.connect() as conn:
+        return _summarize(source, conn, start, end, span, by, camera, display, ad, stores)
+
+
+def _summarize(
+    source: Source,
+    conn: sa.Connection,
+    start: float | None,
+    end: float | None,
+    span: Span | None,
+    by: str,
+    camera: str | None,
+    display: str | None,
+    ad: str | None,
+    stores: list[str] | None,
+) -> dict:
+    period_by = "hour" if by == "hour" else "day"
+    group = "campaign" if by == "campaign" else "ad"
+    zones = source.zones(conn)
+    if stores is not None:
+        zones = {s: zones.get(s, dt.UTC) for s in stores}
+    t = source.tables
+    i, iseg, p, pseg = t["intervals"], t["interval_segments"], t["plays"], t["play_segments"]
+
+    def bounds(tz: Tz) -> tuple[float | None, float | None]:
+        return span.bounds(tz) if span is not None else (start, end)
+
+    cameras: dict[str, list[str] | None] = dict.fromkeys(zones)
+    if display is not None and camera is None:
+        # A display's visitors are those of the camera(s) it followed (in its store).
+        followed: dict[str, list[str]] = {s: [] for s in zones}
+        query = sa.select(source.store(p), p.c.camera).where(p.c.display == display).distinct()
+        for store_id, cam in conn.execute(query):
+            if store_id in followed:
+                followed[store_id].append(cam)
+        cameras = {s: sorted(c) for s, c in followed.items()}
+    where = _Filter(
+        source, {s: bounds(tz) for s, tz in zones.items()}, cameras, camera, display, ad
+    )
+
+    def key_of(store_id: str, bucket: int) -> tuple[str, str, str]:
+        return (store_id, *period_of(bucket * BUCKET_S, period_by, zones[store_id]))
+
+    periods: dict[tuple[str, str, str], _Visitors] = {}
+    per_store: dict[str, _Visitors] = {}
+    totals = _Visitors()
+
+    def visitor_buckets(store_id: str, bucket: int) -> tuple[_Visitors, ...]:
+        return (
+            periods.setdefault(key_of(store_id, bucket), _Visitors()),
+            per_store.setdefault(store_id, _Visitors()),
+            totals,
+        )
+
+    store_i, bucket_i = source.store(i), epoch_bucket(i.c.start_ts)
+    query = (
+        sa.select(
+            store_i, bucket_i, _int(i.c.watchers), _float(i.c.dwell_s), _float(i.c.attention_s)
+        )
+        .where(where.clause(i, visitors=True))
+        .group_by(*source.group_store(i), bucket_i)
+        .order_by(*source.group_store(i), bucket_i)
+    )
+    for store_id, bucket, *scalars in conn.execute(query):
+        for visitors in visitor_buckets(store_id, bucket):
+            visitors.add_intervals(scalars)
+    join = iseg.join(
+        i,
+        sa.and_(
+            iseg.c.interval_id == i.c.id,
+            # head office's segment rows carry their record's store and start (the
+            # partition key, so a range reads only its months' partitions)
+            *([iseg.c.store == i.c.store, iseg.c.start_ts == i.c.start_ts] if source.fleet else []),
+        ),
+    )
+    query = (
+        sa.select(
+            store_i,
+            bucket_i,
+            iseg.c.segment,
+            _int(iseg.c.visitors),
+            _int(iseg.c.watchers),
+            _float(iseg.c.dwell_s),
+            _float(iseg.c.attention_s),
+        )
+        .select_from(join)
+        .where(where.clause(i, visitors=True))
+        .group_by(*source.group_store(i), bucket_i, iseg.c.segment)
+        .order_by(*source.group_store(i), bucket_i, iseg.c.segment)
+    )
+    for store_id, bucket, segment, *sums in conn.execute(query):
+        for visitors in visitor_buckets(store_id, bucket):
+            visitors.add_segment(segment, sums)
+
+    # Plays: per quarter hour and ad (with its labels), in the order they first played.
+    ads: dict[tuple[str, str], _Ads] = {}
+    names: dict[tuple[str, str], dict] = {}
+    ad_periods: dict[tuple[str, str, str, str], _Ads] = {}
+    ad_stores: dict[str, _Ads] = {}
+    plays = _Ads()
+
+    def ad_buckets(store_id: str, bucket: int, key: str) -> tuple[_Ads, ...]:
+        return (
+            ads.setdefault((store_id, key), _Ads()),
+            ad_periods.setdefault((*key_of(store_id, bucket), key), _Ads()),
+            ad_stores.setdefault(store_id, _Ads()),
+            plays,
+        )
+
+    store_p, bucket_p = source.store(p), epoch_bucket(p.c.start_ts)
+    labels = (p.c.ad, p.c.title, p.c.campaign, p.c.advertiser)
+    query = (
+        sa.select(
+            store_p,
+            bucket_p,
+            *labels,
+            sa.func.count(),
+            _float(p.c.duration_s),
+            sa.func.max(p.c.start_ts),
+        )
+        .where(where.clause(p, visitors=False))
+        .group_by(*source.group_store(p), bucket_p, *labels)
+        .order_by(*source.group_store(p), bucket_p, sa.func.min(p.c.start_ts))
+    )
+    for store_id, bucket, ad_id, title, campaign, advertiser, n, screen, latest in conn.execute(
+        query
+    ):
+        key = ad_id if group == "ad" else campaign
+        info = names.setdefault((store_id, key), {"ads": set(), "latest": latest})
+        if latest >= info["latest"]:  # the labels of its latest play
+            info.update(title=title, campaign=campaign, advertiser=advertiser, latest=latest)
+        info["ads"].add(ad_id)
+        for played in ad_buckets(store_id, bucket, key):
+            played.add_plays(n, screen)
+    join = pseg.join(
+        p,
+        sa.and_(
+            pseg.c.play_id == p.c.id,
+            *([pseg.c.store == p.c.store, pseg.c.start_ts == p.c.start_ts] if source.fleet else []),
+        ),
+    )
+    grouping = p.c.ad if group == "ad" else p.c.campaign
+    timed = sa.case((pseg.c.dwell_s.is_not(None), pseg.c.impressions))
+    query = (
+        sa.select(
+            store_p,
+            bucket_p,
+            grouping,
+            pseg.c.segment,
+            *(_float(pseg.c[f]) if f.endswith("_s") else _int(pseg.c[f]) for f in AD_FIGURES),
+            _int(timed),
+        )
+        .select_from(join)
+        .where(where.clause(p, visitors=False))
+        .group_by(*source.group_store(p), bucket_p, grouping, pseg.c.segment)
+        .order_by(*source.group_store(p), bucket_p, grouping, pseg.c.segment)
+    )
+    for store_id, bucket, key, segment, *sums in conn.execute(query):
+        for played in ad_buckets(store_id, bucket, key):
+            played.add_segment(segment, tuple(sums))
+
+    def label(store_id: str, key: str) -> dict:
+        info = names[(store_id, key)]
+        if group == "ad":
+            return {
+                "ad": key,
+                "title": info["title"],
+                "campaign": info["campaign"],
+                "advertiser": info["advertiser"],
+            }
+        return {"campaign": key, "advertiser": info["advertiser"], "ads": sorted(info["ads"])}
+
+    def store_totals(visitors: _Visitors, played: dict) -> dict:
+        return {
+            **visitors.finish(),
+            **{k: played[k] for k in ("plays", "screen_time_s", "impressions", "reach")},
+        }
+
+    ad_list = sorted(
+        ({"store": s, **label(s, k), **v.finish()} for (s, k), v in ads.items()),
+        key=lambda a: (a["store"], -a["plays"], a[group]),
+    )
+    # Head office names the stores asked for, or else those with records in the range.
+    shown = [s for s in zones if stores is not None or s in per_store or s in ad_stores]
+    name = ",".join(shown)
+    return {
+        "store": name,
+        "by": by,
+        "stores": [
+            {
+                "store": s,
+                **store_totals(per_store.get(s, _Visitors()), ad_stores.get(s, _Ads()).finish()),
+            }
+            for s in sorted(shown)
+        ],
+        "periods": [
+            {"store": s, "period": p, "utc_offset": off, **v.finish()}
+            for (s, p, off), v in periods.items()
+        ],
+        "ads": ad_list,
+        "ad_periods": [
+            {"store": s, "period": p, "utc_offset": off, **label(s, k), **v.finish()}
+            for (s, p, off, k), v in ad_periods.items()
+        ],
+        "totals": {"store": name, **store_totals(totals, plays.finish())},
+    }
+
+
+def csv_tables(report: dict) -> dict[str, tuple[list[str], list[list]]]:
+    """The report as flat tables (name -> (header, rows)), one row per period, ad or
+    ad x period and segment: what CSV and the dashboard's export write."""
+    group = "campaign" if report["by"] == "campaign" else "ad"
+    names = (
+        ["ad", "title", "campaign", "advertiser"] if group == "ad" else ["campaign", "advertiser"]
+    )
+    visitors = ["visitors", "watchers", "dwell_s", "mean_dwell_s", "attention_s"]
+    ad_figures = [
+        "impressions",
+        "reach",
+        "watchers",
+        "watch_rate",
+        "attention_s",
+        "mean_dwell_s",
+    ]
+
+    def cell(value):
+        return "" if value is None else value
+
+    def segment_rows(row: dict, lead: list, figures: list[str], plays: bool) -> list[list]:
+        top = [*lead, "all", *(([row["plays"], row["screen_time_s"]]) if plays else [])]
+        out = [top + [cell(row[f]) for f in figures]]
+        for key, s in row["segments"].items():
+            if s.get("impressions" if plays else "visitors"):
+                blank = ["", ""] if plays else []
+                out.append([*lead, key, *blank, *(cell(s[f]) for f in figures)])
+        return out
+
+    periods = [
+        r
+        for p in report["periods"]
+        for r in segment_rows(p, [p["store"], p["period"], p["utc_offset"]], visitors, False)
+    ]
+    ads = [
+        r
+        for a in report["ads"]
+        for r in segment_rows(a, [a["store"], *(a[n] for n in names)], ad_figures, True)
+    ]
+    ad_periods = [
+        r
+        for a in report["ad_periods"]
+        for r in segment_rows(
+            a,
+            [a["store"], a["period"], a["utc_offset"], *(a[n] for n in names)],
+            ad_figures,
+            True,
+        )
+    ]
+    plays = ["plays", "screen_time_s"]
+    store_figures = [*plays, "impressions", "reach"]
+    stores = []
+    for s in report.get("stores", []):
+        stores.append([s["store"], "all", *(cell(s[f]) for f in visitors + store_figures)])
+        for key, seg in s["segments"].items():
+            if seg["visitors"]:
+                stores.append([s["store"], key, *(cell(seg[f]) for f in visitors)] + [""] * 4)
+    return {
+        "stores": (["store", "segment", *visitors, *store_figures], stores),
+        "visitors": (["store", "period", "utc_offset", "segment", *visitors], periods),
+        "ads": (["store", *names, "segment", *plays, *ad_figures], ads),
+        "ad_periods": (
+            ["store", "period", "utc_offset", *names, "segment", *plays, *ad_figures],
+            ad_periods,
+        ),
+    }
+
+
+def as_csv(report: dict, tables: tuple[str, ...] | None = None) -> str:
+    """CSV tables (visitors per period, or per store with --by store; ads; ads per
+    period), each row one segment or "all", separated by one empty line."""
+    if tables is None:
+        first = "stores" if report["by"] == "store" else "visitors"
+        tables = (first, "ads", "ad_periods")
+    parts = []
+    for name, (header, rows) in csv_tables(report).items():
+        if name not in tables:
+            continue
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        parts.append(buffer.getvalue())
+    return "\n".join(parts).rstrip("\n")
+
+
+def read(path: Path, **query) -> dict:
+    """summarize() on the box's store at `path`, read-only; ids checked first (UnknownId)."""
+    if not path.is_file():
+        raise NoStore(
+            f"{path}: no audience store yet; `edge run` writes it "
+            f"(store.enabled) once the first interval or play ends"
+        )
+    conn = connect(path, readonly=True)
+    try:
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: the audience store has schema version {version}; this edge "
+                    f"reads version {SCHEMA_VERSION}: start `edge run` once (it migrates the "
+                    f"store at start) and report again"
+                )
+            source = box_source(conn, query.pop("store", ""), str(path))
+            with source.engine.connect() as sa_conn:
+                check_ids(
+                    source,
+                    sa_conn,
+                    camera=query.get("camera"),
+                    display=query.get("display"),
+                    ad=query.get("ad"),
+                )
+            return summarize(source, **query)
+        except (sqlite3.Error, sa.exc.DBAPIError) as exc:
+            raise StoreError(f"{path}: cannot read the audience store: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def read_db(source: Source, **query) -> dict:
+    """summarize() on head office's database; store and other ids checked first
+    (UnknownId); a database that cannot be reached is one StoreError line."""
+    try:
+        with source.engine.connect() as conn:
+            check_ids(
+                source,
+                conn,
+                query.get("stores"),
+                camera=query.get("camera"),
+                display=query.get("display"),
+                ad=query.get("ad"),
+            )
+        return summarize(source, **query)
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(f"{source.where}: cannot read head office's database: {reason}") from exc
