@@ -353,7 +353,7 @@ class HqProcess:
         env = {**os.environ, "EDGE_HQ_MQTT_PASSWORD": password}
         self.log = (folder / f"hq-{index}.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "hq", "--config", str(config)],
+            [sys.executable, "-m", "edge", "hq", str(config)],
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -504,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--displays", type=int, default=2)
     ap.add_argument("--minutes", type=int, default=120, help="one-minute intervals per camera")
-    ap.add_argument("--day", default="2026-11-02", help="the simulated day (YYYY-MM-DD)")
+    ap.add_argument(
+        "--day", default=dt.date.today().isoformat(), help="the simulated day (default: today)"
+    )
     ap.add_argument("--start", default="10:00", help="local time of the first interval")
     ap.add_argument("--peak", type=float, default=4.0, help="visitors per camera-minute at peak")
     ap.add_argument("--rate", type=float, default=0.0, help="messages/s (0: as fast as it goes)")
