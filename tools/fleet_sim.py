@@ -260,6 +260,14 @@ def build(args, run: str) -> Fleet:
 # -- a central broker of our own (--local) ----------------------------------------------
 
 
+def die_with_us() -> None:
+    """In a child, before exec: end with SIGTERM when this tool ends, however it ends
+    (a killed benchmark leaves no broker or `edge hq` behind)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     import socket
 
@@ -321,7 +329,9 @@ class LocalBroker:
             text = text.replace(old, new)
         conf = folder / "hq.conf"
         conf.write_text(f"user {getpass.getuser()}\nlog_dest file {folder}/mosquitto.log\n" + text)
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL, preexec_fn=die_with_us
+        )
         wait_port(self.port)
         wait_port(self.tls_port)
 
@@ -358,6 +368,7 @@ class HqProcess:
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_us,
         )
 
     def cpu_s(self) -> float:
@@ -436,11 +447,16 @@ def publish(pubs: Publishers, messages: list[Message], rate: float) -> list[floa
 
 
 def db_rows(conn, pattern: str) -> int:
-    row = conn.execute(
-        "SELECT (SELECT count(*) FROM intervals WHERE store LIKE %(p)s)"
-        " + (SELECT count(*) FROM plays WHERE store LIKE %(p)s)",
-        {"p": pattern},
-    ).fetchone()
+    import psycopg
+
+    try:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM intervals WHERE store LIKE %(p)s)"
+            " + (SELECT count(*) FROM plays WHERE store LIKE %(p)s)",
+            {"p": pattern},
+        ).fetchone()
+    except psycopg.errors.UndefinedTable:  # edge hq makes its tables as it starts
+        return 0
     return int(row[0])
 
 
@@ -597,7 +613,8 @@ def wait_ready(args, conn, run, host, port, password, ca, hqs) -> None:
                 if h.proc.poll() is not None:
                     raise SystemExit(f"fleet_sim: edge hq exited ({h.proc.returncode}), "
                                      f"see {h.log.name}")  # fmt: skip
-            event = interval_event(rng, "probe", 1_700_000_000 + 60 * k, 0)
+            # now: head office keeps months from the current one (partitions)
+            event = interval_event(rng, "probe", time.time() - 60 + k / 1000, 0)
             topic, payload = report_message(Topics("edge", probe), event, iso(time.time()))
             pubs.clients[probe].publish(topic, payload, qos=1)
             k += 1
