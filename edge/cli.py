@@ -414,6 +414,20 @@ def cmd_config(args, cfg) -> int:
     return 0
 
 
+def cmd_hq(args, cfg) -> int:
+    """The head office's ingest (edge/hq/): its own config file, not config.yaml."""
+    from edge.hq import config as hq_config
+
+    if args.reference:
+        print(hq_config.reference())
+        return 0
+    from edge.hq.service import run
+
+    hq = hq_config.load(args.hq_config)
+    setup_logging(hq.log_level)
+    return run(hq)
+
+
 def finite(text: str) -> float:
     """A number for a command-line option; nan and inf would pass every range check."""
     import math
@@ -649,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this store (repeat it, or a comma list)",
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("hq", help="head office: ingest every store's MQTT messages into PostgreSQL")
+    p.add_argument("hq_config", nargs="?", metavar="HQ_YAML", help="hq.yaml (default: defaults)")
+    p.add_argument("--reference", action="store_true", help="print hq.yaml's keys as a table")
+    p.set_defaults(func=cmd_hq)
 
     p = sub.add_parser("config", help="validate a config file, or print the key reference")
     p.add_argument("--reference", action="store_true", help="print every key as a table")

@@ -79,3 +79,35 @@ def iso(timestamp: float) -> str:
 def local(timestamp: float) -> dt.datetime:
     """A time of now() as the box's local wall-clock time (naive), for schedules."""
     return dt.datetime.fromtimestamp(CLOCK.wall(timestamp))
+
+
+def zone_name() -> str:
+    """The box's time zone as the head office stores it (`stats` payloads' `timezone`):
+    its IANA name (TZ, /etc/timezone or the /etc/localtime link), else the UTC offset
+    now ('+01:00'). The offsets in event times alone cannot tell Europe/Berlin from
+    Africa/Lagos, nor when the next daylight-saving change comes."""
+    import os
+    from pathlib import Path
+
+    tz = os.environ.get("TZ", "").removeprefix(":")
+    if tz and "/" in tz and not tz.startswith("/"):
+        return tz  # Europe/Berlin; a POSIX rule (CET-1CEST) or a path says no name
+    if tz.startswith("/") and "zoneinfo/" in tz:
+        return tz.split("zoneinfo/", 1)[1]
+    if not tz:
+        try:
+            name = Path("/etc/timezone").read_text().strip()
+            if name:
+                return name
+        except OSError:
+            pass
+        try:
+            target = os.readlink("/etc/localtime")
+            if "zoneinfo/" in target:
+                return target.split("zoneinfo/", 1)[1]
+        except OSError:
+            pass
+    offset = dt.datetime.now().astimezone().utcoffset() or dt.timedelta()
+    minutes = int(offset.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"

@@ -169,4 +169,5 @@ def test_published_payloads_have_the_keys_the_topic_table_documents(tmp_path):
 def test_stats_topic_documents_the_stats_event_and_the_publisher_status():
     doc = topics.STATS.payload_doc()
     assert doc.startswith("`{schema, time, cameras: {<camera>: {online, capture_fps,")
-    assert doc.endswith("mqtt: {connected, outbox, dropped, outbox_saved}}`")
+    # then the keys the publisher adds: its own status, and the box's time zone (edge hq)
+    assert doc.endswith("mqtt: {connected, outbox, dropped, outbox_saved}, timezone}`")

@@ -204,3 +204,32 @@ def test_photo_unit_verifies_and_is_hardened_like_the_service(analyze, tmp_path)
             ).split()
         ):
             assert photo[key] == value, key
+
+
+HQ_UNIT = ROOT / "systemd" / "edge-hq.service"
+
+
+def test_hq_unit_verifies_and_is_hardened_like_the_service(analyze, tmp_path):
+    """systemd/edge-hq.service (`edge hq`, docs/hq.md): verified by systemd's parser,
+    and the service's hardening with no devices at all and no state folder."""
+    status, output = verify(analyze, tmp_path, HQ_UNIT.read_text(), "edge-hq.service")
+    assert status == 0 and output == "", output
+    d = directives(HQ_UNIT.read_text())
+    hq = {k: v[-1] for k, v in d.items()}
+    service = {k: v[-1] for k, v in directives(UNIT.read_text()).items()}
+    assert hq["Service.ExecStart"] == f"{EXEC} hq %d/hq.yaml"
+    assert "hq.yaml:/etc/edge/hq.yaml" in d["Service.LoadCredential"]
+    assert hq["Service.Type"] == "notify" and hq["Service.RestartPreventExitStatus"] == "78"
+    assert hq["Service.Restart"] == "on-failure"
+    assert "Service.StateDirectory" not in hq and "Service.DeviceAllow" not in d
+    assert hq["Service.PrivateDevices"] == "yes" and hq["Service.MemoryDenyWriteExecute"] == "yes"
+    assert hq["Service.EnvironmentFile"] == "-/etc/edge/hq.env"
+    for key in (
+        "DynamicUser ProtectSystem ProtectHome PrivateTmp NoNewPrivileges DevicePolicy "
+        "CapabilityBoundingSet UMask ProtectKernelTunables ProtectKernelModules "
+        "ProtectControlGroups RestrictNamespaces LockPersonality SystemCallArchitectures "
+        "RestrictAddressFamilies ProtectProc RestrictSUIDSGID"
+    ).split():
+        assert hq[f"Service.{key}"] == service[f"Service.{key}"], key
+    active = [line for line in HQ_UNIT.read_text().splitlines() if not line.startswith("#")]
+    assert not [line for line in active if "PASSWORD" in line.upper()]

@@ -218,8 +218,9 @@ BOX_COLUMNS: dict[str, tuple[str, ...]] = {
 
 
 def migrate(conn: Any, where: str) -> int:
-    """Bring the schema up to SCHEMA_VERSION (psycopg connection, autocommit off);
-    returns the version found. Each migration is one transaction."""
+    """Bring the schema up to SCHEMA_VERSION; returns the version found. Each migration
+    is one transaction (`conn`: a psycopg connection; `edge hq`'s are autocommit, so
+    each conn.transaction() block is a transaction of its own)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(

@@ -39,7 +39,7 @@ from edge.events import (
 )
 from edge.outputs import hass, mqttclient
 from edge.outputs.topics import SCHEMA_VERSION, Topics
-from edge.timefmt import iso, now
+from edge.timefmt import iso, now, zone_name
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class MqttPublisher:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.zone = zone_name()  # the head office keeps each store's zone (edge hq)
         self.discovery = hass.Discovery(config)  # Home Assistant's configs for this box
         self.discovery.attach(self.client)
         self.outbox = Outbox(
@@ -246,7 +247,9 @@ class MqttPublisher:
             case StatsEvent():
                 if self._connected:
                     self.client.publish(
-                        self.topics.stats, _json({**_fields(event), "mqtt": self.status()}), qos=0
+                        self.topics.stats,
+                        _json({**_fields(event), "mqtt": self.status(), "timezone": self.zone}),
+                        qos=0,
                     )
         # SummaryEvent and ErrorEvent end an offline file analysis, which never publishes
 

@@ -95,8 +95,13 @@ STATS = Topic(
     0,
     False,
     events.StatsEvent,
-    "Pipeline statistics every `stats.interval_s`; dropped while the broker is away.",
-    added_last=("mqtt: {connected, outbox, dropped, outbox_saved}",),
+    "Pipeline statistics every `stats.interval_s`; dropped while the broker is away. "
+    "`timezone`: the box's IANA time zone (Europe/Berlin), or its UTC offset (+01:00) "
+    "where it has no name; the head office (`edge hq`) keeps it per store.",
+    added_last=(
+        "mqtt: {connected, outbox, dropped, outbox_saved}",
+        "timezone",
+    ),
 )
 
 TOPICS = (
