@@ -556,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.local:
             password = password or "sim-" + run
-            broker = LocalBroker(folder, fleet.stores + [f"sim-{run}-probe"], password)
+            broker = LocalBroker(folder, fleet.stores + [f"probe-{run}"], password)
             host, port, ca = "127.0.0.1", broker.tls_port, broker.ca
         else:
             host, _, p = args.broker.rpartition(":")
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
 def wait_ready(args, conn, run, host, port, password, ca, hqs) -> None:
     """An interval of a probe store, sent until a row of it is in the database: the
     ingest is subscribed (messages published before that would have no subscriber)."""
-    probe = f"sim-{run}-probe"
+    probe = f"probe-{run}"
     pubs = Publishers([probe], host, port, password, ca)
     rng = random.Random(0)
     deadline = time.monotonic() + 120
