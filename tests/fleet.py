@@ -10,14 +10,18 @@ fails here rather than leaving the tests on a config nobody ships.
 from __future__ import annotations
 
 import getpass
+import json
+import os
 import ssl
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from broker import MOSQUITTO_PASSWD, Broker, free_port
-from conftest import ROOT
+from conftest import ROOT, edge_process
 
 HQ_CONF = ROOT / "mosquitto" / "hq.conf.example"
 HQ_ACL = ROOT / "mosquitto" / "hq.acl.example"
@@ -109,3 +113,58 @@ def tls_client(hq: HqBroker, user: str | None, password: str | None) -> mqtt.Cli
     if user is not None:
         client.username_pw_set(user, password)
     return client
+
+
+class EdgeHq:
+    """`edge hq` on the central broker's loopback listener and a PostgreSQL database,
+    as a head office runs it: its own hq.yaml, the password from the environment, a
+    client id that stays the same across restarts (its persistent session)."""
+
+    def __init__(self, folder: Path, hq: HqBroker, db_url: str, password: str):
+        self.config = folder / "hq.yaml"
+        folder.mkdir(parents=True, exist_ok=True)
+        broker = {"host": "127.0.0.1", "port": hq.port, "username": "edge-hq",
+                  "client_id": "edge-hq-test"}  # fmt: skip
+        settings = {"broker": broker, "database": {"url": db_url}, "metrics": {"port": 0}}
+        self.config.write_text(json.dumps(settings))  # JSON is YAML
+        self.env = {**os.environ, "EDGE_HQ_MQTT_PASSWORD": password}
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 60.0) -> EdgeHq:
+        """Started, and subscribed (its log says so): messages from now on reach it."""
+        self.proc = edge_process("hq", str(self.config), env=self.env)
+        subscribed = threading.Event()
+
+        def read(stream) -> None:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+                if "subscribed" in line:
+                    subscribed.set()
+
+        for stream in (self.proc.stdout, self.proc.stderr):
+            threading.Thread(target=read, args=(stream,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not subscribed.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"edge hq did not subscribe (exit {self.proc.poll()}): {self.lines[-20:]}"
+                )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: nothing written or acknowledged at the end."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
