@@ -460,6 +460,32 @@ def db_rows(conn, pattern: str) -> int:
     return int(row[0])
 
 
+class Poller(threading.Thread):
+    """Rows of the run in the database, counted every POLL_S on a connection of its
+    own, from before the first publish on: (time, rows) for the lag and the rate."""
+
+    def __init__(self, url: str, pattern: str):
+        import psycopg
+
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(url, autocommit=True)
+        self.pattern = pattern
+        self.seen: list[tuple[float, int]] = [(time.time(), db_rows(self.conn, pattern))]
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(POLL_S):
+            self.seen.append((time.time(), db_rows(self.conn, self.pattern)))
+
+    def rows(self) -> int:
+        return self.seen[-1][1]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=5)
+        self.conn.close()
+
+
 def db_totals(conn, pattern: str) -> dict[str, dict]:
     got: dict[str, dict] = {}
 
@@ -553,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     broker: LocalBroker | None = None
     hqs: list[HqProcess] = []
     conn = None
+    poller: Poller | None = None
     try:
         if args.local:
             password = password or "sim-" + run
@@ -570,10 +597,13 @@ def main(argv: list[str] | None = None) -> int:
             conn = psycopg.connect(args.db, autocommit=True)
             wait_ready(args, conn, run, host, port, password, ca, hqs)
         pubs = Publishers(fleet.stores, host, port, password, ca)
-        base = db_rows(conn, f"sim-{run}-%") if conn is not None else 0
+        if args.db:
+            poller = Poller(args.db, f"sim-{run}-%")
+            poller.start()
         if args.backlog:
             for h in hqs:
                 h.pause(True)
+        cpu0 = sum(h.cpu_s() for h in hqs)
         t0 = time.time()
         sent = publish(pubs, fleet.messages, args.rate)
         while pubs.acked < n and time.time() - t0 < args.timeout:
@@ -583,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({n / t_pub:.0f} messages/s)")  # fmt: skip
         figures["publish_s"] = round(t_pub, 3)
         status = 0 if pubs.acked == n else 1
-        if conn is not None:
-            status |= ingest(args, conn, run, fleet, sent, base, hqs, figures)
+        if poller is not None:
+            status |= ingest(args, conn, poller, run, fleet, sent, cpu0, hqs, figures)
         pubs.close()
     finally:
         for h in hqs:
@@ -592,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             h.stop()
         if broker is not None:
             broker.stop()
+        if poller is not None:
+            poller.stop()
         if conn is not None:
             conn.close()
     if args.json:
@@ -626,24 +658,23 @@ def wait_ready(args, conn, run, host, port, password, ca, hqs) -> None:
     raise SystemExit("fleet_sim: no probe row in the database after 120 s: is edge hq running?")
 
 
-def ingest(args, conn, run, fleet, sent, base, hqs, figures) -> int:
+def ingest(args, conn, poller, run, fleet, sent, cpu0, hqs, figures) -> int:
+    """Wait for every row, compare the totals, print the figures. Live: from the first
+    publish; --backlog: from the moment the paused `edge hq` processes resume."""
     n = len(fleet.messages)
     pattern = f"sim-{run}-%"
-    cpu0 = sum(h.cpu_s() for h in hqs)
-    t0 = time.time()
+    base = poller.seen[0][1]  # rows of this run before it began (none, unless reused)
+    start = sent[0] if sent else time.time()
     if args.backlog:
+        cpu0 = sum(h.cpu_s() for h in hqs)
+        start = time.time()
         for h in hqs:
             h.pause(False)
-    seen: list[tuple[float, int]] = []
-    start = sent[0] if sent and not args.backlog else t0
-    while True:
-        rows = db_rows(conn, pattern)
-        seen.append((time.time(), rows))
-        if rows - base >= n or time.time() - start > args.timeout:
-            break
+    while poller.rows() - base < n and time.time() - start < args.timeout:
         time.sleep(POLL_S)
-    done = next((t for t, c in seen if c - base >= n), None)
     cpu = sum(h.cpu_s() for h in hqs) - cpu0
+    seen = list(poller.seen)
+    done = next((t for t, c in seen if c - base >= n), None)
     got = db_totals(conn, pattern)
     want = {s: t.as_dict() for s, t in fleet.totals.items()}
     want = {s: t for s, t in want.items() if t["intervals"] or t["plays"]}
