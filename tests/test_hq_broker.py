@@ -1,12 +1,14 @@
 """The head office broker as shipped (mosquitto/hq.conf.example, hq.acl.example, users
 made with mosquitto_passwd), on loopback: a store's credentials publish under its own
-id and never under another store's; anonymous clients and wrong passwords are refused;
+id and never under another store's, and read nothing; anonymous clients and wrong
+passwords are refused;
 `edge hq`'s shared subscription reads every store; what arrives while no ingest runs
 waits in its persistent session, across a restart of the broker."""
 
 from __future__ import annotations
 
 import queue
+import time
 
 import pytest
 
@@ -93,4 +95,31 @@ def test_ingest_reads_every_store_and_its_queue_waits_across_a_broker_restart(hq
         ingest.wait_for(lambda t, p, r: p == b"store-a")
         ingest.wait_for(lambda t, p, r: p == b"store-b")
     finally:
+        ingest.close()
+
+
+def test_a_store_reads_nothing_at_head_office(hq):
+    """Stores only send: a store's credentials (say, copied off a box) read none of the
+    other stores' counts and plays, nor their own. Mosquitto grants the subscription
+    and then delivers nothing the ACL does not let the user read."""
+    ingest = Subscriber(hq.port, "edge/#", username="edge-hq", password="pw-hq")
+    spy, reason = connect(hq, "store-a", "pw-a")
+    store_b, reason_b = connect(hq, "store-b", "pw-b")
+    try:
+        assert not reason.is_failure and not reason_b.is_failure, (reason, reason_b)
+        got: list = []
+        subscribed: queue.Queue = queue.Queue()
+        spy.on_message = lambda c, u, msg: got.append(msg.topic)
+        spy.on_subscribe = lambda c, u, mid, reasons, props: subscribed.put(reasons)
+        spy.subscribe([("edge/#", 1), ("$share/hq/edge/#", 1)])
+        subscribed.get(timeout=5)
+        spy.publish(COUNTS.format("store-a"), b"own", qos=1).wait_for_publish(timeout=5)
+        store_b.publish(COUNTS.format("store-b"), b"b", qos=1).wait_for_publish(timeout=5)
+        ingest.wait_for(lambda t, p, r: p == b"b")  # delivered: to the ingest only
+        time.sleep(0.5)
+        assert got == [] and len(ingest.seen) == 2
+    finally:
+        for client in (spy, store_b):
+            client.loop_stop()
+            client.disconnect()
         ingest.close()
