@@ -1,9 +1,8 @@
 """The head office broker as shipped (mosquitto/hq.conf.example, hq.acl.example, users
 made with mosquitto_passwd), on loopback: a store's credentials publish under its own
 id and never under another store's, and read nothing; anonymous clients and wrong
-passwords are refused;
-`edge hq`'s shared subscription reads every store; what arrives while no ingest runs
-waits in its persistent session, across a restart of the broker."""
+passwords are refused; `edge hq`'s shared subscription reads every store; what arrives
+while no ingest runs waits in its persistent session, across a restart of the broker."""
 
 from __future__ import annotations
 
