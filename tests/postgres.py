@@ -134,7 +134,28 @@ class Postgres:
     def start(self) -> Postgres:
         self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start")
         wait_for_port(self.port)
+        self._start_reaper()
         return self
+
+    def _start_reaper(self) -> None:
+        """A watcher that stops the cluster and removes its folder once this process
+        is gone: a pytest killed by a timeout runs no fixture finalizer, and the
+        server (a daemon of its own, not our child) would otherwise run on."""
+        if getattr(self, "_reaper", None) is not None and self._reaper.poll() is None:
+            return
+        as_user = f"runuser -u {PG_USER} -- " if self.as_root else ""
+        script = (
+            f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; "
+            f"{as_user}{PG_BIN / 'pg_ctl'} -D {self.data} -m immediate -w stop; "
+            f"rm -rf {self.folder}"
+        )
+        self._reaper = subprocess.Popen(
+            ["sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not killed with our process group
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server: "fast" (clients disconnected, a clean shutdown) or
@@ -181,6 +202,10 @@ class Postgres:
         return self.url(name)
 
     def close(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.kill()
+            reaper.wait()
         if self.data.exists() and self.running():
             try:
                 self.stop("immediate")
