@@ -654,7 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         metavar="URL",
         help="head office's PostgreSQL (postgresql://user@host/db), every store's records; "
-        "its password from EDGE_DB_PASSWORD, PGPASSWORD or ~/.pgpass, never the URL",
+        "its password from EDGE_HQ_DB_PASSWORD, PGPASSWORD or ~/.pgpass, never the URL",
     )
     p.add_argument(
         "--store",

@@ -1,8 +1,9 @@
 """Records of a few stores, written by the box's real store (edge/outputs/store.py) into
-one SQLite file per store and copied, row for row, into head office's PostgreSQL as its
-schema's contract says (edge/hq/schema.py: the box's columns with `store` in front,
-start and end times as timestamptz, the segment rows with their record's start):
-the fleet report's and fleet dashboard's tests compare the two.
+one SQLite file per store, and the same events, as the box's publisher words them
+(edge/outputs/publish.py), put into head office's PostgreSQL by `edge hq`'s own ingest
+(edge/hq/ingest.py: parse, partitions, inserts, the stores and camera_status rows),
+without the broker in between: the fleet report's and fleet dashboard's tests compare
+the two.
 
 The stores are chosen for their clocks: Berlin's autumn change (25 October 2026, two
 02:00 hours), Kathmandu's +05:45 (local midnight at 18:15 UTC, inside a UTC hour) and
@@ -11,7 +12,6 @@ a store that gives its zone as a fixed offset (-04:00)."""
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from pathlib import Path
 
 from edge.events import IntervalEvent, PlayEvent
@@ -135,65 +135,57 @@ def write_box(folder: Path, store_id: str) -> Path:
     return path
 
 
-def _when(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.UTC)
-
-
-def copy_to_postgres(box: Path, url: str, store_id: str, tz: str) -> int:
-    """Every row of the box's store into head office's tables (schema migrated, month
-    partitions made), per the schema contract; the store's `stores` row. Rows copied."""
+def ingest_to_postgres(url: str, store_id: str, tz: str, *, online: bool = True) -> int:
+    """The store's events, its availability and a stats message naming its zone, as
+    MQTT messages through `edge hq`'s ingest into the database at `url` (migrated
+    first); the messages written."""
     import psycopg
 
+    from edge.events import CameraEvent
     from edge.hq import schema
+    from edge.hq.config import HqConfig
+    from edge.hq.ingest import Ingest, Message
+    from edge.hq.metrics import HqMetrics
+    from edge.outputs.publish import _fields, _json
 
-    source = sqlite3.connect(box)
-    copied = 0
-    with psycopg.connect(url) as conn:
-        schema.migrate(conn, url)
-        starts = [
-            r[0]
-            for t in ("intervals", "plays")
-            for r in source.execute(f"SELECT start_ts FROM {t}")
-        ]
-        schema.ensure_partitions(conn, {schema.month_start(_when(ts)) for ts in starts})
-        with conn.transaction():
-            for table in schema.PARTITIONED:
-                box_columns = schema.BOX_COLUMNS[table]
-                if table.endswith("_segments"):
-                    record = "intervals" if table == "interval_segments" else "plays"
-                    key = box_columns[0]
-                    select = (
-                        f"SELECT {', '.join('s.' + c for c in box_columns)}, r.start_ts "
-                        f"FROM {table} s JOIN {record} r ON r.id = s.{key}"
-                    )
-                else:
-                    select = f"SELECT {', '.join(box_columns)} FROM {table}"
-                columns = schema.columns(table)
-                rows = []
-                for row in source.execute(select):
-                    values = dict(zip(columns[1:], row, strict=True))
-                    for name in ("start_ts", "end_ts"):
-                        if name in values:
-                            values[name] = _when(values[name])
-                    rows.append((store_id, *values.values()))
-                marks = ", ".join(["%s"] * len(columns))
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows
-                    )
-                copied += len(rows)
-            conn.execute(
-                "INSERT INTO stores (store, tz, last_seen, online) VALUES (%s, %s, now(), true)",
-                (store_id, tz),
-            )
-    source.close()
-    return copied
+    config = HqConfig()
+    root = f"{config.broker.topic_prefix}/{store_id}"
+    stamp = iso(utc(2026, 10, 26))
+    messages = [
+        (f"{root}/availability", b"online" if online else b"offline"),
+        (f"{root}/stats", _json({"time": stamp, "cameras": {}, "timezone": tz}).encode()),
+    ]
+    for event in events(store_id):
+        if isinstance(event, IntervalEvent):
+            topic = f"{root}/cameras/{event.camera}/counts"
+            payload = {"time": stamp, "id": f"{event.camera}/{event.start}", **_fields(event)}
+        else:
+            topic = f"{root}/displays/{event.display}/plays"
+            payload = {"time": stamp, **_fields(event)}
+        messages.append((topic, _json(payload).encode()))
+    if not online:  # a store gone away: one camera offline, one online
+        for camera, up in (("entrance", False), ("aisle", True)):
+            status = CameraEvent(camera, camera.title(), up, None if up else "no frames", 0)
+            payload = {"time": stamp, **_fields(status)}
+            messages.append((f"{root}/cameras/{camera}/status", _json(payload).encode()))
+    received = dt.datetime.now(dt.UTC)
+    ingest = Ingest(config, HqMetrics())
+    ingest.conn = psycopg.connect(url)
+    try:
+        schema.migrate(ingest.conn, url)
+        batch = [Message(t, p, n, 1, received) for n, (t, p) in enumerate(messages)]
+        written = ingest._write(batch)  # the ingest's transaction for one batch
+    finally:
+        ingest.conn.close()
+    assert len(written) == len(batch), "the ingest rejected messages"
+    return len(written)
 
 
 def fleet(folder: Path, url: str) -> dict[str, Path]:
-    """Every store of STORES written on its box and copied to `url`: store -> box path."""
+    """Every store of STORES written on its box and ingested at `url` (nyc-3 offline):
+    store -> box path."""
     boxes = {}
     for store_id, (tz, _) in STORES.items():
         boxes[store_id] = write_box(folder, store_id)
-        assert copy_to_postgres(boxes[store_id], url, store_id, tz) > 0
+        ingest_to_postgres(url, store_id, tz, online=store_id != "nyc-3")
     return boxes

@@ -131,15 +131,22 @@ def test_the_password_never_goes_on_the_command_line(boxes, postgres):
     with_password = url.replace("postgres@", "postgres:secret@")
     result = run_edge("report", "--db", with_password)
     assert result.returncode == 64 and "secret" not in result.stderr
-    assert "EDGE_DB_PASSWORD" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "EDGE_HQ_DB_PASSWORD" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     # From the environment it is used (the test cluster trusts loopback, so any works),
     # and a database that does not answer is one line naming it, password hidden.
     down = f"postgresql://postgres@127.0.0.1:{postgres.port + 1}/nothing"
-    result = run_edge("report", "--db", down, env={**os.environ, "EDGE_DB_PASSWORD": "secret"})
+    result = run_edge("report", "--db", down, env={**os.environ, "EDGE_HQ_DB_PASSWORD": "secret"})
     assert result.returncode != 0 and "secret" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot read head office's database" in result.stderr
     result = run_edge(
-        "report", "--db", url, "--format", "json", env={**os.environ, "EDGE_DB_PASSWORD": "x"}
+        "report", "--db", url, "--format", "json", env={**os.environ, "EDGE_HQ_DB_PASSWORD": "x"}
     )
     assert result.returncode == 0 and json.loads(result.stdout)["totals"]["visitors"] > 0
+
+
+def test_a_database_edge_hq_never_set_up_is_one_line(postgres):
+    result = run_edge("report", "--db", postgres.create_database())
+    assert result.returncode == 78 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "`edge hq` creates its tables at start" in result.stderr

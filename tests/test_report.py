@@ -329,3 +329,35 @@ def test_a_store_not_yet_migrated_is_one_line_saying_what_to_do(tmp_path):
     result = run_edge("--config", str(config), "report")
     assert result.returncode == 78 and len(result.stderr.strip().splitlines()) == 1
     assert "schema version 1" in result.stderr and "start `edge run` once" in result.stderr
+
+
+def test_the_spring_change_and_its_offset_stretches(tmp_path):
+    import zoneinfo
+
+    from edge.outputs.reporting import offset_stretches
+
+    from test_store import interval
+
+    # Europe/Berlin, 29 March 2026: 02:00 +01:00 becomes 03:00 +02:00 at 01:00 UTC.
+    change = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC).timestamp()
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    assert offset_stretches(berlin, change - 5 * 86400, change + 86400) == [
+        (change - 5 * 86400, change, 3600),
+        (change, change + 86400 + 1, 7200),
+    ]
+    assert offset_stretches(berlin, change + 1, change + 3600) == [
+        (change + 1, change + 3601, 7200)
+    ]
+    config = store_config(
+        tmp_path,
+        [interval("door", change - 1, women=1), interval("door", change, women=2)]
+        + [play_event("spring", change - 1), play_event("spring", change + 1)],
+    )
+    berlin_tz = {"TZ": "Europe/Berlin"}
+    data = json.loads(report(config, "--by", "hour", "--format", "json", env=berlin_tz))
+    rows = [(p["period"], p["utc_offset"], p["visitors"]) for p in data["periods"]]
+    assert rows == [("2026-03-29 01:00", "+01:00", 1), ("2026-03-29 03:00", "+02:00", 2)]
+    days = json.loads(report(config, "--format", "json", env=berlin_tz))["periods"]
+    assert [(p["period"], p["utc_offset"], p["visitors"]) for p in days] == [
+        ("2026-03-29", "+01:00", 3)
+    ]

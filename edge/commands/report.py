@@ -41,7 +41,18 @@ def as_table(report: dict) -> str:
     lead = ["store"] if many else []
     per = by if by == "hour" else "day"
     if by == "store":
-        rows = [["store", *map(_label, SEGMENT_KEYS), "visitors", "watchers", "mean dwell s"]]
+        rows = [
+            [
+                "store",
+                *map(_label, SEGMENT_KEYS),
+                "visitors",
+                "watchers",
+                "mean dwell s",
+                "plays",
+                "impressions",
+                "reach",
+            ]
+        ]
         for s in [*report["stores"], {**report["totals"], "store": "total"}]:
             rows.append(
                 [
@@ -50,6 +61,9 @@ def as_table(report: dict) -> str:
                     str(s["visitors"]),
                     _num(s["watchers"]),
                     _num(s["mean_dwell_s"]),
+                    str(s["plays"]),
+                    str(s["impressions"]),
+                    _num(s["reach"]),
                 ]
             )
         out = [f"Stores {report['store']}: visitors per store", _grid(rows, 1), ""]

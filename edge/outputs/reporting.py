@@ -21,12 +21,15 @@ the visitors to the camera(s) that display followed; --ad limits the plays to on
 
 One set of SQLAlchemy Core expressions, compiled for SQLite and for PostgreSQL (no
 ORM): the only difference between the two is how a start time is stored (REAL epoch
-seconds on the box, timestamptz at head office), which `Source` and `epoch_bucket`
-hide. The database sums the figures per store and quarter hour (BUCKET_S) of UTC;
-Python puts each quarter hour into its store's local hour or day with zoneinfo, which
-knows every daylight saving change. That is exact because every UTC offset in use is a
-whole number of quarter hours (+05:45 included), so no local hour or day starts inside
-a quarter hour, and it keeps the rows crossing the wire to a few per hour and store.
+seconds on the box, timestamptz at head office), which `Source` and `local_period`
+hide. The database does the summing, per store and local hour or day: Python works
+out, for each store and the range asked for, the stretches of time in which its zone's
+UTC offset stays the same (zoneinfo knows every daylight saving change; a range has one
+stretch, or two or three across a change), and hands them to the query as a small
+table; a record's local period is then plain arithmetic on its start time and the
+offset of its stretch. So a day with a change has 23 or 25 hours, the repeated autumn
+hour is two rows (two offsets), any offset works (+05:45 too), and only report rows,
+not records, come back from the database.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import sqlite3
 import zoneinfo
 from collections.abc import Iterable
@@ -54,12 +58,13 @@ BY = ("hour", "day", "campaign", "ad", "store")
 # The figures per segment, as docs/metrics.md names them.
 VISITOR_FIGURES = ("visitors", "watchers", "dwell_s", "attention_s")
 AD_FIGURES = ("impressions", "reach", "watchers", "attention_s", "dwell_s")
-BUCKET_S = 900  # a quarter hour: every UTC offset in use is a multiple of it
+PERIOD_S = {"hour": 3600, "day": 86400}  # lengths of a local hour and day on the local clock
 # Head office's database password, where the URL has none: from the environment or a
 # systemd credential (edge/outputs/access.py), never the command line. libpq's own
 # PGPASSWORD and ~/.pgpass work too.
-DB_PASSWORD_ENV = "EDGE_DB_PASSWORD"
-DB_PASSWORD_CREDENTIAL = "db-password"
+# The same variable as `edge hq`'s (edge/hq/config.py): one database, one password.
+DB_PASSWORD_ENV = "EDGE_HQ_DB_PASSWORD"
+DB_PASSWORD_CREDENTIAL = "hq-db-password"
 
 Tz = dt.tzinfo | None  # None: the box's own zone
 
@@ -184,29 +189,67 @@ def period_of(ts: float, by: str, tz: Tz = None) -> tuple[str, str]:
 # -- the two databases ----------------------------------------------------------------
 
 
-class epoch_bucket(sa.sql.functions.FunctionElement):  # noqa: N801  (an SQL function)
-    """The quarter hour (BUCKET_S) of UTC in which a start time lies, as an integer:
-    floor(epoch seconds / BUCKET_S). Compiled per dialect, since the box stores epoch
-    seconds and PostgreSQL a timestamptz."""
+class local_period(sa.sql.functions.FunctionElement):  # noqa: N801  (an SQL function)
+    """local_period(start_ts, offset_s, length): the number of the local hour or day
+    (`length` 3600 or 86400) in which a start time lies on a clock `offset_s` seconds
+    ahead of UTC: floor((epoch seconds + offset_s) / length). Compiled per dialect,
+    since the box stores epoch seconds and PostgreSQL a timestamptz. `length` is
+    written into the SQL, not bound: the same expression in SELECT and GROUP BY must
+    read the same to PostgreSQL."""
 
     type = sa.BigInteger()
-    name = "epoch_bucket"
-    inherit_cache = True
+    name = "local_period"
+    inherit_cache = False
+
+    def __init__(self, ts: sa.ColumnElement, offset: sa.ColumnElement, length: int):
+        self.length = int(length)
+        super().__init__(ts, offset)
 
 
-@compiles(epoch_bucket, "sqlite")
-def _bucket_sqlite(element, compiler, **kw) -> str:
-    (column,) = element.clauses
+@compiles(local_period, "sqlite")
+def _period_sqlite(element, compiler, **kw) -> str:
+    ts, offset = (compiler.process(c, **kw) for c in element.clauses)
     # epoch seconds are positive, so truncation is floor
-    return f"CAST({compiler.process(column, **kw)} / {BUCKET_S} AS INTEGER)"
+    return f"CAST(({ts} + {offset}) / {element.length}.0 AS INTEGER)"
 
 
-@compiles(epoch_bucket, "postgresql")
-def _bucket_postgresql(element, compiler, **kw) -> str:
-    (column,) = element.clauses
-    return (
-        f"CAST(floor(extract(epoch FROM {compiler.process(column, **kw)}) / {BUCKET_S}) AS BIGINT)"
-    )
+@compiles(local_period, "postgresql")
+def _period_postgresql(element, compiler, **kw) -> str:
+    ts, offset = (compiler.process(c, **kw) for c in element.clauses)
+    return f"CAST(floor((extract(epoch FROM {ts}) + {offset}) / {element.length}) AS BIGINT)"
+
+
+def _offset(ts: float, tz: Tz) -> int:
+    delta = _local(ts, tz).utcoffset()
+    return int(delta.total_seconds()) if delta is not None else 0
+
+
+def offset_stretches(tz: Tz, first: float, last: float) -> list[tuple[float, float, int]]:
+    """[(since, until, UTC offset in seconds)] covering [first, last] in which the zone's
+    offset does not change; the changes found a day at a time, then to the second (no
+    zone changes twice within a day)."""
+    out: list[tuple[float, float, int]] = []
+    first, last = math.floor(first), math.ceil(last)  # changes fall on whole seconds
+    since, offset = first, _offset(first, tz)
+    step = 86400
+    at = first
+    while at < last:
+        ahead = min(at + step, last)
+        if _offset(ahead, tz) != offset:
+            low, high = at, ahead  # offset(low) == offset, offset(high) differs
+            while high - low > 1:
+                middle = (low + high) // 2
+                if _offset(middle, tz) == offset:
+                    low = middle
+                else:
+                    high = middle
+            out.append((since, high, offset))
+            since, offset = high, _offset(high, tz)
+            at = high
+        else:
+            at = ahead
+    out.append((since, last + 1, offset))
+    return out
 
 
 def _tables(metadata: sa.MetaData, *, store: bool, ts: sa.types.TypeEngine) -> dict:
@@ -297,6 +340,13 @@ class Source:
         """A bind value for a start time."""
         return dt.datetime.fromtimestamp(epoch, dt.UTC) if self.fleet else epoch
 
+    def epoch(self, value: Any) -> float:
+        """A start time read from the database, as epoch seconds."""
+        return value.timestamp() if isinstance(value, dt.datetime) else float(value)
+
+    def ts_type(self) -> sa.types.TypeEngine:
+        return sa.DateTime(timezone=True) if self.fleet else sa.Double()
+
     def zones(self, conn: sa.Connection) -> dict[str, Tz]:
         """Each store's time zone: the box's own; head office's from `stores.tz`, UTC
         for a store with rows but no entry there."""
@@ -320,11 +370,12 @@ def box_source(conn: sqlite3.Connection, store_id: str = "", where: str = "") ->
     return Source(engine, store_id=store_id, where=where)
 
 
-def db_url(url: str) -> sa.URL:
+def db_url(url: str, *, password_allowed: bool = False) -> sa.URL:
     """Head office's database URL for SQLAlchemy, with psycopg 3 as the driver and the
-    password from EDGE_DB_PASSWORD (or the credential db-password) when the URL has none;
-    with neither, libpq's PGPASSWORD or ~/.pgpass. A password in the URL is refused: the
-    command line is in the process list and the shell's history."""
+    password from EDGE_HQ_DB_PASSWORD (or the credential hq-db-password) in place of the
+    URL's; with neither, libpq's PGPASSWORD or ~/.pgpass. A password in a URL given on
+    the command line is refused (`password_allowed` False): the command line shows in
+    the process list and the shell's history."""
     from edge.outputs.access import load_secret
 
     try:
@@ -332,8 +383,9 @@ def db_url(url: str) -> sa.URL:
     except sa.exc.ArgumentError as exc:
         raise BadDatabase(f"{url!r} is not a database URL (postgresql://user@host/db)") from exc
     if parsed.get_backend_name() != "postgresql":
-        raise BadDatabase(f"{url!r}: head office's database is PostgreSQL (postgresql://...)")
-    if parsed.password:
+        shown = parsed.render_as_string(hide_password=True)
+        raise BadDatabase(f"{shown!r}: head office's database is PostgreSQL (postgresql://...)")
+    if parsed.password and not password_allowed:
         raise BadDatabase(
             f"the database URL carries a password: leave it out and set {DB_PASSWORD_ENV} "
             f"(or PGPASSWORD, ~/.pgpass, the credential {DB_PASSWORD_CREDENTIAL})"
@@ -343,11 +395,12 @@ def db_url(url: str) -> sa.URL:
     return parsed.set(password=secret) if secret else parsed
 
 
-def fleet_source(url: str, **engine_options) -> Source:
+def fleet_source(url: str, *, password_allowed: bool = False, **engine_options) -> Source:
     """A Source on head office's PostgreSQL."""
-    parsed = db_url(url)
+    parsed = db_url(url, password_allowed=password_allowed)
     engine = sa.create_engine(parsed, pool_pre_ping=True, **engine_options)
-    return Source(engine, fleet=True, where=parsed.render_as_string(hide_password=True))
+    shown = parsed.set(drivername="postgresql").render_as_string(hide_password=True)
+    return Source(engine, fleet=True, where=shown)
 
 
 # -- ids -------------------------------------------------------------------------------
@@ -415,8 +468,8 @@ def _round(value, digits: int = 1):
 
 
 class _Visitors:
-    """Visitor figures of a period (or a store's, or the total), from the sums per
-    quarter hour: the intervals' own figures, and the figures per segment."""
+    """Visitor figures of a period (or a store's, or the total), from the database's
+    sums per local period: the intervals' own figures, and the figures per segment."""
 
     def __init__(self) -> None:
         self.totals: dict = {}
@@ -527,6 +580,23 @@ class _Filter:
     display: str | None = None
     ad: str | None = None
 
+    def times(self, table: sa.Table) -> sa.ColumnElement:
+        """The stores and bounds alone, for head office's segment tables (they carry
+        their record's store and start): PostgreSQL then reads only the range's month
+        partitions of them, and only its rows."""
+        groups: dict[tuple, list[str]] = {}
+        for store_id, (start, end) in self.bounds.items():
+            groups.setdefault((start, end), []).append(store_id)
+        ors = []
+        for (start, end), store_ids in groups.items():
+            parts = [table.c.store.in_(store_ids)]
+            if start is not None:
+                parts.append(table.c.start_ts >= self.source.ts(start))
+            if end is not None:
+                parts.append(table.c.start_ts < self.source.ts(end))
+            ors.append(sa.and_(*parts))
+        return sa.or_(*ors) if ors else sa.false()
+
     def clause(self, table: sa.Table, *, visitors: bool) -> sa.ColumnElement:
         # Stores with the same bounds and cameras share one condition.
         groups: dict[tuple, list[str]] = {}
@@ -617,45 +687,131 @@ def _summarize(
         source, {s: bounds(tz) for s, tz in zones.items()}, cameras, camera, display, ad
     )
 
-    def key_of(store_id: str, bucket: int) -> tuple[str, str, str]:
-        return (store_id, *period_of(bucket * BUCKET_S, period_by, zones[store_id]))
+    # Each store's offset stretches over the range asked for, or over its records.
+    seen: dict[str, tuple[float, float]] = {}
+    if any(None in b for b in where.bounds.values()):
+        for table in (i, p):
+            query = sa.select(
+                source.store(table), sa.func.min(table.c.start_ts), sa.func.max(table.c.start_ts)
+            ).group_by(*source.group_store(table))
+            for store_id, low, high in conn.execute(query):
+                if low is not None and store_id in zones:
+                    low, high = source.epoch(low), source.epoch(high)
+                    old = seen.get(store_id, (low, high))
+                    seen[store_id] = (min(old[0], low), max(old[1], high))
+    stretches = []
+    for store_id, (first, last) in where.bounds.items():
+        data = seen.get(store_id)
+        first = first if first is not None else data[0] if data else None
+        last = last if last is not None else data[1] if data else None
+        if first is None or last is None or first >= last + 1:
+            continue  # nothing to read there
+        stretches += [
+            (store_id, since, until, offset)
+            for since, until, offset in offset_stretches(zones[store_id], first, last)
+        ]
+    length = PERIOD_S[period_by]
+    if stretches:
+        zone_table = sa.union_all(
+            *(
+                sa.select(
+                    sa.literal(store_id, sa.Text).label("store"),
+                    sa.literal(source.ts(since), source.ts_type()).label("since"),
+                    sa.literal(source.ts(until), source.ts_type()).label("until"),
+                    sa.literal(offset, sa.Integer).label("offset_s"),
+                )
+                for store_id, since, until, offset in stretches
+            )
+        ).cte("zones")
+    else:  # no records: a table with no rows
+        zone_table = (
+            sa.select(
+                sa.literal("", sa.Text).label("store"),
+                sa.literal(source.ts(0), source.ts_type()).label("since"),
+                sa.literal(source.ts(0), source.ts_type()).label("until"),
+                sa.literal(0, sa.Integer).label("offset_s"),
+            )
+            .where(sa.false())
+            .cte("zones")
+        )
+    z = zone_table.c
+
+    def in_zone(table: sa.Table) -> sa.ColumnElement:
+        """A record of `table` joined to its store's stretch of one offset."""
+        return sa.and_(
+            *([z.store == table.c.store] if source.fleet else []),
+            table.c.start_ts >= z.since,
+            table.c.start_ts < z.until,
+        )
+
+    keys: dict[tuple[str, int, int], tuple[str, str, str]] = {}
+
+    def key_of(store_id: str, offset: int, number: int) -> tuple[str, str, str]:
+        """(store, label, UTC offset) of local period `number` on a clock `offset` ahead:
+        its middle as epoch seconds, named by period_of (each worked out once)."""
+        key = keys.get((store_id, offset, number))
+        if key is None:
+            middle = number * length + length // 2 - offset
+            key = (store_id, *period_of(middle, period_by, zones[store_id]))
+            keys[(store_id, offset, number)] = key
+        return key
 
     periods: dict[tuple[str, str, str], _Visitors] = {}
     per_store: dict[str, _Visitors] = {}
     totals = _Visitors()
 
-    def visitor_buckets(store_id: str, bucket: int) -> tuple[_Visitors, ...]:
+    def visitor_buckets(store_id: str, offset: int, number: int) -> tuple[_Visitors, ...]:
         return (
-            periods.setdefault(key_of(store_id, bucket), _Visitors()),
+            periods.setdefault(key_of(store_id, offset, number), _Visitors()),
             per_store.setdefault(store_id, _Visitors()),
             totals,
         )
 
-    store_i, bucket_i = source.store(i), epoch_bucket(i.c.start_ts)
-    query = (
-        sa.select(
-            store_i, bucket_i, _int(i.c.watchers), _float(i.c.dwell_s), _float(i.c.attention_s)
-        )
-        .where(where.clause(i, visitors=True))
-        .group_by(*source.group_store(i), bucket_i)
-        .order_by(*source.group_store(i), bucket_i)
-    )
-    for store_id, bucket, *scalars in conn.execute(query):
-        for visitors in visitor_buckets(store_id, bucket):
-            visitors.add_intervals(scalars)
-    join = iseg.join(
-        i,
-        sa.and_(
-            iseg.c.interval_id == i.c.id,
-            # head office's segment rows carry their record's store and start (the
-            # partition key, so a range reads only its months' partitions)
-            *([iseg.c.store == i.c.store, iseg.c.start_ts == i.c.start_ts] if source.fleet else []),
-        ),
-    )
+    store_i, period_i = source.store(i), local_period(i.c.start_ts, z.offset_s, length)
     query = (
         sa.select(
             store_i,
-            bucket_i,
+            z.offset_s,
+            period_i,
+            _int(i.c.watchers),
+            _float(i.c.dwell_s),
+            _float(i.c.attention_s),
+        )
+        .select_from(i.join(zone_table, in_zone(i)))
+        .where(where.clause(i, visitors=True))
+        .group_by(*source.group_store(i), z.offset_s, period_i)
+        .order_by(*source.group_store(i), sa.func.min(i.c.start_ts))
+    )
+    for store_id, offset, number, *scalars in conn.execute(query):
+        for visitors in visitor_buckets(store_id, offset, number):
+            visitors.add_intervals(scalars)
+    if source.fleet and camera is None and display is None:
+        # Head office's segment rows carry their interval's store and start: with no
+        # camera to check, they are summed without reading the intervals again.
+        records, period_s = iseg, local_period(iseg.c.start_ts, z.offset_s, length)
+        join = iseg.join(zone_table, in_zone(iseg))
+        condition = where.times(iseg)
+    else:
+        records, period_s = i, period_i
+        join = iseg.join(
+            i,
+            sa.and_(
+                iseg.c.interval_id == i.c.id,
+                # head office's segment rows carry their record's store and start (the
+                # partition key, so a range reads only its months' partitions)
+                *(
+                    [iseg.c.store == i.c.store, iseg.c.start_ts == i.c.start_ts]
+                    if source.fleet
+                    else []
+                ),
+            ),
+        ).join(zone_table, in_zone(i))
+        condition = where.clause(i, visitors=True)
+    query = (
+        sa.select(
+            source.store(records),
+            z.offset_s,
+            period_s,
             iseg.c.segment,
             _int(iseg.c.visitors),
             _int(iseg.c.watchers),
@@ -663,53 +819,53 @@ def _summarize(
             _float(iseg.c.attention_s),
         )
         .select_from(join)
-        .where(where.clause(i, visitors=True))
-        .group_by(*source.group_store(i), bucket_i, iseg.c.segment)
-        .order_by(*source.group_store(i), bucket_i, iseg.c.segment)
+        .where(condition)
+        .group_by(*source.group_store(records), z.offset_s, period_s, iseg.c.segment)
     )
-    for store_id, bucket, segment, *sums in conn.execute(query):
-        for visitors in visitor_buckets(store_id, bucket):
+    for store_id, offset, number, segment, *sums in conn.execute(query):
+        for visitors in visitor_buckets(store_id, offset, number):
             visitors.add_segment(segment, sums)
 
-    # Plays: per quarter hour and ad (with its labels), in the order they first played.
+    # Plays: per local period and ad (with its labels), in the order they first played.
     ads: dict[tuple[str, str], _Ads] = {}
     names: dict[tuple[str, str], dict] = {}
     ad_periods: dict[tuple[str, str, str, str], _Ads] = {}
     ad_stores: dict[str, _Ads] = {}
     plays = _Ads()
 
-    def ad_buckets(store_id: str, bucket: int, key: str) -> tuple[_Ads, ...]:
+    def ad_buckets(store_id: str, offset: int, number: int, key: str) -> tuple[_Ads, ...]:
         return (
             ads.setdefault((store_id, key), _Ads()),
-            ad_periods.setdefault((*key_of(store_id, bucket), key), _Ads()),
+            ad_periods.setdefault((*key_of(store_id, offset, number), key), _Ads()),
             ad_stores.setdefault(store_id, _Ads()),
             plays,
         )
 
-    store_p, bucket_p = source.store(p), epoch_bucket(p.c.start_ts)
+    store_p, period_p = source.store(p), local_period(p.c.start_ts, z.offset_s, length)
     labels = (p.c.ad, p.c.title, p.c.campaign, p.c.advertiser)
     query = (
         sa.select(
             store_p,
-            bucket_p,
+            z.offset_s,
+            period_p,
             *labels,
             sa.func.count(),
             _float(p.c.duration_s),
             sa.func.max(p.c.start_ts),
         )
+        .select_from(p.join(zone_table, in_zone(p)))
         .where(where.clause(p, visitors=False))
-        .group_by(*source.group_store(p), bucket_p, *labels)
-        .order_by(*source.group_store(p), bucket_p, sa.func.min(p.c.start_ts))
+        .group_by(*source.group_store(p), z.offset_s, period_p, *labels)
+        .order_by(*source.group_store(p), sa.func.min(p.c.start_ts))
     )
-    for store_id, bucket, ad_id, title, campaign, advertiser, n, screen, latest in conn.execute(
-        query
-    ):
+    for row in conn.execute(query):
+        store_id, offset, number, ad_id, title, campaign, advertiser, n, screen, latest = row
         key = ad_id if group == "ad" else campaign
         info = names.setdefault((store_id, key), {"ads": set(), "latest": latest})
         if latest >= info["latest"]:  # the labels of its latest play
             info.update(title=title, campaign=campaign, advertiser=advertiser, latest=latest)
         info["ads"].add(ad_id)
-        for played in ad_buckets(store_id, bucket, key):
+        for played in ad_buckets(store_id, offset, number, key):
             played.add_plays(n, screen)
     join = pseg.join(
         p,
@@ -717,25 +873,25 @@ def _summarize(
             pseg.c.play_id == p.c.id,
             *([pseg.c.store == p.c.store, pseg.c.start_ts == p.c.start_ts] if source.fleet else []),
         ),
-    )
+    ).join(zone_table, in_zone(p))
     grouping = p.c.ad if group == "ad" else p.c.campaign
     timed = sa.case((pseg.c.dwell_s.is_not(None), pseg.c.impressions))
     query = (
         sa.select(
             store_p,
-            bucket_p,
+            z.offset_s,
+            period_p,
             grouping,
             pseg.c.segment,
             *(_float(pseg.c[f]) if f.endswith("_s") else _int(pseg.c[f]) for f in AD_FIGURES),
             _int(timed),
         )
         .select_from(join)
-        .where(where.clause(p, visitors=False))
-        .group_by(*source.group_store(p), bucket_p, grouping, pseg.c.segment)
-        .order_by(*source.group_store(p), bucket_p, grouping, pseg.c.segment)
+        .where(where.clause(p, visitors=False), *([where.times(pseg)] if source.fleet else []))
+        .group_by(*source.group_store(p), z.offset_s, period_p, grouping, pseg.c.segment)
     )
-    for store_id, bucket, key, segment, *sums in conn.execute(query):
-        for played in ad_buckets(store_id, bucket, key):
+    for store_id, offset, number, key, segment, *sums in conn.execute(query):
+        for played in ad_buckets(store_id, offset, number, key):
             played.add_segment(segment, tuple(sums))
 
     def label(store_id: str, key: str) -> dict:
@@ -919,5 +1075,12 @@ def read_db(source: Source, **query) -> dict:
             )
         return summarize(source, **query)
     except sa.exc.DBAPIError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise StoreError(f"{source.where}: cannot read head office's database: {reason}") from exc
+        raise StoreError(f"{source.where}: cannot read head office's database: {why(exc)}") from exc
+
+
+def why(exc: sa.exc.DBAPIError) -> str:
+    """The database's own first line, and what to do where the tables are missing."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    if getattr(exc.orig, "sqlstate", None) == "42P01":  # undefined_table
+        reason += " (not edge hq's database yet? `edge hq` creates its tables at start)"
+    return reason
