@@ -292,7 +292,7 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     config = hq_config(
         tmp_path, broker.port, pg_url, ingest={"max_message_bytes": 4096, "rejected_max_rows": 10}
     )
-    hqs(config).start()
+    hq = hqs(config).start()
     good = interval("door", 1)
     topic = "edge/s1/cameras/door/counts"
     raw_publish(
@@ -346,6 +346,9 @@ def test_hostile_messages_are_rejected_with_their_reason_and_the_ingest_goes_on(
     wait_for(lambda: query(pg_url, "SELECT count(*) FROM rejected")[0][0] == 10)
     kept = [p for (p,) in query(pg_url, "SELECT payload FROM rejected ORDER BY id")]
     assert kept == [f"junk {n}" for n in range(2, 12)]
+    # 13 messages that were not JSON within a minute: one log line
+    lines = [line for line in hq.text().splitlines() if "rejected a message" in line]
+    assert sum("not JSON" in line for line in lines) == 1, lines
 
 
 def test_a_kill_a_database_restart_and_a_replay_lose_and_double_nothing(
@@ -508,3 +511,41 @@ def test_the_box_names_its_time_zone(monkeypatch):
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.stdout.strip() == "+05:30", result.stderr
+
+
+def test_it_waits_for_a_database_that_is_down_at_start(
+    make_broker, postgres, pg_url, tmp_path, hqs
+):
+    broker = make_broker()
+    postgres.stop("fast")
+    try:
+        hq = hqs(hq_config(tmp_path, broker.port, pg_url)).start(subscribed=False)
+        hq.wait_log(r"hq database: .*retrying")
+        assert "subscribed" not in hq.text()  # nothing taken in before it can be written
+    finally:
+        postgres.start()
+    hq.wait_log(r"hq: subscribed")
+    box = Box(tmp_path, broker.port, "s1")
+    try:
+        box.emit(interval("door", 0))
+        wait_for(lambda: totals(pg_url) == expected(1))
+    finally:
+        box.close()
+
+
+def test_secrets_come_from_the_environment_or_credentials(tmp_path, monkeypatch):
+    from edge.hq import config as hq_config_mod
+
+    path = tmp_path / "hq.yaml"
+    path.write_text("broker: {username: from-file}\n")
+    for name in ("EDGE_HQ_DB_PASSWORD", "EDGE_HQ_MQTT_USERNAME", "EDGE_HQ_MQTT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    (tmp_path / "hq-db-password").write_text("db-secret\n")
+    (tmp_path / "hq-mqtt-password").write_text("mqtt-secret\n")
+    cfg = hq_config_mod.load(path)
+    assert cfg.db_password() == "db-secret"
+    assert cfg.mqtt_credentials() == ("from-file", "mqtt-secret")
+    monkeypatch.setenv("EDGE_HQ_DB_PASSWORD", "env-wins")
+    monkeypatch.setenv("EDGE_HQ_MQTT_USERNAME", "env-user")
+    assert cfg.db_password() == "env-wins" and cfg.mqtt_credentials()[0] == "env-user"

@@ -146,7 +146,7 @@ class Ingest:
         broker.leave_on_stop, unsubscribe first and end the session (scaling in)."""
         leave = self.config.broker.leave_on_stop and self.mqtt_connected
         if leave:
-            _, mid = self.client.unsubscribe(self.topics)
+            self.client.unsubscribe(self.topics)
             self._unsubscribed.wait(timeout=5)
             # Messages the broker dealt us before the unsubscription are still coming:
             # take them in until the line has been quiet a moment.
@@ -162,6 +162,14 @@ class Ingest:
                 time.sleep(0.05)
         self._closing.set()
         self._writer_done.wait(timeout)
+        if leave and (not self._writer_done.is_set() or self.pending):
+            # Ending the session now would drop what is still unacknowledged in it.
+            log.warning(
+                "hq: %d message(s) not written at stop (the database is away): the session "
+                "is kept, so they wait at the broker for this client id's next start",
+                self.pending,
+            )
+            leave = False
         if leave:
             props = Properties(PacketTypes.DISCONNECT)
             props.SessionExpiryInterval = 0

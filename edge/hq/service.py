@@ -74,8 +74,9 @@ def run(config: HqConfig) -> int:
 def start_dashboard(config: HqConfig):
     """The fleet dashboard (edge/hq/dashboard.py, FleetDashboard), when configured.
 
-    MERGE POINT: h-fleet-report writes FleetDashboard (start/close); until it is merged
-    this says so in one line and `edge hq` ingests without it."""
+    MERGE POINT: edge/hq/dashboard.py (FleetDashboard(settings, token=...), start/close)
+    comes from the fleet-report branch; until it is merged this says so in one line
+    and `edge hq` ingests without it."""
     cfg = config.dashboard
     if not cfg.enabled:
         return None
@@ -93,6 +94,6 @@ def start_dashboard(config: HqConfig):
     except ImportError:
         log.error("hq: dashboard.enabled is set, but this edge has no fleet dashboard")
         return None
-    dashboard = FleetDashboard(config, token=token)  # the lead wires the exact signature
+    dashboard = FleetDashboard(config, token=token)
     dashboard.start()
     return dashboard
