@@ -48,6 +48,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import ssl
 import subprocess
@@ -628,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
             conn.close()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    if status == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+    else:  # the broker's and edge hq's logs, for the differences printed above
+        print(f"logs kept in {folder}")
     return status
 
 
