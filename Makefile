@@ -97,11 +97,13 @@ test: setup test-deps
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not broker and not browser"
 
-# Lint rules and formatting (ruff), and types (mypy); .ci/run runs it before the tests.
+# Lint rules and formatting (ruff), types (mypy), and the layers of docs/architecture.md
+# (lint-imports: the contracts in pyproject.toml); .ci/run runs it before the tests.
 lint: $(STAMP)
 	$(BIN)/ruff check edge tests tools
 	$(BIN)/ruff format --check edge tests tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo --no-cache
 
 clean: broker-stop
 	rm -rf $(VENV) models/*.onnx models/*.bin models/*-weights_manifest.json .pytest_cache $(RUN_DIR)

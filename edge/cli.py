@@ -54,10 +54,14 @@ def cmd_models(args, cfg) -> int:
             else ""
         )
         print(f"detector {cfg.detector.backend}, classifier {backend}:")
+        if args.all:  # every network the manifest pins (not the files they are built from)
+            names = [n for n, spec in specs.items() if spec.role != "source"]
         for name in names:
             spec = specs[name]
+            used = "" if not args.all or name in modelstore.configured_models(cfg) else "  (unused)"
             print(
-                f"{spec.role:10s} {name:10s} {spec.file}\n           {modelstore.provenance(spec)}"
+                f"{spec.role:10s} {name:10s} {spec.file}{used}\n"
+                f"           {modelstore.provenance(spec)}"
             )
         for key, path in (
             ("detector.model", cfg.detector.model),
@@ -164,7 +168,7 @@ def cmd_eval(args, cfg) -> int:
 def cmd_run(args, cfg) -> int:
     from edge import nativelog
     from edge.redact import safe_name
-    from edge.service import EventSink, JsonLines, LogSink, Service
+    from edge.service import Service
 
     # libjpeg's and FFmpeg's own stderr lines, repeated per frame, are rate-limited; the
     # log handler is set up again so that our lines bypass that filter.
@@ -193,76 +197,24 @@ def cmd_run(args, cfg) -> int:
             f"{args.config or '(defaults)'}: no cameras configured; add "
             f"'cameras' to the config or pass --source"
         )
-    sinks: list[EventSink] = [JsonLines()] if args.jsonl else [LogSink()]
-    publisher = player = metrics = store = None
-    if cfg.metrics.port and not offline:
-        from edge.outputs.metrics import Metrics
+    from edge.outputs.sinks import assemble
 
-        metrics = Metrics(cfg)
-        sinks.append(metrics)
-    service = Service(cfg, sinks, offline=offline, metrics=metrics)
-    try:
-        # An offline analysis is not store traffic: it goes into the history only when asked.
-        if cfg.store.enabled and (not offline or args.store):
-            from edge.outputs.store import FILENAME, AudienceStore, StoreError
-
-            try:
-                store = AudienceStore(cfg.state_path() / FILENAME, cfg.store.retention_days).start()
-                sinks.append(store)
-            except StoreError as exc:  # the displays and MQTT carry on without a history
-                log.error("%s; running without it", exc)
-        if cfg.mqtt.enabled and not offline:
-            from edge.outputs.publish import MqttPublisher
-
-            publisher = MqttPublisher(cfg)
-            sinks.append(publisher)
-            publisher.start()
-            if cfg.player.port and cfg.displays:
-                player = start_player(cfg)
-                # first of the sinks: it learns each decision before the publisher sends it
-                sinks.insert(0, player)
-                player.bridge.on_override = service.overridden
-                if cfg.dashboard.enabled:
-                    player.dashboard = _dashboard(cfg, sinks, store, publisher)
-        if metrics is not None:
-            metrics.watch(service, publisher, store=store, player=player)
-            metrics.serve()
-        service.install_signal_handlers()
-        return service.run(duration_s=args.duration)
-    finally:
-        if publisher is not None:
-            publisher.close()
-        if player is not None:
-            player.stop()
-        if metrics is not None:
-            metrics.stop()
-        if store is not None:
-            store.close()
-
-
-def _dashboard(cfg, sinks: list, store, publisher):
-    """The live dashboard the player serves at /dashboard, fed by the service's events."""
-    from edge.outputs.dashboard import Dashboard
-
-    dashboard = Dashboard(cfg, mqtt_status=publisher.status if publisher else None)
-    sinks.append(dashboard)
-    if store is not None:
-        store.on_commit(dashboard.history_changed)
-    return dashboard
+    service = Service(cfg, [], offline=offline)  # the models first: their errors come first
+    service.sinks = assemble(
+        cfg,
+        jsonl=args.jsonl,
+        offline=offline,
+        keep_history=args.store,
+        on_override=service.overridden,
+    )
+    service.install_signal_handlers()
+    return service.run(duration_s=args.duration)
 
 
 def start_player(cfg, port: int | None = None):
-    from edge.outputs.player_server import DisplayServer
-    from edge.pipeline.catalog import load_catalog
+    from edge.outputs.sinks import display_player
 
-    player = DisplayServer(cfg, load_catalog(cfg.resolve(cfg.selector.catalog)), port=port)
-    player.start()
-    log.info(
-        "display player: %s; dashboard: %s",
-        ", ".join(f"{player.url}/display/{d.id}" for d in cfg.displays),
-        player.dashboard_url if cfg.dashboard.enabled else "off (dashboard.enabled: false)",
-    )
-    return player
+    return display_player(cfg, port).start()
 
 
 def cmd_display(args, cfg) -> int:
@@ -302,7 +254,7 @@ def cmd_serve(args, cfg) -> int:
     import threading
 
     from edge.outputs.notify import Notifier
-    from edge.outputs.photo_server import PhotoService, load_key, require_key_off_loopback
+    from edge.photo_server import PhotoService, load_key, require_key_off_loopback
     from edge.pipeline.analyze import FaceAnalyzer
 
     key = load_key(cfg)
@@ -331,18 +283,8 @@ def cmd_serve(args, cfg) -> int:
 def cmd_bench(args, cfg) -> int:
     from edge.commands import bench
 
-    return bench.main(
-        cfg,
-        args.source,
-        args.size,
-        args.seconds,
-        args.json,
-        args.cameras,
-        args.gpu,
-        args.idle_share,
-        not args.no_gating,
-        args.crowd,
-    )
+    # The parser names each option after bench.main's keyword (`dest`).
+    return bench.main(cfg, **{name: getattr(args, name) for name in bench.OPTIONS})
 
 
 def cmd_check(args, cfg) -> int:
@@ -498,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=("fetch", "verify", "list"))
     p.add_argument("--force", action="store_true", help="fetch: download even if present")
+    p.add_argument(
+        "--all", action="store_true", help="list: every model of the manifest, not only the used"
+    )
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="the real-time service: cameras in, audience events out")
@@ -550,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="video file or GIF to run on (looped)")
     p.add_argument("--size", help="resize frames to WIDTHxHEIGHT first, e.g. 1280x720")
     p.add_argument("--seconds", type=finite, default=10.0, help="length of each measurement")
-    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    p.add_argument(
+        "--json", dest="json_path", metavar="FILE", help="also write the figures as JSON"
+    )
     p.add_argument(
         "--cameras",
         type=int,
@@ -573,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-gating",
-        action="store_true",
+        dest="gating",
+        action="store_false",
         help="detect every frame (cameras' motion gating and tracked_detect_fps "
         "off), for comparison",
     )

@@ -1,7 +1,7 @@
 """Typed configuration: one dataclass per section, unknown keys rejected.
 
 Every key, its default and its meaning is documented here once (the `doc`
-metadata), and README's configuration reference is generated from it with
+metadata), and docs/reference.md's configuration reference is generated from it with
 `edge config --reference`. Loading checks types, choices and ranges and raises
 ConfigError naming the file and the dotted key, so `edge run` can exit 78.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from edge.credentials import load_secret
 from edge.errors import ConfigError
 from edge.redact import password, redact, remember
 
@@ -389,7 +390,7 @@ class TlsConfig:
 class HomeAssistantConfig:
     enabled: bool = opt(
         True,
-        "Announce the box to Home Assistant by MQTT discovery (README "
+        "Announce the box to Home Assistant by MQTT discovery (docs/reference.md "
         '"Home Assistant"): one device with sensors per camera and display, '
         "sent retained on every connect. Turning it off removes what was "
         "announced at the next connect.",
@@ -406,7 +407,7 @@ class MqttConfig:
     enabled: bool = opt(
         False,
         "Publish availability, audience, counts, decisions and stats to "
-        'an MQTT broker (topics: README "MQTT topics"). Offline runs '
+        'an MQTT broker (topics: docs/reference.md "MQTT topics"). Offline runs '
         "(`edge run --source FILE` without --realtime) never publish.",
     )
     host: str = opt("localhost", "Broker host name or address.", nonempty=True)
@@ -580,7 +581,7 @@ class DashboardConfig:
 class MetricsConfig:
     listen: str = opt(
         "127.0.0.1",
-        "Address the Prometheus metrics endpoint (/metrics, README "
+        "Address the Prometheus metrics endpoint (/metrics, docs/reference.md "
         '"Prometheus metrics") listens on; 0.0.0.0 lets a Prometheus '
         "elsewhere scrape it.",
     )
@@ -746,8 +747,6 @@ def resolve_references(data: Any, problems: Problems, key: str) -> Any:
     name (LoadCredential=NAME:...). Camera URLs with passwords and the broker's password
     can so stay out of config.yaml. A name with no value is a problem naming the key
     and the name; the values are never part of a message."""
-    from edge.outputs.access import load_secret
-
     if isinstance(data, dict):
         return {k: resolve_references(v, problems, _join(key, str(k))) for k, v in data.items()}
     if isinstance(data, list):
@@ -945,7 +944,7 @@ def _check_value(value: Any, hint: Any, meta: Mapping[str, Any], key: str) -> An
     return value
 
 
-def _cross_checks(config: Config, problems: Problems) -> None:
+def _cross_checks(config: Config, problems: Problems) -> None:  # noqa: C901 (a flat list of rules)
     add = problems.cross
     for provider in config.runtime.providers:
         if provider not in PROVIDERS:
@@ -1116,7 +1115,7 @@ def _type_name(t: type) -> str:
 
 
 def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(key, default, doc) for every key, for the README's configuration reference."""
+    """(key, default, doc) for every key, for the configuration reference (docs/reference.md)."""
     rows = []
     defaults = cls()
     hints = typing.get_type_hints(cls)

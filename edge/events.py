@@ -1,7 +1,7 @@
 """The service's events: what the pipeline reports after the tracker, one frozen
 dataclass per kind.
 
-The service hands every event to every sink (service.EventSink): the log or JSON lines,
+The service hands every event to every sink (outputs/sinks.py): the log or JSON lines,
 the MQTT publisher, the Prometheus metrics, the audience store and the dashboard. A sink
 picks the events it wants by class. `to_json()` is the JSON object of an `edge run
 --jsonl` line, `"type"` first and then the fields in the order written here; the MQTT
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from edge.records import Decision
+from edge.records import Decision, PresentAudience, VisitTally
 from edge.timefmt import iso
 
 COUNTS = "{child|adult|old: {female, male}}"  # age class x gender: a number of people
@@ -43,11 +43,19 @@ class Payload:
     # Set by @dataclass on each subclass; declared so type checkers see a dataclass.
     __dataclass_fields__: ClassVar[dict[str, Any]]
     type: ClassVar[str] = ""  # the event's "type" key; "" for a record that is no event
+    internal: ClassVar[bool] = False  # the loop's own signal (TickEvent...): never published
     when: ClassVar[str] = ""  # when it is emitted, for README's event table
 
     def to_json(self) -> dict:
         head = {"type": self.type} if self.type else {}
         return {**head, **{f.name: _plain(getattr(self, f.name)) for f in fields(self)}}
+
+
+def _tallied(cls: type, tally: VisitTally) -> dict[str, Any]:
+    """The fields of event class `cls` that a VisitTally holds (the same names), as the
+    tally has them; its own span (float `start`, `end`) the event labels itself."""
+    counted = {f.name for f in fields(VisitTally)} - {"start", "end"}
+    return {f.name: getattr(tally, f.name) for f in fields(cls) if f.name in counted}
 
 
 def _plain(value: Any) -> Any:
@@ -122,6 +130,10 @@ class AudienceEvent(Payload):
     )
     counts: dict = doc("present people by age class × gender", shape=COUNTS)
 
+    @classmethod
+    def of(cls, camera: str, time: str, audience: PresentAudience) -> AudienceEvent:
+        return cls(camera, time, [p.to_json() for p in audience.people], audience.counts)
+
     def counts_only(self) -> AudienceCounts:
         """The same moment without the people: what goes over MQTT and to the dashboard."""
         counted = sum(n for by_gender in self.counts.values() for n in by_gender.values())
@@ -168,6 +180,11 @@ class IntervalEvent(Payload):
         shape=SEGMENT_FIGURES.replace("...", "visitors, watchers, dwell_s, attention_s"),
         default_factory=dict,
     )
+
+    @classmethod
+    def of(cls, camera: str, tally: VisitTally, start: str, end: str) -> IntervalEvent:
+        """The audience stage's tally of one interval, its fields as they are."""
+        return cls(camera=camera, start=start, end=end, **_tallied(cls, tally))
 
 
 @dataclass(frozen=True)
@@ -255,6 +272,25 @@ class SummaryEvent(Payload):
         "per ad: `plays`, `viewers`, `watchers`, `duration_s`; only with displays"
     )
 
+    @classmethod
+    def of(
+        cls,
+        camera: str,
+        *,
+        frames: int,
+        frames_detected: int,
+        totals: VisitTally,
+        plays: dict | None,
+    ) -> SummaryEvent:
+        """The audience stage's tally since the start, its fields as they are."""
+        return cls(
+            camera=camera,
+            frames=frames,
+            frames_detected=frames_detected,
+            plays=plays,
+            **_tallied(cls, totals),
+        )
+
     def to_json(self) -> dict:
         json = super().to_json()
         if self.plays is None:
@@ -273,6 +309,52 @@ class ErrorEvent(Payload):
     exit_status: int = doc()
 
 
+# -- the main loop's own signals ---------------------------------------------------------
+# Not published and not in README's event table: they carry what the Prometheus metrics
+# and systemd's notify socket need from the loop, so those leave the loop the one way
+# every output does (a sink's emit) instead of through calls of their own. JSON lines
+# and the MQTT publisher pass them over.
+
+
+@dataclass(frozen=True)
+class CameraCounters(Payload):
+    """One camera's running totals as of a tick (the reader's since it started, the
+    loop's since the service started)."""
+
+    online: bool
+    captured: int  # frames the camera delivered
+    processed: int  # frames run through the pipeline
+    skipped: int  # due frames lost because processing fell behind
+    passed_over: int  # frames left on purpose, above the camera's fps
+
+
+@dataclass(frozen=True)
+class TickEvent(Payload):
+    """What one tick measured, and every camera's counters after it: the snapshot the
+    metrics endpoint serves, so its scrape thread never reads the loop's state."""
+
+    type = "tick"
+    internal: ClassVar[bool] = True
+
+    detect_s: dict[str, float]  # per camera the detector ran for: its share, seconds
+    classify_s: float | None  # the classifier call, seconds; None: none this tick
+    classified: int  # faces in that call
+    latency_s: dict[str, float]  # per camera: capture to decision, seconds (live only)
+    cameras: dict[str, CameraCounters]
+
+
+@dataclass(frozen=True)
+class HealthEvent(Payload):
+    """The loop's health for a service manager: `ready` once it runs, `alive` while it
+    makes progress (systemd's watchdog), `status` with each stats line, `stopping`."""
+
+    type = "health"
+    internal: ClassVar[bool] = True
+
+    state: str  # ready | alive | status | stopping
+    status: str  # one line for `systemctl status`; empty for alive
+
+
 Event = (
     CameraEvent
     | AudienceEvent
@@ -282,6 +364,8 @@ Event = (
     | PlayEvent
     | SummaryEvent
     | ErrorEvent
+    | TickEvent
+    | HealthEvent
 )
 EVENTS = (
     CameraEvent,

@@ -8,7 +8,7 @@ eye centres (image-left first), nose tip, mouth corners (image-left first).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,77 @@ GENDERS = ("female", "male")
 SEGMENT_GENDERS = (*GENDERS, "unknown")
 UNCLASSIFIED = "unclassified"
 SEGMENTS = (*(f"{c}_{g}" for c in AGE_CLASSES for g in SEGMENT_GENDERS), UNCLASSIFIED)
+
+
+# Visitors by age class and gender ({"child": {"female": 0, "male": 0}, ...}): what an
+# interval counts, kept here so the pipeline that counts them and the outputs that
+# show them build the same zeroes without importing each other.
+Counts = dict[str, dict[str, int]]
+
+
+def empty_counts() -> Counts:
+    """Zero visitors in every age class and gender."""
+    return {c: {g: 0 for g in GENDERS} for c in AGE_CLASSES}
+
+
+@dataclass
+class VisitTally:
+    """Visits counted over a span of time (a reporting interval, or since the start),
+    each when it ended (docs/metrics.md): by age class and gender, gender unsure by age
+    class, unclassified, watchers, their dwell and attention, and per segment. The
+    audience stage adds to it; the interval and summary events carry its fields as
+    they are."""
+
+    start: float | None  # the span's first frame; None before any
+    unique_visitors: Counts
+    gender_unknown: dict[str, int]  # per age class
+    watchers: int
+    unclassified: int
+    dwell_s: float
+    attention_s: float
+    segments: dict[str, dict[str, float]]  # per segment: visitors, watchers, dwell_s, ...
+    end: float | None = None  # set when the span is closed
+
+    @classmethod
+    def empty(cls, start: float | None = None) -> VisitTally:
+        return cls(
+            start=start,
+            unique_visitors=empty_counts(),
+            gender_unknown={c: 0 for c in AGE_CLASSES},
+            watchers=0,
+            unclassified=0,
+            dwell_s=0.0,
+            attention_s=0.0,
+            segments={},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PresentPerson:
+    """One classified person in view now, as the audience event lists them: nothing
+    that identifies them (the track id is random per run)."""
+
+    track: int
+    age_class: str
+    gender: str
+    age_class_confidence: float
+    gender_confidence: float
+    dwell_s: float
+    attention_s: float
+    watching: bool
+    samples: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PresentAudience:
+    """Who is in view of one camera now: the classified people, and those classified
+    confidently by age class and gender."""
+
+    people: list[PresentPerson] = field(default_factory=list)
+    counts: Counts = field(default_factory=empty_counts)
 
 
 def segment_parts(key: str) -> tuple[str, str]:

@@ -10,9 +10,11 @@ One loop, one tick at a time:
      (new faces first, biggest first; the rest at the next detections), so a crowd
      walking in is classified over a few ticks instead of holding one for seconds,
   4. update each camera's audience (audience.py), let each display that follows the
-     camera choose its ad (select.py), and emit events to the sinks: log lines or
-     JSON lines, and the MQTT publisher (publish.py).
-Stats, reporting intervals and the systemd watchdog hang off the same loop.
+     camera choose its ad (select.py), and emit events to the sinks
+     (outputs/sinks.py: log or JSON lines, the MQTT publisher, the player, the store,
+     the metrics, systemd's notify socket), the loop's only way out.
+Stats, reporting intervals and the systemd watchdog hang off the same loop; the last
+two reach their outputs as events too (TickEvent, HealthEvent).
 
 Detection gating (per camera, `_detect_need`): the detector is the costly stage on a
 CPU, so it runs only where a face can be:
@@ -34,111 +36,52 @@ decisions, intervals and stats do not depend on the detector having run.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import math
 import signal
-import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
-from edge.config import Config
+from edge.catalog import load_catalog
+from edge.config import CameraConfig, Config
 from edge.events import (
     AudienceEvent,
+    CameraCounters,
     CameraEvent,
     CameraStats,
     DecisionEvent,
     ErrorEvent,
     Event,
+    HealthEvent,
     IntervalEvent,
-    PlayEvent,
     StatsEvent,
     SummaryEvent,
+    TickEvent,
 )
-from edge.outputs.metrics import NoMetrics
-from edge.outputs.notify import Notifier, watchdog_interval_s
+from edge.outputs.notify import watchdog_interval_s
+from edge.outputs.sinks import Sink
 from edge.pipeline.analyze import FaceAnalyzer
-from edge.pipeline.audience import Audience, empty_counts
-from edge.pipeline.capture import CameraReader, Frame, redact, source_kind
-from edge.pipeline.catalog import load_catalog
+from edge.pipeline.audience import Audience
+from edge.pipeline.capture import (
+    CameraReader,
+    CameraStatus,
+    Frame,
+    FrameSource,
+    redact,
+    source_kind,
+)
 from edge.pipeline.motion import MotionDetector
 from edge.pipeline.plays import PlayLog, PlaySettings
 from edge.pipeline.select import Selector
 from edge.pipeline.track import FaceTracker, Track
-from edge.records import Decision, Detections
+from edge.records import Decision, Detections, PresentAudience
 from edge.timefmt import CLOCK, iso, local, now
 
 log = logging.getLogger(__name__)
-
-
-class EventSink(Protocol):
-    def emit(self, event: Event) -> None: ...
-
-
-class JsonLines:
-    """Events as JSON lines on a stream (stdout for `edge run --jsonl`)."""
-
-    def __init__(self, stream=None):
-        self._stream = stream or sys.stdout
-
-    def emit(self, event: Event) -> None:
-        self._stream.write(json.dumps(event.to_json()) + "\n")
-        self._stream.flush()
-
-
-class LogSink:
-    """Audience changes as one log line each (the default without --jsonl)."""
-
-    def emit(self, event: Event) -> None:
-        match event:
-            case AudienceEvent(camera=camera, present=present):
-                people = ", ".join(f"{p['age_class']} {p['gender']}" for p in present)
-                log.info(
-                    "camera %s: %d present%s",
-                    camera,
-                    len(present),
-                    f" ({people})" if people else "",
-                )
-            case DecisionEvent(reason=reason):
-                segment = reason.segment
-                why = reason.rule + (
-                    f" {segment['age_class']} {segment['gender']}" if segment else ""
-                )
-                log.info(
-                    "display %s: showing '%s' (%s; %d people, %d watching)",
-                    event.display,
-                    event.ad,
-                    why,
-                    reason.audience.get("people", 0),
-                    reason.audience.get("watchers", 0),
-                )
-            case PlayEvent():
-                log.info(
-                    "display %s: '%s' played %.1f s to %s, %d watched",
-                    event.display,
-                    event.ad,
-                    event.duration_s,
-                    _visitor_line(event.viewers),
-                    sum(n for by_g in event.watchers.values() for n in by_g.values()),
-                )
-            case IntervalEvent() | SummaryEvent():  # ErrorEvent: the camera logged it already
-                log.info(
-                    "camera %s %s: visitors %s, watchers %d",
-                    event.camera,
-                    event.type,
-                    _visitor_line(event.unique_visitors, event.gender_unknown),
-                    event.watchers,
-                )
-
-
-def _visitor_line(counts: dict, gender_unknown: dict | None = None) -> str:
-    parts = [f"{n} {c} {g}" for c, by_g in counts.items() for g, n in by_g.items() if n]
-    parts += [f"{n} {c} (gender unsure)" for c, n in (gender_unknown or {}).items() if n]
-    return ", ".join(parts) or "none"
 
 
 @dataclass(frozen=True)
@@ -149,22 +92,55 @@ class DueLook:
     classify: bool  # a reclassification is due: the look also runs the classifier
 
 
+@dataclass(frozen=True)
+class CameraSettings:
+    """A camera's settings for the loop, from its config entry (fixed while it runs)."""
+
+    name: str
+    detect_width: int | None  # None: the detector's own input width
+    idle_detect_s: float  # nobody tracked: look at least this often
+    tracked_gap_s: float  # 1 / tracked_detect_fps; 0 detects every frame
+
+    @classmethod
+    def from_config(cls, cam: CameraConfig) -> CameraSettings:
+        gap = 1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0
+        return cls(cam.name, cam.detect_width, cam.idle_detect_s, tracked_gap_s=gap)
+
+
+@dataclass
+class WindowCounters:
+    """A camera's figures over the current stats window; `reset` starts the next."""
+
+    processed: int = 0
+    detected: int = 0  # processed frames the detector ran on
+    detect_ms: list[float] = field(default_factory=list)
+    captured_mark: int = 0  # the reader's counts at the window's start
+    skipped_mark: int = 0
+    passed_over_mark: int = 0
+
+    def reset(self, status: CameraStatus) -> None:
+        self.processed, self.detected, self.detect_ms = 0, 0, []
+        self.captured_mark = status.captured
+        self.skipped_mark = status.skipped
+        self.passed_over_mark = status.passed_over
+
+
 @dataclass
 class CameraRuntime:
-    """Everything the loop keeps for one camera."""
+    """What the loop keeps for one camera: its stages and their state, its settings,
+    and its stats window's counters."""
 
     reader: CameraReader
     tracker: FaceTracker
     audience: Audience
-    name: str = ""
-    detect_width: int | None = None
+    settings: CameraSettings
     motion: MotionDetector | None = None  # None: detect every frame the rules allow
-    idle_detect_s: float = 1.0
-    tracked_gap_s: float = 0.0  # 1 / tracked_detect_fps; 0 detects every frame
+    plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
+    window: WindowCounters = field(default_factory=WindowCounters)
     frame_gap_s: float = 0.0  # time between the last two frames processed
     last_detected: float = -1e18  # timestamp of the last frame the detector ran on
     attention_from: float | None = None  # the audience's attention clock (see _after_frame)
-    last_tracks: list = field(default_factory=list)  # as of the last detected frame
+    last_tracks: list[Track] = field(default_factory=list)  # as of the last detected frame
     frames_detected: int = 0
     last_processed: float = -1e18
     frames: int = 0
@@ -172,38 +148,27 @@ class CameraRuntime:
     last_ts: float | None = None
     was_online: bool | None = None
     done: bool = False
-    # per stats window
-    processed: int = 0
-    captured_mark: int = 0  # the reader's counts at the window's start
-    skipped_mark: int = 0
-    passed_over_mark: int = 0
-    detected: int = 0  # processed frames the detector ran on
-    detect_ms: list = field(default_factory=list)
-    plays: PlayLog | None = None  # what its displays showed, to whom (None: no display)
 
 
 class Service:
     def __init__(
         self,
         config: Config,
-        sinks: list[EventSink],
+        sinks: list[Sink],
         *,
         offline: bool = False,
-        notifier: Notifier | None = None,
-        opener=None,
-        on_frame=None,
-        metrics: NoMetrics | None = None,
+        opener: Callable[[str, bool, float, float], FrameSource] | None = None,
+        on_frame: Callable[[str, Frame, list[Track], Audience], None] | None = None,
     ):
-        """`opener` replaces capture.open_source (edge bench feeds frames from memory).
-        `on_frame(camera_id, frame, tracks, audience)` sees each processed frame in memory
-        (edge preview draws the last one); nothing in the service itself keeps frames.
-        `metrics` (edge.outputs.metrics.Metrics) observes timings for the /metrics endpoint."""
+        """`sinks` (outputs/sinks.py, `assemble`): every way out of the loop, started by
+        `run` in order and closed in reverse. `opener` replaces capture.open_source
+        (edge bench feeds frames from memory). `on_frame(camera_id, frame, tracks,
+        audience)` sees each processed frame in memory (edge preview draws the last
+        one); nothing in the service itself keeps frames."""
         self.config = config
         self.sinks = sinks
         self.on_frame = on_frame
         self.offline = offline
-        self.notifier = notifier or Notifier()
-        self.metrics = metrics or NoMetrics()
         self._stop = threading.Event()
         self.analyzer = FaceAnalyzer(
             config,
@@ -223,18 +188,15 @@ class Service:
                 loop=cam.loop,
                 mode=mode,
                 stall_timeout_s=cam.stall_timeout_s,
-                **({"opener": opener} if opener else {}),
+                opener=opener,
             )
             tracker = FaceTracker.from_config(config.tracker)
             self.cameras[cam.id] = CameraRuntime(
-                reader,
-                tracker,
-                Audience(cam.id, config.audience),
-                cam.name,
-                detect_width=cam.detect_width,
+                reader=reader,
+                tracker=tracker,
+                audience=Audience(cam.id, config.audience),
+                settings=CameraSettings.from_config(cam),
                 motion=MotionDetector() if cam.motion else None,
-                idle_detect_s=cam.idle_detect_s,
-                tracked_gap_s=1.0 / cam.tracked_detect_fps if cam.tracked_detect_fps else 0.0,
             )
         # select stage: the displays that follow each camera
         self.selectors: dict[str, list[Selector]] = collections.defaultdict(list)
@@ -250,10 +212,10 @@ class Service:
                 shown.plays = shown.plays or PlayLog(
                     display.camera,
                     PlaySettings(
-                        config.selector.min_dwell_s,
-                        config.audience.min_attention_s,
-                        config.audience.min_confidence,
-                        config.audience.gender_margin,
+                        min_dwell_s=config.selector.min_dwell_s,
+                        min_attention_s=config.audience.min_attention_s,
+                        min_confidence=config.audience.min_confidence,
+                        gender_margin=config.audience.gender_margin,
                     ),
                 )
         self._classify_ms: list[float] = []
@@ -265,10 +227,14 @@ class Service:
         self._last_processed_at = 0.0
         self._failing_sinks: set[tuple[int, str]] = set()  # (sink, error type) logged once
         self._overrides: collections.deque[Decision] = collections.deque(maxlen=100)
+        # this tick's measurements, for its TickEvent (the metrics' histograms)
+        self._tick_detect_s: dict[str, float] = {}
+        self._tick_latency_s: dict[str, float] = {}
+        self._tick_classify: tuple[float, int] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def stop(self, *_args) -> None:
+    def stop(self, *_args: object) -> None:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
@@ -283,12 +249,36 @@ class Service:
             timer.start()
         return self._run()
 
+    def _start_sinks(self) -> None:
+        """Every sink started, in order; when one cannot start, those started already
+        are closed (in reverse) before its error goes on."""
+        for n, sink in enumerate(self.sinks):
+            try:
+                sink.start()
+            except BaseException:
+                self._close_sinks(self.sinks[:n])
+                raise
+
+    def _close_sinks(self, sinks: list[Sink]) -> None:
+        for sink in reversed(sinks):
+            try:
+                sink.close()
+            except Exception as exc:  # the others still close
+                log.error("event sink %s failed to close: %r", type(sink).__name__, exc)
+
     def _run(self) -> int:
+        self._start_sinks()
+        try:
+            return self._loop()
+        finally:
+            self._close_sinks(self.sinks)
+
+    def _loop(self) -> int:
         for cam in self.cameras.values():
             cam.reader.start()
         # Ready as soon as the loop runs: cameras come online on their own threads, and
         # one that never opens makes the service degraded (see emit_stats), not dead.
-        self.notifier.ready(f"running {len(self.cameras)} camera(s)")
+        self.emit(HealthEvent("ready", f"running {len(self.cameras)} camera(s)"))
         log.info(
             "running: %s",
             ", ".join(f"{cid} ({redact(c.reader.source)})" for cid, c in self.cameras.items()),
@@ -316,7 +306,7 @@ class Service:
                         or all(c.done or c.reader.retrying for c in self.cameras.values())
                     )
                 ):
-                    self.notifier.watchdog()
+                    self.emit(HealthEvent("alive", ""))
                     last_watchdog = mono
                 if mono - self._stats_at >= self.config.stats.interval_s:
                     self.emit_stats()
@@ -333,7 +323,7 @@ class Service:
         )
 
     def shutdown(self) -> None:
-        self.notifier.stopping()
+        self.emit(HealthEvent("stopping", "stopping"))
         for cam in self.cameras.values():  # all at once, then wait: shutdown stays quick
             cam.reader.request_stop()
         for cam in self.cameras.values():
@@ -344,14 +334,14 @@ class Service:
                 if cam.was_online:
                     self.emit(
                         CameraEvent(
-                            cid,
-                            cam.name,
+                            camera=cid,
+                            name=cam.settings.name,
                             online=False,
                             error="service stopped",
                             reconnects_last_hour=cam.reader.reconnects_last_hour(),
                         )
                     )
-                self.emit(AudienceEvent(cid, iso(stopped_at), present=[], counts=empty_counts()))
+                self.emit(AudienceEvent.of(cid, iso(stopped_at), PresentAudience()))
             if not cam.done:  # ended files were flushed already
                 self._flush(cid, cam, cam.last_ts or stopped_at)
         log.info("stopped")
@@ -363,15 +353,15 @@ class Service:
         override on the broker); any thread. Taken in by the next tick."""
         self._overrides.append(
             Decision(
-                display,
-                content["ad"],
-                content.get("title") or "",
-                content["creative"],
-                content.get("duration_s") or 0.0,
-                "override",
-                None,
-                {},
-                now(),
+                display=display,
+                ad=content["ad"],
+                title=content.get("title") or "",
+                creative=content["creative"],
+                duration_s=content.get("duration_s") or 0.0,
+                rule="override",
+                segment=None,
+                audience={},
+                time=now(),
             )
         )
 
@@ -418,13 +408,14 @@ class Service:
             # One detector run for all cameras whose frames share a canvas size.
             started = time.perf_counter()
             found = self.analyzer.detector.detect_many(
-                [frame.image for _, _, frame in detect], [cam.detect_width for _, cam, _ in detect]
+                [frame.image for _, _, frame in detect],
+                [cam.settings.detect_width for _, cam, _ in detect],
             )
             share_ms = (time.perf_counter() - started) * 1000 / len(detect)
             for (cid, cam, frame), faces in zip(detect, found, strict=False):
-                cam.detect_ms.append(share_ms)  # each camera's share of the batched run
-                self.metrics.detected(cid, share_ms / 1000)
-                cam.detected += 1
+                cam.window.detect_ms.append(share_ms)  # each camera's share of the batched run
+                self._tick_detect_s[cid] = share_ms / 1000
+                cam.window.detected += 1
                 cam.frames_detected += 1
                 cam.last_detected = frame.timestamp
                 tracks, removed[cid] = cam.tracker.update(faces, frame.timestamp)
@@ -438,7 +429,32 @@ class Service:
             self._classify(self._within_budget(batch))
         for cid, cam, frame in taken:
             self._after_frame(cid, cam, frame, removed.get(cid))
+        self._emit_tick()
         return True
+
+    def _emit_tick(self) -> None:
+        """The tick's measurements and every camera's counters, as one event (the
+        metrics endpoint's histograms and the snapshot it serves)."""
+        classify_s, classified = self._tick_classify or (None, 0)
+        self.emit(
+            TickEvent(
+                detect_s=self._tick_detect_s,
+                classify_s=classify_s,
+                classified=classified,
+                latency_s=self._tick_latency_s,
+                cameras={
+                    cid: CameraCounters(
+                        online=cam.reader.status.online,
+                        captured=cam.reader.status.captured,
+                        processed=cam.frames,
+                        skipped=cam.reader.status.skipped,
+                        passed_over=cam.reader.status.passed_over,
+                    )
+                    for cid, cam in self.cameras.items()
+                },
+            )
+        )
+        self._tick_detect_s, self._tick_latency_s, self._tick_classify = {}, {}, None
 
     def _to_detect(
         self, taken: list[tuple[str, CameraRuntime, Frame]]
@@ -466,10 +482,12 @@ class Service:
         if not due:
             return must
         share = sum(
-            min(1.0, c.frame_gap_s / c.tracked_gap_s) for _, c, _ in taken if c.tracked_gap_s
+            min(1.0, c.frame_gap_s / c.settings.tracked_gap_s)
+            for _, c, _ in taken
+            if c.settings.tracked_gap_s
         )
         # Cameras that detect every frame (no tracked_detect_fps) are outside this.
-        looks = sum(1 for _, cam, _ in must if cam.tracked_gap_s)
+        looks = sum(1 for _, cam, _ in must if cam.settings.tracked_gap_s)
         room = max(1, math.ceil(share - 1e-9)) - looks
         chosen = list(must)
         by_rank = sorted(due, key=lambda d: (d[0].classify, d[0].late), reverse=True)
@@ -489,17 +507,18 @@ class Service:
         # stays current (a person who just left is not "motion" for seconds).
         moving = cam.motion.update(frame.image, now) if cam.motion is not None else True
         since = now - cam.last_detected
+        gap = cam.settings.tracked_gap_s
         if cam.tracker.has_tracks:
-            if not cam.tracked_gap_s or not cam.tracker.all_confirmed:
+            if not gap or not cam.tracker.all_confirmed:
                 return True
-            late = since / cam.tracked_gap_s
+            late = since / gap
             # A reclassification that falls due is taken as soon as the tick has room
             # (at once with one camera), so the frames sampled for a person's label
             # are those of detection on every frame, or a frame or two later.
             if cam.audience.classification_due(cam.last_tracks, now):
                 return DueLook(late, classify=True)
-            return DueLook(late, classify=False) if since >= 0.9 * cam.tracked_gap_s else False
-        return moving or since >= cam.idle_detect_s
+            return DueLook(late, classify=False) if since >= 0.9 * gap else False
+        return moving or since >= cam.settings.idle_detect_s
 
     def _within_budget(
         self, batch: list[tuple[str, Frame, list[Track], list[int]]]
@@ -540,7 +559,7 @@ class Service:
         results = self.analyzer.classifier.classify_many(frames, faces)
         self._classify_ms.append((time.perf_counter() - started) * 1000)
         self._batch_sizes.append(sum(len(f) for f in faces))
-        self.metrics.classified(self._classify_ms[-1] / 1000, self._batch_sizes[-1])
+        self._tick_classify = (self._classify_ms[-1] / 1000, self._batch_sizes[-1])
         self.classifier_calls += 1
         for (cid, chosen, ts), demo in zip(targets, results, strict=False):
             self.cameras[cid].audience.add_samples(chosen, demo, ts)
@@ -552,7 +571,7 @@ class Service:
         run on it (the tracker was not updated)."""
         cam.last_ts = frame.timestamp
         cam.frames += 1
-        cam.processed += 1
+        cam.window.processed += 1
         if cam.interval_start is None:
             cam.interval_start = frame.timestamp
             cam.audience.begin(frame.timestamp)
@@ -569,49 +588,34 @@ class Service:
         if self.on_frame is not None:
             self.on_frame(cid, frame, cam.last_tracks, cam.audience)
         if changed:
-            self.emit(
-                AudienceEvent(
-                    cid, iso(frame.timestamp), cam.audience.present(), cam.audience.present_counts()
-                )
-            )
+            self.emit(AudienceEvent.of(cid, iso(frame.timestamp), cam.audience.snapshot()))
+        self._select(cid, cam, frame.timestamp)
+        if not self.offline:
+            self._latency_ms.append((now() - frame.timestamp) * 1000)
+            self._tick_latency_s[cid] = self._latency_ms[-1] / 1000
+        if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
+            self._emit_interval(cid, cam, frame.timestamp, flush=False)
+
+    def _select(self, cid: str, cam: CameraRuntime, ts: float) -> None:
+        """Each display that follows the camera chooses its ad; the plays follow."""
         for selector in self.selectors.get(cid, ()):
-            decision = selector.decide(
-                cam.audience.viewers(), frame.timestamp, wall=local(frame.timestamp)
-            )
+            decision = selector.decide(cam.audience.viewers(), ts, wall=local(ts))
             if decision is not None:
                 assert cam.plays is not None  # set in __init__ with the camera's selectors
-                ended = cam.plays.switch(decision, frame.timestamp)
+                ended = cam.plays.switch(decision, ts)
                 if ended is not None:
                     self.emit(ended)
                 self.emit(DecisionEvent.of(decision))
         if cam.plays is not None:  # after the switch: this frame is the new ad's audience
-            for looped in cam.plays.observe(cam.audience.people, frame.timestamp):
+            for looped in cam.plays.observe(cam.audience.people, ts):
                 self.emit(looped)  # an ad held past its duration_s: each loop is a play
-        if not self.offline:
-            self._latency_ms.append((now() - frame.timestamp) * 1000)
-            self.metrics.decided(cid, self._latency_ms[-1] / 1000)
-        if frame.timestamp - cam.interval_start >= self.config.audience.interval_s:
-            self._emit_interval(cid, cam, frame.timestamp, flush=False)
 
     # -- reporting -----------------------------------------------------------------
 
     def _emit_interval(self, cid: str, cam: CameraRuntime, end: float, flush: bool) -> None:
-        report = cam.audience.close_interval(end, flush=flush)
+        tally = cam.audience.close_interval(end, flush=flush)
         cam.interval_start = end
-        self.emit(
-            IntervalEvent(
-                cid,
-                iso(report["start"] or end),
-                iso(end),
-                report["unique_visitors"],
-                report["gender_unknown"],
-                report["watchers"],
-                report["unclassified"],
-                report["dwell_s"],
-                report["attention_s"],
-                report["segments"],
-            )
-        )
+        self.emit(IntervalEvent.of(cid, tally, start=iso(tally.start or end), end=iso(end)))
 
     def _flush(self, cid: str, cam: CameraRuntime, end: float) -> None:
         """Close open visits into a final interval and, for an ended file or any offline
@@ -619,7 +623,12 @@ class Service:
         status = cam.reader.status
         if status.exit_status and status.last_error:
             self.emit(
-                ErrorEvent(cid, redact(cam.reader.source), status.last_error, status.exit_status)
+                ErrorEvent(
+                    camera=cid,
+                    source=redact(cam.reader.source),
+                    error=status.last_error,
+                    exit_status=status.exit_status,
+                )
             )
         if cam.frames == 0 and status.exit_status and status.last_error:
             cam.done = True  # nothing was read: the error line is all there is to say
@@ -628,16 +637,12 @@ class Service:
         for play in cam.plays.finish_all(end) if cam.plays is not None else ():
             self.emit(play)
         if status.ended or self.offline:
-            totals = cam.audience.totals()
             self.emit(
-                SummaryEvent(
+                SummaryEvent.of(
                     cid,
-                    cam.frames,
-                    cam.frames_detected,
-                    totals["unique_visitors"],
-                    totals["gender_unknown"],
-                    totals["watchers"],
-                    totals["unclassified"],
+                    frames=cam.frames,
+                    frames_detected=cam.frames_detected,
+                    totals=cam.audience.totals(),
                     plays=cam.plays.per_ad if cam.plays is not None else None,
                 )
             )
@@ -651,11 +656,11 @@ class Service:
             cam.was_online = status.online
             self.emit(
                 CameraEvent(
-                    cid,
-                    cam.name,
-                    status.online,
-                    status.last_error,
-                    cam.reader.reconnects_last_hour(),
+                    camera=cid,
+                    name=cam.settings.name,
+                    online=status.online,
+                    error=status.last_error,
+                    reconnects_last_hour=cam.reader.reconnects_last_hour(),
                 )
             )
 
@@ -664,15 +669,17 @@ class Service:
         window = max(time.monotonic() - self._stats_at, 1e-6)
         cameras = {}
         for cid, cam in self.cameras.items():
-            status = cam.reader.status
+            status, counts = cam.reader.status, cam.window
             cameras[cid] = CameraStats(
                 online=status.online,
-                capture_fps=round((status.captured - cam.captured_mark) / window, 2),
-                processed_fps=round(cam.processed / window, 2),
-                skipped_fps=round((status.skipped - cam.skipped_mark) / window, 2),
-                passed_over_fps=round((status.passed_over - cam.passed_over_mark) / window, 2),
-                detector_ms=_mean(cam.detect_ms),
-                detected_share=round(cam.detected / cam.processed, 3) if cam.processed else None,
+                capture_fps=round((status.captured - counts.captured_mark) / window, 2),
+                processed_fps=round(counts.processed / window, 2),
+                skipped_fps=round((status.skipped - counts.skipped_mark) / window, 2),
+                passed_over_fps=round((status.passed_over - counts.passed_over_mark) / window, 2),
+                detector_ms=_mean(counts.detect_ms),
+                detected_share=(
+                    round(counts.detected / counts.processed, 3) if counts.processed else None
+                ),
                 tracks=len(cam.audience.people),
                 reconnects_last_hour=cam.reader.reconnects_last_hour(),
                 error=None if status.online else (status.last_error or None),
@@ -716,12 +723,9 @@ class Service:
                 log.info("no longer degraded: every camera delivers frames")
             self._offline = set(offline)
         log.info("stats %s", line)
-        self.notifier.status(f"degraded: {degraded}; {line}" if offline else line)
+        self.emit(HealthEvent("status", f"degraded: {degraded}; {line}" if offline else line))
         for cam in self.cameras.values():
-            cam.processed, cam.detected, cam.detect_ms = 0, 0, []
-            cam.captured_mark = cam.reader.status.captured
-            cam.skipped_mark = cam.reader.status.skipped
-            cam.passed_over_mark = cam.reader.status.passed_over
+            cam.window.reset(cam.reader.status)
         self._classify_ms, self._batch_sizes = [], []
         self._latency_ms.clear()  # p50/p95 are the window's, never a stale figure
         self._stats_at = time.monotonic()
@@ -767,7 +771,7 @@ def stats_line(stats: StatsEvent) -> str:
     return "; ".join(parts)
 
 
-def _tracks_as_detections(tracks) -> Detections:
+def _tracks_as_detections(tracks: list[Track]) -> Detections:
     return Detections(
         np.array([t.box for t in tracks], np.float32).reshape(-1, 4),
         np.array([t.score for t in tracks], np.float32),
@@ -779,5 +783,5 @@ def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share:.0%}"
 
 
-def _mean(values) -> float | None:
+def _mean(values: Sequence[float]) -> float | None:
     return round(float(np.mean(values)), 2) if len(values) else None

@@ -189,7 +189,7 @@ class Subscriber:
 
         QoS 1 is at-least-once: a report whose acknowledgement was lost when the
         broker went down is sent again, with the same id and payload, and the
-        contract (README "MQTT topics") is that consumers drop such repeats. Any
+        contract (docs/reference.md "MQTT topics") is that consumers drop such repeats. Any
         repeat must be exactly that, the same payload again; the first copy is kept.
         """
         first: dict[str, dict] = {}

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 
+from edge.inference import geometry
 from edge.pipeline import align
 
 
@@ -12,7 +13,7 @@ def test_similarity_recovers_a_known_transform():
     angle, scale, shift = 0.3, 0.7, np.array([12.0, -4.0])
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     dst = src @ rot.T + shift
-    m = align.similarity(src, dst)
+    m = geometry.similarity(src, dst)
     np.testing.assert_allclose(m[:, :2], rot, atol=1e-9)
     np.testing.assert_allclose(m[:, 2], shift, atol=1e-9)
 
@@ -20,7 +21,7 @@ def test_similarity_recovers_a_known_transform():
 def test_similarity_is_least_squares_for_noisy_points():
     src = align.CHIP_TEMPLATE * 100
     dst = src + np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [0, 0]], float)
-    m = align.similarity(src, dst)
+    m = geometry.similarity(src, dst)
     residual = np.linalg.norm(src @ m[:, :2].T + m[:, 2] - dst, axis=1)
     assert residual.max() < 1.5
 

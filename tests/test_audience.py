@@ -5,7 +5,7 @@ import numpy as np
 from edge.config import AudienceConfig
 from edge.pipeline.audience import Audience, head_pose
 from edge.pipeline.track import Track
-from edge.records import Demographics
+from edge.records import Demographics, VisitTally
 
 from conftest import total
 
@@ -36,7 +36,7 @@ def demo(class_probs, male):
     )
 
 
-def one_visitor(config: AudienceConfig, class_probs, male) -> dict:
+def one_visitor(config: AudienceConfig, class_probs, male) -> VisitTally:
     """The interval report after one face, classified once, stayed 2 s and left."""
     aud = Audience("cam", config)
     t = track(1, 0.0, 2.0)
@@ -83,6 +83,31 @@ def test_samples_combine_into_a_stable_label():
     np.testing.assert_allclose(person.class_probs.sum(), 1)
 
 
+def test_bigger_frontal_looks_weigh_more_and_replace_turned_ones():
+    """Samples are weighed by face quality (size x frontal factor), and a strongly
+    turned head's looks give way to the first frontal look (issue 26: gender was wrong
+    on 1 in 3 turned chips, 1 in 8 frontal ones)."""
+    aud = Audience("cam", AudienceConfig(max_samples=2, reclassify_interval_s=100.0))
+    turned = track(5, 0, 0.0, width=80, landmarks=TURNED)
+    aud.add_samples([turned], demo([0.05, 0.9, 0.05], 0.9), 0.0)  # turned: "male"
+    person = aud.people[5]
+    assert person.gender == "male" and not person.frontal_seen
+    aud.add_samples([turned], demo([0.05, 0.9, 0.05], 0.8), 0.1)
+    # the cap is reached, but only turned looks so far: a frontal look is still wanted,
+    # even a smaller one (its quality beats the turned looks' by far)
+    frontal = track(5, 0, 0.2, width=40)
+    assert aud.wants_classification([frontal], 0.2) == [0]
+    aud.add_samples([frontal], demo([0.05, 0.9, 0.05], 0.2), 0.2)  # frontal: "female"
+    assert person.gender == "female" and person.samples == 3 and person.frontal_seen
+    assert abs(person.male_prob - 0.2) < 1e-6  # the turned looks are gone
+    assert aud.wants_classification([track(5, 0, 0.3, width=200)], 0.3) == []  # cap now holds
+    # a small, later frontal look counts for less than a big one
+    aud2 = Audience("cam")
+    aud2.add_samples([track(6, 0, 0.0, width=120)], demo([0.1, 0.8, 0.1], 0.3), 0.0)
+    aud2.add_samples([track(6, 0, 0.1, width=30)], demo([0.1, 0.8, 0.1], 0.8), 0.1)
+    assert aud2.people[6].gender == "female"  # the big look (P 0.3) outweighs the small one
+
+
 def test_dwell_attention_and_a_counted_visit():
     aud = Audience("cam", AudienceConfig(min_attention_s=1.0, min_visit_s=0.5))
     changed = []
@@ -94,12 +119,12 @@ def test_dwell_attention_and_a_counted_visit():
         changed.append(aud.update([t], [], now, 0.1 if i else 0.0))
     assert changed[0] and not any(changed[1:])  # one change: the person appeared
     person = aud.present()[0]
-    assert person["dwell_s"] == 3.0 and person["attention_s"] >= 2.9 and person["watching"]
+    assert person.dwell_s == 3.0 and person.attention_s >= 2.9 and person.watching
     assert aud.present_counts()["adult"]["female"] == 1
     assert aud.update([], [track(3, 0.0, 3.0)], 4.0, 0.1)  # track removed: visit ends
     report = aud.close_interval(4.0)
-    assert report["unique_visitors"]["adult"]["female"] == 1 and report["watchers"] == 1
-    assert report["dwell_s"] == 3.0 and aud.present() == []
+    assert report.unique_visitors["adult"]["female"] == 1 and report.watchers == 1
+    assert report.dwell_s == 3.0 and aud.present() == []
 
 
 def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count():
@@ -116,14 +141,14 @@ def test_a_turned_away_passer_by_is_not_a_watcher_and_short_visits_do_not_count(
     )
     aud.update([walker, glimpse], [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
-    assert report["unique_visitors"]["adult"]["male"] == 1  # the glimpse lasted 0.2 s
-    assert report["unclassified"] == 1 and report["watchers"] == 0
+    assert report.unique_visitors["adult"]["male"] == 1  # the glimpse lasted 0.2 s
+    assert report.unclassified == 1 and report.watchers == 0
 
 
 def test_unsure_visitors_are_counted_as_unclassified():
     report = one_visitor(AudienceConfig(min_confidence=0.6), [0.35, 0.4, 0.25], 0.5)
-    assert report["unclassified"] == 1
-    assert total(report["unique_visitors"]) == 0
+    assert report.unclassified == 1
+    assert total(report.unique_visitors) == 0
 
 
 def test_an_unsure_gender_is_counted_as_gender_unknown():
@@ -143,12 +168,12 @@ def test_an_unsure_gender_is_counted_as_gender_unknown():
         )
     aud.update(tracks, [], 2.0, 0.1)
     report = aud.close_interval(3.0, flush=True)
-    assert report["unique_visitors"]["adult"] == {"female": 0, "male": 1}
-    assert report["gender_unknown"] == {"child": 0, "adult": 2, "old": 0}
-    assert report["unclassified"] == 0 and aud.totals()["gender_unknown"]["adult"] == 2
+    assert report.unique_visitors["adult"] == {"female": 0, "male": 1}
+    assert report.gender_unknown == {"child": 0, "adult": 2, "old": 0}
+    assert report.unclassified == 0 and aud.totals().gender_unknown["adult"] == 2
 
 
 def test_a_zero_gender_margin_always_picks_a_gender():
     report = one_visitor(AudienceConfig(gender_margin=0.0), [0.05, 0.9, 0.05], 0.52)
-    assert report["unique_visitors"]["adult"]["male"] == 1
-    assert sum(report["gender_unknown"].values()) == 0
+    assert report.unique_visitors["adult"]["male"] == 1
+    assert sum(report.gender_unknown.values()) == 0

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from edge.catalog import load_catalog
 from edge.errors import ConfigError
-from edge.pipeline.catalog import load_catalog
 
 from conftest import ROOT
 
@@ -133,7 +133,7 @@ def test_any_value_of_any_type_in_any_ad_field_is_valid_or_a_config_error(catalo
         [{"a": 1}],
         "🙂",
     ]
-    from edge.pipeline.catalog import AD_KEYS
+    from edge.catalog import AD_KEYS
 
     # Every field the loader knows (a new one is tried too), and the nested ones.
     fields = [

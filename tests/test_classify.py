@@ -18,6 +18,11 @@ def photo_faces(analyzer, group_photo):
     return frame, analyzer.detector(frame)
 
 
+def chip_settings(**changes):
+    """The production settings (the config's defaults) with `changes`."""
+    return dataclasses.replace(classify.ChipSettings.defaults(), **changes)
+
+
 def backend(config, name, **overrides):
     """The configured classifier with another backend (and settings)."""
     from edge.inference import modelstore
@@ -26,7 +31,7 @@ def backend(config, name, **overrides):
     cfg = dataclasses.replace(config, classifier=classifier)
     models = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models)
-    paths = {n: modelstore.verify(specs[n], models) for n in classify.model_names(cfg)}
+    paths = {n: modelstore.verify(specs[n], models) for n in modelstore.classifier_models(cfg)}
     return classify.create(cfg, paths)
 
 
@@ -131,14 +136,14 @@ def test_ensemble_averages_its_members():
         np.array([0.3], np.float32),
     )
     members = [type("M", (), {"provider": "cpu"})()] * 2
-    plain = classify.Ensemble(members, ["faceapi", "insightface"], [3, 1])
+    plain = classify.Ensemble(members, ["faceapi", "insightface"], weights=[3, 1])
     assert plain.calibration is None
     out = plain.combine([a, b])
     np.testing.assert_allclose(out.ages, [25.0])
     # P(male): the log-odds mean, here with equal gender weights (the default for this set).
     np.testing.assert_allclose(out.male_probs, [1 / (1 + np.sqrt(1 / 9 * 7 / 3))], rtol=1e-6)
     weighted = classify.Ensemble(
-        members, ["faceapi", "insightface"], [3, 1], gender_weights=[1, 0]
+        members, ["faceapi", "insightface"], weights=[3, 1], gender_weights=[1, 0]
     ).combine([a, b])
     np.testing.assert_allclose(weighted.male_probs, [0.9], rtol=1e-6)
     np.testing.assert_allclose(out.class_probs, [[0.15, 0.75, 0.1]], atol=1e-6)
@@ -232,7 +237,14 @@ def test_chip_settings_read_the_classifier_section(config):
         turned_yaw=0.7,
     )
     settings = classify.ChipSettings.from_config(dataclasses.replace(config, classifier=c))
-    assert settings == classify.ChipSettings(16, 65, False, c.calibrated, 70, 0.7)
+    assert settings == classify.ChipSettings(
+        child_below=16,
+        old_from=65,
+        flip_tta=False,
+        calibrated=c.calibrated,
+        exposure_floor=70,
+        turned_yaw=0.7,
+    )
 
 
 def test_uncalibrated_mode_reports_raw_model_ages(config):
@@ -241,7 +253,9 @@ def test_uncalibrated_mode_reports_raw_model_ages(config):
     models = config.resolve(config.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models), models)
     raw = classify.CydralAgeGender(
-        paths["age"], paths["gender"], settings=classify.ChipSettings(calibrated=False)
+        paths["age"],
+        paths["gender"],
+        settings=chip_settings(calibrated=False),
     )
     np.testing.assert_array_equal(raw.bin_ages, classify.AGE_BINS)
     # a distribution all on the 55-year bin: raw says adult, calibrated says old
@@ -249,7 +263,9 @@ def test_uncalibrated_mode_reports_raw_model_ages(config):
     probs[0, 55] = 1
     assert raw.demographics(probs, np.array([0.5])).age_classes == ["adult"]
     cal = classify.CydralAgeGender(
-        paths["age"], paths["gender"], settings=classify.ChipSettings(calibrated=True)
+        paths["age"],
+        paths["gender"],
+        settings=chip_settings(calibrated=True),
     )
     assert cal.demographics(probs, np.array([0.5])).age_classes == ["old"]
 
@@ -337,14 +353,16 @@ def test_faceapi_crops_a_turned_head_from_the_detector_box(config, photo_faces):
 
     frame, faces = photo_faces
     turn = np.abs(pose.yaw(faces.landmarks))
-    settings = classify.ChipSettings(turned_yaw=float(np.median(turn)))
+    settings = dataclasses.replace(
+        classify.ChipSettings.defaults(), turned_yaw=float(np.median(turn))
+    )
     chips = classify.faceapi_chips([frame], [faces], settings)
     for i, (box, points) in enumerate(zip(faces.boxes, faces.landmarks, strict=True)):
         cut = faceapi.box_chip(frame, box) if turn[i] > settings.turned_yaw else None
         want = cut if cut is not None else faceapi.face_chip(frame, points)
         np.testing.assert_array_equal(chips[i], want)
     assert 0 < (turn > settings.turned_yaw).sum() < len(faces)  # both crops were used
-    never = classify.faceapi_chips([frame], [faces], classify.ChipSettings(turned_yaw=9))
+    never = classify.faceapi_chips([frame], [faces], chip_settings(turned_yaw=9))
     np.testing.assert_array_equal(
         never, np.stack([faceapi.face_chip(frame, p) for p in faces.landmarks])
     )

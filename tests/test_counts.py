@@ -25,11 +25,11 @@ WALKING = "media/face-demographics-walking-and-pause.gif"
 
 def test_gender_unsure_visitors_count_the_same_everywhere(broker, browser, tmp_path):  # noqa: F811
     from edge import config as config_mod
+    from edge.catalog import load_catalog
     from edge.outputs import hass
     from edge.outputs.dashboard import Dashboard
     from edge.outputs.player_server import DisplayServer
     from edge.outputs.store import FILENAME
-    from edge.pipeline.catalog import load_catalog
 
     clip = need(WALKING)
     config_path, root = write_config(

@@ -14,10 +14,10 @@ import urllib.request
 from test_plays import one_ad_config
 
 from edge import config as config_mod
+from edge.catalog import load_catalog
 from edge.outputs.dashboard import Dashboard
 from edge.outputs.player_server import DisplayServer
 from edge.outputs.store import FILENAME, AudienceStore
-from edge.pipeline.catalog import load_catalog
 
 from conftest import ROOT, need, run_edge
 from test_display import browser, get  # noqa: F401  (browser is a fixture)
@@ -65,8 +65,25 @@ class Recorder:
     def __init__(self):
         self.events: list[tuple[float, dict]] = []
 
+    def start(self) -> None:
+        pass
+
     def emit(self, event) -> None:
         self.events.append((time.monotonic(), event.to_json()))
+
+    def close(self) -> None:
+        pass
+
+
+class Lent(Recorder):
+    """A sink the test started and closes itself (the store, the dashboard its page
+    is open on), lent to a service: the service's start and close leave it alone."""
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def emit(self, event) -> None:
+        self.sink.emit(event)
 
 
 def test_vendored_chart_library_is_the_pinned_file():
@@ -131,7 +148,9 @@ def test_dashboard_after_the_walking_clip_and_live(browser, tmp_path, group_phot
         from edge.service import Service
 
         recorder = Recorder()
-        service = Service(dataclasses.replace(config, cameras=[door]), [recorder, store, dashboard])
+        service = Service(
+            dataclasses.replace(config, cameras=[door]), [recorder, Lent(store), Lent(dashboard)]
+        )
         runner = threading.Thread(target=service.run, kwargs={"duration_s": 8}, daemon=True)
         runner.start()
         deadline = time.monotonic() + 60

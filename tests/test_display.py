@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge import config as config_mod
+from edge.catalog import load_catalog
 from edge.errors import EdgeError
 from edge.outputs.player_server import DisplayServer
 from edge.outputs.topics import Topics
-from edge.pipeline.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = ROOT / "ads" / "catalog.yaml"

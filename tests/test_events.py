@@ -22,8 +22,7 @@ from edge.events import (
     SummaryEvent,
 )
 from edge.outputs import topics
-from edge.pipeline.audience import empty_counts
-from edge.records import Decision
+from edge.records import Decision, empty_counts
 from edge.timefmt import iso
 
 T = "2026-11-28T09:00:00.000+00:00"

@@ -2,6 +2,7 @@
 batch buckets with I/O binding (forced onto the CPU device), and batching equivalence
 (a face batched with others gets the result it gets alone, within 1e-4)."""
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -188,7 +189,7 @@ def assert_rows_match(batch, singles, index, atol=1e-4):
 @pytest.mark.parametrize("flip_tta", [True, False])
 def test_bucketed_batches_equal_per_face_results(model_paths, chips, flip_tta):
     age, gender = chips
-    settings = classify.ChipSettings(flip_tta=flip_tta)
+    settings = dataclasses.replace(classify.ChipSettings.defaults(), flip_tta=flip_tta)
     plain = classify.CydralAgeGender(model_paths["age"], model_paths["gender"], settings=settings)
     bucketed = classify.CydralAgeGender(
         model_paths["age"], model_paths["gender"], runtime.Placement(gpu=ON_CPU), settings

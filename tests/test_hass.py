@@ -128,7 +128,7 @@ def test_configs_are_complete_stable_and_unique(tmp_path):
     assert ad["json_attributes_topic"] == ad["state_topic"] == f"{root}/displays/till/content"
 
 
-def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, tmp_path):
+def test_templates_render_the_published_payloads_to_the_clip_s_numbers(broker, tmp_path):  # noqa: C901
     clip = need("media/face-demographics-walking-and-pause.gif")
     config, root, node = write_config(
         tmp_path, broker.port, [("door", clip, False)], [("window", "door")]

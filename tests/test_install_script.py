@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from edge import config as config_mod
-from edge.pipeline.catalog import load_catalog
+from edge.catalog import load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "tools" / "install.sh"

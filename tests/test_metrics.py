@@ -151,7 +151,7 @@ def test_own_registry_per_service_and_the_plays_hook(tmp_path):
     cfg = config_mod.load(config)
     one, two = Metrics(cfg), Metrics(cfg)  # the default registry would refuse the second
     from edge.events import CameraEvent, IntervalEvent, PlayEvent
-    from edge.pipeline.audience import empty_counts
+    from edge.records import empty_counts
 
     for women, men in ((2, 1), (0, 2)):  # two plays events, as edge/pipeline/plays.py emits them
         viewers = empty_counts()

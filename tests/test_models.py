@@ -107,6 +107,10 @@ def test_models_list_names_licence_and_training_data_of_the_configured_backend(t
     config.write_text(f"models:\n  dir: {MODELS}\nclassifier:\n  backend: cydral\n")
     cydral = run_edge("--config", str(config), "models", "list").stdout
     assert "faceapi" not in cydral and "Cydral's private" in cydral
+    every = run_edge("--config", str(config), "models", "list", "--all").stdout
+    # every network of the manifest with its terms, the unused ones marked
+    assert "faceapi-fairface.onnx  (unused)" in every and "FairFace's train split" in every
+    assert "age-v1.onnx\n" in every and "age_gender_model.bin" not in every  # sources left out
 
 
 def test_a_committed_model_is_verified_never_fetched(tmp_path):

@@ -58,8 +58,14 @@ def summaries(config, cameras: list[CameraConfig], frames: list[np.ndarray], spy
     events = []
 
     class Sink:
+        def start(self):
+            pass
+
         def emit(self, event):
             events.append(event.to_json())
+
+        def close(self):
+            pass
 
     service = Service(config, [Sink()], offline=True, opener=lambda *_: FrameList(frames))
     if spy is not None:

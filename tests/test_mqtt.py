@@ -687,10 +687,10 @@ def test_every_mqtt_client_the_project_makes_is_guarded(broker, tmp_path, monkey
     mqttclient.make_client, so all their callbacks are guarded."""
     import paho.mqtt.client as mqtt
 
+    from edge.catalog import load_catalog
     from edge.commands import check
     from edge.outputs import mqttclient, publish
     from edge.outputs.player_server import DisplayServer
-    from edge.pipeline.catalog import load_catalog
 
     made = []
     original = mqtt.Client.__init__

@@ -22,7 +22,7 @@ import requests
 from test_images import png
 
 from edge.errors import EX_CONFIG
-from edge.outputs.photo_server import ERRORS, openapi
+from edge.photo_server import ERRORS, openapi
 
 from conftest import ROOT, edge_process, run_edge
 from test_display import browser  # noqa: F401  (a fixture)

@@ -7,8 +7,8 @@ from collections import Counter
 
 import yaml
 
+from edge.catalog import load_catalog
 from edge.config import SelectorConfig
-from edge.pipeline.catalog import load_catalog
 from edge.pipeline.select import Selector
 from edge.records import Viewer
 

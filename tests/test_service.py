@@ -166,8 +166,14 @@ def test_two_cameras_in_one_process_share_the_classifier_batch(tmp_path):
         def __init__(self):
             self.events = []
 
+        def start(self):
+            pass
+
         def emit(self, event):
             self.events.append(event.to_json())
+
+        def close(self):
+            pass
 
     sink = Collect()
     service = Service(config_mod.load(config), [sink], offline=True)
@@ -268,7 +274,7 @@ def test_watchdog_stops_while_the_pipeline_is_stuck_and_resumes(tmp_path, group_
         f"cameras:\n  - {{id: shelf, source: {group_photo}, loop: true, "
         f"fps: 10}}\n"
     )
-    service = Service(config_mod.load(config), [], notifier=Notifier(path))
+    service = Service(config_mod.load(config), [Notifier(path)])
     detector = service.analyzer.detector
     real, release = detector.detect_many, threading.Event()
     calls = []
@@ -487,11 +493,20 @@ def offline_service(tmp_path, source, sinks, loop=False):
 
 
 class Collect:
+    """A sink (outputs/sinks.py) keeping every event the loop publishes."""
+
     def __init__(self):
         self.events = []
 
+    def start(self):
+        pass
+
     def emit(self, event):
-        self.events.append(event.to_json())  # as a JSON line holds it
+        if not event.internal:  # the loop's own signals are no JSON line
+            self.events.append(event.to_json())  # as a JSON line holds it
+
+    def close(self):
+        pass
 
 
 def test_offline_folder_with_bad_files_counts_the_rest_and_ends(tmp_path, group_photo):
@@ -522,7 +537,7 @@ def test_an_interrupted_offline_run_still_ends_with_its_summary(tmp_path):
 def test_one_failing_sink_does_not_stop_the_others(tmp_path, caplog):
     clip = need("media/face-demographics-walking-and-pause.gif")
 
-    class Broken:
+    class Broken(Collect):
         def emit(self, event):
             raise KeyError("a field the sink did not expect")
 

@@ -459,12 +459,7 @@ def test_a_locked_store_is_retried_and_counted_in_metrics(tmp_path):
 
     path = tmp_path / "audience.db"
     store = AudienceStore(path).start()
-    metrics = Metrics(config_mod.Config())
-
-    class Nothing:
-        cameras: dict = {}
-
-    metrics.watch(Nothing(), None, store)
+    metrics = Metrics(config_mod.Config(), store=store)
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
         store._conn.execute("PRAGMA busy_timeout=200")  # fail fast instead of after 5 s

@@ -1,5 +1,7 @@
 """Tracker: synthetic motion cases, then whole real clips through the real detector."""
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -250,7 +252,8 @@ def test_ids_are_random_per_run():
 def detector():
     # Below the service default (0.5) so the tracker's second pass sees weak faces.
     return CenterFace(
-        ROOT / "models" / "centerface.onnx", settings=DetectorSettings(score_threshold=0.1)
+        ROOT / "models" / "centerface.onnx",
+        settings=dataclasses.replace(DetectorSettings.defaults(), score_threshold=0.1),
     )
 
 

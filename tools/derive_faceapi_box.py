@@ -71,7 +71,7 @@ def faceapi_landmarks(images: list[np.ndarray]) -> list[dict]:
 
 def main() -> None:
     from edge.inference import faceapi
-    from edge.pipeline.align import similarity
+    from edge.inference.geometry import similarity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("labels", type=Path)

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge import config as config_mod  # noqa: E402
+from edge.catalog import load_catalog  # noqa: E402
 from edge.outputs import player_server, web  # noqa: E402
-from edge.pipeline.catalog import load_catalog  # noqa: E402
 
 DISPLAY = "window"
 MAX_CONNECTIONS = 2000

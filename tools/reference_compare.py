@@ -16,6 +16,7 @@ with LABELS.csv the accuracy of each against the labels.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -56,7 +57,13 @@ def compare(faces_json: str, ref_json: str, labels_csv: str | None) -> None:
     cfg = config_mod.Config()
     models_dir = cfg.resolve(cfg.models.dir)
     paths = modelstore.verify_all(modelstore.load_manifest(models_dir), models_dir)
-    raw = ChipSettings(flip_tta=False, calibrated=False)
+    raw = dataclasses.replace(
+        ChipSettings.defaults(),
+        flip_tta=False,
+        calibrated=False,
+        exposure_floor=0.0,
+        turned_yaw=2.0,
+    )
     ours = CydralAgeGender(paths["age"], paths["gender"], settings=raw)
     faces = {r["file"]: r for r in json.loads(Path(faces_json).read_text())}
     ref = {r["file"]: r for r in json.loads(Path(ref_json).read_text())}

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # onnx_torch
 sys.path.insert(0, str(ROOT))
 
 FAIRFACE = ROOT.parent / "shared" / "faces" / "fairface" / "labels.csv"
@@ -81,7 +82,7 @@ BLOCKS = (
 # --- the network in PyTorch -------------------------------------------------------------
 
 
-def build_torch(weights: dict[str, np.ndarray]):
+def build_torch(weights: dict[str, np.ndarray]):  # noqa: C901 (the network, layer by layer)
     """AgeGenderNet as a torch.nn.Module whose parameters are face-api's (dequantised)
     weights, laid out exactly as edge/inference/faceapi.py lays out the ONNX graph."""
     import torch
@@ -523,6 +524,178 @@ def cmd_train(args) -> int:
     return 0
 
 
+# --- Cydral's networks (clean provenance: CC0 weights, CC BY data) ---------------------------
+
+CYDRAL = {"age": ("age-v1.onnx", 64), "gender": ("gender-v1.onnx", 32)}
+
+
+def build_cydral_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict:
+    """Every photo's Cydral chips as the service cuts them (CydralAgeGender.chips: the
+    dlib chip from the five landmarks at 64 and 32 px, then the exposure floor), BGR uint8."""
+    from tqdm import tqdm
+
+    from edge.commands.evaluate import load_padded
+    from edge.pipeline.align import face_chips
+    from edge.pipeline.classify import lift_exposure
+
+    data = detect_faces(labels_csv, cache_dir, limit)
+    floor = load_config().classifier.exposure_floor
+    n = len(data["paths"])
+    out = {net: np.zeros((n, size, size, 3), np.uint8) for net, (_, size) in CYDRAL.items()}
+    for i in tqdm(np.flatnonzero(data["found"]), desc="chips", unit="img", file=sys.stderr):
+        frame = load_padded(labels_csv.parent / str(data["paths"][i]))
+        for net, (_, size) in CYDRAL.items():
+            chip = face_chips(frame, data["landmarks"][i : i + 1], size)
+            out[net][i] = lift_exposure(chip, floor)[0]
+    return {**data, **{f"chips_{net}": chips for net, chips in out.items()}}
+
+
+def cydral_input(chips_nhwc_bgr, generator=None):
+    """Network input from BGR uint8 chips (torch NHWC), augmented when a generator is
+    given: RGB, mean removed, / 256 (classify.chip_tensor)."""
+    import torch
+
+    from edge.pipeline.classify import CHANNEL_MEANS
+
+    x = chips_nhwc_bgr.permute(0, 3, 1, 2).flip(1).float()  # NCHW RGB
+    if generator is not None:
+        x = augment(x, generator)
+    return (x - torch.from_numpy(CHANNEL_MEANS)[None, :, None, None]) / 256
+
+
+def cydral_predict(age_net, gender_net, age_chips, gender_chips, batch: int = 512):
+    """(expected age over the bins, P(male)) per face with flip TTA, as the service reads
+    the networks (CydralAgeGender.classify_chips, uncalibrated)."""
+    import torch
+
+    from edge.pipeline.classify import AGE_BINS
+
+    bins = torch.from_numpy(AGE_BINS).float()
+    ages, males = [], []
+    with torch.no_grad():
+        for start in range(0, len(age_chips), batch):
+            outs = []
+            for net, chips in ((age_net, age_chips), (gender_net, gender_chips)):
+                x = cydral_input(torch.from_numpy(chips[start : start + batch]))
+                outs.append((net(x) + net(x.flip(-1))) / 2)
+            ages.append((outs[0] @ bins).numpy())
+            males.append(outs[1][:, 1].numpy())
+    return np.concatenate(ages), np.concatenate(males)
+
+
+def cmd_train_cydral(args) -> int:
+    """Fine-tune Cydral's age and gender networks together on FairFace's train split: the
+    gender net by cross-entropy, the age net by the log of its probability mass inside
+    the photo's FairFace age group (its output is a distribution over ages, so a group
+    label is a set of bins); same sampling, augmentation and selection as `train`."""
+    import onnx
+    import torch
+    from onnx_torch import OnnxModule, write_back
+
+    from edge.pipeline.classify import AGE_BINS
+
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(args.threads)
+    data = build_cydral_chips(Path(args.labels), Path(args.cache), args.limit)
+    train = np.flatnonzero((data["split"] == "train") & data["found"])
+    val = np.flatnonzero(data["split"] == "val")
+    if args.exclude_val_group:
+        val = val[data["age_group"][val] != args.exclude_val_group]
+    models_dir = ROOT / "models"
+    base = {net: onnx.load(models_dir / file) for net, (file, _) in CYDRAL.items()}
+    nets = {net: OnnxModule(model) for net, model in base.items()}
+    logits_of = {net: model.graph.node[-1].input[0] for net, model in base.items()}
+    params = list(nets["age"].parameters()) + list(nets["gender"].parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    steps = args.epochs * (len(train) // args.batch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=max(steps, 1))
+
+    cells = [f"{g}|{m}" for g, m in zip(data["age_group"][train], data["male"][train], strict=True)]
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c] = counts.get(c, 0) + 1
+    weights = torch.tensor([1.0 / counts[c] for c in cells], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(SEED)
+    # bins inside each photo's age group (the network's 81 bins: 0.25, 1, ..., 80 years)
+    low = np.array([AGE_GROUPS[g][0] for g in data["age_group"]])
+    high = np.array([AGE_GROUPS[g][1] for g in data["age_group"]])
+    inside = torch.from_numpy(
+        (AGE_BINS[None, :] >= low[:, None]) & (AGE_BINS[None, :] <= high[:, None])
+    )
+    male = torch.from_numpy(data["male"].astype(np.int64))
+    chips = {net: torch.from_numpy(data[f"chips_{net}"]) for net in CYDRAL}
+
+    def score() -> dict:
+        for net in nets.values():
+            net.eval()
+        return val_score(
+            data,
+            val,
+            *cydral_predict(
+                nets["age"], nets["gender"], data["chips_age"][val], data["chips_gender"][val]
+            ),
+        )
+
+    first = score()
+    print(json.dumps({"epoch": 0, **first}), flush=True)
+    best, best_state, history = first["objective"], None, [{"epoch": 0, **first}]
+    began = time.monotonic()
+    for epoch in range(1, args.epochs + 1):
+        for net in nets.values():
+            net.train()
+        order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
+        total = 0.0
+        for b in range(len(train) // args.batch):
+            pick = torch.from_numpy(train)[order[b * args.batch : (b + 1) * args.batch]]
+            (age_logits,) = nets["age"](
+                cydral_input(chips["age"][pick], generator), (logits_of["age"],)
+            )
+            (gender_logits,) = nets["gender"](
+                cydral_input(chips["gender"][pick], generator), (logits_of["gender"],)
+            )
+            log_p = torch.log_softmax(age_logits, dim=1)
+            age_loss = -torch.logsumexp(log_p.masked_fill(~inside[pick], -1e4), dim=1).mean()
+            loss = (
+                torch.nn.functional.cross_entropy(gender_logits, male[pick])
+                + args.age_weight * age_loss
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach())
+        scored = score()
+        row = {
+            "epoch": epoch,
+            "loss": round(total / max(1, len(train) // args.batch), 4),
+            "minutes": round((time.monotonic() - began) / 60, 1),
+            **scored,
+        }
+        history.append(row)
+        print(json.dumps(row), flush=True)
+        if scored["objective"] > best:
+            best = scored["objective"]
+            best_state = {
+                net: {k: v.clone() for k, v in m.state_dict().items()} for net, m in nets.items()
+            }
+    if best_state is None:
+        print("no epoch beat the base networks on val; nothing exported", file=sys.stderr)
+        return 1
+    report: dict = {"seed": SEED, "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    for net, module in nets.items():
+        module.load_state_dict(best_state[net])
+        out = Path(args.out_dir) / f"cydral-fairface-{net}.onnx"
+        out.write_bytes(write_back(module, base[net]).SerializeToString(deterministic=True))
+        report[net] = {"out": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest()}
+        print(f"{out}: sha256 {report[net]['sha256']}")
+    report |= {"history": history, "minutes": round((time.monotonic() - began) / 60, 1)}
+    (Path(args.out_dir) / "cydral-fairface.train.json").write_text(
+        json.dumps(report, indent=2) + "\n"
+    )
+    return 0
+
+
 def tfjs_weights(net) -> dict[str, np.ndarray]:
     """The network's parameters under face-api's TF.js names and layouts (HWIO filters,
     (in, out) dense weights): the inverse of build_torch."""
@@ -588,6 +761,17 @@ def main(argv: list[str] | None = None) -> int:
         "must be run with the same setting",
     )
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "train-cydral", help="fine-tune Cydral's age and gender networks, export both ONNX"
+    )
+    p.add_argument("--out-dir", required=True, help="writes cydral-fairface-{age,gender}.onnx")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--age-weight", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--exclude-val-group", default="10-19")
+    p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -594,8 +594,23 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+# main's options, each the `dest` of `edge bench`'s option of that meaning (cli.py)
+OPTIONS = (
+    "source",
+    "size",
+    "seconds",
+    "json_path",
+    "cameras",
+    "gpu",
+    "idle_share",
+    "gating",
+    "crowd",
+)
+
+
 def main(
     config,
+    *,
     source: str | None,
     size: str | None,
     seconds: float,

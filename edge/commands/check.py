@@ -31,13 +31,13 @@ from typing import Any, Literal
 import yaml
 
 from edge import config as config_mod
+from edge.catalog import load_catalog
 from edge.config import CameraConfig, Config
 from edge.errors import EX_CONFIG, ConfigError, ModelError, tcp_problem
 from edge.inference import modelstore, runtime
 from edge.outputs import hass, mqttclient
 from edge.outputs.access import is_loopback, load_secret
 from edge.pipeline.capture import SourceEnded, device_node, open_source, source_kind
-from edge.pipeline.catalog import load_catalog
 from edge.redact import password, redact, without_credentials
 
 # Network cameras are opened in a child process each (streamproc.py), so hung ones time

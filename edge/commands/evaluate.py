@@ -2,8 +2,9 @@
 
 CSV columns `file,age,gender`, paths relative to the CSV; any other column (FairFace's
 `age_group`, `race`, `split`) may select rows (`--where`, `--exclude`), split the
-metrics by its values (`--by`) or be balanced (`--balance-by`). Crops may be tight,
-so every image is padded before detection; the largest face is scored and an
+metrics by its values (`--by`) or be balanced (`--balance-by`). Faces are found as the
+photo API finds them (analyze.find_many: the photo, then, when it shows none, the
+photo with a border, since crops may be tight); the largest face is scored and an
 image without a face counts as a miss (wrong on every metric).
 
 Balancing weighs every cell of the named columns (say age group x gender) the same:
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import InputError
-from edge.pipeline.analyze import pad, read_image
+from edge.pipeline.analyze import find_many, pad, read_image
 from edge.records import AGE_CLASSES, GENDERS
 
 
@@ -273,8 +274,7 @@ def predict(analyzer, labels: list[Label], progress: bool = True) -> list[dict |
 
     predictions: list[dict | None] = []
     for label in tqdm(labels, desc="eval", unit="img", disable=not progress, file=sys.stderr):
-        frame = load_padded(label.path)
-        faces = analyzer.detector(frame)
+        (frame,), (faces,), _ = find_many(analyzer.detector, [read_image(label.path)])
         if len(faces) == 0:
             predictions.append(None)
             continue

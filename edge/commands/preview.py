@@ -88,8 +88,8 @@ def label(track: Track, person: Person | None) -> list[str]:
     s = person.summary()
     return [
         f"#{track.id}",
-        f"{s['age_class']} {s['age_class_confidence']:.0%}",
-        f"{s['gender']} {s['gender_confidence']:.0%}",
+        f"{s.age_class} {s.age_class_confidence:.0%}",
+        f"{s.gender} {s.gender_confidence:.0%}",
     ]
 
 

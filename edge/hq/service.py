@@ -72,11 +72,7 @@ def run(config: HqConfig) -> int:
 
 
 def start_dashboard(config: HqConfig):
-    """The fleet dashboard (edge/hq/dashboard.py, FleetDashboard), when configured.
-
-    MERGE POINT: edge/hq/dashboard.py (FleetDashboard(settings, token=...), start/close)
-    comes from the fleet-report branch; until it is merged this says so in one line
-    and `edge hq` ingests without it."""
+    """The fleet dashboard (edge/hq/dashboard.py), when configured."""
     cfg = config.dashboard
     if not cfg.enabled:
         return None
@@ -89,11 +85,8 @@ def start_dashboard(config: HqConfig):
             cfg.token_env,
         )
         return None
-    try:
-        from edge.hq.dashboard import FleetDashboard
-    except ImportError:
-        log.error("hq: dashboard.enabled is set, but this edge has no fleet dashboard")
-        return None
+    from edge.hq.dashboard import FleetDashboard  # SQLAlchemy and the page: only when used
+
     dashboard = FleetDashboard(config, token=token)
     dashboard.start()
     return dashboard

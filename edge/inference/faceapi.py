@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.errors import ModelError
+from edge.inference.geometry import similarity
 
 if TYPE_CHECKING:  # onnx is imported where a model is built, not at start-up
     import onnx
@@ -350,8 +351,6 @@ BOX_PADDING = 0.2  # FaceLandmarks.align: minBoxPadding
 
 def aligned_box(landmarks: np.ndarray) -> np.ndarray:
     """face-api's alignedRect (x, y, width, height, float pixels) from 5 RetinaFace points."""
-    from edge.pipeline.align import similarity
-
     points = np.asarray(landmarks, np.float64)
     matrix = similarity(FIT_TEMPLATE, points[[0, 1, 3, 4]])
     outline = OUTLINE_TEMPLATE @ matrix[:, :2].T + matrix[:, 2]

@@ -28,7 +28,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.config import read_yaml
+from edge.config import Config, read_yaml
 from edge.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -141,12 +141,28 @@ def load_manifest(models_dir: Path) -> dict[str, ModelSpec]:
     return specs
 
 
-def configured_models(config) -> list[str]:
-    """Manifest entries the configured detector and classifier load, in that order."""
-    from edge.pipeline import classify
+# Manifest models each classifier backend loads (the insightface backend's file is the
+# operator's). The one place that knows which models a config needs: the stages load
+# what it names, `edge check` and `edge models fetch` verify the same list.
+BACKEND_MODELS = {
+    "cydral": ("age", "gender"),
+    "faceapi": ("faceapi",),
+    "faceapi-fairface": ("faceapi-fairface",),
+    "insightface": (),
+}
 
+
+def classifier_models(config: Config) -> set[str]:
+    """Manifest entries the configured classifier needs."""
+    c = config.classifier
+    backends = c.members if c.backend == "ensemble" else [c.backend]
+    return {name for b in backends for name in BACKEND_MODELS[b]}
+
+
+def configured_models(config: Config) -> list[str]:
+    """Manifest entries the configured detector and classifier load, in that order."""
     names = ["centerface"] if config.detector.backend == "centerface" else []
-    return names + sorted(classify.model_names(config))
+    return names + sorted(classifier_models(config))
 
 
 def provenance(spec: ModelSpec) -> str:

@@ -1,9 +1,10 @@
 """Who may use the box's web servers (display player, dashboard, metrics): one small
 set of checks, kept general so every HTTP endpoint of the project uses the same ones.
 
-- load_secret: a key from the environment or a credentials file (systemd's
-  LoadCredential= puts it in $CREDENTIALS_DIRECTORY), never from config.yaml, so it
-  is in no file a support person copies and no URL a log line prints;
+- load_secret (edge/credentials.py, where config.py reaches it too): a key from the
+  environment or a credentials file (systemd's LoadCredential= puts it in
+  $CREDENTIALS_DIRECTORY), never from config.yaml, so it is in no file a support
+  person copies and no URL a log line prints;
 - is_loopback: whether a bind address keeps a server on the box (no key needed then);
 - authorized: the request's Authorization header (Bearer KEY, or Basic with KEY as
   the password) against the key, in constant time;
@@ -20,30 +21,13 @@ import base64
 import binascii
 import hmac
 import ipaddress
-import os
 import socket
 import threading
 from collections import Counter
-from pathlib import Path
+
+from edge.credentials import load_secret  # noqa: F401 (the servers take it from here)
 
 WILDCARDS = ("", "0.0.0.0", "::")
-
-
-def load_secret(env: str, credential: str | None = None) -> str | None:
-    """The secret in environment variable `env`, else in the file `credential` of
-    $CREDENTIALS_DIRECTORY (systemd's LoadCredential=); None when neither has one.
-    Surrounding whitespace (a file's trailing newline) is not part of it."""
-    value = os.environ.get(env, "").strip()
-    if value:
-        return value
-    folder = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credential and folder:
-        try:
-            value = (Path(folder) / credential).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-        return value or None
-    return None
 
 
 def is_loopback(host: str) -> bool:

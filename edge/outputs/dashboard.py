@@ -39,7 +39,7 @@ from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs import reporting as report
 from edge.outputs.player_server import sse
-from edge.pipeline.audience import empty_counts
+from edge.records import empty_counts
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ class Dashboard:
     def _bump(self) -> None:
         self._version += 1
         self._changed.notify_all()
+
+    def start(self) -> None:
+        """A sink of the service (outputs/sinks.py); the display player serves it."""
 
     def close(self) -> None:
         """End every event stream (the server stops)."""

@@ -1,22 +1,26 @@
-"""Prometheus metrics on http://<metrics.listen>:<metrics.port>/metrics (README
+"""Prometheus metrics on http://<metrics.listen>:<metrics.port>/metrics (docs/reference.md
 "Prometheus metrics"), with prometheus_client.
 
-Three sources, so nothing is counted twice:
-  - what the service already counts (frames captured, skipped, processed; camera
-    online; the MQTT outbox) is read at scrape time by a collector, never copied;
-  - per-observation timings (detector, classifier, capture to decision) and the
-    classifier's batch sizes are observed by the service's loop into histograms, through
-    the hooks below (NoMetrics stands in when there is no endpoint);
-  - visitors and camera reconnects come from the service's events: Metrics is an
-    event sink like the log and the MQTT publisher.
+Everything comes from the service's events: Metrics is an event sink like the log and
+the MQTT publisher (outputs/sinks.py), so nothing is counted twice and the scrape
+thread never reads the main loop's state:
+  - each tick's event (events.TickEvent) carries its timings (detector, classifier,
+    capture to decision) and the classifier's batch size, observed into histograms,
+    and every camera's counters (frames captured, skipped, processed; online), kept
+    as the snapshot a scrape serves;
+  - visitors, plays and camera reconnects come from their events;
+  - the other sinks' own counters (the MQTT outbox, the audience store, the display
+    player) are read at scrape time from those sinks, never copied.
 Each Metrics has its own CollectorRegistry: several services in one process (tests,
 `edge bench --cameras`) never share or clash over metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from prometheus_client import (
@@ -35,11 +39,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from edge import __version__
 from edge.config import Config
 from edge.errors import EdgeError
-from edge.events import CameraEvent, Event, IntervalEvent, PlayEvent
+from edge.events import CameraCounters, CameraEvent, Event, IntervalEvent, PlayEvent, TickEvent
 from edge.outputs.access import HostCheck
 from edge.outputs.store import play_segments
 from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
 from edge.records import AGE_CLASSES, SEGMENT_GENDERS
+
+if TYPE_CHECKING:
+    from edge.outputs.player_server import DisplayServer
+    from edge.outputs.publish import MqttPublisher
+    from edge.outputs.store import AudienceStore
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +58,18 @@ TIME_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class NoMetrics:
-    """The service's hooks when nothing is measured (offline runs, bench, preview)."""
+class Metrics:
+    """The service's metrics, an event sink (outputs/sinks.py). `publisher`, `store`,
+    `player`: the other sinks whose own counters a scrape reads."""
 
-    def detected(self, camera: str, seconds: float) -> None: ...
-
-    def classified(self, seconds: float, faces: int) -> None: ...
-
-    def decided(self, camera: str, seconds: float) -> None: ...
-
-    def count_play(self, display: str, ad: str, viewers: int) -> None: ...
-
-
-class Metrics(NoMetrics):
-    """The service's metrics; an event sink (see service.EventSink) as well."""
-
-    def __init__(self, config: Config):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        publisher: MqttPublisher | None = None,
+        store: AudienceStore | None = None,
+        player: DisplayServer | None = None,
+    ):
         self.config = config
         self.registry = registry = CollectorRegistry()
         # The library's default collectors, on our registry: process CPU, memory, open
@@ -167,18 +172,11 @@ class Metrics(NoMetrics):
                     self.visitors.labels(cam.id, age_class, gender)
         self._was_online: dict[str, bool] = {}
         self._server: HttpServer | None = None
-
-    # -- the service's hooks (its loop thread) ---------------------------------------
-
-    def detected(self, camera: str, seconds: float) -> None:
-        self.detector_seconds.labels(camera).observe(seconds)
-
-    def classified(self, seconds: float, faces: int) -> None:
-        self.classifier_seconds.observe(seconds)
-        self.classifier_batch.observe(faces)
-
-    def decided(self, camera: str, seconds: float) -> None:
-        self.latency_seconds.labels(camera).observe(seconds)
+        # The cameras' counters as of the latest tick, replaced whole by the loop's
+        # thread and read whole by the scrape's: every camera at 0 until its first frame.
+        zero = CameraCounters(online=False, captured=0, processed=0, skipped=0, passed_over=0)
+        self.cameras: dict[str, CameraCounters] = {cam.id: zero for cam in config.cameras}
+        registry.register(_StateCollector(self, publisher, store, player))
 
     def count_play(self, display: str, ad: str, viewers: int) -> None:
         """For the plays feature: one play of `ad` on `display`, watched by `viewers`."""
@@ -189,41 +187,65 @@ class Metrics(NoMetrics):
 
     def emit(self, event: Event) -> None:
         match event:
-            case IntervalEvent(camera=cam):
-                for age_class, by_gender in event.unique_visitors.items():
-                    for gender, n in by_gender.items():
-                        if n:
-                            self.visitors.labels(cam, age_class, gender).inc(n)
-                for age_class, n in event.gender_unknown.items():
-                    if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
-                        self.visitors.labels(cam, age_class, "unknown").inc(n)
-                self.unclassified.labels(cam).inc(event.unclassified)
-                self.watchers.labels(cam).inc(event.watchers)
+            case TickEvent():
+                self._tick(event)
+            case IntervalEvent():
+                self._interval(event)
             case PlayEvent():
-                self.count_play(
-                    event.display,
-                    event.ad,
-                    sum(n for by_g in event.viewers.values() for n in by_g.values()),
-                )
-                labels = (event.display, event.ad)
-                segments = play_segments(event)  # derived when an older producer sent none
-                for counter, figure in (
-                    (self.impressions, "impressions"),
-                    (self.reach, "reach"),
-                    (self.play_watchers, "watchers"),
-                ):
-                    counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
+                self._play(event)
             case CameraEvent(camera=cam, online=online):
                 if online and self._was_online.get(cam) is False:
                     self.reconnects.labels(cam).inc()
                 self._was_online[cam] = online
+                if cam in self.cameras:  # offline at once, though no frame ticks meanwhile
+                    changed = dataclasses.replace(self.cameras[cam], online=online)
+                    self.cameras = {**self.cameras, cam: changed}
+
+    def _tick(self, event: TickEvent) -> None:
+        for camera, seconds in event.detect_s.items():
+            self.detector_seconds.labels(camera).observe(seconds)
+        if event.classify_s is not None:
+            self.classifier_seconds.observe(event.classify_s)
+            self.classifier_batch.observe(event.classified)
+        for camera, seconds in event.latency_s.items():
+            self.latency_seconds.labels(camera).observe(seconds)
+        self.cameras = {**self.cameras, **event.cameras}
+
+    def _interval(self, event: IntervalEvent) -> None:
+        cam = event.camera
+        for age_class, by_gender in event.unique_visitors.items():
+            for gender, n in by_gender.items():
+                if n:
+                    self.visitors.labels(cam, age_class, gender).inc(n)
+        for age_class, n in event.gender_unknown.items():
+            if n:  # counted, but their gender stayed a coin toss (audience.gender_margin)
+                self.visitors.labels(cam, age_class, "unknown").inc(n)
+        self.unclassified.labels(cam).inc(event.unclassified)
+        self.watchers.labels(cam).inc(event.watchers)
+
+    def _play(self, event: PlayEvent) -> None:
+        self.count_play(
+            event.display,
+            event.ad,
+            sum(n for by_g in event.viewers.values() for n in by_g.values()),
+        )
+        labels = (event.display, event.ad)
+        segments = play_segments(event)  # derived when an older producer sent none
+        for counter, figure in (
+            (self.impressions, "impressions"),
+            (self.reach, "reach"),
+            (self.play_watchers, "watchers"),
+        ):
+            counter.labels(*labels).inc(sum(f.get(figure) or 0 for f in segments.values()))
 
     # -- the endpoint --------------------------------------------------------------
 
-    def watch(self, service, publisher=None, store=None, player=None) -> None:
-        """Read the service's (and publisher's, audience store's and display player's)
-        own counters at every scrape."""
-        self.registry.register(_StateCollector(service, publisher, store, player))
+    def start(self) -> None:
+        """As a sink of the service: serve the endpoint (see serve)."""
+        self.serve()
+
+    def close(self) -> None:
+        self.stop()
 
     def serve(self) -> bool:
         """Start the endpoint; False, with one log line, when the port cannot be had
@@ -285,8 +307,8 @@ class _MetricsHandler(Handler):
 class _StateCollector:
     """Counters and gauges the service keeps anyway, read when Prometheus scrapes."""
 
-    def __init__(self, service, publisher, store=None, player=None):
-        self.service = service
+    def __init__(self, metrics: Metrics, publisher, store=None, player=None):
+        self.metrics = metrics
         self.publisher = publisher
         self.store = store
         self.player = player
@@ -312,13 +334,12 @@ class _StateCollector:
         online = GaugeMetricFamily(
             "edge_camera_online", "1 while the camera delivers frames, else 0.", labels=["camera"]
         )
-        for cid, cam in list(self.service.cameras.items()):
-            status = cam.reader.status
-            captured.add_metric([cid], status.captured)
-            processed.add_metric([cid], cam.frames)
-            skipped.add_metric([cid], status.skipped)
-            passed_over.add_metric([cid], status.passed_over)
-            online.add_metric([cid], 1.0 if status.online else 0.0)
+        for cid, cam in self.metrics.cameras.items():  # one snapshot: the loop replaces it
+            captured.add_metric([cid], cam.captured)
+            processed.add_metric([cid], cam.processed)
+            skipped.add_metric([cid], cam.skipped)
+            passed_over.add_metric([cid], cam.passed_over)
+            online.add_metric([cid], 1.0 if cam.online else 0.0)
         yield from (captured, processed, skipped, passed_over, online)
         if self.store is not None:
             yield CounterMetricFamily(

@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 
+from edge.events import Event, HealthEvent
+
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +34,12 @@ class Notifier:
         if self._sock is None:
             return
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError as exc:  # the manager went away; the service itself carries on
+            # Never waits: as a sink it runs on the main loop's thread, and a datagram
+            # socket whose reader has fallen behind (a queue of net.unix.max_dgram_qlen,
+            # 10 on some boxes) would block the send, and the loop, until it reads.
+            # A message that does not fit is dropped; the next one says the same again.
+            self._sock.sendto("\n".join(fields).encode(), socket.MSG_DONTWAIT, self._address)
+        except OSError as exc:  # the manager went away, or is behind; the service carries on
             log.debug("notify failed: %s", exc)
 
     def ready(self, status: str) -> None:
@@ -47,6 +53,25 @@ class Notifier:
 
     def stopping(self, status: str = "stopping") -> None:
         self.send("STOPPING=1", f"STATUS={status}")
+
+    # -- as a sink of the service (outputs/sinks.py) ---------------------------------
+
+    def start(self) -> None:
+        pass
+
+    def emit(self, event: Event) -> None:
+        """The loop's health (events.HealthEvent) as the notify protocol's messages."""
+        if not isinstance(event, HealthEvent):
+            return
+        match event.state:
+            case "ready":
+                self.ready(event.status)
+            case "alive":
+                self.watchdog()
+            case "status":
+                self.status(event.status)
+            case "stopping":
+                self.stopping()
 
     def close(self) -> None:
         if self._sock is not None:

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
+from edge.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.config import Config
 from edge.outputs.mqttclient import (
     GuardedClient,
@@ -44,7 +45,6 @@ from edge.outputs.mqttclient import (
     service_client_id,
 )
 from edge.outputs.topics import SCHEMA_VERSION, Topics
-from edge.pipeline.catalog import AD_ID, TITLE_MAX_CHARS, is_url, url_problem
 from edge.records import AGE_CLASSES, GENDERS
 from edge.timefmt import iso, now
 
@@ -260,7 +260,9 @@ def _reject_constant(name: str):
     raise BadContent(f"{name} is not a number JSON allows")
 
 
-def parse_content(payload: bytes | bytearray, display: str, allowed: Creatives) -> dict:
+def parse_content(  # noqa: C901 (one check per field of the message, each its own reason)
+    payload: bytes | bytearray, display: str, allowed: Creatives
+) -> dict:
     """The fields of a content message the page uses, checked and typed; BadContent for
     anything else. Unknown fields are left out, so nothing unchecked reaches the page."""
     if len(payload) > MAX_CONTENT_BYTES:

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from edge.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
 from edge.config import Config
 from edge.errors import EdgeError
 from edge.events import DecisionEvent, Event
@@ -28,7 +29,6 @@ from edge.outputs.mqttclient import RepeatLimiter
 from edge.outputs.player_bridge import PlayerBridge
 from edge.outputs.topics import SCHEMA_VERSION
 from edge.outputs.web import Handler, HttpServer, bind, close, serve, url
-from edge.pipeline.catalog import CREATIVE_TYPES, Catalog, creative_file, is_url
 from edge.timefmt import iso, now
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,13 @@ class DisplayServer:
                 DASHBOARD_KEY_CREDENTIAL,
             )
         self.bridge.start()
+        log.info(
+            "display player: %s; dashboard: %s",
+            ", ".join(f"{self.url}/display/{d.id}" for d in self.config.displays),
+            self.dashboard_url
+            if self.config.dashboard.enabled
+            else "off (dashboard.enabled: false)",
+        )
         return self
 
     def _serve(self, listen: tuple[str, int], name: str, keys: str) -> HttpServer:
@@ -148,6 +155,10 @@ class DisplayServer:
             if http is not None:
                 close(http)
         self._http = self._dashboard_http = None
+
+    def close(self) -> None:
+        """As a sink of the service (outputs/sinks.py): stop."""
+        self.stop()
 
     def __enter__(self) -> DisplayServer:
         return self.start()

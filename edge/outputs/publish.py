@@ -1,6 +1,7 @@
-"""Publish stage: the service's events and the displays' decisions, over MQTT.
+"""The MQTT publisher: the service's events and the displays' decisions, over MQTT.
 
-Topics and payloads are defined once, in topics.py. Three kinds of message:
+Topics, payloads, QoS and retain flags are defined once, in topics.py. Three kinds of
+message:
   - state (availability, camera status, audience, display content): retained; the
     latest value is kept here and sent again after every reconnect, so a broker
     that restarted without persistence still ends up with the current state;
@@ -25,6 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 from edge.config import Config
 from edge.errors import tcp_problem
@@ -127,7 +130,7 @@ class Outbox:
 
 
 class MqttPublisher:
-    """An event sink (see service.EventSink) that publishes to the configured broker."""
+    """An event sink (outputs/sinks.py) that publishes to the configured broker."""
 
     def __init__(self, config: Config):
         cfg = config.mqtt
@@ -136,7 +139,8 @@ class MqttPublisher:
         self.client_id = mqttclient.service_client_id(config)
         self.where = f"{cfg.host}:{cfg.port}"
         self.client = mqttclient.make_client(config, self.client_id)
-        self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)
+        will = self.topics.availability
+        self.client.will_set(will, "offline", **self._flags(will))
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -178,7 +182,7 @@ class MqttPublisher:
             deadline = time.monotonic() + timeout
             while self._unacked() and time.monotonic() < deadline and self._connected:
                 time.sleep(0.02)
-            info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
+            info = self._publish(self.client, self.topics.availability, "offline")
             try:
                 info.wait_for_publish(timeout=max(0.1, deadline - time.monotonic()))
             except (RuntimeError, ValueError):
@@ -246,11 +250,8 @@ class MqttPublisher:
                 self._add_report(*report_message(self.topics, event, stamp))
             case StatsEvent():
                 if self._connected:
-                    self.client.publish(
-                        self.topics.stats,
-                        _json({**_fields(event), "mqtt": self.status(), "timezone": self.zone}),
-                        qos=0,
-                    )
+                    payload = {**_fields(event), "mqtt": self.status(), "timezone": self.zone}
+                    self._publish(self.client, self.topics.stats, _json(payload))
         # SummaryEvent and ErrorEvent end an offline file analysis, which never publishes
 
     def _set_state(self, topic: str, payload: dict) -> None:
@@ -259,7 +260,15 @@ class MqttPublisher:
             self._state[topic] = text
             connected = self._connected
         if connected:  # otherwise sent on (re)connect: only the latest value matters
-            self.client.publish(topic, text, qos=1, retain=True)
+            self._publish(self.client, topic, text)
+
+    def _flags(self, topic: str) -> dict:
+        """QoS and retain flag of a topic, as topics.py declares them."""
+        spec = self.topics.spec(topic)
+        return {"qos": spec.qos, "retain": spec.retain}
+
+    def _publish(self, client: mqtt.Client, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
+        return client.publish(topic, payload, **self._flags(topic))
 
     def _add_report(self, topic: str, payload: str) -> None:
         with self._lock:
@@ -285,7 +294,7 @@ class MqttPublisher:
             for r in batch:
                 r.mid = -1
         for r in batch:  # never publish holding our lock: paho calls on_publish holding its own
-            info = self.client.publish(r.topic, r.payload, qos=1)
+            info = self._publish(self.client, r.topic, r.payload)
             with self._lock:
                 r.mid = info.mid
                 if info.mid in self._early_acks:
@@ -355,13 +364,13 @@ class MqttPublisher:
             return
         self._problems.ok(f"connected as '{self.client_id}'")
         self.discovery.on_connect(client)  # before "online": Home Assistant's recommended order
-        client.publish(self.topics.availability, "online", qos=1, retain=True)
+        self._publish(client, self.topics.availability, "online")
         with self._lock:
             self._connected = True
             state = list(self._state.items())
             handed = any(r.mid is not None for r in self.outbox.reports)
         for topic, text in state:
-            client.publish(topic, text, qos=1, retain=True)
+            self._publish(client, topic, text)
         if not handed:  # handed reports are resent by paho right after this callback
             self._hand_over()
 

@@ -327,7 +327,7 @@ def _insert(conn: sqlite3.Connection, event: IntervalEvent | PlayEvent) -> int:
 
 
 class AudienceStore:
-    """An event sink (service.EventSink): interval and play events go to the store."""
+    """An event sink (outputs/sinks.py): interval and play events go to the store."""
 
     def __init__(
         self,

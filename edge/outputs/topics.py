@@ -1,6 +1,6 @@
 """The MQTT topic tree: every topic, its payload, QoS and retain flag, in one place.
 
-README's "MQTT topics" table is generated from TOPICS (`edge config --topics`), its
+docs/reference.md's "MQTT topics" table is generated from TOPICS (`edge config --topics`), its
 payload column from the event classes of events.py, so the documentation and the code
 cannot drift apart. Every JSON payload carries `schema` (SCHEMA_VERSION) and `time`
 (ISO 8601 with zone).
@@ -8,6 +8,7 @@ cannot drift apart. Every JSON payload carries `schema` (SCHEMA_VERSION) and `ti
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from edge import events
@@ -116,10 +117,26 @@ TOPICS = (
 
 
 class Topics:
-    """Concrete topic names for one store."""
+    """Concrete topic names for one store, and the entry of TOPICS each name is of (the
+    publisher reads a message's QoS and retain flag from there, never writes its own)."""
 
     def __init__(self, prefix: str, store_id: str):
         self.root = f"{prefix}/{store_id}"
+        self._specs: dict[str, Topic] = {}
+        self._patterns = [
+            (re.compile(re.escape(f"{self.root}/") + re.sub(r"<\w+>", "[^/]+", t.pattern) + "$"), t)
+            for t in TOPICS
+        ]
+
+    def spec(self, name: str) -> Topic:
+        """The entry of TOPICS a concrete topic name belongs to."""
+        spec = self._specs.get(name)
+        if spec is None:
+            spec = next((t for pattern, t in self._patterns if pattern.match(name)), None)
+            if spec is None:
+                raise KeyError(f"{name}: no topic of topics.TOPICS")
+            self._specs[name] = spec
+        return spec
 
     def name(self, topic: Topic, **ids: str) -> str:
         path = topic.pattern

@@ -32,9 +32,8 @@ class FaceAnalyzer:
         self.config = config
         models_dir = config.resolve(config.models.dir)
         specs = modelstore.load_manifest(models_dir)
-        needed = {"centerface"} if config.detector.backend == "centerface" else set()
-        needed |= classify.model_names(config)
-        paths = {n: modelstore.verify(specs[n], models_dir) for n in sorted(needed)}
+        needed = modelstore.configured_models(config)
+        paths = {n: modelstore.verify(specs[n], models_dir) for n in needed}
         self.detector = detect.create(config, paths, detect_threshold)
         self.classifier = classify.create(config, paths)
         log.info(
@@ -56,20 +55,29 @@ class FaceAnalyzer:
         often are) hides the face's outline and the detector can miss it: a photo with
         no face is looked at once more with a border (`pad`), and what is found there is
         classified on the bordered photo and reported in the photo's own coordinates."""
-        frames = list(frames)
-        faces = self.detector.detect_many(frames)
-        borders = [0] * len(frames)
-        retry = [i for i, f in enumerate(faces) if len(f) == 0]
-        if retry:
-            padded = [pad(frames[i]) for i in retry]
-            for i, bordered, found in zip(
-                retry, padded, self.detector.detect_many(padded), strict=True
-            ):
-                if len(found):
-                    borders[i] = border(frames[i])
-                    frames[i], faces[i] = bordered, found
+        frames, faces, borders = find_many(self.detector, frames)
         demos = self.classifier.classify_many(frames, faces)
         return [(moved(f, -by), demo) for f, demo, by in zip(faces, demos, borders, strict=True)]
+
+
+def find_many(
+    detector: detect.FaceDetector, frames: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[Detections], list[int]]:
+    """Stills' faces, detected together: per photo the image its faces are on (the photo,
+    or the photo with a border when the photo alone showed none), the faces in that
+    image's coordinates, and the border's width (0: none). `edge eval` and the
+    calibration tools detect through here too, so they measure what the photo API does."""
+    frames = list(frames)
+    faces = detector.detect_many(frames)
+    borders = [0] * len(frames)
+    retry = [i for i, f in enumerate(faces) if len(f) == 0]
+    if retry:
+        padded = [pad(frames[i]) for i in retry]
+        for i, bordered, found in zip(retry, padded, detector.detect_many(padded), strict=True):
+            if len(found):
+                borders[i] = border(frames[i])
+                frames[i], faces[i] = bordered, found
+    return frames, faces, borders
 
 
 PAD_FRACTION = 0.3  # of a tight photo's longer side, each way

@@ -3,7 +3,9 @@
 Per confirmed track it decides when a face is worth classifying (first when
 confirmed, then only for a clearly better view or after an interval, up to a
 cap: DeepStream's secondary classifiers re-infer on box growth or interval),
-combines the samples into a stable label (mean log-probabilities), and keeps
+combines the samples into a stable label (log-probabilities averaged with each look's
+quality as its weight: bigger and more frontal faces count for more, and the looks of
+a strongly turned head are dropped once a frontal one comes), and keeps
 dwell time (first to last seen) and attention time (face turned to the camera,
 estimated from the five landmarks; the display sits next to the camera).
 
@@ -20,7 +22,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge.config import AudienceConfig
-from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED, Demographics, Viewer
+from edge.pipeline.track import Track
+from edge.records import (
+    AGE_CLASSES,
+    GENDERS,
+    UNCLASSIFIED,
+    Counts,
+    Demographics,
+    PresentAudience,
+    PresentPerson,
+    Viewer,
+    VisitTally,
+    empty_counts,
+)
 
 _EPS = 1e-6
 
@@ -50,9 +64,12 @@ class Person:
     first_seen: float
     last_seen: float
     samples: int = 0
+    # quality-weighted sums of the samples' log-probabilities and log-odds, and of the weights
     class_log_sum: np.ndarray = field(default_factory=lambda: np.zeros(3))
     male_logit_sum: float = 0.0
+    weight_sum: float = 0.0
     best_quality: float = 0.0
+    frontal_seen: bool = False  # a sample of a head not strongly turned
     last_classified: float = -math.inf
     attention_s: float = 0.0
     watching: bool = False
@@ -63,13 +80,13 @@ class Person:
 
     @property
     def class_probs(self) -> np.ndarray:
-        mean = self.class_log_sum / max(self.samples, 1)
+        mean = self.class_log_sum / max(self.weight_sum, _EPS)
         p = np.exp(mean - mean.max())
         return p / p.sum()
 
     @property
     def male_prob(self) -> float:
-        return 1.0 / (1.0 + math.exp(-self.male_logit_sum / max(self.samples, 1)))
+        return 1.0 / (1.0 + math.exp(-self.male_logit_sum / max(self.weight_sum, _EPS)))
 
     @property
     def age_class(self) -> str:
@@ -92,31 +109,42 @@ class Person:
         return f"{self.age_class}_{self.gender if sure else 'unknown'}"
 
     def add_sample(
-        self, class_probs: np.ndarray, male_prob: float, quality: float, now: float
+        self,
+        class_probs: np.ndarray,
+        male_prob: float,
+        quality: float,
+        now: float,
+        turned: bool = False,
     ) -> None:
-        self.class_log_sum += np.log(np.clip(class_probs, _EPS, 1.0))
+        """One look, weighted by its quality (face_quality). A head turned past TURNED_YAW
+        shows half a face, or a zoomed one: gender was wrong on 1 in 3 such chips against
+        1 in 8 frontal ones (issue 26). Its looks count until the first frontal one,
+        which replaces them all."""
+        if not turned and not self.frontal_seen:
+            self.class_log_sum = np.zeros(3)
+            self.male_logit_sum = self.weight_sum = 0.0
+            self.frontal_seen = True
+        weight = max(quality, _EPS)
+        self.class_log_sum += weight * np.log(np.clip(class_probs, _EPS, 1.0))
         p = min(max(male_prob, _EPS), 1 - _EPS)
-        self.male_logit_sum += math.log(p / (1 - p))
+        self.male_logit_sum += weight * math.log(p / (1 - p))
+        self.weight_sum += weight
         self.samples += 1
         self.best_quality = max(self.best_quality, quality)
         self.last_classified = now
 
-    def summary(self) -> dict:
-        return {
-            "track": self.track_id,
-            "age_class": self.age_class,
-            "gender": self.gender,
-            "age_class_confidence": round(float(self.class_probs.max()), 3),
-            "gender_confidence": round(max(self.male_prob, 1 - self.male_prob), 3),
-            "dwell_s": round(self.dwell_s, 2),
-            "attention_s": round(self.attention_s, 2),
-            "watching": self.watching,
-            "samples": self.samples,
-        }
-
-
-def empty_counts() -> dict:
-    return {c: {g: 0 for g in GENDERS} for c in AGE_CLASSES}
+    def summary(self) -> PresentPerson:
+        return PresentPerson(
+            track=self.track_id,
+            age_class=self.age_class,
+            gender=self.gender,
+            age_class_confidence=round(float(self.class_probs.max()), 3),
+            gender_confidence=round(max(self.male_prob, 1 - self.male_prob), 3),
+            dwell_s=round(self.dwell_s, 2),
+            attention_s=round(self.attention_s, 2),
+            watching=self.watching,
+            samples=self.samples,
+        )
 
 
 class Audience:
@@ -126,13 +154,15 @@ class Audience:
         self.camera_id = camera_id
         self.settings = settings or AudienceConfig()
         self.people: dict[int, Person] = {}
-        self._interval = self._new_interval()
-        self._totals = self._new_interval()
-        self._last_present: list[tuple] = []
+        self._interval = VisitTally.empty()
+        self._totals = VisitTally.empty()
+        self._last_present: list[tuple[int, str, str]] = []
 
     # -- classification scheduling -------------------------------------------------
 
-    def wants_classification(self, tracks, now: float, better_faces: bool = True) -> list[int]:
+    def wants_classification(
+        self, tracks: list[Track], now: float, better_faces: bool = True
+    ) -> list[int]:
         """Indices of the tracks (matched this frame, confirmed) worth classifying now:
         never classified, due again, or (with `better_faces`) seen with a better face.
         A better face can wait for a later look: it is still there then."""
@@ -145,24 +175,26 @@ class Audience:
             if person is None or person.samples == 0:
                 wanted.append(i)
                 continue
-            if person.samples >= s.max_samples:
-                continue
-            better = (
-                better_faces and face_quality(track) >= s.better_face_ratio * person.best_quality
+            if person.samples >= s.max_samples and person.frontal_seen:
+                continue  # (only turned looks so far: a frontal one is still wanted)
+            frontal_now = abs(head_pose(track.landmarks)[0]) <= TURNED_YAW
+            better = better_faces and (
+                face_quality(track) >= s.better_face_ratio * person.best_quality
+                or (frontal_now and not person.frontal_seen)
             )
             due = now - person.last_classified >= s.reclassify_interval_s
             if better or due:
                 wanted.append(i)
         return wanted
 
-    def classification_rank(self, track) -> tuple[bool, float]:
+    def classification_rank(self, track: Track) -> tuple[bool, float]:
         """Which of the faces wanted now go first when a tick cannot take them all:
         people never classified before those due again, then bigger, more frontal faces
         (the better label, and the face most likely to be in front of the display)."""
         person = self.people.get(track.id)
         return (person is None or person.samples == 0, face_quality(track))
 
-    def classification_due(self, tracks, now: float) -> bool:
+    def classification_due(self, tracks: list[Track], now: float) -> bool:
         """A periodic reclassification is due for someone found in the last detection
         (the service detects on such frames). Someone lost cannot be classified until
         found again, so they do not count."""
@@ -180,7 +212,7 @@ class Audience:
                 return True
         return False
 
-    def add_samples(self, tracks, demographics: Demographics, now: float) -> None:
+    def add_samples(self, tracks: list[Track], demographics: Demographics, now: float) -> None:
         for i, track in enumerate(tracks):
             person = self._person(track)
             person.add_sample(
@@ -188,11 +220,12 @@ class Audience:
                 float(demographics.male_probs[i]),
                 face_quality(track),
                 now,
+                turned=abs(head_pose(track.landmarks)[0]) > TURNED_YAW,
             )
 
     # -- per-frame update ----------------------------------------------------------
 
-    def update(self, tracks, removed, now: float, dt: float) -> bool:
+    def update(self, tracks: list[Track], removed: list[Track], now: float, dt: float) -> bool:
         """Advance dwell and attention; close visits of removed tracks.
 
         Returns True when who is present (or their label) changed.
@@ -218,8 +251,12 @@ class Audience:
         self._last_present = present
         return changed
 
-    def present(self) -> list[dict]:
+    def present(self) -> list[PresentPerson]:
         return [p.summary() for p in self.people.values() if p.samples > 0]
+
+    def snapshot(self) -> PresentAudience:
+        """Who is in view now, for the audience event."""
+        return PresentAudience(self.present(), self.present_counts())
 
     def viewers(self) -> list[Viewer]:
         """The classified people present now, for the select stage."""
@@ -238,12 +275,12 @@ class Audience:
             if p.samples > 0
         ]
 
-    def present_key(self) -> list[tuple]:
+    def present_key(self) -> list[tuple[int, str, str]]:
         return sorted(
             (p.track_id, p.age_class, p.gender) for p in self.people.values() if p.samples > 0
         )
 
-    def present_counts(self) -> dict:
+    def present_counts(self) -> Counts:
         counts = empty_counts()
         for p in self.people.values():
             if p.confident(self.settings.min_confidence):
@@ -254,20 +291,19 @@ class Audience:
 
     def begin(self, now: float) -> None:
         """Start the first reporting interval at the camera's first frame."""
-        self._interval["start"] = now
+        self._interval.start = now
 
-    def close_interval(self, now: float, flush: bool = False) -> dict:
+    def close_interval(self, now: float, flush: bool = False) -> VisitTally:
         """Counts for the interval that ends now. `flush` ends every open visit first."""
         if flush:
             for person in list(self.people.values()):
                 self._close_visit(person)
             self.people.clear()
-        report, self._interval = self._interval, self._new_interval()
-        report = dict(report, end=now)
-        self._interval["start"] = now
+        report, self._interval = self._interval, VisitTally.empty(start=now)
+        report.end = now
         return report
 
-    def totals(self) -> dict:
+    def totals(self) -> VisitTally:
         return self._totals
 
     def _close_visit(self, person: Person) -> None:
@@ -281,16 +317,16 @@ class Audience:
             key = person.segment(s.min_confidence, s.gender_margin)
         for bucket in (self._interval, self._totals):
             if key == UNCLASSIFIED:
-                bucket["unclassified"] += 1
+                bucket.unclassified += 1
             elif key.endswith("_unknown"):  # counted, but not as a gender
-                bucket["gender_unknown"][person.age_class] += 1
+                bucket.gender_unknown[person.age_class] += 1
             else:
-                bucket["unique_visitors"][person.age_class][person.gender] += 1
-            bucket["watchers"] += int(person.watching)
-            bucket["dwell_s"] = round(bucket["dwell_s"] + person.dwell_s, 3)
-            bucket["attention_s"] = round(bucket["attention_s"] + person.attention_s, 3)
+                bucket.unique_visitors[person.age_class][person.gender] += 1
+            bucket.watchers += int(person.watching)
+            bucket.dwell_s = round(bucket.dwell_s + person.dwell_s, 3)
+            bucket.attention_s = round(bucket.attention_s + person.attention_s, 3)
             add_to_segment(
-                bucket["segments"],
+                bucket.segments,
                 key,
                 visitors=1,
                 watchers=int(person.watching),
@@ -298,27 +334,14 @@ class Audience:
                 attention_s=person.attention_s,
             )
 
-    def _person(self, track) -> Person:
+    def _person(self, track: Track) -> Person:
         person = self.people.get(track.id)
         if person is None:
             person = self.people[track.id] = Person(track.id, track.first_seen, track.last_seen)
         return person
 
-    @staticmethod
-    def _new_interval() -> dict:
-        return {
-            "start": None,
-            "unique_visitors": empty_counts(),
-            "gender_unknown": {c: 0 for c in AGE_CLASSES},
-            "watchers": 0,
-            "unclassified": 0,
-            "dwell_s": 0.0,
-            "attention_s": 0.0,
-            "segments": {},
-        }
 
-
-def add_to_segment(segments: dict, key: str, **figures: float) -> None:
+def add_to_segment(segments: dict[str, dict[str, float]], key: str, **figures: float) -> None:
     """Add figures to one segment of a {segment: {metric: value}} table (times to 3
     decimals, so sums stay exact in JSON)."""
     row = segments.setdefault(key, {})
@@ -327,8 +350,14 @@ def add_to_segment(segments: dict, key: str, **figures: float) -> None:
         row[name] = round(total, 3) if isinstance(total, float) else total
 
 
-def face_quality(track) -> float:
-    """Bigger and more frontal is better: box width times a frontal factor."""
+# head_pose's yaw past which a look is strongly turned (about 40 degrees): its samples
+# give way to the first frontal one (Person.add_sample).
+TURNED_YAW = 0.45
+
+
+def face_quality(track: Track) -> float:
+    """Bigger and more frontal is better: box width (more pixels of the face) times a
+    frontal factor. It ranks looks for classification and weighs their samples."""
     width = float(track.box[2] - track.box[0])
     yaw, _ = head_pose(track.landmarks)
     return width * max(0.1, 1.0 - abs(yaw) / 0.6)

@@ -29,8 +29,10 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -231,9 +233,19 @@ def device_node(source: str) -> str | None:
     return f"/dev/video{source}" if source.isdigit() else source
 
 
+class FrameSource(Protocol):
+    """What a camera reader reads from: a device, a file, a stream's child process, a
+    folder of photos (or edge bench's frames in memory). `read` raises SourceEnded at
+    the end, an OSError when the source fails."""
+
+    def read(self) -> np.ndarray: ...
+
+    def release(self) -> None: ...
+
+
 def open_source(
     source: str, loop: bool, still_fps: float, timeout_s: float = 10.0, *, repeat_still: bool = True
-):
+) -> FrameSource:
     """The right reader for a config `source` string. A still photo is shown again and
     again at still_fps as a live camera (`repeat_still`), or once for offline analysis."""
     kind = source_kind(source)
@@ -293,7 +305,7 @@ class CameraReader:
         mode: str = "live",
         stall_timeout_s: float = 10.0,
         backoff: Backoff | None = None,
-        opener=None,
+        opener: Callable[[str, bool, float, float], FrameSource] | None = None,
     ):
         assert mode in ("live", "paced", "every_frame")
         self.camera_id, self.source, self.fps, self.loop, self.mode = (
@@ -404,7 +416,7 @@ class CameraReader:
                 return
             self._went_offline(reason)
 
-    def _read_frames(self, reader, file_fps: float) -> None:
+    def _read_frames(self, reader: FrameSource, file_fps: float) -> None:
         interval = 1.0 / file_fps if file_fps > 0 else 0.0
         # Pacing and frame times are monotonic: a step of the wall clock must not make
         # a paced file sleep for an hour or hand the pipeline frames from the future.
@@ -471,7 +483,7 @@ class CameraReader:
         self._stop.wait(delay)
 
 
-def _release(reader, camera_id: str) -> None:
+def _release(reader: FrameSource, camera_id: str) -> None:
     try:
         reader.release()
     except Exception as exc:  # the source is being dropped anyway; reopening must go on

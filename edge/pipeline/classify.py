@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -102,24 +103,30 @@ def class_masks(bin_ages: np.ndarray, child_below: float, old_from: float) -> np
 class ChipSettings:
     """The config's classifier settings the chip backends share: age classes (child
     below `child_below`, old from `old_from`), flip TTA, calibration, and the exposure
-    floor (0: chips are not brightened)."""
+    floor (0: chips are not brightened). No defaults of its own: built from a config,
+    so a backend built without one runs with the production defaults (`defaults`)."""
 
-    child_below: float = 18
-    old_from: float = 60
-    flip_tta: bool = True
-    calibrated: bool = True
-    exposure_floor: float = 0.0
-    turned_yaw: float = 2.0  # classifier.turned_yaw (2: never)
+    child_below: float
+    old_from: float
+    flip_tta: bool
+    calibrated: bool
+    exposure_floor: float
+    turned_yaw: float  # classifier.turned_yaw (2: never)
 
     @classmethod
     def from_config(cls, config: Config) -> ChipSettings:
-        c = config.classifier
-        return cls(
-            c.child_below, c.old_from, c.flip_tta, c.calibrated, c.exposure_floor, c.turned_yaw
-        )
+        # Every field is the classifier key of the same name.
+        return cls(**{f.name: getattr(config.classifier, f.name) for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def defaults(cls) -> ChipSettings:
+        """The configuration's defaults (config.py), as `edge run` without a config."""
+        return cls.from_config(Config())
 
 
-def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"):
+def per_face(
+    frames: list[np.ndarray], faces: list[Detections], field: str = "landmarks"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(frame, that face's `field` row) for every face, frame by frame: the order of the
     rows a backend's chips and results come in."""
     return (
@@ -127,23 +134,38 @@ def per_face(frames: list[np.ndarray], faces: list[Detections], field: str = "la
     )
 
 
-class ChipBackend:
-    """What every classifier backend shares: faces of one frame, or of several frames
-    (cameras) in one model call per network, cut into the backend's own chips
-    (`chips`) and classified (`classify_chips`). The ensemble calls the two halves of
-    each member, so any backend can be a member."""
+class AgeGenderClassifier(Protocol):
+    """What the service and the photo API ask of a classifier: faces of one frame, or
+    of several frames (cameras) in one model call per network."""
 
-    def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple:
-        raise NotImplementedError
+    provider: str
 
-    def classify_chips(self, *chips: Any) -> Demographics:
-        raise NotImplementedError
-
-    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics:
-        return self.classify_many([frame], [faces])[0]
+    def __call__(self, frame: np.ndarray, faces: Detections) -> Demographics: ...
 
     def classify_many(
         self, frames: list[np.ndarray], faces: list[Detections]
+    ) -> list[Demographics]: ...
+
+
+class ChipClassifier(AgeGenderClassifier, Protocol):
+    """A backend in two halves: faces cut into its own chips (`chips`), and the chips
+    classified (`classify_chips`). The ensemble calls the halves of each member, so
+    any such backend can be a member."""
+
+    def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[Any, ...]: ...
+
+    def classify_chips(self, *chips: Any) -> Demographics: ...
+
+
+class ChipBackend:
+    """What every chip classifier shares: one face, or the faces of several frames,
+    through its two halves (a backend writes `chips` and `classify_chips`)."""
+
+    def __call__(self: ChipClassifier, frame: np.ndarray, faces: Detections) -> Demographics:
+        return self.classify_many([frame], [faces])[0]
+
+    def classify_many(
+        self: ChipClassifier, frames: list[np.ndarray], faces: list[Detections]
     ) -> list[Demographics]:
         """Faces from several frames (cameras) in one model call per network."""
         counts = [len(f) for f in faces]
@@ -160,7 +182,7 @@ class CydralAgeGender(ChipBackend):
         age_model: Path,
         gender_model: Path,
         placement: runtime.Placement = runtime.Placement(),
-        settings: ChipSettings = ChipSettings(),
+        settings: ChipSettings | None = None,
         *,
         gender_threshold: bool = True,
     ):
@@ -175,7 +197,7 @@ class CydralAgeGender(ChipBackend):
                 raise ModelError(f"{path}: input shape {shape}, expected [N, 3, {size}, {size}]")
             runners.append(runtime.BatchRunner(sess, placement.gpu))
         self._age, self._gender = runners
-        self.settings = s = settings
+        self.settings = s = settings or ChipSettings.defaults()
         calibration = AGE_CALIBRATION if s.calibrated else np.array([[0.0, 0.0], [80.0, 80.0]])
         self.bin_ages = np.interp(AGE_BINS, calibration[:, 0], calibration[:, 1])
         self._masks = class_masks(self.bin_ages, s.child_below, s.old_from)
@@ -193,7 +215,7 @@ class CydralAgeGender(ChipBackend):
         )
         return self(frame, faces)
 
-    def chips(self, frames: list[np.ndarray], faces: list[Detections]):
+    def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray, ...]:
         """(age chips, gender chips) of every face, frame by frame, BGR uint8."""
         pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces, strict=False) if len(f)]
         return tuple(
@@ -337,7 +359,7 @@ class FaceApiAgeGender(ChipBackend):
         self,
         model: Path,
         placement: runtime.Placement = runtime.Placement(),
-        settings: ChipSettings = ChipSettings(),
+        settings: ChipSettings | None = None,
         calibration: RegressionCalibration | None = None,
     ):
         """`calibration`: the network's own (default: FACEAPI_CALIBRATION, face-api's)."""
@@ -352,7 +374,7 @@ class FaceApiAgeGender(ChipBackend):
         self._runner = runtime.BatchRunner(
             sess, placement.gpu, (faceapi.AGE_OUTPUT, faceapi.GENDER_OUTPUT)
         )
-        self.settings = settings
+        self.settings = settings = settings or ChipSettings.defaults()
         self.calibration = (
             (calibration or FACEAPI_CALIBRATION) if settings.calibrated else RegressionCalibration()
         )
@@ -422,7 +444,11 @@ def lift_exposure_rgb(chips_rgb: np.ndarray, floor: float) -> np.ndarray:
 POOL_CLIP = 1e-4
 
 
-def _normalised(weights, names: list[str], defaults: dict) -> np.ndarray:
+def _normalised(
+    weights: list[float] | None,
+    names: list[str],
+    defaults: dict[frozenset[str], dict[str, float]],
+) -> np.ndarray:
     if weights:
         w = np.asarray(weights, np.float64)
     else:
@@ -453,8 +479,9 @@ class Ensemble(ChipBackend):
 
     def __init__(
         self,
-        members: list,
+        members: list[ChipClassifier],
         names: list[str],
+        *,
         weights: list[float] | None = None,
         child_below: float = 18,
         old_from: float = 60,
@@ -481,7 +508,7 @@ class Ensemble(ChipBackend):
         """One entry per member: that member's own chips tuple."""
         return tuple(m.chips(frames, faces) for m in self.members)
 
-    def classify_chips(self, *member_chips) -> Demographics:
+    def classify_chips(self, *member_chips: tuple[Any, ...]) -> Demographics:
         return self.combine(
             [m.classify_chips(*c) for m, c in zip(self.members, member_chips, strict=False)]
         )
@@ -517,7 +544,7 @@ class InsightFaceGenderAge(ChipBackend):
         self,
         model: Path,
         placement: runtime.Placement = runtime.Placement(),
-        settings: ChipSettings = ChipSettings(),
+        settings: ChipSettings | None = None,
     ):
         if not Path(model).is_file():
             raise ModelError(
@@ -531,6 +558,7 @@ class InsightFaceGenderAge(ChipBackend):
         self._runner = runtime.BatchRunner(sess, placement.gpu)
         self._years = np.arange(0, 101, dtype=np.float64)
         # Of the settings only the age classes apply: no flip TTA, calibration or floor.
+        settings = settings or ChipSettings.defaults()
         self._masks = class_masks(self._years, settings.child_below, settings.old_from)
         self.provider = runtime.active_provider(sess)
 
@@ -586,38 +614,25 @@ def split(batch: Demographics, counts: list[int]) -> list[Demographics]:
     ]
 
 
-# Manifest models each backend loads (the insightface backend's file is the operator's).
-BACKEND_MODELS = {
-    "cydral": ("age", "gender"),
-    "faceapi": ("faceapi",),
-    "faceapi-fairface": ("faceapi-fairface",),
-    "insightface": (),
-}
-
-
-def model_names(config: Config) -> set[str]:
-    """Manifest entries the configured classifier needs."""
-    c = config.classifier
-    backends = c.members if c.backend == "ensemble" else [c.backend]
-    return {name for b in backends for name in BACKEND_MODELS[b]}
-
-
-def create(config: Config, model_paths: dict[str, Path]):
+def create(config: Config, model_paths: dict[str, Path]) -> AgeGenderClassifier:
+    """The classifier the config asks for, from verified model files."""
     c = config.classifier
     if c.backend == "ensemble":
         return Ensemble(
             [_create(config, b, model_paths, member=True) for b in c.members],
             c.members,
-            c.weights,
-            c.child_below,
-            c.old_from,
-            c.calibrated,
-            c.gender_weights,
+            weights=c.weights,
+            child_below=c.child_below,
+            old_from=c.old_from,
+            calibrated=c.calibrated,
+            gender_weights=c.gender_weights,
         )
     return _create(config, c.backend, model_paths)
 
 
-def _create(config: Config, backend: str, model_paths: dict[str, Path], member: bool = False):
+def _create(
+    config: Config, backend: str, model_paths: dict[str, Path], member: bool = False
+) -> ChipClassifier:
     placement = runtime.Placement.from_config(config)
     settings = ChipSettings.from_config(config)
     if backend == "cydral":

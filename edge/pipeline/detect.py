@@ -16,10 +16,11 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -105,17 +106,27 @@ class DetectorSettings:
     """The config's detector settings every backend shares: the detection width (a
     camera may ask for another per call), score threshold, NMS IoU, smallest face kept."""
 
-    input_width: int = 640
-    score_threshold: float = 0.5
-    nms_iou: float = 0.3
-    min_face_px: int = 20
+    input_width: int
+    score_threshold: float
+    nms_iou: float
+    min_face_px: int
 
     @classmethod
     def from_config(cls, config: Config, score_threshold: float | None = None) -> DetectorSettings:
         """`score_threshold`, when given, in place of the config's."""
         d = config.detector
         threshold = d.score_threshold if score_threshold is None else score_threshold
-        return cls(d.input_width, threshold, d.nms_iou, d.min_face_px)
+        return cls(
+            input_width=d.input_width,
+            score_threshold=threshold,
+            nms_iou=d.nms_iou,
+            min_face_px=d.min_face_px,
+        )
+
+    @classmethod
+    def defaults(cls) -> DetectorSettings:
+        """The configuration's defaults (config.py): a backend built without settings."""
+        return cls.from_config(Config())
 
     def canvas(self, frame: np.ndarray, width: int | None = None) -> tuple[int, int]:
         """The detector canvas (w, h) for `frame` at `width`, by default `input_width`."""
@@ -126,7 +137,7 @@ def finish(
     boxes: np.ndarray,
     scores: np.ndarray,
     landmarks: np.ndarray,
-    frame_shape,
+    frame_shape: tuple[int, ...],
     settings: DetectorSettings,
 ) -> Detections:
     """Shared tail of every backend: NMS, clip to frame, drop tiny faces, sort by score."""
@@ -152,8 +163,9 @@ class CenterFace:
         self,
         model_path: Path,
         placement: runtime.Placement = runtime.Placement(),
-        settings: DetectorSettings = DetectorSettings(),
+        settings: DetectorSettings | None = None,
     ):
+        self.settings = settings = settings or DetectorSettings.defaults()
         import onnx  # only needed at load, to rewrite the graph
 
         try:
@@ -161,7 +173,6 @@ class CenterFace:
         except Exception as exc:  # onnx raises DecodeError and friends
             raise ModelError(f"{model_path}: not a loadable ONNX model: {exc}") from exc
         self._placement = placement
-        self.settings = settings
         # Per canvas size and thread count (the CPU's side-by-side path uses one thread).
         self._sessions: dict[tuple[tuple[int, int], int], runtime.BatchRunner] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -266,7 +277,13 @@ class CenterFace:
         return results
 
     @staticmethod
-    def decode(heat, sizes, offsets, marks, threshold: float):
+    def decode(
+        heat: np.ndarray,
+        sizes: np.ndarray,
+        offsets: np.ndarray,
+        marks: np.ndarray,
+        threshold: float,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Heatmap peaks to canvas-pixel boxes (N,4), scores (N,), landmarks (N,5,2)."""
         ys, xs = np.nonzero(heat[0, 0] > threshold)
         scores = heat[0, 0, ys, xs]
@@ -295,8 +312,9 @@ class SCRFD(OneByOne):
         self,
         model_path: Path,
         placement: runtime.Placement = runtime.Placement(),
-        settings: DetectorSettings = DetectorSettings(),
+        settings: DetectorSettings | None = None,
     ):
+        self.settings = settings = settings or DetectorSettings.defaults()
         _require_file(model_path, "detector.model")
         # insightface is a heavy import, only for this backend. Its albumentations
         # would check for updates over the network at import, and get_model
@@ -314,7 +332,6 @@ class SCRFD(OneByOne):
             raise ModelError(f"{model_path}: insightface does not recognise it as a detector")
         model.prepare(ctx_id=0, det_thresh=settings.score_threshold, nms_thresh=settings.nms_iou)
         self._model = model
-        self.settings = settings
         self.provider = runtime.active_provider(model.session)
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
@@ -329,7 +346,8 @@ class YuNet(OneByOne):
 
     provider = "cpu (opencv)"
 
-    def __init__(self, model_path: Path, settings: DetectorSettings = DetectorSettings()):
+    def __init__(self, model_path: Path, settings: DetectorSettings | None = None):
+        self.settings = settings = settings or DetectorSettings.defaults()
         _require_file(model_path, "detector.model")
         # OpenCV 5 warns on every create that its new engine ignores targets.
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -339,7 +357,6 @@ class YuNet(OneByOne):
             )
         except cv2.error as exc:
             raise ModelError(f"{model_path}: OpenCV cannot load it as YuNet: {exc}") from exc
-        self.settings = settings
 
     def __call__(self, frame: np.ndarray, width: int | None = None) -> Detections:
         size = self.settings.canvas(frame, width)
@@ -377,7 +394,7 @@ def _require_file(path: Path, key: str) -> None:
         )
 
 
-def _copy(model):
+def _copy(model: Any) -> Any:  # an onnx.ModelProto
     import onnx
 
     copy = onnx.ModelProto()
@@ -385,7 +402,7 @@ def _copy(model):
     return copy
 
 
-def _set_dims(values, dims: dict[str, tuple[int | str, ...]]) -> None:
+def _set_dims(values: Iterable[Any], dims: dict[str, tuple[int | str, ...]]) -> None:
     """Set tensor dims: a number fixes one, a name (dim_param) leaves it free."""
     for value in values:
         if value.name in dims:
@@ -396,7 +413,7 @@ def _set_dims(values, dims: dict[str, tuple[int | str, ...]]) -> None:
                     dim.dim_value = size
 
 
-def _strip_initializer_inputs(model):
+def _strip_initializer_inputs(model: Any) -> Any:  # an onnx.ModelProto, changed in place
     """Drop weights listed as graph inputs (an old exporter habit).
 
     ORT warns once per such tensor and cannot constant-fold them; removing

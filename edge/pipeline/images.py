@@ -98,7 +98,7 @@ def jpeg_truncated(data: bytes) -> bool:
 
 class ImageError(InputError):
     """An image that cannot be analysed; `code` says why in a word (the photo check API
-    answers with it: edge/outputs/photo_server.py)."""
+    answers with it: edge/photo_server.py)."""
 
     def __init__(self, message: str, code: str = "not_an_image"):
         super().__init__(message)

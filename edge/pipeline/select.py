@@ -1,5 +1,5 @@
 """Select stage: the Selector that chooses what each display shows, from the ad
-catalog (edge/pipeline/catalog.py) validated at start-up.
+catalog (edge/catalog.py) validated at start-up.
 
 Ad selection is deterministic:
 - A viewer counts once in view for min_dwell_s (someone walking past does not switch
@@ -34,8 +34,8 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
+from edge.catalog import Ad, Catalog
 from edge.config import SelectorConfig
-from edge.pipeline.catalog import Ad, Catalog
 from edge.records import AGE_CLASSES, GENDERS, Decision, Viewer
 
 SEGMENTS = tuple((age, gender) for age in AGE_CLASSES for gender in GENDERS)  # tie order

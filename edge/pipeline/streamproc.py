@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from edge.redact import redact
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<BIIId")  # kind, a, b, c, value
@@ -144,7 +146,7 @@ class StreamProcess:
             line = _FFMPEG_PREFIX.sub("", raw.decode("utf-8", "replace").strip())
             if line:
                 self._messages.append(line)
-                log.debug("%s: %s", self._shown_as, _redact(line))
+                log.debug("%s: %s", self._shown_as, redact(line))
         self._stderr.close()
 
     def _with_reason(self, message: str) -> str:
@@ -152,13 +154,7 @@ class StreamProcess:
         # Every caller has a child that has ended or is ending: read its stderr to the end.
         self._stderr_reader.join(1.0)
         detail = self._messages[-1] if self._messages else ""
-        return f"{message} ({_redact(detail)})" if detail else message
-
-
-def _redact(text: str) -> str:
-    from edge.pipeline.capture import redact
-
-    return redact(text)
+        return f"{message} ({redact(detail)})" if detail else message
 
 
 def _package_root() -> str:
@@ -186,6 +182,11 @@ def _child() -> int:
     _die_with_parent()
     import cv2
 
+    # As capture.py does in the parent: OpenCV's own warnings (a backend that "can't be
+    # used to capture by name", with a timestamp) would otherwise become the reason the
+    # parent reports, a new one on every retry.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
     spec = json.loads(sys.stdin.readline())
     out = sys.stdout.buffer
 
@@ -208,7 +209,7 @@ def _child() -> int:
         send(_FAILED, len(data), payload=data)
         return 1
 
-    shown = _redact(spec["url"])
+    shown = redact(spec["url"])
     ms = spec["timeout_ms"]
     started = time.monotonic()
     cap = cv2.VideoCapture(

@@ -1,5 +1,6 @@
 """The ad catalog (ads/catalog.yaml): its records, and the loader that validates it
-at start-up.
+at start-up. Data, not a stage: the selector (pipeline/select.py) chooses from it and
+the display player (outputs/player_*.py) serves its creatives, so it sits below both.
 
 The catalog is edited by marketing people, so every mistake is reported with the
 catalog file, the ad and the field, and all of them at once rather than one per
@@ -213,7 +214,9 @@ def load_catalog(path: str | Path) -> Catalog:
     return Catalog(ads, data["default"], data["family_safe"], path)
 
 
-def _parse_ad(entry, index: int, base: Path) -> tuple[Ad | None, list[str]]:
+def _parse_ad(  # noqa: C901 (one branch per field, each its own message)
+    entry, index: int, base: Path
+) -> tuple[Ad | None, list[str]]:
     if not isinstance(entry, dict):
         return None, [f"must be a mapping, got {type(entry).__name__}"]
     errors = [f"unknown field '{k}'" for k in sorted(set(entry) - AD_KEYS, key=str)]
