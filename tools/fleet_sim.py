@@ -58,17 +58,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edge.catalog import load_catalog  # noqa: E402
 from edge.events import IntervalEvent, PlayEvent  # noqa: E402
 from edge.outputs.publish import report_message  # noqa: E402
 from edge.outputs.topics import Topics  # noqa: E402
 from edge.pipeline.audience import add_to_segment  # noqa: E402
-from edge.pipeline.catalog import load_catalog  # noqa: E402
 from edge.pipeline.plays import by_age_and_gender  # noqa: E402
 from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED  # noqa: E402
 from edge.timefmt import iso  # noqa: E402
@@ -533,7 +534,7 @@ def lags(sent: list[float], seen: list[tuple[float, int]], base: int) -> list[fl
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--broker", help="HOST:PORT of a running central broker")
@@ -561,72 +562,102 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--hq starts edge hq on the --local broker: give --local and --db")
     if args.backlog and not args.hq:
         ap.error("--backlog pauses the edge hq processes this tool starts: give --hq")
+    return args
 
-    run = f"{random.Random().getrandbits(24):06x}"
-    fleet = build(args, run)
+
+def describe(args, run: str, fleet: Fleet) -> dict:
+    """Print what the fleet will publish; the figures so far."""
     n = len(fleet.messages)
-    all_totals = Totals(**{k: sum(getattr(t, k) for t in fleet.totals.values())
-                           for k in Totals().as_dict()})  # fmt: skip
+    total = Totals(**{k: sum(getattr(t, k) for t in fleet.totals.values())
+                      for k in Totals().as_dict()})  # fmt: skip
     print(
         f"fleet {run}: {args.stores} stores x {args.cameras} cameras x {args.displays} displays, "
         f"{args.minutes} minutes from {args.day} {args.start}: {n} messages "
-        f"({all_totals.intervals} intervals, {all_totals.plays} plays; "
-        f"{all_totals.visitors} visitors, {all_totals.impressions} impressions, "
-        f"{all_totals.reach} reach)"
+        f"({total.intervals} intervals, {total.plays} plays; {total.visitors} visitors, "
+        f"{total.impressions} impressions, {total.reach} reach)"
     )
-    figures: dict = {"run": run, "messages": n, "totals": all_totals.as_dict()}
-    folder = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
-    password = args.password
-    broker: LocalBroker | None = None
-    hqs: list[HqProcess] = []
-    conn = None
-    poller: Poller | None = None
-    try:
-        if args.local:
-            password = password or "sim-" + run
-            broker = LocalBroker(folder, fleet.stores + [f"probe-{run}"], password)
-            host, port, ca = "127.0.0.1", broker.tls_port, broker.ca
-        else:
-            host, _, p = args.broker.rpartition(":")
-            port, ca = int(p), args.ca
-        if args.db:
-            import psycopg
+    return {"run": run, "messages": n, "totals": total.as_dict()}
 
-            if broker is not None:
-                for i in range(args.hq):
-                    hqs.append(HqProcess(folder, i + 1, host, broker.port, password, args.db))
-            conn = psycopg.connect(args.db, autocommit=True)
-            wait_ready(args, conn, run, host, port, password, ca, hqs)
-        pubs = Publishers(fleet.stores, host, port, password, ca)
-        if args.db:
-            poller = Poller(args.db, f"sim-{run}-%")
-            poller.start()
-        if args.backlog:
-            for h in hqs:
-                h.pause(True)
-        cpu0 = sum(h.cpu_s() for h in hqs)
-        t0 = time.time()
-        sent = publish(pubs, fleet.messages, args.rate)
-        while pubs.acked < n and time.time() - t0 < args.timeout:
-            time.sleep(0.01)
-        t_pub = time.time() - t0
-        print(f"published: {pubs.acked}/{n} acknowledged by the broker in {t_pub:.2f} s "
-              f"({n / t_pub:.0f} messages/s)")  # fmt: skip
-        figures["publish_s"] = round(t_pub, 3)
-        status = 0 if pubs.acked == n else 1
-        if poller is not None:
-            status |= ingest(args, conn, poller, run, fleet, sent, cpu0, hqs, figures)
-        pubs.close()
-    finally:
-        for h in hqs:
+
+@dataclass
+class Rig:
+    """What a run starts and must stop: the local broker, edge hq processes, the
+    database connection and the row poller."""
+
+    broker: LocalBroker | None = None
+    hqs: list[HqProcess] = field(default_factory=list)
+    conn: Any = None
+    poller: Poller | None = None
+
+    def close(self) -> None:
+        for h in self.hqs:
             h.pause(False)
             h.stop()
-        if broker is not None:
-            broker.stop()
-        if poller is not None:
-            poller.stop()
-        if conn is not None:
-            conn.close()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.poller is not None:
+            self.poller.stop()
+        if self.conn is not None:
+            self.conn.close()
+
+
+def publish_all(args, pubs: Publishers, fleet: Fleet, figures: dict) -> tuple[list[float], int]:
+    """Every message published and acknowledged (or --timeout): send times, status."""
+    n = len(fleet.messages)
+    t0 = time.time()
+    sent = publish(pubs, fleet.messages, args.rate)
+    while pubs.acked < n and time.time() - t0 < args.timeout:
+        time.sleep(0.01)
+    took = time.time() - t0
+    print(f"published: {pubs.acked}/{n} acknowledged by the broker in {took:.2f} s "
+          f"({n / took:.0f} messages/s)")  # fmt: skip
+    figures["publish_s"] = round(took, 3)
+    return sent, 0 if pubs.acked == n else 1
+
+
+def run_fleet(args, run: str, fleet: Fleet, folder: Path, figures: dict, rig: Rig) -> int:
+    password = args.password
+    if args.local:
+        password = password or "sim-" + run
+        rig.broker = LocalBroker(folder, fleet.stores + [f"probe-{run}"], password)
+        host, port, ca = "127.0.0.1", rig.broker.tls_port, rig.broker.ca
+    else:
+        host, _, p = args.broker.rpartition(":")
+        port, ca = int(p), args.ca
+    if args.db:
+        import psycopg
+
+        if rig.broker is not None:
+            for i in range(args.hq):
+                rig.hqs.append(HqProcess(folder, i + 1, host, rig.broker.port, password, args.db))
+        rig.conn = psycopg.connect(args.db, autocommit=True)
+        wait_ready(args, rig.conn, run, host, port, password, ca, rig.hqs)
+        rig.poller = Poller(args.db, f"sim-{run}-%")
+        rig.poller.start()
+    pubs = Publishers(fleet.stores, host, port, password, ca)
+    try:
+        for h in rig.hqs if args.backlog else ():
+            h.pause(True)
+        cpu0 = sum(h.cpu_s() for h in rig.hqs)
+        sent, status = publish_all(args, pubs, fleet, figures)
+        if rig.poller is not None:
+            status |= ingest(args, rig.conn, rig.poller, run, fleet, sent, cpu0, rig.hqs, figures)
+        return status
+    finally:
+        pubs.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = f"{random.Random().getrandbits(24):06x}"
+    fleet = build(args, run)
+    figures = describe(args, run, fleet)
+    folder = Path(tempfile.mkdtemp(prefix="fleet-sim-"))
+    rig = Rig()
+    try:
+        status = run_fleet(args, run, fleet, folder, figures, rig)
+    finally:
+        rig.close()
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
     if status == 0:
