@@ -15,9 +15,10 @@ setup: $(STAMP) models
 # npm, whose `npm pack` fetches face-api's age/gender weights (`edge models fetch`):
 # Debian's package, unless an npm (say, NodeSource's) is already on the PATH.
 # The tests also drive the display player in a real headless Chromium, and step the
-# wall clock of a running service with libfaketime (faketime).
+# wall clock of a running service with libfaketime (faketime); head office tests run
+# PostgreSQL and sign a TLS certificate for the central broker (openssl).
 RUN_DEBS  := mosquitto mosquitto-clients
-TEST_DEBS := chromium chromium-driver shellcheck faketime postgresql
+TEST_DEBS := chromium chromium-driver shellcheck faketime postgresql openssl
 apt_need = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	  | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then echo "installing from Debian:" $$missing; apt-get update -qq \

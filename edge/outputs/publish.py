@@ -246,15 +246,8 @@ class MqttPublisher:
                 # an override came from the broker: publishing it again would put our
                 # copy in place of its sender's
                 self._set_state(self.topics.display_content(event.display), _fields(event))
-            case IntervalEvent():
-                self._add_report(
-                    self.topics.camera_counts(event.camera),
-                    {"time": stamp, "id": f"{event.camera}/{event.start}", **_fields(event)},
-                )
-            case PlayEvent():  # an id of its own already (display/start)
-                self._add_report(
-                    self.topics.display_plays(event.display), {"time": stamp, **_fields(event)}
-                )
+            case IntervalEvent() | PlayEvent():
+                self._add_report(*report_message(self.topics, event, stamp))
             case StatsEvent():
                 if self._connected:
                     payload = {**_fields(event), "mqtt": self.status(), "timezone": self.zone}
@@ -277,9 +270,9 @@ class MqttPublisher:
     def _publish(self, client: mqtt.Client, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
         return client.publish(topic, payload, **self._flags(topic))
 
-    def _add_report(self, topic: str, payload: dict) -> None:
+    def _add_report(self, topic: str, payload: str) -> None:
         with self._lock:
-            self.outbox.add(Report(topic, _json(payload)))
+            self.outbox.add(Report(topic, payload))
             if not self._connected:
                 self._save_wanted.set()  # survives a crash while the broker is away
         self._hand_over()
@@ -405,6 +398,16 @@ class MqttPublisher:
                 return
             self._remove(report)
         self._hand_over()
+
+
+def report_message(topics: Topics, event: IntervalEvent | PlayEvent, stamp: str) -> tuple[str, str]:
+    """An interval or play report as it goes out: (topic, JSON payload), `stamp` its
+    `time`. An interval's id is camera/start; a play has its own (display/start).
+    tools/fleet_sim.py builds its load for head office with this too."""
+    if isinstance(event, IntervalEvent):
+        payload = {"time": stamp, "id": f"{event.camera}/{event.start}", **_fields(event)}
+        return topics.camera_counts(event.camera), _json(payload)
+    return topics.display_plays(event.display), _json({"time": stamp, **_fields(event)})
 
 
 def _fields(event: Event) -> dict:
