@@ -651,7 +651,7 @@ def summarize(
         return _summarize(source, conn, start, end, span, by, camera, display, ad, stores)
 
 
-def _summarize(  # noqa: C901 (one pass per query: periods, segments, ads, stores)
+def _summarize(
     source: Source,
     conn: sa.Connection,
     start: float | None,
