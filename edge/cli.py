@@ -77,10 +77,10 @@ def cmd_models(args, cfg) -> int:
                     f"{'own':10s} {key:10s} {path}\n           licence and training data: "
                     f'the operator\'s (see README "Models")'
                 )
-        if cfg.classifier.backend != "cydral":
+        if cfg.classifier.backend not in ("cydral", "cydral-fairface"):
             print(
-                "classifier.backend: cydral is the choice where training-data provenance "
-                'matters (README "Models")'
+                "classifier.backend: cydral-fairface (CC0 weights, CC BY data) is the choice "
+                'where training-data provenance matters (README "Models")'
             )
         return 0
     if args.action == "fetch":

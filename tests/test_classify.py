@@ -45,26 +45,33 @@ def face_api(config):
     return backend(config, "faceapi")
 
 
-def test_default_is_the_calibrated_faceapi_cydral_ensemble(analyzer):
+def test_default_is_the_calibrated_pair_of_fairface_networks(analyzer):
+    """Issue 26: face-api's and Cydral's networks fine-tuned on FairFace, weighted and
+    calibrated as a whole on FairFace val (docs/calibration.md section 12)."""
     clf = analyzer.classifier
     assert isinstance(clf, classify.Ensemble)
     assert [type(m) for m in clf.members] == [classify.FaceApiAgeGender, classify.CydralAgeGender]
-    np.testing.assert_allclose(clf.weights, [0.7, 0.3])
-    assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[(("cydral", 0.3), ("faceapi", 0.7))]
+    assert clf.members[0].calibration is classify.FAIRFACE_CALIBRATION
+    np.testing.assert_allclose(clf.weights, [0.6, 0.4])
+    key = (("cydral-fairface", 0.4), ("faceapi-fairface", 0.6))
+    assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[key]
 
 
-def test_ensemble_pools_cydral_without_its_decision_threshold(analyzer, cydral, photo_faces):
-    """CYDRAL_MALE_THRESHOLD is the network's decision rule when it decides alone; fitted
-    as a calibration of its log-odds it has no bias (docs/calibration.md section 10), so
-    the ensemble pools the unshifted log-odds, with equal gender weights."""
+def test_ensemble_pools_cydral_without_its_decision_threshold(config, analyzer, photo_faces):
+    """A Cydral network's male threshold is its decision rule when it decides alone
+    (docs/calibration.md section 10); the ensemble pools its unshifted log-odds, with
+    equal gender weights, and the pair's own even odds are the ensemble's."""
     frame, faces = photo_faces
     member = analyzer.classifier.members[1]
     assert isinstance(member, classify.CydralAgeGender)
-    alone, pooled = cydral(frame, faces).male_probs, member(frame, faces).male_probs
-    shift = classify.RegressionCalibration(male_threshold=classify.CYDRAL_MALE_THRESHOLD)
+    alone = backend(config, "cydral-fairface")(frame, faces).male_probs
+    pooled = member(frame, faces).male_probs
+    threshold = classify.CYDRAL_FAIRFACE_MALE_THRESHOLD
+    shift = classify.RegressionCalibration(male_threshold=threshold)
     np.testing.assert_allclose(alone, shift.male_probs(pooled), atol=1e-5)
-    assert np.all(alone > pooled)
+    assert np.all(alone < pooled)  # its even odds lie above 0.5
     np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.5, 0.5])
+    assert analyzer.classifier.calibration.male_threshold != 0.5
 
 
 @pytest.mark.parametrize("name", ["faceapi", "cydral"])

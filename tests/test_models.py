@@ -32,8 +32,11 @@ def test_fetched_models_verify():
         "faceapi-weights",
         "faceapi",
         "faceapi-fairface",
+        "cydral-fairface-age",
+        "cydral-fairface-gender",
     }
-    assert specs["faceapi-fairface"].kind == "committed"
+    for name in ("faceapi-fairface", "cydral-fairface-age", "cydral-fairface-gender"):
+        assert specs[name].kind == "committed"
     paths = modelstore.verify_all(specs, MODELS)
     assert all(p.is_file() for p in paths.values())
 
@@ -59,7 +62,7 @@ def test_missing_model_is_named(models_copy):
 def test_startup_with_corrupt_model_exits_78(models_copy, group_photo, tmp_path):
     (models_copy / "gender-v1.onnx").write_bytes(b"\0" * 100)
     config = tmp_path / "config.yaml"
-    config.write_text(f"models:\n  dir: {models_copy}\n")
+    config.write_text(f"models:\n  dir: {models_copy}\nclassifier:\n  backend: cydral\n")
     result = run_edge("--config", str(config), "analyze", str(group_photo))
     assert result.returncode == EX_CONFIG
     assert "gender-v1.onnx is corrupt" in result.stderr
@@ -98,11 +101,17 @@ def test_models_list_names_licence_and_training_data_of_the_configured_backend(t
     result = run_edge("--config", str(ROOT / "config.yaml"), "models", "list")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for file in ("centerface.onnx", "faceapi-age-gender.onnx", "age-v1.onnx", "gender-v1.onnx"):
+    for file in (
+        "centerface.onnx",
+        "faceapi-fairface.onnx",
+        "cydral-fairface-age.onnx",
+        "cydral-fairface-gender.onnx",
+    ):
         assert file in out
     assert "UTKFace" in out and "non-commercial research only" in out  # face-api's data
+    assert "FairFace's train split (CC BY 4.0" in out
     assert "CC0-1.0" in out and "MIT" in out
-    assert "classifier.backend: cydral" in out
+    assert "classifier.backend: cydral-fairface" in out  # the clean-provenance choice
     config = tmp_path / "config.yaml"
     config.write_text(f"models:\n  dir: {MODELS}\nclassifier:\n  backend: cydral\n")
     cydral = run_edge("--config", str(config), "models", "list").stdout
