@@ -1,7 +1,8 @@
 """Calibrate the classifier backends on FairFace's val split and compare them, fairly.
 
   .venv/bin/python tools/fairface_fit.py raw  [--out .run/fairface-val-raw.npz]
-  .venv/bin/python tools/fairface_fit.py fit  [--raw .run/fairface-val-raw.npz]
+  .venv/bin/python tools/fairface_fit.py fit  [--raw .run/fairface-val-raw.npz] [--check UTK.npz]
+  .venv/bin/python tools/fairface_fit.py noise [--system faceapi-fairface,cydral-fairface]
 
 FairFace val (4,835 photos; 4,314 without the 10-19 group, which straddles the child/adult
 line) is balanced in race, clean, CC BY 4.0, and in no network's training: face-api's
@@ -476,6 +477,54 @@ def _describe(system: System) -> dict:
     }
 
 
+def cmd_noise(args) -> int:
+    """How big the race gap in gender 13+ is by chance: the fitted system's predictions,
+    race labels shuffled among the faces of each age group x gender cell (every race
+    keeps its mix of cells), the gap measured again, `--rounds` times."""
+    d = dict(np.load(args.raw))
+    labels = labels_val(Path(args.labels))
+    idx = np.array([i for i, label in enumerate(labels) if label.columns["age_group"] != "10-19"])
+    system = fit_system(d, labels, idx, tuple(args.system.split(",")))
+    _, _, male = system.predict(d)
+    is_male = np.array([label.gender == "male" for label in labels])
+    ok = (d["rung"] >= 0) & ((np.nan_to_num(male, nan=0.5) >= 0.5) == is_male)
+    cell = np.array([label.columns["age_group"] + label.gender for label in labels])
+    race = np.array([label.columns["race"] for label in labels])
+    rows = idx[np.array([labels[i].age >= 13 for i in idx])]
+
+    def gap(races: np.ndarray) -> float:
+        accuracy = []
+        for r in np.unique(races[rows]):
+            mine = rows[races[rows] == r]
+            accuracy.append(
+                np.mean([ok[mine[cell[mine] == c]].mean() for c in np.unique(cell[mine])])
+            )
+        return float(max(accuracy) - min(accuracy))
+
+    rng = np.random.default_rng(SEED)
+    shuffled = []
+    for _ in range(args.rounds):
+        r2 = race.copy()
+        for c in np.unique(cell[rows]):
+            mine = rows[cell[rows] == c]
+            r2[mine] = rng.permutation(race[mine])
+        shuffled.append(gap(r2))
+    null = np.array(shuffled)
+    print(
+        json.dumps(
+            {
+                "system": args.system,
+                "gap": round(gap(race), 4),
+                "shuffled_median": round(float(np.median(null)), 4),
+                "shuffled_p90": round(float(np.quantile(null, 0.9)), 4),
+                "share_shuffled_at_least_measured": round(float(np.mean(null >= gap(race))), 3),
+                "share_shuffled_within_0.05": round(float(np.mean(null <= 0.05)), 3),
+            }
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", default=str(FAIRFACE))
@@ -498,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT.parent / "shared" / "faces" / "utkface-dev" / "labels.csv"),
     )
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("noise", help="the race gap of a fitted system against chance")
+    p.add_argument("--raw", default=str(RAW))
+    p.add_argument("--system", default="faceapi-fairface,cydral-fairface")
+    p.add_argument("--rounds", type=int, default=500)
+    p.set_defaults(func=cmd_noise)
     args = parser.parse_args(argv)
     return args.func(args)
 
