@@ -23,6 +23,8 @@ ALL_CHECKS = {
     "model faceapi-weights",
     "model faceapi",
     "model faceapi-fairface",
+    "model cydral-fairface-age",
+    "model cydral-fairface-gender",
     "classifier provenance",
     "camera entrance",
     "broker",
@@ -115,7 +117,7 @@ def test_working_setup_is_all_ok(tmp_path, broker, group_photo):
     assert f"connected to 127.0.0.1:{broker.port} anonymously" in lines["broker"]
     assert "ads valid" in lines["ad catalog"]
     provenance = lines["classifier provenance"]
-    assert "faceapi: weights MIT" in provenance and "UTKFace" in provenance
+    assert "faceapi-fairface: weights MIT" in provenance and "UTKFace" in provenance
     assert "age: weights CC0-1.0" in provenance
 
 
