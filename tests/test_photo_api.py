@@ -72,6 +72,18 @@ class Service:
                 return found
             time.sleep(0.05)
 
+    def settled(self, quiet: float = 0.5, timeout: float = 10) -> int:
+        """The log's length once no line came for `quiet` seconds: a request's line is
+        written just after its answer, so an earlier test's last line may still be on
+        its way when the next test starts."""
+        deadline = time.monotonic() + timeout
+        length, since = len(self.lines), time.monotonic()
+        while time.monotonic() - since < quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+            if len(self.lines) != length:
+                length, since = len(self.lines), time.monotonic()
+        return length
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=20)
@@ -331,7 +343,7 @@ def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 10) ->
 
 @pytest.mark.slow
 def test_an_oversized_body_is_refused_before_it_is_read(service, photos):
-    lines_before = len(service.lines)
+    lines_before = service.settled()
     huge = MAX_BODY_MB * 1_000_000 + 1
     head = (
         "POST /api/v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
@@ -418,7 +430,7 @@ def test_unknown_paths_and_methods_are_json_errors(service):
 
 @pytest.mark.slow
 def test_a_client_that_leaves_mid_body_is_logged_and_the_rest_served(service, photos):
-    lines_before = len(service.lines)
+    lines_before = service.settled()
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
         s.sendall(
             b"POST /api/v1/analyze HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
@@ -458,7 +470,7 @@ def test_requests_write_no_file_and_log_one_line_without_names(service, photos, 
     faces and time only."""
     before_tmp = tmp_entries()
     before = files_in(service.folder)
-    lines_before = len(service.lines)
+    lines_before = service.settled()
     secret_name = "Jane-Doe-profile-0042.jpg"
     # The group photo with a comment of random bytes: no other file anywhere holds them.
     marker = os.urandom(32)
