@@ -431,6 +431,50 @@ def val_score(data: dict, idx: np.ndarray, ages: np.ndarray, males: np.ndarray) 
     }
 
 
+def splits(data: dict, exclude_val_group: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of split train with a face, and of split val (a miss counts there) without the
+    group left out of selection."""
+    train = np.flatnonzero((data["split"] == "train") & data["found"])
+    val = np.flatnonzero(data["split"] == "val")
+    if exclude_val_group:
+        val = val[data["age_group"][val] != exclude_val_group]
+    return train, val
+
+
+def optimiser(params: list, args, n_train: int):
+    """AdamW with a one-cycle learning rate over the whole run."""
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, args.lr, total_steps=max(args.epochs * (n_train // args.batch), 1)
+    )
+    return optimizer, schedule
+
+
+def cell_weights(data: dict, train: np.ndarray):
+    """Sampling weights drawing every age group x gender cell equally often (old faces are
+    rare in FairFace, and the audience in front of a screen is not its mix)."""
+    import torch
+
+    cells = [f"{g}|{m}" for g, m in zip(data["age_group"][train], data["male"][train], strict=True)]
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c] = counts.get(c, 0) + 1
+    return torch.tensor([1.0 / counts[c] for c in cells], dtype=torch.float64)
+
+
+def log_epoch(history: list, epoch: int, loss: float, began: float, scored: dict) -> None:
+    """One line of the training history, printed and kept for the .train.json report."""
+    row = {
+        "epoch": epoch,
+        "loss": round(loss, 4),
+        "minutes": round((time.monotonic() - began) / 60, 1),
+    }
+    history.append({**row, **scored})
+    print(json.dumps(history[-1]), flush=True)
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -438,10 +482,7 @@ def cmd_train(args) -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(args.threads)
     data = build_chips(Path(args.labels), Path(args.cache), args.limit, args.turned_yaw)
-    train = np.flatnonzero((data["split"] == "train") & data["found"])
-    val = np.flatnonzero(data["split"] == "val")
-    if args.exclude_val_group:
-        val = val[data["age_group"][val] != args.exclude_val_group]
+    train, val = splits(data, args.exclude_val_group)
     net = build_torch(load_base_weights())
     start = BLOCKS.index(args.train_from)
     learning = set(BLOCKS[start:])
@@ -451,16 +492,9 @@ def cmd_train(args) -> int:
         if name in learning:
             params += list(module.parameters())
     params += list(net.fc_age.parameters()) + list(net.fc_gender.parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * (len(train) // args.batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=max(steps, 1))
+    optimizer, schedule = optimiser(params, args, len(train))
 
-    # every age group x gender cell drawn equally often
-    cells = [f"{g}|{m}" for g, m in zip(data["age_group"][train], data["male"][train], strict=True)]
-    counts: dict[str, int] = {}
-    for c in cells:
-        counts[c] = counts.get(c, 0) + 1
-    weights = torch.tensor([1.0 / counts[c] for c in cells], dtype=torch.float64)
+    weights = cell_weights(data, train)
     generator = torch.Generator().manual_seed(SEED)
     low = torch.tensor([AGE_GROUPS[g][0] for g in data["age_group"]], dtype=torch.float32)
     high = torch.tensor([AGE_GROUPS[g][1] for g in data["age_group"]], dtype=torch.float32)
@@ -492,14 +526,7 @@ def cmd_train(args) -> int:
             total += float(loss.detach())
         net.eval()
         scored = val_score(data, val, *predict(net, data["chips"][val]))
-        row = {
-            "epoch": epoch,
-            "loss": round(total / max(1, len(train) // args.batch), 4),
-            "minutes": round((time.monotonic() - began) / 60, 1),
-            **scored,
-        }
-        history.append(row)
-        print(json.dumps(row), flush=True)
+        log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
         if scored["objective"] > best:
             best = scored["objective"]
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -598,24 +625,15 @@ def cmd_train_cydral(args) -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(args.threads)
     data = build_cydral_chips(Path(args.labels), Path(args.cache), args.limit)
-    train = np.flatnonzero((data["split"] == "train") & data["found"])
-    val = np.flatnonzero(data["split"] == "val")
-    if args.exclude_val_group:
-        val = val[data["age_group"][val] != args.exclude_val_group]
+    train, val = splits(data, args.exclude_val_group)
     models_dir = ROOT / "models"
     base = {net: onnx.load(models_dir / file) for net, (file, _) in CYDRAL.items()}
     nets = {net: OnnxModule(model) for net, model in base.items()}
     logits_of = {net: model.graph.node[-1].input[0] for net, model in base.items()}
     params = list(nets["age"].parameters()) + list(nets["gender"].parameters())
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    steps = args.epochs * (len(train) // args.batch)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=max(steps, 1))
+    optimizer, schedule = optimiser(params, args, len(train))
 
-    cells = [f"{g}|{m}" for g, m in zip(data["age_group"][train], data["male"][train], strict=True)]
-    counts: dict[str, int] = {}
-    for c in cells:
-        counts[c] = counts.get(c, 0) + 1
-    weights = torch.tensor([1.0 / counts[c] for c in cells], dtype=torch.float64)
+    weights = cell_weights(data, train)
     generator = torch.Generator().manual_seed(SEED)
     # bins inside each photo's age group (the network's 81 bins: 0.25, 1, ..., 80 years)
     low = np.array([AGE_GROUPS[g][0] for g in data["age_group"]])
@@ -666,14 +684,7 @@ def cmd_train_cydral(args) -> int:
             schedule.step()
             total += float(loss.detach())
         scored = score()
-        row = {
-            "epoch": epoch,
-            "loss": round(total / max(1, len(train) // args.batch), 4),
-            "minutes": round((time.monotonic() - began) / 60, 1),
-            **scored,
-        }
-        history.append(row)
-        print(json.dumps(row), flush=True)
+        log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
         if scored["objective"] > best:
             best = scored["objective"]
             best_state = {
