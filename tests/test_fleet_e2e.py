@@ -8,6 +8,10 @@ user); head office the shipped hq.conf.example and its ACL, `edge hq` and Postgr
 - `edge hq` is killed (SIGKILL) once the first rows are in and started again while
   the stores run: the broker keeps what arrives meanwhile in its session, and what it
   had not acknowledged is delivered again and counted once.
+- PostgreSQL crashes (immediate stop, no checkpoint) right after, and comes back a
+  second later: the ingest reconnects and retries its batch.
+- Every report is then published again by its store (a replayed outbox): nothing
+  counts twice.
 - `edge report --db` per store equals that store's own `edge report` (its SQLite).
 
 The suite's most expensive test (two services at once): one xdist group of its own."""
@@ -101,6 +105,9 @@ def test_two_stores_through_head_office_into_postgresql(tmp_path, make_broker, p
         killed["rows"] = {s: rows(postgres, db, "intervals", s) for s in STORES}
         time.sleep(1.0)  # the stores go on publishing; head office queues it
         ingest.start()
+        # and PostgreSQL crashes under it (no shutdown checkpoint), down for a second
+        postgres.restart(mode="immediate", down_seconds=1.0)
+        killed["stores_running_at_pg_restart"] = sum(p.poll() is None for p in procs)
 
     try:
         stores = run_stores(tmp_path, make_broker, hq, kill_and_restart)
@@ -140,6 +147,34 @@ def test_two_stores_through_head_office_into_postgresql(tmp_path, make_broker, p
             time.sleep(0.2)
         assert in_db() == expected, ingest.lines[-20:]
 
+        # A replay of every report (a store's outbox sent again, a bridge redelivering):
+        # each store publishes all its counts and plays once more, with its own
+        # credentials; nothing is counted twice.
+        import paho.mqtt.publish as publish
+
+        before, sent = len(watch.seen), 0
+        for store, (_, password) in STORES.items():
+            again = [
+                {"topic": t, "payload": p, "qos": 1}
+                for t, p, _ in watch.seen
+                if t.startswith(f"edge/{store}/") and t.endswith(("/counts", "/plays"))
+            ]
+            assert again, store
+            publish.multiple(
+                again,
+                hostname="127.0.0.1",
+                port=hq.port,
+                auth={"username": store, "password": password},
+                client_id=f"replay-{store}",
+            )
+            sent += len(again)
+        deadline = time.monotonic() + 10  # head office has them all (its ACL let them in)
+        while len(watch.seen) < before + sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(watch.seen) >= before + sent, (len(watch.seen), before, sent)
+        time.sleep(2.0)  # past the ingest's batch delay: a doubled row would be in by now
+        assert in_db() == expected, ingest.lines[-20:]
+
         for store, s in stores.items():
             own = run_edge("--config", str(s["config"]), "report", "--format", "json")
             assert own.returncode == 0, own.stderr
@@ -153,7 +188,9 @@ def test_two_stores_through_head_office_into_postgresql(tmp_path, make_broker, p
                 f"{store}: {expected[store]['intervals']} intervals, "
                 f"{expected[store]['plays']} plays; visitors {totals['visitors']} in the "
                 f"store's report and in PostgreSQL's (edge hq killed at "
-                f"{killed['rows'][store]} intervals in)"
+                f"{killed['rows'][store]} intervals in, PostgreSQL crashed under it with "
+                f"{killed['stores_running_at_pg_restart']} store(s) running, every report "
+                f"replayed)"
             )
     finally:
         watch.close()
