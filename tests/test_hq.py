@@ -106,9 +106,9 @@ class Box:
     def flush(self, timeout: float = 20) -> None:
         """Until the broker has acknowledged every report."""
         deadline = time.monotonic() + timeout
-        while self.publisher.status()["outbox"] and time.monotonic() < deadline:
+        while self.publisher.status().outbox and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert self.publisher.status()["outbox"] == 0
+        assert self.publisher.status().outbox == 0
 
     def close(self) -> None:
         self.publisher.close()

@@ -29,6 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from edge.errors import EdgeError
 from edge.events import AudienceEvent, CameraEvent, DecisionEvent, Event, StatsEvent
 from edge.outputs import reporting as report
 from edge.outputs.player_server import sse
+from edge.outputs.publish import PublisherStatus
 from edge.records import empty_counts
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ class Dashboard:
     """Live state and today's history for the dashboard page; an event sink of the service.
 
     `live` False: no service feeds it (`edge display` alone), the page says so and shows
-    the history only. `mqtt_status` returns the publisher's {connected, outbox, dropped}.
+    the history only. `mqtt_status` returns the publisher's status (publish.PublisherStatus).
     """
 
     def __init__(
@@ -106,7 +108,7 @@ class Dashboard:
         config: Config,
         *,
         live: bool = True,
-        mqtt_status: Callable[[], dict] | None = None,
+        mqtt_status: Callable[[], PublisherStatus] | None = None,
         clock: Callable[[], float] = time.time,
     ):
         from edge.outputs.store import FILENAME
@@ -235,7 +237,7 @@ class Dashboard:
         mqtt = {"enabled": self.mqtt_enabled, "connected": None, "outbox": None, "dropped": None}
         if self.mqtt_status is not None:
             try:
-                mqtt.update(self.mqtt_status())
+                mqtt.update(asdict(self.mqtt_status()))
             except Exception:  # the dashboard shows what it can
                 log.exception("dashboard: mqtt status failed")
         health["mqtt"] = mqtt

@@ -383,15 +383,15 @@ class _StateCollector:
         yield GaugeMetricFamily(
             "edge_mqtt_connected",
             "1 while connected to the broker.",
-            value=1.0 if mqtt["connected"] else 0.0,
+            value=1.0 if mqtt.connected else 0.0,
         )
         yield GaugeMetricFamily(
             "edge_mqtt_outbox_reports",
             "Interval reports waiting for the broker's acknowledgement.",
-            value=mqtt["outbox"],
+            value=mqtt.outbox,
         )
         yield CounterMetricFamily(
             "edge_mqtt_dropped_reports",
             "Interval reports dropped because the outbox was full (mqtt.outbox_max).",
-            value=mqtt["dropped"],
+            value=mqtt.dropped,
         )

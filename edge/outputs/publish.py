@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -129,6 +129,17 @@ class Outbox:
             raise
 
 
+@dataclass(frozen=True)
+class PublisherStatus:
+    """The publisher's state, as the stats payload's `mqtt` object (topics.STATS) and the
+    Prometheus gauges show it: one record, read under the publisher's lock."""
+
+    connected: bool  # to the broker now
+    outbox: int  # reports waiting for the broker's acknowledgement
+    dropped: int  # reports dropped because the outbox was full (mqtt.outbox_max)
+    outbox_saved: bool  # False while the outbox cannot be written to the state folder
+
+
 class MqttPublisher:
     """An event sink (outputs/sinks.py) that publishes to the configured broker."""
 
@@ -218,14 +229,14 @@ class MqttPublisher:
     def connected(self) -> bool:
         return self._connected
 
-    def status(self) -> dict:
+    def status(self) -> PublisherStatus:
         with self._lock:
-            return {
-                "connected": self._connected,
-                "outbox": len(self.outbox.reports),
-                "dropped": self.outbox.dropped,
-                "outbox_saved": not self._save_failing,
-            }
+            return PublisherStatus(
+                connected=self._connected,
+                outbox=len(self.outbox.reports),
+                dropped=self.outbox.dropped,
+                outbox_saved=not self._save_failing,
+            )
 
     # -- events in -----------------------------------------------------------------
 
@@ -250,7 +261,11 @@ class MqttPublisher:
                 self._add_report(*report_message(self.topics, event, stamp))
             case StatsEvent():
                 if self._connected:
-                    payload = {**_fields(event), "mqtt": self.status(), "timezone": self.zone}
+                    payload = {
+                        **_fields(event),
+                        "mqtt": asdict(self.status()),
+                        "timezone": self.zone,
+                    }
                     self._publish(self.client, self.topics.stats, _json(payload))
         # SummaryEvent and ErrorEvent end an offline file analysis, which never publishes
 
