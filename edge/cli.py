@@ -348,9 +348,7 @@ def cmd_config(args, cfg) -> int:
 
         print(events.reference())
     elif args.reference:
-        print("| key | default | meaning |\n| --- | --- | --- |")
-        for key, default, doc in config_mod.reference():
-            print(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
+        print(config_mod.reference_table())
     else:
         print(f"{args.config or '(defaults)'}: configuration is valid")
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import os
 import re
@@ -22,7 +23,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -730,19 +731,30 @@ class Config:
 def load(path: str | Path | None) -> Config:
     """Load and validate a config file; None gives the defaults. Every problem in the
     file is reported in one ConfigError, not one per restart."""
+    return load_typed(path, Config, "config", _cross_checks)
+
+
+T = TypeVar("T")
+
+
+def load_typed(path: str | Path | None, cls: type[T], what: str, cross_checks) -> T:
+    """A typed config file (config.yaml, edge hq's hq.yaml): `cls` built from it with
+    `${NAME}` secrets resolved, its base_dir the file's folder, then
+    cross_checks(config, problems); None gives cls's defaults. Every problem in one
+    ConfigError line naming the file and the keys."""
     if path is None:
-        return Config()
+        return cls()
     path = Path(path)
-    data = read_yaml(path, "config", ConfigError)
+    data = read_yaml(path, what, ConfigError)
     if data is None:
         data = {}
     problems = Problems()
     data = resolve_references(data, problems, "")
-    config = build(Config, data, problems, "")
+    config = build(cls, data, problems, "")
     if config is None:  # not even a mapping at the top
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     config = dataclasses.replace(config, base_dir=path.resolve().parent)
-    _cross_checks(config, problems)
+    cross_checks(config, problems)
     if problems.messages:
         raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
     return config
@@ -1004,16 +1016,10 @@ def _cross_checks(config: Config, problems: Problems) -> None:  # noqa: C901 (a 
                 "'dashboard.listen' differs from 'player.listen' without a "
                 "'dashboard.port': give the dashboard a port of its own"
             )
-    for key, host in hosts:
-        problem = host_problem(host)
-        if problem:
-            add(f"'{key}' is {redact(host)!r}: {problem}")
+    host_problems(hosts, add)
     tls = config.mqtt.tls
     if config.mqtt.enabled and tls.enabled:
-        for name in ("ca_file", "cert_file", "key_file"):
-            file = getattr(tls, name)
-            if file is not None and not config.resolve(file).is_file():
-                add(f"'mqtt.tls.{name}' is {file!r}: no such file ({config.resolve(file)})")
+        tls_file_problems(tls, config.resolve, "mqtt.tls", add)
         if tls.key_file and not tls.cert_file:
             add("'mqtt.tls.key_file' is set without 'mqtt.tls.cert_file'")
 
@@ -1044,6 +1050,23 @@ def _check_ensemble(c, add) -> None:
                 f"'classifier.{key}' is {weights!r}; give one number >= 0 per member of "
                 f"{c.members!r}, not all zero"
             )
+
+
+def host_problems(hosts, add) -> None:
+    """add() a line for each (key, host) whose host is not a usable name or address."""
+    for key, host in hosts:
+        problem = host_problem(host)
+        if problem:
+            add(f"'{key}' is {redact(host)!r}: {problem}")
+
+
+def tls_file_problems(tls: TlsConfig, resolve, key: str, add) -> None:
+    """add() a line for each of tls's files that is set and missing (resolve: the
+    config's own, relative to its file's folder)."""
+    for name in ("ca_file", "cert_file", "key_file"):
+        file = getattr(tls, name)
+        if file is not None and not resolve(file).is_file():
+            add(f"'{key}.{name}' is {file!r}: no such file ({resolve(file)})")
 
 
 def host_problem(host: str) -> str:
@@ -1141,3 +1164,12 @@ def reference(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]
         else:
             rows.append((key, getattr(defaults, f.name), f.metadata["doc"]))
     return rows
+
+
+def reference_table(cls: type = Config) -> str:
+    """The markdown key table of a typed config (`edge config --reference`,
+    `edge hq --reference`): key, default as JSON, meaning."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, doc in reference(cls):
+        rows.append(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
+    return "\n".join(rows)

@@ -13,12 +13,17 @@ import json
 import os
 import queue
 import shutil
-import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+
+# tools/loopback.py: free ports and waiting for them, shared with tools/fleet_sim.py
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from loopback import free_port, wait_for_port  # noqa: E402
+from loopback import stop_process as stop_process  # noqa: E402  (for tests/fleet.py)
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -40,23 +45,6 @@ def ensure_mosquitto() -> None:
         env=env,
         capture_output=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 class Broker:

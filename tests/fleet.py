@@ -20,7 +20,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from broker import MOSQUITTO_PASSWD, Broker, free_port
+from broker import MOSQUITTO_PASSWD, Broker, free_port, stop_process
 from conftest import ROOT, edge_process
 
 HQ_CONF = ROOT / "mosquitto" / "hq.conf.example"
@@ -161,10 +161,5 @@ class EdgeHq:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         return self.proc.wait()

@@ -74,6 +74,9 @@ from edge.pipeline.plays import by_age_and_gender  # noqa: E402
 from edge.records import AGE_CLASSES, GENDERS, UNCLASSIFIED  # noqa: E402
 from edge.timefmt import iso  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "tools"))  # loopback, shared with the tests
+from loopback import free_port, stop_process, wait_for_port  # noqa: E402
+
 MOSQUITTO, MOSQUITTO_PASSWD = "/usr/sbin/mosquitto", "/usr/bin/mosquitto_passwd"
 HQ_USER = "edge-hq"
 POLL_S = 0.05
@@ -270,25 +273,11 @@ def die_with_us() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"fleet_sim: nothing listens on 127.0.0.1:{port} after {timeout} s")
+    try:
+        wait_for_port(port, timeout)
+    except TimeoutError as e:
+        raise SystemExit(f"fleet_sim: {e}") from None
 
 
 class LocalBroker:
@@ -382,12 +371,7 @@ class HqProcess:
         self.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -6,14 +6,12 @@ docs/hq.md)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge import config as config_mod
-from edge.config import TOPIC_PREFIX, Problems, TlsConfig, host_problem, opt, section
-from edge.errors import ConfigError
+from edge.config import TOPIC_PREFIX, Problems, TlsConfig, opt, section
 from edge.outputs.access import load_secret
 from edge.redact import redact
 
@@ -182,34 +180,17 @@ _GROUP = config_mod._ID  # letters, digits, - and _ (a topic level, no wildcards
 def load(path: str | Path | None) -> HqConfig:
     """hq.yaml, validated; None gives the defaults. Every problem in one HqConfigError
     line naming the file and the key."""
-    if path is None:
-        return HqConfig()
-    path = Path(path)
-    data = config_mod.read_yaml(path, "hq config", ConfigError)
-    if data is None:
-        data = {}
-    problems = Problems()
-    data = config_mod.resolve_references(data, problems, "")
-    config = config_mod.build(HqConfig, data, problems, "")
-    if config is None:
-        raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
-    config = dataclasses.replace(config, base_dir=path.resolve().parent)
-    _cross_checks(config, problems)
-    if problems.messages:
-        raise ConfigError(f"{path}: {'; '.join(problems.messages)}")
-    return config
+    return config_mod.load_typed(path, HqConfig, "hq config", _cross_checks)
 
 
 def _cross_checks(config: HqConfig, problems: Problems) -> None:
     add = problems.cross
-    for key, host in (
+    hosts = (
         ("broker.host", config.broker.host),
         ("metrics.listen", config.metrics.listen),
         ("dashboard.listen", config.dashboard.listen),
-    ):
-        problem = host_problem(host)
-        if problem:
-            add(f"'{key}' is {redact(host)!r}: {problem}")
+    )
+    config_mod.host_problems(hosts, add)
     if not TOPIC_PREFIX.fullmatch(config.broker.topic_prefix):
         add(
             f"'broker.topic_prefix' is {config.broker.topic_prefix!r}; use letters, digits, "
@@ -222,15 +203,9 @@ def _cross_checks(config: HqConfig, problems: Problems) -> None:
         add(f"'database.url' is {redact(url)!r}: give a postgresql:// URL")
     tls = config.broker.tls
     if tls.enabled:
-        for name in ("ca_file", "cert_file", "key_file"):
-            file = getattr(tls, name)
-            if file is not None and not config.resolve(file).is_file():
-                add(f"'broker.tls.{name}' is {file!r}: no such file ({config.resolve(file)})")
+        config_mod.tls_file_problems(tls, config.resolve, "broker.tls", add)
 
 
 def reference() -> str:
     """docs/hq.md's key table (`edge hq --reference`)."""
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, doc in config_mod.reference(HqConfig):
-        rows.append(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
-    return "\n".join(rows)
+    return config_mod.reference_table(HqConfig)

@@ -151,19 +151,9 @@ def _interval(store: str, camera: str, data: dict) -> Parsed:
     row = list(box_store.interval_row(event))
     row[2], row[3] = start, end
     segments = _segments(box_store.interval_segments(event), box_store.INTERVAL_FIGURES, "visitors")
-    return Parsed(
-        "counts",
-        store,
-        time=_payload_time(data, start),
-        start=start,
-        offset=_offset(start),
-        rows={
-            "intervals": [(store, *row)],
-            "interval_segments": [
-                (store, *r, start)
-                for r in box_store._segment_rows(record, segments, box_store.INTERVAL_FIGURES)
-            ],
-        },
+    segment_rows = box_store._segment_rows(record, segments, box_store.INTERVAL_FIGURES)
+    return _report(
+        "counts", store, data, start, ("intervals", row), ("interval_segments", segment_rows)
     )
 
 
@@ -177,18 +167,25 @@ def _play(store: str, display: str, data: dict) -> Parsed:
     row = list(box_store.play_row(event))
     row[6], row[7] = start, end
     segments = _segments(box_store.play_segments(event), box_store.PLAY_FIGURES, "impressions")
+    segment_rows = box_store._segment_rows(event.id, segments, box_store.PLAY_FIGURES)
+    return _report("plays", store, data, start, ("plays", row), ("play_segments", segment_rows))
+
+
+def _report(
+    kind: str, store: str, data: dict, start: dt.datetime, main: tuple, segments: tuple
+) -> Parsed:
+    """An interval's or a play's rows: its own row and its segments' (table, rows), each
+    row led by the store; the segments' also end with the start, their partition key."""
+    (table, row), (segment_table, segment_rows) = main, segments
     return Parsed(
-        "plays",
+        kind,
         store,
         time=_payload_time(data, start),
         start=start,
         offset=_offset(start),
         rows={
-            "plays": [(store, *row)],
-            "play_segments": [
-                (store, *r, start)
-                for r in box_store._segment_rows(event.id, segments, box_store.PLAY_FIGURES)
-            ],
+            table: [(store, *row)],
+            segment_table: [(store, *r, start) for r in segment_rows],
         },
     )
 

@@ -4,24 +4,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    GCCollector,
-    Histogram,
-    Info,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from edge import __version__
 from edge.errors import EdgeError
-from edge.outputs.access import HostCheck
-from edge.outputs.metrics import _MetricsHandler
-from edge.outputs.web import HttpServer, bind, close, serve, url
+from edge.outputs.metrics import close_in_background, new_registry, serve_metrics
+from edge.outputs.web import HttpServer, url
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +20,7 @@ LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600
 
 class HqMetrics:
     def __init__(self):
-        self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        Info("edge_hq_build", "Version of edge hq.", registry=registry).info(
-            {"version": __version__}
-        )
+        self.registry = registry = new_registry("edge_hq_build", "Version of edge hq.")
         self.messages = Counter(
             "edge_hq_messages",
             "Messages ingested: committed to the database and then acknowledged, by kind "
@@ -103,20 +86,12 @@ class HqMetrics:
     def serve(self, listen: str, port: int, max_connections: int, host_names=()) -> int | None:
         """The endpoint's port; None with one log line when the port cannot be had."""
         try:
-            server = bind(
-                HttpServer,
-                (listen, port),
-                _MetricsHandler,
-                "metrics.listen and metrics.port",
-                name="metrics",
-                hosts=HostCheck(host_names),
-                max_connections=max_connections,
+            server = serve_metrics(
+                self, listen, port, max_connections, host_names, "hq-metrics-http"
             )
         except EdgeError as exc:
             log.error("%s; edge hq runs without /metrics", exc)
             return None
-        server.app = self
-        serve(server, "hq-metrics-http")
         self._server = server
         log.info("metrics: %s", url(listen, server.server_address[1], "/metrics"))
         return server.server_address[1]
@@ -124,4 +99,4 @@ class HqMetrics:
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
-            threading.Thread(target=close, args=(server,), daemon=True).start()
+            close_in_background(server)

@@ -71,15 +71,7 @@ class Metrics:
         player: DisplayServer | None = None,
     ):
         self.config = config
-        self.registry = registry = CollectorRegistry()
-        # The library's default collectors, on our registry: process CPU, memory, open
-        # files, start time; Python version; garbage collections.
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        Info("edge_build", "Version of the edge service.", registry=registry).info(
-            {"version": __version__}
-        )
+        self.registry = registry = new_registry("edge_build", "Version of the edge service.")
         self.detector_seconds = Histogram(
             "edge_detector_seconds",
             "Face detector time per frame (a camera's share when "
@@ -255,14 +247,13 @@ class Metrics:
         this box, so idle sockets cannot pile up threads and a rebound name cannot read it."""
         cfg = self.config.metrics
         try:
-            server = bind(
-                HttpServer,
-                (cfg.listen, cfg.port),
-                _MetricsHandler,
-                "metrics.listen and metrics.port",
-                name="metrics",
-                hosts=HostCheck(self.config.host_names),
-                max_connections=cfg.max_connections,
+            server = serve_metrics(
+                self,
+                cfg.listen,
+                cfg.port,
+                cfg.max_connections,
+                self.config.host_names,
+                "metrics-http",
             )
         except EdgeError as exc:
             log.error(
@@ -271,8 +262,6 @@ class Metrics:
                 exc,
             )
             return False
-        server.app = self
-        serve(server, "metrics-http")
         self._server = server
         log.info("metrics: %s", url(cfg.listen, server.server_address[1], "/metrics"))
         return True
@@ -284,10 +273,49 @@ class Metrics:
     def stop(self) -> None:
         if self._server is not None:
             server, self._server = self._server, None
+            close_in_background(server)
 
-            # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread
-            # so neither that nor a stuck scrape holds up the service's stop.
-            threading.Thread(target=close, args=(server,), name="metrics-stop", daemon=True).start()
+
+# -- what the box's metrics and head office's (edge/hq/metrics.py) share -----------------
+
+
+def new_registry(build: str, help: str) -> CollectorRegistry:
+    """A registry of its own (several in one process never clash) with the library's
+    default collectors: process CPU, memory, open files, start time; Python version;
+    garbage collections; and an Info metric `build` with the version."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    Info(build, help, registry=registry).info({"version": __version__})
+    return registry
+
+
+def serve_metrics(
+    app, listen: str, port: int, max_connections: int, host_names, thread: str
+) -> HttpServer:
+    """Serve app.registry on /metrics from a thread named `thread`; raises EdgeError
+    (naming metrics.listen and metrics.port) when the port cannot be had. The box's own
+    HTTP server (edge/outputs/web.py), not prometheus_client's: the request head has a
+    deadline, connections are capped and the Host header must name this machine."""
+    server = bind(
+        HttpServer,
+        (listen, port),
+        _MetricsHandler,
+        "metrics.listen and metrics.port",
+        name="metrics",
+        hosts=HostCheck(host_names),
+        max_connections=max_connections,
+    )
+    server.app = app
+    serve(server, thread)
+    return server
+
+
+def close_in_background(server: HttpServer) -> None:
+    # shutdown() waits for serve_forever to notice (up to 0.5 s); off this thread so
+    # neither that nor a stuck scrape holds up the caller's stop.
+    threading.Thread(target=close, args=(server,), name="metrics-stop", daemon=True).start()
 
 
 class _MetricsHandler(Handler):
