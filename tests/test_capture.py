@@ -482,7 +482,11 @@ def test_pacing_starts_over_after_a_stall(group_photo):
 
     reader = CameraReader("still", str(group_photo), fps=20, mode="paced", opener=opener).start()
     try:
-        frames = collect(reader, 2.5)
+        # 5 frames, the 1 s stall, then the pace again: 20 frames take about 1.75 s of
+        # reading; on a loaded machine (decoding the photo is the reader's work) allow more
+        frames, deadline = [], time.monotonic() + 8.0
+        while len(frames) < 20 and time.monotonic() < deadline:
+            frames += collect(reader, 0.5)
     finally:
         reader.stop()
     # After the 1 s stall, catching up would hand over ~20 frames back to back: counted
