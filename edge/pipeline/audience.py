@@ -177,10 +177,9 @@ class Audience:
                 continue
             if person.samples >= s.max_samples and person.frontal_seen:
                 continue  # (only turned looks so far: a frontal one is still wanted)
-            frontal_now = abs(head_pose(track.landmarks)[0]) <= TURNED_YAW
             better = better_faces and (
                 face_quality(track) >= s.better_face_ratio * person.best_quality
-                or (frontal_now and not person.frontal_seen)
+                or (not strongly_turned(track) and not person.frontal_seen)
             )
             due = now - person.last_classified >= s.reclassify_interval_s
             if better or due:
@@ -220,7 +219,7 @@ class Audience:
                 float(demographics.male_probs[i]),
                 face_quality(track),
                 now,
-                turned=abs(head_pose(track.landmarks)[0]) > TURNED_YAW,
+                turned=strongly_turned(track),
             )
 
     # -- per-frame update ----------------------------------------------------------
@@ -353,6 +352,10 @@ def add_to_segment(segments: dict[str, dict[str, float]], key: str, **figures: f
 # head_pose's yaw past which a look is strongly turned (about 40 degrees): its samples
 # give way to the first frontal one (Person.add_sample).
 TURNED_YAW = 0.45
+
+
+def strongly_turned(track: Track) -> bool:
+    return abs(head_pose(track.landmarks)[0]) > TURNED_YAW
 
 
 def face_quality(track: Track) -> float:
