@@ -1,6 +1,7 @@
 """Execution providers: the GPU fallback is reported by us, in one line, not by ORT's errors."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -120,3 +121,54 @@ def test_insightface_genderage_can_be_an_ensemble_member(tmp_path, analyzer, gro
     assert len(together) == 6
     np.testing.assert_allclose(together.male_probs, alone.male_probs, atol=1e-5)
     np.testing.assert_allclose(together.ages, alone.ages, atol=1e-3)
+
+
+def _one_conv(weight: np.ndarray) -> bytes:
+    """A one-layer network (a 1x1 convolution) with the given weights."""
+    w = onnx.numpy_helper.from_array(weight.astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weight.shape[1], 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight.shape[0], 4, 4])],
+        [w],
+    )
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8
+    ).SerializeToString()
+
+
+def test_denormal_weights_are_set_to_zero_in_memory_and_the_outputs_stay():
+    weight = np.array([[[[0.5]], [[1e-40]]], [[[-2e-39]], [[0.25]]]], np.float32)
+    assert (np.abs(weight[weight != 0]) < np.finfo(np.float32).tiny).sum() == 2  # two denormals
+    model = _one_conv(weight)
+    flushed = runtime.without_denormals(model)
+    assert flushed is not None
+    kept = onnx.numpy_helper.to_array(onnx.load_from_string(flushed).graph.initializer[0])
+    assert kept.tolist() == [[[[0.5]], [[0.0]]], [[[0.0]], [[0.25]]]]
+    x = np.random.default_rng(1).normal(size=(1, 2, 4, 4)).astype(np.float32)
+    y = runtime.session(model, ("cpu",)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y[0, 0], 0.5 * x[0, 0], atol=1e-6)
+    np.testing.assert_allclose(y[0, 1], 0.25 * x[0, 1], atol=1e-6)
+    # a model without denormals is passed through untouched
+    assert runtime.without_denormals(_one_conv(np.full((1, 1, 1, 1), 0.5))) is None
+
+
+@pytest.mark.parametrize("name", ["age", "cydral-fairface-age"])
+def test_cydral_age_networks_say_the_same_without_their_denormal_weights(name):
+    """Cydral's age network carries thousands of denormal weights: zeroing them makes it
+    several times faster on the CPU (docs/benchmarks.md) and must not change what it
+    says."""
+    import onnxruntime as ort
+
+    from edge.inference import modelstore
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    path = modelstore.verify(modelstore.load_manifest(models)[name], models)
+    raw = path.read_bytes()
+    flushed = runtime.without_denormals(raw)
+    assert flushed is not None
+    x = np.random.default_rng(2).normal(0, 0.5, (8, 3, 64, 64)).astype(np.float32)
+    plain = ort.InferenceSession(raw, providers=["CPUExecutionProvider"]).run(None, {"images": x})
+    ours = runtime.session(path, ("cpu",)).run(None, {"images": x})
+    np.testing.assert_allclose(ours[0], plain[0], rtol=0, atol=1e-6)
