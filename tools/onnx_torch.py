@@ -141,3 +141,32 @@ def write_back(module: OnnxModule, model: onnx.ModelProto) -> onnx.ModelProto:
             numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), init.name)
         )
     return out
+
+
+def half_stored(model: onnx.ModelProto, min_elements: int = 1024) -> onnx.ModelProto:
+    """The same network with its large weights stored as float16 and cast back to float32
+    by a Cast node in front of their first use.
+
+    Halves the file (cydral-fairface-age: 10.8 MB to 5.4) so a committed model stays a few
+    MB. ONNX Runtime folds a Cast of an initializer into a float32 constant when it loads
+    the session, so the network runs in float32 exactly as before, on weights rounded to
+    float16 (a relative change of at most 2^-11: docs/calibration.md §13 measures its
+    effect). Deterministic: the same model in gives the same bytes out."""
+    out = copy.deepcopy(model)
+    casts = []
+    for init in out.graph.initializer:
+        if init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < min_elements:
+            continue
+        name = init.name
+        value = numpy_helper.to_array(init).astype(np.float16)
+        init.CopyFrom(numpy_helper.from_array(value, f"{name}__fp16"))
+        casts.append(
+            onnx.helper.make_node(
+                "Cast", [f"{name}__fp16"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}__cast"
+            )
+        )
+    nodes = casts + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out)
+    return out
