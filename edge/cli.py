@@ -148,6 +148,7 @@ def cmd_eval(args, cfg) -> int:
         cfg.classifier.old_from,
         by=by,
         balance_by=balance_by,
+        chance_rounds=args.chance_rounds,
     )
     result["settings"] = {
         "detector": cfg.detector.backend,
@@ -381,6 +382,17 @@ def finite(text: str) -> float:
 finite.__name__ = "number"  # argparse says "invalid number value: 'nan'"
 
 
+def count(text: str) -> int:
+    """A whole number of zero or more for a command-line option."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+count.__name__ = "count"  # argparse says "invalid count value: '-3'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -428,6 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL[,COL]",
         help="weigh every cell of these columns the same (e.g. age_group,gender) and "
         "report the worst cell",
+    )
+    p.add_argument(
+        "--chance-rounds",
+        type=count,
+        default=200,
+        metavar="N",
+        help="with --by: shuffle the column's values N times (within --balance-by cells) "
+        "to show how big each spread is by chance alone; 0: skip",
     )
     p.set_defaults(func=cmd_eval)
 

@@ -146,6 +146,50 @@ def test_fairness_by_group_names_worst_and_spread():
     assert m["worst_cell"]["gender_accuracy_13plus"]["worst"] == "30-39 / male"
 
 
+def test_chance_tells_a_real_gap_from_a_few_faces():
+    """`chance` shuffles the --by column within the balance cells: a gap that holds over
+    many faces stands out from every shuffle (p near 0), one made by a single face of a
+    tiny cell is what chance gives (p large); each group keeps its size and its cells."""
+    from edge.commands.evaluate import fairness
+
+    right = {"age": 35.0, "class": 1}
+
+    def guess(gender, ok):
+        p_male = 0.9 if (gender == "male") == ok else 0.1
+        return {**right, "male_prob": p_male}
+
+    # a real gap: 60 faces a race, A right on all, B wrong on 30 %
+    labels, predictions = [], []
+    for race, wrong_every in (("A", None), ("B", 3)):
+        for i in range(60):
+            gender = ("female", "male")[i % 2]
+            labels.append((35, gender, "30-39", race))
+            predictions.append(guess(gender, wrong_every is None or i % 10 >= wrong_every))
+    m = fairness(fake_labels(labels), predictions, 18, 60, by=["race"], chance_rounds=100)
+    real = m["by"]["race"]["chance"]["gender_accuracy_13plus"]
+    assert m["by"]["race"]["spread"]["gender_accuracy_13plus"]["spread"] == 0.3
+    assert real["p"] <= 0.01 and real["p90"] < 0.2
+    assert m["by"]["race"]["chance"]["rounds"] == 100
+
+    # noise: big cells all right, one tiny cell (two old women a race) with one error
+    labels, predictions = [], []
+    for race in ("A", "B"):
+        labels += [(35, "female", "30-39", race)] * 40 + [(75, "female", "70+", race)] * 2
+        predictions += [guess("female", True)] * 40
+        predictions += [guess("female", race == "A"), guess("female", True)]
+    m = fairness(
+        fake_labels(labels), predictions, 18, 60, by=["race"],
+        balance_by=["age_group", "gender"], chance_rounds=100,
+    )  # fmt: skip
+    # balanced, that one face is a quarter of B's figure: a gap of 0.25
+    assert m["by"]["race"]["spread"]["gender_accuracy_13plus"]["spread"] == 0.25
+    noise = m["by"]["race"]["chance"]["gender_accuracy_13plus"]
+    assert noise["p"] == 1.0 and noise["median"] == 0.25
+    # off when asked
+    m = fairness(fake_labels(labels), predictions, 18, 60, by=["race"], chance_rounds=0)
+    assert "chance" not in m["by"]["race"]
+
+
 def test_select_rows_and_bad_selectors(tmp_path):
     from edge.commands.evaluate import parse_selector, select
     from edge.errors import InputError
@@ -193,5 +237,9 @@ def test_eval_by_race_balanced_on_fairface(tmp_path):
     values = [g["gender_accuracy_13plus"] for g in groups.values()]
     assert spread["spread"] == pytest.approx(max(values) - min(values), abs=1e-4)
     assert {name.split(" / ")[0] for name in m["cells"]} == {"30-39", "60-69"}
+    chance = m["by"]["race"]["chance"]
+    assert chance["rounds"] == 200 and 0 <= chance["gender_accuracy_13plus"]["p"] <= 1
+    bad = run_edge("eval", str(labels), "--chance-rounds", "-1")
+    assert bad.returncode != 0 and "invalid count value: '-1'" in bad.stderr
     bad = run_edge("eval", str(labels), "--by", "skin")
     assert bad.returncode == EX_DATAERR and "no column 'skin'" in bad.stderr

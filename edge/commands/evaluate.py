@@ -184,6 +184,11 @@ GROUP_METRICS = {
 _LOWER_IS_BETTER = {"age_mae", "miss_rate"}
 
 
+# Rounds of the permutation behind `chance`; its seed is fixed so a report is repeatable.
+CHANCE_ROUNDS = 200
+CHANCE_SEED = 20261206
+
+
 def balance_weights(labels: list[Label], columns: Sequence[str]) -> np.ndarray:
     """One weight per image so that every cell of `columns` weighs the same in total."""
     keys = [tuple(label.value(c) for c in columns) for label in labels]
@@ -201,9 +206,11 @@ def fairness(
     *,
     by: Sequence[str] = (),
     balance_by: Sequence[str] = (),
+    chance_rounds: int = CHANCE_ROUNDS,
 ) -> dict:
     """The overall metrics (balanced when asked), then per value of each --by column
-    with the spread between its best and worst group, and the worst --balance-by cell."""
+    with the spread between its best and worst group and how big that spread is by
+    chance alone (`chance`), and the worst --balance-by cell."""
     weights = balance_weights(labels, balance_by) if balance_by else None
     result = score(labels, predictions, child_below, old_from, weights)
     if balance_by:
@@ -216,21 +223,80 @@ def fairness(
         result["worst_cell"] = _extremes(result["cells"])
     for column in by:
         groups = _groups(labels, [column])
-        per_group = {}
-        for name, idx in groups.items():
-            # Balanced within the group (each of its cells weighs the same), so groups are
-            # compared on one and the same audience mix (direct standardisation), not on
-            # their own mixes of age and gender.
-            sub_labels, sub_predictions = _take(labels, predictions, idx)
-            sub_weights = balance_weights(sub_labels, balance_by) if balance_by else None
-            per_group[name] = _compact(
-                score(sub_labels, sub_predictions, child_below, old_from, sub_weights)
+        per_group = _per_group(labels, predictions, groups, child_below, old_from, balance_by)
+        spread = _extremes(per_group)
+        result.setdefault("by", {})[column] = {"groups": per_group, "spread": spread}
+        if chance_rounds:
+            result["by"][column]["chance"] = _chance(
+                labels,
+                predictions,
+                column,
+                spread,
+                child_below,
+                old_from,
+                balance_by,
+                chance_rounds,
             )
-        result.setdefault("by", {})[column] = {
-            "groups": per_group,
-            "spread": _extremes(per_group),
-        }
     return result
+
+
+def _per_group(labels, predictions, groups, child_below, old_from, balance_by) -> dict:
+    per_group = {}
+    for name, idx in groups.items():
+        # Balanced within the group (each of its cells weighs the same), so groups are
+        # compared on one and the same audience mix (direct standardisation), not on
+        # their own mixes of age and gender.
+        sub_labels, sub_predictions = _take(labels, predictions, idx)
+        sub_weights = balance_weights(sub_labels, balance_by) if balance_by else None
+        per_group[name] = _compact(
+            score(sub_labels, sub_predictions, child_below, old_from, sub_weights)
+        )
+    return per_group
+
+
+def _chance(labels, predictions, column, spread, child_below, old_from, balance_by, rounds) -> dict:
+    """How big each metric's spread between the groups of `column` is when the column
+    makes no difference at all: the same predictions, the column's values shuffled among
+    the faces of each --balance-by cell (every group keeps its mix of cells and its size),
+    the spread measured again, `rounds` times. A group's figure over a handful of faces
+    swings by chance (FairFace val has 2 to 10 faces of 70+ per race and gender, and
+    balancing gives each such cell the weight of a big one), so a spread means little
+    until it stands out from these: `p` is the share of shuffles whose spread is at
+    least the measured one (small: the gap is real), `median` and `p90` what chance
+    gives."""
+    rng = np.random.default_rng(CHANCE_SEED)
+    values = np.array([label.value(column) for label in labels], dtype=object)
+    strata = list(_groups(labels, balance_by).values()) if balance_by else [np.arange(len(labels))]
+    shuffled: dict[str, list[float]] = {name: [] for name in spread}
+    for _ in range(rounds):
+        permuted = values.copy()
+        for idx in strata:
+            permuted[idx] = values[rng.permutation(idx)]
+        groups: dict[str, list[int]] = {}
+        for i, value in enumerate(permuted):
+            groups.setdefault(value, []).append(i)
+        per_group = _per_group(
+            labels,
+            predictions,
+            {k: np.array(v) for k, v in sorted(groups.items())},
+            child_below,
+            old_from,
+            balance_by,
+        )
+        for name, s in _extremes(per_group).items():
+            if name in shuffled:
+                shuffled[name].append(s["spread"])
+    out: dict = {"rounds": rounds, "seed": CHANCE_SEED}
+    for name, null in shuffled.items():
+        if not null:
+            continue
+        null_a = np.array(null)
+        out[name] = {
+            "median": round(float(np.median(null_a)), 4),
+            "p90": round(float(np.quantile(null_a, 0.9)), 4),
+            "p": round(float(np.mean(null_a >= spread[name]["spread"])), 3),
+        }
+    return out
 
 
 def _groups(labels: list[Label], columns: Sequence[str]) -> dict[str, np.ndarray]:
