@@ -185,6 +185,14 @@ def test_chance_tells_a_real_gap_from_a_few_faces():
     assert m["by"]["race"]["spread"]["gender_accuracy_13plus"]["spread"] == 0.25
     noise = m["by"]["race"]["chance"]["gender_accuracy_13plus"]
     assert noise["p"] == 1.0 and noise["median"] == 0.25
+    # a balanced column is shuffled within the other balance columns (here: gender):
+    # the wrong face lands among the four old ones about 4 times in 84
+    m = fairness(
+        fake_labels(labels), predictions, 18, 60, by=["age_group"],
+        balance_by=["age_group", "gender"], chance_rounds=200,
+    )  # fmt: skip
+    by_age = m["by"]["age_group"]["chance"]["gender_accuracy_13plus"]
+    assert by_age["median"] == 0.0125 and by_age["p"] < 0.15
     # off when asked
     m = fairness(fake_labels(labels), predictions, 18, 60, by=["race"], chance_rounds=0)
     assert "chance" not in m["by"]["race"]

@@ -223,7 +223,10 @@ def fairness(
         result["worst_cell"] = _extremes(result["cells"])
     for column in by:
         groups = _groups(labels, [column])
-        per_group = _per_group(labels, predictions, groups, child_below, old_from, balance_by)
+        # within a group the column is one value: balance by the other columns (the same
+        # weights as all of balance_by; for the shuffles of `chance` it matters)
+        within = [c for c in balance_by if c != column]
+        per_group = _per_group(labels, predictions, groups, child_below, old_from, within)
         spread = _extremes(per_group)
         result.setdefault("by", {})[column] = {"groups": per_group, "spread": spread}
         if chance_rounds:
@@ -234,7 +237,7 @@ def fairness(
                 spread,
                 child_below,
                 old_from,
-                balance_by,
+                within,
                 chance_rounds,
             )
     return result
@@ -254,10 +257,11 @@ def _per_group(labels, predictions, groups, child_below, old_from, balance_by) -
     return per_group
 
 
-def _chance(labels, predictions, column, spread, child_below, old_from, balance_by, rounds) -> dict:
+def _chance(labels, predictions, column, spread, child_below, old_from, within, rounds) -> dict:
     """How big each metric's spread between the groups of `column` is when the column
     makes no difference at all: the same predictions, the column's values shuffled among
-    the faces of each --balance-by cell (every group keeps its mix of cells and its size),
+    the faces of each cell of the other --balance-by columns (every group keeps its size
+    and, for a column not balanced, its mix of cells),
     the spread measured again, `rounds` times. A group's figure over a handful of faces
     swings by chance (FairFace val has 2 to 10 faces of 70+ per race and gender, and
     balancing gives each such cell the weight of a big one), so a spread means little
@@ -266,7 +270,9 @@ def _chance(labels, predictions, column, spread, child_below, old_from, balance_
     gives."""
     rng = np.random.default_rng(CHANCE_SEED)
     values = np.array([label.value(column) for label in labels], dtype=object)
-    strata = list(_groups(labels, balance_by).values()) if balance_by else [np.arange(len(labels))]
+    # `within`: the other balance columns (`--by age_group` with `--balance-by
+    # age_group,gender`: gender)
+    strata = list(_groups(labels, within).values()) if within else [np.arange(len(labels))]
     shuffled: dict[str, list[float]] = {name: [] for name in spread}
     for _ in range(rounds):
         permuted = values.copy()
@@ -281,7 +287,7 @@ def _chance(labels, predictions, column, spread, child_below, old_from, balance_
             {k: np.array(v) for k, v in sorted(groups.items())},
             child_below,
             old_from,
-            balance_by,
+            within,
         )
         for name, s in _extremes(per_group).items():
             if name in shuffled:
