@@ -236,7 +236,7 @@ class System:
 
 
 def evaluate_system(
-    d, labels, idx, system: System, by=("race",), balance=("age_group", "gender")
+    d, labels, idx, system: System, by=("race",), balance=("age_group", "gender"), chance_rounds=0
 ) -> dict:
     from edge.commands import evaluate
 
@@ -254,7 +254,9 @@ def evaluate_system(
                 }
             )
     sub = [labels[i] for i in idx]
-    return evaluate.fairness(sub, preds, 18, 60, by=by, balance_by=balance)
+    return evaluate.fairness(
+        sub, preds, 18, 60, by=by, balance_by=balance, chance_rounds=chance_rounds
+    )
 
 
 def summary(r: dict) -> dict:
@@ -478,50 +480,17 @@ def _describe(system: System) -> dict:
 
 
 def cmd_noise(args) -> int:
-    """How big the race gap in gender 13+ is by chance: the fitted system's predictions,
-    race labels shuffled among the faces of each age group x gender cell (every race
-    keeps its mix of cells), the gap measured again, `--rounds` times."""
+    """How big the race gap in gender 13+ is by chance: the fitted system's predictions
+    scored as `edge eval --by race --balance-by age_group,gender` scores them, whose
+    `chance` shuffles race among the faces of each age group x gender cell (every race
+    keeps its mix of cells) and measures the gap again, `--rounds` times."""
     d = dict(np.load(args.raw))
     labels = labels_val(Path(args.labels))
     idx = np.array([i for i, label in enumerate(labels) if label.columns["age_group"] != "10-19"])
     system = fit_system(d, labels, idx, tuple(args.system.split(",")))
-    _, _, male = system.predict(d)
-    is_male = np.array([label.gender == "male" for label in labels])
-    ok = (d["rung"] >= 0) & ((np.nan_to_num(male, nan=0.5) >= 0.5) == is_male)
-    cell = np.array([label.columns["age_group"] + label.gender for label in labels])
-    race = np.array([label.columns["race"] for label in labels])
-    rows = idx[np.array([labels[i].age >= 13 for i in idx])]
-
-    def gap(races: np.ndarray) -> float:
-        accuracy = []
-        for r in np.unique(races[rows]):
-            mine = rows[races[rows] == r]
-            accuracy.append(
-                np.mean([ok[mine[cell[mine] == c]].mean() for c in np.unique(cell[mine])])
-            )
-        return float(max(accuracy) - min(accuracy))
-
-    rng = np.random.default_rng(SEED)
-    shuffled = []
-    for _ in range(args.rounds):
-        r2 = race.copy()
-        for c in np.unique(cell[rows]):
-            mine = rows[cell[rows] == c]
-            r2[mine] = rng.permutation(race[mine])
-        shuffled.append(gap(r2))
-    null = np.array(shuffled)
-    print(
-        json.dumps(
-            {
-                "system": args.system,
-                "gap": round(gap(race), 4),
-                "shuffled_median": round(float(np.median(null)), 4),
-                "shuffled_p90": round(float(np.quantile(null, 0.9)), 4),
-                "share_shuffled_at_least_measured": round(float(np.mean(null >= gap(race))), 3),
-                "share_shuffled_within_0.05": round(float(np.mean(null <= 0.05)), 3),
-            }
-        )
-    )
+    r = evaluate_system(d, labels, idx, system, chance_rounds=args.rounds)["by"]["race"]
+    gap, chance = r["spread"]["gender_accuracy_13plus"], r["chance"]["gender_accuracy_13plus"]
+    print(json.dumps({"system": args.system, "gap": gap["spread"], **chance}))
     return 0
 
 
