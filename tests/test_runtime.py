@@ -154,11 +154,12 @@ def test_denormal_weights_are_set_to_zero_in_memory_and_the_outputs_stay():
     assert runtime.without_denormals(_one_conv(np.full((1, 1, 1, 1), 0.5))) is None
 
 
-@pytest.mark.parametrize("name", ["age", "cydral-fairface-age"])
-def test_cydral_age_networks_say_the_same_without_their_denormal_weights(name):
-    """Cydral's age network carries thousands of denormal weights: zeroing them makes it
-    several times faster on the CPU (docs/benchmarks.md) and must not change what it
-    says."""
+@pytest.mark.parametrize(("name", "size"), [("age", 64), ("gender", 32)])
+def test_cydral_networks_say_the_same_without_their_denormal_weights(name, size):
+    """Cydral's networks carry denormal weights (age 6,667, gender 145): zeroing them makes
+    the age network several times faster on the CPU (docs/benchmarks.md) and must not
+    change what they say. (cydral-fairface-age, fine-tuned from it, is stored as float16,
+    where they are zero already.)"""
     import onnxruntime as ort
 
     from edge.inference import modelstore
@@ -166,9 +167,8 @@ def test_cydral_age_networks_say_the_same_without_their_denormal_weights(name):
     models = Path(__file__).resolve().parent.parent / "models"
     path = modelstore.verify(modelstore.load_manifest(models)[name], models)
     raw = path.read_bytes()
-    flushed = runtime.without_denormals(raw)
-    assert flushed is not None
-    x = np.random.default_rng(2).normal(0, 0.5, (8, 3, 64, 64)).astype(np.float32)
+    assert runtime.without_denormals(raw) is not None
+    x = np.random.default_rng(2).normal(0, 0.5, (8, 3, size, size)).astype(np.float32)
     plain = ort.InferenceSession(raw, providers=["CPUExecutionProvider"]).run(None, {"images": x})
     ours = runtime.session(path, ("cpu",)).run(None, {"images": x})
     np.testing.assert_allclose(ours[0], plain[0], rtol=0, atol=1e-6)
