@@ -206,14 +206,14 @@ def provider_options(
 def without_denormals(model: bytes) -> bytes | None:
     """The model with its denormal float32 weights set to zero, or None when it has none.
 
-    Cydral's age network (models/age-v1.onnx, and cydral-fairface-age fine-tuned from it)
-    carries 6,667 weights below float32's smallest normal number (|w| < 1.2e-38), the
-    gender network 145. Every multiply by one takes the CPU's slow microcode path: the
-    age network ran 6.7 ms per face on one core, 0.75 ms with them set to zero, and its
-    outputs did not change at all (their products are far below anything that reaches
-    the output). ONNX Runtime's `session.set_denormal_as_zero` did not help on the
-    caller's thread, so the weights are fixed here, in memory: the file on disk stays
-    the pinned, verified one."""
+    Cydral's age network (models/age-v1.onnx) carries 6,667 weights below float32's
+    smallest normal number (|w| < 1.2e-38), its gender network 145 (cydral-fairface-age,
+    stored as float16, has none left). Every multiply by one takes the CPU's slow
+    microcode path: the age network ran 6.7 ms per face on one core, 0.75 ms with them
+    set to zero, and its outputs did not change at all (their products are far below
+    anything that reaches the output). ONNX Runtime's `session.set_denormal_as_zero`
+    did not help on the caller's thread, so the weights are fixed here, in memory: the
+    file on disk stays the pinned, verified one."""
     import onnx  # lazy: only sessions pay for it, not every `edge` command
     from onnx import numpy_helper
 
