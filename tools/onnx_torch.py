@@ -150,7 +150,7 @@ def half_stored(model: onnx.ModelProto, min_elements: int = 1024) -> onnx.ModelP
     Halves the file (cydral-fairface-age: 10.8 MB to 5.4) so a committed model stays a few
     MB. ONNX Runtime folds a Cast of an initializer into a float32 constant when it loads
     the session, so the network runs in float32 exactly as before, on weights rounded to
-    float16 (a relative change of at most 2^-11: docs/calibration.md §13 measures its
+    float16 (a relative change of at most 2^-11: models/cydral-fairface.md measures its
     effect). Deterministic: the same model in gives the same bytes out."""
     out = copy.deepcopy(model)
     casts = []

@@ -632,8 +632,9 @@ def cmd_train_cydral(args) -> int:
     # Cydral's age network carries 6,667 denormal weights (the service zeroes them when it
     # loads a model, edge/inference/runtime.py): computed as denormals, one training step
     # took 2.0 s on one core, 0.27 s flushed to zero, and an epoch 13 minutes instead of
-    # 2. Flushing changes the arithmetic, so the committed networks (trained without it)
-    # are reproduced only without it: an option for new recipes, off by default.
+    # 2. The committed networks were trained without it, so it stays off by default: an
+    # option for new recipes (on this session's CPU it matched the plain run at epoch 1,
+    # but neither reproduces bytes made on another CPU: models/cydral-fairface.md).
     torch.set_flush_denormal(args.flush_denormals)
     data = build_cydral_chips(Path(args.labels), Path(args.cache), args.limit)
     train, val = splits(data, args.exclude_val_group)
@@ -799,8 +800,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--flush-denormals",
         action="store_true",
-        help="compute denormals as zero: about 6x faster, but not the committed models' "
-        "arithmetic (they are reproduced without it)",
+        help="compute denormals as zero: about 6x faster; the committed models were "
+        "trained without it",
     )
     p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)

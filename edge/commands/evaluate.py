@@ -261,8 +261,8 @@ def _chance(labels, predictions, column, spread, child_below, old_from, within, 
     """How big each metric's spread between the groups of `column` is when the column
     makes no difference at all: the same predictions, the column's values shuffled among
     the faces of each cell of the other --balance-by columns (every group keeps its size
-    and, for a column not balanced, its mix of cells),
-    the spread measured again, `rounds` times. A group's figure over a handful of faces
+    and, for a column not balanced, its mix of cells), the spread measured again,
+    `rounds` times. A group's figure over a handful of faces
     swings by chance (FairFace val has 2 to 10 faces of 70+ per race and gender, and
     balancing gives each such cell the weight of a big one), so a spread means little
     until it stands out from these: `p` is the share of shuffles whose spread is at
