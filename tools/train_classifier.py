@@ -12,13 +12,16 @@ imports PyTorch, trains or downloads.
   weights, as edge/inference/faceapi.py builds the ONNX graph) gives the pinned ONNX
   model's outputs on random chips; prints the largest difference.
 - `faces`: the face the service would find in each FairFace photo: the photo padded as
-  `edge eval` pads it, CenterFace (the default detector), the largest face. Cached
-  outside the repository (--cache, default ~/.cache/edge-train), keyed by the labels
-  file and the detector's code, since the detector is the slow part (about 25 ms a
-  photo). `train` runs it first when there is no cache. Each run then cuts the 112x112
-  chips as the service does (classify.faceapi_chips with config.yaml's settings and
-  --turned-yaw: the eye-line crop, or the box crop for a turned head, and the exposure
-  floor), in memory.
+  `edge eval` pads it, CenterFace (the default detector), the largest face. Written to
+  the training's data list, models/training/fairface-faces.csv.gz (every photo with a
+  face: its box and five landmarks to 0.01 px), which the training reads; the detector
+  run is cached outside the repository (--cache, default ~/.cache/edge-train). The list
+  is committed because ONNX Runtime's detector answers differently in the last bits on
+  another CPU (up to 8e-5 px between an AVX-512 Xeon and an SSE4.2 one), which moves
+  the odd pixel of a chip and so the whole training. Each run cuts the 112x112 chips
+  from the list as the service does (classify.faceapi_chips with config.yaml's settings
+  and --turned-yaw: the eye-line crop, or the box crop for a turned head, and the
+  exposure floor), in memory.
   Photos without a face are kept as misses: training skips them, selection counts them.
 - `train`: the chips of split `train`, every age group x gender cell drawn equally often
   (old faces are rare in FairFace, and the audience in front of a screen is not its mix),
@@ -29,7 +32,9 @@ imports PyTorch, trains or downloads.
   model is scored on split `val` (balanced by age group x gender, flip TTA as the service
   runs it) and the best epoch is exported, deterministic, with the input and output
   names the service expects (FaceApiAgeGender loads it unchanged). Fixed seed; single
-  process; torch's deterministic algorithms: the same command gives the same weights.
+  process; torch's deterministic algorithms; kernels pinned to code every x86-64 CPU
+  runs alike (tools/reproducible.py): the same command gives the same bytes on any CPU.
+  `--numerics native` trades that for the CPU's fastest kernels (quick experiments).
 
 Race is read by nothing here: cells are age group x gender only.
 """
@@ -37,8 +42,10 @@ Race is read by nothing here: cells are age group x gender only.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
+import gzip
 import hashlib
 import json
 import sys
@@ -48,11 +55,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # onnx_torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # onnx_torch, reproducible
 sys.path.insert(0, str(ROOT))
+
+from reproducible import numerics_report, pin_numerics  # noqa: E402
 
 FAIRFACE = ROOT.parent / "shared" / "faces" / "fairface" / "labels.csv"
 CACHE = Path.home() / ".cache" / "edge-train"
+FACES = ROOT / "models" / "training" / "fairface-faces.csv.gz"
 SEED = 20261206
 # FairFace's groups as (low, high) ages: the loss is zero for an age inside them.
 AGE_GROUPS = {
@@ -244,7 +254,33 @@ def cmd_check(args) -> int:
     print(f"export of the unchanged port: {'same bytes' if rebuilt == pinned else 'DIFFERENT'}")
     ok = diff_age < 1e-3 and diff_gender < 1e-5 and rebuilt == pinned
     print("OK" if ok else "FAIL: the port differs from the ONNX graph")
-    return 0 if ok else 1
+    same = optimiser_matches_torch()
+    return 0 if ok and same else 1
+
+
+def optimiser_matches_torch(steps: int = 60) -> bool:
+    """Our IEEE-exact AdamW + one-cycle (reproducible.OneCycleAdamW) against torch's
+    AdamW + OneCycleLR on one small network: the same recipe up to rounding."""
+    import torch
+    from reproducible import OneCycleAdamW
+
+    torch.manual_seed(SEED)
+    x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+    nets = [torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))]
+    nets.append(copy.deepcopy(nets[0]))
+    theirs = torch.optim.AdamW(nets[0].parameters(), lr=1e-2, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(theirs, 1e-2, total_steps=steps)
+    ours = OneCycleAdamW(list(nets[1].parameters()), 1e-2, steps, 1e-4)
+    for _ in range(steps):
+        for net, opt in zip(nets, (theirs, ours), strict=True):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        schedule.step()
+    pairs = zip(nets[0].parameters(), nets[1].parameters(), strict=True)
+    diff = max(float((a - b).abs().max()) for a, b in pairs)
+    print(f"OneCycleAdamW vs torch's AdamW + OneCycleLR, {steps} steps: max |diff| {diff:.1e}")
+    return diff < 1e-5
 
 
 # --- chips --------------------------------------------------------------------------------
@@ -317,8 +353,54 @@ def detect_faces(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[s
     return data
 
 
+FACE_COLUMNS = (
+    "file",
+    "box_x1",
+    "box_y1",
+    "box_x2",
+    "box_y2",
+    *(f"point{i}_{c}" for i in range(5) for c in "xy"),
+)
+
+
+def write_face_list(data: dict, out: Path) -> None:
+    """The detected faces as the training's data list: one row per photo with a face,
+    coordinates to 0.01 px, gzip without a time stamp (the same faces, the same bytes)."""
+    lines = [",".join(FACE_COLUMNS)]
+    for i in np.flatnonzero(data["found"]):
+        values = [*data["boxes"][i], *data["landmarks"][i].ravel()]
+        lines.append(",".join([str(data["paths"][i]), *(f"{float(v):.2f}" for v in values)]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+        handle.write(("\n".join(lines) + "\n").encode())
+
+
+def read_faces(labels_csv: Path, faces: Path, limit: int | None) -> dict[str, np.ndarray]:
+    """Every labelled photo (read_rows) with its face from the committed data list."""
+    if not faces.is_file():
+        raise SystemExit(f"{faces}: no face list; `train_classifier.py faces` writes it")
+    with gzip.open(faces, "rt", newline="") as handle:
+        reader = csv.reader(handle)
+        if tuple(next(reader)) != FACE_COLUMNS:
+            raise SystemExit(f"{faces}: header is not {','.join(FACE_COLUMNS)}")
+        listed = {row[0]: np.array(row[1:], np.float32) for row in reader}
+    rows = read_rows(labels_csv, limit)
+    found = np.array([r["file"] in listed for r in rows])
+    values = np.array([listed.get(r["file"], np.zeros(14, np.float32)) for r in rows])
+    return {
+        "paths": np.array([r["file"] for r in rows]),
+        "boxes": values[:, :4].copy(),
+        "landmarks": values[:, 4:].reshape(-1, 5, 2).copy(),
+        "found": found,
+        "split": np.array([r["split"] for r in rows]),
+        "age_group": np.array([r["age_group"] for r in rows]),
+        "male": np.array([r["gender"] == "male" for r in rows]),
+        "age": np.array([float(r["age"]) for r in rows], np.float32),
+    }
+
+
 def build_chips(
-    labels_csv: Path, cache_dir: Path, limit: int | None, turned_yaw: float
+    labels_csv: Path, faces: Path, limit: int | None, turned_yaw: float
 ) -> dict[str, np.ndarray]:
     """Every photo's chip as the service cuts it (classify.faceapi_chips: the eye-line or,
     for a turned head, the box crop, and the exposure floor), uint8, in memory."""
@@ -328,7 +410,7 @@ def build_chips(
     from edge.pipeline.classify import ChipSettings, faceapi_chips
     from edge.records import Detections
 
-    data = detect_faces(labels_csv, cache_dir, limit)
+    data = read_faces(labels_csv, faces, limit)
     settings = dataclasses.replace(ChipSettings.from_config(load_config()), turned_yaw=turned_yaw)
     chips = np.zeros((len(data["paths"]), 112, 112, 3), np.uint8)
     for i in tqdm(np.flatnonzero(data["found"]), desc="chips", unit="img", file=sys.stderr):
@@ -342,8 +424,13 @@ def build_chips(
 
 
 def cmd_faces(args) -> int:
+    if args.limit and Path(args.faces) == FACES:
+        raise SystemExit(
+            f"--limit {args.limit} would overwrite {FACES} with a subset: give --faces"
+        )
     data = detect_faces(Path(args.labels), Path(args.cache), args.limit)
-    print(f"{len(data['found'])} photos, {int(data['found'].sum())} with a face")
+    write_face_list(data, Path(args.faces))
+    print(f"{args.faces}: {len(data['found'])} photos, {int(data['found'].sum())} with a face")
     return 0
 
 
@@ -442,14 +529,10 @@ def splits(data: dict, exclude_val_group: str | None) -> tuple[np.ndarray, np.nd
 
 
 def optimiser(params: list, args, n_train: int):
-    """AdamW with a one-cycle learning rate over the whole run."""
-    import torch
+    """AdamW with a one-cycle learning rate over the whole run, in IEEE-exact steps."""
+    from reproducible import OneCycleAdamW
 
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, args.lr, total_steps=max(args.epochs * (n_train // args.batch), 1)
-    )
-    return optimizer, schedule
+    return OneCycleAdamW(params, args.lr, args.epochs * (n_train // args.batch), 1e-4)
 
 
 def cell_weights(data: dict, train: np.ndarray):
@@ -479,9 +562,7 @@ def cmd_train(args) -> int:
     import torch
 
     torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(args.threads)
-    data = build_chips(Path(args.labels), Path(args.cache), args.limit, args.turned_yaw)
+    data = build_chips(Path(args.labels), Path(args.faces), args.limit, args.turned_yaw)
     train, val = splits(data, args.exclude_val_group)
     net = build_torch(load_base_weights())
     start = BLOCKS.index(args.train_from)
@@ -492,7 +573,7 @@ def cmd_train(args) -> int:
         if name in learning:
             params += list(module.parameters())
     params += list(net.fc_age.parameters()) + list(net.fc_gender.parameters())
-    optimizer, schedule = optimiser(params, args, len(train))
+    optimizer = optimiser(params, args, len(train))
 
     weights = cell_weights(data, train)
     generator = torch.Generator().manual_seed(SEED)
@@ -522,12 +603,11 @@ def cmd_train(args) -> int:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            schedule.step()
             total += float(loss.detach())
         net.eval()
         scored = val_score(data, val, *predict(net, data["chips"][val]))
         log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
-        if scored["objective"] > best:
+        if scored["objective"] > best or args.select == "last":
             best = scored["objective"]
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
     if best_state is None:
@@ -543,6 +623,7 @@ def cmd_train(args) -> int:
         "sha256": digest,
         "seed": SEED,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "numerics": numerics_report(),
         "history": history,
         "minutes": round((time.monotonic() - began) / 60, 1),
     }
@@ -561,7 +642,7 @@ CYDRAL = {"age": ("age-v1.onnx", 64), "gender": ("gender-v1.onnx", 32)}
 HALF_STORED = {"age"}
 
 
-def build_cydral_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict:
+def build_cydral_chips(labels_csv: Path, faces: Path, limit: int | None) -> dict:
     """Every photo's Cydral chips as the service cuts them (CydralAgeGender.chips: the
     dlib chip from the five landmarks at 64 and 32 px, then the exposure floor), BGR uint8."""
     from tqdm import tqdm
@@ -570,7 +651,7 @@ def build_cydral_chips(labels_csv: Path, cache_dir: Path, limit: int | None) -> 
     from edge.pipeline.align import face_chips
     from edge.pipeline.classify import lift_exposure
 
-    data = detect_faces(labels_csv, cache_dir, limit)
+    data = read_faces(labels_csv, faces, limit)
     floor = load_config().classifier.exposure_floor
     n = len(data["paths"])
     out = {net: np.zeros((n, size, size, 3), np.uint8) for net, (_, size) in CYDRAL.items()}
@@ -627,23 +708,14 @@ def cmd_train_cydral(args) -> int:
     from edge.pipeline.classify import AGE_BINS
 
     torch.manual_seed(SEED)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(args.threads)
-    # Cydral's age network carries 6,667 denormal weights (the service zeroes them when it
-    # loads a model, edge/inference/runtime.py): computed as denormals, one training step
-    # took 2.0 s on one core, 0.27 s flushed to zero, and an epoch 13 minutes instead of
-    # 2. The committed networks were trained without it, so it stays off by default: an
-    # option for new recipes (on this session's CPU it matched the plain run at epoch 1,
-    # but neither reproduces bytes made on another CPU: models/cydral-fairface.md).
-    torch.set_flush_denormal(args.flush_denormals)
-    data = build_cydral_chips(Path(args.labels), Path(args.cache), args.limit)
+    data = build_cydral_chips(Path(args.labels), Path(args.faces), args.limit)
     train, val = splits(data, args.exclude_val_group)
     models_dir = ROOT / "models"
     base = {net: onnx.load(models_dir / file) for net, (file, _) in CYDRAL.items()}
     nets = {net: OnnxModule(model) for net, model in base.items()}
     logits_of = {net: model.graph.node[-1].input[0] for net, model in base.items()}
     params = list(nets["age"].parameters()) + list(nets["gender"].parameters())
-    optimizer, schedule = optimiser(params, args, len(train))
+    optimizer = optimiser(params, args, len(train))
 
     weights = cell_weights(data, train)
     generator = torch.Generator().manual_seed(SEED)
@@ -693,11 +765,10 @@ def cmd_train_cydral(args) -> int:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            schedule.step()
             total += float(loss.detach())
         scored = score()
         log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
-        if scored["objective"] > best:
+        if scored["objective"] > best or args.select == "last":
             best = scored["objective"]
             best_state = {
                 net: {k: v.clone() for k, v in m.state_dict().items()} for net, m in nets.items()
@@ -705,7 +776,11 @@ def cmd_train_cydral(args) -> int:
     if best_state is None:
         print("no epoch beat the base networks on val; nothing exported", file=sys.stderr)
         return 1
-    report: dict = {"seed": SEED, "args": {k: v for k, v in vars(args).items() if k != "func"}}
+    report: dict = {
+        "seed": SEED,
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "numerics": numerics_report(),
+    }
     for net, module in nets.items():
         module.load_state_dict(best_state[net])
         out = Path(args.out_dir) / f"cydral-fairface-{net}.onnx"
@@ -761,6 +836,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", default=str(FAIRFACE), help="FairFace labels.csv")
     parser.add_argument("--cache", default=str(CACHE), help="where chips are cached")
     parser.add_argument("--limit", type=int, help="use a spread-out subset of N photos")
+    parser.add_argument(
+        "--faces", default=str(FACES), help="the data list: each photo's face (`faces` writes it)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="part of the result: keep it")
+    parser.add_argument(
+        "--numerics",
+        choices=("portable", "native"),
+        default="portable",
+        help="portable: the same bytes on any x86-64 CPU (tools/reproducible.py); native: "
+        "the CPU's fastest kernels, for quick experiments (bytes differ between CPUs)",
+    )
+    parser.add_argument(
+        "--select",
+        choices=("best", "last"),
+        default="best",
+        help="export the epoch best on val, or the last (tools/repro_check.sh: a short run "
+        "need not beat the base)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="the PyTorch port against the ONNX model").set_defaults(
         func=cmd_check
@@ -772,7 +865,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--age-weight", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-from", default="middle_flow/main_block_0", choices=BLOCKS)
     p.add_argument(
         "--exclude-val-group",
@@ -795,16 +887,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--age-weight", type=float, default=1.0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--exclude-val-group", default="10-19")
-    p.add_argument(
-        "--flush-denormals",
-        action="store_true",
-        help="compute denormals as zero: about 6x faster; the committed models were "
-        "trained without it",
-    )
     p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)
+    if args.numerics == "portable":
+        pin_numerics(args.threads)
+    else:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.use_deterministic_algorithms(True)
+        torch.set_flush_denormal(True)
     return args.func(args)
 
 
