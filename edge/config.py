@@ -130,15 +130,16 @@ class ClassifierConfig:
     weights: list | None = opt(
         None,
         "Ensemble weights for age and age class, one per member. "
-        "Default: those calibrated for the members (faceapi-fairface 0.6, "
-        "cydral-fairface 0.4; faceapi 0.7, cydral 0.3; docs/calibration.md), "
+        "Default: those calibrated for the members (faceapi-fairface 0.7, "
+        "cydral-fairface 0.3; faceapi 0.7, cydral 0.3; docs/calibration.md), "
         "equal for other member sets.",
     )
     gender_weights: list | None = opt(
         None,
         "Ensemble weights for P(male) (pooled on the "
-        "log-odds scale), one per member. Default: equal "
-        "(docs/calibration.md section 10).",
+        "log-odds scale), one per member. Default: those calibrated for the "
+        "members (faceapi-fairface 0.4, cydral-fairface 0.6: docs/calibration.md "
+        "section 14), equal for other member sets (section 10).",
     )
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(

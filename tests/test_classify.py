@@ -52,15 +52,17 @@ def test_default_is_the_calibrated_pair_of_fairface_networks(analyzer):
     assert isinstance(clf, classify.Ensemble)
     assert [type(m) for m in clf.members] == [classify.FaceApiAgeGender, classify.CydralAgeGender]
     assert clf.members[0].calibration is classify.FAIRFACE_CALIBRATION
-    np.testing.assert_allclose(clf.weights, [0.6, 0.4])
-    key = (("cydral-fairface", 0.4), ("faceapi-fairface", 0.6))
+    np.testing.assert_allclose(clf.weights, [0.7, 0.3])
+    np.testing.assert_allclose(clf.gender_weights, [0.4, 0.6])
+    key = (("cydral-fairface", 0.3), ("faceapi-fairface", 0.7))
     assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[key]
 
 
 def test_ensemble_pools_cydral_without_its_decision_threshold(config, analyzer, photo_faces):
     """A Cydral network's male threshold is its decision rule when it decides alone
     (docs/calibration.md section 10); the ensemble pools its unshifted log-odds, with
-    equal gender weights, and the pair's own even odds are the ensemble's."""
+    the gender weights fitted for the pair, and the pair's own even odds are the
+    ensemble's."""
     frame, faces = photo_faces
     member = analyzer.classifier.members[1]
     assert isinstance(member, classify.CydralAgeGender)
@@ -70,7 +72,7 @@ def test_ensemble_pools_cydral_without_its_decision_threshold(config, analyzer, 
     shift = classify.RegressionCalibration(male_threshold=threshold)
     np.testing.assert_allclose(alone, shift.male_probs(pooled), atol=1e-5)
     assert np.all(alone < pooled)  # its even odds lie above 0.5
-    np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.5, 0.5])
+    np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.4, 0.6])
     assert analyzer.classifier.calibration.male_threshold != 0.5
 
 

@@ -54,8 +54,8 @@ def test_t1_six_adults_with_full_records(t1_result, group_photo):
 @pytest.mark.xfail(
     strict=True,
     reason="issue 26, open: the FairFace-tuned default (best on 4,314 FairFace val faces) "
-    "calls the fourth face from the left, a man, a woman (P(male) 0.38: face-api's tuned network "
-    "0.65, Cydral's 0.29); strict, so a fix shows here",
+    "calls the fourth face from the left, a man, a woman (P(male) 0.39; face-api's tuned network "
+    "says 0.65, Cydral's less); strict, so a fix shows here",
 )
 def test_t1_three_women_three_men(t1_result):
     # The standing man at top right (head turned) was the CC0 gender network's miss
