@@ -41,11 +41,14 @@ PINNED_ENVIRONMENT = {
 }
 
 
-def pin_numerics(threads: int) -> None:
-    """Make this process's PyTorch compute the same bits on any x86-64 CPU."""
-    if "torch" in sys.modules:
-        raise RuntimeError("pin_numerics must run before torch is imported")
-    os.environ.update(PINNED_ENVIRONMENT)
+def pin_numerics(threads: int, portable: bool = True) -> None:
+    """Make this process's PyTorch compute the same bits on any x86-64 CPU; with
+    portable=False, only the thread count, determinism and flushing (the CPU's fastest
+    kernels: the same bits on the same kind of CPU only)."""
+    if portable:
+        if "torch" in sys.modules:
+            raise RuntimeError("pin_numerics must run before torch is imported")
+        os.environ.update(PINNED_ENVIRONMENT)
     import torch
 
     torch.set_num_threads(threads)

@@ -305,6 +305,17 @@ def read_rows(labels_csv: Path, limit: int | None) -> list[dict]:
     return rows
 
 
+def label_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """What the training reads of each labels.csv row (race is not among them)."""
+    return {
+        "paths": np.array([r["file"] for r in rows]),
+        "split": np.array([r["split"] for r in rows]),
+        "age_group": np.array([r["age_group"] for r in rows]),
+        "male": np.array([r["gender"] == "male" for r in rows]),
+        "age": np.array([float(r["age"]) for r in rows], np.float32),
+    }
+
+
 def load_config():
     from edge import config as config_mod
 
@@ -337,16 +348,7 @@ def detect_faces(labels_csv: Path, cache_dir: Path, limit: int | None) -> dict[s
             continue
         best = int(np.argmax(faces.areas))
         boxes[i], landmarks[i], found[i] = faces.boxes[best], faces.landmarks[best], True
-    data = {
-        "paths": np.array([r["file"] for r in rows]),
-        "boxes": boxes,
-        "landmarks": landmarks,
-        "found": found,
-        "split": np.array([r["split"] for r in rows]),
-        "age_group": np.array([r["age_group"] for r in rows]),
-        "male": np.array([r["gender"] == "male" for r in rows]),
-        "age": np.array([float(r["age"]) for r in rows], np.float32),
-    }
+    data = {"boxes": boxes, "landmarks": landmarks, "found": found, **label_columns(rows)}
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(path, **data)
     print(f"{path}: {len(rows)} photos, {int(found.sum())} with a face", file=sys.stderr)
@@ -365,13 +367,14 @@ FACE_COLUMNS = (
 
 def write_face_list(data: dict, out: Path) -> None:
     """The detected faces as the training's data list: one row per photo with a face,
-    coordinates to 0.01 px, gzip without a time stamp (the same faces, the same bytes)."""
+    coordinates to 0.01 px, gzipped."""
     lines = [",".join(FACE_COLUMNS)]
     for i in np.flatnonzero(data["found"]):
         values = [*data["boxes"][i], *data["landmarks"][i].ravel()]
         lines.append(",".join([str(data["paths"][i]), *(f"{float(v):.2f}" for v in values)]))
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+    # no time stamp and no file name in the gzip header: the same faces, the same bytes
+    with open(out, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as handle:
         handle.write(("\n".join(lines) + "\n").encode())
 
 
@@ -388,14 +391,10 @@ def read_faces(labels_csv: Path, faces: Path, limit: int | None) -> dict[str, np
     found = np.array([r["file"] in listed for r in rows])
     values = np.array([listed.get(r["file"], np.zeros(14, np.float32)) for r in rows])
     return {
-        "paths": np.array([r["file"] for r in rows]),
         "boxes": values[:, :4].copy(),
         "landmarks": values[:, 4:].reshape(-1, 5, 2).copy(),
         "found": found,
-        "split": np.array([r["split"] for r in rows]),
-        "age_group": np.array([r["age_group"] for r in rows]),
-        "male": np.array([r["gender"] == "male" for r in rows]),
-        "age": np.array([float(r["age"]) for r in rows], np.float32),
+        **label_columns(rows),
     }
 
 
@@ -616,6 +615,7 @@ def cmd_train(args) -> int:
     net.load_state_dict(best_state)
     net.eval()
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     export_onnx(net, out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     report = {
@@ -781,6 +781,7 @@ def cmd_train_cydral(args) -> int:
         "args": {k: v for k, v in vars(args).items() if k != "func"},
         "numerics": numerics_report(),
     }
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     for net, module in nets.items():
         module.load_state_dict(best_state[net])
         out = Path(args.out_dir) / f"cydral-fairface-{net}.onnx"
@@ -890,14 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude-val-group", default="10-19")
     p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)
-    if args.numerics == "portable":
-        pin_numerics(args.threads)
-    else:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        torch.use_deterministic_algorithms(True)
-        torch.set_flush_denormal(True)
+    pin_numerics(args.threads, portable=args.numerics == "portable")
     return args.func(args)
 
 
