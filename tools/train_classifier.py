@@ -835,7 +835,9 @@ def export_onnx(net, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", default=str(FAIRFACE), help="FairFace labels.csv")
-    parser.add_argument("--cache", default=str(CACHE), help="where chips are cached")
+    parser.add_argument(
+        "--cache", default=str(CACHE), help="where `faces` caches the detector's runs"
+    )
     parser.add_argument("--limit", type=int, help="use a spread-out subset of N photos")
     parser.add_argument(
         "--faces", default=str(FACES), help="the data list: each photo's face (`faces` writes it)"
