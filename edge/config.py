@@ -138,8 +138,8 @@ class ClassifierConfig:
         None,
         "Ensemble weights for P(male) (pooled on the "
         "log-odds scale), one per member. Default: those calibrated for the "
-        "members (faceapi-fairface 0.4, cydral-fairface 0.6: docs/calibration.md "
-        "section 14), equal for other member sets (section 10).",
+        "members (faceapi-fairface 0.3, cydral-fairface 0.7: docs/calibration.md "
+        "section 15), equal for other member sets (section 10).",
     )
     model: str | None = opt(None, "Model file for the insightface backend (genderage.onnx).")
     child_below: float = opt(

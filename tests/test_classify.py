@@ -18,6 +18,18 @@ def photo_faces(analyzer, group_photo):
     return frame, analyzer.detector(frame)
 
 
+def clf_paths(config):
+    """The FairFace-tuned Cydral networks' verified paths (age, gender)."""
+    from edge.inference import modelstore
+
+    models = config.resolve(config.models.dir)
+    specs = modelstore.load_manifest(models)
+    return tuple(
+        modelstore.verify(specs[n], models)
+        for n in ("cydral-fairface-age", "cydral-fairface-gender")
+    )
+
+
 def chip_settings(**changes):
     """The production settings (the config's defaults) with `changes`."""
     return dataclasses.replace(classify.ChipSettings.defaults(), **changes)
@@ -53,7 +65,7 @@ def test_default_is_the_calibrated_pair_of_fairface_networks(analyzer):
     assert [type(m) for m in clf.members] == [classify.FaceApiAgeGender, classify.CydralAgeGender]
     assert clf.members[0].calibration is classify.FAIRFACE_CALIBRATION
     np.testing.assert_allclose(clf.weights, [0.7, 0.3])
-    np.testing.assert_allclose(clf.gender_weights, [0.4, 0.6])
+    np.testing.assert_allclose(clf.gender_weights, [0.3, 0.7])
     key = (("cydral-fairface", 0.3), ("faceapi-fairface", 0.7))
     assert clf.calibration is classify.ENSEMBLE_CALIBRATIONS[key]
 
@@ -72,7 +84,7 @@ def test_ensemble_pools_cydral_without_its_decision_threshold(config, analyzer, 
     shift = classify.RegressionCalibration(male_threshold=threshold)
     np.testing.assert_allclose(alone, shift.male_probs(pooled), atol=1e-5)
     assert np.all(alone < pooled)  # its even odds lie above 0.5
-    np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.4, 0.6])
+    np.testing.assert_allclose(analyzer.classifier.gender_weights, [0.3, 0.7])
     assert analyzer.classifier.calibration.male_threshold != 0.5
 
 
@@ -115,8 +127,9 @@ def test_ensemble_runs_one_batch_per_network(analyzer, photo_faces):
     finally:
         for runner, _ in runners:
             runner.sess = runner.sess.inner
-    # face-api's one network, Cydral's two; all six faces and their mirrors in each.
-    assert sorted(calls) == [("_age", 12), ("_gender", 12), ("_runner", 12)]
+    # face-api's one network, Cydral's two; all six faces and their mirrors in each, and
+    # for Cydral's gender network each face at its three chip scales.
+    assert sorted(calls) == [("_age", 12), ("_gender", 36), ("_runner", 12)]
 
 
 class _CountingSession:
@@ -204,6 +217,49 @@ def test_one_model_call_per_batch(cydral, photo_faces):
     finally:
         clf._run = original
     assert calls == [6, 6]  # one call for age, one for gender, each with all six faces
+
+
+def test_cydral_fairface_pools_its_gender_network_over_three_chip_scales(config, photo_faces):
+    """The 32-px gender network swings with a few pixels of crop, so the FairFace-tuned
+    Cydral sees each face at CYDRAL_FAIRFACE_GENDER_SCALES, in one call, and averages
+    the log-odds (docs/calibration.md section 15); age keeps the one chip."""
+    from edge.pipeline.align import CHIP_TEMPLATE, face_chips
+
+    frame, faces = photo_faces
+    clf = backend(config, "cydral-fairface")
+    assert isinstance(clf, classify.CydralAgeGender)
+    scales = classify.CYDRAL_FAIRFACE_GENDER_SCALES
+    assert len(scales) == 3 and 1.0 in scales
+    n = len(faces)
+    age_chips, gender_chips = clf.chips([frame], [faces])
+    assert age_chips.shape == (n, 64, 64, 3) and gender_chips.shape == (3 * n, 32, 32, 3)
+    # scale 1.0 is the plain chip; a scale above 1 shows the face larger
+    plain = face_chips(frame, faces.landmarks, 32)
+    k = scales.index(1.0)
+    np.testing.assert_array_equal(gender_chips[k * n : (k + 1) * n], plain)
+    template = 0.5 + (CHIP_TEMPLATE - 0.5) * max(scales)
+    np.testing.assert_array_equal(
+        gender_chips[scales.index(max(scales)) * n :][:n],
+        face_chips(frame, faces.landmarks, 32, template),
+    )
+    calls = []
+    original = clf._run
+    clf._run = lambda sess, chips: calls.append(len(chips)) or original(sess, chips)
+    try:
+        pooled = clf.classify_chips(age_chips, gender_chips).male_probs
+    finally:
+        clf._run = original
+    assert calls == [n, 3 * n]
+    per_scale = clf._run(clf._gender, gender_chips)[:, 1].reshape(3, n)
+    logits = np.log(per_scale / (1 - per_scale)).mean(axis=0)
+    expected = classify.RegressionCalibration(
+        male_threshold=classify.CYDRAL_FAIRFACE_MALE_THRESHOLD
+    ).male_probs(1 / (1 + np.exp(-logits)))
+    np.testing.assert_allclose(pooled, expected, atol=1e-5)
+    # the pooled answer is not any one scale's: the scales disagree on some face
+    assert np.abs(per_scale - per_scale.mean(axis=0)).max() > 0.01
+    with pytest.raises(ValueError, match="gender_scales"):
+        classify.CydralAgeGender(clf_paths(config)[0], clf_paths(config)[1], gender_scales=())
 
 
 def test_outputs_are_probabilities(analyzer, photo_faces):

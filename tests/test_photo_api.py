@@ -176,11 +176,6 @@ def faces_by_segment(result: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 26, open: the FairFace-tuned default calls one of t1.jpg's three men a "
-    "woman (P(male) 0.39); see test_cli.test_t1_three_women_three_men",
-)
 def test_group_photo_gives_six_adults_three_women_three_men(service, photos, group_photo):
     status, _, answer = post(service, photos["group"])
     assert status == 200, answer

@@ -86,8 +86,10 @@ def build_networks(cfg, paths: dict) -> dict:
             s = dataclasses.replace(settings, turned_yaw=yaw)
             nets[name] = classify.FaceApiAgeGender(paths[entries[0]], placement, s)
         else:
+            # the FairFace-tuned gender network sees three chip scales (part of the model)
+            scales = classify.CYDRAL_FAIRFACE_GENDER_SCALES if name == "cydral-fairface" else (1.0,)
             nets[name] = classify.CydralAgeGender(
-                paths[entries[0]], paths[entries[1]], placement, settings
+                paths[entries[0]], paths[entries[1]], placement, settings, gender_scales=scales
             )
     return nets
 
@@ -97,7 +99,7 @@ def cmd_raw(args) -> int:
 
     from edge import config as config_mod
     from edge.inference import modelstore
-    from edge.pipeline import analyze, classify, detect
+    from edge.pipeline import analyze, detect
     from edge.records import Detections
 
     cfg = config_mod.load(ROOT / "config.yaml")
@@ -146,13 +148,8 @@ def cmd_raw(args) -> int:
                 out["box"][i : i + 1], np.ones(1, np.float32), out["landmarks"][i : i + 1]
             )
         for name, net in todo.items():
-            chips = net.chips([frame], [best])
-            if isinstance(net, classify.CydralAgeGender):
-                out[f"{name}_age"][i] = net._run(net._age, chips[0])[0]
-                out[f"{name}_male"][i] = net._run(net._gender, chips[1])[0, 1]
-            else:
-                age, male = net.raw(*chips)
-                out[f"{name}_age"][i], out[f"{name}_male"][i] = age[0], male[0]
+            age, male = net.raw(*net.chips([frame], [best]))
+            out[f"{name}_age"][i], out[f"{name}_male"][i] = age[0], male[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)
     print(f"{args.out}: {n} photos, {int((out['rung'] >= 0).sum())} with a face")

@@ -25,7 +25,7 @@ from edge.config import Config
 from edge.errors import ModelError
 from edge.inference import faceapi, runtime
 from edge.pipeline import pose
-from edge.pipeline.align import face_chips
+from edge.pipeline.align import CHIP_TEMPLATE, face_chips
 from edge.records import Demographics, Detections
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,16 @@ CYDRAL_MALE_THRESHOLD = 0.36
 
 # Cydral's networks fine-tuned on FairFace's train split (models/cydral-fairface.md):
 # the age map and gender threshold fitted on FairFace's val split (tools/fairface_fit.py,
-# docs/calibration.md sections 12 and 14).
+# docs/calibration.md sections 12, 14 and 15).
 CYDRAL_FAIRFACE_AGE_CALIBRATION = np.array([[0.0, 0.0], [16.0, 18.0], [59.0, 60.0], [80.0, 80.0]])
-CYDRAL_FAIRFACE_MALE_THRESHOLD = 0.525
+CYDRAL_FAIRFACE_MALE_THRESHOLD = 0.55
+# Its 32-px gender network swings with a few pixels of crop (one man of t1.jpg: P(male)
+# 0.48, 0.30 and 0.85 with the chip template scaled 0.9, 1.0 and 1.1 about its centre),
+# so it sees the chip at all three scales and its log-odds are averaged. On FairFace val,
+# fitted on one half and scored on the other, that lifted gender 13+ by 1.1 points for
+# the default pair and 2.6 for this backend alone (docs/calibration.md section 15). Part
+# of the model, as FAIRFACE_TURNED_YAW is face-api's: its calibrations were fitted with it.
+CYDRAL_FAIRFACE_GENDER_SCALES = (0.9, 1.0, 1.1)
 
 
 # ITU-R BT.601 luma weights in OpenCV's BGR order.
@@ -193,9 +200,16 @@ class CydralAgeGender(ChipBackend):
         gender_threshold: bool = True,
         age_calibration: np.ndarray | None = None,
         male_threshold: float | None = None,
+        gender_scales: tuple[float, ...] = (1.0,),
     ):
         """`age_calibration` and `male_threshold`: the networks' own (default: Cydral's,
-        AGE_CALIBRATION and CYDRAL_MALE_THRESHOLD); the FairFace fine-tune has its own."""
+        AGE_CALIBRATION and CYDRAL_MALE_THRESHOLD); the FairFace fine-tune has its own.
+        `gender_scales`: the gender chip is cut with the chip template scaled by each
+        about its centre (above 1: the face larger in the chip), and the gender
+        network's log-odds averaged over them."""
+        if not gender_scales or any(not 0.5 <= k <= 2.0 for k in gender_scales):
+            raise ValueError(f"gender_scales {gender_scales!r}: expected scales in 0.5..2.0")
+        self.gender_templates = [0.5 + (CHIP_TEMPLATE - 0.5) * k for k in gender_scales]
         runners = []
         for path, size, label in (
             (age_model, self.AGE_SIZE, "age"),
@@ -229,21 +243,32 @@ class CydralAgeGender(ChipBackend):
         return self(frame, faces)
 
     def chips(self, frames: list[np.ndarray], faces: list[Detections]) -> tuple[np.ndarray, ...]:
-        """(age chips, gender chips) of every face, frame by frame, BGR uint8."""
+        """(age chips, gender chips) of every face, frame by frame, BGR uint8; the gender
+        chips once per gender scale, all faces at the first scale, then at the next."""
         pairs = [(frame, f.landmarks) for frame, f in zip(frames, faces, strict=False) if len(f)]
-        return tuple(
-            lift_exposure(
-                np.concatenate([face_chips(frame, lm, size) for frame, lm in pairs]),
-                self.settings.exposure_floor,
-            )
-            for size in (self.AGE_SIZE, self.GENDER_SIZE)
+        age = [face_chips(frame, lm, self.AGE_SIZE) for frame, lm in pairs]
+        gender = [
+            face_chips(frame, lm, self.GENDER_SIZE, template)
+            for template in self.gender_templates
+            for frame, lm in pairs
+        ]
+        floor = self.settings.exposure_floor
+        return lift_exposure(np.concatenate(age), floor), lift_exposure(
+            np.concatenate(gender), floor
         )
 
     def classify_chips(self, age_chips: np.ndarray, gender_chips: np.ndarray) -> Demographics:
         """The networks alone, on chips already cut (edge bench times this)."""
+        return self.demographics(*self.raw(age_chips, gender_chips))
+
+    def raw(self, age_chips: np.ndarray, gender_chips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The networks' age-bin probabilities and P(male), before any calibration;
+        with several gender scales, P(male) of the mean of their log-odds."""
         age_p = self._run(self._age, age_chips)
-        gender_p = self._run(self._gender, gender_chips)
-        return self.demographics(age_p, gender_p[:, 1])
+        male_p = self._run(self._gender, gender_chips)[:, 1].reshape(-1, len(age_chips))
+        if len(male_p) == 1:
+            return age_p, male_p[0]
+        return age_p, 1.0 / (1.0 + np.exp(-_log_odds(male_p).mean(axis=0)))
 
     def demographics(self, age_probs: np.ndarray, male_probs: np.ndarray) -> Demographics:
         ages = age_probs.astype(np.float64) @ self.bin_ages
@@ -335,12 +360,12 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 
 # face-api's network fine-tuned on FairFace's train split (models/faceapi-fairface.md),
 # calibrated on FairFace's val split (tools/fairface_fit.py, docs/calibration.md section
-# 12): it learnt ages from FairFace's groups, yet calls some 16-17-year-olds adults
-# and the late fifties old less than it should (knots 16 -> 18, 58 -> 60); its P(male)
+# 12 and 15): it learnt ages from FairFace's groups, yet calls some 16-17-year-olds adults
+# and the late fifties old less than it should (knots 16.5 -> 18, 58 -> 60); its P(male)
 # leans male a little (even odds at 0.55). Its chips were cut with the box crop past
 # FAIRFACE_TURNED_YAW (classify.faceapi_chips).
 FAIRFACE_CALIBRATION = RegressionCalibration(
-    age_knots=((0.0, 0.0), (16.0, 18.0), (58.0, 60.0), (80.0, 80.0)),
+    age_knots=((0.0, 0.0), (16.5, 18.0), (58.0, 60.0), (80.0, 80.0)),
     age_spread=0.21,
     male_threshold=0.55,
 )
@@ -354,15 +379,15 @@ ENSEMBLE_CALIBRATIONS: dict[tuple[tuple[str, float], ...], RegressionCalibration
     (("cydral", 0.3), ("faceapi", 0.7)): RegressionCalibration(
         age_knots=((0.0, 0.0), (19.0, 18.0), (56.5, 60.0), (80.0, 80.0)), age_spread=0.20
     ),
-    # The default (docs/calibration.md sections 12 and 14), fitted on FairFace's val split
-    # with tools/fairface_fit.py: the members' calibrated ages mapped again, and the
+    # The default (docs/calibration.md sections 12, 14 and 15), fitted on FairFace's val
+    # split with tools/fairface_fit.py: the members' calibrated ages mapped again, and the
     # pooled log-odds' even odds (faceapi-fairface's own threshold already applied,
-    # Cydral's net pooled raw as every member is): the pair leans male by 0.16 on the
-    # log-odds (0.6 x Cydral's own 0.1, plus the pair's 0.1).
+    # Cydral's net pooled raw as every member is): the pair leans male by 0.14 on the
+    # log-odds (0.7 x Cydral's own 0.2; the pair adds nothing).
     (("cydral-fairface", 0.3), ("faceapi-fairface", 0.7)): RegressionCalibration(
-        age_knots=((0.0, 0.0), (18.5, 18.0), (59.0, 60.0), (80.0, 80.0)),
+        age_knots=((0.0, 0.0), (18.0, 18.0), (59.0, 60.0), (80.0, 80.0)),
         age_spread=0.19,
-        male_threshold=0.54,
+        male_threshold=0.535,
     ),
 }
 # Weights when classifier.weights / classifier.gender_weights are not set: those chosen
@@ -382,8 +407,8 @@ DEFAULT_WEIGHTS = {
 }
 DEFAULT_GENDER_WEIGHTS = {
     frozenset({"cydral-fairface", "faceapi-fairface"}): {
-        "faceapi-fairface": 0.4,
-        "cydral-fairface": 0.6,
+        "faceapi-fairface": 0.3,
+        "cydral-fairface": 0.7,
     },
 }
 
@@ -697,6 +722,7 @@ def _create(
             gender_threshold=not member,
             age_calibration=CYDRAL_FAIRFACE_AGE_CALIBRATION,
             male_threshold=CYDRAL_FAIRFACE_MALE_THRESHOLD,
+            gender_scales=CYDRAL_FAIRFACE_GENDER_SCALES,
         )
     if backend == "faceapi":
         return FaceApiAgeGender(model_paths["faceapi"], placement, settings)
