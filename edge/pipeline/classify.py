@@ -359,8 +359,8 @@ FACEAPI_CALIBRATION = RegressionCalibration(
 )
 
 # face-api's network fine-tuned on FairFace's train split (models/faceapi-fairface.md),
-# calibrated on FairFace's val split (tools/fairface_fit.py, docs/calibration.md section
-# 12 and 15): it learnt ages from FairFace's groups, yet calls some 16-17-year-olds adults
+# calibrated on FairFace's val split (tools/fairface_fit.py, docs/calibration.md
+# sections 12 and 15): it learnt ages from FairFace's groups, yet calls some 16-17-year-olds adults
 # and the late fifties old less than it should (knots 16.5 -> 18, 58 -> 60); its P(male)
 # leans male a little (even odds at 0.55). Its chips were cut with the box crop past
 # FAIRFACE_TURNED_YAW (classify.faceapi_chips).
