@@ -69,28 +69,18 @@ def labels_val(labels_csv: Path):
 
 
 def build_networks(cfg, paths: dict) -> dict:
-    """Each backend of NETWORKS whose files the manifest has, with config.yaml's chip
-    settings (flip TTA, exposure floor) and, for faceapi-fairface, its own crop rule."""
-    from edge.inference import runtime
+    """Each backend of NETWORKS whose files the manifest has, built as the service builds
+    it (`classify.create`: config.yaml's chip settings, faceapi-fairface's crop rule,
+    cydral-fairface's gender scales)."""
     from edge.pipeline import classify
 
-    settings = classify.ChipSettings.from_config(cfg)
-    placement = runtime.Placement.from_config(cfg)
     nets: dict = {}
-    for name, (kind, entries) in NETWORKS.items():
+    for name, (_, entries) in NETWORKS.items():
         if not all(e in paths for e in entries):
             print(f"{name}: not in the manifest, skipped", file=sys.stderr)
             continue
-        if kind == "faceapi":
-            yaw = classify.FAIRFACE_TURNED_YAW if name == "faceapi-fairface" else 2.0
-            s = dataclasses.replace(settings, turned_yaw=yaw)
-            nets[name] = classify.FaceApiAgeGender(paths[entries[0]], placement, s)
-        else:
-            # the FairFace-tuned gender network sees three chip scales (part of the model)
-            scales = classify.CYDRAL_FAIRFACE_GENDER_SCALES if name == "cydral-fairface" else (1.0,)
-            nets[name] = classify.CydralAgeGender(
-                paths[entries[0]], paths[entries[1]], placement, settings, gender_scales=scales
-            )
+        alone = dataclasses.replace(cfg.classifier, backend=name)
+        nets[name] = classify.create(dataclasses.replace(cfg, classifier=alone), paths)
     return nets
 
 
