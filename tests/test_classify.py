@@ -18,16 +18,13 @@ def photo_faces(analyzer, group_photo):
     return frame, analyzer.detector(frame)
 
 
-def clf_paths(config):
-    """The FairFace-tuned Cydral networks' verified paths (age, gender)."""
+def model_paths(cfg):
+    """The verified model files the configuration's classifier loads, by manifest name."""
     from edge.inference import modelstore
 
-    models = config.resolve(config.models.dir)
+    models = cfg.resolve(cfg.models.dir)
     specs = modelstore.load_manifest(models)
-    return tuple(
-        modelstore.verify(specs[n], models)
-        for n in ("cydral-fairface-age", "cydral-fairface-gender")
-    )
+    return {n: modelstore.verify(specs[n], models) for n in modelstore.classifier_models(cfg)}
 
 
 def chip_settings(**changes):
@@ -37,14 +34,10 @@ def chip_settings(**changes):
 
 def backend(config, name, **overrides):
     """The configured classifier with another backend (and settings)."""
-    from edge.inference import modelstore
 
     classifier = dataclasses.replace(config.classifier, backend=name, **overrides)
     cfg = dataclasses.replace(config, classifier=classifier)
-    models = cfg.resolve(cfg.models.dir)
-    specs = modelstore.load_manifest(models)
-    paths = {n: modelstore.verify(specs[n], models) for n in modelstore.classifier_models(cfg)}
-    return classify.create(cfg, paths)
+    return classify.create(cfg, model_paths(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +252,10 @@ def test_cydral_fairface_pools_its_gender_network_over_three_chip_scales(config,
     # the pooled answer is not any one scale's: the scales disagree on some face
     assert np.abs(per_scale - per_scale.mean(axis=0)).max() > 0.01
     with pytest.raises(ValueError, match="gender_scales"):
-        classify.CydralAgeGender(clf_paths(config)[0], clf_paths(config)[1], gender_scales=())
+        paths = model_paths(config)  # the default's: cydral-fairface is a member
+        classify.CydralAgeGender(
+            paths["cydral-fairface-age"], paths["cydral-fairface-gender"], gender_scales=()
+        )
 
 
 def test_outputs_are_probabilities(analyzer, photo_faces):
