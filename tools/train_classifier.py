@@ -696,86 +696,40 @@ def cydral_predict(age_net, gender_net, age_chips, gender_chips, batch: int = 51
     return np.concatenate(ages), np.concatenate(males)
 
 
-def cmd_train_cydral(args) -> int:
-    """Fine-tune Cydral's age and gender networks together on FairFace's train split: the
-    gender net by cross-entropy, the age net by the log of its probability mass inside
-    the photo's FairFace age group (its output is a distribution over ages, so a group
-    label is a set of bins); same sampling, augmentation and selection as `train`."""
-    import onnx
+def hard_weights(gender_net, data: dict, train: np.ndarray, weight: float, drawn):
+    """Gender-loss weight per photo: `weight` for the train faces the gender network gets
+    wrong now (eval mode, flip TTA, P(male) cut at 0.5), 1 for the rest, scaled so that the
+    drawn faces' mean weight stays 1 (the step size stays the same).
+
+    Why: the errors of a network trained for a while on the whole train split fall on the
+    faces it finds hard, whoever they are, and weighing them up trains on those groups
+    without naming them (Liu et al., "Just Train Twice", ICML 2021). The training never
+    reads race; this is how it can still close gaps between races.
+    """
     import torch
-    from onnx_torch import OnnxModule, half_stored, write_back
 
-    from edge.pipeline.classify import AGE_BINS
-
-    torch.manual_seed(SEED)
-    data = build_cydral_chips(Path(args.labels), Path(args.faces), args.limit)
-    train, val = splits(data, args.exclude_val_group)
-    models_dir = ROOT / "models"
-    base = {net: onnx.load(models_dir / file) for net, (file, _) in CYDRAL.items()}
-    nets = {net: OnnxModule(model) for net, model in base.items()}
-    logits_of = {net: model.graph.node[-1].input[0] for net, model in base.items()}
-    params = list(nets["age"].parameters()) + list(nets["gender"].parameters())
-    optimizer = optimiser(params, args, len(train))
-
-    weights = cell_weights(data, train)
-    generator = torch.Generator().manual_seed(SEED)
-    # bins inside each photo's age group (the network's 81 bins: 0.25, 1, ..., 80 years)
-    low = np.array([AGE_GROUPS[g][0] for g in data["age_group"]])
-    high = np.array([AGE_GROUPS[g][1] for g in data["age_group"]])
-    inside = torch.from_numpy(
-        (AGE_BINS[None, :] >= low[:, None]) & (AGE_BINS[None, :] <= high[:, None])
+    gender_net.eval()
+    chips = torch.from_numpy(data["chips_gender"][train])
+    with torch.no_grad():
+        males = []
+        for start in range(0, len(chips), 512):
+            x = cydral_input(chips[start : start + 512])
+            males.append(((gender_net(x) + gender_net(x.flip(-1))) / 2)[:, 1].numpy())
+    wrong = (np.concatenate(males) >= 0.5) != data["male"][train]
+    per_face = torch.ones(len(data["male"]), dtype=torch.float64)
+    per_face[torch.from_numpy(train[wrong])] = weight
+    scale = float((drawn * per_face[torch.from_numpy(train)]).sum() / drawn.sum())
+    print(
+        json.dumps({"hard": int(wrong.sum()), "of": len(train), "weight": weight}),
+        flush=True,
     )
-    male = torch.from_numpy(data["male"].astype(np.int64))
-    chips = {net: torch.from_numpy(data[f"chips_{net}"]) for net in CYDRAL}
+    return per_face / scale
 
-    def score() -> dict:
-        for net in nets.values():
-            net.eval()
-        return val_score(
-            data,
-            val,
-            *cydral_predict(
-                nets["age"], nets["gender"], data["chips_age"][val], data["chips_gender"][val]
-            ),
-        )
 
-    first = score()
-    print(json.dumps({"epoch": 0, **first}), flush=True)
-    best, best_state, history = first["objective"], None, [{"epoch": 0, **first}]
-    began = time.monotonic()
-    for epoch in range(1, args.epochs + 1):
-        for net in nets.values():
-            net.train()
-        order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
-        total = 0.0
-        for b in range(len(train) // args.batch):
-            pick = torch.from_numpy(train)[order[b * args.batch : (b + 1) * args.batch]]
-            (age_logits,) = nets["age"](
-                cydral_input(chips["age"][pick], generator), (logits_of["age"],)
-            )
-            (gender_logits,) = nets["gender"](
-                cydral_input(chips["gender"][pick], generator), (logits_of["gender"],)
-            )
-            log_p = torch.log_softmax(age_logits, dim=1)
-            age_loss = -torch.logsumexp(log_p.masked_fill(~inside[pick], -1e4), dim=1).mean()
-            loss = (
-                torch.nn.functional.cross_entropy(gender_logits, male[pick])
-                + args.age_weight * age_loss
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-        scored = score()
-        log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
-        if scored["objective"] > best or args.select == "last":
-            best = scored["objective"]
-            best_state = {
-                net: {k: v.clone() for k, v in m.state_dict().items()} for net, m in nets.items()
-            }
-    if best_state is None:
-        print("no epoch beat the base networks on val; nothing exported", file=sys.stderr)
-        return 1
+def export_cydral(args, nets: dict, base: dict, best_state: dict, history: list, began: float):
+    """Both networks at the chosen epoch as ONNX, and the run's report beside them."""
+    from onnx_torch import half_stored, write_back
+
     report: dict = {
         "seed": SEED,
         "args": {k: v for k, v in vars(args).items() if k != "func"},
@@ -795,6 +749,104 @@ def cmd_train_cydral(args) -> int:
     (Path(args.out_dir) / "cydral-fairface.train.json").write_text(
         json.dumps(report, indent=2) + "\n"
     )
+
+
+def cmd_train_cydral(args) -> int:
+    """Fine-tune Cydral's age and gender networks together on FairFace's train split: the
+    gender net by cross-entropy, the age net by the log of its probability mass inside
+    the photo's FairFace age group (its output is a distribution over ages, so a group
+    label is a set of bins); same sampling, augmentation and selection as `train`."""
+    import onnx
+    import torch
+    from onnx_torch import OnnxModule
+
+    from edge.pipeline.classify import AGE_BINS
+
+    torch.manual_seed(SEED)
+    data = build_cydral_chips(Path(args.labels), Path(args.faces), args.limit)
+    train, val = splits(data, args.exclude_val_group)
+    models_dir = ROOT / "models"
+    base = {net: onnx.load(models_dir / file) for net, (file, _) in CYDRAL.items()}
+    nets = {net: OnnxModule(model) for net, model in base.items()}
+    logits_of = {net: model.graph.node[-1].input[0] for net, model in base.items()}
+    # Both networks learn by default; --nets gender leaves the age network as it is (the
+    # gender network's steps stay the same: the two share no weights and the age chips'
+    # augmentation is still drawn, so the random stream is the same).
+    params = [p for net in ("age", "gender") if net in args.nets for p in nets[net].parameters()]
+    optimizer = optimiser(params, args, len(train))
+
+    weights = cell_weights(data, train)
+    generator = torch.Generator().manual_seed(SEED)
+    # bins inside each photo's age group (the network's 81 bins: 0.25, 1, ..., 80 years)
+    low = np.array([AGE_GROUPS[g][0] for g in data["age_group"]])
+    high = np.array([AGE_GROUPS[g][1] for g in data["age_group"]])
+    inside = torch.from_numpy(
+        (AGE_BINS[None, :] >= low[:, None]) & (AGE_BINS[None, :] <= high[:, None])
+    )
+    male = torch.from_numpy(data["male"].astype(np.int64))
+    chips = {net: torch.from_numpy(data[f"chips_{net}"]) for net in CYDRAL}
+    # Gender-loss weight per photo: 1 until --hard-after, then --hard-weight on the train
+    # faces the run's own gender network got wrong at that epoch (below).
+    gender_weight = None
+
+    def step_loss(pick, gender_weight):
+        """The batch's loss; the age chips' augmentation is drawn first, as it always was."""
+        age_input = cydral_input(chips["age"][pick], generator)
+        (gender_logits,) = nets["gender"](
+            cydral_input(chips["gender"][pick], generator), (logits_of["gender"],)
+        )
+        if gender_weight is None:  # the plain mean, as before weights existed: same bytes
+            loss = torch.nn.functional.cross_entropy(gender_logits, male[pick])
+        else:
+            each = torch.nn.functional.cross_entropy(gender_logits, male[pick], reduction="none")
+            loss = (each * gender_weight[pick].float()).mean()
+        if "age" in args.nets:
+            (age_logits,) = nets["age"](age_input, (logits_of["age"],))
+            log_p = torch.log_softmax(age_logits, dim=1)
+            age_loss = -torch.logsumexp(log_p.masked_fill(~inside[pick], -1e4), dim=1).mean()
+            loss = loss + args.age_weight * age_loss
+        return loss
+
+    def score() -> dict:
+        for net in nets.values():
+            net.eval()
+        return val_score(
+            data,
+            val,
+            *cydral_predict(
+                nets["age"], nets["gender"], data["chips_age"][val], data["chips_gender"][val]
+            ),
+        )
+
+    first = score()
+    print(json.dumps({"epoch": 0, **first}), flush=True)
+    best, best_state, history = first["objective"], None, [{"epoch": 0, **first}]
+    began = time.monotonic()
+    for epoch in range(1, args.epochs + 1):
+        if args.hard_weight != 1 and epoch == args.hard_after + 1:
+            gender_weight = hard_weights(nets["gender"], data, train, args.hard_weight, weights)
+        for net in nets.values():
+            net.train()
+        order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
+        total = 0.0
+        for b in range(len(train) // args.batch):
+            pick = torch.from_numpy(train)[order[b * args.batch : (b + 1) * args.batch]]
+            loss = step_loss(pick, gender_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+        scored = score()
+        log_epoch(history, epoch, total / max(1, len(train) // args.batch), began, scored)
+        if scored["objective"] > best or args.select == "last":
+            best = scored["objective"]
+            best_state = {
+                net: {k: v.clone() for k, v in m.state_dict().items()} for net, m in nets.items()
+            }
+    if best_state is None:
+        print("no epoch beat the base networks on val; nothing exported", file=sys.stderr)
+        return 1
+    export_cydral(args, nets, base, best_state, history, began)
     return 0
 
 
@@ -891,6 +943,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--age-weight", type=float, default=1.0)
     p.add_argument("--exclude-val-group", default="10-19")
+    p.add_argument(
+        "--hard-weight",
+        type=float,
+        default=1.0,
+        help="after --hard-after epochs, weigh the train faces whose gender the run then "
+        "gets wrong this many times in the gender loss (1: off)",
+    )
+    p.add_argument("--hard-after", type=int, default=1)
+    p.add_argument(
+        "--nets",
+        default="age,gender",
+        help="which networks learn (gender alone: a quick experiment; the gender network "
+        "comes out the same as in a run of both)",
+    )
     p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)
     pin_numerics(args.threads, portable=args.numerics == "portable")
