@@ -716,14 +716,21 @@ def hard_weights(gender_net, data: dict, train: np.ndarray, weight: float, drawn
             x = cydral_input(chips[start : start + 512])
             males.append(((gender_net(x) + gender_net(x.flip(-1))) / 2)[:, 1].numpy())
     wrong = (np.concatenate(males) >= 0.5) != data["male"][train]
-    per_face = torch.ones(len(data["male"]), dtype=torch.float64)
-    per_face[torch.from_numpy(train[wrong])] = weight
-    scale = float((drawn * per_face[torch.from_numpy(train)]).sum() / drawn.sum())
+    per_face = np.ones(len(data["male"]))
+    per_face[train[wrong]] = weight
+    # Within each age group x gender cell, so that every cell keeps its share of the loss:
+    # the errors of a cell-balanced run are mostly older women called men, and weighing
+    # them up across cells only moved the line between the genders (docs/calibration.md §16).
+    cells = np.char.add(data["age_group"][train].astype(str), data["male"][train].astype(str))
+    for cell in np.unique(cells):
+        rows = train[cells == cell]
+        per_face[rows] /= per_face[rows].mean()
     print(
         json.dumps({"hard": int(wrong.sum()), "of": len(train), "weight": weight}),
         flush=True,
     )
-    return per_face / scale
+    del drawn  # cells are drawn equally often: the mean over a cell is the drawn mean
+    return torch.from_numpy(per_face)
 
 
 def export_cydral(args, nets: dict, base: dict, best_state: dict, history: list, began: float):
