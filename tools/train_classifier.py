@@ -696,43 +696,6 @@ def cydral_predict(age_net, gender_net, age_chips, gender_chips, batch: int = 51
     return np.concatenate(ages), np.concatenate(males)
 
 
-def hard_weights(gender_net, data: dict, train: np.ndarray, weight: float, drawn):
-    """Gender-loss weight per photo: `weight` for the train faces the gender network gets
-    wrong now (eval mode, flip TTA, P(male) cut at 0.5), 1 for the rest, scaled so that the
-    drawn faces' mean weight stays 1 (the step size stays the same).
-
-    Why: the errors of a network trained for a while on the whole train split fall on the
-    faces it finds hard, whoever they are, and weighing them up trains on those groups
-    without naming them (Liu et al., "Just Train Twice", ICML 2021). The training never
-    reads race; this is how it can still close gaps between races.
-    """
-    import torch
-
-    gender_net.eval()
-    chips = torch.from_numpy(data["chips_gender"][train])
-    with torch.no_grad():
-        males = []
-        for start in range(0, len(chips), 512):
-            x = cydral_input(chips[start : start + 512])
-            males.append(((gender_net(x) + gender_net(x.flip(-1))) / 2)[:, 1].numpy())
-    wrong = (np.concatenate(males) >= 0.5) != data["male"][train]
-    per_face = np.ones(len(data["male"]))
-    per_face[train[wrong]] = weight
-    # Within each age group x gender cell, so that every cell keeps its share of the loss:
-    # the errors of a cell-balanced run are mostly older women called men, and weighing
-    # them up across cells only moved the line between the genders (docs/calibration.md §16).
-    cells = np.char.add(data["age_group"][train].astype(str), data["male"][train].astype(str))
-    for cell in np.unique(cells):
-        rows = train[cells == cell]
-        per_face[rows] /= per_face[rows].mean()
-    print(
-        json.dumps({"hard": int(wrong.sum()), "of": len(train), "weight": weight}),
-        flush=True,
-    )
-    del drawn  # cells are drawn equally often: the mean over a cell is the drawn mean
-    return torch.from_numpy(per_face)
-
-
 def export_cydral(args, nets: dict, base: dict, best_state: dict, history: list, began: float):
     """Both networks at the chosen epoch as ONNX, and the run's report beside them."""
     from onnx_torch import half_stored, write_back
@@ -792,21 +755,14 @@ def cmd_train_cydral(args) -> int:
     )
     male = torch.from_numpy(data["male"].astype(np.int64))
     chips = {net: torch.from_numpy(data[f"chips_{net}"]) for net in CYDRAL}
-    # Gender-loss weight per photo: 1 until --hard-after, then --hard-weight on the train
-    # faces the run's own gender network got wrong at that epoch (below).
-    gender_weight = None
 
-    def step_loss(pick, gender_weight):
+    def step_loss(pick):
         """The batch's loss; the age chips' augmentation is drawn first, as it always was."""
         age_input = cydral_input(chips["age"][pick], generator)
         (gender_logits,) = nets["gender"](
             cydral_input(chips["gender"][pick], generator), (logits_of["gender"],)
         )
-        if gender_weight is None:  # the plain mean, as before weights existed: same bytes
-            loss = torch.nn.functional.cross_entropy(gender_logits, male[pick])
-        else:
-            each = torch.nn.functional.cross_entropy(gender_logits, male[pick], reduction="none")
-            loss = (each * gender_weight[pick].float()).mean()
+        loss = torch.nn.functional.cross_entropy(gender_logits, male[pick])
         if "age" in args.nets:
             (age_logits,) = nets["age"](age_input, (logits_of["age"],))
             log_p = torch.log_softmax(age_logits, dim=1)
@@ -830,15 +786,13 @@ def cmd_train_cydral(args) -> int:
     best, best_state, history = first["objective"], None, [{"epoch": 0, **first}]
     began = time.monotonic()
     for epoch in range(1, args.epochs + 1):
-        if args.hard_weight != 1 and epoch == args.hard_after + 1:
-            gender_weight = hard_weights(nets["gender"], data, train, args.hard_weight, weights)
         for net in nets.values():
             net.train()
         order = torch.multinomial(weights, len(train), replacement=True, generator=generator)
         total = 0.0
         for b in range(len(train) // args.batch):
             pick = torch.from_numpy(train)[order[b * args.batch : (b + 1) * args.batch]]
-            loss = step_loss(pick, gender_weight)
+            loss = step_loss(pick)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -950,14 +904,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--age-weight", type=float, default=1.0)
     p.add_argument("--exclude-val-group", default="10-19")
-    p.add_argument(
-        "--hard-weight",
-        type=float,
-        default=1.0,
-        help="after --hard-after epochs, weigh the train faces whose gender the run then "
-        "gets wrong this many times in the gender loss (1: off)",
-    )
-    p.add_argument("--hard-after", type=int, default=1)
     p.add_argument(
         "--nets",
         default="age,gender",
