@@ -251,3 +251,26 @@ def test_eval_by_race_balanced_on_fairface(tmp_path):
     assert bad.returncode != 0 and "invalid count value: '-1'" in bad.stderr
     bad = run_edge("eval", str(labels), "--by", "skin")
     assert bad.returncode == EX_DATAERR and "no column 'skin'" in bad.stderr
+
+
+def test_race_gap_floor_of_a_race_blind_classifier_on_fairface_val():
+    """`tools/fairface_fit.py floor`: a classifier equally right on every race still shows a
+    gap on FairFace val's small old cells; a perfect one shows none."""
+    import subprocess
+    import sys
+
+    labels = need("faces/fairface/labels.csv")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "tools" / "fairface_fit.py"), "--labels", str(labels)]
+        + ["floor", "--accuracy", "1.0", "0.9", "--rounds", "500"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    ).stdout
+    cells, perfect, blind = (json.loads(line) for line in out.splitlines())
+    assert cells == {"cells": 84, "under_10": 25, "empty": 1}  # 7 races x 6 groups x 2
+    assert perfect["gap_median"] == 0 and perfect["share_at_most_0.05"] == 1
+    assert 0.05 < blind["gap_median"] < blind["gap_p90"]
+    assert blind["share_at_most_0.05"] < 0.5

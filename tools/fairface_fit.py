@@ -481,6 +481,46 @@ def cmd_noise(args) -> int:
     return 0
 
 
+def cmd_floor(args) -> int:
+    """The race gap a classifier shows on FairFace val when race makes no difference to it
+    at all: every age group x gender cell (13+) right with the same probability for every
+    race, each race balanced over its cells as `edge eval --balance-by age_group,gender`
+    balances it; binomial draws on val's own cell sizes, seed fixed. No network is run."""
+    labels = labels_val(Path(args.labels))
+    groups = sorted({label.columns["age_group"] for label in labels} - {"0-2", "3-9", "10-19"})
+    races = sorted({label.columns["race"] for label in labels})
+    sizes = np.zeros((len(races), len(groups) * 2), int)
+    for label in labels:
+        if label.columns["age_group"] in groups:
+            cell = groups.index(label.columns["age_group"]) * 2 + (label.gender == "male")
+            sizes[races.index(label.columns["race"]), cell] += 1
+    rng = np.random.default_rng(SEED)
+    print(
+        json.dumps(
+            {
+                "cells": int(sizes.size),
+                "under_10": int((sizes < 10).sum()),
+                "empty": int((sizes == 0).sum()),
+            }
+        )
+    )
+    for p in args.accuracy:
+        right = rng.binomial(sizes, p, size=(args.rounds, *sizes.shape)) / np.maximum(sizes, 1)
+        per_race = np.nanmean(np.where(sizes > 0, right, np.nan), axis=2)
+        gaps = per_race.max(axis=1) - per_race.min(axis=1)
+        print(
+            json.dumps(
+                {
+                    "accuracy": p,
+                    "gap_median": round(float(np.median(gaps)), 3),
+                    "gap_p90": round(float(np.quantile(gaps, 0.9)), 3),
+                    "share_at_most_0.05": round(float(np.mean(gaps <= 0.05)), 2),
+                }
+            )
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--labels", default=str(FAIRFACE))
@@ -508,6 +548,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", default="faceapi-fairface,cydral-fairface")
     p.add_argument("--rounds", type=int, default=500)
     p.set_defaults(func=cmd_noise)
+    p = sub.add_parser("floor", help="the race gap of a classifier blind to race, by chance")
+    p.add_argument(
+        "--accuracy", type=float, nargs="+", default=[0.9, 0.915, 0.93, 0.95, 0.96, 0.97, 0.98]
+    )
+    p.add_argument("--rounds", type=int, default=4000)
+    p.set_defaults(func=cmd_floor)
     args = parser.parse_args(argv)
     return args.func(args)
 
