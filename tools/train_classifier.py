@@ -906,9 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exclude-val-group", default="10-19")
     p.add_argument(
         "--nets",
+        choices=("age,gender", "gender"),
         default="age,gender",
         help="which networks learn (gender alone: a quick experiment; the gender network "
-        "comes out the same as in a run of both)",
+        "comes out the same as in a run of both, the age file is the untuned one)",
     )
     p.set_defaults(func=cmd_train_cydral)
     args = parser.parse_args(argv)
