@@ -251,8 +251,8 @@ def test_cydral_fairface_pools_its_gender_network_over_three_chip_scales(config,
     np.testing.assert_allclose(pooled, expected, atol=1e-5)
     # the pooled answer is not any one scale's: the scales disagree on some face
     assert np.abs(per_scale - per_scale.mean(axis=0)).max() > 0.01
+    paths = model_paths(config)  # the default's: cydral-fairface is a member
     with pytest.raises(ValueError, match="gender_scales"):
-        paths = model_paths(config)  # the default's: cydral-fairface is a member
         classify.CydralAgeGender(
             paths["cydral-fairface-age"], paths["cydral-fairface-gender"], gender_scales=()
         )

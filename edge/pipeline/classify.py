@@ -268,7 +268,7 @@ class CydralAgeGender(ChipBackend):
         male_p = self._run(self._gender, gender_chips)[:, 1].reshape(-1, len(age_chips))
         if len(male_p) == 1:
             return age_p, male_p[0]
-        return age_p, 1.0 / (1.0 + np.exp(-_log_odds(male_p).mean(axis=0)))
+        return age_p, _from_log_odds(_log_odds(male_p).mean(axis=0))
 
     def demographics(self, age_probs: np.ndarray, male_probs: np.ndarray) -> Demographics:
         ages = age_probs.astype(np.float64) @ self.bin_ages
@@ -341,7 +341,7 @@ class RegressionCalibration:
             return np.asarray(raw, np.float64)
         shift = math.log(self.male_threshold / (1 - self.male_threshold))
         p = np.clip(np.asarray(raw, np.float64), 1e-7, 1 - 1e-7)
-        return 1 / (1 + np.exp(-(np.log(p / (1 - p)) - shift)))
+        return _from_log_odds(np.log(p / (1 - p)) - shift)
 
 
 _ERF = np.vectorize(math.erf, otypes=[np.float64])
@@ -530,6 +530,10 @@ def _log_odds(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+def _from_log_odds(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
 class Ensemble(ChipBackend):
     """Several backends on the same faces: age is their weighted mean, P(male) their
     weighted mean on the log-odds scale (with its own weights, equal by default; each
@@ -588,7 +592,7 @@ class Ensemble(ChipBackend):
             wi * _log_odds(r.male_probs)
             for wi, r in zip(self.gender_weights, results, strict=False)
         )
-        male = 1 / (1 + np.exp(-log_odds))
+        male = _from_log_odds(log_odds)
         if self.calibration is not None:  # the pair's own even odds (identity when 0.5)
             male = self.calibration.male_probs(male)
         if self.calibration is None:
